@@ -1,7 +1,24 @@
 //! The schema: every option and command type of storaged, as plain serde
 //! types. Both the command line (keyval or JSON) and QMP deserialize into
 //! these, so there is exactly one definition of each option.
+//!
+//! Entry points: [`from_json`] for QMP arguments, [`parse_option`] for a
+//! command-line option, [`keyval::parse`] for the keyval syntax alone.
 
+pub mod block;
+pub mod de;
 pub mod error;
+pub mod size;
+pub mod value;
 
 pub use error::{ErrorClass, QmpError};
+pub use size::Size;
+pub use value::{Origin, Value};
+
+use serde::de::DeserializeOwned;
+
+/// Deserializes QMP arguments (or any JSON) strictly, as QMP does: a JSON
+/// string where an integer is expected is an error.
+pub fn from_json<T: DeserializeOwned>(json: serde_json::Value) -> Result<T, QmpError> {
+    Value::from_json(json).deserialize_into()
+}

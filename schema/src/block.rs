@@ -1,0 +1,188 @@
+//! Block node options (`--blockdev`, `blockdev-add`) and the arguments of
+//! the block commands, as in QEMU's `qapi/block-core.json`.
+//!
+//! Adding a driver is one variant in [`BlockdevOptions`]'s discriminator
+//! list and one options struct here.
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+use crate::de::union::{qapi_union, Captured, Shape};
+
+/// How discard requests are handled (`discard`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockdevDiscardOptions {
+    #[default]
+    Ignore,
+    Unmap,
+}
+
+/// Whether writes of zeroes are detected and turned into zero writes
+/// (`detect-zeroes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockdevDetectZeroesOptions {
+    #[default]
+    Off,
+    On,
+    Unmap,
+}
+
+/// Cache options common to all nodes (`cache.direct=on`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevCacheOptions {
+    /// Bypass the host page cache (`O_DIRECT`). Default off.
+    pub direct: Option<bool>,
+    /// Ignore flush requests. Default off.
+    pub no_flush: Option<bool>,
+}
+
+/// `on`, `off` or `auto`, for the file driver's locking.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnOffAuto {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// The AIO backend of the file driver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum BlockdevAioOptions {
+    #[default]
+    #[serde(rename = "threads")]
+    Threads,
+    #[serde(rename = "native")]
+    Native,
+    #[serde(rename = "io_uring")]
+    IoUring,
+}
+
+/// Options of the `file` protocol driver.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevOptionsFile {
+    pub filename: String,
+    pub pr_manager: Option<String>,
+    pub locking: Option<OnOffAuto>,
+    pub aio: Option<BlockdevAioOptions>,
+    pub aio_max_batch: Option<i64>,
+    pub drop_cache: Option<bool>,
+    pub x_check_cache_dropped: Option<bool>,
+}
+
+/// Options of the `raw` format driver: a window of its child.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevOptionsRaw {
+    pub file: BlockdevRef,
+    pub offset: Option<i64>,
+    pub size: Option<i64>,
+}
+
+/// Options of the `null-co` and `null-aio` drivers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevOptionsNull {
+    /// Virtual size in bytes (QAPI `int`: no suffixes). Default 1 GiB.
+    pub size: Option<i64>,
+    pub latency_ns: Option<u64>,
+    pub read_zeroes: Option<bool>,
+}
+
+qapi_union! {
+    /// Options for creating a block node (`blockdev-add`, `--blockdev`).
+    pub struct BlockdevOptions {
+        pub node_name: Option<String>,
+        pub discard: Option<BlockdevDiscardOptions>,
+        pub cache: Option<BlockdevCacheOptions>,
+        pub active: Option<bool>,
+        pub read_only: Option<bool>,
+        pub auto_read_only: Option<bool>,
+        pub force_share: Option<bool>,
+        pub detect_zeroes: Option<BlockdevDetectZeroesOptions>,
+    }
+    /// The driver and its own options.
+    discriminator "driver" => pub driver: BlockdevDriver {
+        "file" => File(BlockdevOptionsFile),
+        "null-co" => NullCo(BlockdevOptionsNull),
+        "raw" => Raw(BlockdevOptionsRaw),
+    }
+}
+
+/// A child node: a reference to an existing node by name, or a new node
+/// defined inline (`file.driver=file,file.filename=...`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BlockdevRef {
+    Definition(Box<BlockdevOptions>),
+    Reference(String),
+}
+
+impl<'de> Deserialize<'de> for BlockdevRef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let captured = Captured::deserialize(deserializer)?;
+        read_ref(captured, "BlockdevRef")
+    }
+}
+
+/// A child that may also be explicitly absent (`"backing": null`). In
+/// keyval syntax, which has no null, an empty name means null, as in QEMU.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BlockdevRefOrNull {
+    Definition(Box<BlockdevOptions>),
+    Reference(String),
+    Null,
+}
+
+impl<'de> Deserialize<'de> for BlockdevRefOrNull {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let captured = Captured::deserialize(deserializer)?;
+        if captured.shape() == Shape::Null {
+            return Ok(Self::Null);
+        }
+        Ok(match read_ref(captured, "BlockdevRefOrNull")? {
+            BlockdevRef::Reference(name) if name.is_empty() => Self::Null,
+            BlockdevRef::Reference(name) => Self::Reference(name),
+            BlockdevRef::Definition(options) => Self::Definition(options),
+        })
+    }
+}
+
+/// Reads the object or string branch of a reference alternate.
+fn read_ref<E: de::Error>(captured: Captured, type_name: &str) -> Result<BlockdevRef, E> {
+    let result = match captured.shape() {
+        Shape::Object => captured
+            .read()
+            .map(|o| BlockdevRef::Definition(Box::new(o))),
+        Shape::String => captured.read().map(BlockdevRef::Reference),
+        Shape::Null | Shape::Other => Err(captured.no_branch(type_name)),
+    };
+    result.map_err(E::custom)
+}
+
+/// `blockdev-del`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevDelArgs {
+    pub node_name: String,
+}
+
+/// `block_resize`: one of `device` (a block backend) or `node-name`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockResizeArgs {
+    pub device: Option<String>,
+    pub node_name: Option<String>,
+    pub size: i64,
+}
+
+/// `query-named-block-nodes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct QueryNamedBlockNodesArgs {
+    /// Omit the nested `backing-image` chains. Default false.
+    pub flat: Option<bool>,
+}
