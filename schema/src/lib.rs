@@ -8,6 +8,8 @@
 pub mod block;
 pub mod de;
 pub mod error;
+mod json;
+pub mod keyval;
 pub mod size;
 pub mod value;
 
@@ -21,4 +23,18 @@ use serde::de::DeserializeOwned;
 /// string where an integer is expected is an error.
 pub fn from_json<T: DeserializeOwned>(json: serde_json::Value) -> Result<T, QmpError> {
     Value::from_json(json).deserialize_into()
+}
+
+/// Parses a command-line option: the JSON form when it starts with `{`,
+/// else keyval syntax with `implied_key` for a leading bare value.
+pub fn parse_option<T: DeserializeOwned>(
+    input: &str,
+    implied_key: Option<&str>,
+) -> Result<T, QmpError> {
+    let value = if input.starts_with('{') {
+        Value::from_json(json::parse_object(input)?)
+    } else {
+        keyval::parse(input, implied_key)?
+    };
+    value.deserialize_into()
 }

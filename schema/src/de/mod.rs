@@ -284,10 +284,7 @@ impl<'de> de::Deserializer<'de> for Deserializer {
         visitor: V,
     ) -> Result<V::Value, Error> {
         let path = self.path.clone();
-        let name = match self.value {
-            Json::String(name) => name,
-            _ => return Err(Error::invalid_type(&path, "string")),
-        };
+        let name = scalar::string(self.value, &path, self.origin)?;
         let deserializer: de::value::StringDeserializer<Error> = name.into_deserializer();
         visitor
             .visit_enum(deserializer)

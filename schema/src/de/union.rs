@@ -19,7 +19,7 @@ use serde::de::{self, DeserializeOwned, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
-use super::{visit_struct, Deserializer, Error, MapReader, Path};
+use super::{scalar, visit_struct, Deserializer, Error, MapReader, Path};
 use crate::value::Origin;
 
 /// The newtype name that asks our deserializer for a capture.
@@ -167,8 +167,7 @@ impl UnionObject {
         let tag_path = self.path.member(tag);
         match self.map.remove(tag) {
             None => Err(Error::missing(&tag_path)),
-            Some(Json::String(name)) => Ok(name),
-            Some(_) => Err(Error::invalid_type(&tag_path, "string")),
+            Some(value) => scalar::string(value, &tag_path, self.origin),
         }
     }
 
