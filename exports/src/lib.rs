@@ -1,1 +1,4 @@
-//! TODO: filled in by the exports work.
+//! Exports: the ways clients reach block nodes. One module per export
+//! type; today that is the NBD server.
+
+pub mod nbd;

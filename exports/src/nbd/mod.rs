@@ -1,0 +1,31 @@
+//! The NBD server export (protocol: `doc/proto.md` of the
+//! NetworkBlockDevice/nbd project, plus its `EXTENDED_HEADERS` extension
+//! and QEMU's `qemu:` metadata namespace).
+//!
+//! Layers, from the wire up: `proto` (numbers) and `codec` (byte layouts);
+//! `handshake` (option haggling) and `meta` (metadata contexts);
+//! `connection` (the request loop), `request` (checks), `dispatch`
+//! (running a request), `status` (block status), `reply` and `writer`
+//! (the one writer per socket), `buffers` (payload buffer reuse);
+//! `export` (exports and their clients) and `server` (listeners and
+//! limits).
+
+pub mod backend;
+mod buffers;
+pub mod codec;
+mod connection;
+mod dispatch;
+pub mod export;
+mod handshake;
+pub mod meta;
+pub mod proto;
+mod reply;
+pub mod request;
+pub mod server;
+mod status;
+mod writer;
+
+pub use backend::{Backend, BackendOps};
+pub use export::{NbdExport, NbdExportConfig};
+pub use meta::{ExportMeta, ExportedBitmap};
+pub use server::{ListenAddress, NbdServer, NbdServerConfig, DEFAULT_HANDSHAKE_MAX_SECONDS};

@@ -1,0 +1,362 @@
+//! The NBD server: listening sockets, the connection limit, and the
+//! export table its clients choose from.
+//!
+//! At most `max_connections` clients are served at once (0 means no
+//! limit); past that, new connections wait in the listen backlog, as with
+//! QEMU. Stopping cancels every connection and waits until all of them,
+//! and every request they had in flight, are finished.
+
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use schema::QmpError;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::backend::Backend;
+use super::connection::{serve, ConnectionConfig};
+use super::export::{ExportTable, NbdExport, NbdExportConfig};
+use super::handshake::HandshakeConfig;
+
+/// QEMU's default for `handshake-max-seconds`.
+pub const DEFAULT_HANDSHAKE_MAX_SECONDS: u32 = 10;
+/// Pause after a failed `accept` (such as running out of descriptors).
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// A Unix socket at `path` (in the abstract namespace if
+    /// `abstract_name`).
+    Unix { path: PathBuf, abstract_name: bool },
+    /// TCP on `host:port` (`port` may be a number or a service name).
+    Inet { host: String, port: String },
+    /// An already listening socket (Unix or TCP) handed over by number.
+    Fd(RawFd),
+}
+
+/// `nbd-server-start` and `--nbd-server` options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdServerConfig {
+    pub address: ListenAddress,
+    /// 0 for no limit.
+    pub max_connections: u32,
+    /// 0 for no limit.
+    pub handshake_max_seconds: u32,
+    /// The id of a TLS credentials object.
+    pub tls_creds: Option<String>,
+    /// The id of an authorization object checked after the TLS handshake.
+    pub tls_authz: Option<String>,
+}
+
+/// A running NBD server.
+pub struct NbdServer {
+    config: NbdServerConfig,
+    exports: Arc<ExportTable>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    connections: Arc<AtomicUsize>,
+    /// The socket file to remove when stopping.
+    socket_path: Option<PathBuf>,
+    local_addr: Option<std::net::SocketAddr>,
+}
+
+impl NbdServer {
+    /// Binds the listening socket and starts accepting clients. Must be
+    /// called inside a tokio runtime.
+    pub async fn start(config: NbdServerConfig) -> Result<NbdServer, QmpError> {
+        if let Some(creds) = &config.tls_creds {
+            // Serving plain text when TLS was asked for would be a silent
+            // downgrade: refuse until TLS is implemented.
+            return Err(QmpError::generic(format!(
+                "TLS for the NBD server is not supported yet (tls-creds '{creds}')"
+            )));
+        }
+        let listener = Listener::bind(&config.address).await?;
+        let local_addr = match &listener {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(_) => None,
+        };
+        let socket_path = match &config.address {
+            ListenAddress::Unix {
+                path,
+                abstract_name: false,
+            } => Some(path.clone()),
+            _ => None,
+        };
+        let server = NbdServer {
+            exports: Arc::default(),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            connections: Arc::default(),
+            socket_path,
+            local_addr,
+            config,
+        };
+        let handshake_limit = match server.config.handshake_max_seconds {
+            0 => None,
+            s => Some(Duration::from_secs(u64::from(s))),
+        };
+        let connection = Arc::new(ConnectionConfig {
+            handshake: HandshakeConfig {
+                exports: Arc::clone(&server.exports),
+            },
+            handshake_limit,
+            stop: server.stop.clone(),
+            tasks: server.tasks.clone(),
+        });
+        let slots = match server.config.max_connections {
+            0 => None,
+            n => Some(Arc::new(Semaphore::new(n as usize))),
+        };
+        let acceptor = Acceptor {
+            connection,
+            slots,
+            connections: Arc::clone(&server.connections),
+            tasks: server.tasks.clone(),
+        };
+        server.tasks.spawn(acceptor.run(listener));
+        Ok(server)
+    }
+
+    pub fn config(&self) -> &NbdServerConfig {
+        &self.config
+    }
+
+    /// The bound TCP address (useful with port 0).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.local_addr
+    }
+
+    /// Clients connected, in the handshake or in transmission.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn exports(&self) -> &ExportTable {
+        &self.exports
+    }
+
+    /// Publishes `backend` under `config.name`.
+    pub fn add_export(
+        &self,
+        config: NbdExportConfig,
+        backend: Backend,
+    ) -> Result<Arc<NbdExport>, QmpError> {
+        let multi_conn = self.config.max_connections != 1;
+        let export = NbdExport::new(config, backend, multi_conn, &self.stop)?;
+        self.exports.insert(Arc::clone(&export))?;
+        Ok(export)
+    }
+
+    /// Stops listening, disconnects every client and waits until all their
+    /// requests are finished.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Some(path) = &self.socket_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    async fn bind(address: &ListenAddress) -> Result<Listener, QmpError> {
+        match address {
+            ListenAddress::Unix {
+                path,
+                abstract_name,
+            } => bind_unix(path, *abstract_name),
+            ListenAddress::Inet { host, port } => bind_inet(host, port).await,
+            ListenAddress::Fd(fd) => adopt_fd(*fd),
+        }
+    }
+}
+
+fn bind_unix(path: &PathBuf, abstract_name: bool) -> Result<Listener, QmpError> {
+    let fail = |e: std::io::Error| {
+        QmpError::generic(format!(
+            "Failed to bind socket to {}: {}",
+            path.display(),
+            block::error::os_error_text(&e)
+        ))
+    };
+    let listener = if abstract_name {
+        use std::os::linux::net::SocketAddrExt;
+        let name = path.as_os_str().as_encoded_bytes();
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).map_err(fail)?;
+        std::os::unix::net::UnixListener::bind_addr(&addr).map_err(fail)?
+    } else {
+        remove_stale_socket(path);
+        std::os::unix::net::UnixListener::bind(path).map_err(fail)?
+    };
+    listener.set_nonblocking(true).map_err(fail)?;
+    Ok(Listener::Unix(
+        UnixListener::from_std(listener).map_err(fail)?,
+    ))
+}
+
+/// QEMU replaces whatever is at a socket path; only a socket is removed
+/// here, so a mistyped path cannot delete a file.
+fn remove_stale_socket(path: &PathBuf) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+async fn bind_inet(host: &str, port: &str) -> Result<Listener, QmpError> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port_number(port)?))
+        .await
+        .map_err(|e| {
+            QmpError::generic(format!(
+                "address resolution failed for {host}:{port}: {}",
+                block::error::os_error_text(&e)
+            ))
+        })?
+        .collect();
+    let mut last_error = None;
+    for addr in addrs {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(Listener::Tcp(listener)),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let reason = last_error.map_or_else(
+        || "no address".to_string(),
+        |e| block::error::os_error_text(&e),
+    );
+    Err(QmpError::generic(format!(
+        "Failed to bind socket: {reason}"
+    )))
+}
+
+fn port_number(port: &str) -> Result<u16, QmpError> {
+    port.parse().or_else(|_| match port {
+        "nbd" => Ok(10809),
+        _ => Err(QmpError::generic(format!("Failed to parse port '{port}'"))),
+    })
+}
+
+fn adopt_fd(fd: RawFd) -> Result<Listener, QmpError> {
+    let fail = |e: std::io::Error| {
+        QmpError::generic(format!(
+            "Failed to use file descriptor {fd} as a listening socket: {}",
+            block::error::os_error_text(&e)
+        ))
+    };
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most `len` bytes into `storage`.
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(fail(std::io::Error::last_os_error()));
+    }
+    if storage.ss_family == libc::AF_UNIX as libc::sa_family_t {
+        // SAFETY: the caller hands over ownership of a valid socket.
+        let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+        listener.set_nonblocking(true).map_err(fail)?;
+        Ok(Listener::Unix(
+            UnixListener::from_std(listener).map_err(fail)?,
+        ))
+    } else {
+        // SAFETY: as above; getsockname proved it is a socket.
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        listener.set_nonblocking(true).map_err(fail)?;
+        Ok(Listener::Tcp(
+            TcpListener::from_std(listener).map_err(fail)?,
+        ))
+    }
+}
+
+/// The accept loop of one listener.
+struct Acceptor {
+    connection: Arc<ConnectionConfig>,
+    slots: Option<Arc<Semaphore>>,
+    connections: Arc<AtomicUsize>,
+    tasks: TaskTracker,
+}
+
+impl Acceptor {
+    async fn run(self, listener: Listener) {
+        let stop = self.connection.stop.clone();
+        loop {
+            let slot = match &self.slots {
+                Some(slots) => tokio::select! {
+                    _ = stop.cancelled() => return,
+                    slot = Arc::clone(slots).acquire_owned() => match slot {
+                        Ok(slot) => Some(slot),
+                        Err(_) => return,
+                    },
+                },
+                None => None,
+            };
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = accept(&listener) => accepted,
+            };
+            let stream = match accepted {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!("NBD server failed to accept a connection: {e}");
+                    tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                    continue;
+                }
+            };
+            let count = Arc::clone(&self.connections);
+            count.fetch_add(1, Ordering::Relaxed);
+            let config = Arc::clone(&self.connection);
+            self.tasks.spawn(async move {
+                match stream {
+                    Stream::Unix(s, peer) => {
+                        let (r, w) = s.into_split();
+                        serve(r, w, config, &peer).await;
+                    }
+                    Stream::Tcp(s, peer) => {
+                        let (r, w) = s.into_split();
+                        serve(r, w, config, &peer).await;
+                    }
+                }
+                count.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
+            });
+        }
+    }
+}
+
+enum Stream {
+    Unix(tokio::net::UnixStream, String),
+    Tcp(tokio::net::TcpStream, String),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Stream> {
+    match listener {
+        Listener::Unix(l) => {
+            let (s, _) = l.accept().await?;
+            Ok(Stream::Unix(s, "unix".to_string()))
+        }
+        Listener::Tcp(l) => {
+            let (s, peer) = l.accept().await?;
+            // Replies must not wait for Nagle's algorithm (spec: SHOULD).
+            s.set_nodelay(true)?;
+            Ok(Stream::Tcp(s, peer.to_string()))
+        }
+    }
+}
