@@ -2,3 +2,6 @@
 //! type; today that is the NBD server.
 
 pub mod nbd;
+pub mod registry;
+
+pub use registry::{BlockExports, ExportInfo, RemoveMode};

@@ -47,6 +47,15 @@ struct Life {
 #[derive(Debug, PartialEq, Eq)]
 pub struct InUse;
 
+/// Where closing an export left it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// No client used it: it is gone.
+    Idle,
+    /// Clients are being disconnected; the callback runs after the last.
+    Pending,
+}
+
 impl NbdExport {
     /// Creates an export of `backend`. `multi_conn` says whether clients may
     /// use several connections (false when the server allows only one).
@@ -151,35 +160,32 @@ impl NbdExport {
         })
     }
 
-    /// Closes the export if no client uses it; `on_gone` runs before this
-    /// returns.
-    pub fn close_if_idle(&self, on_gone: impl FnOnce() + Send + 'static) -> Result<(), InUse> {
+    /// Closes the export if no client uses it.
+    pub fn close_if_idle(&self) -> Result<(), InUse> {
         let mut life = self.life();
         if life.clients > 0 {
             return Err(InUse);
         }
         life.closing = true;
-        drop(life);
-        on_gone();
         Ok(())
     }
 
-    /// Closes the export and disconnects its clients; `on_gone` runs when
-    /// the last of them is gone (at once if there is none).
-    pub fn close(&self, on_gone: impl FnOnce() + Send + 'static) {
+    /// Closes the export and disconnects its clients. With clients,
+    /// `on_gone` runs when the last of them is gone; without, it is
+    /// dropped and the export is already gone.
+    pub fn close(&self, on_gone: impl FnOnce() + Send + 'static) -> Closing {
         let mut life = self.life();
         if life.closing {
-            return;
+            return Closing::Pending;
         }
         life.closing = true;
-        if life.clients > 0 {
-            life.on_gone = Some(Box::new(on_gone));
-            drop(life);
-            self.disconnect.cancel();
-        } else {
-            drop(life);
-            on_gone();
+        if life.clients == 0 {
+            return Closing::Idle;
         }
+        life.on_gone = Some(Box::new(on_gone));
+        drop(life);
+        self.disconnect.cancel();
+        Closing::Pending
     }
 
     fn life(&self) -> std::sync::MutexGuard<'_, Life> {
