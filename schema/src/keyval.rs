@@ -209,7 +209,7 @@ fn qapi_name_len(text: &str) -> usize {
 
 /// Reads a value up to the first single comma, turning `,,` into `,`;
 /// returns the value and what follows the comma.
-fn unescape_value(text: &str) -> (String, &str) {
+pub(crate) fn unescape_value(text: &str) -> (String, &str) {
     let mut value = String::new();
     let mut rest = text;
     loop {

@@ -6,11 +6,18 @@
 //! command-line option, [`keyval::parse`] for the keyval syntax alone.
 
 pub mod block;
+pub mod char;
 pub mod de;
 pub mod error;
+pub mod event;
+pub mod export;
+pub mod info;
 mod json;
 pub mod keyval;
+pub mod object;
+pub mod qemuopts;
 pub mod size;
+pub mod sockets;
 pub mod value;
 
 pub use error::{ErrorClass, QmpError};

@@ -17,6 +17,9 @@ pub enum Origin {
     Keyval,
     /// JSON (QMP arguments, or `--blockdev '{...}'`): leaves are typed.
     Json,
+    /// QEMU's older option syntax (`--chardev`): flat string leaves, read
+    /// like keyval but with that parser's own error wording.
+    QemuOpts,
 }
 
 /// An option tree and its [`Origin`].
@@ -40,6 +43,14 @@ impl Value {
         Self {
             tree,
             origin: Origin::Keyval,
+        }
+    }
+
+    /// A flat object of string leaves built by the QemuOpts parser.
+    pub(crate) fn from_qemu_opts(tree: serde_json::Value) -> Self {
+        Self {
+            tree,
+            origin: Origin::QemuOpts,
         }
     }
 

@@ -53,6 +53,11 @@ impl Deserializer {
 
 /// Reads the members a struct declares, in declaration order, from `map`;
 /// the keys it does not declare are left in `map`.
+///
+/// Absent members are visited too, as QEMU does: an `Option` member reads
+/// as `None`, any other reports "Parameter '...' is missing" right there,
+/// so errors come in declaration order. (Hence schema structs mark optional
+/// members with `Option`, never with `#[serde(default)]`.)
 pub(crate) fn visit_struct<'de, V: Visitor<'de>>(
     map: &mut Map<String, Json>,
     fields: &'static [&'static str],
@@ -60,9 +65,9 @@ pub(crate) fn visit_struct<'de, V: Visitor<'de>>(
     origin: Origin,
     visitor: V,
 ) -> Result<V::Value, Error> {
-    let members: Vec<(String, Json)> = fields
+    let members: Vec<(String, Option<Json>)> = fields
         .iter()
-        .filter_map(|field| map.remove(*field).map(|v| ((*field).to_owned(), v)))
+        .map(|field| ((*field).to_owned(), map.remove(*field)))
         .collect();
     visitor
         .visit_map(MapReader::new(members, path.clone(), origin))
@@ -70,10 +75,16 @@ pub(crate) fn visit_struct<'de, V: Visitor<'de>>(
 }
 
 /// The first key left over after a struct was read, as QEMU reports it.
-pub(crate) fn reject_leftovers(map: &Map<String, Json>, path: &Path) -> Result<(), Error> {
-    match map.keys().next() {
-        Some(key) => Err(Error::unexpected(&path.member(key))),
-        None => Ok(()),
+pub(crate) fn reject_leftovers(
+    map: &Map<String, Json>,
+    path: &Path,
+    origin: Origin,
+) -> Result<(), Error> {
+    match (map.keys().next(), origin) {
+        (None, _) => Ok(()),
+        // QemuOpts options are flat and name the key as written.
+        (Some(key), Origin::QemuOpts) => Err(Error::located(format!("Invalid parameter '{key}'"))),
+        (Some(key), _) => Err(Error::unexpected(&path.member(key))),
     }
 }
 
@@ -120,7 +131,7 @@ impl<'de> de::Deserializer<'de> for Deserializer {
                 visitor.visit_seq(SeqReader::new(items, path.clone(), self.origin))
             }
             Json::Object(map) => {
-                let entries = map.into_iter().collect();
+                let entries = map.into_iter().map(|(k, v)| (k, Some(v))).collect();
                 visitor.visit_map(MapReader::new(entries, path.clone(), self.origin))
             }
         };
@@ -258,7 +269,7 @@ impl<'de> de::Deserializer<'de> for Deserializer {
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         let (map, path, origin) = self.object()?;
-        let entries = map.into_iter().collect();
+        let entries = map.into_iter().map(|(k, v)| (k, Some(v))).collect();
         visitor
             .visit_map(MapReader::new(entries, path.clone(), origin))
             .map_err(|e: Error| e.locate(&path))
@@ -272,7 +283,7 @@ impl<'de> de::Deserializer<'de> for Deserializer {
     ) -> Result<V::Value, Error> {
         let (mut map, path, origin) = self.object()?;
         let value = visit_struct(&mut map, fields, &path, origin, visitor)?;
-        reject_leftovers(&map, &path)?;
+        reject_leftovers(&map, &path, origin)?;
         Ok(value)
     }
 
@@ -300,16 +311,19 @@ impl<'de> de::Deserializer<'de> for Deserializer {
     }
 }
 
+/// A member name and its value, `None` when absent.
+type Entry = (String, Option<Json>);
+
 /// Hands a struct's members (or a map's entries) to a visitor.
 pub(crate) struct MapReader {
-    entries: std::vec::IntoIter<(String, Json)>,
-    pending: Option<(String, Json)>,
+    entries: std::vec::IntoIter<Entry>,
+    pending: Option<Entry>,
     path: Path,
     origin: Origin,
 }
 
 impl MapReader {
-    fn new(entries: Vec<(String, Json)>, path: Path, origin: Origin) -> Self {
+    fn new(entries: Vec<Entry>, path: Path, origin: Origin) -> Self {
         Self {
             entries: entries.into_iter(),
             pending: None,
@@ -343,11 +357,11 @@ impl<'de> de::MapAccess<'de> for MapReader {
             .pending
             .take()
             .ok_or_else(|| Error::located("Internal error: map value read before its key"))?;
-        seed.deserialize(Deserializer::new(
-            value,
-            self.path.member(&key),
-            self.origin,
-        ))
+        let path = self.path.member(&key);
+        match value {
+            Some(value) => seed.deserialize(Deserializer::new(value, path, self.origin)),
+            None => seed.deserialize(Absent(path)),
+        }
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -391,5 +405,26 @@ impl<'de> de::SeqAccess<'de> for SeqReader {
 
     fn size_hint(&self) -> Option<usize> {
         Some(self.items.len())
+    }
+}
+
+/// An absent struct member: `None` for an `Option`, missing otherwise.
+struct Absent(Path);
+
+impl<'de> de::Deserializer<'de> for Absent {
+    type Error = Error;
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_none()
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Error> {
+        Err(Error::missing(&self.0))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
     }
 }

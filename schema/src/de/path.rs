@@ -7,7 +7,11 @@ use std::fmt;
 use crate::value::Origin;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Path(String);
+pub struct Path {
+    full: String,
+    /// Whether the last step is a list element, which has no name.
+    element: bool,
+}
 
 impl Path {
     /// The path of the whole tree.
@@ -17,44 +21,58 @@ impl Path {
 
     /// The path of member `name` of the object at `self`.
     pub fn member(&self, name: &str) -> Self {
-        if self.0.is_empty() {
-            Self(name.to_owned())
+        let full = if self.full.is_empty() {
+            name.to_owned()
         } else {
-            Self(format!("{}.{name}", self.0))
+            format!("{}.{name}", self.full)
+        };
+        Self {
+            full,
+            element: false,
         }
     }
 
     /// The path of element `index` of the list at `self`.
     pub fn element(&self, index: usize, origin: Origin) -> Self {
-        match origin {
-            Origin::Keyval => Self(format!("{}.{index}", self.0)),
-            Origin::Json => Self(format!("{}[{index}]", self.0)),
+        let full = match origin {
+            Origin::Keyval | Origin::QemuOpts => format!("{}.{index}", self.full),
+            Origin::Json => format!("{}[{index}]", self.full),
+        };
+        Self {
+            full,
+            element: true,
         }
     }
 
-    /// The last member name, which QEMU uses in a few messages.
+    /// The last member name, which QEMU uses in a few messages; list
+    /// elements and the root have none and QEMU prints `null`.
     pub fn last(&self) -> &str {
-        self.0.rsplit('.').next().unwrap_or(&self.0)
+        match self.full.rsplit('.').next() {
+            Some(last) if !self.element && !last.is_empty() => last,
+            _ => "null",
+        }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.full
+    }
+
+    /// A path carried through a capture.
+    pub(crate) fn from_parts(full: String, element: bool) -> Self {
+        Self { full, element }
+    }
+
+    pub(crate) fn is_element(&self) -> bool {
+        self.element
     }
 }
 
 impl fmt::Display for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
+        if self.full.is_empty() {
             f.write_str("<anonymous>")
         } else {
-            f.write_str(&self.0)
+            f.write_str(&self.full)
         }
-    }
-}
-
-impl Path {
-    /// A path carried through a capture, already in display form.
-    pub(crate) fn from_str_unchecked(path: String) -> Self {
-        Self(path)
     }
 }

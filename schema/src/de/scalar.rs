@@ -5,7 +5,7 @@ use serde_json::Value as Json;
 
 use super::error::Error;
 use super::path::Path;
-use crate::size::parse_size;
+use crate::size::{parse_size, SizeError};
 use crate::value::Origin;
 
 /// The string of a keyval leaf. A keyval tree has no other scalars, so an
@@ -28,7 +28,7 @@ pub fn boolean(value: Json, path: &Path, origin: Origin) -> Result<bool, Error> 
         Origin::Json => value
             .as_bool()
             .ok_or_else(|| Error::invalid_type(path, "boolean")),
-        Origin::Keyval => match keyval_text(value, path)?.as_str() {
+        Origin::Keyval | Origin::QemuOpts => match keyval_text(value, path)?.as_str() {
             "on" | "yes" | "true" | "y" => Ok(true),
             "off" | "no" | "false" | "n" => Ok(false),
             _ => Err(Error::expects(path, "'on' or 'off'")),
@@ -43,6 +43,8 @@ pub fn int64(value: Json, path: &Path, origin: Origin) -> Result<i64, Error> {
             .ok_or_else(|| Error::invalid_type(path, "integer")),
         Origin::Keyval => parse_c_integer(&keyval_text(value, path)?)
             .ok_or_else(|| Error::expects(path, "integer")),
+        // QemuOpts numbers are unsigned; a signed member takes their bits.
+        Origin::QemuOpts => uint64(value, path, origin).map(|v| v as i64),
     }
 }
 
@@ -56,6 +58,8 @@ pub fn uint64(value: Json, path: &Path, origin: Origin) -> Result<u64, Error> {
             .ok_or_else(|| Error::expects(path, "uint64")),
         Origin::Keyval => parse_c_unsigned(&keyval_text(value, path)?)
             .ok_or_else(|| Error::expects(path, "integer")),
+        Origin::QemuOpts => parse_c_unsigned(&keyval_text(value, path)?)
+            .ok_or_else(|| Error::expects(path, "a number")),
     }
 }
 
@@ -64,7 +68,16 @@ pub fn size(value: Json, path: &Path, origin: Origin) -> Result<u64, Error> {
     match origin {
         Origin::Json => uint64(value, path, origin),
         Origin::Keyval => {
-            parse_size(&keyval_text(value, path)?).ok_or_else(|| Error::expects(path, "size"))
+            parse_size(&keyval_text(value, path)?).map_err(|_| Error::expects(path, "size"))
+        }
+        Origin::QemuOpts => {
+            let text = keyval_text(value, path)?;
+            parse_size(&text).map_err(|e| match e {
+                SizeError::OutOfRange => Error::located(format!(
+                    "Value '{text}' is out of range for parameter '{path}'"
+                )),
+                SizeError::Invalid => Error::expects(path, "a non-negative number below 2^64"),
+            })
         }
     }
 }
@@ -72,7 +85,7 @@ pub fn size(value: Json, path: &Path, origin: Origin) -> Result<u64, Error> {
 pub fn number(value: Json, path: &Path, origin: Origin) -> Result<f64, Error> {
     let parsed = match origin {
         Origin::Json => value.as_f64(),
-        Origin::Keyval => keyval_text(value, path)?
+        Origin::Keyval | Origin::QemuOpts => keyval_text(value, path)?
             .trim_start_matches(is_c_space)
             .parse::<f64>()
             .ok()
@@ -87,7 +100,7 @@ pub fn string(value: Json, path: &Path, origin: Origin) -> Result<String, Error>
             Json::String(text) => Ok(text),
             _ => Err(Error::invalid_type(path, "string")),
         },
-        Origin::Keyval => keyval_text(value, path),
+        Origin::Keyval | Origin::QemuOpts => keyval_text(value, path),
     }
 }
 

@@ -27,22 +27,41 @@ pub(crate) const CAPTURE_TOKEN: &str = "$schema::Captured";
 
 const CAPTURE_VALUE: &str = "value";
 const CAPTURE_PATH: &str = "path";
-const CAPTURE_KEYVAL: &str = "keyval";
+const CAPTURE_ORIGIN: &str = "origin";
+const CAPTURE_ELEMENT: &str = "element";
 
-/// What our deserializer hands to a capture: three entries read strictly.
+/// What our deserializer hands to a capture: entries read strictly.
 pub(crate) fn capture_reader(value: Json, path: Path, origin: Origin) -> MapReader {
     let entries = vec![
         (
             CAPTURE_PATH.to_owned(),
-            Json::String(path.as_str().to_owned()),
+            Some(Json::String(path.as_str().to_owned())),
         ),
         (
-            CAPTURE_KEYVAL.to_owned(),
-            Json::Bool(origin == Origin::Keyval),
+            CAPTURE_ELEMENT.to_owned(),
+            Some(Json::Bool(path.is_element())),
         ),
-        (CAPTURE_VALUE.to_owned(), value),
+        (
+            CAPTURE_ORIGIN.to_owned(),
+            Some(Json::String(origin_name(origin).to_owned())),
+        ),
+        (CAPTURE_VALUE.to_owned(), Some(value)),
     ];
     MapReader::new(entries, Path::root(), Origin::Json)
+}
+
+fn origin_name(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Keyval => "keyval",
+        Origin::Json => "json",
+        Origin::QemuOpts => "qemu-opts",
+    }
+}
+
+fn origin_from_name(name: &str) -> Option<Origin> {
+    [Origin::Keyval, Origin::Json, Origin::QemuOpts]
+        .into_iter()
+        .find(|origin| origin_name(*origin) == name)
 }
 
 /// A subtree together with where it sits and how its leaves are read.
@@ -71,20 +90,22 @@ impl<'de> Visitor<'de> for CaptureVisitor {
     /// From our own deserializer: path, origin and tree.
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Captured, A::Error> {
         let mut path = None;
-        let mut keyval = None;
+        let mut element = None;
+        let mut origin = None;
         let mut value = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 CAPTURE_PATH => path = Some(map.next_value::<String>()?),
-                CAPTURE_KEYVAL => keyval = Some(map.next_value::<bool>()?),
+                CAPTURE_ELEMENT => element = Some(map.next_value::<bool>()?),
+                CAPTURE_ORIGIN => origin = origin_from_name(&map.next_value::<String>()?),
                 _ => value = Some(map.next_value::<Json>()?),
             }
         }
-        match (path, keyval, value) {
-            (Some(path), Some(keyval), Some(value)) => Ok(Captured {
+        match (path, element, origin, value) {
+            (Some(path), Some(element), Some(origin), Some(value)) => Ok(Captured {
                 value,
-                path: Path::from_str_unchecked(path),
-                origin: if keyval { Origin::Keyval } else { Origin::Json },
+                path: Path::from_parts(path, element),
+                origin,
             }),
             _ => Err(de::Error::custom("Internal error: incomplete capture")),
         }
@@ -129,7 +150,7 @@ impl Captured {
     pub fn no_branch(&self, type_name: &str) -> Error {
         Error::located(format!(
             "Invalid parameter type for '{}', expected: {type_name}",
-            display_last(&self.path)
+            self.path.last()
         ))
     }
 
@@ -143,13 +164,6 @@ impl Captured {
             }),
             _ => Err(Error::invalid_type(&self.path, "object")),
         }
-    }
-}
-
-fn display_last(path: &Path) -> &str {
-    match path.last() {
-        "" => "null",
-        last => last,
     }
 }
 
@@ -292,10 +306,10 @@ macro_rules! qapi_union {
                         $( $vname => |object| object.finish().map($enum::$variant), )+
                         other => return Err(object.bad_tag($tag, other)),
                     };
-                    let base: Base = object.take_base()?;
+                    let Base { $( $field, )* } = object.take_base()?;
                     let $tagfield = read_variant(object)?;
                     Ok($name {
-                        $( $field: base.$field, )*
+                        $( $field, )*
                         $tagfield,
                     })
                 }
