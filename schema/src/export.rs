@@ -144,7 +144,7 @@ qapi_union! {
         pub allow_inactive: Option<bool>,
     }
     /// The export type and its own options.
-    discriminator "type" => pub kind: BlockExportType {
+    discriminator "type" => pub kind: BlockExportKind {
         "nbd" => Nbd(BlockExportOptionsNbd),
         "vhost-user-blk" => VhostUserBlk(BlockExportOptionsVhostUserBlk),
         "fuse" => Fuse(BlockExportOptionsFuse),
@@ -193,7 +193,7 @@ pub struct NbdServerRemoveArgs {
 /// The export type as `query-block-exports` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum BlockExportKind {
+pub enum BlockExportType {
     Nbd,
     VhostUserBlk,
     Fuse,
@@ -205,7 +205,19 @@ pub enum BlockExportKind {
 #[serde(rename_all = "kebab-case")]
 pub struct BlockExportInfo {
     pub id: String,
-    pub r#type: BlockExportKind,
+    pub r#type: BlockExportType,
     pub node_name: String,
     pub shutting_down: bool,
+}
+
+impl BlockExportKind {
+    /// The plain export type of this variant.
+    pub fn export_type(&self) -> BlockExportType {
+        match self {
+            Self::Nbd(_) => BlockExportType::Nbd,
+            Self::VhostUserBlk(_) => BlockExportType::VhostUserBlk,
+            Self::Fuse(_) => BlockExportType::Fuse,
+            Self::VduseBlk(_) => BlockExportType::VduseBlk,
+        }
+    }
 }

@@ -6,7 +6,7 @@ use schema::char::{
     ChardevOptions, MonitorMode, MonitorOptions, CHARDEV_IMPLIED_KEY, MONITOR_IMPLIED_KEY,
 };
 use schema::export::{
-    BlockDirtyBitmap, BlockDirtyBitmapOrStr, BlockExportOptions, BlockExportType, NbdServerOptions,
+    BlockDirtyBitmap, BlockDirtyBitmapOrStr, BlockExportKind, BlockExportOptions, NbdServerOptions,
     NbdServerStartArgs, EXPORT_IMPLIED_KEY,
 };
 use schema::object::{
@@ -101,7 +101,7 @@ fn exports() {
         ("e", "disk")
     );
     assert_eq!(export.writable, Some(true));
-    let BlockExportType::Nbd(nbd) = export.kind else {
+    let BlockExportKind::Nbd(nbd) = export.kind else {
         panic!("not nbd")
     };
     assert_eq!(
@@ -120,7 +120,7 @@ fn exports() {
         Some(EXPORT_IMPLIED_KEY),
     )
     .unwrap();
-    let BlockExportType::VhostUserBlk(vhost) = vhost.kind else {
+    let BlockExportKind::VhostUserBlk(vhost) = vhost.kind else {
         panic!("not vhost-user-blk")
     };
     assert_eq!(vhost.logical_block_size.unwrap().bytes(), 4096);
