@@ -5,8 +5,23 @@
 //! defaults so a small filter only implements what it changes.
 
 use async_trait::async_trait;
+use schema::info::ImageInfoSpecific;
+use serde_json::{Map, Value as Json};
 
 use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::node::NodeChild;
+use crate::permissions::{default_child_perms, Perm};
+
+/// What `bdrv_get_info` reports for a node: present only for drivers that
+/// implement it, which decides whether `dirty-flag` appears in
+/// `query-named-block-nodes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriverInfo {
+    /// The format's cluster size, if it has one.
+    pub cluster_size: Option<u64>,
+    /// Whether the image is marked dirty (not cleanly closed).
+    pub dirty: bool,
+}
 
 /// Flags of a write request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,6 +37,7 @@ pub struct ZeroFlags {
     pub may_unmap: bool,
     /// Fail with `NotSupported` rather than fall back to writing zero buffers.
     pub no_fallback: bool,
+    /// Force unit access: the zeroes are durable when the request completes.
     pub fua: bool,
 }
 
@@ -39,15 +55,20 @@ pub struct Extent {
     pub depth: u32,
 }
 
-/// The child relations a node can have (QEMU's `BdrvChildRole` names).
+/// The child relations a node can have, by the name QEMU gives the edge
+/// (`BdrvChild.name`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChildRole {
+    /// The image file of a format, or the child of a filter.
     File,
+    /// The backing file of a copy-on-write format.
     Backing,
+    /// A format's external data file.
     Data,
 }
 
 impl ChildRole {
+    /// The edge name: `file`, `backing`, `data-file`.
     pub fn name(self) -> &'static str {
         match self {
             ChildRole::File => "file",
@@ -112,6 +133,67 @@ pub trait BlockDriver: Send + Sync + 'static {
         1
     }
 
-    /// The file name shown in `query-named-block-nodes`.
+    /// The driver's exact file name (`/path/disk.img`, `null-co://`), or an
+    /// empty string when the node's options say more than a file name
+    /// can; the node layer then derives the name shown in
+    /// `query-named-block-nodes` from its options and children, as QEMU's
+    /// `bdrv_refresh_filename` does.
     fn filename(&self) -> String;
+
+    /// The options that change what the node shows (QEMU's
+    /// `strong_runtime_opts`), as given when it was opened, besides
+    /// `driver` and `filename`: they appear in `json:{...}` file names.
+    fn strong_options(&self) -> Map<String, Json> {
+        Map::new()
+    }
+
+    /// Whether this is a protocol driver (QEMU's `protocol_name`): a format
+    /// node over it can show the protocol node's file name as its own.
+    fn is_protocol(&self) -> bool {
+        false
+    }
+
+    /// Bytes the image takes on the host, when the driver knows; `None`
+    /// lets the node layer sum its children's (QEMU's default for formats).
+    fn allocated_size(&self) -> Option<u64> {
+        None
+    }
+
+    /// `bdrv_get_info`, for drivers that implement it.
+    fn driver_info(&self) -> Option<DriverInfo> {
+        None
+    }
+
+    /// The `format-specific` member of the image info, for drivers that
+    /// have one.
+    fn format_specific(&self) -> Option<ImageInfoSpecific> {
+        None
+    }
+
+    /// What this node takes and shares on `child`, given what its own users
+    /// take (`perm`) and share (`shared`). `writable` is whether this node
+    /// is opened read-write. The default is QEMU's `bdrv_default_perms`.
+    fn child_perm(
+        &self,
+        child: &NodeChild,
+        writable: bool,
+        perm: Perm,
+        shared: Perm,
+    ) -> (Perm, Perm) {
+        default_child_perms(child.flags(), writable, perm, shared)
+    }
+
+    /// First phase of a permission change: checks that this node can take
+    /// `perm` while sharing `shared` (a file driver takes its image locks
+    /// here). Must leave things as they were if it fails; otherwise either
+    /// [`BlockDriver::set_perm`] or [`BlockDriver::abort_perm`] follows.
+    fn check_perm(&self, _perm: Perm, _shared: Perm) -> BlockResult<()> {
+        Ok(())
+    }
+
+    /// Second phase: the new permissions are in force.
+    fn set_perm(&self, _perm: Perm, _shared: Perm) {}
+
+    /// Second phase: the change was abandoned; undo `check_perm`.
+    fn abort_perm(&self) {}
 }

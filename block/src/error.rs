@@ -23,17 +23,23 @@ pub enum ErrorKind {
     Corrupt,
 }
 
+/// An error of the block layer: what kind, what happened, and the OS errno
+/// when a system call failed.
 #[derive(Debug, Clone)]
 pub struct BlockError {
+    /// The stable kind exports map to their protocol's error.
     pub kind: ErrorKind,
+    /// A message for people (QEMU's wording where QEMU has one).
     pub message: String,
     /// The OS errno, when the error came from a syscall.
     pub errno: Option<i32>,
 }
 
+/// The result of a block layer operation.
 pub type BlockResult<T> = Result<T, BlockError>;
 
 impl BlockError {
+    /// An error of this kind with this message.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,

@@ -3,9 +3,32 @@
 //! A request from an export enters through a [`BlockBackend`], goes to the
 //! backend's root node and down through filters and formats to a protocol
 //! driver. Drivers never know which export called them.
+//!
+//! [`BlockGraph`] is what the QMP commands drive (`blockdev-add`,
+//! `blockdev-del`, `block_resize`, the queries); exports attach a
+//! [`BlockBackend`] to a node and send their requests through it.
 
+mod aligned;
+pub mod backend;
+mod blocking;
 pub mod driver;
 pub mod error;
+mod factory;
+pub mod file;
+pub mod filename;
+pub mod graph;
+pub mod info;
+mod locking;
+pub mod node;
+pub mod null;
+mod perm_update;
+pub mod permissions;
+mod posix_io;
+pub mod raw;
 
-pub use driver::{BlockDriver, ChildRole, Extent, WriteFlags, ZeroFlags};
+pub use backend::BlockBackend;
+pub use driver::{BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags};
 pub use error::{BlockError, BlockResult, ErrorKind};
+pub use graph::{BackendPerms, BlockGraph};
+pub use node::{Node, NodeChild, NodeSettings};
+pub use permissions::{ChildRoleFlags, Perm};

@@ -1,0 +1,675 @@
+//! The `file` protocol driver: a regular file on the host, as QEMU's
+//! `file-posix`.
+//!
+//! Requests are positioned system calls on one descriptor; nothing on the
+//! request path takes a lock (except the read side of a lock that
+//! serializes `O_DIRECT` read-modify-write cycles, in `cache.direct` mode
+//! only). A read first tries `preadv2(RWF_NOWAIT)` inline, which serves
+//! page-cache hits without leaving the task; only a miss blocks, in
+//! [`run_blocking`]. Writes do the same with `pwritev2` where the file
+//! system supports non-blocking buffered writes. With `cache.direct=on`
+//! the file is opened `O_DIRECT` and unaligned requests go through aligned
+//! bounce buffers. Image locks follow QEMU's scheme ([`crate::locking`]).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use schema::block::{BlockdevAioOptions, BlockdevOptionsFile, OnOffAuto};
+use schema::info::{ImageInfoSpecific, ImageInfoSpecificFile};
+use serde_json::{Map, Value as Json};
+
+use crate::aligned::AlignedBuf;
+use crate::blocking::run_blocking;
+use crate::driver::{BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
+use crate::error::{os_error_text, BlockError, BlockResult, ErrorKind};
+use crate::locking::ImageLocks;
+use crate::node::NodeSettings;
+use crate::permissions::Perm;
+use crate::posix_io::{self, RwFlags};
+
+/// The largest alignment probed for `O_DIRECT` (QEMU's `MAX_BLOCKSIZE`,
+/// which is also the page size here).
+const MAX_DIRECT_ALIGN: usize = 4096;
+
+/// Request sizes probed for `O_DIRECT`, as QEMU's `raw_probe_alignment`.
+const PROBED_ALIGNMENTS: [usize; 5] = [1, 512, 1024, 2048, 4096];
+
+/// The largest zero buffer written when the file system cannot zero a
+/// range by itself.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// A regular file opened as a block node.
+pub struct FileDriver {
+    fd: OwnedFd,
+    filename: String,
+    size: AtomicU64,
+    /// `Some` with `cache.direct=on`.
+    direct: Option<DirectIo>,
+    /// `None` with `locking=off` (or an inactive node).
+    locks: Option<ImageLocks>,
+    /// Whether the descriptor is open for writing (`auto-read-only` may
+    /// have fallen back to read-only); the errno of that fallback.
+    write_refusal: Option<io::Error>,
+    /// Capabilities learnt by trying; cleared on `EOPNOTSUPP`.
+    nowait_reads: AtomicBool,
+    nowait_writes: AtomicBool,
+    zero_range: AtomicBool,
+    punch_hole: AtomicBool,
+    /// The errno of a failed `fdatasync` in buffered mode: after one, the
+    /// page cache no longer says what is on disk, so every later flush
+    /// fails too (as QEMU's `page_cache_inconsistent`).
+    flush_failure: AtomicI32,
+}
+
+/// `O_DIRECT` parameters.
+struct DirectIo {
+    /// Offsets and lengths must be multiples of this.
+    request_align: usize,
+    /// Buffers must start at a multiple of this.
+    memory_align: usize,
+    /// Read side: any write; write side: a read-modify-write cycle, which
+    /// must not interleave with other writes to the same blocks.
+    rmw: tokio::sync::RwLock<()>,
+}
+
+impl FileDriver {
+    /// Opens `options.filename` with the node's settings.
+    pub fn open(options: &BlockdevOptionsFile, settings: &NodeSettings) -> BlockResult<Self> {
+        let filename = options.filename.clone();
+        if options.aio == Some(BlockdevAioOptions::Native) && !settings.cache_direct {
+            return Err(invalid(
+                "aio=native was specified, but it requires cache.direct=on, which was not specified.",
+            ));
+        }
+        if let Some(id) = &options.pr_manager {
+            return Err(invalid(format!(
+                "No persistent reservation manager with id '{id}'"
+            )));
+        }
+        // `aio`, `aio-max-batch`, `drop-cache` and `x-check-cache-dropped`
+        // are accepted for compatibility: the I/O engine is this driver's
+        // own and there is no migration whose cache could be dropped.
+        let (fd, write_refusal) = open_file(&filename, settings)?;
+        let st = posix_io::fstat(fd.as_raw_fd())
+            .map_err(|e| BlockError::from_io("Could not stat file", e))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(invalid(format!(
+                "'file' driver requires '{filename}' to be a regular file"
+            )));
+        }
+        let direct = if settings.cache_direct {
+            Some(probe_direct_alignment(fd.as_raw_fd())?)
+        } else {
+            None
+        };
+        let use_locks = match options.locking.unwrap_or_default() {
+            OnOffAuto::Off => false,
+            OnOffAuto::On | OnOffAuto::Auto => !settings.inactive,
+        };
+        let locks = if use_locks {
+            match ImageLocks::new(fd.as_raw_fd()) {
+                Ok(locks) => Some(locks),
+                // `auto` quietly goes without locks where the kernel has none.
+                Err(_) if options.locking.unwrap_or_default() == OnOffAuto::Auto => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        Ok(FileDriver {
+            fd,
+            filename,
+            size: AtomicU64::new(u64::try_from(st.st_size).unwrap_or(0)),
+            direct,
+            locks,
+            write_refusal,
+            nowait_reads: AtomicBool::new(true),
+            nowait_writes: AtomicBool::new(true),
+            zero_range: AtomicBool::new(true),
+            punch_hole: AtomicBool::new(true),
+            flush_failure: AtomicI32::new(0),
+        })
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn io_error(&self, what: &str, offset: u64, err: io::Error) -> BlockError {
+        BlockError::from_io(
+            format!("{what} at offset {offset} of '{}'", self.filename),
+            err,
+        )
+    }
+
+    /// Buffered read: page-cache hits inline, misses in a blocking call.
+    fn read_buffered(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+        let fd = self.raw_fd();
+        let mut done = 0;
+        if self.nowait_reads.load(Ordering::Relaxed) {
+            while done < buf.len() {
+                match posix_io::pread(fd, &mut buf[done..], offset + done as u64, RwFlags::NOWAIT) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                        self.nowait_reads.store(false, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => return Err(self.io_error("Read", offset, e)),
+                }
+            }
+        }
+        if done < buf.len() {
+            let rest = &mut buf[done..];
+            let n = run_blocking(|| read_fully(fd, rest, offset + done as u64, false))
+                .map_err(|e| self.io_error("Read", offset, e))?;
+            done += n;
+        }
+        // Past the end of the file reads as zeroes (a file shrunk behind
+        // our back), as QEMU's short-read handling.
+        buf[done..].fill(0);
+        Ok(())
+    }
+
+    /// Buffered write: non-blocking first where supported.
+    fn write_buffered(&self, offset: u64, buf: &[u8], flags: RwFlags) -> BlockResult<()> {
+        let fd = self.raw_fd();
+        let mut done = 0;
+        if flags == RwFlags::NONE && self.nowait_writes.load(Ordering::Relaxed) {
+            while done < buf.len() {
+                match posix_io::pwrite(fd, &buf[done..], offset + done as u64, RwFlags::NOWAIT) {
+                    Ok(n) => done += n,
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                        self.nowait_writes.store(false, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => return Err(self.io_error("Write", offset, e)),
+                }
+            }
+        }
+        if done < buf.len() {
+            let rest = &buf[done..];
+            run_blocking(|| write_fully(fd, rest, offset + done as u64, flags))
+                .map_err(|e| self.io_error("Write", offset, e))?;
+        }
+        Ok(())
+    }
+
+    /// `O_DIRECT` read; unaligned requests read whole blocks into a bounce
+    /// buffer.
+    fn read_direct(&self, direct: &DirectIo, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+        let fd = self.raw_fd();
+        if direct.is_aligned(offset, buf) {
+            let n = run_blocking(|| read_fully(fd, buf, offset, true))
+                .map_err(|e| self.io_error("Read", offset, e))?;
+            buf[n..].fill(0);
+            return Ok(());
+        }
+        let (start, mut bounce) = direct.bounce_for(offset, buf.len())?;
+        run_blocking(|| read_fully(fd, &mut bounce, start, true))
+            .map_err(|e| self.io_error("Read", offset, e))?;
+        let skip = (offset - start) as usize;
+        buf.copy_from_slice(&bounce[skip..skip + buf.len()]);
+        Ok(())
+    }
+
+    /// `O_DIRECT` write; unaligned requests read, patch and write back whole
+    /// blocks, excluding every other write meanwhile.
+    async fn write_direct(
+        &self,
+        direct: &DirectIo,
+        offset: u64,
+        buf: &[u8],
+        flags: RwFlags,
+    ) -> BlockResult<()> {
+        let fd = self.raw_fd();
+        if direct.is_aligned(offset, buf) {
+            let _shared = direct.rmw.read().await;
+            return run_blocking(|| write_fully(fd, buf, offset, flags))
+                .map_err(|e| self.io_error("Write", offset, e));
+        }
+        let _exclusive = direct.rmw.write().await;
+        let (start, mut bounce) = direct.bounce_for(offset, buf.len())?;
+        let skip = (offset - start) as usize;
+        run_blocking(|| -> io::Result<()> {
+            let n = read_fully(fd, &mut bounce, start, true)?;
+            bounce[skip..skip + buf.len()].copy_from_slice(buf);
+            // Write back no more blocks than the file had or the request
+            // covers. (A file whose size is not a multiple of the alignment
+            // still gets its last block padded, as with QEMU.)
+            let end = (skip + buf.len()).max(n);
+            let len = end.div_ceil(direct.request_align) * direct.request_align;
+            write_fully(fd, &bounce[..len], start, flags)
+        })
+        .map_err(|e| self.io_error("Write", offset, e))
+    }
+
+    /// Zeroes with the file system's help, as QEMU's
+    /// `handle_aiocb_write_zeroes[_unmap]`: punch (if unmapping is allowed),
+    /// zero-range, punch-and-reallocate. `Ok(false)`: none of them works.
+    fn zero_by_fallocate(&self, offset: u64, len: u64, may_unmap: bool) -> BlockResult<bool> {
+        let fd = self.raw_fd();
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let is =
+            |e: &io::Error, codes: &[i32]| e.raw_os_error().is_some_and(|c| codes.contains(&c));
+        if may_unmap && self.punch_hole.load(Ordering::Relaxed) {
+            match posix_io::fallocate(fd, punch, offset, len) {
+                Ok(()) => return Ok(true),
+                Err(e)
+                    if is(
+                        &e,
+                        &[libc::EOPNOTSUPP, libc::EINVAL, libc::EBUSY, libc::ENOSYS],
+                    ) => {}
+                Err(e) => return Err(self.io_error("Write zeroes", offset, e)),
+            }
+        }
+        if self.zero_range.load(Ordering::Relaxed) {
+            match posix_io::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, offset, len) {
+                Ok(()) => return Ok(true),
+                Err(e) if is(&e, &[libc::EOPNOTSUPP, libc::ENOSYS]) => {
+                    self.zero_range.store(false, Ordering::Relaxed)
+                }
+                // Some file systems refuse unaligned ranges; try the rest.
+                Err(e) if is(&e, &[libc::EINVAL]) => {}
+                Err(e) => return Err(self.io_error("Write zeroes", offset, e)),
+            }
+        }
+        if self.punch_hole.load(Ordering::Relaxed) {
+            match posix_io::fallocate(fd, punch, offset, len) {
+                Ok(()) => {
+                    return posix_io::fallocate(fd, 0, offset, len)
+                        .map(|()| true)
+                        .map_err(|e| self.io_error("Write zeroes", offset, e))
+                }
+                Err(e) if is(&e, &[libc::EOPNOTSUPP, libc::ENOSYS]) => {
+                    self.punch_hole.store(false, Ordering::Relaxed)
+                }
+                Err(e) if is(&e, &[libc::EINVAL]) => {}
+                Err(e) => return Err(self.io_error("Write zeroes", offset, e)),
+            }
+        }
+        Ok(false)
+    }
+
+    /// The slow path of write-zeroes: writes zero buffers.
+    async fn write_zero_buffers(&self, offset: u64, len: u64, flags: RwFlags) -> BlockResult<()> {
+        let chunk_len = usize::try_from(len).unwrap_or(ZERO_CHUNK).min(ZERO_CHUNK);
+        let align = self.direct.as_ref().map_or(1, |d| d.memory_align);
+        let zeroes = AlignedBuf::zeroed(chunk_len, align)?;
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(chunk_len as u64) as usize;
+            self.write_bytes(offset + done, &zeroes[..n], flags).await?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    async fn write_bytes(&self, offset: u64, buf: &[u8], flags: RwFlags) -> BlockResult<()> {
+        match &self.direct {
+            Some(direct) => self.write_direct(direct, offset, buf, flags).await,
+            None => self.write_buffered(offset, buf, flags),
+        }
+    }
+
+    /// Runs a space-management call, excluding `O_DIRECT` read-modify-write
+    /// cycles that could write back stale data over it.
+    async fn with_write_access<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.direct {
+            Some(direct) => {
+                let _shared = direct.rmw.read().await;
+                run_blocking(f)
+            }
+            None => run_blocking(f),
+        }
+    }
+
+    fn fdatasync(&self) -> BlockResult<()> {
+        let failed = self.flush_failure.load(Ordering::Relaxed);
+        if failed != 0 {
+            return Err(BlockError::from_io(
+                "Flush",
+                io::Error::from_raw_os_error(failed),
+            ));
+        }
+        let fd = self.raw_fd();
+        run_blocking(|| posix_io::fdatasync(fd)).map_err(|e| {
+            if self.direct.is_none() {
+                self.flush_failure
+                    .store(e.raw_os_error().unwrap_or(libc::EIO), Ordering::Relaxed);
+            }
+            BlockError::from_io("Flush", e)
+        })
+    }
+}
+
+#[async_trait]
+impl BlockDriver for FileDriver {
+    fn format_name(&self) -> &'static str {
+        "file"
+    }
+
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match &self.direct {
+            Some(direct) => self.read_direct(direct, offset, buf),
+            None => self.read_buffered(offset, buf),
+        }
+    }
+
+    async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.write_bytes(offset, buf, fua_flags(flags.fua)).await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let zeroed = self
+            .with_write_access(|| self.zero_by_fallocate(offset, len, flags.may_unmap))
+            .await?;
+        if !zeroed {
+            if flags.no_fallback {
+                return Err(BlockError::new(
+                    ErrorKind::NotSupported,
+                    "Write zeroes without fallback is not supported by the file system",
+                ));
+            }
+            return self
+                .write_zero_buffers(offset, len, fua_flags(flags.fua))
+                .await;
+        }
+        if flags.fua {
+            self.fdatasync()?;
+        }
+        Ok(())
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        if len == 0 || !self.punch_hole.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let fd = self.raw_fd();
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        match self
+            .with_write_access(|| posix_io::fallocate(fd, mode, offset, len))
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Discard is a hint: where the file system cannot, nothing happens.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+                ) =>
+            {
+                self.punch_hole.store(false, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(self.io_error("Discard", offset, e)),
+        }
+    }
+
+    async fn flush(&self) -> BlockResult<()> {
+        self.fdatasync()
+    }
+
+    /// Data or hole by `SEEK_DATA`/`SEEK_HOLE` (QEMU's `find_allocation`).
+    async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
+        let fd = self.raw_fd();
+        let data = |length: u64| Extent {
+            length,
+            data: true,
+            zero: false,
+            depth: 1,
+        };
+        let hole = |length: u64| Extent {
+            length,
+            data: false,
+            zero: true,
+            depth: 1,
+        };
+        let extent = match posix_io::lseek(fd, offset, libc::SEEK_DATA) {
+            // A trailing hole, or past the end of a file that shrank.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => hole(len),
+            // Nothing known: everything is data.
+            Err(_) => data(len),
+            Ok(next_data) if next_data > offset => hole((next_data - offset).min(len)),
+            Ok(_) => match posix_io::lseek(fd, offset, libc::SEEK_HOLE) {
+                Ok(next_hole) if next_hole > offset => data((next_hole - offset).min(len)),
+                // A hole was dug between the two calls, or an error: data
+                // is the safe answer.
+                _ => data(len),
+            },
+        };
+        Ok(extent)
+    }
+
+    async fn resize(&self, new_size: u64) -> BlockResult<()> {
+        let fd = self.raw_fd();
+        run_blocking(|| posix_io::ftruncate(fd, new_size))
+            .map_err(|e| BlockError::from_io("Could not resize file", e))?;
+        self.size.store(new_size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn can_fast_zero(&self) -> bool {
+        true
+    }
+
+    fn request_alignment(&self) -> u32 {
+        self.direct
+            .as_ref()
+            .map_or(1, |d| u32::try_from(d.request_align).unwrap_or(u32::MAX))
+    }
+
+    fn filename(&self) -> String {
+        self.filename.clone()
+    }
+
+    fn strong_options(&self) -> Map<String, Json> {
+        let mut options = Map::new();
+        options.insert("filename".to_string(), Json::String(self.filename.clone()));
+        options
+    }
+
+    fn is_protocol(&self) -> bool {
+        true
+    }
+
+    fn allocated_size(&self) -> Option<u64> {
+        let st = posix_io::fstat(self.raw_fd()).ok()?;
+        u64::try_from(st.st_blocks).ok().map(|blocks| blocks * 512)
+    }
+
+    fn driver_info(&self) -> Option<DriverInfo> {
+        Some(DriverInfo::default())
+    }
+
+    fn format_specific(&self) -> Option<ImageInfoSpecific> {
+        Some(ImageInfoSpecific::File(ImageInfoSpecificFile::default()))
+    }
+
+    fn check_perm(&self, perm: Perm, shared: Perm) -> BlockResult<()> {
+        if let Some(err) = &self.write_refusal {
+            if perm.intersects(Perm::WRITE | Perm::WRITE_UNCHANGED | Perm::RESIZE) {
+                return Err(open_error(&self.filename, err));
+            }
+        }
+        match &self.locks {
+            Some(locks) => locks.prepare(perm, shared),
+            None => Ok(()),
+        }
+    }
+
+    fn set_perm(&self, perm: Perm, shared: Perm) {
+        if let Some(locks) = &self.locks {
+            locks.commit(perm, shared);
+        }
+    }
+
+    fn abort_perm(&self) {
+        if let Some(locks) = &self.locks {
+            locks.abort();
+        }
+    }
+}
+
+impl DirectIo {
+    fn is_aligned(&self, offset: u64, buf: &[u8]) -> bool {
+        offset.is_multiple_of(self.request_align as u64)
+            && buf.len().is_multiple_of(self.request_align)
+            && (buf.as_ptr() as usize).is_multiple_of(self.memory_align)
+    }
+
+    /// An aligned buffer covering `[offset, offset + len)` in whole blocks,
+    /// and the file offset where it starts.
+    fn bounce_for(&self, offset: u64, len: usize) -> BlockResult<(u64, AlignedBuf)> {
+        let align = self.request_align as u64;
+        let start = offset - offset % align;
+        let end = (offset + len as u64).div_ceil(align) * align;
+        let size = usize::try_from(end - start).map_err(|_| {
+            BlockError::new(ErrorKind::TooLarge, "Request too large for a bounce buffer")
+        })?;
+        Ok((start, AlignedBuf::zeroed(size, self.memory_align)?))
+    }
+}
+
+/// Opens the file as the settings ask; with `auto-read-only`, falls back
+/// to read-only where writing is refused, and returns why.
+fn open_file(filename: &str, settings: &NodeSettings) -> BlockResult<(OwnedFd, Option<io::Error>)> {
+    let path = CString::new(filename).map_err(|_| {
+        invalid(format!(
+            "Could not open '{filename}': file name contains a NUL byte"
+        ))
+    })?;
+    let mut flags = libc::O_CLOEXEC;
+    if settings.cache_direct {
+        flags |= libc::O_DIRECT;
+    }
+    let open = |access: libc::c_int| -> io::Result<OwnedFd> {
+        // SAFETY: `path` is a valid C string for the call.
+        let fd = unsafe { libc::open(path.as_ptr(), flags | access) };
+        if fd < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            // SAFETY: `open` returned a fresh descriptor we now own.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+    };
+    if settings.read_only {
+        return open(libc::O_RDONLY)
+            .map(|fd| (fd, None))
+            .map_err(|e| open_error(filename, &e));
+    }
+    match open(libc::O_RDWR) {
+        Ok(fd) => Ok((fd, None)),
+        Err(e)
+            if settings.auto_read_only
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
+                ) =>
+        {
+            let fd = open(libc::O_RDONLY).map_err(|e| open_error(filename, &e))?;
+            Ok((fd, Some(e)))
+        }
+        Err(e) => Err(open_error(filename, &e)),
+    }
+}
+
+/// QEMU's `error_setg_file_open`.
+fn open_error(filename: &str, err: &io::Error) -> BlockError {
+    let copy = err
+        .raw_os_error()
+        .map_or_else(|| io::Error::from(err.kind()), io::Error::from_raw_os_error);
+    let mut error = BlockError::from_io("", copy);
+    error.message = format!("Could not open '{filename}': {}", os_error_text(err));
+    error
+}
+
+/// `RWF_DSYNC` for a FUA request.
+fn fua_flags(fua: bool) -> RwFlags {
+    if fua {
+        RwFlags::DSYNC
+    } else {
+        RwFlags::NONE
+    }
+}
+
+/// Finds the `O_DIRECT` request and memory alignment by trying reads, as
+/// QEMU's `raw_probe_alignment`; a file that accepts any size (nothing
+/// allocated yet) gets the safe maximum.
+fn probe_direct_alignment(fd: RawFd) -> BlockResult<DirectIo> {
+    let mut buf = AlignedBuf::zeroed(2 * MAX_DIRECT_ALIGN, MAX_DIRECT_ALIGN)?;
+    let works = |r: io::Result<usize>| match r {
+        Ok(_) => true,
+        Err(e) => e.raw_os_error() != Some(libc::EINVAL),
+    };
+    let request_align = PROBED_ALIGNMENTS
+        .iter()
+        .find(|&&align| works(posix_io::pread(fd, &mut buf[..align], 0, RwFlags::NONE)))
+        .map(|&align| if align == 1 { MAX_DIRECT_ALIGN } else { align });
+    let memory_align = PROBED_ALIGNMENTS.iter().find_map(|&align| {
+        let probe = &mut buf[align..align + MAX_DIRECT_ALIGN];
+        works(posix_io::pread(fd, probe, 0, RwFlags::NONE)).then_some(align)
+    });
+    match (request_align, memory_align) {
+        (Some(request_align), Some(memory_align)) => Ok(DirectIo {
+            request_align,
+            memory_align: if memory_align == 1 {
+                request_align
+            } else {
+                memory_align
+            },
+            rmw: tokio::sync::RwLock::new(()),
+        }),
+        _ => Err(invalid("Could not find working O_DIRECT alignment")),
+    }
+}
+
+/// Reads until `buf` is full or the end of the file; returns the bytes
+/// read. With `direct`, `EINVAL` after some progress is the unaligned tail
+/// of the file, i.e. its end (as QEMU assumes).
+fn read_fully(fd: RawFd, buf: &mut [u8], offset: u64, direct: bool) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match posix_io::pread(fd, &mut buf[done..], offset + done as u64, RwFlags::NONE) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if direct && done > 0 && e.raw_os_error() == Some(libc::EINVAL) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Writes all of `buf`.
+fn write_fully(fd: RawFd, buf: &[u8], offset: u64, flags: RwFlags) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match posix_io::pwrite(fd, &buf[done..], offset + done as u64, flags)? {
+            0 => return Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            n => done += n,
+        }
+    }
+    Ok(())
+}
+
+fn invalid(message: impl Into<String>) -> BlockError {
+    BlockError::new(ErrorKind::InvalidArgument, message)
+}

@@ -1,0 +1,206 @@
+//! The results of `query-named-block-nodes` and
+//! `x-debug-query-block-graph` (schema types), built from the graph as QSD
+//! 10.0 builds them: which members appear, list order, ids.
+
+use std::sync::Arc;
+
+use schema::info::{
+    BlockDeviceInfo, BlockdevCacheInfo, ImageInfo, XDbgBlockGraph, XDbgBlockGraphEdge,
+    XDbgBlockGraphNode, XDbgBlockGraphNodeType,
+};
+
+use crate::driver::ChildRole;
+use crate::filename::display_filename;
+use crate::graph::BlockGraph;
+use crate::node::Node;
+use crate::perm_update::BackendUse;
+use crate::permissions::{ChildRoleFlags, Perm};
+
+impl BlockGraph {
+    /// `query-named-block-nodes`: every node, newest first. With `flat`,
+    /// backing images are not nested.
+    pub fn query_named_block_nodes(&self, flat: bool) -> Vec<BlockDeviceInfo> {
+        self.nodes()
+            .iter()
+            .map(|node| block_device_info(node, flat))
+            .collect()
+    }
+
+    /// `x-debug-query-block-graph`.
+    pub fn debug_block_graph(&self) -> XDbgBlockGraph {
+        self.with_state(debug_graph)
+    }
+}
+
+fn block_device_info(node: &Arc<Node>, flat: bool) -> BlockDeviceInfo {
+    let settings = node.settings();
+    let backing = node.child(ChildRole::Backing);
+    let mut image = image_info(node);
+    let mut backing_file_depth = 0i64;
+    if !flat {
+        // Nest the backing chain, counting its length.
+        let mut slot = &mut image;
+        let mut current = backing.cloned();
+        while let Some(layer) = current {
+            backing_file_depth += 1;
+            current = layer.child(ChildRole::Backing).cloned();
+            slot = slot.backing_image.insert(Box::new(image_info(&layer)));
+        }
+    }
+    BlockDeviceInfo {
+        file: display_filename(node),
+        node_name: Some(node.name().to_string()),
+        ro: settings.read_only,
+        drv: node.driver().format_name().to_string(),
+        backing_file: backing.map(|b| display_filename(b)),
+        backing_file_depth,
+        active: !settings.inactive,
+        encrypted: false,
+        detect_zeroes: settings.detect_zeroes,
+        bps: 0,
+        bps_rd: 0,
+        bps_wr: 0,
+        iops: 0,
+        iops_rd: 0,
+        iops_wr: 0,
+        image,
+        bps_max: None,
+        bps_rd_max: None,
+        bps_wr_max: None,
+        iops_max: None,
+        iops_rd_max: None,
+        iops_wr_max: None,
+        bps_max_length: None,
+        bps_rd_max_length: None,
+        bps_wr_max_length: None,
+        iops_max_length: None,
+        iops_rd_max_length: None,
+        iops_wr_max_length: None,
+        iops_size: None,
+        group: None,
+        cache: BlockdevCacheInfo {
+            writeback: true,
+            direct: settings.cache_direct,
+            no_flush: settings.cache_no_flush,
+        },
+        write_threshold: 0,
+        dirty_bitmaps: None,
+    }
+}
+
+fn image_info(node: &Node) -> ImageInfo {
+    let driver_info = node.driver().driver_info();
+    ImageInfo {
+        filename: display_filename(node),
+        format: node.driver().format_name().to_string(),
+        dirty_flag: driver_info.map(|i| i.dirty),
+        actual_size: allocated_size(node).map(saturating_i64),
+        virtual_size: saturating_i64(node.size()),
+        cluster_size: driver_info.and_then(|i| i.cluster_size).map(saturating_i64),
+        encrypted: None,
+        compressed: None,
+        backing_filename: node.child(ChildRole::Backing).map(|b| display_filename(b)),
+        full_backing_filename: None,
+        backing_filename_format: None,
+        snapshots: None,
+        format_specific: node.driver().format_specific(),
+        backing_image: None,
+    }
+}
+
+/// What the driver reports, or for formats the sum over the children that
+/// hold this node's data (QEMU's `bdrv_sum_allocated_file_size`).
+fn allocated_size(node: &Node) -> Option<u64> {
+    if let Some(size) = node.driver().allocated_size() {
+        return Some(size);
+    }
+    if node.driver().is_protocol() {
+        return None;
+    }
+    let holders = ChildRoleFlags::DATA
+        .union(ChildRoleFlags::METADATA)
+        .union(ChildRoleFlags::FILTERED);
+    let mut total = 0u64;
+    for child in node.children() {
+        if child.flags().intersects(holders) {
+            total = total.saturating_add(allocated_size(child.node())?);
+        }
+    }
+    Some(total)
+}
+
+/// Builds the debug graph: backends first, then nodes, each in creation
+/// order, ids handed out on first sight; lists come out newest first, as
+/// QEMU prepends.
+fn debug_graph(nodes: &[Arc<Node>], backends: &[BackendUse]) -> XDbgBlockGraph {
+    let mut ids: Vec<(Key, u64)> = Vec::new();
+    let mut id_of = |key: Key| -> u64 {
+        if let Some((_, id)) = ids.iter().find(|(k, _)| *k == key) {
+            return *id;
+        }
+        let id = ids.len() as u64 + 1;
+        ids.push((key, id));
+        id
+    };
+    let mut graph_nodes = Vec::new();
+    let mut edges = Vec::new();
+    for backend in backends {
+        let id = id_of(Key::Backend(backend.seq));
+        graph_nodes.push(XDbgBlockGraphNode {
+            id,
+            r#type: XDbgBlockGraphNodeType::BlockBackend,
+            name: String::new(),
+        });
+        edges.push(edge(
+            id,
+            id_of(Key::Node(backend.node_id)),
+            "root",
+            (backend.perm, backend.shared),
+        ));
+    }
+    for node in nodes {
+        let id = id_of(Key::Node(node.id()));
+        graph_nodes.push(XDbgBlockGraphNode {
+            id,
+            r#type: XDbgBlockGraphNodeType::BlockDriver,
+            name: node.name().to_string(),
+        });
+        // QEMU lists a node's children newest first.
+        for child in node.children().iter().rev() {
+            edges.push(edge(
+                id,
+                id_of(Key::Node(child.node().id())),
+                child.role().name(),
+                child.perms(),
+            ));
+        }
+    }
+    graph_nodes.reverse();
+    edges.reverse();
+    XDbgBlockGraph {
+        nodes: graph_nodes,
+        edges,
+    }
+}
+
+/// A vertex of the debug graph before it has an id.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Backend(u64),
+    Node(u64),
+}
+
+fn edge(parent: u64, child: u64, name: &str, (perm, shared): (Perm, Perm)) -> XDbgBlockGraphEdge {
+    XDbgBlockGraphEdge {
+        parent,
+        child,
+        name: name.to_string(),
+        perm: perm.to_qapi(),
+        shared_perm: shared.to_qapi(),
+    }
+}
+
+/// QAPI sizes are `int`; no real size comes near `i64::MAX`.
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

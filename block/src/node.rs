@@ -1,0 +1,320 @@
+//! A block node: one driver instance with its name, its per-node settings
+//! (read-only, cache, discard, detect-zeroes) and its children.
+//!
+//! The node's data methods are what parents and backends call: they apply
+//! the node-level policies QEMU applies in its generic block layer
+//! (`discard=ignore` drops discards, `detect-zeroes` turns zero writes into
+//! write-zeroes, `cache.no-flush` skips the flush to disk) and then call
+//! the driver. Bounds and permissions are checked by the caller (the
+//! backend); nothing here takes a lock. The graph owns the bookkeeping
+//! (names, references, permissions) and is the only one to build nodes.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+
+use schema::block::BlockdevDetectZeroesOptions;
+
+use crate::driver::{BlockDriver, ChildRole, Extent, WriteFlags, ZeroFlags};
+use crate::error::BlockResult;
+use crate::permissions::{ChildRoleFlags, Perm};
+
+/// A pair of permission sets (taken, shared) readable without a lock.
+/// Written only by the graph while it holds its own lock.
+#[derive(Debug)]
+pub(crate) struct PermCell(AtomicU16);
+
+impl PermCell {
+    /// Nothing taken, everything shared: an edge or node nobody uses.
+    pub(crate) fn unused() -> Self {
+        PermCell(AtomicU16::new(Self::pack(Perm::NONE, Perm::ALL)))
+    }
+
+    fn pack(perm: Perm, shared: Perm) -> u16 {
+        u16::from(perm.bits()) | (u16::from(shared.bits()) << 8)
+    }
+
+    /// The (taken, shared) pair.
+    pub(crate) fn get(&self) -> (Perm, Perm) {
+        let v = self.0.load(Ordering::Acquire);
+        // Both halves are masked by `from_bits`, so the casts only drop
+        // the other half.
+        (Perm::from_bits(v as u8), Perm::from_bits((v >> 8) as u8))
+    }
+
+    pub(crate) fn set(&self, perm: Perm, shared: Perm) {
+        self.0.store(Self::pack(perm, shared), Ordering::Release);
+    }
+}
+
+/// An edge from a parent node to a child node.
+pub struct NodeChild {
+    role: ChildRole,
+    flags: ChildRoleFlags,
+    node: Arc<Node>,
+    /// What the parent takes and shares on the child.
+    pub(crate) perms: PermCell,
+    /// Attach order across the whole graph (newer users are checked first,
+    /// as QEMU's parent lists are).
+    pub(crate) seq: u64,
+}
+
+impl NodeChild {
+    /// A new edge to `node`; the graph sets its permissions and sequence
+    /// number when it registers the parent.
+    pub fn new(role: ChildRole, flags: ChildRoleFlags, node: Arc<Node>) -> Self {
+        NodeChild {
+            role,
+            flags,
+            node,
+            perms: PermCell::unused(),
+            seq: 0,
+        }
+    }
+
+    /// The edge's name (`file`, `backing`, ...).
+    pub fn role(&self) -> ChildRole {
+        self.role
+    }
+
+    /// What the child is to the parent; decides default permissions.
+    pub fn flags(&self) -> ChildRoleFlags {
+        self.flags
+    }
+
+    /// The child node.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// What the parent currently takes and shares on the child.
+    pub fn perms(&self) -> (Perm, Perm) {
+        self.perms.get()
+    }
+}
+
+/// The generic (driver-independent) options of a node, after inheritance
+/// from the parent for inline children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeSettings {
+    /// Opened read-only: nobody may take write permission.
+    pub read_only: bool,
+    /// `auto-read-only`: open read-write only if possible.
+    pub auto_read_only: bool,
+    /// `active=off`: an inactive node takes no locks and refuses writers.
+    pub inactive: bool,
+    /// `force-share`: parents share every permission on this node.
+    pub force_share: bool,
+    /// `discard=unmap`: discard requests reach the driver.
+    pub discard_unmap: bool,
+    /// `detect-zeroes`.
+    pub detect_zeroes: BlockdevDetectZeroesOptions,
+    /// `cache.direct`: the host page cache is bypassed.
+    pub cache_direct: bool,
+    /// `cache.no-flush`: flushes do not reach the disk.
+    pub cache_no_flush: bool,
+}
+
+/// A node of the block graph.
+pub struct Node {
+    id: u64,
+    name: String,
+    driver: Box<dyn BlockDriver>,
+    settings: NodeSettings,
+    children: Vec<NodeChild>,
+    /// 1 for a node without children, else 1 + the deepest child's depth.
+    depth: usize,
+    /// The cumulative permissions of the node's users, as last applied to
+    /// the driver.
+    pub(crate) applied: PermCell,
+}
+
+impl Node {
+    /// Builds a node. Only the graph calls this, with a fresh `id`.
+    pub(crate) fn new(
+        id: u64,
+        name: String,
+        driver: Box<dyn BlockDriver>,
+        settings: NodeSettings,
+        children: Vec<NodeChild>,
+        depth: usize,
+    ) -> Self {
+        Node {
+            id,
+            name,
+            driver,
+            settings,
+            children,
+            depth,
+            applied: PermCell::unused(),
+        }
+    }
+
+    /// A number unique in the graph's lifetime, increasing with creation.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// 1 for a node without children, else 1 + the deepest child's depth.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// The node name (`node-name`, or an automatic `#blockNNN`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The driver instance.
+    pub fn driver(&self) -> &dyn BlockDriver {
+        self.driver.as_ref()
+    }
+
+    /// The node's generic options.
+    pub fn settings(&self) -> &NodeSettings {
+        &self.settings
+    }
+
+    /// The node's children, oldest edge first.
+    pub fn children(&self) -> &[NodeChild] {
+        &self.children
+    }
+
+    /// The child with this role, if any.
+    pub fn child(&self, role: ChildRole) -> Option<&Arc<Node>> {
+        self.children
+            .iter()
+            .find(|c| c.role == role)
+            .map(|c| &c.node)
+    }
+
+    /// Whether the node was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.settings.read_only
+    }
+
+    /// Whether a user may take write permission on the node.
+    pub fn is_writable(&self) -> bool {
+        !self.settings.read_only && !self.settings.inactive
+    }
+
+    /// The current virtual size in bytes.
+    pub fn size(&self) -> u64 {
+        self.driver.size()
+    }
+
+    /// Fills `buf` from `offset`.
+    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+        self.driver.read(offset, buf).await
+    }
+
+    /// Writes `buf` at `offset`; with `detect-zeroes`, a buffer of zeroes
+    /// becomes a write-zeroes request (which may unmap with `unmap`).
+    pub async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()> {
+        if self.settings.detect_zeroes != BlockdevDetectZeroesOptions::Off && buffer_is_zero(buf) {
+            let zero_flags = ZeroFlags {
+                may_unmap: self.settings.detect_zeroes == BlockdevDetectZeroesOptions::Unmap,
+                no_fallback: false,
+                fua: flags.fua,
+            };
+            return self
+                .write_zeroes(offset, buf.len() as u64, zero_flags)
+                .await;
+        }
+        self.driver.write(offset, buf, flags).await
+    }
+
+    /// Makes the range read as zeroes; it is only unmapped if the node
+    /// has `discard=unmap`.
+    pub async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        mut flags: ZeroFlags,
+    ) -> BlockResult<()> {
+        if !self.settings.discard_unmap {
+            flags.may_unmap = false;
+        }
+        self.driver.write_zeroes(offset, len, flags).await
+    }
+
+    /// Discards the range if the node has `discard=unmap`; otherwise does
+    /// nothing, as QEMU does.
+    pub async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        if !self.settings.discard_unmap {
+            return Ok(());
+        }
+        self.driver.discard(offset, len).await
+    }
+
+    /// Makes completed writes durable. With `cache.no-flush` the node's own
+    /// layer is skipped, but its children still flush by their own rules.
+    pub async fn flush(&self) -> BlockResult<()> {
+        if !self.settings.cache_no_flush {
+            return self.driver.flush().await;
+        }
+        for child in &self.children {
+            Box::pin(child.node.flush()).await?;
+        }
+        Ok(())
+    }
+
+    /// The status of the longest prefix of the range that shares one.
+    pub async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
+        self.driver.block_status(offset, len).await
+    }
+
+    /// Changes the virtual size (the graph checks permissions first).
+    pub async fn resize(&self, new_size: u64) -> BlockResult<()> {
+        self.driver.resize(new_size).await
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.name)
+            .field("driver", &self.driver.format_name())
+            .finish()
+    }
+}
+
+/// Whether every byte of `buf` is zero (word at a time).
+pub fn buffer_is_zero(buf: &[u8]) -> bool {
+    // SAFETY: every bit pattern is a valid u64; `align_to` splits off the
+    // unaligned head and tail.
+    let (head, words, tail) = unsafe { buf.align_to::<u64>() };
+    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection_covers_head_words_and_tail() {
+        let mut buf = vec![0u8; 4099];
+        assert!(buffer_is_zero(&buf));
+        assert!(buffer_is_zero(&buf[1..]));
+        for pos in [0, 1, 7, 8, 2048, 4098] {
+            buf[pos] = 1;
+            assert!(!buffer_is_zero(&buf), "byte {pos}");
+            assert!(
+                pos == 0 || !buffer_is_zero(&buf[1..]),
+                "byte {pos} unaligned"
+            );
+            buf[pos] = 0;
+        }
+        assert!(buffer_is_zero(&[]));
+    }
+
+    #[test]
+    fn perm_cell_round_trips() {
+        let cell = PermCell::unused();
+        assert_eq!(cell.get(), (Perm::NONE, Perm::ALL));
+        cell.set(Perm::WRITE | Perm::CONSISTENT_READ, !Perm::RESIZE);
+        assert_eq!(
+            cell.get(),
+            (Perm::WRITE | Perm::CONSISTENT_READ, !Perm::RESIZE)
+        );
+    }
+}

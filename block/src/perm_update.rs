@@ -1,0 +1,238 @@
+//! Recomputes and applies the permissions of every node and edge after a
+//! change to the graph (a node or backend added or removed), all or
+//! nothing, in QEMU's order: for each node, parents first, check that no
+//! user needs what another does not share, that nobody writes to a
+//! read-only node, and let the driver prepare (a file takes its image
+//! locks). Only when every node agreed are the new permissions committed;
+//! otherwise every prepared driver aborts and nothing changed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::node::Node;
+use crate::permissions::Perm;
+
+/// A backend's use of a node, as the graph records it.
+#[derive(Debug, Clone)]
+pub(crate) struct BackendUse {
+    /// The node the backend is attached to.
+    pub node_id: u64,
+    pub perm: Perm,
+    pub shared: Perm,
+    /// Attach order, shared with node edges.
+    pub seq: u64,
+}
+
+/// One user of a node, as the conflict check and its message see it.
+struct User {
+    perm: Perm,
+    shared: Perm,
+    seq: u64,
+    /// `node 'x'` or `an unnamed block device`.
+    description: String,
+    /// The edge name: `file`, `backing`, `root`.
+    edge: &'static str,
+}
+
+/// The permissions a node is about to get, with its computed child edges.
+struct Planned<'a> {
+    node: &'a Arc<Node>,
+    cumulative: (Perm, Perm),
+    edges: Vec<(Perm, Perm)>,
+    /// Whether the driver was asked to prepare (the cumulative changed).
+    prepared: bool,
+}
+
+/// Recomputes all permissions from the graph's structure and applies them.
+pub(crate) fn refresh(nodes: &[Arc<Node>], backends: &[BackendUse]) -> BlockResult<()> {
+    let order = parents_first(nodes);
+    let mut plans: Vec<Planned> = Vec::with_capacity(order.len());
+    // (parent id, child index) -> edge perms, filled as parents are planned.
+    let mut edge_perms: HashMap<(u64, usize), (Perm, Perm)> = HashMap::new();
+    let parent_edges = parent_edges(nodes);
+
+    for node in order {
+        let users = users_of(node, backends, &parent_edges, &edge_perms);
+        let result = check_users(node, &users).and_then(|cumulative| {
+            let prepared = cumulative != node.applied.get();
+            if prepared {
+                node.driver().check_perm(cumulative.0, cumulative.1)?;
+            }
+            Ok((cumulative, prepared))
+        });
+        let (cumulative, prepared) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                abort(&plans);
+                return Err(e);
+            }
+        };
+        let edges: Vec<(Perm, Perm)> = node
+            .children()
+            .iter()
+            .map(|child| {
+                let (perm, shared) =
+                    node.driver()
+                        .child_perm(child, node.is_writable(), cumulative.0, cumulative.1);
+                let shared = if child.node().settings().force_share {
+                    Perm::ALL
+                } else {
+                    shared
+                };
+                (perm, shared)
+            })
+            .collect();
+        for (index, perms) in edges.iter().enumerate() {
+            edge_perms.insert((node.id(), index), *perms);
+        }
+        plans.push(Planned {
+            node,
+            cumulative,
+            edges,
+            prepared,
+        });
+    }
+
+    for plan in &plans {
+        if plan.prepared {
+            plan.node
+                .driver()
+                .set_perm(plan.cumulative.0, plan.cumulative.1);
+            plan.node.applied.set(plan.cumulative.0, plan.cumulative.1);
+        }
+        for (child, (perm, shared)) in plan.node.children().iter().zip(&plan.edges) {
+            child.perms.set(*perm, *shared);
+        }
+    }
+    Ok(())
+}
+
+/// Drops every permission of a node leaving the graph (its locks go).
+pub(crate) fn release(node: &Node) {
+    if node.applied.get() == (Perm::NONE, Perm::ALL) {
+        return;
+    }
+    // Loosening cannot conflict; a driver that still fails keeps its
+    // state, which the closing of the node ends anyway.
+    if node.driver().check_perm(Perm::NONE, Perm::ALL).is_ok() {
+        node.driver().set_perm(Perm::NONE, Perm::ALL);
+        node.applied.set(Perm::NONE, Perm::ALL);
+    }
+}
+
+fn abort(plans: &[Planned]) {
+    for plan in plans.iter().filter(|p| p.prepared) {
+        plan.node.driver().abort_perm();
+    }
+}
+
+/// The users of `node`: its backends and the edges of its parents (with
+/// the permissions planned for them in this update), newest first.
+fn users_of(
+    node: &Node,
+    backends: &[BackendUse],
+    parent_edges: &HashMap<u64, Vec<(&Arc<Node>, usize)>>,
+    edge_perms: &HashMap<(u64, usize), (Perm, Perm)>,
+) -> Vec<User> {
+    let mut users: Vec<User> = backends
+        .iter()
+        .filter(|b| b.node_id == node.id())
+        .map(|b| User {
+            perm: b.perm,
+            shared: b.shared,
+            seq: b.seq,
+            description: "an unnamed block device".to_string(),
+            edge: "root",
+        })
+        .collect();
+    for (parent, index) in parent_edges.get(&node.id()).into_iter().flatten() {
+        let child = &parent.children()[*index];
+        let (perm, shared) = edge_perms
+            .get(&(parent.id(), *index))
+            .copied()
+            .unwrap_or((Perm::NONE, Perm::ALL));
+        users.push(User {
+            perm,
+            shared,
+            seq: child.seq,
+            description: format!("node '{}'", parent.name()),
+            edge: child.role().name(),
+        });
+    }
+    users.sort_by_key(|u| std::cmp::Reverse(u.seq));
+    users
+}
+
+/// QEMU's `bdrv_parent_perms_conflict` and read-only check; returns the
+/// cumulative (taken, shared) permissions of the users.
+fn check_users(node: &Node, users: &[User]) -> BlockResult<(Perm, Perm)> {
+    for (i, a) in users.iter().enumerate() {
+        for (j, b) in users.iter().enumerate() {
+            let conflict = b.perm & !a.shared;
+            if i != j && !conflict.is_empty() {
+                let name = node.name();
+                return Err(BlockError::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "Permission conflict on node '{name}': permissions '{}' are both required by {} (uses node '{name}' as '{}' child) and unshared by {} (uses node '{name}' as '{}' child).",
+                        conflict.human_names(),
+                        b.description,
+                        b.edge,
+                        a.description,
+                        a.edge
+                    ),
+                ));
+            }
+        }
+    }
+    let perm = users.iter().fold(Perm::NONE, |acc, u| acc | u.perm);
+    let shared = users.iter().fold(Perm::ALL, |acc, u| acc & u.shared);
+    if perm.intersects(Perm::WRITE | Perm::WRITE_UNCHANGED) && !node.is_writable() {
+        return Err(BlockError::new(
+            ErrorKind::PermissionDenied,
+            "Block node is read-only",
+        ));
+    }
+    Ok((perm, shared))
+}
+
+/// For each node id, the (parent, child index) pairs pointing at it.
+fn parent_edges(nodes: &[Arc<Node>]) -> HashMap<u64, Vec<(&Arc<Node>, usize)>> {
+    let mut map: HashMap<u64, Vec<(&Arc<Node>, usize)>> = HashMap::new();
+    for parent in nodes {
+        for (index, child) in parent.children().iter().enumerate() {
+            map.entry(child.node().id())
+                .or_default()
+                .push((parent, index));
+        }
+    }
+    map
+}
+
+/// The nodes ordered so that every parent comes before its children
+/// (iterative depth-first post-order, reversed).
+fn parents_first(nodes: &[Arc<Node>]) -> Vec<&Arc<Node>> {
+    let mut visited = HashSet::new();
+    let mut post_order = Vec::with_capacity(nodes.len());
+    for root in nodes {
+        if !visited.insert(root.id()) {
+            continue;
+        }
+        // (node, index of the next child to visit)
+        let mut stack: Vec<(&Arc<Node>, usize)> = vec![(root, 0)];
+        while let Some((node, next)) = stack.pop() {
+            match node.children().get(next) {
+                Some(child) => {
+                    stack.push((node, next + 1));
+                    if visited.insert(child.node().id()) {
+                        stack.push((child.node(), 0));
+                    }
+                }
+                None => post_order.push(node),
+            }
+        }
+    }
+    post_order.reverse();
+    post_order
+}

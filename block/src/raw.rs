@@ -1,0 +1,212 @@
+//! The `raw` format driver: its child's bytes as they are, optionally a
+//! window of them (`offset`, `size`), as QEMU's `raw-format`.
+//!
+//! Without a window it behaves like a filter (permissions pass through);
+//! with one, the child is a data child, whose size nobody else may change.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use schema::block::BlockdevOptionsRaw;
+use serde_json::{Map, Value as Json};
+
+use crate::driver::{BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
+use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::node::{Node, NodeChild};
+use crate::permissions::{ChildRoleFlags, Perm};
+
+/// `size` must be a multiple of this (QEMU's `BDRV_SECTOR_SIZE`), so that
+/// rounding never leaks out of the window.
+const SECTOR_SIZE: u64 = 512;
+
+/// A `raw` node over its `file` child.
+pub struct RawDriver {
+    file: Arc<Node>,
+    offset: u64,
+    /// `Some` when the window has a fixed size.
+    size: Option<u64>,
+    /// The options as given, for `json:` file names.
+    given_offset: Option<i64>,
+    given_size: Option<i64>,
+}
+
+impl RawDriver {
+    /// A raw view of `file`, checked against its current size.
+    pub fn open(file: Arc<Node>, options: &BlockdevOptionsRaw) -> BlockResult<Self> {
+        let offset = non_negative("offset", options.offset)?.unwrap_or(0);
+        let size = non_negative("size", options.size)?;
+        let real_size = file.size();
+        if offset > real_size {
+            return Err(invalid(format!(
+                "Offset ({offset}) cannot be greater than size of the containing file ({real_size})"
+            )));
+        }
+        if let Some(size) = size {
+            if real_size - offset < size {
+                return Err(invalid(format!(
+                    "The sum of offset ({offset}) and size ({size}) has to be smaller or equal to the  actual size of the containing file ({real_size})"
+                )));
+            }
+            if size % SECTOR_SIZE != 0 {
+                return Err(invalid(format!(
+                    "Specified size is not multiple of {SECTOR_SIZE}"
+                )));
+            }
+        }
+        Ok(RawDriver {
+            file,
+            offset,
+            size,
+            given_offset: options.offset,
+            given_size: options.size,
+        })
+    }
+
+    /// What the child is to this node: a filtered child without a window
+    /// (QEMU looks at the values: `offset=0` is no window), a data child
+    /// with one.
+    pub fn file_role(&self) -> ChildRoleFlags {
+        let role = if self.offset != 0 || self.size.is_some() {
+            ChildRoleFlags::DATA
+        } else {
+            ChildRoleFlags::FILTERED
+        };
+        role.union(ChildRoleFlags::PRIMARY)
+    }
+
+    /// Maps a request into the child; a range outside a fixed window is
+    /// refused (`NoSpace` for writes, `InvalidArgument` otherwise), as
+    /// QEMU's `raw_adjust_offset`.
+    fn map(&self, offset: u64, len: u64, is_write: bool) -> BlockResult<u64> {
+        if let Some(size) = self.size {
+            if offset > size || len > size - offset {
+                let kind = if is_write {
+                    ErrorKind::NoSpace
+                } else {
+                    ErrorKind::InvalidArgument
+                };
+                return Err(BlockError::new(
+                    kind,
+                    format!("Request [{offset}, +{len}) outside the raw window of {size} bytes"),
+                ));
+            }
+        }
+        offset
+            .checked_add(self.offset)
+            .ok_or_else(|| invalid("Request offset overflows"))
+    }
+}
+
+#[async_trait]
+impl BlockDriver for RawDriver {
+    fn format_name(&self) -> &'static str {
+        "raw"
+    }
+
+    fn size(&self) -> u64 {
+        let available = self.file.size().saturating_sub(self.offset);
+        self.size.map_or(available, |size| size.min(available))
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+        let offset = self.map(offset, buf.len() as u64, false)?;
+        self.file.read(offset, buf).await
+    }
+
+    async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()> {
+        let offset = self.map(offset, buf.len() as u64, true)?;
+        self.file.write(offset, buf, flags).await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
+        let offset = self.map(offset, len, true)?;
+        self.file.write_zeroes(offset, len, flags).await
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        let offset = self.map(offset, len, true)?;
+        self.file.discard(offset, len).await
+    }
+
+    async fn flush(&self) -> BlockResult<()> {
+        self.file.flush().await
+    }
+
+    /// The child's status at the mapped offset, depth included.
+    async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
+        let offset = self.map(offset, len, false)?;
+        self.file.block_status(offset, len).await
+    }
+
+    async fn resize(&self, new_size: u64) -> BlockResult<()> {
+        if self.size.is_some() {
+            return Err(BlockError::new(
+                ErrorKind::NotSupported,
+                "Cannot resize fixed-size raw disks",
+            ));
+        }
+        let file_size = new_size
+            .checked_add(self.offset)
+            .ok_or_else(|| invalid("Disk size too large for the chosen offset"))?;
+        self.file.resize(file_size).await
+    }
+
+    fn can_fast_zero(&self) -> bool {
+        self.file.driver().can_fast_zero()
+    }
+
+    fn request_alignment(&self) -> u32 {
+        self.file.driver().request_alignment()
+    }
+
+    /// Raw has no name of its own: it shows its file's, or `json:`.
+    fn filename(&self) -> String {
+        String::new()
+    }
+
+    fn strong_options(&self) -> Map<String, Json> {
+        let mut options = Map::new();
+        if let Some(offset) = self.given_offset {
+            options.insert("offset".to_string(), Json::from(offset));
+        }
+        if let Some(size) = self.given_size {
+            options.insert("size".to_string(), Json::from(size));
+        }
+        options
+    }
+
+    fn driver_info(&self) -> Option<DriverInfo> {
+        self.file.driver().driver_info()
+    }
+
+    /// QEMU's `raw_child_perm`: the default rules, but write and resize
+    /// only when this node's users take them.
+    fn child_perm(
+        &self,
+        child: &NodeChild,
+        writable: bool,
+        perm: Perm,
+        shared: Perm,
+    ) -> (Perm, Perm) {
+        let (child_perm, child_shared) =
+            crate::permissions::default_child_perms(child.flags(), writable, perm, shared);
+        let passed = Perm::WRITE | Perm::RESIZE;
+        ((child_perm & !passed) | (perm & passed), child_shared)
+    }
+}
+
+fn non_negative(name: &str, value: Option<i64>) -> BlockResult<Option<u64>> {
+    value
+        .map(|v| {
+            u64::try_from(v).map_err(|_| {
+                invalid(format!(
+                    "Value '{v}' is out of range for parameter '{name}'"
+                ))
+            })
+        })
+        .transpose()
+}
+
+fn invalid(message: impl Into<String>) -> BlockError {
+    BlockError::new(ErrorKind::InvalidArgument, message)
+}
