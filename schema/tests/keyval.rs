@@ -509,3 +509,11 @@ fn json_list_elements_are_named_with_brackets() {
     // QEMU reads uint32 through uint64, hence the wording.
     assert_eq!(err.desc, "Parameter 'list[1]' expects uint64");
 }
+
+#[test]
+fn first_unknown_key_in_input_order_is_reported() {
+    assert_eq!(
+        blockdev_err("driver=null-co,zz=1,aa=2"),
+        "Parameter 'zz' is unexpected"
+    );
+}

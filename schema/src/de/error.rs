@@ -65,11 +65,6 @@ impl Error {
             Kind::InvalidValue(expected) => Self::expects(path, &expected),
         }
     }
-
-    /// The message as a client sees it.
-    pub fn message(&self) -> String {
-        self.to_string()
-    }
 }
 
 impl fmt::Display for Error {

@@ -67,7 +67,7 @@ pub(crate) fn visit_struct<'de, V: Visitor<'de>>(
 ) -> Result<V::Value, Error> {
     let members: Vec<(String, Option<Json>)> = fields
         .iter()
-        .map(|field| ((*field).to_owned(), map.remove(*field)))
+        .map(|field| ((*field).to_owned(), map.shift_remove(*field)))
         .collect();
     visitor
         .visit_map(MapReader::new(members, path.clone(), origin))

@@ -179,7 +179,7 @@ impl UnionObject {
     /// Removes and reads the discriminator (a string in either syntax).
     pub fn take_tag(&mut self, tag: &str) -> Result<String, Error> {
         let tag_path = self.path.member(tag);
-        match self.map.remove(tag) {
+        match self.map.shift_remove(tag) {
             None => Err(Error::missing(&tag_path)),
             Some(value) => scalar::string(value, &tag_path, self.origin),
         }
