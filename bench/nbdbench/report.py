@@ -1,0 +1,131 @@
+"""The figures of a run and their markdown report.
+
+One table per suite (raw image: all servers; qcow2: storaged and qemu-storage-daemon),
+one row per workload and transport, one column per server, and storaged's ratio to the
+best of the others.  With several rounds a cell shows the median.  A server that could
+not be measured shows "n/a", and the reason is listed under the tables.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .servers import Endpoint, Server
+from .workloads import Workload
+
+SUITE_TITLES = {
+    "raw": "Raw image, every server",
+    "qcow2": "qcow2 images, storaged against qemu-storage-daemon",
+}
+NOT_AVAILABLE = "n/a"
+# A failure that empties more cells than this is summarised by a count.
+LISTED_CELLS = 3
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+class Results:
+    def __init__(self) -> None:
+        self._cells: dict[tuple[str, str, str], Cell] = {}
+        # (server key, image format) -> whether the export advertised multi-conn
+        self.multi_conn: dict[tuple[str, str], bool] = {}
+
+    def record(self, workload: str, transport: str, server: str, value: float) -> None:
+        self._cell(workload, transport, server).values.append(value)
+
+    def fail(self, workload: str, transport: str, server: str, reason: str) -> None:
+        self._cell(workload, transport, server).error = reason
+
+    def figure(self, workload: str, transport: str, server: str) -> float | None:
+        cell = self._cells.get((workload, transport, server))
+        return statistics.median(cell.values) if cell and cell.values else None
+
+    def failures(self) -> dict[tuple[str, str], list[str]]:
+        """(server, reason) -> the "workload/transport" cells it left empty."""
+        found: dict[tuple[str, str], list[str]] = {}
+        for (workload, transport, server), cell in self._cells.items():
+            if cell.error and not cell.values:
+                found.setdefault((server, cell.error), []).append(f"{workload}/{transport}")
+        return found
+
+    def _cell(self, workload: str, transport: str, server: str) -> Cell:
+        return self._cells.setdefault((workload, transport, server), Cell())
+
+
+def ratio(storaged: float | None, others: list[float | None]) -> str:
+    measured = [value for value in others if value is not None]
+    if storaged is None or not measured:
+        return NOT_AVAILABLE
+    return f"{storaged / max(measured):.2f}x"
+
+
+def render(results: Results, workloads: list[Workload], transports: list[str],
+           servers: list[Server], machine: list[tuple[str, str]], conditions: list[str]) -> str:
+    parts = ["### Machine", "", "| | |", "| --- | --- |"]
+    parts += [f"| {name} | {value} |" for name, value in machine]
+    parts += ["", *[f"- {line}" for line in conditions], ""]
+    for suite, title in SUITE_TITLES.items():
+        suite_workloads = [w for w in workloads if w.suite == suite]
+        suite_servers = [s for s in servers if suite in s.formats]
+        if suite_workloads and suite_servers:
+            parts += [f"### {title}", ""]
+            parts += _table(results, suite_workloads, transports, suite_servers)
+            parts.append("")
+    parts += _servers_section(results, servers, {w.suite for w in workloads})
+    parts += _failures_section(results, servers)
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _table(results: Results, workloads: list[Workload], transports: list[str],
+           servers: list[Server]) -> list[str]:
+    with_ratio = any(s.key == "storaged" for s in servers) and len(servers) > 1
+    header = ["workload", "unit", "transport", *[s.name for s in servers]]
+    if with_ratio:
+        header.append("storaged / best other")
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for workload in workloads:
+        for transport in transports:
+            figures = {s.key: results.figure(workload.name, transport, s.key) for s in servers}
+            row = [workload.title, workload.unit, transport]
+            row += [_number(figures[s.key]) for s in servers]
+            if with_ratio:
+                others = [figure for key, figure in figures.items() if key != "storaged"]
+                row.append(ratio(figures["storaged"], others))
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _number(value: float | None) -> str:
+    return NOT_AVAILABLE if value is None else f"{value:,.0f}"
+
+
+def _servers_section(results: Results, servers: list[Server], suites: set[str]) -> list[str]:
+    lines = ["### Servers", "", "Command lines (Unix socket; TCP listens on 127.0.0.1 instead):", ""]
+    placeholder = Endpoint("unix", path=Path("SOCKET"))
+    for server in servers:
+        for fmt in sorted(server.formats & suites):
+            program, *arguments = server.command(Path(f"IMAGE.{fmt}"), fmt, placeholder)
+            argv = [Path(program).name, *arguments]
+            advertised = results.multi_conn.get((server.key, fmt))
+            multi_conn = {True: "yes", False: "no", None: "not seen"}[advertised]
+            lines += [f"- {server.name}, {fmt} (multi-conn advertised: {multi_conn}):",
+                      f"  `{' '.join(argv)}`"]
+    return lines + [""]
+
+
+def _failures_section(results: Results, servers: list[Server]) -> list[str]:
+    failures = results.failures()
+    if not failures:
+        return []
+    names = {s.key: s.name for s in servers}
+    lines = ["### Not measured", ""]
+    for (server, reason), cells in sorted(failures.items()):
+        where = ", ".join(sorted(cells)) if len(cells) <= LISTED_CELLS else f"{len(cells)} figures"
+        lines.append(f"- {names.get(server, server)} ({where}): {reason}")
+    return lines + [""]

@@ -1,0 +1,226 @@
+"""The servers under test: their command lines, and starting, waiting for and stopping one.
+
+Every server gets the same conditions: the same image file, opened through the page
+cache (no O_DIRECT), writable, exported under the same name, with multiple connections
+allowed where the server supports them, and each server's default I/O model otherwise.
+storaged takes qemu-storage-daemon's command line, so both are built by one function.
+
+A server that cannot be started, or does not serve within START_TIMEOUT_S, raises
+ServerUnavailable with the reason; the caller reports "n/a" for it and goes on.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+EXPORT_NAME = "disk"
+TCP_HOST = "127.0.0.1"
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+POLL_INTERVAL_S = 0.05
+# One readiness probe must not hang on a server that accepts but never answers.
+PROBE_TIMEOUT_S = 5.0
+# qemu-nbd serves one client at a time unless told otherwise (--shared); nbdcopy opens
+# up to four connections when the export advertises multi-conn.
+QEMU_NBD_MAX_CLIENTS = 8
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a server listens: a Unix socket path or a TCP port on loopback."""
+
+    transport: str
+    path: Path | None = None
+    port: int | None = None
+
+    def uri(self) -> str:
+        if self.transport == "unix":
+            return f"nbd+unix:///{EXPORT_NAME}?socket={self.path}"
+        return f"nbd://{TCP_HOST}:{self.port}/{EXPORT_NAME}"
+
+
+TRANSPORTS = ("unix", "tcp")
+
+
+def make_endpoint(transport: str, directory: Path) -> Endpoint:
+    if transport == "unix":
+        path = directory / "nbd.sock"
+        path.unlink(missing_ok=True)
+        return Endpoint("unix", path=path)
+    if transport == "tcp":
+        return Endpoint("tcp", port=_free_tcp_port())
+    raise ValueError(f"unknown transport {transport}")
+
+
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((TCP_HOST, 0))
+        return probe.getsockname()[1]
+
+
+# (image file, image format, endpoint) -> argv
+CommandLine = Callable[[Path, str, Endpoint], list[str]]
+
+
+@dataclass(frozen=True)
+class Server:
+    key: str
+    name: str
+    formats: frozenset[str]
+    command: CommandLine
+
+
+def qsd_syntax(program: str) -> CommandLine:
+    """qemu-storage-daemon's command line; storaged takes the same one."""
+
+    def command(image: Path, fmt: str, endpoint: Endpoint) -> list[str]:
+        blockdevs = [f"driver=file,node-name=file0,filename={image},cache.direct=off"]
+        node = "file0"
+        if fmt != "raw":
+            blockdevs.append(f"driver={fmt},node-name=fmt0,file=file0")
+            node = "fmt0"
+        if endpoint.transport == "unix":
+            addr = f"addr.type=unix,addr.path={endpoint.path}"
+        else:
+            addr = f"addr.type=inet,addr.host={TCP_HOST},addr.port={endpoint.port}"
+        argv = [program]
+        for blockdev in blockdevs:
+            argv += ["--blockdev", blockdev]
+        return argv + [
+            "--nbd-server",
+            addr,
+            "--export",
+            f"type=nbd,id=export0,node-name={node},name={EXPORT_NAME},writable=on",
+        ]
+
+    return command
+
+
+def qemu_nbd_command(image: Path, fmt: str, endpoint: Endpoint) -> list[str]:
+    if endpoint.transport == "unix":
+        listen = [f"--socket={endpoint.path}"]
+    else:
+        listen = [f"--bind={TCP_HOST}", f"--port={endpoint.port}"]
+    return [
+        "qemu-nbd",
+        f"--format={fmt}",
+        f"--export-name={EXPORT_NAME}",
+        f"--shared={QEMU_NBD_MAX_CLIENTS}",
+        "--persistent",
+        "--cache=writeback",
+        "--aio=threads",
+        *listen,
+        str(image),
+    ]
+
+
+def nbdkit_command(image: Path, fmt: str, endpoint: Endpoint) -> list[str]:
+    if fmt != "raw":
+        raise ValueError("nbdkit's file plugin serves raw images only")
+    if endpoint.transport == "unix":
+        listen = [f"--unix={endpoint.path}"]
+    else:
+        listen = [f"--ipaddr={TCP_HOST}", f"--port={endpoint.port}"]
+    return ["nbdkit", "--foreground", *listen, f"--exportname={EXPORT_NAME}", "file", str(image)]
+
+
+RAW_ONLY = frozenset({"raw"})
+RAW_AND_QCOW2 = frozenset({"raw", "qcow2"})
+
+
+def storaged(binary: Path) -> Server:
+    return Server("storaged", "storaged", RAW_AND_QCOW2, qsd_syntax(str(binary)))
+
+
+PEERS = (
+    Server("qsd", "qemu-storage-daemon", RAW_AND_QCOW2, qsd_syntax("qemu-storage-daemon")),
+    Server("qemu-nbd", "qemu-nbd", RAW_ONLY, qemu_nbd_command),
+    Server("nbdkit", "nbdkit", RAW_ONLY, nbdkit_command),
+)
+
+
+class ServerUnavailable(Exception):
+    """The server could not be started or did not serve; the message says why."""
+
+
+class RunningServer:
+    """A server started for one batch of workloads; use as a context manager."""
+
+    def __init__(self, server: Server, image: Path, fmt: str, endpoint: Endpoint, log: Path):
+        self.server = server
+        self.argv = server.command(image, fmt, endpoint)
+        self.uri = endpoint.uri()
+        self.log = log
+        self.process: subprocess.Popen | None = None
+        self.multi_conn = False
+        self.export_size = 0
+
+    def __enter__(self) -> "RunningServer":
+        try:
+            with open(self.log, "wb") as log:
+                self.process = subprocess.Popen(
+                    self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                )
+        except OSError as error:
+            raise ServerUnavailable(f"cannot start {self.argv[0]}: {error.strerror}") from error
+        try:
+            self._wait_until_serving()
+        except BaseException:
+            self.stop()
+            raise
+        self.multi_conn = _nbdinfo("--can", "multi-conn", self.uri).returncode == 0
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def _wait_until_serving(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        last_error = ""
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            status = self.process.poll()
+            if status is not None:
+                raise ServerUnavailable(f"exited with status {status}: {self._log_tail()}")
+            probe = _nbdinfo("--size", self.uri)
+            if probe.returncode == 0:
+                self.export_size = int(probe.stdout)
+                return
+            last_error = _last_line(probe.stderr)
+            time.sleep(POLL_INTERVAL_S)
+        raise ServerUnavailable(f"not serving after {START_TIMEOUT_S:.0f} s: {last_error}")
+
+    def _log_tail(self) -> str:
+        try:
+            return _last_line(self.log.read_text(errors="replace")) or "no output"
+        except OSError:
+            return "no log"
+
+
+def _nbdinfo(*args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(
+            ["nbdinfo", *args], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(args, 1, "", "nbdinfo timed out")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,163 @@
+"""The workloads, and how each turns into one figure (MiB/s or IOPS).
+
+Sequential ones use nbdcopy with its defaults (up to 4 connections when the export
+advertises multi-conn, 64 requests of 256 KiB in flight on each): the whole image is
+copied again and again; copies that start during the ramp are not counted, then copies
+are counted until the duration is reached (at least one).  Random ones use fio's nbd
+engine (one connection, 4 KiB requests), time based with fio's own ramp, except the
+write to an empty qcow2 image, which does a fixed number of writes so that nearly every
+write allocates a cluster whatever the speed of the server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .images import (
+    MIB,
+    QCOW2_COMPRESSED,
+    QCOW2_EMPTY,
+    QCOW2_FULL,
+    RAW_RANDOM,
+    ImageKind,
+    ImageStore,
+)
+
+RANDOM_BLOCK_SIZE = "4k"
+DEEP_QUEUE = 32
+# A tool that runs this much longer than asked is stuck (a server that stopped answering).
+TOOL_GRACE_S = 120.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    duration_s: float
+    ramp_s: float
+    allocating_writes: int
+
+
+class MeasureError(Exception):
+    """The tool failed against this server; the message says why."""
+
+
+# (export URI, settings, image store) -> figure
+Measure = Callable[[str, Settings, ImageStore], float]
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    unit: str
+    image: ImageKind
+    measure: Measure
+
+    @property
+    def suite(self) -> str:
+        return self.image.fmt
+
+
+def nbdcopy_mib_per_s(source: str, destination: str, nbytes: int, settings: Settings,
+                      *extra: str) -> float:
+    argv = ["nbdcopy", *extra, source, destination]
+    timeout = settings.ramp_s + settings.duration_s + TOOL_GRACE_S
+    started = time.monotonic()
+    measured_bytes = 0
+    measured_s = 0.0
+    while measured_bytes == 0 or measured_s < settings.duration_s:
+        copy_started = time.monotonic()
+        _run(argv, timeout)
+        copy_s = time.monotonic() - copy_started
+        if copy_started - started >= settings.ramp_s:
+            measured_bytes += nbytes
+            measured_s += copy_s
+    return measured_bytes / MIB / measured_s
+
+
+def fio_iops(uri: str, rw: str, iodepth: int, settings: Settings,
+             number_ios: int | None = None) -> float:
+    """IOPS of one fio job; time based unless `number_ios` fixes the amount of work."""
+    argv = [
+        "fio",
+        "--name=bench",
+        "--ioengine=nbd",
+        f"--uri={uri}",
+        f"--rw={rw}",
+        f"--bs={RANDOM_BLOCK_SIZE}",
+        f"--iodepth={iodepth}",
+        "--output-format=json",
+    ]
+    if number_ios is None:
+        argv += [
+            "--time_based",
+            f"--runtime={_ms(settings.duration_s)}",
+            f"--ramp_time={_ms(settings.ramp_s)}",
+        ]
+    else:
+        argv += [f"--number_ios={number_ios}"]
+    output = _run(argv, settings.ramp_s + settings.duration_s + TOOL_GRACE_S)
+    # The nbd engine prints "fio: connected to NBD server" before the JSON document.
+    try:
+        report = json.loads(output[output.index("{"):])
+        job = report["jobs"][0]
+        if job["error"]:
+            raise MeasureError(f"fio job error {job['error']}")
+        return float(job["write" if "write" in rw else "read"]["iops"])
+    except (ValueError, KeyError, IndexError) as error:
+        raise MeasureError(f"unreadable fio output: {error}") from error
+
+
+def _ms(seconds: float) -> str:
+    return f"{round(seconds * 1000)}ms"
+
+
+def _run(argv: list[str], timeout: float) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        raise MeasureError(f"{argv[0]} still running after {timeout:.0f} s") from error
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise MeasureError(f"{argv[0]} failed: {lines[-1] if lines else done.returncode}")
+    return done.stdout
+
+
+def _sequential_read(uri: str, settings: Settings, images: ImageStore) -> float:
+    return nbdcopy_mib_per_s(uri, "null:", images.size, settings)
+
+
+def _sequential_write(uri: str, settings: Settings, images: ImageStore) -> float:
+    source = str(images.random_data())
+    return nbdcopy_mib_per_s(source, uri, images.size, settings, "--flush")
+
+
+def _random(rw: str, iodepth: int) -> Measure:
+    return lambda uri, settings, images: fio_iops(uri, rw, iodepth, settings)
+
+
+def _allocating_write(uri: str, settings: Settings, images: ImageStore) -> float:
+    return fio_iops(uri, "randwrite", DEEP_QUEUE, settings, settings.allocating_writes)
+
+
+WORKLOADS = (
+    Workload("seq-read", "sequential read (nbdcopy to null:)", "MiB/s", RAW_RANDOM,
+             _sequential_read),
+    Workload("seq-write", "sequential write (nbdcopy from a file)", "MiB/s", RAW_RANDOM,
+             _sequential_write),
+    Workload("randread-qd32", "4 KiB random read, depth 32 (fio)", "IOPS", RAW_RANDOM,
+             _random("randread", DEEP_QUEUE)),
+    Workload("randwrite-qd32", "4 KiB random write, depth 32 (fio)", "IOPS", RAW_RANDOM,
+             _random("randwrite", DEEP_QUEUE)),
+    Workload("randread-qd1", "4 KiB random read, depth 1 (fio)", "IOPS", RAW_RANDOM,
+             _random("randread", 1)),
+    Workload("qcow2-alloc-write", "4 KiB random write to an empty qcow2, depth 32 (fio)",
+             "IOPS", QCOW2_EMPTY, _allocating_write),
+    Workload("qcow2-randread", "4 KiB random read of an allocated qcow2, depth 32 (fio)",
+             "IOPS", QCOW2_FULL, _random("randread", DEEP_QUEUE)),
+    Workload("qcow2-compressed-read", "sequential read of a compressed qcow2 (nbdcopy)",
+             "MiB/s", QCOW2_COMPRESSED, _sequential_read),
+)
