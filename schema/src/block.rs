@@ -93,6 +93,38 @@ pub struct BlockdevOptionsNull {
     pub read_zeroes: Option<bool>,
 }
 
+/// Which metadata overlap checks qcow2 performs before writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Qcow2OverlapCheckMode {
+    None,
+    Constant,
+    Cached,
+    All,
+}
+
+/// Options of the `qcow2` format driver (`BlockdevOptionsQcow2`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevOptionsQcow2 {
+    pub file: BlockdevRef,
+    /// The backing node; absent means "the one named in the image header",
+    /// null means none.
+    pub backing: Option<BlockdevRefOrNull>,
+    pub lazy_refcounts: Option<bool>,
+    pub pass_discard_request: Option<bool>,
+    pub pass_discard_snapshot: Option<bool>,
+    pub pass_discard_other: Option<bool>,
+    pub discard_no_unref: Option<bool>,
+    pub overlap_check: Option<Qcow2OverlapCheckMode>,
+    pub cache_size: Option<i64>,
+    pub l2_cache_size: Option<i64>,
+    pub l2_cache_entry_size: Option<i64>,
+    pub refcount_cache_size: Option<i64>,
+    pub cache_clean_interval: Option<i64>,
+    pub data_file: Option<BlockdevRef>,
+}
+
 qapi_union! {
     /// Options for creating a block node (`blockdev-add`, `--blockdev`).
     pub struct BlockdevOptions {
@@ -109,6 +141,7 @@ qapi_union! {
     discriminator "driver" => pub driver: BlockdevDriver {
         "file" => File(BlockdevOptionsFile),
         "null-co" => NullCo(BlockdevOptionsNull),
+        "qcow2" => Qcow2(BlockdevOptionsQcow2),
         "raw" => Raw(BlockdevOptionsRaw),
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod char;
+pub mod create;
 pub mod de;
 pub mod error;
 pub mod event;

@@ -326,3 +326,44 @@ fn monitor_options() {
         );
     }
 }
+
+#[test]
+fn qcow2_blockdev_with_inline_file_and_null_backing() {
+    let o: schema::block::BlockdevOptions = schema::parse_option(
+        "driver=qcow2,node-name=q,file.driver=file,file.filename=a.qcow2,backing=,l2-cache-size=1048576",
+        Some("driver"),
+    )
+    .expect("valid qcow2 options");
+    let schema::block::BlockdevDriver::Qcow2(q) = o.driver else {
+        panic!("not qcow2")
+    };
+    assert_eq!(q.backing, Some(schema::block::BlockdevRefOrNull::Null));
+    assert!(matches!(q.file, schema::block::BlockdevRef::Definition(_)));
+    assert_eq!(q.l2_cache_size, Some(1 << 20));
+    // l2-cache-size is a QAPI int, not a size: QEMU refuses suffixes too.
+    let err = schema::parse_option::<schema::block::BlockdevOptions>(
+        "driver=qcow2,file=f,l2-cache-size=1M",
+        Some("driver"),
+    )
+    .expect_err("suffix on an int member");
+    assert_eq!(err.desc, "Parameter 'l2-cache-size' expects integer");
+}
+
+#[test]
+fn blockdev_create_qcow2_from_json() {
+    let args: schema::create::BlockdevCreateArgs = schema::from_json(serde_json::json!({
+        "job-id": "j0",
+        "options": {"driver": "qcow2", "file": "f", "size": 1048576, "cluster-size": 65536,
+                    "version": "v3", "refcount-bits": 16}
+    }))
+    .expect("valid blockdev-create arguments");
+    let schema::create::BlockdevCreateDriver::Qcow2(q) = args.options.driver else {
+        panic!("not qcow2")
+    };
+    assert_eq!(q.size.0, 1 << 20);
+    let err = schema::from_json::<schema::create::BlockdevCreateArgs>(serde_json::json!({
+        "job-id": "j0", "options": {"driver": "file", "filename": "x", "size": 1, "bogus": 1}
+    }))
+    .expect_err("unknown member");
+    assert_eq!(err.desc, "Parameter 'options.bogus' is unexpected");
+}
