@@ -159,7 +159,7 @@ fn format_g17(f: f64) -> String {
         .split_once('e')
         .unwrap_or((scientific.as_str(), "0"));
     let exponent: i32 = exponent.parse().unwrap_or(0);
-    if exponent < -4 || exponent >= PRECISION {
+    if !(-4..PRECISION).contains(&exponent) {
         let mantissa = strip_fraction_zeros(mantissa);
         let sign = if exponent < 0 { '-' } else { '+' };
         format!("{mantissa}e{sign}{:02}", exponent.abs())
@@ -227,7 +227,7 @@ mod tests {
             (1.5e300, "1.5000000000000001e+300"),
             (1e-7, "9.9999999999999995e-08"),
             (1.8446744073709552e19, "1.8446744073709552e+19"),
-            (-9.2233720368547758e18, "-9.2233720368547758e+18"),
+            (-(2f64.powi(63)), "-9.2233720368547758e+18"),
             (1.2345678901234568e29, "1.2345678901234568e+29"),
             (0.0001, "0.0001"),
             (123456.5, "123456.5"),
