@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use serde_json::Value;
+use schema::event::{Event, EventSink};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
@@ -65,11 +65,11 @@ impl EventBus {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Sends event `name` with `data` (`Value::Null`: no `data` member) to
-    /// every negotiated client, stamped with the current wall-clock time.
-    /// Never blocks; may be called from any thread, inside or outside a
-    /// command.
-    pub fn emit(&self, name: &str, data: Value) {
+    /// Sends `event` to every negotiated client, stamped with the current
+    /// wall-clock time (`data: Value::Null` leaves `data` out, as QEMU does
+    /// for events without data). Never blocks; may be called from any
+    /// thread, inside or outside a command.
+    pub fn emit(&self, event: &Event) {
         let now = SystemTime::now();
         let mut compact = None;
         let mut pretty = None;
@@ -81,7 +81,7 @@ impl EventBus {
                 &mut compact
             };
             let message = form
-                .get_or_insert_with(|| reply::event(name, &data, now, subscriber.pretty))
+                .get_or_insert_with(|| reply::event(event, now, subscriber.pretty))
                 .clone();
             match subscriber.output.try_send(message) {
                 Ok(()) => true,
@@ -95,6 +95,12 @@ impl EventBus {
                 Err(TrySendError::Closed(_)) => false,
             }
         });
+    }
+
+    /// The bus as the sink the rest of the daemon emits events through.
+    pub fn sink(&self) -> EventSink {
+        let bus = self.clone();
+        Arc::new(move |event: Event| bus.emit(&event))
     }
 
     /// Subscribes a client whose messages go to `output`.

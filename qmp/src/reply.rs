@@ -4,6 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use schema::event::Event;
 use schema::QmpError;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -67,21 +68,21 @@ pub(crate) fn reply(result: Result<Value, QmpError>, id: Option<Value>, pretty: 
 /// `{"event": ..., "data": ..., "timestamp": {"seconds": ..., "microseconds": ...}}`
 /// with the wall-clock time QEMU uses. `data: Value::Null` leaves `data`
 /// out, as QEMU does for events without data.
-pub(crate) fn event(name: &str, data: &Value, at: SystemTime, pretty: bool) -> Bytes {
+pub(crate) fn event(event: &Event, at: SystemTime, pretty: bool) -> Bytes {
     let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let mut event = Map::new();
-    event.insert("event".into(), Value::from(name));
-    if !data.is_null() {
-        event.insert("data".into(), data.clone());
+    let mut message = Map::new();
+    message.insert("event".into(), Value::from(event.event.as_str()));
+    if !event.data.is_null() {
+        message.insert("data".into(), event.data.clone());
     }
-    event.insert(
+    message.insert(
         "timestamp".into(),
         json!({
             "seconds": since_epoch.as_secs(),
             "microseconds": since_epoch.subsec_micros(),
         }),
     );
-    json::message(&Value::Object(event), pretty).into()
+    json::message(&Value::Object(message), pretty).into()
 }
 
 #[cfg(test)]
@@ -132,17 +133,12 @@ mod tests {
     fn events_like_qsd() {
         let at = UNIX_EPOCH + Duration::from_micros(1_795_242_051_729_488);
         assert_eq!(
-            text(event(
-                "BLOCK_EXPORT_DELETED",
-                &json!({"id": "e"}),
-                at,
-                false
-            )),
+            text(event(&Event::block_export_deleted("e"), at, false)),
             "{\"timestamp\": {\"seconds\": 1795242051, \"microseconds\": 729488}, \
              \"event\": \"BLOCK_EXPORT_DELETED\", \"data\": {\"id\": \"e\"}}\r\n"
         );
         assert_eq!(
-            text(event("STOP", &Value::Null, at, false)),
+            text(event(&Event::new("STOP", Value::Null), at, false)),
             "{\"timestamp\": {\"seconds\": 1795242051, \"microseconds\": 729488}, \"event\": \"STOP\"}\r\n"
         );
     }

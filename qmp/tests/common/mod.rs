@@ -13,6 +13,7 @@ use qmp::{
     BoundAddress, Dispatcher, EventBus, ListenAddress, MonitorOptions, Monitors, VersionInfo,
     VersionTriple,
 };
+use schema::event::{Event, EventSink};
 use schema::QmpError;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,7 +34,7 @@ pub const QUIET: Duration = Duration::from_millis(300);
 ///   meanwhile, returns `{"overlapped": bool}`;
 /// - `quit`: returns, then signals [`Fake::quit_requested`].
 pub struct Fake {
-    pub events: EventBus,
+    sink: EventSink,
     pub quit_requested: Notify,
     pub running: AtomicUsize,
     pub completed: AtomicUsize,
@@ -42,7 +43,7 @@ pub struct Fake {
 impl Fake {
     pub fn new(events: EventBus) -> Arc<Self> {
         Arc::new(Self {
-            events,
+            sink: events.sink(),
             quit_requested: Notify::new(),
             running: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
@@ -74,7 +75,7 @@ impl Dispatcher for Fake {
                     .and_then(Value::as_str)
                     .unwrap_or("TEST");
                 let data = arguments.get("data").cloned().unwrap_or(Value::Null);
-                self.events.emit(name, data);
+                (self.sink)(Event::new(name, data));
                 Ok(json!({}))
             }
             "sleep" => {
