@@ -110,15 +110,28 @@ const AFTER_NEGOTIATION: &[&[u8]] = &[
     br#"{"arguments":{},"id":2}"#,
 ];
 
-/// Sends each input, a newline (which ends a pending number or keyword and
-/// resynchronises after garbage) and a marker, and collects the lines up
-/// to the marker's reply.
-async fn transcript(raw: &mut Raw, inputs: &[&[u8]], first_marker: usize) -> Vec<String> {
+/// Ends a pending number or keyword and resynchronises after garbage.
+const NEWLINE: &[u8] = b"\n";
+
+/// Also drops a half-read message: `0xFF` is an error wherever it comes,
+/// and an error makes QEMU's parser start afresh (QEMU's documented way to
+/// reset it).
+const RESET: &[u8] = b"\n\xff\n";
+
+/// Sends each input, then `separator` and a marker, and collects the lines
+/// up to the marker's reply.
+async fn transcript_with(
+    raw: &mut Raw,
+    inputs: &[&[u8]],
+    first_marker: usize,
+    separator: &[u8],
+) -> Vec<String> {
     let mut lines = Vec::new();
     for (n, input) in inputs.iter().enumerate() {
         let marker = format!("\"sync-{}\"", first_marker + n);
         raw.send(input).await;
-        raw.send(format!("\n{{\"execute\":\"sync-marker\",\"id\":{marker}}}").as_bytes())
+        raw.send(separator).await;
+        raw.send(format!("{{\"execute\":\"sync-marker\",\"id\":{marker}}}").as_bytes())
             .await;
         lines.push(format!("--- {}", String::from_utf8_lossy(input)));
         loop {
@@ -131,6 +144,10 @@ async fn transcript(raw: &mut Raw, inputs: &[&[u8]], first_marker: usize) -> Vec
         }
     }
     lines
+}
+
+async fn transcript(raw: &mut Raw, inputs: &[&[u8]], first_marker: usize) -> Vec<String> {
+    transcript_with(raw, inputs, first_marker, NEWLINE).await
 }
 
 async fn full_transcript(socket: &Path) -> Vec<String> {
@@ -190,32 +207,15 @@ async fn version_of(qsd: &Qsd) -> VersionInfo {
     }
 }
 
-#[tokio::test]
-async fn same_bytes_in_same_bytes_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let qsd = start_qsd(dir.path()).await;
-    let version = version_of(&qsd).await;
-    let events = EventBus::new();
-    let monitors = Monitors::new(Fake::new(events.clone()), version, events);
-    let ours = dir.path().join("storaged.sock");
-    monitors
-        .listen(
-            &ListenAddress::Unix(ours.clone()),
-            false,
-            MonitorOptions::default(),
-        )
-        .await
-        .unwrap();
-    let theirs = full_transcript(&qsd.socket).await;
-    let mine = full_transcript(&ours).await;
-    for (n, (expected, got)) in theirs.iter().zip(&mine).enumerate() {
-        assert_eq!(got, expected, "line {n}; QSD's transcript: {theirs:#?}");
-    }
-    assert_eq!(mine.len(), theirs.len());
+/// QSD and a storaged monitor with QSD's version, side by side.
+struct Pair {
+    qsd: Qsd,
+    ours: std::path::PathBuf,
+    _monitors: Monitors,
+    _dir: tempfile::TempDir,
 }
 
-#[tokio::test]
-async fn same_nesting_limit() {
+async fn start_pair() -> Pair {
     let dir = tempfile::tempdir().unwrap();
     let qsd = start_qsd(dir.path()).await;
     let events = EventBus::new();
@@ -229,6 +229,28 @@ async fn same_nesting_limit() {
         )
         .await
         .unwrap();
+    Pair {
+        qsd,
+        ours,
+        _monitors: monitors,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn same_bytes_in_same_bytes_out() {
+    let Pair { qsd, ours, .. } = &start_pair().await;
+    let theirs = full_transcript(&qsd.socket).await;
+    let mine = full_transcript(ours).await;
+    for (n, (expected, got)) in theirs.iter().zip(&mine).enumerate() {
+        assert_eq!(got, expected, "line {n}; QSD's transcript: {theirs:#?}");
+    }
+    assert_eq!(mine.len(), theirs.len());
+}
+
+#[tokio::test]
+async fn same_nesting_limit() {
+    let Pair { qsd, ours, .. } = &start_pair().await;
     let deep = |depth: usize| {
         format!(
             "{{\"execute\":\"x\",\"id\":{}{}}}",
@@ -241,10 +263,82 @@ async fn same_nesting_limit() {
     let inputs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
     let mut from_qsd = Raw::connect(&qsd.socket).await;
     from_qsd.line().await;
-    let mut from_us = Raw::connect(&ours).await;
+    let mut from_us = Raw::connect(ours).await;
     from_us.line().await;
     assert_eq!(
         transcript(&mut from_us, &inputs, 0).await,
         transcript(&mut from_qsd, &inputs, 0).await
     );
+}
+
+/// Requests to mutate. No command either daemon has, except
+/// `qmp_capabilities` (QSD's other commands would answer differently).
+const SEEDS: &[&[u8]] = &[
+    br#"{"execute":"qmp_capabilities","arguments":{"enable":["oob"]},"id":1}"#,
+    br#"{"execute":"zz-nope","arguments":{"a":[1,2.5,"s"],"b":{"c":null}},"id":"x"}"#,
+    br#"{'exec-oob':'zz-nope','id':[true,false]}"#,
+    br#"{"execute":"zz-nope","id":"\u00e9\ud83d\ude00\n"}"#,
+    br#"[{"execute":"zz-nope"},{"id":-12e3}]"#,
+    br#"{"execute":"qmp_capabilities","arguments":{"enable":"oob","x":1}}"#,
+];
+
+/// Bytes worth inserting: structure, quotes, escapes, number and keyword
+/// pieces, control bytes, bytes that are never valid UTF-8.
+const INTERESTING: &[u8] =
+    b"{}[]:,\"'\\ \n\t0123456789-+.eEuatrfnl\x00\x01\x7f\x80\xc3\xa9\xfe\xff";
+
+/// xorshift64*: a fixed seed gives the same cases on every run.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn mutate(random: &mut Random, seed: &[u8]) -> Vec<u8> {
+    let mut bytes = seed.to_vec();
+    for _ in 0..=random.below(3) {
+        let at = random.below(bytes.len() + 1);
+        match random.below(5) {
+            0 => bytes.insert(at, INTERESTING[random.below(INTERESTING.len())]),
+            1 if at < bytes.len() => {
+                bytes.remove(at);
+            }
+            2 if at < bytes.len() => bytes[at] = INTERESTING[random.below(INTERESTING.len())],
+            3 => bytes.truncate(at),
+            _ => {
+                let end = (at + random.below(8)).min(bytes.len());
+                let copy = bytes[at..end].to_vec();
+                bytes.splice(at..at, copy);
+            }
+        }
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn same_answers_to_mutated_requests() {
+    let Pair { qsd, ours, .. } = &start_pair().await;
+    let mut random = Random(0x005E_ED0F_5708_A6ED);
+    let cases: Vec<Vec<u8>> = (0..600)
+        .map(|n| mutate(&mut random, SEEDS[n % SEEDS.len()]))
+        .collect();
+    let inputs: Vec<&[u8]> = cases.iter().map(Vec::as_slice).collect();
+    let mut from_qsd = Raw::connect(&qsd.socket).await;
+    let mut from_us = Raw::connect(ours).await;
+    assert_eq!(from_us.line().await, from_qsd.line().await);
+    let theirs = transcript_with(&mut from_qsd, &inputs, 0, RESET).await;
+    let mine = transcript_with(&mut from_us, &inputs, 0, RESET).await;
+    for (n, (expected, got)) in theirs.iter().zip(&mine).enumerate() {
+        assert_eq!(got, expected, "line {n}");
+    }
+    assert_eq!(mine.len(), theirs.len());
 }
