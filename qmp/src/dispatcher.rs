@@ -15,7 +15,8 @@ use serde_json::{Map, Value};
 /// clients, as QEMU's single QMP dispatcher does, so `execute` never runs
 /// twice at once. A command keeps running to its end even if its client
 /// disconnects (its reply is then dropped): dropping a half-done command
-/// could leave the daemon in a state no command would produce.
+/// could leave the daemon in a state no command would produce. A command
+/// that panics gets a `GenericError` reply; the monitor goes on.
 #[async_trait]
 pub trait Dispatcher: Send + Sync + 'static {
     /// The commands [`execute`](Self::execute) implements, in the order

@@ -285,9 +285,22 @@ impl Session {
             QUERY_COMMANDS => self.shared.commands.query(&arguments),
             _ => {
                 let _one_at_a_time = self.shared.command_lock.lock().await;
-                match self.shared.dispatcher.execute(command, arguments).await? {
-                    Value::Null => Ok(json!({})),
-                    value => Ok(value),
+                // A task of its own, so that a command that panics fails
+                // alone instead of taking the monitor down with it.
+                let dispatcher = self.shared.dispatcher.clone();
+                let name = command.to_string();
+                let task = tokio::spawn(async move { dispatcher.execute(&name, arguments).await });
+                match task.await {
+                    Ok(result) => match result? {
+                        Value::Null => Ok(json!({})),
+                        value => Ok(value),
+                    },
+                    Err(failure) => {
+                        tracing::error!("QMP command {command} failed: {failure}");
+                        Err(QmpError::generic(format!(
+                            "Command {command} failed unexpectedly"
+                        )))
+                    }
                 }
             }
         }

@@ -251,3 +251,76 @@ async fn quit_reply_is_written_before_shutdown_completes_and_socket_removed() {
     assert!(Raw::try_connect(&setup.socket).await.is_err());
     assert!(idle.receive().await.is_err(), "idle client not closed");
 }
+
+#[tokio::test]
+async fn wait_on_returns_once_the_first_client_is_connected() {
+    let setup = Setup::new().await;
+    let path = setup.dir.path().join("wait.sock");
+    let monitors = &setup.monitors;
+    let address = ListenAddress::Unix(path.clone());
+    let listening = monitors.listen(&address, true, MonitorOptions::default());
+    tokio::pin!(listening);
+    // Not done until a client comes.
+    assert!(tokio::time::timeout(QUIET, &mut listening).await.is_err());
+    assert!(path.exists());
+    let connecting = Client::connect_unix(&path);
+    let (listened, client) = tokio::join!(listening, connecting);
+    assert_eq!(listened.unwrap(), BoundAddress::Unix(path));
+    let mut client = client.unwrap();
+    client.negotiate().await.unwrap();
+    assert_eq!(
+        client.execute("nothing", json!({})).await.unwrap(),
+        Ok(json!({}))
+    );
+}
+
+#[tokio::test]
+async fn a_stream_monitor_serves_one_session_like_stdio() {
+    let setup = Setup::new().await;
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (input, output) = tokio::io::split(ours);
+    setup
+        .monitors
+        .serve_stream(input, output, MonitorOptions::default());
+    let (mut from_monitor, mut to_monitor) = tokio::io::split(theirs);
+    to_monitor
+        .write_all(
+            br#"{"execute":"qmp_capabilities"}{"execute":"echo","arguments":{"via":"stdio"}}"#,
+        )
+        .await
+        .unwrap();
+    to_monitor.shutdown().await.unwrap();
+    let mut everything = String::new();
+    tokio::time::timeout(
+        PATIENCE,
+        tokio::io::AsyncReadExt::read_to_string(&mut from_monitor, &mut everything),
+    )
+    .await
+    .expect("the session ends after end of input")
+    .unwrap();
+    assert_eq!(
+        everything,
+        format!("{GREETING}{{\"return\": {{}}}}\r\n{{\"return\": {{\"via\": \"stdio\"}}}}\r\n")
+    );
+}
+
+#[tokio::test]
+async fn empty_host_listens_on_every_address() {
+    let setup = Setup::new().await;
+    let address = ListenAddress::Tcp {
+        host: String::new(),
+        port: 0,
+    };
+    let bound = setup
+        .monitors
+        .listen(&address, false, MonitorOptions::default())
+        .await
+        .unwrap();
+    let BoundAddress::Tcp(bound) = bound else {
+        panic!("TCP listen gave {bound:?}");
+    };
+    assert!(bound.ip().is_unspecified());
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], bound.port()));
+    let mut client = Client::connect_tcp(loopback).await.unwrap();
+    client.negotiate().await.unwrap();
+}

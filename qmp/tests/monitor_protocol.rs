@@ -155,12 +155,13 @@ async fn query_commands_lists_exactly_what_runs() {
             "emit",
             "sleep",
             "quit",
+            "panic",
             "query-commands",
             "qmp_capabilities"
         ]
     );
     for name in names {
-        if name == "qmp_capabilities" || name == "quit" {
+        if ["qmp_capabilities", "quit", "panic"].contains(&name) {
             continue;
         }
         let reply = client.execute(name, serde_json::json!({})).await.unwrap();
@@ -403,5 +404,19 @@ async fn pretty_output_like_qemu() {
             .await
             .concat(),
         "{\r\n    \"return\": {\r\n    }\r\n}\r\n"
+    );
+}
+
+#[tokio::test]
+async fn a_command_that_panics_fails_alone() {
+    let setup = Setup::new().await;
+    let mut raw = setup.negotiated_raw().await;
+    assert_eq!(
+        raw.exchange(br#"{"execute":"panic","id":1}"#, 1).await,
+        [generic("Command panic failed unexpectedly", Some("1"))]
+    );
+    assert_eq!(
+        raw.exchange(br#"{"execute":"nothing","id":2}"#, 1).await,
+        ["{\"return\": {}, \"id\": 2}\r\n"]
     );
 }

@@ -32,7 +32,8 @@ pub const QUIET: Duration = Duration::from_millis(300);
 /// - `emit`: emits event `name` with `data` (absent: no data);
 /// - `sleep`: sleeps `ms` milliseconds, notes whether another command ran
 ///   meanwhile, returns `{"overlapped": bool}`;
-/// - `quit`: returns, then signals [`Fake::quit_requested`].
+/// - `quit`: returns, then signals [`Fake::quit_requested`];
+/// - `panic`: panics.
 pub struct Fake {
     sink: EventSink,
     pub quit_requested: Notify,
@@ -54,7 +55,7 @@ impl Fake {
 #[async_trait]
 impl Dispatcher for Fake {
     fn commands(&self) -> Vec<String> {
-        ["echo", "fail", "nothing", "emit", "sleep", "quit"]
+        ["echo", "fail", "nothing", "emit", "sleep", "quit", "panic"]
             .map(String::from)
             .to_vec()
     }
@@ -87,6 +88,7 @@ impl Dispatcher for Fake {
                 self.quit_requested.notify_one();
                 Ok(json!({}))
             }
+            "panic" => panic!("the fake panics as asked"),
             _ => Err(QmpError::generic(format!("fake has no {command}"))),
         };
         self.running.fetch_sub(1, Ordering::SeqCst);
