@@ -22,11 +22,14 @@ use crate::BoundAddress;
 /// An error reply: `{"error": {"class": ..., "desc": ...}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorReply {
+    /// The error class, e.g. `GenericError`.
     pub class: String,
+    /// The message.
     pub desc: String,
 }
 
 impl ErrorReply {
+    /// An error reply to compare with.
     pub fn new(class: &str, desc: &str) -> Self {
         Self {
             class: class.into(),
@@ -61,11 +64,13 @@ impl Client {
         }
     }
 
+    /// Connects to a Unix socket monitor and reads the greeting.
     pub async fn connect_unix(path: impl AsRef<Path>) -> io::Result<Self> {
         let (input, output) = UnixStream::connect(path).await?.into_split();
         Self::start(Box::new(input), Box::new(output)).await
     }
 
+    /// Connects to a TCP monitor and reads the greeting.
     pub async fn connect_tcp(address: SocketAddr) -> io::Result<Self> {
         let (input, output) = TcpStream::connect(address).await?.into_split();
         Self::start(Box::new(input), Box::new(output)).await
@@ -143,6 +148,7 @@ impl Client {
     }
 
     /// The next event, waiting at most `timeout`; `None` if none came.
+    /// Cancel safe: nothing read is lost if the future is dropped.
     pub async fn next_event(&mut self, timeout: Duration) -> io::Result<Option<Value>> {
         if let Some(event) = self.events.pop_front() {
             return Ok(Some(event));

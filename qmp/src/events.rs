@@ -54,6 +54,7 @@ pub(crate) struct Subscription {
 }
 
 impl EventBus {
+    /// A bus with no subscribers yet.
     pub fn new() -> Self {
         Self::default()
     }

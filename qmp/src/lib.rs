@@ -27,6 +27,8 @@
 //! # }
 //! ```
 
+#![deny(missing_docs)]
+
 mod builtin;
 #[cfg(feature = "test-client")]
 pub mod client;

@@ -43,13 +43,20 @@ pub enum ListenAddress {
     /// and IPv4 where the system allows one socket for both); a name is
     /// resolved and the first address that can be bound is used, as QEMU
     /// does. Port 0 picks a free port (see [`BoundAddress`]).
-    Tcp { host: String, port: u16 },
+    Tcp {
+        /// Name or address; empty for every address.
+        host: String,
+        /// Port number; 0 for any free port.
+        port: u16,
+    },
 }
 
 /// Where a monitor actually listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BoundAddress {
+    /// The socket file.
     Unix(PathBuf),
+    /// The address and port bound.
     Tcp(SocketAddr),
 }
 

@@ -16,6 +16,7 @@ use crate::json;
 /// `VersionInfo`, members in schema order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VersionInfo {
+    /// The QEMU version whose QMP this speaks.
     pub qemu: VersionTriple,
     /// Free text; QSD sends its distribution package, storaged sends
     /// `"storaged <version>"`.
@@ -24,6 +25,7 @@ pub struct VersionInfo {
 
 /// QAPI's `VersionTriple`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)] // the three parts of a version number
 pub struct VersionTriple {
     pub major: i64,
     pub minor: i64,

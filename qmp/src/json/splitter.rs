@@ -60,6 +60,7 @@ impl Default for Splitter {
 }
 
 impl Splitter {
+    /// A splitter at the start of a stream.
     pub fn new() -> Self {
         Self {
             lexer: Lexer::new(MAX_MESSAGE_BYTES),
