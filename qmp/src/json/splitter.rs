@@ -233,4 +233,29 @@ mod tests {
         let then = split(format!("{big}\n{{\"a\":1}}").as_bytes());
         assert_eq!(then.last(), Some(&Ok(json!({"a": 1}))));
     }
+
+    #[test]
+    fn random_bytes_never_panic_and_always_resynchronise() {
+        const ALPHABET: &[u8] =
+            b"{}[]:,\"'\\ \n0123456789-+.eEuatrfnl\x00\x01\x80\xc3\xa9\xed\xa0\xff";
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5000 {
+            let len = (next() % 64) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            let mut splitter = Splitter::new();
+            let mut out = VecDeque::new();
+            for &b in input.iter().chain(b"\n\xff\n{\"after\":1}") {
+                splitter.feed(b, &mut out);
+            }
+            assert_eq!(out.back(), Some(&Ok(json!({"after": 1}))), "{input:?}");
+        }
+    }
 }
