@@ -157,6 +157,8 @@ def parse_arguments() -> argparse.Namespace:
     for name in ("duration", "ramp"):
         if getattr(args, name) is not None and getattr(args, name) < 0:
             parser.error(f"--{name} must not be negative")
+    if args.update_doc and args.quick:
+        parser.error("--update-doc takes a full run: quick figures are not for the documentation")
     if args.size % MIB:
         parser.error("--size must be a whole number of MiB")
     return args

@@ -196,7 +196,7 @@ class RunningServer:
             assert self.process is not None
             status = self.process.poll()
             if status is not None:
-                raise ServerUnavailable(f"exited with status {status}: {self._log_tail()}")
+                raise ServerUnavailable(f"exited (status {status}) before serving: {self._log_tail()}")
             probe = _nbdinfo("--size", self.uri)
             if probe.returncode == 0:
                 self.export_size = int(probe.stdout)
