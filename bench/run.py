@@ -9,7 +9,7 @@ the others), writes it to bench/results.md, and with --update-doc into
 docs/benchmarks.md.  A server that fails to build, start or serve shows "n/a".
 
     bench/run.py              # full run (about 12 minutes)
-    bench/run.py --quick      # smoke run: short figures, not for comparison
+    bench/run.py --quick      # smoke run (about 3 minutes): not for comparison
     bench/run.py --list       # the workloads and servers
 """
 

@@ -1,9 +1,9 @@
 """The workloads, and how each turns into one figure (MiB/s or IOPS).
 
-Sequential ones use nbdcopy with its defaults (up to 4 connections when the export
-advertises multi-conn, 64 requests of 256 KiB in flight on each): the whole image is
-copied again and again; copies that start during the ramp are not counted, then copies
-are counted until the duration is reached (at least one).  Random ones use fio's nbd
+Sequential ones use nbdcopy with its defaults (when the export advertises multi-conn,
+up to 4 connections but no more than one per core; 64 requests of 256 KiB in flight on
+each): the whole image is copied again and again; copies that start during the ramp are
+not counted, then copies are counted until the duration is reached (at least one).  Random ones use fio's nbd
 engine (one connection, 4 KiB requests), time based with fio's own ramp, except the
 write to an empty qcow2 image, which does a fixed number of writes so that nearly every
 write allocates a cluster whatever the speed of the server.
