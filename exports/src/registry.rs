@@ -93,7 +93,13 @@ impl BlockExports {
         let server = self.inner.state().nbd.clone().ok_or_else(not_running)?;
         let ids: Vec<String> = {
             let state = self.inner.state();
-            state.exports.iter().rev().filter(|e| !e.shutting_down).map(|e| e.id.clone()).collect()
+            state
+                .exports
+                .iter()
+                .rev()
+                .filter(|e| !e.shutting_down)
+                .map(|e| e.id.clone())
+                .collect()
         };
         for id in ids {
             self.close(&id);
@@ -109,7 +115,13 @@ impl BlockExports {
     }
 
     /// Adds an NBD export `id` of `backend` (the node `node_name`).
-    pub fn add_nbd(&self, id: &str, node_name: &str, backend: Backend, config: NbdExportConfig) -> Result<(), QmpError> {
+    pub fn add_nbd(
+        &self,
+        id: &str,
+        node_name: &str,
+        backend: Backend,
+        config: NbdExportConfig,
+    ) -> Result<(), QmpError> {
         self.check_new_id(id)?;
         let mut state = self.inner.state();
         let server = state.nbd.clone().ok_or_else(not_running)?;
@@ -146,7 +158,9 @@ impl BlockExports {
             .find(|e| e.id == id)
             .ok_or_else(|| QmpError::generic(format!("Export '{id}' is not found")))?;
         if entry.shutting_down {
-            return Err(QmpError::generic(format!("Export '{id}' is already shutting down")));
+            return Err(QmpError::generic(format!(
+                "Export '{id}' is already shutting down"
+            )));
         }
         if mode == RemoveMode::Safe {
             if entry.export.close_if_idle().is_err() {
@@ -178,7 +192,11 @@ impl BlockExports {
     /// and the hook runs when its last client is gone.
     fn close(&self, id: &str) {
         let mut state = self.inner.state();
-        let Some(entry) = state.exports.iter_mut().find(|e| e.id == id && !e.shutting_down) else {
+        let Some(entry) = state
+            .exports
+            .iter_mut()
+            .find(|e| e.id == id && !e.shutting_down)
+        else {
             return;
         };
         entry.shutting_down = true;

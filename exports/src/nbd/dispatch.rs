@@ -97,18 +97,10 @@ async fn read(cx: &Context, req: &Request, df: bool) -> Reply {
 
 async fn sparse_read(cx: &Context, req: &Request, mut buffer: Buffer) -> Reply {
     let len = buffer.len();
-    let extents = match status::allocation(
-        &cx.backend,
-        req.offset,
-        len as u64,
-        SPARSE_READ_MAX_EXTENTS,
-    )
-    .await
-    {
-        Ok(extents) => extents,
-        // Status is only an optimisation: read everything instead.
-        Err(_) => Vec::new(),
-    };
+    // Status is only an optimisation: on failure, read everything.
+    let extents = status::allocation(&cx.backend, req.offset, len as u64, SPARSE_READ_MAX_EXTENTS)
+        .await
+        .unwrap_or_default();
     // Runs of (zero?, range within the read), neighbours merged.
     let mut runs: Vec<(bool, std::ops::Range<usize>)> = Vec::new();
     let mut at = 0;

@@ -155,7 +155,7 @@ pub fn check(req: &Request, limits: &Limits) -> Result<Command, Rejection> {
         ));
     }
     let align = u64::from(limits.alignment.max(1));
-    if (req.offset | req.length) % align != 0 {
+    if !(req.offset | req.length).is_multiple_of(align) {
         return Err(reject(
             EINVAL,
             format!("request not aligned to the minimum block size {align}"),
