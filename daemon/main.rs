@@ -1,1 +1,94 @@
-fn main() {}
+//! storaged: a storage daemon with qemu-storage-daemon's command line and
+//! QMP.
+//!
+//! The order of things is QSD's: read the command line (syntax errors,
+//! `--help`, `--version` end here), fork if `--daemonize` (before any
+//! thread exists), set up logging, then start the tokio runtime and hand
+//! over to [`lifecycle::run`].
+
+mod chardev;
+mod cli;
+mod commands;
+mod daemonize;
+mod lifecycle;
+mod logging;
+mod objects;
+mod pidfile;
+mod startup;
+mod state;
+mod version;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use cli::Action;
+
+/// How long the runtime waits at exit for blocking work still running.
+const RUNTIME_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The name error messages start with: the basename of argv[0], as QEMU's
+/// `error_report` uses.
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .and_then(|arg0| Path::new(arg0).file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "storaged".to_owned())
+}
+
+fn main() -> ExitCode {
+    let program = program_name();
+    let invocation = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Action::Help) => {
+            print!("{}", cli::help_text(&program));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Version) => {
+            print!("{}", version::version_text());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Run(invocation)) => invocation,
+        Err(error) => {
+            eprintln!("{program}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let log_config = match logging::LogConfig::from_traces(&invocation.traces) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{program}: {}: {}", error.location, error.message);
+            return ExitCode::FAILURE;
+        }
+    };
+    let ready = if invocation.daemonize {
+        match daemonize::daemonize() {
+            Ok(notifier) => Some(notifier),
+            Err(error) => {
+                eprintln!("{program}: cannot daemonize: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    if let Err(message) = logging::init(log_config, &program) {
+        eprintln!("{program}: {message}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{program}: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = runtime.block_on(lifecycle::run(invocation, ready, &program));
+    // A blocked read of stdin (a stdio monitor) cannot be cancelled: do not
+    // wait for it.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    status
+}

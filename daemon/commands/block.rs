@@ -1,0 +1,59 @@
+//! Block node commands: `blockdev-add`, `blockdev-del`, `block_resize`,
+//! `query-named-block-nodes`, `x-debug-query-block-graph`. The graph does
+//! the work and words the errors; these handlers read the arguments.
+
+use schema::block::{BlockResizeArgs, BlockdevDelArgs, BlockdevOptions, QueryNamedBlockNodesArgs};
+use schema::QmpError;
+use serde_json::{Map, Value};
+
+use super::{arguments, command, returning, Command, CommandResult, NoArguments};
+use crate::state::Daemon;
+
+pub const COMMANDS: &[Command] = &[
+    command!("blockdev-add", qmp_blockdev_add),
+    command!("blockdev-del", blockdev_del),
+    command!("block_resize", block_resize),
+    command!("query-named-block-nodes", query_named_block_nodes),
+    command!("x-debug-query-block-graph", debug_query_block_graph),
+];
+
+/// `blockdev-add` and `--blockdev`.
+pub fn blockdev_add(daemon: &Daemon, options: &BlockdevOptions) -> Result<(), QmpError> {
+    daemon.graph.add_node(options)?;
+    Ok(())
+}
+
+async fn qmp_blockdev_add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let options: BlockdevOptions = arguments(args)?;
+    blockdev_add(daemon, &options)?;
+    Ok(Value::Null)
+}
+
+async fn blockdev_del(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let BlockdevDelArgs { node_name } = arguments(args)?;
+    daemon.graph.delete_node(&node_name)?;
+    Ok(Value::Null)
+}
+
+async fn block_resize(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let BlockResizeArgs {
+        device,
+        node_name,
+        size,
+    } = arguments(args)?;
+    daemon
+        .graph
+        .resize(device.as_deref(), node_name.as_deref(), size)
+        .await?;
+    Ok(Value::Null)
+}
+
+async fn query_named_block_nodes(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let QueryNamedBlockNodesArgs { flat } = arguments(args)?;
+    returning(daemon.graph.query_named_block_nodes(flat.unwrap_or(false)))
+}
+
+async fn debug_query_block_graph(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let NoArguments {} = arguments(args)?;
+    returning(daemon.graph.debug_block_graph())
+}

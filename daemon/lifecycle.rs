@@ -1,0 +1,146 @@
+//! The daemon's life: start everything the command line asks for, in
+//! order; announce readiness (pid file, the `--daemonize` parent); serve
+//! until `quit`, SIGINT, SIGTERM or SIGHUP; then stop the monitors, flush
+//! every node and exit.
+//!
+//! A failure during startup prints the option and the reason, undoes what
+//! was started (socket files) and exits 1 before anything was announced.
+//! A signal during startup (say, while `wait=on` waits for a first client)
+//! stops the daemon as it would later.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::cli::Invocation;
+use crate::daemonize::ReadyNotifier;
+use crate::pidfile::PidFile;
+use crate::startup::Startup;
+use crate::state::Daemon;
+use crate::version;
+
+/// The signals that stop the daemon, as QEMU's `os_setup_signal_handling`.
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The name of the next stop signal received.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.hangup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// Why startup ended early.
+enum StartupEnd {
+    Failed(String),
+    Stopped(&'static str),
+}
+
+/// Runs the daemon to its end; the exit status is the process's.
+pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: &str) -> ExitCode {
+    let mut signals = match StopSignals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("{program}: cannot install signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let events = qmp::EventBus::new();
+    let daemon = Arc::new(Daemon::new());
+    let monitors = Arc::new(qmp::Monitors::new(
+        daemon.clone(),
+        version::greeting_version(),
+        events,
+    ));
+    let mut startup = Startup::new(daemon.clone(), monitors.clone(), invocation.daemonize);
+
+    let started = tokio::select! {
+        result = start(&mut startup, &invocation, program) => result,
+        name = signals.recv() => Err(StartupEnd::Stopped(name)),
+    };
+    let pidfile = match started {
+        Ok(()) => invocation
+            .pidfile
+            .as_deref()
+            .map(PidFile::create)
+            .transpose(),
+        Err(StartupEnd::Failed(message)) => Err(message),
+        Err(StartupEnd::Stopped(name)) => {
+            tracing::info!("{name} during startup; stopping");
+            return stop(&daemon, &monitors).await;
+        }
+    };
+    let pidfile = match pidfile {
+        Ok(pidfile) => pidfile,
+        Err(message) => {
+            eprintln!("{program}: {message}");
+            monitors.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(ready) = ready {
+        if let Err(error) = ready.ready() {
+            eprintln!("{program}: cannot finish daemonizing: {error}");
+            monitors.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    }
+    tracing::info!("ready");
+
+    tokio::select! {
+        name = signals.recv() => tracing::info!("{name} received; stopping"),
+        () = daemon.quit_requested() => tracing::info!("quit requested; stopping"),
+    }
+    let status = stop(&daemon, &monitors).await;
+    drop(pidfile);
+    status
+}
+
+/// Applies every option in order, printing warnings as they come.
+async fn start(
+    startup: &mut Startup,
+    invocation: &Invocation,
+    program: &str,
+) -> Result<(), StartupEnd> {
+    for step in &invocation.steps {
+        let applied = startup.apply(step).await;
+        for warning in startup.take_warnings() {
+            eprintln!("{program}: {warning}");
+        }
+        applied
+            .map_err(|message| StartupEnd::Failed(format!("{}: {message}", step.arg.location)))?;
+    }
+    for id in startup.unused_chardevs() {
+        tracing::warn!("chardev '{id}' has no monitor; nothing listens on it");
+    }
+    Ok(())
+}
+
+/// Stops serving and flushes every node. A failed flush makes the exit
+/// status 1: acknowledged writes may not be on disk.
+async fn stop(daemon: &Daemon, monitors: &qmp::Monitors) -> ExitCode {
+    monitors.shutdown().await;
+    match daemon.graph.flush_all().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("flush at exit failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

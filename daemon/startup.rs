@@ -1,0 +1,117 @@
+//! The second pass over the command line: each option that creates
+//! something is applied in command-line order, as QSD does, through the
+//! same functions as the QMP commands (`--blockdev` is `blockdev-add`).
+//!
+//! An error names nothing but the reason; the caller prefixes the option
+//! as spelled (`storaged: --blockdev driver=x: Parameter 'driver' does not
+//! accept value 'x'`).
+
+use std::sync::Arc;
+
+use block::error::os_error_text;
+use schema::block::BlockdevOptions;
+use schema::object::{ObjectOptions, OBJECT_IMPLIED_KEY};
+
+use crate::chardev::{Backend, Chardevs};
+use crate::cli::{Step, StepKind};
+use crate::commands;
+use crate::state::Daemon;
+
+/// The implied key of `--blockdev`.
+const BLOCKDEV_IMPLIED_KEY: &str = "driver";
+
+/// What the command-line options build on.
+pub struct Startup {
+    daemon: Arc<Daemon>,
+    monitors: Arc<qmp::Monitors>,
+    chardevs: Chardevs,
+    daemonize: bool,
+    /// Warnings to print, with the option they concern.
+    warnings: Vec<String>,
+}
+
+impl Startup {
+    pub fn new(daemon: Arc<Daemon>, monitors: Arc<qmp::Monitors>, daemonize: bool) -> Self {
+        Self {
+            daemon,
+            monitors,
+            chardevs: Chardevs::new(),
+            daemonize,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Applies one option.
+    pub async fn apply(&mut self, step: &Step) -> Result<(), String> {
+        let value = step.arg.value.as_str();
+        match step.kind {
+            StepKind::Blockdev => {
+                let options: BlockdevOptions =
+                    schema::parse_option(value, Some(BLOCKDEV_IMPLIED_KEY)).map_err(|e| e.desc)?;
+                commands::blockdev_add(&self.daemon, &options).map_err(|e| e.desc)
+            }
+            StepKind::Object => {
+                let options: ObjectOptions =
+                    schema::parse_option(value, Some(OBJECT_IMPLIED_KEY)).map_err(|e| e.desc)?;
+                commands::object_add(&self.daemon, options).map_err(|e| e.desc)
+            }
+            StepKind::Chardev => {
+                let warnings = self.chardevs.define(value, self.daemonize)?;
+                self.warnings.extend(
+                    warnings
+                        .into_iter()
+                        .map(|warning| format!("{}: warning: {warning}", step.arg.location)),
+                );
+                Ok(())
+            }
+            StepKind::Monitor => self.start_monitor(value).await,
+            StepKind::NbdServer | StepKind::Export => Err(
+                "NBD exports are not available from the command line yet (see docs/command-line.md)"
+                    .to_owned(),
+            ),
+            StepKind::Unexpected => Err("Unexpected argument".to_owned()),
+        }
+    }
+
+    /// Takes the warnings gathered so far.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// The ids of chardevs that no monitor uses.
+    pub fn unused_chardevs(&self) -> Vec<&str> {
+        self.chardevs.unused()
+    }
+
+    async fn start_monitor(&mut self, value: &str) -> Result<(), String> {
+        let (backend, options) = self.chardevs.attach_monitor(value)?;
+        match backend {
+            Backend::Listen { address, wait } => {
+                self.monitors
+                    .listen(&address, wait, options)
+                    .await
+                    .map_err(|error| bind_error(&address, &error))?;
+            }
+            Backend::Stdio => {
+                self.monitors
+                    .serve_stream(tokio::io::stdin(), tokio::io::stdout(), options);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// QEMU's wording of a failed listen.
+fn bind_error(address: &qmp::ListenAddress, error: &std::io::Error) -> String {
+    match address {
+        qmp::ListenAddress::Unix(path) => format!(
+            "Failed to bind socket to {}: {}",
+            path.display(),
+            os_error_text(error)
+        ),
+        qmp::ListenAddress::Tcp { host, port } => format!(
+            "Failed to bind socket to {host}:{port}: {}",
+            os_error_text(error)
+        ),
+    }
+}

@@ -1,0 +1,56 @@
+//! The daemon's state as QMP commands see it: the block graph and the
+//! objects, plus the request to stop. Monitors and chardevs are
+//! not here: they belong to the life cycle ([`crate::lifecycle`]), which
+//! owns the monitors that call into this state.
+
+use async_trait::async_trait;
+use schema::QmpError;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use block::BlockGraph;
+
+use crate::commands;
+use crate::objects::Objects;
+
+/// Everything the QMP commands act on.
+pub struct Daemon {
+    pub graph: BlockGraph,
+    pub objects: Objects,
+    quit: CancellationToken,
+}
+
+impl Daemon {
+    pub fn new() -> Self {
+        Self {
+            graph: BlockGraph::new(),
+            objects: Objects::new(),
+            quit: CancellationToken::new(),
+        }
+    }
+
+    /// Asks the daemon to stop (the `quit` command).
+    pub fn request_quit(&self) {
+        self.quit.cancel();
+    }
+
+    /// Completes once [`Daemon::request_quit`] was called.
+    pub async fn quit_requested(&self) {
+        self.quit.cancelled().await
+    }
+}
+
+#[async_trait]
+impl qmp::Dispatcher for Daemon {
+    fn commands(&self) -> Vec<String> {
+        commands::names()
+    }
+
+    async fn execute(
+        &self,
+        command: &str,
+        arguments: Map<String, Value>,
+    ) -> Result<Value, QmpError> {
+        commands::execute(self, command, arguments).await
+    }
+}
