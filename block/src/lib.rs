@@ -24,6 +24,7 @@ pub mod null;
 mod perm_update;
 pub mod permissions;
 mod posix_io;
+pub mod qcow2;
 pub mod raw;
 
 pub use backend::BlockBackend;

@@ -1,0 +1,98 @@
+//! What the qcow2 driver needs from the nodes below it: the image file and
+//! the backing image. In the graph both are [`Node`]s; tests and tools can
+//! hand it any [`BlockDriver`] instead, through [`DriverChild`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::driver::{BlockDriver, Extent, WriteFlags, ZeroFlags};
+use crate::error::BlockResult;
+use crate::node::Node;
+
+/// The I/O interface of a child node.
+#[async_trait]
+pub trait BlockChild: Send + Sync + 'static {
+    /// The current size in bytes.
+    fn size(&self) -> u64;
+    /// Fills `buf` from `offset` (past the end reads as zeroes).
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()>;
+    /// Writes `buf` at `offset`, growing the child if needed.
+    async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()>;
+    /// Makes the range read as zeroes.
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()>;
+    /// Hints that the range is unused.
+    async fn discard(&self, offset: u64, len: u64) -> BlockResult<()>;
+    /// Makes completed writes durable.
+    async fn flush(&self) -> BlockResult<()>;
+    /// The status of the longest prefix of the range that shares one.
+    async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent>;
+    /// Changes the size.
+    async fn resize(&self, new_size: u64) -> BlockResult<()>;
+}
+
+#[async_trait]
+impl BlockChild for Node {
+    fn size(&self) -> u64 {
+        Node::size(self)
+    }
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+        Node::read(self, offset, buf).await
+    }
+    async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()> {
+        Node::write(self, offset, buf, flags).await
+    }
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
+        Node::write_zeroes(self, offset, len, flags).await
+    }
+    async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        Node::discard(self, offset, len).await
+    }
+    async fn flush(&self) -> BlockResult<()> {
+        Node::flush(self).await
+    }
+    async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
+        Node::block_status(self, offset, len).await
+    }
+    async fn resize(&self, new_size: u64) -> BlockResult<()> {
+        Node::resize(self, new_size).await
+    }
+}
+
+/// A driver used directly as a child, without a node around it.
+pub struct DriverChild<D>(pub D);
+
+impl<D: BlockDriver> DriverChild<D> {
+    /// Wraps `driver` into the shared handle the qcow2 driver takes.
+    pub fn shared(driver: D) -> Arc<dyn BlockChild> {
+        Arc::new(DriverChild(driver))
+    }
+}
+
+#[async_trait]
+impl<D: BlockDriver> BlockChild for DriverChild<D> {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+        self.0.read(offset, buf).await
+    }
+    async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()> {
+        self.0.write(offset, buf, flags).await
+    }
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
+        self.0.write_zeroes(offset, len, flags).await
+    }
+    async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        self.0.discard(offset, len).await
+    }
+    async fn flush(&self) -> BlockResult<()> {
+        self.0.flush().await
+    }
+    async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
+        self.0.block_status(offset, len).await
+    }
+    async fn resize(&self, new_size: u64) -> BlockResult<()> {
+        self.0.resize(new_size).await
+    }
+}

@@ -1,0 +1,55 @@
+//! The header as the open image keeps it, and the one way to change it on
+//! disk: patch the fields, write them, flush. Changes are serialized, so
+//! two of them never write each other's stale copy.
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use super::child::BlockChild;
+use super::header::{Header, ImageHeader};
+use crate::driver::WriteFlags;
+use crate::error::BlockResult;
+
+pub struct HeaderStore {
+    file: Arc<dyn BlockChild>,
+    image: Mutex<ImageHeader>,
+}
+
+impl HeaderStore {
+    pub fn new(file: Arc<dyn BlockChild>, image: ImageHeader) -> Self {
+        HeaderStore {
+            file,
+            image: Mutex::new(image),
+        }
+    }
+
+    /// A copy of the current fields.
+    pub async fn get(&self) -> Header {
+        self.image.lock().await.header.clone()
+    }
+
+    /// Applies `change` and makes it durable. Whatever the header now
+    /// points to must already be on disk (the caller flushed). On failure
+    /// the in-memory header stays as it was.
+    pub async fn update(&self, change: impl FnOnce(&mut Header)) -> BlockResult<()> {
+        let mut image = self.image.lock().await;
+        let old = image.header.clone();
+        change(&mut image.header);
+        if image.header == old {
+            return Ok(());
+        }
+        let bytes = image.encoded_prefix().to_vec();
+        let written = async {
+            self.file.write(0, &bytes, WriteFlags::default()).await?;
+            self.file.flush().await
+        }
+        .await;
+        if written.is_err() {
+            image.header = old;
+            // Put the old fields back into the cached first cluster too.
+            image.encoded_prefix();
+        }
+        written
+    }
+}

@@ -1,0 +1,416 @@
+//! The `qcow2` format driver: QEMU's copy-on-write image format, versions
+//! 2 and 3, over a `file` child and an optional backing image.
+//!
+//! Layout of the driver:
+//! - [`header`], [`header_store`]: the first cluster and its updates;
+//! - [`layout`]: geometry and the encoding of table entries;
+//! - [`cache`], [`flat_table`]: L2 tables and refcount blocks in a cache,
+//!   the L1 and refcount tables whole in memory;
+//! - [`refcount`]: host cluster allocation and freeing;
+//! - [`mapping`]: guest to host lookups, L2 table allocation;
+//! - [`read`], [`write`], [`zero`], [`status`]: the requests;
+//! - [`writeback`]: the ordered path from caches to disk (flush);
+//! - [`resize`], [`create`], [`repair`], [`corrupt`]: the rest of an
+//!   image's life.
+//!
+//! Concurrency: requests on different guest clusters run in parallel;
+//! [`range_lock`] orders requests that share one. Metadata sits behind
+//! short locks that are never held across I/O, except the allocation lock
+//! (refcounts) and the L2-allocation lock, which serialize allocations.
+
+mod cache;
+pub mod child;
+mod compress;
+mod corrupt;
+pub mod create;
+mod flat_table;
+pub mod header;
+mod header_store;
+mod info;
+mod layout;
+mod mapping;
+pub mod options;
+mod range_lock;
+mod read;
+mod refcount;
+mod repair;
+mod resize;
+mod status;
+mod write;
+mod writeback;
+mod zero;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use async_trait::async_trait;
+use schema::info::ImageInfoSpecific;
+use tokio::sync::Mutex as AsyncMutex;
+
+pub use child::{BlockChild, DriverChild};
+pub use create::{create, BackingSpec, CreateOptions, Preallocation, Qcow2Version};
+pub use header::CompressionType;
+pub use options::{CorruptionEvent, CorruptionHook, Qcow2Options};
+
+use cache::TableCache;
+use flat_table::FlatTable;
+use header::{autoclear, compat, incompat, validate_table, ImageHeader};
+use header_store::HeaderStore;
+use layout::Geometry;
+use range_lock::RangeLocks;
+use refcount::Refcounts;
+
+use crate::driver::{BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
+use crate::error::{BlockError, BlockResult, ErrorKind};
+
+/// What the header says about the backing file, for whoever opens it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BackingInfo {
+    /// The backing file name as stored (may be relative to the image).
+    pub file: Option<String>,
+    /// The backing format from the header extension.
+    pub format: Option<String>,
+}
+
+/// Facts about the image that do not change while it is open.
+struct Facts {
+    geo: Geometry,
+    compression: CompressionType,
+    writable: bool,
+    lazy_refcounts: bool,
+    pass_discard_request: bool,
+    pass_discard_other: bool,
+    backing: BackingInfo,
+    on_corruption: Option<CorruptionHook>,
+}
+
+/// An open qcow2 image.
+pub struct Qcow2 {
+    file: Arc<dyn BlockChild>,
+    backing: Option<Arc<dyn BlockChild>>,
+    facts: Facts,
+    header: HeaderStore,
+    size: AtomicU64,
+    /// The active L1 table.
+    l1: RwLock<FlatTable>,
+    l2_cache: TableCache,
+    /// The allocation lock: refcounts and host cluster allocation.
+    refs: AsyncMutex<Refcounts>,
+    /// Serializes creation and copy-on-write of L2 tables and L1 changes.
+    l2_alloc: AsyncMutex<()>,
+    /// Orders requests on the same guest clusters.
+    clusters: RangeLocks,
+    /// Serializes writebacks.
+    writeback_lock: AsyncMutex<()>,
+    /// A writeback is due because a cache is over its capacity.
+    writeback_wanted: AtomicBool,
+    /// The header's dirty bit is set (by us or before we opened).
+    dirty: AtomicBool,
+    /// Corruption was found: no more writes.
+    corrupt: AtomicBool,
+    /// Corruption was already reported.
+    corruption_reported: AtomicBool,
+}
+
+fn invalid(message: impl Into<String>) -> BlockError {
+    BlockError::new(ErrorKind::InvalidArgument, message)
+}
+
+/// Reads the first cluster of the image.
+async fn read_image_header(file: &dyn BlockChild) -> BlockResult<ImageHeader> {
+    let mut start = vec![0u8; header::V3_HEADER_LENGTH as usize];
+    file.read(0, &mut start)
+        .await
+        .map_err(|e| BlockError::new(e.kind, format!("Could not read qcow2 header: {e}")))?;
+    let fixed = header::Header::parse(&start)?;
+    let mut raw = vec![0u8; fixed.cluster_size() as usize];
+    file.read(0, &mut raw)
+        .await
+        .map_err(|e| BlockError::new(e.kind, format!("Could not read qcow2 header: {e}")))?;
+    ImageHeader::parse(raw)
+}
+
+impl Qcow2 {
+    /// The backing file the image's header names, so that the caller can
+    /// open it before [`Qcow2::open`].
+    pub async fn backing_info(file: &dyn BlockChild) -> BlockResult<BackingInfo> {
+        let image = read_image_header(file).await?;
+        Ok(BackingInfo {
+            file: image.backing_file.clone(),
+            format: image.backing_format.clone(),
+        })
+    }
+
+    /// Opens the image in `file`, with `backing` as its backing image
+    /// (`None`: no backing, reads of unallocated clusters give zeroes).
+    pub async fn open(
+        file: Arc<dyn BlockChild>,
+        backing: Option<Arc<dyn BlockChild>>,
+        options: Qcow2Options,
+    ) -> BlockResult<Qcow2> {
+        let image = read_image_header(file.as_ref()).await?;
+        let h = image.header.clone();
+        h.check_features(options.writable, &image.feature_names)?;
+        let geo = Geometry::new(h.cluster_bits, h.refcount_order, h.version);
+        let cs = geo.cluster_size();
+        if h.refcount_table_clusters == 0 {
+            return Err(invalid("Image does not contain a reference count table"));
+        }
+        validate_table(
+            h.refcount_table_offset,
+            u64::from(h.refcount_table_clusters),
+            cs,
+            header::MAX_REFTABLE_BYTES,
+            cs,
+            "Reference count table",
+        )?;
+        validate_table(
+            h.snapshots_offset,
+            u64::from(h.nb_snapshots),
+            header::SNAPSHOT_HEADER_SIZE,
+            header::SNAPSHOT_HEADER_SIZE * header::MAX_SNAPSHOTS,
+            cs,
+            "Snapshot table",
+        )?;
+        validate_table(
+            h.l1_table_offset,
+            u64::from(h.l1_size),
+            8,
+            header::MAX_L1_BYTES,
+            cs,
+            "Active L1 table",
+        )?;
+        let needed_l1 = geo.l1_entries_for(h.size);
+        if needed_l1 > i32::MAX as u64 {
+            return Err(BlockError::new(ErrorKind::TooLarge, "Image is too big"));
+        }
+        if u64::from(h.l1_size) < needed_l1 {
+            return Err(invalid("L1 table is too small"));
+        }
+        let lazy_refcounts = options
+            .lazy_refcounts
+            .unwrap_or(h.compatible_features & compat::LAZY_REFCOUNTS != 0);
+        if lazy_refcounts && h.version < 3 {
+            return Err(invalid(
+                "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level",
+            ));
+        }
+        let mut l1_bytes = vec![0u8; h.l1_size as usize * 8];
+        file.read(h.l1_table_offset, &mut l1_bytes)
+            .await
+            .map_err(|e| BlockError::new(e.kind, format!("Could not read L1 table: {e}")))?;
+        let l1 = FlatTable::from_bytes(h.l1_table_offset, &l1_bytes, h.l1_size as usize, cs);
+        let (l2_tables, refcount_tables) = options.cache_tables(h.size, cs)?;
+        let refs = Refcounts::open(
+            geo,
+            file.clone(),
+            h.refcount_table_offset,
+            h.refcount_table_clusters,
+            refcount_tables,
+        )
+        .await?;
+        let facts = Facts {
+            geo,
+            compression: h.compression_type,
+            writable: options.writable,
+            lazy_refcounts,
+            pass_discard_request: options.pass_discard_request.unwrap_or(true),
+            pass_discard_other: options.pass_discard_other.unwrap_or(false),
+            backing: BackingInfo {
+                file: image.backing_file.clone(),
+                format: image.backing_format.clone(),
+            },
+            on_corruption: options.on_corruption.clone(),
+        };
+        let image_dirty = h.incompatible_features & incompat::DIRTY != 0;
+        let qcow2 = Qcow2 {
+            header: HeaderStore::new(file.clone(), image),
+            file,
+            backing,
+            facts,
+            size: AtomicU64::new(h.size),
+            l1: RwLock::new(l1),
+            l2_cache: TableCache::new(l2_tables as usize),
+            refs: AsyncMutex::new(refs),
+            l2_alloc: AsyncMutex::new(()),
+            clusters: RangeLocks::default(),
+            writeback_lock: AsyncMutex::new(()),
+            writeback_wanted: AtomicBool::new(false),
+            dirty: AtomicBool::new(image_dirty),
+            corrupt: AtomicBool::new(h.incompatible_features & incompat::CORRUPT != 0),
+            corruption_reported: AtomicBool::new(false),
+        };
+        if options.writable {
+            qcow2.prepare_for_writing(image_dirty).await?;
+        }
+        Ok(qcow2)
+    }
+
+    /// Before the first write: clears auto-clear bits this driver does not
+    /// maintain, and repairs the refcounts of an image left dirty.
+    async fn prepare_for_writing(&self, image_dirty: bool) -> BlockResult<()> {
+        let h = self.header.get().await;
+        if h.autoclear_features & !autoclear::SUPPORTED != 0 {
+            self.header
+                .update(|h| h.autoclear_features &= autoclear::SUPPORTED)
+                .await
+                .map_err(|e| {
+                    BlockError::new(e.kind, format!("Could not update qcow2 header: {e}"))
+                })?;
+        }
+        if image_dirty {
+            self.repair_refcounts().await.map_err(|e| {
+                BlockError::new(e.kind, format!("Could not repair dirty image: {e}"))
+            })?;
+            self.mark_clean().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes out everything and clears the dirty bit (QEMU does this when
+    /// it closes an image). The image stays usable.
+    pub async fn close(&self) -> BlockResult<()> {
+        self.writeback().await?;
+        if self.facts.writable && !self.corrupt.load(Ordering::Acquire) {
+            self.mark_clean().await?;
+        }
+        Ok(())
+    }
+
+    /// Clears the dirty bit, if set.
+    async fn mark_clean(&self) -> BlockResult<()> {
+        if self.dirty.load(Ordering::Acquire) {
+            self.header
+                .update(|h| h.incompatible_features &= !incompat::DIRTY)
+                .await?;
+            self.dirty.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// With lazy refcounts, sets the dirty bit before the first change.
+    async fn mark_dirty(&self) -> BlockResult<()> {
+        if !self.facts.lazy_refcounts || self.dirty.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.file.flush().await?;
+        self.header
+            .update(|h| h.incompatible_features |= incompat::DIRTY)
+            .await?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Refuses writes to a read-only or corrupt image.
+    fn check_writable(&self) -> BlockResult<()> {
+        if !self.facts.writable {
+            return Err(BlockError::new(
+                ErrorKind::PermissionDenied,
+                "qcow2 image is opened read-only",
+            ));
+        }
+        if self.corrupt.load(Ordering::Acquire) {
+            return Err(BlockError {
+                kind: ErrorKind::Io,
+                message: "qcow2 image is marked corrupt; no further writes".into(),
+                errno: Some(libc::EIO),
+            });
+        }
+        Ok(())
+    }
+
+    /// The current virtual size.
+    fn virtual_size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    fn geo(&self) -> &Geometry {
+        &self.facts.geo
+    }
+
+    fn l1(&self) -> RwLockReadGuard<'_, FlatTable> {
+        self.l1.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn l1_mut(&self) -> RwLockWriteGuard<'_, FlatTable> {
+        self.l1.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The backing file named in the header.
+    pub fn backing_file(&self) -> &BackingInfo {
+        &self.facts.backing
+    }
+
+    /// Runs a writeback if a cache grew past its capacity.
+    async fn writeback_if_wanted(&self) -> BlockResult<()> {
+        if self.writeback_wanted.swap(false, Ordering::AcqRel) || self.l2_cache.over_capacity() {
+            self.writeback().await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlockDriver for Qcow2 {
+    fn format_name(&self) -> &'static str {
+        "qcow2"
+    }
+
+    fn size(&self) -> u64 {
+        self.virtual_size()
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+        let result = self.read_at(offset, buf).await;
+        self.check_corruption(result).await
+    }
+
+    async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()> {
+        let result = self.write_at(offset, buf, flags).await;
+        self.check_corruption(result).await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
+        let result = self.zero_range(offset, len, flags).await;
+        self.check_corruption(result).await
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        let result = self.discard_range(offset, len).await;
+        self.check_corruption(result).await
+    }
+
+    async fn flush(&self) -> BlockResult<()> {
+        let result = self.writeback().await;
+        self.check_corruption(result).await
+    }
+
+    async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
+        let result = self.status_at(offset, len).await;
+        self.check_corruption(result).await
+    }
+
+    async fn resize(&self, new_size: u64) -> BlockResult<()> {
+        let result = self.grow(new_size).await;
+        self.check_corruption(result).await
+    }
+
+    fn can_fast_zero(&self) -> bool {
+        self.facts.geo.version >= 3
+    }
+
+    fn filename(&self) -> String {
+        String::new()
+    }
+
+    fn driver_info(&self) -> Option<DriverInfo> {
+        Some(DriverInfo {
+            cluster_size: Some(self.geo().cluster_size()),
+            dirty: self.dirty.load(Ordering::Acquire),
+        })
+    }
+
+    fn format_specific(&self) -> Option<ImageInfoSpecific> {
+        Some(self.format_specific_info())
+    }
+}

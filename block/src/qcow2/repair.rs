@@ -1,0 +1,162 @@
+//! Repair of an image opened with its dirty bit set (a writer with lazy
+//! refcounts stopped without closing it): every reference is counted
+//! again, through the header, the refcount structures, the active L1 and
+//! L2 tables and those of every internal snapshot, and refcounts found too
+//! low are raised. Refcounts that are too high only leak space and are
+//! left alone, so structures this driver does not walk (persistent
+//! bitmaps) never lose their clusters.
+
+use super::layout::{corrupt, get_entry, L1E_OFFSET_MASK, REFT_OFFSET_MASK};
+use super::Qcow2;
+use crate::error::{BlockError, BlockResult, ErrorKind};
+
+/// Size of a snapshot table entry before its variable part.
+const SNAPSHOT_FIXED: usize = 40;
+/// QEMU's limit on a snapshot's extra data (`QCOW_MAX_SNAPSHOT_EXTRA_DATA`).
+const MAX_SNAPSHOT_EXTRA: usize = 1024;
+/// The most host clusters a repair counts (bounds its memory: 4 bytes
+/// per cluster).
+const MAX_COUNTED_CLUSTERS: u64 = 1 << 28;
+
+/// Expected references per host cluster.
+#[derive(Default)]
+struct Counts(Vec<u32>);
+
+impl Counts {
+    fn add(&mut self, first: u64, count: u64) -> BlockResult<()> {
+        let end = first + count;
+        if end > MAX_COUNTED_CLUSTERS {
+            return Err(BlockError::new(
+                ErrorKind::TooLarge,
+                "Image too large to repair its refcounts",
+            ));
+        }
+        if self.0.len() < end as usize {
+            self.0.resize(end as usize, 0);
+        }
+        for c in &mut self.0[first as usize..end as usize] {
+            *c = c.saturating_add(1);
+        }
+        Ok(())
+    }
+}
+
+/// An internal snapshot's L1 table.
+struct SnapshotL1 {
+    offset: u64,
+    size: u32,
+}
+
+impl Qcow2 {
+    pub(super) async fn repair_refcounts(&self) -> BlockResult<()> {
+        let geo = *self.geo();
+        let cs = geo.cluster_size();
+        let header = self.header.get().await;
+        let mut counts = Counts::default();
+        counts.add(0, 1)?;
+        let (reftable, reftable_clusters, blocks) = {
+            let refs = self.refs.lock().await;
+            let (offset, clusters) = refs.table_location();
+            (offset, clusters, refs.table_entries().to_vec())
+        };
+        counts.add(geo.cluster_index(reftable), reftable_clusters)?;
+        for entry in blocks {
+            let block = entry & REFT_OFFSET_MASK;
+            if block != 0 {
+                counts.add(geo.cluster_index(block), 1)?;
+            }
+        }
+        let (l1_offset, l1) = {
+            let l1 = self.l1();
+            (l1.offset(), l1.entries().to_vec())
+        };
+        self.count_l1(l1_offset, &l1, &mut counts).await?;
+        if header.nb_snapshots > 0 {
+            let (table_len, snapshots) = self
+                .read_snapshot_table(header.snapshots_offset, header.nb_snapshots)
+                .await?;
+            counts.add(
+                geo.cluster_index(header.snapshots_offset),
+                table_len.div_ceil(cs),
+            )?;
+            for snapshot in snapshots {
+                let mut bytes = vec![0u8; snapshot.size as usize * 8];
+                self.file.read(snapshot.offset, &mut bytes).await?;
+                let entries: Vec<u64> = (0..snapshot.size as usize)
+                    .map(|i| get_entry(&bytes, i))
+                    .collect();
+                self.count_l1(snapshot.offset, &entries, &mut counts)
+                    .await?;
+            }
+        }
+        {
+            let mut refs = self.refs.lock().await;
+            for (cluster, &want) in counts.0.iter().enumerate() {
+                if want > 0 && refs.get(cluster as u64).await? < u64::from(want) {
+                    refs.raise(cluster as u64, u64::from(want)).await?;
+                }
+            }
+        }
+        self.writeback().await
+    }
+
+    /// Counts an L1 table at `offset`, its L2 tables and their clusters.
+    async fn count_l1(&self, offset: u64, entries: &[u64], counts: &mut Counts) -> BlockResult<()> {
+        let geo = *self.geo();
+        if offset != 0 && !entries.is_empty() {
+            let clusters = (entries.len() as u64 * 8).div_ceil(geo.cluster_size());
+            counts.add(geo.cluster_index(offset), clusters)?;
+        }
+        for (index, &entry) in entries.iter().enumerate() {
+            let l2 = entry & L1E_OFFSET_MASK;
+            if l2 == 0 {
+                continue;
+            }
+            if geo.offset_in_cluster(l2) != 0 {
+                return Err(corrupt(format!(
+                    "L2 table offset {l2:#x} unaligned (L1 index: {index:#x})"
+                )));
+            }
+            counts.add(geo.cluster_index(l2), 1)?;
+            let bytes = self.load_l2(l2).await?.lock().bytes.clone();
+            for i in 0..geo.l2_entries() as usize {
+                if let Some((first, n)) = geo.host_clusters(geo.classify(get_entry(&bytes, i))) {
+                    counts.add(first, n)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The snapshot table: its length in bytes and each snapshot's L1.
+    async fn read_snapshot_table(
+        &self,
+        offset: u64,
+        count: u32,
+    ) -> BlockResult<(u64, Vec<SnapshotL1>)> {
+        let mut at = offset;
+        let mut snapshots = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let mut fixed = [0u8; SNAPSHOT_FIXED];
+            self.file.read(at, &mut fixed).await?;
+            let u16_at = |i: usize| u16::from_be_bytes([fixed[i], fixed[i + 1]]) as usize;
+            let u32_at =
+                |i: usize| u32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
+            let l1_offset = get_entry(&fixed, 0);
+            let l1_size = u32_at(8);
+            let id_len = u16_at(12);
+            let name_len = u16_at(14);
+            let extra = u32_at(36) as usize;
+            if extra > MAX_SNAPSHOT_EXTRA {
+                return Err(corrupt("Too much extra metadata in snapshot table entry"));
+            }
+            let entry_len = (SNAPSHOT_FIXED + extra + id_len + name_len).div_ceil(8) * 8;
+            at += entry_len as u64;
+            snapshots.push(SnapshotL1 {
+                offset: l1_offset,
+                size: l1_size,
+            });
+        }
+        Ok((at - offset, snapshots))
+    }
+}
