@@ -4,4 +4,4 @@
 pub mod nbd;
 pub mod registry;
 
-pub use registry::{BlockExports, ExportInfo, RemoveMode};
+pub use registry::BlockExports;

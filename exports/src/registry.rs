@@ -2,40 +2,28 @@
 //! `query-block-exports`, deletion modes and the `BLOCK_EXPORT_DELETED`
 //! event, plus the one NBD server they may be published on.
 //!
-//! Semantics and messages follow QSD 10.0: exports are listed newest
-//! first; a safe delete refuses while clients use the export; a hard
-//! delete drops them and the event follows once the last is gone;
-//! `nbd-server-stop` deletes every NBD export.
+//! This is the API the QMP handlers call: each command is one method
+//! taking its schema arguments. Semantics and messages follow QSD 10.0:
+//! exports are listed newest first; a safe delete refuses while clients
+//! use the export; a hard delete drops them and the event follows once the
+//! last is gone; `nbd-server-stop` deletes every NBD export and returns
+//! when all are gone.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use block::{BlockBackend, BlockGraph};
+use schema::event::{Event, EventSink};
+use schema::export::{
+    BlockDirtyBitmapOrStr, BlockExportInfo, BlockExportKind, BlockExportOptions,
+    BlockExportOptionsNbd, BlockExportRemoveMode, BlockExportType, NbdServerAddArgs,
+    NbdServerOptions, NbdServerRemoveArgs,
+};
 use schema::QmpError;
 
 use crate::nbd::export::Closing;
-use crate::nbd::{Backend, NbdExport, NbdExportConfig, NbdServer, NbdServerConfig};
-
-/// Receives the id of each export that is completely gone (the daemon
-/// turns it into a `BLOCK_EXPORT_DELETED` event).
-pub type DeletedHook = Arc<dyn Fn(&str) + Send + Sync>;
-
-/// How `block-export-del` treats connected clients.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum RemoveMode {
-    /// Refuse while clients are connected.
-    #[default]
-    Safe,
-    /// Disconnect them.
-    Hard,
-}
-
-/// One row of `query-block-exports`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportInfo {
-    pub id: String,
-    pub export_type: &'static str,
-    pub node_name: String,
-    pub shutting_down: bool,
-}
+use crate::nbd::{
+    ExportMeta, ExportedBitmap, NbdExport, NbdExportConfig, NbdServer, NbdServerConfig,
+};
 
 /// Every block export, and the NBD server.
 #[derive(Clone)]
@@ -44,7 +32,7 @@ pub struct BlockExports {
 }
 
 struct Inner {
-    deleted: DeletedHook,
+    events: EventSink,
     state: Mutex<State>,
     /// Serialises starting and stopping the NBD server, which wait.
     server_control: tokio::sync::Mutex<()>,
@@ -64,23 +52,35 @@ struct Entry {
     shutting_down: bool,
 }
 
+/// What `block-export-add` and `nbd-server-add` have in common.
+struct NewExport<'a> {
+    id: &'a str,
+    node_name: &'a str,
+    writable: bool,
+    writethrough: bool,
+    nbd: &'a BlockExportOptionsNbd,
+}
+
 impl BlockExports {
-    pub fn new(deleted: DeletedHook) -> BlockExports {
+    /// No exports and no server; `events` receives `BLOCK_EXPORT_DELETED`.
+    pub fn new(events: EventSink) -> BlockExports {
         BlockExports {
             inner: Arc::new(Inner {
-                deleted,
+                events,
                 state: Mutex::default(),
                 server_control: tokio::sync::Mutex::new(()),
             }),
         }
     }
 
-    /// `nbd-server-start` / `--nbd-server`.
-    pub async fn nbd_server_start(&self, config: NbdServerConfig) -> Result<(), QmpError> {
+    /// `nbd-server-start` / `--nbd-server`. Must run inside the tokio
+    /// runtime that will serve the clients.
+    pub async fn nbd_server_start(&self, options: &NbdServerOptions) -> Result<(), QmpError> {
         let _control = self.inner.server_control.lock().await;
         if self.inner.state().nbd.is_some() {
             return Err(QmpError::generic("NBD server already running"));
         }
+        let config = NbdServerConfig::from_options(options)?;
         let server = NbdServer::start(config).await?;
         self.inner.state().nbd = Some(Arc::new(server));
         Ok(())
@@ -93,13 +93,8 @@ impl BlockExports {
         let server = self.inner.state().nbd.clone().ok_or_else(not_running)?;
         let ids: Vec<String> = {
             let state = self.inner.state();
-            state
-                .exports
-                .iter()
-                .rev()
-                .filter(|e| !e.shutting_down)
-                .map(|e| e.id.clone())
-                .collect()
+            let open = state.exports.iter().rev().filter(|e| !e.shutting_down);
+            open.map(|e| e.id.clone()).collect()
         };
         for id in ids {
             self.close(&id);
@@ -109,48 +104,122 @@ impl BlockExports {
         Ok(())
     }
 
-    /// The running NBD server, if any.
+    /// The running NBD server, if any (for its connection count).
     pub fn nbd_server(&self) -> Option<Arc<NbdServer>> {
         self.inner.state().nbd.clone()
     }
 
-    /// Adds an NBD export `id` of `backend` (the node `node_name`).
-    pub fn add_nbd(
+    /// `block-export-add` / `--export`. The caller has checked that a
+    /// named `iothread` object exists (exports run on the shared runtime).
+    pub fn add(&self, graph: &BlockGraph, options: &BlockExportOptions) -> Result<(), QmpError> {
+        let BlockExportKind::Nbd(nbd) = &options.kind else {
+            return Err(QmpError::generic(
+                "No driver found for the requested export type",
+            ));
+        };
+        self.add_export(
+            graph,
+            NewExport {
+                id: &options.id,
+                node_name: &options.node_name,
+                writable: options.writable.unwrap_or(false),
+                writethrough: options.writethrough.unwrap_or(false),
+                nbd,
+            },
+        )
+    }
+
+    /// `nbd-server-add` (deprecated): the export's id is its name, which
+    /// defaults to `device`; a read-only node is exported read-only
+    /// rather than refused.
+    pub fn nbd_server_add(
         &self,
+        graph: &BlockGraph,
+        args: &NbdServerAddArgs,
+    ) -> Result<(), QmpError> {
+        let node = graph.lookup(Some(&args.device), Some(&args.device))?;
+        if self.inner.state().nbd.is_none() {
+            return Err(not_running());
+        }
+        let name = args.name.clone().unwrap_or_else(|| args.device.clone());
+        let nbd = BlockExportOptionsNbd {
+            name: Some(name.clone()),
+            description: args.description.clone(),
+            bitmaps: args
+                .bitmap
+                .clone()
+                .map(|b| vec![BlockDirtyBitmapOrStr::Local(b)]),
+            allocation_depth: None,
+        };
+        self.add_export(
+            graph,
+            NewExport {
+                id: &name,
+                node_name: node.name(),
+                writable: args.writable.unwrap_or(false) && !node.is_read_only(),
+                writethrough: false,
+                nbd: &nbd,
+            },
+        )
+    }
+
+    fn add_export(&self, graph: &BlockGraph, new: NewExport<'_>) -> Result<(), QmpError> {
+        if !id_wellformed(new.id) {
+            return Err(QmpError::generic("Invalid block export id"));
+        }
+        if self.find(new.id) {
+            return Err(id_in_use(new.id));
+        }
+        let backend = graph.attach_backend(new.node_name, new.writable)?;
+        let server = self.inner.state().nbd.clone().ok_or_else(not_running)?;
+        let bitmaps = resolve_bitmaps(graph, new.nbd.bitmaps.as_deref().unwrap_or_default())?;
+        let config = NbdExportConfig {
+            name: new
+                .nbd
+                .name
+                .clone()
+                .unwrap_or_else(|| new.node_name.to_string()),
+            description: new.nbd.description.clone(),
+            writable: new.writable,
+            writethrough: new.writethrough,
+            meta: ExportMeta {
+                allocation_depth: new.nbd.allocation_depth.unwrap_or(false),
+                bitmaps,
+            },
+        };
+        self.publish(&server, new.id, backend, config)
+    }
+
+    /// Adds the export to the server and the list, under one lock so that
+    /// two adds cannot take the same id.
+    fn publish(
+        &self,
+        server: &NbdServer,
         id: &str,
-        node_name: &str,
-        backend: Backend,
+        backend: BlockBackend,
         config: NbdExportConfig,
     ) -> Result<(), QmpError> {
-        self.check_new_id(id)?;
+        let node_name = backend.node_name().to_string();
         let mut state = self.inner.state();
-        let server = state.nbd.clone().ok_or_else(not_running)?;
         if state.exports.iter().any(|e| e.id == id) {
             return Err(id_in_use(id));
         }
         let export = server.add_export(config, backend)?;
         state.exports.push(Entry {
             id: id.to_string(),
-            node_name: node_name.to_string(),
+            node_name,
             export,
             shutting_down: false,
         });
         Ok(())
     }
 
-    /// The checks on an id that come before anything else is looked at.
-    pub fn check_new_id(&self, id: &str) -> Result<(), QmpError> {
-        if !id_wellformed(id) {
-            return Err(QmpError::generic("Invalid block export id"));
-        }
-        if self.inner.state().exports.iter().any(|e| e.id == id) {
-            return Err(id_in_use(id));
-        }
-        Ok(())
+    fn find(&self, id: &str) -> bool {
+        self.inner.state().exports.iter().any(|e| e.id == id)
     }
 
-    /// `block-export-del` (and `nbd-server-remove`).
-    pub fn del(&self, id: &str, mode: RemoveMode) -> Result<(), QmpError> {
+    /// `block-export-del`.
+    pub fn del(&self, id: &str, mode: BlockExportRemoveMode) -> Result<(), QmpError> {
         let mut state = self.inner.state();
         let entry = state
             .exports
@@ -162,7 +231,7 @@ impl BlockExports {
                 "Export '{id}' is already shutting down"
             )));
         }
-        if mode == RemoveMode::Safe {
+        if mode == BlockExportRemoveMode::Safe {
             if entry.export.close_if_idle().is_err() {
                 return Err(QmpError::generic(format!("export '{id}' still in use")));
             }
@@ -176,12 +245,17 @@ impl BlockExports {
         Ok(())
     }
 
+    /// `nbd-server-remove` (deprecated): `block-export-del` by id.
+    pub fn nbd_server_remove(&self, args: &NbdServerRemoveArgs) -> Result<(), QmpError> {
+        self.del(&args.name, args.mode.unwrap_or_default())
+    }
+
     /// `query-block-exports`: newest first.
-    pub fn query(&self) -> Vec<ExportInfo> {
+    pub fn query(&self) -> Vec<BlockExportInfo> {
         let state = self.inner.state();
-        let rows = state.exports.iter().rev().map(|e| ExportInfo {
+        let rows = state.exports.iter().rev().map(|e| BlockExportInfo {
             id: e.id.clone(),
-            export_type: "nbd",
+            r#type: BlockExportType::Nbd,
             node_name: e.node_name.clone(),
             shutting_down: e.shutting_down,
         });
@@ -189,7 +263,7 @@ impl BlockExports {
     }
 
     /// Starts closing export `id` (dropping its clients); the entry goes
-    /// and the hook runs when its last client is gone.
+    /// and the event is sent when its last client is gone.
     fn close(&self, id: &str) {
         let mut state = self.inner.state();
         let Some(entry) = state
@@ -230,7 +304,7 @@ impl Inner {
     /// Forgets a closed export and reports it.
     fn finish(&self, state: &mut State, export: &Arc<NbdExport>, id: &str) {
         state.exports.retain(|e| !Arc::ptr_eq(&e.export, export));
-        (self.deleted)(id);
+        (self.events)(Event::block_export_deleted(id));
     }
 }
 
@@ -239,6 +313,27 @@ impl State {
     fn unpublish(&self, export: &Arc<NbdExport>) {
         if let Some(server) = &self.nbd {
             server.exports().remove(export);
+        }
+    }
+}
+
+/// Finds the dirty bitmaps an export publishes. The block layer keeps no
+/// dirty bitmaps yet, so any named bitmap is missing (with QEMU's words).
+fn resolve_bitmaps(
+    graph: &BlockGraph,
+    bitmaps: &[BlockDirtyBitmapOrStr],
+) -> Result<Vec<Arc<dyn ExportedBitmap>>, QmpError> {
+    match bitmaps.first() {
+        None => Ok(Vec::new()),
+        Some(BlockDirtyBitmapOrStr::Local(name)) => {
+            Err(QmpError::generic(format!("Bitmap '{name}' is not found")))
+        }
+        Some(BlockDirtyBitmapOrStr::External(bitmap)) => {
+            graph.lookup(None, Some(&bitmap.node))?;
+            Err(QmpError::generic(format!(
+                "Dirty bitmap '{}' not found",
+                bitmap.name
+            )))
         }
     }
 }

@@ -1,21 +1,20 @@
-//! The export registry as QMP sees it: ids, `query-block-exports`, safe and
-//! hard deletion with connected clients, the deletion hook, and
-//! `nbd-server-stop` (messages as QSD 10.0 words them).
+//! The export registry as QMP drives it (`block-export-add/del`,
+//! `nbd-server-add/remove/start/stop`, `query-block-exports`), with
+//! connected clients, and QSD 10.0's messages.
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::raw::Raw;
-use common::{ExportSpec, FileBackend, Harness};
+use common::{registry, server_options, ExportSpec, Harness};
 use exports::nbd::proto::*;
-use exports::nbd::{ListenAddress, NbdExportConfig, NbdServerConfig};
-use exports::{BlockExports, RemoveMode};
+use schema::export::BlockExportRemoveMode::{Hard, Safe};
+use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
 
-fn desc(r: Result<(), schema::QmpError>) -> String {
+fn desc<T: std::fmt::Debug>(r: Result<T, schema::QmpError>) -> String {
     r.unwrap_err().desc
 }
 
@@ -29,85 +28,156 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
     panic!("condition not reached");
 }
 
+/// `block-export-add` with JSON arguments.
+fn add(h: &Harness, args: Value) -> Result<(), schema::QmpError> {
+    h.exports.add(&h.graph, &schema::from_json(args)?)
+}
+
+/// `nbd-server-add` with JSON arguments.
+fn nbd_server_add(h: &Harness, args: Value) -> Result<(), schema::QmpError> {
+    h.exports
+        .nbd_server_add(&h.graph, &schema::from_json(args)?)
+}
+
+fn query(h: &Harness) -> Value {
+    serde_json::to_value(h.exports.query()).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ids_names_and_query() {
+async fn add_checks_and_query() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", MIB);
-    h.export(&ExportSpec::new("e0"), &image);
-    h.export(
-        &ExportSpec {
-            id: "e1".into(),
-            ..ExportSpec::new("other")
-        },
-        &image,
-    );
-    let ids: Vec<String> = h.exports.query().into_iter().map(|e| e.id).collect();
-    assert_eq!(ids, ["e1", "e0"], "newest first");
-    let backend = FileBackend::open(&image, false, true);
-    let config = |name: &str| NbdExportConfig {
-        name: name.into(),
-        ..NbdExportConfig::default()
-    };
+    h.node("file0", &image);
+    let ro = h.image("ro.raw", MIB);
+    let options = schema::from_json(
+        json!({"driver": "file", "node-name": "ro", "filename": ro, "read-only": true}),
+    )
+    .unwrap();
+    h.graph.add_node(&options).unwrap();
+
+    add(&h, json!({"type": "nbd", "id": "e0", "node-name": "file0"})).unwrap();
+    add(&h, json!({"type": "nbd", "id": "e1", "node-name": "file0", "name": "x", "description": "d", "writable": true})).unwrap();
     assert_eq!(
-        desc(h.exports.add_nbd("e0", "n", backend.clone(), config("x"))),
-        "Block export id 'e0' is already in use"
+        query(&h),
+        json!([
+            {"id": "e1", "type": "nbd", "node-name": "file0", "shutting-down": false},
+            {"id": "e0", "type": "nbd", "node-name": "file0", "shutting-down": false},
+        ])
     );
-    assert_eq!(
-        desc(h.exports.add_nbd("", "n", backend.clone(), config("x"))),
-        "Invalid block export id"
-    );
-    assert_eq!(
-        desc(h.exports.add_nbd("a b", "n", backend.clone(), config("x"))),
-        "Invalid block export id"
-    );
-    assert_eq!(
-        desc(
-            h.exports
-                .add_nbd("e2", "n", backend.clone(), config("other"))
+    let cases = [
+        (
+            json!({"type": "nbd", "id": "e0", "node-name": "file0"}),
+            "Block export id 'e0' is already in use".to_string(),
         ),
-        "NBD server already has export named 'other'"
-    );
-    let long = "y".repeat(4097);
+        (
+            json!({"type": "nbd", "id": "", "node-name": "file0"}),
+            "Invalid block export id".to_string(),
+        ),
+        (
+            json!({"type": "nbd", "id": "a b", "node-name": "file0"}),
+            "Invalid block export id".to_string(),
+        ),
+        (
+            json!({"type": "nbd", "id": "e2", "node-name": "nope"}),
+            "Cannot find device='' nor node-name='nope'".to_string(),
+        ),
+        (
+            json!({"type": "nbd", "id": "e2", "node-name": "file0"}),
+            "NBD server already has export named 'file0'".to_string(),
+        ),
+        (
+            json!({"type": "nbd", "id": "e2", "node-name": "ro", "writable": true}),
+            "Cannot export read-only node as writable".to_string(),
+        ),
+        (
+            json!({"type": "nbd", "id": "e2", "node-name": "ro", "bitmaps": ["b0"]}),
+            "Bitmap 'b0' is not found".to_string(),
+        ),
+        (
+            json!({"type": "nbd", "id": "e2", "node-name": "ro", "bitmaps": [{"node": "file0", "name": "b"}]}),
+            "Dirty bitmap 'b' not found".to_string(),
+        ),
+        (
+            json!({"type": "nbd", "id": "e2", "node-name": "ro", "name": "y".repeat(4097)}),
+            format!("export name '{}' too long", "y".repeat(4097)),
+        ),
+        (
+            json!({"type": "nbd", "id": "e2", "node-name": "ro", "description": "z".repeat(4097)}),
+            format!("description '{}' too long", "z".repeat(4097)),
+        ),
+    ];
+    for (args, message) in cases {
+        assert_eq!(desc(add(&h, args.clone())), message, "{args}");
+    }
+    // Failed adds leave no trace (and release the node).
+    assert_eq!(query(&h).as_array().unwrap().len(), 2);
+    add(&h, json!({"type": "nbd", "id": "e2", "node-name": "ro"})).unwrap();
+
     assert_eq!(
-        desc(h.exports.add_nbd("e2", "n", backend.clone(), config(&long))),
-        format!("export name '{long}' too long")
-    );
-    let writable = NbdExportConfig {
-        writable: true,
-        ..config("w")
-    };
-    assert_eq!(
-        desc(h.exports.add_nbd("e2", "n", backend, writable)),
-        "Cannot export read-only node as writable"
-    );
-    assert_eq!(
-        desc(h.exports.del("nope", RemoveMode::Safe)),
+        desc(h.exports.del("nope", Safe)),
         "Export 'nope' is not found"
     );
-    h.exports.del("e1", RemoveMode::Safe).unwrap();
-    assert_eq!(*h.deleted.lock().unwrap(), ["e1"]);
-    assert_eq!(h.exports.query().len(), 1);
+    h.exports.del("e1", Safe).unwrap();
+    assert_eq!(h.deleted(), ["e1"]);
+    let remove = schema::from_json(json!({"name": "e2"})).unwrap();
+    h.exports.nbd_server_remove(&remove).unwrap();
+    assert_eq!(h.deleted(), ["e1", "e2"]);
+    assert_eq!(query(&h).as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_nbd_server_add() {
+    let h = Harness::start().await;
+    let image = h.image("disk.raw", MIB);
+    h.node("file0", &image);
+    let ro = h.image("ro.raw", MIB);
+    let options = schema::from_json(
+        json!({"driver": "file", "node-name": "ro", "filename": ro, "read-only": true}),
+    )
+    .unwrap();
+    h.graph.add_node(&options).unwrap();
+
+    assert_eq!(
+        desc(nbd_server_add(&h, json!({"device": "nope"}))),
+        "Cannot find device='nope' nor node-name='nope'"
+    );
+    nbd_server_add(&h, json!({"device": "file0"})).unwrap();
+    assert_eq!(
+        desc(nbd_server_add(&h, json!({"device": "file0"}))),
+        "Block export id 'file0' is already in use"
+    );
+    // A read-only node is exported read-only instead of refused.
+    nbd_server_add(
+        &h,
+        json!({"device": "ro", "name": "legacy", "writable": true}),
+    )
+    .unwrap();
+    assert_eq!(query(&h)[0]["id"], "legacy");
+    let mut c = Raw::connect(&h.socket).await;
+    let (_, flags) = c.go("legacy").await;
+    assert_ne!(flags & FLAG_READ_ONLY, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn safe_and_hard_delete_with_clients() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", MIB);
-    h.export(&ExportSpec::new("disk"), &image);
+    h.node("n", &image);
+    h.export(&ExportSpec::new("disk"), "n");
     let mut client = Raw::connect(&h.socket).await;
     client.go("disk").await;
     // A client still in the handshake does not hold the export.
     let _handshaking = Raw::connect(&h.socket).await;
     assert_eq!(
-        desc(h.exports.del("disk", RemoveMode::Safe)),
+        desc(h.exports.del("disk", Safe)),
         "export 'disk' still in use"
     );
-    h.exports.del("disk", RemoveMode::Hard).unwrap();
+    h.exports.del("disk", Hard).unwrap();
     assert!(client.closed().await);
-    wait_until(|| h.deleted.lock().unwrap().len() == 1).await;
-    assert!(h.exports.query().is_empty());
+    wait_until(|| h.deleted().len() == 1).await;
+    assert_eq!(query(&h), json!([]));
     // The name and the id are free again.
-    h.export(&ExportSpec::new("disk"), &image);
+    h.export(&ExportSpec::new("disk"), "n");
     let mut again = Raw::connect(&h.socket).await;
     again.go("disk").await;
     again.request(0, CMD_READ, 1, 0, 512, &[]).await;
@@ -118,11 +188,12 @@ async fn safe_and_hard_delete_with_clients() {
 async fn removed_export_is_unknown_to_new_clients() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", MIB);
-    h.export(&ExportSpec::new("keep"), &image);
-    h.export(&ExportSpec::new("gone"), &image);
+    h.node("n", &image);
+    h.export(&ExportSpec::new("keep"), "n");
+    h.export(&ExportSpec::new("gone"), "n");
     let mut keep = Raw::connect(&h.socket).await;
     keep.go("keep").await;
-    h.exports.del("gone", RemoveMode::Safe).unwrap();
+    h.exports.del("gone", Safe).unwrap();
     let mut c = Raw::connect(&h.socket).await;
     let mut data = Vec::new();
     data.extend_from_slice(&4u32.to_be_bytes());
@@ -137,56 +208,42 @@ async fn removed_export_is_unknown_to_new_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_start_and_stop() {
-    let deleted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let record = Arc::clone(&deleted);
-    let exports = BlockExports::new(Arc::new(move |id: &str| {
-        record.lock().unwrap().push(id.into())
-    }));
+    let (exports, deleted) = registry();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("s.sock");
-    let config = NbdServerConfig {
-        address: ListenAddress::Unix {
-            path: socket.clone(),
-            abstract_name: false,
-        },
-        max_connections: 0,
-        handshake_max_seconds: 10,
-        tls_creds: None,
-        tls_authz: None,
+    let graph = block::BlockGraph::new();
+    let image = dir.path().join("disk.raw");
+    std::fs::File::create(&image).unwrap().set_len(MIB).unwrap();
+    let node =
+        schema::from_json(json!({"driver": "file", "node-name": "n", "filename": image})).unwrap();
+    graph.add_node(&node).unwrap();
+    let export = |id: &str, name: &str| {
+        schema::from_json(
+            json!({"type": "nbd", "id": id, "node-name": "n", "name": name, "writable": true}),
+        )
+        .unwrap()
     };
+
     assert_eq!(
         desc(exports.nbd_server_stop().await),
         "NBD server not running"
     );
-    let image = dir.path().join("disk.raw");
-    std::fs::File::create(&image).unwrap().set_len(MIB).unwrap();
-    let backend = FileBackend::open(&image, true, true);
-    let named = |name: &str| NbdExportConfig {
-        name: name.into(),
-        writable: true,
-        ..NbdExportConfig::default()
-    };
     assert_eq!(
-        desc(exports.add_nbd("e0", "n", backend.clone(), named("a"))),
+        desc(exports.add(&graph, &export("e0", "a"))),
         "NBD server not running"
     );
-    let tls = NbdServerConfig {
-        tls_creds: Some("tls0".into()),
-        ..config.clone()
-    };
-    assert!(desc(exports.nbd_server_start(tls).await).contains("TLS"));
+    let mut tls = server_options(&socket, 0, 10);
+    tls.tls_creds = Some("tls0".into());
+    assert!(desc(exports.nbd_server_start(&tls).await).contains("TLS"));
     assert!(!socket.exists(), "no plain-text listener for a TLS server");
-    exports.nbd_server_start(config.clone()).await.unwrap();
+    let options = server_options(&socket, 0, 10);
+    exports.nbd_server_start(&options).await.unwrap();
     assert_eq!(
-        desc(exports.nbd_server_start(config.clone()).await),
+        desc(exports.nbd_server_start(&options).await),
         "NBD server already running"
     );
-    exports
-        .add_nbd("e0", "n", backend.clone(), named("a"))
-        .unwrap();
-    exports
-        .add_nbd("e1", "n", backend.clone(), named("b"))
-        .unwrap();
+    exports.add(&graph, &export("e0", "a")).unwrap();
+    exports.add(&graph, &export("e1", "b")).unwrap();
     let mut client = Raw::connect(&socket).await;
     client.go("a").await;
     exports.nbd_server_stop().await.unwrap();
@@ -194,9 +251,9 @@ async fn server_start_and_stop() {
     assert!(exports.query().is_empty());
     assert!(client.closed().await);
     assert!(!socket.exists(), "socket file removed");
-    // It can start again, on the same path.
-    exports.nbd_server_start(config).await.unwrap();
-    exports.add_nbd("e0", "n", backend, named("a")).unwrap();
+    // It can start again, on the same path, and the node is free again.
+    exports.nbd_server_start(&options).await.unwrap();
+    exports.add(&graph, &export("e0", "a")).unwrap();
     let mut client = Raw::connect(&socket).await;
     client.go("a").await;
 }

@@ -118,6 +118,7 @@ async fn transmit<R, W>(
             backend: export.backend().clone(),
             meta: export.meta().clone(),
             mode: session.mode,
+            writethrough: export.writethrough(),
             contexts: session.contexts,
             buffers: BufferPool::new(),
         },

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use block::{BlockError, WriteFlags, ZeroFlags};
 
-use super::backend::Backend;
 use super::buffers::{Buffer, BufferPool};
 use super::codec::{ReplyMode, Request};
 use super::meta::{ExportMeta, MetaContext};
@@ -17,6 +16,7 @@ use super::proto::*;
 use super::reply::{Reply, SparseRead};
 use super::request::Command;
 use super::status;
+use block::BlockBackend;
 
 /// Structured reads this large look for holes before reading.
 const SPARSE_READ_MIN: usize = 64 << 10;
@@ -27,9 +27,11 @@ pub const CACHE_CHUNK: u64 = 1 << 20;
 
 /// What a request handler needs from its connection.
 pub struct Context {
-    pub backend: Backend,
+    pub backend: BlockBackend,
     pub meta: ExportMeta,
     pub mode: ReplyMode,
+    /// Writes are made durable before their reply (`writethrough`).
+    pub writethrough: bool,
     /// Contexts selected with `NBD_OPT_SET_META_CONTEXT`, in id order.
     pub contexts: Vec<MetaContext>,
     pub buffers: Arc<BufferPool>,
@@ -42,6 +44,11 @@ pub async fn execute(
     command: Command,
     payload: Option<Buffer>,
 ) -> Reply {
+    let command = if cx.writethrough {
+        command.with_fua()
+    } else {
+        command
+    };
     let result = match command {
         Command::Read { df } => return read(cx, req, df).await,
         Command::Write { fua } => {

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use schema::QmpError;
 use tokio_util::sync::CancellationToken;
 
-use super::backend::Backend;
 use super::meta::ExportMeta;
 use super::proto::*;
+use block::BlockBackend;
 
 /// What an export publishes, besides its node.
 #[derive(Clone, Default)]
@@ -21,13 +21,15 @@ pub struct NbdExportConfig {
     pub name: String,
     pub description: Option<String>,
     pub writable: bool,
+    /// Every write is made durable before it is acknowledged.
+    pub writethrough: bool,
     pub meta: ExportMeta,
 }
 
 /// One export of the NBD server.
 pub struct NbdExport {
     config: NbdExportConfig,
-    backend: Backend,
+    backend: BlockBackend,
     size: u64,
     /// Transmission flags, before the per-connection `SEND_DF`.
     flags: u16,
@@ -61,7 +63,7 @@ impl NbdExport {
     /// use several connections (false when the server allows only one).
     pub fn new(
         config: NbdExportConfig,
-        backend: Backend,
+        backend: BlockBackend,
         multi_conn: bool,
         server_stop: &CancellationToken,
     ) -> Result<Arc<NbdExport>, QmpError> {
@@ -114,11 +116,15 @@ impl NbdExport {
         self.config.writable
     }
 
+    pub fn writethrough(&self) -> bool {
+        self.config.writethrough
+    }
+
     pub fn meta(&self) -> &ExportMeta {
         &self.config.meta
     }
 
-    pub fn backend(&self) -> &Backend {
+    pub fn backend(&self) -> &BlockBackend {
         &self.backend
     }
 

@@ -10,7 +10,6 @@
 //! `export` (exports and their clients) and `server` (listeners and
 //! limits).
 
-pub mod backend;
 mod buffers;
 pub mod codec;
 mod connection;
@@ -25,7 +24,6 @@ pub mod server;
 mod status;
 mod writer;
 
-pub use backend::{Backend, BackendOps};
 pub use export::{NbdExport, NbdExportConfig};
 pub use meta::{ExportMeta, ExportedBitmap};
 pub use server::{ListenAddress, NbdServer, NbdServerConfig, DEFAULT_HANDSHAKE_MAX_SECONDS};

@@ -33,6 +33,24 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The same command, made durable before its reply if it writes.
+    pub fn with_fua(self) -> Command {
+        match self {
+            Command::Write { .. } => Command::Write { fua: true },
+            Command::Trim { .. } => Command::Trim { fua: true },
+            Command::WriteZeroes {
+                may_unmap, fast, ..
+            } => Command::WriteZeroes {
+                fua: true,
+                may_unmap,
+                fast,
+            },
+            other => other,
+        }
+    }
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {

@@ -12,16 +12,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use schema::export::NbdServerOptions;
+use schema::sockets::{SocketAddress, SocketAddressKind};
 use schema::QmpError;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::backend::Backend;
 use super::connection::{serve, ConnectionConfig};
 use super::export::{ExportTable, NbdExport, NbdExportConfig};
 use super::handshake::HandshakeConfig;
+use block::BlockBackend;
 
 /// QEMU's default for `handshake-max-seconds`.
 pub const DEFAULT_HANDSHAKE_MAX_SECONDS: u32 = 10;
@@ -52,6 +54,45 @@ pub struct NbdServerConfig {
     pub tls_creds: Option<String>,
     /// The id of an authorization object checked after the TLS handshake.
     pub tls_authz: Option<String>,
+}
+
+impl NbdServerConfig {
+    /// The configuration `--nbd-server` or `nbd-server-start` asks for,
+    /// with QEMU's defaults.
+    pub fn from_options(options: &NbdServerOptions) -> Result<NbdServerConfig, QmpError> {
+        Ok(NbdServerConfig {
+            address: ListenAddress::from_socket_address(&options.addr)?,
+            max_connections: options.max_connections.unwrap_or(0),
+            handshake_max_seconds: options
+                .handshake_max_seconds
+                .unwrap_or(DEFAULT_HANDSHAKE_MAX_SECONDS),
+            tls_creds: options.tls_creds.clone(),
+            tls_authz: options.tls_authz.clone(),
+        })
+    }
+}
+
+impl ListenAddress {
+    /// Where a schema socket address listens. A descriptor is given by
+    /// number (named descriptors exist only in QEMU's monitor).
+    pub fn from_socket_address(addr: &SocketAddress) -> Result<ListenAddress, QmpError> {
+        match &addr.addr {
+            SocketAddressKind::Inet(inet) => Ok(ListenAddress::Inet {
+                host: inet.host.clone(),
+                port: inet.port.clone(),
+            }),
+            SocketAddressKind::Unix(unix) => Ok(ListenAddress::Unix {
+                path: PathBuf::from(&unix.path),
+                abstract_name: unix.r#abstract.unwrap_or(false),
+            }),
+            SocketAddressKind::Fd(fd) => fd.str.parse().map(ListenAddress::Fd).map_err(|_| {
+                QmpError::generic(format!("Invalid file descriptor number '{}'", fd.str))
+            }),
+            SocketAddressKind::Vsock(_) => Err(QmpError::generic(
+                "vsock addresses are not supported by this NBD server",
+            )),
+        }
+    }
 }
 
 /// A running NBD server.
@@ -146,7 +187,7 @@ impl NbdServer {
     pub fn add_export(
         &self,
         config: NbdExportConfig,
-        backend: Backend,
+        backend: BlockBackend,
     ) -> Result<Arc<NbdExport>, QmpError> {
         let multi_conn = self.config.max_connections != 1;
         let export = NbdExport::new(config, backend, multi_conn, &self.stop)?;

@@ -7,11 +7,11 @@
 
 use block::{BlockResult, Extent};
 
-use super::backend::Backend;
 use super::codec::{ReplyMode, Request};
 use super::meta::{ExportMeta, ExportedBitmap, MetaContext};
 use super::proto::*;
 use super::reply::chunk;
+use block::BlockBackend;
 
 /// Descriptors per status chunk: 1 MiB of compact descriptors, well under
 /// the spec's 2^20 limit.
@@ -27,7 +27,7 @@ pub struct Descriptor {
 /// The allocation status of `[offset, offset + len)`, at most `max` extents,
 /// clamped to the range.
 pub async fn allocation(
-    backend: &Backend,
+    backend: &BlockBackend,
     offset: u64,
     len: u64,
     max: usize,

@@ -1,26 +1,26 @@
-//! Shared harness of the NBD tests: a server in this process on a Unix
-//! socket in a temporary directory, file-backed exports, and helpers to run
-//! the real clients (`nbdinfo`, `nbdsh`, `qemu-img`, `qemu-io`, `nbdcopy`).
+//! Shared harness of the NBD tests: the export registry with its NBD server
+//! in this process, on a Unix socket in a temporary directory, exporting
+//! file nodes of a block graph; and helpers to run the real clients
+//! (`nbdinfo`, `nbdsh`, `qemu-img`, `qemu-io`, `nbdcopy`).
 
 #![allow(dead_code)]
 
-pub mod file_backend;
 pub mod raw;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use exports::nbd::{ExportMeta, ListenAddress, NbdExportConfig, NbdServerConfig};
+use block::BlockGraph;
 use exports::BlockExports;
-
-pub use file_backend::FileBackend;
+use serde_json::json;
 
 /// A running server with its exports and a record of deleted export ids.
 pub struct Harness {
     pub exports: BlockExports,
+    pub graph: BlockGraph,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
-    pub deleted: Arc<Mutex<Vec<String>>>,
+    deleted: Arc<Mutex<Vec<String>>>,
 }
 
 /// Options of one test export.
@@ -31,8 +31,6 @@ pub struct ExportSpec {
     pub writable: bool,
     pub allocation_depth: bool,
     pub description: Option<String>,
-    /// Whether the backend can zero quickly (`NBD_CMD_FLAG_FAST_ZERO`).
-    pub fast_zero: bool,
 }
 
 impl ExportSpec {
@@ -43,9 +41,34 @@ impl ExportSpec {
             writable: true,
             allocation_depth: false,
             description: None,
-            fast_zero: true,
         }
     }
+}
+
+/// An export registry whose deletion events land in the returned list.
+pub fn registry() -> (BlockExports, Arc<Mutex<Vec<String>>>) {
+    let deleted = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&deleted);
+    let exports = BlockExports::new(Arc::new(move |event: schema::event::Event| {
+        assert_eq!(event.event, "BLOCK_EXPORT_DELETED");
+        let id = event.data["id"].as_str().expect("id").to_string();
+        record.lock().unwrap().push(id);
+    }));
+    (exports, deleted)
+}
+
+/// `nbd-server-start` options for a Unix socket.
+pub fn server_options(
+    socket: &Path,
+    max_connections: u32,
+    handshake_max_seconds: u32,
+) -> schema::export::NbdServerOptions {
+    schema::from_json(json!({
+        "addr": {"type": "unix", "path": socket},
+        "max-connections": max_connections,
+        "handshake-max-seconds": handshake_max_seconds,
+    }))
+    .expect("server options")
 }
 
 impl Harness {
@@ -56,26 +79,18 @@ impl Harness {
     pub async fn start_with(max_connections: u32, handshake_max_seconds: u32) -> Harness {
         let dir = tempfile::tempdir().expect("temporary directory");
         let socket = dir.path().join("nbd.sock");
-        let deleted = Arc::new(Mutex::new(Vec::new()));
-        let record = Arc::clone(&deleted);
-        let exports = BlockExports::new(Arc::new(move |id: &str| {
-            record.lock().unwrap().push(id.to_string())
-        }));
+        let (exports, deleted) = registry();
         exports
-            .nbd_server_start(NbdServerConfig {
-                address: ListenAddress::Unix {
-                    path: socket.clone(),
-                    abstract_name: false,
-                },
+            .nbd_server_start(&server_options(
+                &socket,
                 max_connections,
                 handshake_max_seconds,
-                tls_creds: None,
-                tls_authz: None,
-            })
+            ))
             .await
             .expect("server starts");
         Harness {
             exports,
+            graph: BlockGraph::new(),
             dir,
             socket,
             deleted,
@@ -90,25 +105,47 @@ impl Harness {
         path
     }
 
-    /// Exports `file` as described by `spec`.
-    pub fn export(&self, spec: &ExportSpec, file: &Path) {
-        let backend = FileBackend::open(file, spec.writable, spec.fast_zero);
-        let config = NbdExportConfig {
-            name: spec.name.clone(),
-            description: spec.description.clone(),
-            writable: spec.writable,
-            meta: ExportMeta {
-                allocation_depth: spec.allocation_depth,
-                bitmaps: Vec::new(),
-            },
-        };
+    /// Opens `file` as the file node `node`.
+    pub fn node(&self, node: &str, file: &Path) {
+        let options =
+            schema::from_json(json!({"driver": "file", "node-name": node, "filename": file}))
+                .expect("blockdev options");
+        self.graph.add_node(&options).expect("node opens");
+    }
+
+    /// `block-export-add` of `node` as described by `spec`.
+    pub fn export(&self, spec: &ExportSpec, node: &str) {
+        let mut options = json!({
+            "type": "nbd",
+            "id": spec.id,
+            "node-name": node,
+            "name": spec.name,
+            "writable": spec.writable,
+            "allocation-depth": spec.allocation_depth,
+        });
+        if let Some(description) = &spec.description {
+            options["description"] = json!(description);
+        }
+        let options = schema::from_json(options).expect("export options");
         self.exports
-            .add_nbd(&spec.id, "node0", backend, config)
+            .add(&self.graph, &options)
             .expect("export added");
+    }
+
+    /// A file node of `file` exported as `spec` (node named after the id).
+    pub fn export_file(&self, spec: &ExportSpec, file: &Path) {
+        let node = format!("node-{}", spec.id);
+        self.node(&node, file);
+        self.export(spec, &node);
     }
 
     pub fn uri(&self, name: &str) -> String {
         format!("nbd+unix:///{name}?socket={}", self.socket.display())
+    }
+
+    /// Ids of the exports reported deleted so far.
+    pub fn deleted(&self) -> Vec<String> {
+        self.deleted.lock().unwrap().clone()
     }
 
     pub fn connections(&self) -> usize {
@@ -161,8 +198,8 @@ pub async fn run_ok(program: &str, args: &[&str]) -> String {
     r.stdout
 }
 
-/// Runs a Python script with the libnbd bindings (`h` is not predefined:
-/// scripts open their own handles); the URI is `sys.argv[1]`.
+/// Runs a Python script with the libnbd bindings (which live only under
+/// the system Python); the URI is `sys.argv[1]`.
 pub async fn nbdsh(uri: &str, script: &str) -> String {
     run_ok("/usr/bin/python3", &["-c", script, uri]).await
 }
