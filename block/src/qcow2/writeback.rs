@@ -8,8 +8,10 @@
 //!    so the copy is self-consistent.
 //! 2. Write the refcount blocks; flush (now every referenced cluster is
 //!    counted, and all data and new tables written before are durable).
-//! 3. Write the L2 tables and the L1 and refcount table chunks; flush.
-//! 4. Apply the frees (nothing on disk points to those clusters any more),
+//! 3. Write the refcount table chunks (pointing to refcount blocks created
+//!    since the last writeback, now durable); flush.
+//! 4. Write the L2 tables and the L1 chunks; flush.
+//! 5. Apply the frees (nothing on disk points to those clusters any more),
 //!    write the refcount blocks they changed, flush, discard.
 //!
 //! Requests go on meanwhile: whatever they change is dirty again and goes
@@ -101,16 +103,22 @@ impl Qcow2 {
             }
             file.flush().await?;
         }
+        if !snapshot.reftable_chunks.is_empty() {
+            for (offset, bytes) in &snapshot.reftable_chunks {
+                file.write(*offset, bytes, plain).await?;
+            }
+            file.flush().await?;
+        }
         for (table, bytes) in &snapshot.l2_tables {
             file.write(table.offset(), bytes, plain).await?;
         }
-        for (offset, bytes) in snapshot.l1_chunks.iter().chain(&snapshot.reftable_chunks) {
+        for (offset, bytes) in &snapshot.l1_chunks {
             file.write(*offset, bytes, plain).await?;
         }
         file.flush().await
     }
 
-    /// Step 4: the decrements, written and flushed, then the discards.
+    /// Step 5: the decrements, written and flushed, then the discards.
     async fn apply_frees(&self, frees: &[PendingFree]) -> BlockResult<()> {
         let (discards, blocks) = {
             let mut refs = self.refs.lock().await;

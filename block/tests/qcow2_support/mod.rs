@@ -192,6 +192,11 @@ impl Rng {
         Rng(seed.max(1))
     }
 
+    /// A generator with a given seed (for tasks split off a test's one).
+    pub fn from_seed(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
