@@ -49,6 +49,12 @@ fn open_node(
             let child = NodeChild::new(ChildRole::File, driver.file_role(), file);
             (Box::new(driver), vec![child])
         }
+        BlockdevDriver::Qcow2(_) => {
+            return Err(BlockError::new(
+                ErrorKind::NotSupported,
+                "Driver 'qcow2' is not supported yet",
+            ))
+        }
     };
     state.register(options.node_name.clone(), driver, settings, children)
 }

@@ -44,7 +44,9 @@ struct LockState {
 impl ImageLocks {
     /// Locks for `fd`, holding nothing; fails if the kernel lacks OFD locks.
     pub(crate) fn new(fd: RawFd) -> BlockResult<Self> {
-        test_lock(fd, LOCK_PERM_BASE).map_err(|e| {
+        // Any answer but an error means the kernel knows OFD locks; a lock
+        // held by someone else is no reason to go without.
+        query_lock(fd, LOCK_PERM_BASE).map_err(|e| {
             BlockError::new(
                 ErrorKind::NotSupported,
                 format!(
@@ -192,17 +194,23 @@ fn set_lock(fd: RawFd, byte: i64, lock_type: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Fails with `EAGAIN` if another open file description holds a lock on
-/// the byte (probes with a write lock, which any read lock blocks).
-fn test_lock(fd: RawFd, byte: i64) -> io::Result<()> {
+/// Whether another open file description holds a lock on the byte
+/// (probed with a write lock, which any read lock blocks).
+fn query_lock(fd: RawFd, byte: i64) -> io::Result<bool> {
     let mut fl = flock_for(byte, libc::F_WRLCK);
     // SAFETY: `fl` is a valid in/out flock for the call.
     if unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    if fl.l_type == libc::F_UNLCK as libc::c_short {
-        Ok(())
-    } else {
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Fails with `EAGAIN` if another open file description holds a lock on
+/// the byte.
+fn test_lock(fd: RawFd, byte: i64) -> io::Result<()> {
+    if query_lock(fd, byte)? {
         Err(io::Error::from_raw_os_error(libc::EAGAIN))
+    } else {
+        Ok(())
     }
 }

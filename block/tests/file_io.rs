@@ -1,0 +1,457 @@
+//! The `file` driver through a backend, on real files: data round trips,
+//! refusals that leave the file untouched, holes, zeroes, block status,
+//! `O_DIRECT` with unaligned requests, open errors.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use block::{BlockGraph, ErrorKind, Extent, WriteFlags, ZeroFlags};
+use common::{add, add_err, allocated, file_node, image, pattern, sparse_image};
+use serde_json::json;
+
+const MIB: usize = 1 << 20;
+
+fn contents(path: &Path) -> Vec<u8> {
+    std::fs::read(path).expect("read image")
+}
+
+/// Where the next hole at or after `offset` starts, as the kernel says.
+fn next_hole(path: &Path, offset: i64) -> i64 {
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: plain lseek on a descriptor we own.
+    unsafe { libc::lseek(file.as_raw_fd(), offset, libc::SEEK_HOLE) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_land_in_the_file_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), "disk.img", MIB, pattern);
+    let graph = BlockGraph::new();
+    add(&graph, file_node("f0", &path));
+    let backend = graph.attach_backend("f0", true).unwrap();
+    assert_eq!(backend.size(), MIB as u64);
+    assert!(!backend.is_read_only());
+
+    let mut buf = vec![0u8; 4096];
+    backend.read(12345, &mut buf).await.unwrap();
+    assert!(buf
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern(12345 + i)));
+
+    let data: Vec<u8> = (0..10_000).map(|i| (i * 7 % 256) as u8).collect();
+    backend
+        .write(777, &data, WriteFlags::default())
+        .await
+        .unwrap();
+    backend
+        .write(MIB as u64 - 3, b"end", WriteFlags { fua: true })
+        .await
+        .unwrap();
+    backend.flush().await.unwrap();
+
+    let mut expected: Vec<u8> = (0..MIB).map(pattern).collect();
+    expected[777..10_777].copy_from_slice(&data);
+    expected[MIB - 3..].copy_from_slice(b"end");
+    assert_eq!(contents(&path), expected);
+
+    let mut back = vec![0u8; data.len()];
+    backend.read(777, &mut back).await.unwrap();
+    assert_eq!(back, data);
+    let mut empty = [];
+    backend.read(MIB as u64, &mut empty).await.unwrap();
+}
+
+#[tokio::test]
+async fn refused_requests_touch_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), "disk.img", MIB, pattern);
+    let before = contents(&path);
+    let graph = BlockGraph::new();
+    add(
+        &graph,
+        json!({"driver": "file", "node-name": "f0", "filename": path, "discard": "unmap"}),
+    );
+    let writer = graph.attach_backend("f0", true).unwrap();
+    let reader = graph.attach_backend("f0", false).unwrap();
+    let end = MIB as u64;
+
+    let mut buf = vec![0xAAu8; 8192];
+    let kind = |r: block::BlockResult<()>| r.unwrap_err().kind;
+    assert_eq!(
+        kind(writer.read(end - 4096, &mut buf).await),
+        ErrorKind::InvalidArgument
+    );
+    assert!(
+        buf.iter().all(|&b| b == 0xAA),
+        "a refused read fills nothing"
+    );
+    assert_eq!(
+        kind(writer.read(u64::MAX, &mut buf).await),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(writer.write(end - 4096, &buf, WriteFlags::default()).await),
+        ErrorKind::NoSpace
+    );
+    assert_eq!(
+        kind(
+            writer
+                .write(u64::MAX - 1, &buf, WriteFlags::default())
+                .await
+        ),
+        ErrorKind::NoSpace
+    );
+    assert_eq!(
+        kind(writer.write_zeroes(end, 1, ZeroFlags::default()).await),
+        ErrorKind::NoSpace
+    );
+    assert_eq!(
+        kind(writer.discard(end - 1, 2).await),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        writer.block_status(end, 1).await.unwrap_err().kind,
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        writer.block_status(0, 0).await.unwrap_err().kind,
+        ErrorKind::InvalidArgument
+    );
+
+    assert!(reader.is_read_only());
+    assert_eq!(
+        kind(reader.write(0, &buf, WriteFlags::default()).await),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        kind(reader.write_zeroes(0, 4096, ZeroFlags::default()).await),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        kind(reader.discard(0, 4096).await),
+        ErrorKind::PermissionDenied
+    );
+    // Permission is checked before bounds.
+    assert_eq!(
+        kind(reader.write(end, &buf, WriteFlags::default()).await),
+        ErrorKind::PermissionDenied
+    );
+
+    assert_eq!(contents(&path), before);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        end,
+        "the file did not grow"
+    );
+}
+
+#[tokio::test]
+async fn discard_punches_holes_only_with_discard_unmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let ignoring = image(dir.path(), "ignore.img", MIB, |_| 0x55);
+    let unmapping = image(dir.path(), "unmap.img", MIB, |_| 0x55);
+    let graph = BlockGraph::new();
+    add(&graph, file_node("keep", &ignoring));
+    add(
+        &graph,
+        json!({"driver": "file", "node-name": "punch", "filename": unmapping, "discard": "unmap"}),
+    );
+    let keep = graph.attach_backend("keep", true).unwrap();
+    let punch = graph.attach_backend("punch", true).unwrap();
+
+    keep.discard(65536, 262144).await.unwrap();
+    assert!(
+        contents(&ignoring).iter().all(|&b| b == 0x55),
+        "discard=ignore"
+    );
+    assert_eq!(next_hole(&ignoring, 0), MIB as i64, "no hole");
+
+    punch.discard(65536, 262144).await.unwrap();
+    assert_eq!(next_hole(&unmapping, 0), 65536, "a hole where discarded");
+    let data = contents(&unmapping);
+    assert!(data[65536..327680].iter().all(|&b| b == 0));
+    assert!(data[..65536]
+        .iter()
+        .chain(&data[327680..])
+        .all(|&b| b == 0x55));
+    assert_eq!(
+        punch.block_status(65536, 1 << 19).await.unwrap(),
+        Extent {
+            length: 262144,
+            data: false,
+            zero: true,
+            depth: 1
+        }
+    );
+    assert_eq!(
+        punch.block_status(0, MIB as u64).await.unwrap(),
+        Extent {
+            length: 65536,
+            data: true,
+            zero: false,
+            depth: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn write_zeroes_unmaps_only_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), "disk.img", MIB, |_| 0x77);
+    let graph = BlockGraph::new();
+    add(
+        &graph,
+        json!({"driver": "file", "node-name": "f0", "filename": path, "discard": "unmap"}),
+    );
+    let backend = graph.attach_backend("f0", true).unwrap();
+    let allocated_before = allocated(&path);
+
+    let keep_allocated = ZeroFlags {
+        may_unmap: false,
+        no_fallback: true,
+        fua: false,
+    };
+    backend
+        .write_zeroes(0, 131072, keep_allocated)
+        .await
+        .unwrap();
+    let unmap = ZeroFlags {
+        may_unmap: true,
+        no_fallback: false,
+        fua: true,
+    };
+    backend.write_zeroes(524288, 131072, unmap).await.unwrap();
+    // Unaligned ranges work too.
+    backend
+        .write_zeroes(300001, 999, ZeroFlags::default())
+        .await
+        .unwrap();
+
+    let data = contents(&path);
+    let zero_ranges = [0..131072, 524288..655360, 300001..301000];
+    for (i, &b) in data.iter().enumerate() {
+        let zero = zero_ranges.iter().any(|r| r.contains(&i));
+        assert_eq!(b, if zero { 0 } else { 0x77 }, "byte {i}");
+    }
+    assert_eq!(
+        next_hole(&path, 0),
+        524288,
+        "only the unmapped range is a hole"
+    );
+    assert!(allocated(&path) < allocated_before);
+    assert!(backend.can_fast_zero());
+}
+
+#[tokio::test]
+async fn block_status_follows_the_files_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sparse_image(dir.path(), "sparse.img", 4 * MIB as u64);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &[1u8; 65536], MIB as u64))
+        .unwrap();
+    let graph = BlockGraph::new();
+    add(&graph, file_node("f0", &path));
+    let backend = graph.attach_backend("f0", false).unwrap();
+    let size = backend.size();
+    let hole = |length| Extent {
+        length,
+        data: false,
+        zero: true,
+        depth: 1,
+    };
+    assert_eq!(
+        backend.block_status(0, size).await.unwrap(),
+        hole(MIB as u64)
+    );
+    assert_eq!(
+        backend
+            .block_status(MIB as u64, size - MIB as u64)
+            .await
+            .unwrap(),
+        Extent {
+            length: 65536,
+            data: true,
+            zero: false,
+            depth: 1
+        }
+    );
+    assert_eq!(
+        backend
+            .block_status(MIB as u64 + 65536, 4096)
+            .await
+            .unwrap(),
+        hole(4096)
+    );
+    assert_eq!(
+        backend
+            .block_status(2 * MIB as u64, 2 * MIB as u64)
+            .await
+            .unwrap(),
+        hole(2 * MIB as u64),
+        "the trailing hole"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_io_handles_unaligned_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), "disk.img", MIB, pattern);
+    let graph = BlockGraph::new();
+    add(
+        &graph,
+        json!({"driver": "file", "node-name": "f0", "filename": path, "cache": {"direct": true}}),
+    );
+    let backend = graph.attach_backend("f0", true).unwrap();
+    let align = backend.request_alignment() as usize;
+    assert!(align >= 512 && align.is_power_of_two(), "alignment {align}");
+
+    let mut expected: Vec<u8> = (0..MIB).map(pattern).collect();
+    for (offset, len) in [
+        (1, 10),
+        (511, 2),
+        (4095, 4097),
+        (100_000, 70_001),
+        (MIB - 5, 5),
+    ] {
+        let mut buf = vec![0u8; len];
+        backend.read(offset as u64, &mut buf).await.unwrap();
+        assert_eq!(buf, &expected[offset..offset + len], "read {offset}+{len}");
+        let data: Vec<u8> = (0..len).map(|i| (i * 13 + offset) as u8).collect();
+        backend
+            .write(offset as u64, &data, WriteFlags::default())
+            .await
+            .unwrap();
+        expected[offset..offset + len].copy_from_slice(&data);
+    }
+    // Aligned requests from an unaligned buffer.
+    let mut storage = vec![0u8; 2 * align + 1];
+    let unaligned = &mut storage[1..=2 * align];
+    backend.read(align as u64, unaligned).await.unwrap();
+    assert_eq!(unaligned, &expected[align..3 * align]);
+    backend.flush().await.unwrap();
+    assert_eq!(contents(&path), expected);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), MIB as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_unaligned_direct_writes_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), "disk.img", 64 * 1024, |_| 0);
+    let graph = BlockGraph::new();
+    add(
+        &graph,
+        json!({"driver": "file", "node-name": "f0", "filename": path, "cache": {"direct": true}}),
+    );
+    let backend = graph.attach_backend("f0", true).unwrap();
+    // 64 writers, each owning 7 bytes of the same few blocks.
+    let tasks: Vec<_> = (0..64u8)
+        .map(|i| {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let data = [i + 1; 7];
+                backend
+                    .write(u64::from(i) * 7, &data, WriteFlags::default())
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let data = contents(&path);
+    for i in 0..64usize {
+        assert!(
+            data[i * 7..i * 7 + 7].iter().all(|&b| b == i as u8 + 1),
+            "writer {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reads_past_the_end_of_a_shrunk_file_are_zeroes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), "disk.img", 8192, |_| 9);
+    let graph = BlockGraph::new();
+    add(&graph, file_node("f0", &path));
+    let backend = graph.attach_backend("f0", false).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let mut buf = vec![0xFFu8; 8192];
+    backend.read(0, &mut buf).await.unwrap();
+    assert!(buf[..4096].iter().all(|&b| b == 9));
+    assert!(buf[4096..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn open_errors_read_like_qemus() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = BlockGraph::new();
+    let missing = dir.path().join("missing.img");
+    assert_eq!(
+        add_err(&graph, file_node("f0", &missing)),
+        format!(
+            "Could not open '{}': No such file or directory",
+            missing.display()
+        )
+    );
+    assert_eq!(
+        add_err(&graph, file_node("f0", dir.path())),
+        format!("Could not open '{}': Is a directory", dir.path().display())
+    );
+    assert_eq!(
+        add_err(
+            &graph,
+            json!({"driver": "file", "node-name": "f0", "filename": dir.path(), "read-only": true})
+        ),
+        format!(
+            "'file' driver requires '{}' to be a regular file",
+            dir.path().display()
+        )
+    );
+    let path = sparse_image(dir.path(), "disk.img", 4096);
+    assert_eq!(
+        add_err(
+            &graph,
+            json!({"driver": "file", "node-name": "f0", "filename": path, "aio": "native"})
+        ),
+        "aio=native was specified, but it requires cache.direct=on, which was not specified."
+    );
+    assert_eq!(
+        add_err(
+            &graph,
+            json!({"driver": "file", "node-name": "f0", "filename": path, "pr-manager": "x"})
+        ),
+        "No persistent reservation manager with id 'x'"
+    );
+    add(
+        &graph,
+        json!({"driver": "file", "node-name": "f0", "filename": path, "aio": "io_uring"}),
+    );
+}
+
+#[tokio::test]
+async fn read_only_nodes_open_the_file_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), "disk.img", 4096, pattern);
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o444);
+    std::fs::set_permissions(&path, permissions).unwrap();
+    let graph = BlockGraph::new();
+    add(
+        &graph,
+        json!({"driver": "file", "node-name": "f0", "filename": path, "read-only": true}),
+    );
+    let backend = graph.attach_backend("f0", false).unwrap();
+    let mut buf = [0u8; 16];
+    backend.read(0, &mut buf).await.unwrap();
+    assert_eq!(buf[3], pattern(3));
+}
