@@ -62,7 +62,7 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
         }
     };
     let events = qmp::EventBus::new();
-    let daemon = Arc::new(Daemon::new());
+    let daemon = Arc::new(Daemon::new(events.sink()));
     let monitors = Arc::new(qmp::Monitors::new(
         daemon.clone(),
         version::greeting_version(),
@@ -132,10 +132,12 @@ async fn start(
     Ok(())
 }
 
-/// Stops serving and flushes every node. A failed flush makes the exit
-/// status 1: acknowledged writes may not be on disk.
+/// Stops serving, closes the exports (as QSD's `blk_exp_close_all`) and
+/// flushes every node. A failed flush makes the exit status 1:
+/// acknowledged writes may not be on disk.
 async fn stop(daemon: &Daemon, monitors: &qmp::Monitors) -> ExitCode {
     monitors.shutdown().await;
+    daemon.exports.close_all().await;
     match daemon.graph.flush_all().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use block::error::os_error_text;
 use schema::block::BlockdevOptions;
+use schema::export::{BlockExportOptions, NbdServerOptions, EXPORT_IMPLIED_KEY};
 use schema::object::{ObjectOptions, OBJECT_IMPLIED_KEY};
 
 use crate::chardev::{Backend, Chardevs};
@@ -65,10 +66,18 @@ impl Startup {
                 Ok(())
             }
             StepKind::Monitor => self.start_monitor(value).await,
-            StepKind::NbdServer | StepKind::Export => Err(
-                "NBD exports are not available from the command line yet (see docs/command-line.md)"
-                    .to_owned(),
-            ),
+            StepKind::NbdServer => {
+                let options: NbdServerOptions =
+                    schema::parse_option(value, None).map_err(|e| e.desc)?;
+                commands::nbd_server_start(&self.daemon, &options)
+                    .await
+                    .map_err(|e| e.desc)
+            }
+            StepKind::Export => {
+                let options: BlockExportOptions =
+                    schema::parse_option(value, Some(EXPORT_IMPLIED_KEY)).map_err(|e| e.desc)?;
+                commands::block_export_add(&self.daemon, &options).map_err(|e| e.desc)
+            }
             StepKind::Unexpected => Err("Unexpected argument".to_owned()),
         }
     }

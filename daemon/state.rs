@@ -9,6 +9,8 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use block::BlockGraph;
+use exports::BlockExports;
+use schema::event::EventSink;
 
 use crate::commands;
 use crate::objects::Objects;
@@ -17,14 +19,18 @@ use crate::objects::Objects;
 pub struct Daemon {
     pub graph: BlockGraph,
     pub objects: Objects,
+    /// The block exports and the NBD server.
+    pub exports: BlockExports,
     quit: CancellationToken,
 }
 
 impl Daemon {
-    pub fn new() -> Self {
+    /// An empty daemon; `events` receives the events of the exports.
+    pub fn new(events: EventSink) -> Self {
         Self {
             graph: BlockGraph::new(),
             objects: Objects::new(),
+            exports: BlockExports::new(events),
             quit: CancellationToken::new(),
         }
     }

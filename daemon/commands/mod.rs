@@ -12,10 +12,12 @@
 //! function the command line calls directly.
 
 mod block;
+mod export;
 mod misc;
 mod object;
 
 pub use block::blockdev_add;
+pub use export::{block_export_add, nbd_server_start};
 pub use object::object_add;
 
 use std::future::Future;
@@ -46,7 +48,12 @@ pub struct Command {
 }
 
 /// Every group, in the order `query-commands` lists them.
-const GROUPS: &[&[Command]] = &[misc::COMMANDS, block::COMMANDS, object::COMMANDS];
+const GROUPS: &[&[Command]] = &[
+    misc::COMMANDS,
+    block::COMMANDS,
+    export::COMMANDS,
+    object::COMMANDS,
+];
 
 /// Makes a [`Command`] of an `async fn(&Daemon, Map<String, Value>)`.
 macro_rules! command {

@@ -104,6 +104,15 @@ impl BlockExports {
         Ok(())
     }
 
+    /// Closes every export and stops the NBD server (at daemon exit).
+    pub async fn close_all(&self) {
+        if self.nbd_server().is_some() {
+            if let Err(e) = self.nbd_server_stop().await {
+                tracing::warn!("closing the NBD exports: {e}");
+            }
+        }
+    }
+
     /// The running NBD server, if any (for its connection count).
     pub fn nbd_server(&self) -> Option<Arc<NbdServer>> {
         self.inner.state().nbd.clone()

@@ -1,0 +1,103 @@
+//! Export commands: `nbd-server-start`, `nbd-server-stop`,
+//! `block-export-add`, `block-export-del`, `query-block-exports` and the
+//! deprecated `nbd-server-add` / `nbd-server-remove`. The export registry
+//! (`exports::BlockExports`) does the work and words the errors; these
+//! handlers read the arguments and check the objects they name.
+
+use schema::export::{
+    BlockExportDelArgs, BlockExportOptions, NbdServerAddArgs, NbdServerOptions,
+    NbdServerRemoveArgs, NbdServerStartArgs,
+};
+use schema::object::QCryptoTlsCredsEndpoint;
+use schema::QmpError;
+use serde_json::{Map, Value};
+
+use super::{arguments, command, returning, Command, CommandResult, NoArguments};
+use crate::objects::Object;
+use crate::state::Daemon;
+
+pub const COMMANDS: &[Command] = &[
+    command!("nbd-server-start", qmp_nbd_server_start),
+    command!("nbd-server-stop", nbd_server_stop),
+    command!("block-export-add", qmp_block_export_add),
+    command!("block-export-del", block_export_del),
+    command!("query-block-exports", query_block_exports),
+    command!("nbd-server-add", nbd_server_add),
+    command!("nbd-server-remove", nbd_server_remove),
+];
+
+/// `nbd-server-start` and `--nbd-server`.
+pub async fn nbd_server_start(daemon: &Daemon, options: &NbdServerOptions) -> Result<(), QmpError> {
+    if let Some(id) = &options.tls_creds {
+        match daemon.objects.get(id) {
+            None => {
+                return Err(QmpError::generic(format!(
+                    "No TLS credentials with id '{id}'"
+                )))
+            }
+            Some(Object::TlsCreds(creds)) if creds.endpoint != QCryptoTlsCredsEndpoint::Server => {
+                return Err(QmpError::generic(
+                    "Expected TLS credentials for a server endpoint",
+                ))
+            }
+            Some(Object::TlsCreds(_)) => {}
+            Some(_) => {
+                return Err(QmpError::generic(format!(
+                    "Object with id '{id}' is not TLS credentials"
+                )))
+            }
+        }
+    }
+    daemon.exports.nbd_server_start(options).await
+}
+
+async fn qmp_nbd_server_start(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let args: NbdServerStartArgs = arguments(args)?;
+    nbd_server_start(daemon, &args.into()).await?;
+    Ok(Value::Null)
+}
+
+async fn nbd_server_stop(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let NoArguments {} = arguments(args)?;
+    daemon.exports.nbd_server_stop().await?;
+    Ok(Value::Null)
+}
+
+/// `block-export-add` and `--export`.
+pub fn block_export_add(daemon: &Daemon, options: &BlockExportOptions) -> Result<(), QmpError> {
+    if let Some(id) = &options.iothread {
+        if !matches!(daemon.objects.get(id), Some(Object::Iothread(_))) {
+            return Err(QmpError::generic(format!("iothread \"{id}\" not found")));
+        }
+    }
+    daemon.exports.add(&daemon.graph, options)
+}
+
+async fn qmp_block_export_add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let options: BlockExportOptions = arguments(args)?;
+    block_export_add(daemon, &options)?;
+    Ok(Value::Null)
+}
+
+async fn block_export_del(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let BlockExportDelArgs { id, mode } = arguments(args)?;
+    daemon.exports.del(&id, mode.unwrap_or_default())?;
+    Ok(Value::Null)
+}
+
+async fn query_block_exports(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let NoArguments {} = arguments(args)?;
+    returning(daemon.exports.query())
+}
+
+async fn nbd_server_add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let args: NbdServerAddArgs = arguments(args)?;
+    daemon.exports.nbd_server_add(&daemon.graph, &args)?;
+    Ok(Value::Null)
+}
+
+async fn nbd_server_remove(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let args: NbdServerRemoveArgs = arguments(args)?;
+    daemon.exports.nbd_server_remove(&args)?;
+    Ok(Value::Null)
+}
