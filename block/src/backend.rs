@@ -32,7 +32,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.graph.detach_backend(self.seq);
+        self.graph.release_use(self.seq);
     }
 }
 

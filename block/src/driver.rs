@@ -23,6 +23,15 @@ pub struct DriverInfo {
     pub dirty: bool,
 }
 
+/// The backing file an image names in its own metadata (a qcow2 header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingFileName {
+    /// The name as stored (relative names are relative to the image).
+    pub name: String,
+    /// The format stored with it, if any.
+    pub format: Option<String>,
+}
+
 /// Flags of a write request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteFlags {
@@ -115,6 +124,13 @@ pub trait BlockDriver: Send + Sync + 'static {
         })
     }
 
+    /// Writes out whatever the driver caches and leaves the image clean,
+    /// before the node leaves the graph (QEMU's `bdrv_close`). The node's
+    /// permissions still hold during the call.
+    async fn close(&self) -> BlockResult<()> {
+        Ok(())
+    }
+
     /// Changes the virtual size.
     async fn resize(&self, _new_size: u64) -> BlockResult<()> {
         Err(BlockError::new(
@@ -156,6 +172,12 @@ pub trait BlockDriver: Send + Sync + 'static {
     /// Bytes the image takes on the host, when the driver knows; `None`
     /// lets the node layer sum its children's (QEMU's default for formats).
     fn allocated_size(&self) -> Option<u64> {
+        None
+    }
+
+    /// The backing file the image's metadata names, for formats that have
+    /// one; shown as `backing-filename` in the image info.
+    fn backing_file_name(&self) -> Option<BackingFileName> {
         None
     }
 

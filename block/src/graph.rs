@@ -2,12 +2,17 @@
 //! the monitor), and the operations QMP performs on it (`blockdev-add`,
 //! `blockdev-del`, `block_resize`, queries, flush at shutdown).
 //!
-//! One mutex guards the bookkeeping; it is taken by control operations
-//! only. Requests go from a [`BlockBackend`] straight to its node and never
-//! touch it.
+//! A mutex guards the bookkeeping and is only held for short, synchronous
+//! sections. Operations that do I/O while changing the graph (opening an
+//! image, closing one) are serialized by an async control lock instead, so
+//! the bookkeeping is never locked across I/O. Requests go from a
+//! [`BlockBackend`] straight to its node and never touch either lock.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use schema::block::BlockdevOptions;
 
@@ -16,7 +21,7 @@ use crate::driver::BlockDriver;
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::factory;
 use crate::node::{Node, NodeChild, NodeSettings};
-use crate::perm_update::{self, BackendUse};
+use crate::perm_update::{self, Holder, Use};
 use crate::permissions::Perm;
 
 /// The largest image size QEMU accepts (`BDRV_MAX_LENGTH`).
@@ -42,6 +47,8 @@ pub struct BlockGraph {
 #[derive(Default)]
 pub(crate) struct GraphShared {
     state: Mutex<GraphState>,
+    /// Serializes graph changes that do I/O (opening, closing nodes).
+    control: tokio::sync::Mutex<()>,
 }
 
 /// The graph's bookkeeping.
@@ -51,11 +58,11 @@ pub(crate) struct GraphState {
     nodes: Vec<Arc<Node>>,
     /// Nodes created by `blockdev-add` (the monitor holds a reference).
     monitor_owned: HashSet<u64>,
-    /// Backends in creation order.
-    backends: Vec<BackendUse>,
+    /// Backends and opening parents, in creation order.
+    uses: Vec<Use>,
     /// Next node id.
     next_id: u64,
-    /// Next attach sequence number (edges and backends).
+    /// Next attach sequence number (edges and uses).
     next_seq: u64,
     /// Counter of automatic node names (QEMU's `id_generate`).
     auto_names: u64,
@@ -92,39 +99,59 @@ impl BlockGraph {
         self.shared.state()
     }
 
-    /// `blockdev-add`: opens a node (and its inline children) from its
-    /// options. The top node must have a `node-name`.
-    pub fn add_node(&self, options: &BlockdevOptions) -> BlockResult<Arc<Node>> {
+    /// `blockdev-add`: opens a node (and its inline children, and a
+    /// format's backing chain) from its options. The top node must have a
+    /// `node-name`. Cancel-safe: if the future is dropped, every node it
+    /// opened is closed again.
+    pub async fn blockdev_add(&self, options: &BlockdevOptions) -> BlockResult<Arc<Node>> {
         if options.node_name.is_none() {
             return Err(generic("'node-name' must be specified for the root node"));
         }
-        let mut state = self.state();
-        let node = factory::open_tree(&mut state, options)?;
-        state.monitor_owned.insert(node.id());
+        let _control = self.shared.control.lock().await;
+        let node = factory::open_tree(&self.shared, options).await?;
+        self.state().monitor_owned.insert(node.id());
         Ok(node)
     }
 
-    /// `blockdev-del`: closes a node the monitor created, if nothing uses it.
-    /// Inline children nobody else uses close with it.
-    pub fn delete_node(&self, node_name: &str) -> BlockResult<()> {
-        let mut state = self.state();
-        let node = state
-            .find(node_name)
-            .ok_or_else(|| generic(format!("Failed to find node with node-name='{node_name}'")))?;
-        if state.backends.iter().any(|b| b.node_id == node.id()) {
-            return Err(generic(format!("Node {node_name} is in use")));
-        }
-        if !state.monitor_owned.contains(&node.id()) {
-            return Err(generic(format!(
-                "Node {node_name} is not owned by the monitor"
-            )));
-        }
-        if state.parent_count(node.id()) > 0 {
-            return Err(generic(format!("Block device {node_name} is in use")));
-        }
-        state.monitor_owned.remove(&node.id());
-        state.close_unreferenced();
+    /// Transitional synchronous `blockdev-add`, until every caller uses
+    /// [`BlockGraph::blockdev_add`]: works for drivers that open without
+    /// waiting (file, raw, null-co).
+    pub fn add_node(&self, options: &BlockdevOptions) -> BlockResult<Arc<Node>> {
+        complete_now(self.blockdev_add(options), "blockdev_add")
+    }
+
+    /// `blockdev-del`: closes a node the monitor created, if nothing uses
+    /// it. Inline children (and backing chains) nobody else uses close with
+    /// it; drivers write out what they cache before the files close.
+    pub async fn blockdev_del(&self, node_name: &str) -> BlockResult<()> {
+        let _control = self.shared.control.lock().await;
+        let closed = {
+            let mut state = self.state();
+            let node = state.find(node_name).ok_or_else(|| {
+                generic(format!("Failed to find node with node-name='{node_name}'"))
+            })?;
+            if state.uses.iter().any(|u| u.node_id == node.id()) {
+                return Err(generic(format!("Node {node_name} is in use")));
+            }
+            if !state.monitor_owned.contains(&node.id()) {
+                return Err(generic(format!(
+                    "Node {node_name} is not owned by the monitor"
+                )));
+            }
+            if state.parent_count(node.id()) > 0 {
+                return Err(generic(format!("Block device {node_name} is in use")));
+            }
+            state.monitor_owned.remove(&node.id());
+            state.remove_unreferenced()
+        };
+        self.shared.close_nodes(closed).await;
         Ok(())
+    }
+
+    /// Transitional synchronous `blockdev-del`, until every caller uses
+    /// [`BlockGraph::blockdev_del`].
+    pub fn delete_node(&self, node_name: &str) -> BlockResult<()> {
+        complete_now(self.blockdev_del(node_name), "blockdev_del")
     }
 
     /// The node with this name.
@@ -187,8 +214,8 @@ impl BlockGraph {
         node.resize(size).await
     }
 
-    /// Flushes every node (at shutdown); reports the first failure after
-    /// trying them all.
+    /// Flushes every node (e.g. at shutdown); reports the first failure
+    /// after trying them all.
     pub async fn flush_all(&self) -> BlockResult<()> {
         let roots: Vec<Arc<Node>> = {
             let state = self.state();
@@ -206,6 +233,19 @@ impl BlockGraph {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Closes every node nobody but the monitor uses, as QEMU does at exit
+    /// (`bdrv_close_all`): drivers write out their caches and mark images
+    /// clean. Nodes still used by a backend stay open.
+    pub async fn close_all(&self) {
+        let _control = self.shared.control.lock().await;
+        let closed = {
+            let mut state = self.state();
+            state.monitor_owned.clear();
+            state.remove_unreferenced()
+        };
+        self.shared.close_nodes(closed).await;
     }
 
     /// Attaches an export's backend to a node: consistent read, plus write
@@ -233,18 +273,7 @@ impl BlockGraph {
     }
 
     fn attach(&self, node: &Arc<Node>, perms: BackendPerms) -> BlockResult<BlockBackend> {
-        let mut state = self.state();
-        let seq = state.take_seq();
-        state.backends.push(BackendUse {
-            node_id: node.id(),
-            perm: perms.perm,
-            shared: perms.shared,
-            seq,
-        });
-        if let Err(e) = state.refresh_perms() {
-            state.backends.pop();
-            return Err(e);
-        }
+        let seq = self.state().add_use(node, perms, Holder::Backend)?;
         Ok(BlockBackend::new(
             node.clone(),
             perms.perm,
@@ -253,26 +282,112 @@ impl BlockGraph {
         ))
     }
 
-    /// Runs `f` with the nodes (creation order) and backends (creation
-    /// order); used by the queries.
-    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&[Arc<Node>], &[BackendUse]) -> R) -> R {
+    /// Runs `f` with the nodes and uses (creation order); for the queries.
+    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&[Arc<Node>], &[Use]) -> R) -> R {
         let state = self.state();
-        f(&state.nodes, &state.backends)
+        f(&state.nodes, &state.uses)
+    }
+}
+
+/// Polls `future` once. The transitional synchronous entry points use it
+/// for operations that, for the drivers they serve, never wait; a future
+/// that would wait is dropped (which undoes it) and reported.
+fn complete_now<T>(
+    future: impl Future<Output = BlockResult<T>>,
+    async_name: &str,
+) -> BlockResult<T> {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(result) => result,
+        Poll::Pending => Err(BlockError::new(
+            ErrorKind::NotSupported,
+            format!("This operation must wait for I/O: use BlockGraph::{async_name}"),
+        )),
+    }
+}
+
+/// A use of a node by a node still being opened (its child edge does not
+/// exist yet). Dropping it releases the permissions, unless the node was
+/// registered with it (see [`GraphState::register`]).
+pub(crate) struct Claim<'a> {
+    shared: &'a GraphShared,
+    seq: u64,
+    active: bool,
+}
+
+impl Claim<'_> {
+    /// The claim's record key.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The node was registered and its edge replaced the claim.
+    pub(crate) fn retire(mut self) {
+        self.active = false;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if self.active {
+            self.shared.release_use(self.seq);
+        }
     }
 }
 
 impl GraphShared {
-    fn state(&self) -> MutexGuard<'_, GraphState> {
+    /// The bookkeeping, for a short synchronous section.
+    pub(crate) fn state(&self) -> MutexGuard<'_, GraphState> {
         // A panic while holding the lock leaves consistent bookkeeping
         // (every update is applied or undone before a call returns).
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Detaches the backend with this sequence number (its handle was
-    /// dropped) and loosens permissions.
-    pub(crate) fn detach_backend(&self, seq: u64) {
+    /// Takes permissions on `node` for a parent still being opened, so
+    /// that it may work on the node (e.g. read and repair an image) under
+    /// the protection of its locks before its edge exists.
+    pub(crate) fn claim(
+        &self,
+        node: &Arc<Node>,
+        perms: BackendPerms,
+        parent: &str,
+        edge: &'static str,
+    ) -> BlockResult<Claim<'_>> {
+        let holder = Holder::OpeningParent {
+            name: parent.to_string(),
+            edge,
+        };
+        let seq = self.state().add_use(node, perms, holder)?;
+        Ok(Claim {
+            shared: self,
+            seq,
+            active: true,
+        })
+    }
+
+    /// Lets the drivers of nodes removed from the graph write out what they
+    /// cache, parents first and under the permissions they still hold;
+    /// then releases those and drops the nodes (which closes their files).
+    async fn close_nodes(&self, nodes: Vec<Arc<Node>>) {
+        for node in &nodes {
+            // QEMU's blockdev-del does not fail when writing out fails.
+            let _ = node.driver().close().await;
+        }
+        let state = self.state();
+        for node in &nodes {
+            perm_update::release(node);
+        }
+        let _ = state.refresh_perms();
+    }
+
+    /// Removes the use with this sequence number (a backend handle or a
+    /// claim was dropped) and loosens permissions.
+    pub(crate) fn release_use(&self, seq: u64) {
         let mut state = self.state();
-        state.backends.retain(|b| b.seq != seq);
+        state.uses.retain(|u| u.seq != seq);
         // Loosening never conflicts; a driver error here (e.g. an unlock
         // that fails) leaves stricter locks, which is safe.
         let _ = state.refresh_perms();
@@ -308,11 +423,45 @@ impl GraphState {
     }
 
     fn refresh_perms(&self) -> BlockResult<()> {
-        perm_update::refresh(&self.nodes, &self.backends)
+        perm_update::refresh(&self.nodes, &self.uses)
     }
 
-    /// Checks a node name given by the user (QEMU's `bdrv_assign_node_name`).
-    pub(crate) fn check_new_name(&self, name: &str) -> BlockResult<()> {
+    /// Records a use of `node` and applies permissions; nothing is
+    /// recorded if they conflict. Returns the use's key.
+    fn add_use(
+        &mut self,
+        node: &Arc<Node>,
+        perms: BackendPerms,
+        holder: Holder,
+    ) -> BlockResult<u64> {
+        let seq = self.take_seq();
+        self.uses.push(Use {
+            node_id: node.id(),
+            perm: perms.perm,
+            shared: perms.shared,
+            seq,
+            holder,
+        });
+        if let Err(e) = self.refresh_perms() {
+            self.uses.pop();
+            return Err(e);
+        }
+        Ok(seq)
+    }
+
+    /// The name for a new node: the user's, checked like QEMU's
+    /// `bdrv_assign_node_name`, or a fresh automatic one.
+    pub(crate) fn new_name(&mut self, wanted: Option<&str>) -> BlockResult<String> {
+        match wanted {
+            Some(name) => {
+                self.check_new_name(name)?;
+                Ok(name.to_string())
+            }
+            None => Ok(self.auto_name()),
+        }
+    }
+
+    fn check_new_name(&self, name: &str) -> BlockResult<()> {
         if !is_well_formed_id(name) {
             return Err(generic(format!("Invalid node-name: '{name}'")));
         }
@@ -325,7 +474,8 @@ impl GraphState {
         Ok(())
     }
 
-    /// A fresh automatic name, `#block` + counter + two random digits.
+    /// A fresh automatic name, `#block` + counter + two random digits
+    /// (QEMU's `id_generate`).
     fn auto_name(&mut self) -> String {
         loop {
             let name = format!("#block{}{:02}", self.auto_names, random_below_100());
@@ -337,13 +487,18 @@ impl GraphState {
     }
 
     /// Adds a node built by the factory and applies permissions; the node
-    /// is not added if they conflict.
+    /// is not added if they conflict. `position` is its place in creation
+    /// order (a format whose backing chain opened after it in QEMU is
+    /// placed before that chain). The uses in `retire` (claims of the
+    /// opening node) are replaced by the node's edges in the same step.
     pub(crate) fn register(
         &mut self,
-        name: Option<String>,
+        position: usize,
+        name: String,
         driver: Box<dyn BlockDriver>,
         settings: NodeSettings,
         mut children: Vec<NodeChild>,
+        retire: &[u64],
     ) -> BlockResult<Arc<Node>> {
         if self.nodes.len() >= MAX_NODES {
             return Err(generic(format!(
@@ -356,31 +511,29 @@ impl GraphState {
                 "Block graph too deep (at most {MAX_DEPTH} levels)"
             )));
         }
-        let name = match name {
-            Some(name) => {
-                // Re-checked: an inline child may have taken the name.
-                self.check_new_name(&name)?;
-                name
-            }
-            None => self.auto_name(),
-        };
+        if self.find(&name).is_some() {
+            // An inline child took the name meanwhile.
+            return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
+        }
         for child in &mut children {
             child.seq = self.take_seq();
         }
         let id = self.take_id();
         let node = Arc::new(Node::new(id, name, driver, settings, children, depth));
-        self.nodes.push(node.clone());
+        let position = position.min(self.nodes.len());
+        self.uses.retain(|u| !retire.contains(&u.seq));
+        self.nodes.insert(position, node.clone());
         if let Err(e) = self.refresh_perms() {
-            self.nodes.pop();
+            self.nodes.remove(position);
             return Err(e);
         }
         Ok(node)
     }
 
     /// Removes the nodes created after the first `count` (a tree whose
-    /// opening failed half way).
+    /// opening failed or was cancelled half way).
     pub(crate) fn unwind_to(&mut self, count: usize) {
-        let removed: Vec<Arc<Node>> = self.nodes.drain(count..).collect();
+        let removed: Vec<Arc<Node>> = self.nodes.drain(count.min(self.nodes.len())..).collect();
         for node in removed.iter().rev() {
             perm_update::release(node);
         }
@@ -388,10 +541,12 @@ impl GraphState {
         let _ = self.refresh_perms();
     }
 
-    /// Closes every node nobody references any more (no monitor reference,
-    /// no parent, no backend), repeatedly, since closing a node drops its
-    /// references to its children.
-    fn close_unreferenced(&mut self) {
+    /// Removes every node nobody references any more (no monitor reference,
+    /// no parent, no use), repeatedly, since a removed node no longer
+    /// references its children. Returns them, parents first; they keep
+    /// their permissions until [`GraphShared::close_nodes`].
+    fn remove_unreferenced(&mut self) -> Vec<Arc<Node>> {
+        let mut removed = Vec::new();
         loop {
             let unused: Vec<u64> = self
                 .nodes
@@ -399,26 +554,22 @@ impl GraphState {
                 .map(|n| n.id())
                 .filter(|id| {
                     !self.monitor_owned.contains(id)
-                        && !self.backends.iter().any(|b| b.node_id == *id)
+                        && !self.uses.iter().any(|u| u.node_id == *id)
                         && self.parent_count(*id) == 0
                 })
                 .collect();
             if unused.is_empty() {
                 break;
             }
-            let mut closed = Vec::new();
             self.nodes.retain(|n| {
-                let close = unused.contains(&n.id());
-                if close {
-                    closed.push(n.clone());
+                let unused = unused.contains(&n.id());
+                if unused {
+                    removed.push(n.clone());
                 }
-                !close
+                !unused
             });
-            for node in &closed {
-                perm_update::release(node);
-            }
         }
-        let _ = self.refresh_perms();
+        removed
     }
 }
 

@@ -13,7 +13,7 @@ use crate::driver::ChildRole;
 use crate::filename::display_filename;
 use crate::graph::BlockGraph;
 use crate::node::Node;
-use crate::perm_update::BackendUse;
+use crate::perm_update::{Holder, Use};
 use crate::permissions::{ChildRoleFlags, Perm};
 
 impl BlockGraph {
@@ -90,6 +90,9 @@ fn block_device_info(node: &Arc<Node>, flat: bool) -> BlockDeviceInfo {
 
 fn image_info(node: &Node) -> ImageInfo {
     let driver_info = node.driver().driver_info();
+    let stored_backing = node.driver().backing_file_name();
+    let backing = node.child(ChildRole::Backing);
+    let full_backing = backing.map(|b| display_filename(b));
     ImageInfo {
         filename: display_filename(node),
         format: node.driver().format_name().to_string(),
@@ -99,9 +102,14 @@ fn image_info(node: &Node) -> ImageInfo {
         cluster_size: driver_info.and_then(|i| i.cluster_size).map(saturating_i64),
         encrypted: None,
         compressed: None,
-        backing_filename: node.child(ChildRole::Backing).map(|b| display_filename(b)),
-        full_backing_filename: None,
-        backing_filename_format: None,
+        backing_filename: stored_backing
+            .as_ref()
+            .map(|b| b.name.clone())
+            .or_else(|| full_backing.clone()),
+        backing_filename_format: stored_backing
+            .and_then(|b| b.format)
+            .or_else(|| backing.map(|b| b.driver().format_name().to_string())),
+        full_backing_filename: full_backing,
         snapshots: None,
         format_specific: node.driver().format_specific(),
         backing_image: None,
@@ -132,7 +140,7 @@ fn allocated_size(node: &Node) -> Option<u64> {
 /// Builds the debug graph: backends first, then nodes, each in creation
 /// order, ids handed out on first sight; lists come out newest first, as
 /// QEMU prepends.
-fn debug_graph(nodes: &[Arc<Node>], backends: &[BackendUse]) -> XDbgBlockGraph {
+fn debug_graph(nodes: &[Arc<Node>], uses: &[Use]) -> XDbgBlockGraph {
     let mut ids: Vec<(Key, u64)> = Vec::new();
     let mut id_of = |key: Key| -> u64 {
         if let Some((_, id)) = ids.iter().find(|(k, _)| *k == key) {
@@ -144,7 +152,7 @@ fn debug_graph(nodes: &[Arc<Node>], backends: &[BackendUse]) -> XDbgBlockGraph {
     };
     let mut graph_nodes = Vec::new();
     let mut edges = Vec::new();
-    for backend in backends {
+    for backend in uses.iter().filter(|u| u.holder == Holder::Backend) {
         let id = id_of(Key::Backend(backend.seq));
         graph_nodes.push(XDbgBlockGraphNode {
             id,

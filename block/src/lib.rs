@@ -28,7 +28,9 @@ pub mod qcow2;
 pub mod raw;
 
 pub use backend::BlockBackend;
-pub use driver::{BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags};
+pub use driver::{
+    BackingFileName, BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags,
+};
 pub use error::{BlockError, BlockResult, ErrorKind};
 pub use graph::{BackendPerms, BlockGraph};
 pub use node::{Node, NodeChild, NodeSettings};

@@ -13,15 +13,31 @@ use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::node::Node;
 use crate::permissions::Perm;
 
-/// A backend's use of a node, as the graph records it.
+/// A use of a node other than a child edge: a backend, or a node still
+/// being opened that already works on its child.
 #[derive(Debug, Clone)]
-pub(crate) struct BackendUse {
-    /// The node the backend is attached to.
+pub(crate) struct Use {
+    /// The node used.
     pub node_id: u64,
     pub perm: Perm,
     pub shared: Perm,
-    /// Attach order, shared with node edges.
+    /// Attach order, shared with node edges; the record's key.
     pub seq: u64,
+    pub holder: Holder,
+}
+
+/// Who holds a [`Use`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Holder {
+    /// An export's (or a command's temporary) backend.
+    Backend,
+    /// A node being opened, before its edge to the child exists.
+    OpeningParent {
+        /// The future node's name.
+        name: String,
+        /// The future edge's name.
+        edge: &'static str,
+    },
 }
 
 /// One user of a node, as the conflict check and its message see it.
@@ -45,7 +61,7 @@ struct Planned<'a> {
 }
 
 /// Recomputes all permissions from the graph's structure and applies them.
-pub(crate) fn refresh(nodes: &[Arc<Node>], backends: &[BackendUse]) -> BlockResult<()> {
+pub(crate) fn refresh(nodes: &[Arc<Node>], uses: &[Use]) -> BlockResult<()> {
     let order = parents_first(nodes);
     let mut plans: Vec<Planned> = Vec::with_capacity(order.len());
     // (parent id, child index) -> edge perms, filled as parents are planned.
@@ -53,7 +69,7 @@ pub(crate) fn refresh(nodes: &[Arc<Node>], backends: &[BackendUse]) -> BlockResu
     let parent_edges = parent_edges(nodes);
 
     for node in order {
-        let users = users_of(node, backends, &parent_edges, &edge_perms);
+        let users = users_of(node, uses, &parent_edges, &edge_perms);
         let result = check_users(node, &users).and_then(|cumulative| {
             let prepared = cumulative != node.applied.get();
             if prepared {
@@ -131,19 +147,25 @@ fn abort(plans: &[Planned]) {
 /// the permissions planned for them in this update), newest first.
 fn users_of(
     node: &Node,
-    backends: &[BackendUse],
+    uses: &[Use],
     parent_edges: &HashMap<u64, Vec<(&Arc<Node>, usize)>>,
     edge_perms: &HashMap<(u64, usize), (Perm, Perm)>,
 ) -> Vec<User> {
-    let mut users: Vec<User> = backends
+    let mut users: Vec<User> = uses
         .iter()
-        .filter(|b| b.node_id == node.id())
-        .map(|b| User {
-            perm: b.perm,
-            shared: b.shared,
-            seq: b.seq,
-            description: "an unnamed block device".to_string(),
-            edge: "root",
+        .filter(|u| u.node_id == node.id())
+        .map(|u| {
+            let (description, edge) = match &u.holder {
+                Holder::Backend => ("an unnamed block device".to_string(), "root"),
+                Holder::OpeningParent { name, edge } => (format!("node '{name}'"), *edge),
+            };
+            User {
+                perm: u.perm,
+                shared: u.shared,
+                seq: u.seq,
+                description,
+                edge,
+            }
         })
         .collect();
     for (parent, index) in parent_edges.get(&node.id()).into_iter().flatten() {

@@ -29,7 +29,7 @@ async fn writes_land_in_the_file_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", MIB, pattern);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     let backend = graph.attach_backend("f0", true).unwrap();
     assert_eq!(backend.size(), MIB as u64);
     assert!(!backend.is_read_only());
@@ -73,7 +73,8 @@ async fn refused_requests_touch_nothing() {
     add(
         &graph,
         json!({"driver": "file", "node-name": "f0", "filename": path, "discard": "unmap"}),
-    );
+    )
+    .await;
     let writer = graph.attach_backend("f0", true).unwrap();
     let reader = graph.attach_backend("f0", false).unwrap();
     let end = MIB as u64;
@@ -154,11 +155,12 @@ async fn discard_punches_holes_only_with_discard_unmap() {
     let ignoring = image(dir.path(), "ignore.img", MIB, |_| 0x55);
     let unmapping = image(dir.path(), "unmap.img", MIB, |_| 0x55);
     let graph = BlockGraph::new();
-    add(&graph, file_node("keep", &ignoring));
+    add(&graph, file_node("keep", &ignoring)).await;
     add(
         &graph,
         json!({"driver": "file", "node-name": "punch", "filename": unmapping, "discard": "unmap"}),
-    );
+    )
+    .await;
     let keep = graph.attach_backend("keep", true).unwrap();
     let punch = graph.attach_backend("punch", true).unwrap();
 
@@ -205,7 +207,8 @@ async fn write_zeroes_unmaps_only_when_allowed() {
     add(
         &graph,
         json!({"driver": "file", "node-name": "f0", "filename": path, "discard": "unmap"}),
-    );
+    )
+    .await;
     let backend = graph.attach_backend("f0", true).unwrap();
     let allocated_before = allocated(&path);
 
@@ -255,7 +258,7 @@ async fn block_status_follows_the_files_holes() {
         .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &[1u8; 65536], MIB as u64))
         .unwrap();
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     let backend = graph.attach_backend("f0", false).unwrap();
     let size = backend.size();
     let hole = |length| Extent {
@@ -305,7 +308,8 @@ async fn direct_io_handles_unaligned_requests() {
     add(
         &graph,
         json!({"driver": "file", "node-name": "f0", "filename": path, "cache": {"direct": true}}),
-    );
+    )
+    .await;
     let backend = graph.attach_backend("f0", true).unwrap();
     let align = backend.request_alignment() as usize;
     assert!(align >= 512 && align.is_power_of_two(), "alignment {align}");
@@ -346,7 +350,8 @@ async fn concurrent_unaligned_direct_writes_lose_nothing() {
     add(
         &graph,
         json!({"driver": "file", "node-name": "f0", "filename": path, "cache": {"direct": true}}),
-    );
+    )
+    .await;
     let backend = graph.attach_backend("f0", true).unwrap();
     // 64 writers, each owning 7 bytes of the same few blocks.
     let tasks: Vec<_> = (0..64u8)
@@ -377,7 +382,7 @@ async fn reads_past_the_end_of_a_shrunk_file_are_zeroes() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", 8192, |_| 9);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     let backend = graph.attach_backend("f0", false).unwrap();
     std::fs::OpenOptions::new()
         .write(true)
@@ -391,27 +396,28 @@ async fn reads_past_the_end_of_a_shrunk_file_are_zeroes() {
     assert!(buf[4096..].iter().all(|&b| b == 0));
 }
 
-#[test]
-fn open_errors_read_like_qemus() {
+#[tokio::test]
+async fn open_errors_read_like_qemus() {
     let dir = tempfile::tempdir().unwrap();
     let graph = BlockGraph::new();
     let missing = dir.path().join("missing.img");
     assert_eq!(
-        add_err(&graph, file_node("f0", &missing)),
+        add_err(&graph, file_node("f0", &missing)).await,
         format!(
             "Could not open '{}': No such file or directory",
             missing.display()
         )
     );
     assert_eq!(
-        add_err(&graph, file_node("f0", dir.path())),
+        add_err(&graph, file_node("f0", dir.path())).await,
         format!("Could not open '{}': Is a directory", dir.path().display())
     );
     assert_eq!(
         add_err(
             &graph,
             json!({"driver": "file", "node-name": "f0", "filename": dir.path(), "read-only": true})
-        ),
+        )
+        .await,
         format!(
             "'file' driver requires '{}' to be a regular file",
             dir.path().display()
@@ -422,20 +428,23 @@ fn open_errors_read_like_qemus() {
         add_err(
             &graph,
             json!({"driver": "file", "node-name": "f0", "filename": path, "aio": "native"})
-        ),
+        )
+        .await,
         "aio=native was specified, but it requires cache.direct=on, which was not specified."
     );
     assert_eq!(
         add_err(
             &graph,
             json!({"driver": "file", "node-name": "f0", "filename": path, "pr-manager": "x"})
-        ),
+        )
+        .await,
         "No persistent reservation manager with id 'x'"
     );
     add(
         &graph,
         json!({"driver": "file", "node-name": "f0", "filename": path, "aio": "io_uring"}),
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -449,7 +458,8 @@ async fn read_only_nodes_open_the_file_read_only() {
     add(
         &graph,
         json!({"driver": "file", "node-name": "f0", "filename": path, "read-only": true}),
-    );
+    )
+    .await;
     let backend = graph.attach_backend("f0", false).unwrap();
     let mut buf = [0u8; 16];
     backend.read(0, &mut buf).await.unwrap();

@@ -76,13 +76,13 @@ impl Drop for QemuIoSession {
     }
 }
 
-#[test]
-fn an_exclusive_writer_keeps_qemu_tools_out() {
+#[tokio::test]
+async fn an_exclusive_writer_keeps_qemu_tools_out() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", 1 << 20, pattern);
     let before = std::fs::read(&path).unwrap();
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     let device = graph.attach_backend_with("f0", device()).unwrap();
 
     let write = qemu_io(&path, &[], "write -P 0x11 0 512");
@@ -112,12 +112,12 @@ fn an_exclusive_writer_keeps_qemu_tools_out() {
         .all(|&b| b == 0x11));
 }
 
-#[test]
-fn an_export_shares_like_qsds() {
+#[tokio::test]
+async fn an_export_shares_like_qsds() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", 1 << 20, pattern);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     let _export = graph.attach_backend("f0", true).unwrap();
     // As with QSD's writable export: others may write, nobody may resize.
     let write = qemu_io(&path, &[], "write -P 0x22 4096 512");
@@ -134,16 +134,17 @@ fn an_export_shares_like_qsds() {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
 }
 
-#[test]
-fn qemu_io_holding_the_image_refuses_an_exclusive_writer() {
+#[tokio::test]
+async fn qemu_io_holding_the_image_refuses_an_exclusive_writer() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", 1 << 20, pattern);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     add(
         &graph,
         json!({"driver": "file", "node-name": "unlocked", "filename": path, "locking": "off"}),
-    );
+    )
+    .await;
     let session = QemuIoSession::open(&path);
     assert_eq!(
         graph
@@ -161,16 +162,17 @@ fn qemu_io_holding_the_image_refuses_an_exclusive_writer() {
     let _device = graph.attach_backend_with("f0", device()).unwrap();
 }
 
-#[test]
-fn permission_changes_move_the_lock_bytes() {
+#[tokio::test]
+async fn permission_changes_move_the_lock_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", 1 << 20, pattern);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     add(
         &graph,
         json!({"driver": "raw", "node-name": "r0", "file": "f0"}),
-    );
+    )
+    .await;
     let resize_ok = || {
         let out = run(
             "qemu-img",
@@ -226,8 +228,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[test]
-fn qsd_and_storaged_see_each_other() {
+#[tokio::test]
+async fn qsd_and_storaged_see_each_other() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", 1 << 20, pattern);
     let socket = dir.path().join("nbd.sock");
@@ -244,7 +246,7 @@ fn qsd_and_storaged_see_each_other() {
         .expect("spawn qemu-storage-daemon");
     wait_locked(&path);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     assert_eq!(
         graph
             .attach_backend_with("f0", device())

@@ -8,10 +8,10 @@ use block::{BackendPerms, BlockGraph, Perm};
 use common::{add, add_err, file_node, image, pattern, sparse_image};
 use serde_json::json;
 
-#[test]
-fn names_are_checked_like_qemu() {
+#[tokio::test]
+async fn names_are_checked_like_qemu() {
     let graph = BlockGraph::new();
-    add(&graph, json!({"driver": "null-co", "node-name": "n0"}));
+    add(&graph, json!({"driver": "null-co", "node-name": "n0"})).await;
     let cases = [
         (
             json!({"driver": "null-co", "node-name": "n0"}),
@@ -39,23 +39,25 @@ fn names_are_checked_like_qemu() {
         ),
     ];
     for (options, message) in cases {
-        assert_eq!(add_err(&graph, options), message);
+        assert_eq!(add_err(&graph, options).await, message);
     }
     add(
         &graph,
         json!({"driver": "null-co", "node-name": "abcdefghijabcdefghijabcdefghij1"}),
-    );
+    )
+    .await;
 }
 
-#[test]
-fn inline_children_get_automatic_names_and_die_with_their_parent() {
+#[tokio::test]
+async fn inline_children_get_automatic_names_and_die_with_their_parent() {
     let dir = tempfile::tempdir().unwrap();
     let path = sparse_image(dir.path(), "disk.img", 1 << 20);
     let graph = BlockGraph::new();
     add(
         &graph,
         json!({"driver": "raw", "node-name": "r0", "file": {"driver": "file", "filename": path}}),
-    );
+    )
+    .await;
     let names = graph.node_names();
     assert_eq!(names.len(), 2);
     assert_eq!(names[0], "r0", "the parent registers after its child");
@@ -67,56 +69,57 @@ fn inline_children_get_automatic_names_and_die_with_their_parent() {
         "automatic name {auto}"
     );
     assert_eq!(
-        graph.delete_node(auto).unwrap_err().message,
+        graph.blockdev_del(auto).await.unwrap_err().message,
         format!("Node {auto} is not owned by the monitor")
     );
-    graph.delete_node("r0").unwrap();
+    graph.blockdev_del("r0").await.unwrap();
     assert!(graph.node_names().is_empty(), "the inline child closed too");
 }
 
-#[test]
-fn nodes_in_use_cannot_be_deleted() {
+#[tokio::test]
+async fn nodes_in_use_cannot_be_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let path = sparse_image(dir.path(), "disk.img", 1 << 20);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     add(
         &graph,
         json!({"driver": "raw", "node-name": "r0", "file": "f0"}),
-    );
+    )
+    .await;
     assert_eq!(
-        graph.delete_node("f0").unwrap_err().message,
+        graph.blockdev_del("f0").await.unwrap_err().message,
         "Block device f0 is in use"
     );
     assert_eq!(
-        graph.delete_node("nope").unwrap_err().message,
+        graph.blockdev_del("nope").await.unwrap_err().message,
         "Failed to find node with node-name='nope'"
     );
     let backend = graph.attach_backend("r0", true).unwrap();
     assert_eq!(
-        graph.delete_node("r0").unwrap_err().message,
+        graph.blockdev_del("r0").await.unwrap_err().message,
         "Node r0 is in use"
     );
     let clone = backend.clone();
     drop(backend);
     assert_eq!(
-        graph.delete_node("r0").unwrap_err().message,
+        graph.blockdev_del("r0").await.unwrap_err().message,
         "Node r0 is in use",
         "a clone still holds the node"
     );
     drop(clone);
-    graph.delete_node("r0").unwrap();
+    graph.blockdev_del("r0").await.unwrap();
     // The referenced child belongs to the monitor and stays.
     assert_eq!(graph.node_names(), ["f0"]);
-    graph.delete_node("f0").unwrap();
+    graph.blockdev_del("f0").await.unwrap();
 }
 
-#[test]
-fn conflicting_users_are_refused_with_qemus_message() {
+#[tokio::test]
+async fn conflicting_users_are_refused_with_qemus_message() {
     let dir = tempfile::tempdir().unwrap();
     let path = sparse_image(dir.path(), "disk.img", 1 << 20);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     let _export = graph.attach_backend("f0", true).unwrap();
     let exclusive = BackendPerms {
         perm: Perm::CONSISTENT_READ,
@@ -136,12 +139,13 @@ async fn resize_follows_block_resize() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", 1 << 20, pattern);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     add(
         &graph,
         json!({"driver": "raw", "node-name": "r0", "file": "f0"}),
-    );
-    add(&graph, json!({"driver": "null-co", "node-name": "n0"}));
+    )
+    .await;
+    add(&graph, json!({"driver": "null-co", "node-name": "n0"})).await;
 
     graph.resize(None, Some("r0"), 2 << 20).await.unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 << 20);
@@ -183,15 +187,17 @@ async fn a_raw_window_unshares_resize_of_its_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = sparse_image(dir.path(), "disk.img", 1 << 20);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     add(
         &graph,
         json!({"driver": "raw", "node-name": "r0", "file": "f0", "offset": 512}),
-    );
+    )
+    .await;
     add(
         &graph,
         json!({"driver": "raw", "node-name": "r5", "file": "f0", "size": 4096}),
-    );
+    )
+    .await;
     assert_eq!(
         graph.resize(None, Some("f0"), 2 << 20).await.unwrap_err().message,
         "Permission conflict on node 'f0': permissions 'resize' are both required by an unnamed block device (uses node 'f0' as 'root' child) and unshared by node 'r5' (uses node 'f0' as 'file' child)."
@@ -201,7 +207,7 @@ async fn a_raw_window_unshares_resize_of_its_file() {
         graph.resize(None, Some("r5"), 8192).await.unwrap_err().message,
         "Permission conflict on node 'f0': permissions 'resize' are both required by node 'r5' (uses node 'f0' as 'file' child) and unshared by node 'r0' (uses node 'f0' as 'file' child)."
     );
-    graph.delete_node("r0").unwrap();
+    graph.blockdev_del("r0").await.unwrap();
     assert_eq!(
         graph
             .resize(None, Some("r5"), 8192)
@@ -220,11 +226,13 @@ async fn read_only_nodes_refuse_writers() {
     add(
         &graph,
         json!({"driver": "file", "node-name": "f2", "filename": path, "read-only": true}),
-    );
+    )
+    .await;
     add(
         &graph,
         json!({"driver": "raw", "node-name": "r2", "file": "f2"}),
-    );
+    )
+    .await;
     assert_eq!(
         graph.attach_backend("f2", true).unwrap_err().message,
         "Cannot export read-only node as writable"
@@ -244,35 +252,38 @@ async fn read_only_nodes_refuse_writers() {
     graph.attach_backend("r2", false).unwrap();
 }
 
-#[test]
-fn generic_options_are_validated() {
+#[tokio::test]
+async fn generic_options_are_validated() {
     let graph = BlockGraph::new();
     assert_eq!(
         add_err(
             &graph,
             json!({"driver": "null-co", "node-name": "n1", "detect-zeroes": "unmap"})
-        ),
+        )
+        .await,
         "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"
     );
     assert_eq!(
         add_err(
             &graph,
             json!({"driver": "null-co", "node-name": "n1", "force-share": true})
-        ),
+        )
+        .await,
         "force-share=on can only be used with read-only images"
     );
     add(
         &graph,
         json!({"driver": "null-co", "node-name": "n9", "detect-zeroes": "unmap", "discard": "unmap"}),
-    );
+    ).await;
     add(
         &graph,
         json!({"driver": "null-co", "node-name": "n2", "force-share": true, "read-only": true}),
-    );
+    )
+    .await;
 }
 
-#[test]
-fn named_block_nodes_match_qsd() {
+#[tokio::test]
+async fn named_block_nodes_match_qsd() {
     let dir = tempfile::tempdir().unwrap();
     let path = sparse_image(dir.path(), "disk.img", 64 << 20);
     let path_str = path.to_str().unwrap();
@@ -281,15 +292,17 @@ fn named_block_nodes_match_qsd() {
         &graph,
         json!({"driver": "raw", "node-name": "r0", "offset": 4096, "size": 1048576,
                "file": {"driver": "file", "filename": path, "cache": {"direct": true}}}),
-    );
+    )
+    .await;
     add(
         &graph,
         json!({"driver": "null-co", "node-name": "n0", "detect-zeroes": "on"}),
-    );
+    )
+    .await;
     add(
         &graph,
         json!({"driver": "null-co", "node-name": "n1", "size": 1048576, "read-zeroes": true, "latency-ns": 10}),
-    );
+    ).await;
     let info = serde_json::to_value(graph.query_named_block_nodes(false)).unwrap();
     let nodes = info.as_array().unwrap();
     let names: Vec<&str> = nodes
@@ -355,15 +368,17 @@ fn named_block_nodes_match_qsd() {
 
     // A raw node without a window shows its file's name; one over a raw
     // node shows JSON.
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     add(
         &graph,
         json!({"driver": "raw", "node-name": "plain", "file": "f0"}),
-    );
+    )
+    .await;
     add(
         &graph,
         json!({"driver": "raw", "node-name": "nested", "file": "r0"}),
-    );
+    )
+    .await;
     let flat = serde_json::to_value(graph.query_named_block_nodes(true)).unwrap();
     assert_eq!(flat[1]["file"], path_str);
     assert_eq!(
@@ -375,16 +390,17 @@ fn named_block_nodes_match_qsd() {
     );
 }
 
-#[test]
-fn debug_graph_matches_qsd() {
+#[tokio::test]
+async fn debug_graph_matches_qsd() {
     let dir = tempfile::tempdir().unwrap();
     let path = sparse_image(dir.path(), "disk.img", 1 << 20);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     add(
         &graph,
         json!({"driver": "raw", "node-name": "r0", "file": "f0"}),
-    );
+    )
+    .await;
     let _e0 = graph.attach_backend("r0", true).unwrap();
     let _e1 = graph.attach_backend("f0", true).unwrap();
     let writer = ["write", "consistent-read"];
@@ -407,16 +423,17 @@ fn debug_graph_matches_qsd() {
     );
 }
 
-#[test]
-fn read_only_raw_shares_resize_and_takes_nothing() {
+#[tokio::test]
+async fn read_only_raw_shares_resize_and_takes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = sparse_image(dir.path(), "disk.img", 1 << 20);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     add(
         &graph,
         json!({"driver": "raw", "node-name": "r0", "file": "f0", "read-only": true}),
-    );
+    )
+    .await;
     let edges = serde_json::to_value(graph.debug_block_graph()).unwrap()["edges"].clone();
     assert_eq!(
         edges,
@@ -434,8 +451,9 @@ async fn flush_all_reaches_every_node() {
         &graph,
         json!({"driver": "raw", "node-name": "r0", "cache": {"no-flush": true},
                "file": {"driver": "file", "filename": path}}),
-    );
-    add(&graph, json!({"driver": "null-co", "node-name": "n0"}));
+    )
+    .await;
+    add(&graph, json!({"driver": "null-co", "node-name": "n0"})).await;
     graph.flush_all().await.unwrap();
     let info = graph.query_named_block_nodes(true);
     let no_flush: Vec<bool> = info.iter().map(|n| n.cache.no_flush).collect();

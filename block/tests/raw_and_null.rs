@@ -16,11 +16,12 @@ async fn a_raw_window_maps_requests_into_its_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", MIB as usize, pattern);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     add(
         &graph,
         json!({"driver": "raw", "node-name": "win", "file": "f0", "offset": 4096, "size": 65536}),
-    );
+    )
+    .await;
     let window = graph.attach_backend("win", true).unwrap();
     assert_eq!(window.size(), 65536);
 
@@ -76,7 +77,8 @@ async fn raw_block_status_reports_the_files_holes() {
         &graph,
         json!({"driver": "raw", "node-name": "r0", "offset": MIB,
                "file": {"driver": "file", "filename": path}}),
-    );
+    )
+    .await;
     let backend = graph.attach_backend("r0", true).unwrap();
     assert_eq!(backend.size(), 3 * MIB);
     backend
@@ -108,12 +110,12 @@ async fn raw_block_status_reports_the_files_holes() {
     );
 }
 
-#[test]
-fn raw_windows_are_checked_against_the_file() {
+#[tokio::test]
+async fn raw_windows_are_checked_against_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = sparse_image(dir.path(), "disk.img", 64 * MIB);
     let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path));
+    add(&graph, file_node("f0", &path)).await;
     let cases = [
         (
             json!({"driver": "raw", "node-name": "r", "file": "f0", "offset": 999999999}),
@@ -133,7 +135,7 @@ fn raw_windows_are_checked_against_the_file() {
         ),
     ];
     for (options, message) in cases {
-        assert_eq!(add_err(&graph, options), message);
+        assert_eq!(add_err(&graph, options).await, message);
     }
     assert_eq!(
         graph.node_names(),
@@ -142,8 +144,8 @@ fn raw_windows_are_checked_against_the_file() {
     );
 }
 
-#[test]
-fn a_failed_parent_closes_its_inline_child() {
+#[tokio::test]
+async fn a_failed_parent_closes_its_inline_child() {
     let dir = tempfile::tempdir().unwrap();
     let path = sparse_image(dir.path(), "disk.img", MIB);
     let graph = BlockGraph::new();
@@ -151,20 +153,22 @@ fn a_failed_parent_closes_its_inline_child() {
         &graph,
         json!({"driver": "raw", "node-name": "r", "size": 1000,
                "file": {"driver": "file", "filename": path, "node-name": "inner"}}),
-    );
+    )
+    .await;
     assert!(graph.node_names().is_empty());
     // The name is free again.
-    add(&graph, file_node("inner", &path));
+    add(&graph, file_node("inner", &path)).await;
 }
 
 #[tokio::test]
 async fn null_reads_leave_the_buffer_alone_unless_asked_for_zeroes() {
     let graph = BlockGraph::new();
-    add(&graph, json!({"driver": "null-co", "node-name": "n0"}));
+    add(&graph, json!({"driver": "null-co", "node-name": "n0"})).await;
     add(
         &graph,
         json!({"driver": "null-co", "node-name": "z0", "size": MIB, "read-zeroes": true}),
-    );
+    )
+    .await;
     let plain = graph.attach_backend("n0", true).unwrap();
     let zeroes = graph.attach_backend("z0", true).unwrap();
     assert_eq!(plain.size(), 1 << 30);
@@ -213,7 +217,8 @@ async fn null_latency_delays_requests() {
     add(
         &graph,
         json!({"driver": "null-co", "node-name": "slow", "latency-ns": 20_000_000}),
-    );
+    )
+    .await;
     let backend = graph.attach_backend("slow", false).unwrap();
     let start = Instant::now();
     let mut buf = [0u8; 512];
@@ -233,12 +238,14 @@ async fn detect_zeroes_turns_zero_writes_into_holes() {
         &graph,
         json!({"driver": "file", "node-name": "u", "filename": unmap,
                "discard": "unmap", "detect-zeroes": "unmap"}),
-    );
+    )
+    .await;
     add(
         &graph,
         json!({"driver": "file", "node-name": "o", "filename": on,
                "discard": "unmap", "detect-zeroes": "on"}),
-    );
+    )
+    .await;
     let u = graph.attach_backend("u", true).unwrap();
     let o = graph.attach_backend("o", true).unwrap();
     let zeroes = vec![0u8; 262144];

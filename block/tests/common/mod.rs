@@ -11,16 +11,17 @@ use schema::block::BlockdevOptions;
 use serde_json::Value;
 
 /// `blockdev-add` with JSON arguments; panics on failure.
-pub fn add(graph: &BlockGraph, options: Value) -> Arc<Node> {
+pub async fn add(graph: &BlockGraph, options: Value) -> Arc<Node> {
     let text = options.to_string();
     graph
-        .add_node(&parse(options))
+        .blockdev_add(&parse(options))
+        .await
         .unwrap_or_else(|e| panic!("blockdev-add {text}: {e}"))
 }
 
 /// `blockdev-add` that must fail; returns the message.
-pub fn add_err(graph: &BlockGraph, options: Value) -> String {
-    match graph.add_node(&parse(options)) {
+pub async fn add_err(graph: &BlockGraph, options: Value) -> String {
+    match graph.blockdev_add(&parse(options)).await {
         Ok(node) => panic!("blockdev-add unexpectedly created {}", node.name()),
         Err(e) => e.message,
     }
