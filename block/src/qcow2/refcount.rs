@@ -8,8 +8,8 @@
 //! - a decrement waits in [`Refcounts::schedule_free`] until the entry
 //!   that dropped the reference is on disk, and only then is applied, so a
 //!   freed cluster is never reused while the disk still points to it;
-//! - a new refcount block covers itself (it sits at the first cluster of
-//!   the range it describes) and is written before the table points to it;
+//! - a new refcount block is written before the table points to it, and
+//!   the table entry before anything counted in the block is referenced;
 //! - a grown refcount table is written complete, with the blocks that
 //!   describe it, and flushed before the header switches to it.
 //!
@@ -196,30 +196,39 @@ impl Refcounts {
         Ok(())
     }
 
-    /// Allocates `count` contiguous clusters (first fit).
+    /// Allocates `count` contiguous clusters (first fit). Ranges without
+    /// a refcount block get one, placed right after the run (so that runs
+    /// longer than a block describes stay possible) and counted with it.
     pub async fn alloc(&mut self, count: u64, header: &HeaderStore) -> BlockResult<Allocation> {
+        let bits = self.geo.refblock_bits;
+        let mut room = 0;
         loop {
-            let start = self.find_free_run(count).await?;
-            let bits = self.geo.refblock_bits;
-            let mut created = false;
-            for index in (start >> bits)..=((start + count - 1) >> bits) {
-                if self.table.get(index as usize) == 0 {
-                    self.create_block(index, header).await?;
-                    created = true;
-                }
-            }
-            if created {
-                // A new block sits at the start of its range, which may be
-                // inside the run: search again.
+            let start = self.find_free_run(count + room).await?;
+            let last_chunk = (start + count + room - 1) >> bits;
+            let missing: Vec<u64> = ((start >> bits)..=last_chunk)
+                .filter(|&chunk| self.table.get(chunk as usize) == 0)
+                .collect();
+            if let Some(&beyond) = missing.iter().find(|&&c| c as usize >= self.table.len()) {
+                self.grow_table(beyond + 1, header).await?;
+                room = 0;
                 continue;
             }
-            for cluster in start..start + count {
+            let blocks = missing.len() as u64;
+            if blocks > room {
+                room = blocks;
+                continue;
+            }
+            for (j, &chunk) in missing.iter().enumerate() {
+                self.create_block(chunk, start + count + j as u64).await?;
+            }
+            let end = start + count + blocks;
+            for cluster in start..end {
                 self.update(cluster, true).await?;
             }
             let fresh = start >= self.high_water;
-            self.high_water = self.high_water.max(start + count);
+            self.high_water = self.high_water.max(end);
             if start == self.free_hint {
-                self.free_hint = start + count;
+                self.free_hint = end;
             }
             return Ok(Allocation {
                 offset: start << self.geo.cluster_bits,
@@ -270,29 +279,22 @@ impl Refcounts {
         }
     }
 
-    /// Creates refcount block `index` at the first cluster it describes.
-    async fn create_block(&mut self, index: u64, header: &HeaderStore) -> BlockResult<()> {
+    /// Creates refcount block `index`, empty, at host cluster `cluster`
+    /// (the caller counts that cluster). Its contents are on disk before a
+    /// writeback writes the table entry that points to it.
+    async fn create_block(&mut self, index: u64, cluster: u64) -> BlockResult<()> {
         if index == 0 {
             return Err(corrupt(
                 "The refcount block describing the header is missing",
             ));
         }
-        if index as usize >= self.table.len() {
-            self.grow_table(index + 1, header).await?;
-            if self.table.get(index as usize) != 0 {
-                return Ok(());
-            }
-        }
-        let cluster = index << self.geo.refblock_bits;
         let offset = cluster << self.geo.cluster_bits;
-        let mut bytes = vec![0u8; self.geo.cluster_len()];
-        set_refcount(&mut bytes, self.geo.refcount_order, 0, 1);
+        let bytes = vec![0u8; self.geo.cluster_len()];
         self.file
             .write(offset, &bytes, WriteFlags::default())
             .await?;
         self.table.set(index as usize, offset);
         self.blocks.insert_new(offset, bytes, false);
-        self.high_water = self.high_water.max(cluster + 1);
         Ok(())
     }
 
