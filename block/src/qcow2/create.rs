@@ -5,6 +5,10 @@
 
 use std::sync::Arc;
 
+use schema::create::{
+    BlockdevCreateOptionsQcow2, BlockdevQcow2Version, PreallocMode, Qcow2CompressionType,
+};
+
 use super::child::BlockChild;
 use super::header::{
     build_first_cluster, compat, incompat, CompressionType, Header, MAX_CLUSTER_BITS,
@@ -81,6 +85,66 @@ impl CreateOptions {
             preallocation: Preallocation::Off,
             compression_type: CompressionType::Zlib,
         }
+    }
+
+    /// The options of `blockdev-create` (the `file` child is the caller's
+    /// business). What this driver cannot create is refused.
+    pub fn from_schema(options: &BlockdevCreateOptionsQcow2) -> BlockResult<Self> {
+        let unsupported = |m: &str| Err(BlockError::new(ErrorKind::NotSupported, m));
+        if options.data_file.is_some() {
+            return unsupported("qcow2 images with an external data file are not supported");
+        }
+        if options.data_file_raw == Some(true) {
+            return Err(BlockError::new(
+                ErrorKind::InvalidArgument,
+                "data-file-raw requires data-file",
+            ));
+        }
+        if options.extended_l2 == Some(true) {
+            return unsupported("qcow2 images with extended L2 entries are not supported");
+        }
+        if options.backing_fmt.is_some() && options.backing_file.is_none() {
+            return Err(BlockError::new(
+                ErrorKind::InvalidArgument,
+                "Backing format cannot be used without backing file",
+            ));
+        }
+        let preallocation = match options.preallocation.unwrap_or_default() {
+            PreallocMode::Off => Preallocation::Off,
+            PreallocMode::Metadata => Preallocation::Metadata,
+            PreallocMode::Falloc => return unsupported("Unsupported preallocation mode 'falloc'"),
+            PreallocMode::Full => return unsupported("Unsupported preallocation mode 'full'"),
+        };
+        let refcount_bits = match options.refcount_bits {
+            None => DEFAULT_REFCOUNT_BITS,
+            Some(bits) => u32::try_from(bits).map_err(|_| {
+                BlockError::new(
+                    ErrorKind::InvalidArgument,
+                    "Refcount width must be a power of two and may not exceed 64 bits",
+                )
+            })?,
+        };
+        Ok(CreateOptions {
+            size: options.size.bytes(),
+            version: match options.version {
+                Some(BlockdevQcow2Version::V2) => Qcow2Version::V2,
+                Some(BlockdevQcow2Version::V3) | None => Qcow2Version::V3,
+            },
+            cluster_size: options
+                .cluster_size
+                .map_or(DEFAULT_CLUSTER_SIZE, |s| s.bytes()),
+            backing: options.backing_file.as_ref().map(|file| BackingSpec {
+                file: file.clone(),
+                format: options.backing_fmt.clone(),
+            }),
+            lazy_refcounts: options.lazy_refcounts.unwrap_or(false),
+            refcount_bits,
+            preallocation,
+            compression_type: match options.compression_type {
+                Some(Qcow2CompressionType::Zstd) => CompressionType::Zstd,
+                Some(Qcow2CompressionType::Zlib) | None => CompressionType::Zlib,
+            },
+        })
     }
 
     /// QEMU's checks, with its messages.
@@ -225,6 +289,24 @@ impl Qcow2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schema_options_map_to_create_options() {
+        let parsed: BlockdevCreateOptionsQcow2 = schema::from_json(serde_json::json!({
+            "file": "node0", "size": 1048576, "version": "v2", "cluster-size": 4096,
+            "backing-file": "base.img", "backing-fmt": "raw", "refcount-bits": 16,
+        }))
+        .unwrap();
+        let o = CreateOptions::from_schema(&parsed).unwrap();
+        assert_eq!(o.version, Qcow2Version::V2);
+        assert_eq!(o.cluster_size, 4096);
+        assert_eq!(o.backing.unwrap().format.as_deref(), Some("raw"));
+        let parsed: BlockdevCreateOptionsQcow2 = schema::from_json(serde_json::json!({
+            "file": "node0", "size": 1048576, "preallocation": "full",
+        }))
+        .unwrap();
+        assert!(CreateOptions::from_schema(&parsed).is_err());
+    }
 
     #[test]
     fn rejects_what_qemu_rejects() {
