@@ -18,6 +18,9 @@ use crate::driver::{BlockDriver, ChildRole, Extent, WriteFlags, ZeroFlags};
 use crate::error::BlockResult;
 use crate::permissions::{ChildRoleFlags, Perm};
 
+/// The unit QEMU counts node sizes in (`BDRV_SECTOR_SIZE`).
+pub const SECTOR_SIZE: u64 = 512;
+
 /// A pair of permission sets (taken, shared) readable without a lock.
 /// Written only by the graph while it holds its own lock.
 #[derive(Debug)]
@@ -197,9 +200,11 @@ impl Node {
         !self.settings.read_only && !self.settings.inactive
     }
 
-    /// The current virtual size in bytes.
+    /// The current virtual size in bytes: the driver's, rounded up to
+    /// whole 512-byte sectors as QEMU counts sizes (`total_sectors`); the
+    /// tail past a file's end reads as zeroes.
     pub fn size(&self) -> u64 {
-        self.driver.size()
+        self.driver.size().div_ceil(SECTOR_SIZE) * SECTOR_SIZE
     }
 
     /// Fills `buf` from `offset`.

@@ -12,12 +12,8 @@ use serde_json::{Map, Value as Json};
 
 use crate::driver::{BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
-use crate::node::{Node, NodeChild};
+use crate::node::{Node, NodeChild, SECTOR_SIZE};
 use crate::permissions::{ChildRoleFlags, Perm};
-
-/// `size` must be a multiple of this (QEMU's `BDRV_SECTOR_SIZE`), so that
-/// rounding never leaks out of the window.
-const SECTOR_SIZE: u64 = 512;
 
 /// A `raw` node over its `file` child.
 pub struct RawDriver {
@@ -47,6 +43,7 @@ impl RawDriver {
                     "The sum of offset ({offset}) and size ({size}) has to be smaller or equal to the  actual size of the containing file ({real_size})"
                 )));
             }
+            // Whole sectors, so that rounding never leaks out of the window.
             if size % SECTOR_SIZE != 0 {
                 return Err(invalid(format!(
                     "Specified size is not multiple of {SECTOR_SIZE}"

@@ -465,3 +465,21 @@ async fn read_only_nodes_open_the_file_read_only() {
     backend.read(0, &mut buf).await.unwrap();
     assert_eq!(buf[3], pattern(3));
 }
+
+#[tokio::test]
+async fn sizes_count_whole_sectors_like_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), "odd.img", 1000, |_| 3);
+    let graph = BlockGraph::new();
+    add(&graph, file_node("f0", &path)).await;
+    let backend = graph.attach_backend("f0", true).unwrap();
+    assert_eq!(backend.size(), 1024);
+    let mut buf = [0xFFu8; 24];
+    backend.read(1000, &mut buf).await.unwrap();
+    assert_eq!(buf, [0u8; 24], "the tail past the end reads as zeroes");
+    backend
+        .write(1020, b"tail", WriteFlags::default())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1024);
+}
