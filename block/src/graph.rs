@@ -368,12 +368,14 @@ impl GraphShared {
         })
     }
 
-    /// Lets the drivers of nodes removed from the graph write out what they
-    /// cache, parents first and under the permissions they still hold;
-    /// then releases those and drops the nodes (which closes their files).
+    /// Flushes the nodes removed from the graph and lets their drivers
+    /// write out what they cache (QEMU's `bdrv_close`), parents first and
+    /// under the permissions they still hold; then releases those and
+    /// drops the nodes (which closes their files).
     async fn close_nodes(&self, nodes: Vec<Arc<Node>>) {
         for node in &nodes {
             // QEMU's blockdev-del does not fail when writing out fails.
+            let _ = node.flush().await;
             let _ = node.driver().close().await;
         }
         let state = self.state();

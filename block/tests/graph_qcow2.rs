@@ -217,3 +217,33 @@ async fn a_missing_backing_file_fails_the_open() {
     );
     assert!(graph.node_names().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_all_leaves_images_clean_and_unlocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_base, top) = chain(dir.path());
+    let graph = BlockGraph::new();
+    add(
+        &graph,
+        json!({"driver": "qcow2", "node-name": "q0", "file": {"driver": "file", "filename": top}}),
+    )
+    .await;
+    let backend = graph.attach_backend("q0", true).unwrap();
+    backend
+        .write(0, &[7u8; 70_000], WriteFlags::default())
+        .await
+        .unwrap();
+    drop(backend);
+    graph.close_all().await;
+    assert!(graph.node_names().is_empty());
+    assert!(qemu_img(&["check", &top]).contains("No errors were found"));
+    let io = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "read -P 7 0 70000", &top])
+        .output()
+        .unwrap();
+    assert!(
+        io.status.success(),
+        "{}",
+        String::from_utf8_lossy(&io.stderr)
+    );
+}
