@@ -1,13 +1,16 @@
 //! Running one checked request against the export's backend and building
 //! its reply.
 //!
-//! Reads of at least `SPARSE_READ_MIN` bytes ask for block status first and
-//! answer holes with `OFFSET_HOLE` chunks, so zero ranges are neither read
-//! nor sent.
+//! Structured reads send the zero parts of what they read as
+//! `OFFSET_HOLE` chunks, so zero ranges cost nothing on the wire. Zeroes
+//! are found in the data rather than by block status, which on some file
+//! systems (tmpfs) scans the whole file for each call.
 
+use std::ops::Range;
 use std::sync::Arc;
 
-use block::{BlockError, WriteFlags, ZeroFlags};
+use block::node::buffer_is_zero;
+use block::{BlockBackend, BlockError, WriteFlags, ZeroFlags};
 
 use super::buffers::{Buffer, BufferPool};
 use super::codec::{ReplyMode, Request};
@@ -16,12 +19,10 @@ use super::proto::*;
 use super::reply::{Reply, SparseRead};
 use super::request::Command;
 use super::status;
-use block::BlockBackend;
 
-/// Structured reads this large look for holes before reading.
-const SPARSE_READ_MIN: usize = 64 << 10;
-/// Extents one sparse read inspects before reading the rest as data.
-const SPARSE_READ_MAX_EXTENTS: usize = 64;
+/// Structured reads are checked for zeroes in pieces this large (and only
+/// reads at least this large); zero pieces are sent as holes.
+const HOLE_GRANULE: usize = 64 << 10;
 /// Bytes `NBD_CMD_CACHE` reads at a time.
 pub const CACHE_CHUNK: u64 = 1 << 20;
 
@@ -93,55 +94,38 @@ async fn read(cx: &Context, req: &Request, df: bool) -> Reply {
         return Reply::ok(cx.mode, req);
     }
     let mut buffer = cx.buffers.get(len);
-    if cx.mode.structured() && !df && len >= SPARSE_READ_MIN {
-        return sparse_read(cx, req, buffer).await;
+    if let Err(e) = cx.backend.read(req.offset, buffer.as_mut()).await {
+        return failure(cx, req, &e);
     }
-    match cx.backend.read(req.offset, buffer.as_mut()).await {
-        Ok(()) => Reply::read_data(cx.mode, req, buffer),
-        Err(e) => failure(cx, req, &e),
+    if cx.mode.structured() && !df && len >= HOLE_GRANULE {
+        return sparse_reply(cx.mode, req, buffer);
     }
+    Reply::read_data(cx.mode, req, buffer)
 }
 
-async fn sparse_read(cx: &Context, req: &Request, mut buffer: Buffer) -> Reply {
-    let len = buffer.len();
-    // Status is only an optimisation: on failure, read everything.
-    let extents = status::allocation(&cx.backend, req.offset, len as u64, SPARSE_READ_MAX_EXTENTS)
-        .await
-        .unwrap_or_default();
-    // Runs of (zero?, range within the read), neighbours merged.
-    let mut runs: Vec<(bool, std::ops::Range<usize>)> = Vec::new();
-    let mut at = 0;
-    for extent in &extents {
-        let end = at + extent.length as usize;
+/// Sends the zero granules of a read as holes and the rest as data.
+fn sparse_reply(mode: ReplyMode, req: &Request, buffer: Buffer) -> Reply {
+    let mut runs: Vec<(bool, Range<usize>)> = Vec::new();
+    for start in (0..buffer.len()).step_by(HOLE_GRANULE) {
+        let end = (start + HOLE_GRANULE).min(buffer.len());
+        let zero = buffer_is_zero(&buffer.as_ref()[start..end]);
         match runs.last_mut() {
-            Some((zero, range)) if *zero == extent.zero => range.end = end,
-            _ => runs.push((extent.zero, at..end)),
-        }
-        at = end;
-    }
-    if at < len {
-        match runs.last_mut() {
-            Some((false, range)) => range.end = len,
-            _ => runs.push((false, at..len)),
+            Some((was_zero, range)) if *was_zero == zero => range.end = end,
+            _ => runs.push((zero, start..end)),
         }
     }
-    let mut reply = SparseRead::new(cx.mode, req);
+    if let [(false, _)] = runs[..] {
+        return Reply::read_data(mode, req, buffer);
+    }
+    let mut reply = SparseRead::new(mode, req);
     let count = runs.len();
     for (i, (zero, range)) in runs.into_iter().enumerate() {
         let last = i + 1 == count;
         if zero {
             reply.hole(range, last);
-            continue;
+        } else {
+            reply.data(range, last);
         }
-        let offset = req.offset + range.start as u64;
-        if let Err(e) = cx
-            .backend
-            .read(offset, &mut buffer.as_mut()[range.clone()])
-            .await
-        {
-            return failure(cx, req, &e);
-        }
-        reply.data(range, last);
     }
     reply.finish(buffer)
 }

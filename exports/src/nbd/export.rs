@@ -7,12 +7,12 @@
 
 use std::sync::{Arc, Mutex, RwLock};
 
+use block::BlockBackend;
 use schema::QmpError;
 use tokio_util::sync::CancellationToken;
 
 use super::meta::ExportMeta;
 use super::proto::*;
-use block::BlockBackend;
 
 /// What an export publishes, besides its node.
 #[derive(Clone, Default)]

@@ -4,9 +4,10 @@
 //!
 //! Layers, from the wire up: `proto` (numbers) and `codec` (byte layouts);
 //! `handshake` (option haggling) and `meta` (metadata contexts);
-//! `connection` (the request loop), `request` (checks), `dispatch`
-//! (running a request), `status` (block status), `reply` and `writer`
-//! (the one writer per socket), `buffers` (payload buffer reuse);
+//! `connection` (one client), `transmission` (its request loop), `input`
+//! (receive buffering), `request` (checks), `dispatch` (running a
+//! request), `status` (block status), `reply` and `writer` (batched
+//! vectored writes), `buffers` (payload buffer reuse);
 //! `export` (exports and their clients) and `server` (listeners and
 //! limits).
 
@@ -16,12 +17,14 @@ mod connection;
 mod dispatch;
 pub mod export;
 mod handshake;
+mod input;
 pub mod meta;
 pub mod proto;
 mod reply;
 pub mod request;
 pub mod server;
 mod status;
+mod transmission;
 mod writer;
 
 pub use export::{NbdExport, NbdExportConfig};

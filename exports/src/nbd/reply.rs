@@ -7,8 +7,6 @@
 
 use std::ops::Range;
 
-use tokio::sync::OwnedSemaphorePermit;
-
 use super::buffers::Buffer;
 use super::codec::{ReplyHead, ReplyMode, Request};
 use super::proto::*;
@@ -19,24 +17,9 @@ pub struct Reply {
     body: Body,
     /// Total bytes on the wire.
     len: usize,
-    /// Released when the reply has been written (or dropped).
-    in_flight: Option<InFlight>,
-}
-
-/// A request's share of its connection's in-flight limits (a request slot
-/// and the bytes it buffers), held until its reply is written.
-pub struct InFlight {
-    _request: OwnedSemaphorePermit,
-    _bytes: Option<OwnedSemaphorePermit>,
-}
-
-impl InFlight {
-    pub fn new(request: OwnedSemaphorePermit, bytes: Option<OwnedSemaphorePermit>) -> InFlight {
-        InFlight {
-            _request: request,
-            _bytes: bytes,
-        }
-    }
+    /// The payload bytes its request counts against the connection's
+    /// in-flight limit, released once the reply is written.
+    cost: u32,
 }
 
 enum Body {
@@ -111,7 +94,7 @@ impl Reply {
             head,
             body,
             len: 0,
-            in_flight: None,
+            cost: 0,
         };
         let mut len = 0;
         reply.visit(|slice| {
@@ -122,9 +105,13 @@ impl Reply {
         reply
     }
 
-    /// Ties `in_flight` to this reply, to be released once it is written.
-    pub fn hold(&mut self, in_flight: InFlight) {
-        self.in_flight = Some(in_flight);
+    /// Records what the request counts against the in-flight limit.
+    pub fn set_cost(&mut self, cost: u32) {
+        self.cost = cost;
+    }
+
+    pub fn cost(&self) -> u32 {
+        self.cost
     }
 
     /// Total bytes on the wire.

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use block::BlockBackend;
 use schema::export::NbdServerOptions;
 use schema::sockets::{SocketAddress, SocketAddressKind};
 use schema::QmpError;
@@ -23,7 +24,6 @@ use tokio_util::task::TaskTracker;
 use super::connection::{serve, ConnectionConfig};
 use super::export::{ExportTable, NbdExport, NbdExportConfig};
 use super::handshake::HandshakeConfig;
-use block::BlockBackend;
 
 /// QEMU's default for `handshake-max-seconds`.
 pub const DEFAULT_HANDSHAKE_MAX_SECONDS: u32 = 10;

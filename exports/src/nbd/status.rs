@@ -5,13 +5,12 @@
 //! `qemu:allocation-depth`; each context then merges neighbours with equal
 //! status, so descriptors alternate as the spec asks.
 
-use block::{BlockResult, Extent};
+use block::{BlockBackend, BlockResult, Extent};
 
 use super::codec::{ReplyMode, Request};
 use super::meta::{ExportMeta, ExportedBitmap, MetaContext};
 use super::proto::*;
 use super::reply::chunk;
-use block::BlockBackend;
 
 /// Descriptors per status chunk: 1 MiB of compact descriptors, well under
 /// the spec's 2^20 limit.

@@ -1,90 +1,95 @@
-//! The one writer of a connection's socket.
-//!
-//! Request handlers finish in any order and hand their replies to this
-//! task through a channel. It gathers whatever replies are waiting into
-//! one vectored write (headers inline, payloads straight from their read
-//! buffers), so a burst of completions costs one system call and no copy.
+//! The sending side of a connection: replies wait in a queue and go out
+//! gathered into vectored writes (headers inline, payloads straight from
+//! their read buffers), so a burst of completions costs one system call
+//! and no copy. The connection loop is the socket's only writer.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::reply::Reply;
 
 /// Slices gathered into one `writev` (well under the kernel's `IOV_MAX`).
 const MAX_IOVECS: usize = 64;
 
-/// Writes replies from `replies` to `writer` until every sender is gone
-/// and the queue is empty, or the socket fails.
-pub async fn write_replies<W>(
-    writer: &mut W,
-    replies: &mut UnboundedReceiver<Reply>,
-) -> io::Result<()>
-where
-    W: AsyncWrite + Unpin,
-{
-    let mut queue = VecDeque::new();
-    // Bytes of `queue[0]` already on the wire.
-    let mut front_written = 0;
-    loop {
-        if queue.is_empty() {
-            writer.flush().await?;
-            match replies.recv().await {
-                Some(reply) => queue.push_back(reply),
-                None => return Ok(()),
-            }
-        }
-        while let Ok(reply) = replies.try_recv() {
-            queue.push_back(reply);
-        }
+/// What a write completed: replies fully sent and the bytes they held.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub replies: u32,
+    pub cost: u64,
+}
+
+/// Replies waiting to be written, in order.
+#[derive(Default)]
+pub struct ReplyQueue {
+    queue: VecDeque<Reply>,
+    /// Bytes of `queue[0]` already on the wire.
+    front_written: usize,
+}
+
+impl ReplyQueue {
+    pub fn push(&mut self, reply: Reply) {
+        self.queue.push_back(reply);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// One vectored write of as much as is queued. Cancel-safe: if the
+    /// future is dropped, nothing was written.
+    pub async fn write_some<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> io::Result<Sent> {
         let written = {
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-            let count = gather(&queue, front_written, &mut iov);
+            let count = self.gather(&mut iov);
             writer.write_vectored(&iov[..count]).await?
         };
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        consume(&mut queue, &mut front_written, written);
+        Ok(self.consume(written))
     }
-}
 
-/// Fills `iov` with the unwritten slices of `queue`; returns how many.
-fn gather<'a>(queue: &'a VecDeque<Reply>, front_written: usize, iov: &mut [IoSlice<'a>]) -> usize {
-    let mut count = 0;
-    let mut skip = front_written;
-    for reply in queue {
-        reply.visit(|slice| {
-            if slice.len() <= skip {
-                skip -= slice.len();
-                return true;
+    /// Fills `iov` with the unwritten slices; returns how many.
+    fn gather<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut count = 0;
+        let mut skip = self.front_written;
+        for reply in &self.queue {
+            reply.visit(|slice| {
+                if slice.len() <= skip {
+                    skip -= slice.len();
+                    return true;
+                }
+                iov[count] = IoSlice::new(&slice[skip..]);
+                skip = 0;
+                count += 1;
+                count < iov.len()
+            });
+            if count == iov.len() {
+                break;
             }
-            iov[count] = IoSlice::new(&slice[skip..]);
-            skip = 0;
-            count += 1;
-            count < iov.len()
-        });
-        if count == iov.len() {
-            break;
         }
+        count
     }
-    count
-}
 
-/// Drops the replies that `written` bytes completed (releasing their
-/// buffers and in-flight shares) and records progress into the next one.
-fn consume(queue: &mut VecDeque<Reply>, front_written: &mut usize, mut written: usize) {
-    while let Some(front) = queue.front() {
-        let remaining = front.len() - *front_written;
-        if written < remaining {
-            *front_written += written;
-            return;
+    /// Drops the replies that `written` bytes completed (releasing their
+    /// buffers) and records progress into the next one.
+    fn consume(&mut self, mut written: usize) -> Sent {
+        let mut sent = Sent::default();
+        while let Some(front) = self.queue.front() {
+            let remaining = front.len() - self.front_written;
+            if written < remaining {
+                self.front_written += written;
+                break;
+            }
+            written -= remaining;
+            self.front_written = 0;
+            sent.replies += 1;
+            sent.cost += u64::from(front.cost());
+            self.queue.pop_front();
         }
-        written -= remaining;
-        *front_written = 0;
-        queue.pop_front();
+        sent
     }
 }
 
@@ -136,23 +141,35 @@ mod tests {
 
     #[tokio::test]
     async fn partial_writes_keep_replies_whole_and_ordered() {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut queue = ReplyQueue::default();
         let mut expected = Vec::new();
         for cookie in 0..10 {
-            let reply = if cookie % 2 == 0 {
+            let mut reply = if cookie % 2 == 0 {
                 Reply::ok(ReplyMode::Simple, &req(cookie))
             } else {
                 Reply::error(ReplyMode::Structured, &req(cookie), EIO, "failed here")
             };
+            reply.set_cost(100);
             reply.visit(|s| {
                 expected.extend_from_slice(s);
                 true
             });
-            tx.send(reply).unwrap();
+            queue.push(reply);
         }
-        drop(tx);
         let mut out = Trickle(Vec::new());
-        write_replies(&mut out, &mut rx).await.unwrap();
+        let mut total = Sent::default();
+        while !queue.is_empty() {
+            let sent = queue.write_some(&mut out).await.unwrap();
+            total.replies += sent.replies;
+            total.cost += sent.cost;
+        }
         assert_eq!(out.0, expected);
+        assert_eq!(
+            total,
+            Sent {
+                replies: 10,
+                cost: 1000
+            }
+        );
     }
 }

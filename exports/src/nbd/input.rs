@@ -1,0 +1,102 @@
+//! The receiving side of a connection: a buffer that many request headers
+//! (and small write payloads) arrive in per system call.
+//!
+//! Reading is cancel-safe (a read either lands whole in the buffer or not
+//! at all), so the connection loop may wait on it together with other
+//! events.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Socket read buffering.
+pub const INPUT_BUFFER_LEN: usize = 128 << 10;
+
+/// Bytes received and not yet consumed.
+pub struct Input {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Input {
+    /// A buffer holding `leftover` (bytes read during the handshake).
+    pub fn new(leftover: &[u8]) -> Input {
+        let mut buf = vec![0; INPUT_BUFFER_LEN.max(leftover.len())].into_boxed_slice();
+        buf[..leftover.len()].copy_from_slice(leftover);
+        Input {
+            buf,
+            start: 0,
+            end: leftover.len(),
+        }
+    }
+
+    /// The unconsumed bytes.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Moves up to `dst.len()` buffered bytes into `dst`; returns how many.
+    pub fn take_into(&mut self, dst: &mut [u8]) -> usize {
+        let n = dst.len().min(self.end - self.start);
+        dst[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.consume(n);
+        n
+    }
+
+    /// Drops up to `n` buffered bytes; returns how many.
+    pub fn skip(&mut self, n: u64) -> usize {
+        let n = (self.end - self.start).min(usize::try_from(n).unwrap_or(usize::MAX));
+        self.consume(n);
+        n
+    }
+
+    /// Reads more bytes after the buffered ones; 0 means end of file.
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> io::Result<usize> {
+        if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let n = reader.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fills_consumes_and_compacts() {
+        let mut input = Input::new(b"ab");
+        let mut source: &[u8] = &[b'c'; 2 * INPUT_BUFFER_LEN];
+        let n = input.fill(&mut source).await.unwrap();
+        assert_eq!(n, INPUT_BUFFER_LEN - 2);
+        assert_eq!(&input.buffered()[..3], b"abc");
+        let mut two = [0; 2];
+        assert_eq!(input.take_into(&mut two), 2);
+        assert_eq!(&two, b"ab");
+        assert_eq!(input.skip(10), 10);
+        // Full: the next fill compacts first.
+        let n = input.fill(&mut source).await.unwrap();
+        assert_eq!(n, 12);
+        assert_eq!(input.buffered().len(), INPUT_BUFFER_LEN);
+        assert_eq!(input.skip(u64::MAX), INPUT_BUFFER_LEN);
+        assert!(input.is_empty());
+    }
+}

@@ -1,0 +1,372 @@
+//! The transmission phase of one connection, in one task: it reads
+//! requests, runs them, and is the only writer of the socket.
+//!
+//! Small reads and writes run inline: their backend call usually completes
+//! on its first poll (a page-cache hit), and then no other task or thread
+//! is involved. Larger requests, and those whose first poll has to wait,
+//! run in tasks of their own and send their reply back, so requests
+//! proceed concurrently and complete in any order. If inline polls start
+//! to take long (a backend that blocks), requests are spawned for a while.
+//!
+//! Requests in flight and the payload bytes they hold are bounded; at the
+//! bound the loop stops reading, which pushes back on the client.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio_util::task::TaskTracker;
+
+use super::buffers::{Buffer, BufferPool};
+use super::codec::Request;
+use super::dispatch::{self, CACHE_CHUNK};
+use super::export::ClientGuard;
+use super::handshake::Session;
+use super::input::Input;
+use super::proto::*;
+use super::reply::Reply;
+use super::request::{self, Command, Limits, MAX_PAYLOAD};
+use super::writer::{ReplyQueue, Sent};
+
+/// Requests of one connection being processed or waiting for their reply
+/// to be written.
+pub const MAX_IN_FLIGHT_REQUESTS: u32 = 256;
+/// Payload bytes (write data and read replies) one connection may hold.
+pub const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
+/// Reads and writes at most this long are tried inline.
+const INLINE_MAX_LEN: u64 = 64 << 10;
+/// An inline poll slower than this means the backend blocks.
+const SLOW_INLINE_POLL: Duration = Duration::from_micros(500);
+/// Requests spawned after a slow inline poll before inline is tried again.
+const SPAWNED_AFTER_SLOW_POLL: u32 = 256;
+
+const _: () = assert!(MAX_PAYLOAD <= MAX_IN_FLIGHT_BYTES);
+
+/// What request handlers share; the client guard keeps the export's
+/// client count up until the last handler is done.
+struct Shared {
+    cx: dispatch::Context,
+    limits: Limits,
+    _client: ClientGuard,
+}
+
+type Running = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// Serves requests until the client disconnects, breaks the protocol, or
+/// the export's clients are told to go.
+pub async fn run<R, W>(reader: BufReader<R>, mut writer: W, session: Session, tasks: &TaskTracker)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let export = Arc::clone(session.client.export());
+    let stop = export.disconnect_token().child_token();
+    let input = Input::new(reader.buffer());
+    let mut reader = reader.into_inner();
+    let has_contexts = !session.contexts.is_empty();
+    let shared = Arc::new(Shared {
+        cx: dispatch::Context {
+            backend: export.backend().clone(),
+            meta: export.meta().clone(),
+            mode: session.mode,
+            writethrough: export.writethrough(),
+            contexts: session.contexts,
+            buffers: BufferPool::new(),
+        },
+        limits: Limits {
+            mode: session.mode,
+            size: export.size(),
+            writable: export.writable(),
+            alignment: session.alignment,
+            has_contexts,
+        },
+        _client: session.client,
+    });
+    let (done, mut finished) = mpsc::unbounded_channel();
+    let mut requests = Requests {
+        shared,
+        input,
+        incoming: Incoming::Header,
+        out: ReplyQueue::default(),
+        budget: Budget::default(),
+        done,
+        tasks: tasks.clone(),
+        spawn_streak: 0,
+    };
+    loop {
+        if let Err(reason) = requests.take().await {
+            tracing::info!("NBD client disconnected: {reason}");
+            return;
+        }
+        if requests.finished() {
+            return;
+        }
+        let can_read = requests.wants_input();
+        let Requests {
+            input,
+            incoming,
+            out,
+            budget,
+            ..
+        } = &mut requests;
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            Some(reply) = finished.recv() => out.push(reply),
+            sent = out.write_some(&mut writer), if !out.is_empty() => match sent {
+                Ok(sent) => budget.release(sent),
+                Err(e) => {
+                    tracing::debug!("NBD reply write failed: {e}");
+                    return;
+                }
+            },
+            read = read_more(&mut reader, input, incoming), if can_read => match read {
+                Ok(0) if incoming.is_boundary() && input.is_empty() => *incoming = Incoming::Finished,
+                Ok(0) => {
+                    tracing::info!("NBD client disconnected in the middle of a request");
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::info!("NBD client connection failed: {e}");
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Where the request stream is.
+enum Incoming {
+    /// Between requests.
+    Header,
+    /// Collecting the payload of `req`: into `buffer` for a write, dropped
+    /// otherwise.
+    Payload {
+        req: Request,
+        buffer: Option<Buffer>,
+        filled: u64,
+        len: u64,
+        cost: u64,
+    },
+    /// End of file or `NBD_CMD_DISC`: no more requests.
+    Finished,
+}
+
+impl Incoming {
+    fn is_boundary(&self) -> bool {
+        matches!(self, Incoming::Header)
+    }
+}
+
+/// Requests in flight and the payload bytes they hold.
+#[derive(Default)]
+struct Budget {
+    requests: u32,
+    bytes: u64,
+}
+
+impl Budget {
+    fn fits(&self, cost: u64) -> bool {
+        self.requests < MAX_IN_FLIGHT_REQUESTS
+            && (self.bytes == 0 || self.bytes + cost <= MAX_IN_FLIGHT_BYTES)
+    }
+
+    fn take(&mut self, cost: u64) {
+        self.requests += 1;
+        self.bytes += cost;
+    }
+
+    fn release(&mut self, sent: Sent) {
+        self.requests -= sent.replies;
+        self.bytes -= sent.cost;
+    }
+}
+
+/// The request side of the loop.
+struct Requests {
+    shared: Arc<Shared>,
+    input: Input,
+    incoming: Incoming,
+    out: ReplyQueue,
+    budget: Budget,
+    /// Replies of spawned requests come back through this.
+    done: UnboundedSender<Reply>,
+    tasks: TaskTracker,
+    /// Requests still to spawn without trying inline first.
+    spawn_streak: u32,
+}
+
+impl Requests {
+    /// Whether reading more input can make progress.
+    fn wants_input(&self) -> bool {
+        match &self.incoming {
+            Incoming::Header => self.budget.requests < MAX_IN_FLIGHT_REQUESTS,
+            Incoming::Payload { .. } => true,
+            Incoming::Finished => false,
+        }
+    }
+
+    /// After `NBD_CMD_DISC` or end of file, everything answered.
+    fn finished(&self) -> bool {
+        matches!(self.incoming, Incoming::Finished) && self.budget.requests == 0
+    }
+
+    /// Decodes and starts every request the buffered input holds, as far
+    /// as the budget allows. An error is a reason to drop the client.
+    async fn take(&mut self) -> Result<(), String> {
+        loop {
+            match &mut self.incoming {
+                Incoming::Finished => return Ok(()),
+                Incoming::Header => {
+                    let mode = self.shared.limits.mode;
+                    let header_len = mode.request_len();
+                    if self.input.buffered().len() < header_len {
+                        return Ok(());
+                    }
+                    let req = Request::decode(mode, &self.input.buffered()[..header_len])
+                        .map_err(|bad| format!("invalid magic (got {:#x})", bad.0))?;
+                    if req.command == CMD_DISC {
+                        self.input.consume(header_len);
+                        self.incoming = Incoming::Finished;
+                        return Ok(());
+                    }
+                    let payload_len = request::payload_len(&req, mode);
+                    if payload_len > MAX_PAYLOAD {
+                        return Err(format!(
+                            "payload of {payload_len} bytes is larger than the maximum ({MAX_PAYLOAD})"
+                        ));
+                    }
+                    let cost = cost(&req, payload_len);
+                    if !self.budget.fits(cost) {
+                        return Ok(());
+                    }
+                    self.input.consume(header_len);
+                    self.budget.take(cost);
+                    if payload_len == 0 {
+                        self.start(req, None, cost).await;
+                        continue;
+                    }
+                    let buffer = (req.command == CMD_WRITE)
+                        .then(|| self.shared.cx.buffers.get(payload_len as usize));
+                    self.incoming = Incoming::Payload {
+                        req,
+                        buffer,
+                        filled: 0,
+                        len: payload_len,
+                        cost,
+                    };
+                }
+                Incoming::Payload {
+                    buffer,
+                    filled,
+                    len,
+                    ..
+                } => {
+                    *filled += match buffer {
+                        Some(buffer) => self
+                            .input
+                            .take_into(&mut buffer.as_mut()[*filled as usize..]),
+                        None => self.input.skip(*len - *filled),
+                    } as u64;
+                    if filled < len {
+                        return Ok(());
+                    }
+                    let Incoming::Payload {
+                        req, buffer, cost, ..
+                    } = std::mem::replace(&mut self.incoming, Incoming::Header)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    self.start(req, buffer, cost).await;
+                }
+            }
+        }
+    }
+
+    /// Checks and starts one request.
+    async fn start(&mut self, req: Request, payload: Option<Buffer>, cost: u64) {
+        let command = match request::check(&req, &self.shared.limits) {
+            Ok(command) => command,
+            Err(rejection) => {
+                let mut reply = Reply::error(
+                    self.shared.limits.mode,
+                    &req,
+                    rejection.error,
+                    &rejection.message,
+                );
+                reply.set_cost(cost as u32);
+                self.out.push(reply);
+                return;
+            }
+        };
+        let shared = Arc::clone(&self.shared);
+        let mut running: Running = Box::pin(async move {
+            let mut reply = dispatch::execute(&shared.cx, &req, command, payload).await;
+            reply.set_cost(cost as u32);
+            reply
+        });
+        if self.spawn_streak == 0 && runs_inline(&req, command) {
+            let started = Instant::now();
+            let polled = poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await;
+            if started.elapsed() > SLOW_INLINE_POLL {
+                self.spawn_streak = SPAWNED_AFTER_SLOW_POLL;
+            }
+            if let Poll::Ready(reply) = polled {
+                self.out.push(reply);
+                return;
+            }
+        } else {
+            self.spawn_streak = self.spawn_streak.saturating_sub(1);
+        }
+        let done = self.done.clone();
+        self.tasks.spawn(async move {
+            // A closed channel means the connection is gone.
+            let _ = done.send(running.await);
+        });
+    }
+}
+
+/// Small reads and writes, which usually complete without waiting.
+fn runs_inline(req: &Request, command: Command) -> bool {
+    matches!(command, Command::Read { .. } | Command::Write { .. }) && req.length <= INLINE_MAX_LEN
+}
+
+/// Payload bytes a request holds while in flight.
+fn cost(req: &Request, payload_len: u64) -> u64 {
+    let reply_len = match req.command {
+        CMD_READ if req.length <= MAX_PAYLOAD => req.length,
+        CMD_CACHE => req.length.min(CACHE_CHUNK),
+        _ => 0,
+    };
+    payload_len.max(reply_len)
+}
+
+/// Reads more of the request stream: straight into a write's buffer when
+/// nothing else is buffered, else into the input buffer. Cancel-safe.
+async fn read_more<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    input: &mut Input,
+    incoming: &mut Incoming,
+) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    if let Incoming::Payload {
+        buffer: Some(buffer),
+        filled,
+        ..
+    } = incoming
+    {
+        if input.is_empty() {
+            let n = reader
+                .read(&mut buffer.as_mut()[*filled as usize..])
+                .await?;
+            *filled += n as u64;
+            return Ok(n);
+        }
+    }
+    input.fill(reader).await
+}
