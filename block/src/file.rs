@@ -8,8 +8,9 @@
 //! page-cache hits without leaving the task; only a miss blocks, in
 //! [`run_blocking`]. Writes do the same with `pwritev2` where the file
 //! system supports non-blocking buffered writes. With `cache.direct=on`
-//! the file is opened `O_DIRECT` and unaligned requests go through aligned
-//! bounce buffers. Image locks follow QEMU's scheme ([`crate::locking`]).
+//! the file is opened `O_DIRECT` and requests go through
+//! [`crate::direct_io`]. Image locks follow QEMU's scheme
+//! ([`crate::locking`]).
 
 use std::ffi::CString;
 use std::io;
@@ -23,19 +24,13 @@ use serde_json::{Map, Value as Json};
 
 use crate::aligned::AlignedBuf;
 use crate::blocking::run_blocking;
+use crate::direct_io::{DirectError, DirectIo};
 use crate::driver::{BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{os_error_text, BlockError, BlockResult, ErrorKind};
 use crate::locking::ImageLocks;
 use crate::node::NodeSettings;
 use crate::permissions::Perm;
-use crate::posix_io::{self, RwFlags};
-
-/// The largest alignment probed for `O_DIRECT` (QEMU's `MAX_BLOCKSIZE`,
-/// which is also the page size here).
-const MAX_DIRECT_ALIGN: usize = 4096;
-
-/// Request sizes probed for `O_DIRECT`, as QEMU's `raw_probe_alignment`.
-const PROBED_ALIGNMENTS: [usize; 5] = [1, 512, 1024, 2048, 4096];
+use crate::posix_io::{self, read_fully, write_fully, RwFlags};
 
 /// The largest zero buffer written when the file system cannot zero a
 /// range by itself.
@@ -64,17 +59,6 @@ pub struct FileDriver {
     flush_failure: AtomicI32,
 }
 
-/// `O_DIRECT` parameters.
-struct DirectIo {
-    /// Offsets and lengths must be multiples of this.
-    request_align: usize,
-    /// Buffers must start at a multiple of this.
-    memory_align: usize,
-    /// Read side: any write; write side: a read-modify-write cycle, which
-    /// must not interleave with other writes to the same blocks.
-    rmw: tokio::sync::RwLock<()>,
-}
-
 impl FileDriver {
     /// Opens `options.filename` with the node's settings.
     pub fn open(options: &BlockdevOptionsFile, settings: &NodeSettings) -> BlockResult<Self> {
@@ -101,7 +85,7 @@ impl FileDriver {
             )));
         }
         let direct = if settings.cache_direct {
-            Some(probe_direct_alignment(fd.as_raw_fd())?)
+            Some(DirectIo::probe(fd.as_raw_fd())?)
         } else {
             None
         };
@@ -200,55 +184,6 @@ impl FileDriver {
         Ok(())
     }
 
-    /// `O_DIRECT` read; unaligned requests read whole blocks into a bounce
-    /// buffer.
-    fn read_direct(&self, direct: &DirectIo, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
-        let fd = self.raw_fd();
-        if direct.is_aligned(offset, buf) {
-            let n = run_blocking(|| read_fully(fd, buf, offset, true))
-                .map_err(|e| self.io_error("Read", offset, e))?;
-            buf[n..].fill(0);
-            return Ok(());
-        }
-        let (start, mut bounce) = direct.bounce_for(offset, buf.len())?;
-        run_blocking(|| read_fully(fd, &mut bounce, start, true))
-            .map_err(|e| self.io_error("Read", offset, e))?;
-        let skip = (offset - start) as usize;
-        buf.copy_from_slice(&bounce[skip..skip + buf.len()]);
-        Ok(())
-    }
-
-    /// `O_DIRECT` write; unaligned requests read, patch and write back whole
-    /// blocks, excluding every other write meanwhile.
-    async fn write_direct(
-        &self,
-        direct: &DirectIo,
-        offset: u64,
-        buf: &[u8],
-        flags: RwFlags,
-    ) -> BlockResult<()> {
-        let fd = self.raw_fd();
-        if direct.is_aligned(offset, buf) {
-            let _shared = direct.rmw.read().await;
-            return run_blocking(|| write_fully(fd, buf, offset, flags))
-                .map_err(|e| self.io_error("Write", offset, e));
-        }
-        let _exclusive = direct.rmw.write().await;
-        let (start, mut bounce) = direct.bounce_for(offset, buf.len())?;
-        let skip = (offset - start) as usize;
-        run_blocking(|| -> io::Result<()> {
-            let n = read_fully(fd, &mut bounce, start, true)?;
-            bounce[skip..skip + buf.len()].copy_from_slice(buf);
-            // Write back no more blocks than the file had or the request
-            // covers. (A file whose size is not a multiple of the alignment
-            // still gets its last block padded, as with QEMU.)
-            let end = (skip + buf.len()).max(n);
-            let len = end.div_ceil(direct.request_align) * direct.request_align;
-            write_fully(fd, &bounce[..len], start, flags)
-        })
-        .map_err(|e| self.io_error("Write", offset, e))
-    }
-
     /// Zeroes with the file system's help, as QEMU's
     /// `handle_aiocb_write_zeroes[_unmap]`: punch (if unmapping is allowed),
     /// zero-range, punch-and-reallocate. `Ok(false)`: none of them works.
@@ -299,7 +234,7 @@ impl FileDriver {
     /// The slow path of write-zeroes: writes zero buffers.
     async fn write_zero_buffers(&self, offset: u64, len: u64, flags: RwFlags) -> BlockResult<()> {
         let chunk_len = usize::try_from(len).unwrap_or(ZERO_CHUNK).min(ZERO_CHUNK);
-        let align = self.direct.as_ref().map_or(1, |d| d.memory_align);
+        let align = self.direct.as_ref().map_or(1, |d| d.memory_align());
         let zeroes = AlignedBuf::zeroed(chunk_len, align)?;
         let mut done = 0u64;
         while done < len {
@@ -312,8 +247,18 @@ impl FileDriver {
 
     async fn write_bytes(&self, offset: u64, buf: &[u8], flags: RwFlags) -> BlockResult<()> {
         match &self.direct {
-            Some(direct) => self.write_direct(direct, offset, buf, flags).await,
+            Some(direct) => direct
+                .write(self.raw_fd(), offset, buf, flags)
+                .await
+                .map_err(|e| self.direct_error("Write", offset, e)),
             None => self.write_buffered(offset, buf, flags),
+        }
+    }
+
+    fn direct_error(&self, what: &str, offset: u64, err: DirectError) -> BlockError {
+        match err {
+            DirectError::Io(e) => self.io_error(what, offset, e),
+            DirectError::Block(e) => e,
         }
     }
 
@@ -321,10 +266,7 @@ impl FileDriver {
     /// cycles that could write back stale data over it.
     async fn with_write_access<R>(&self, f: impl FnOnce() -> R) -> R {
         match &self.direct {
-            Some(direct) => {
-                let _shared = direct.rmw.read().await;
-                run_blocking(f)
-            }
+            Some(direct) => direct.exclude_rmw(f).await,
             None => run_blocking(f),
         }
     }
@@ -363,7 +305,9 @@ impl BlockDriver for FileDriver {
             return Ok(());
         }
         match &self.direct {
-            Some(direct) => self.read_direct(direct, offset, buf),
+            Some(direct) => direct
+                .read(self.raw_fd(), offset, buf)
+                .map_err(|e| self.direct_error("Read", offset, e)),
             None => self.read_buffered(offset, buf),
         }
     }
@@ -474,7 +418,7 @@ impl BlockDriver for FileDriver {
     fn request_alignment(&self) -> u32 {
         self.direct
             .as_ref()
-            .map_or(1, |d| u32::try_from(d.request_align).unwrap_or(u32::MAX))
+            .map_or(1, |d| u32::try_from(d.request_align()).unwrap_or(u32::MAX))
     }
 
     fn filename(&self) -> String {
@@ -526,26 +470,6 @@ impl BlockDriver for FileDriver {
         if let Some(locks) = &self.locks {
             locks.abort();
         }
-    }
-}
-
-impl DirectIo {
-    fn is_aligned(&self, offset: u64, buf: &[u8]) -> bool {
-        offset.is_multiple_of(self.request_align as u64)
-            && buf.len().is_multiple_of(self.request_align)
-            && (buf.as_ptr() as usize).is_multiple_of(self.memory_align)
-    }
-
-    /// An aligned buffer covering `[offset, offset + len)` in whole blocks,
-    /// and the file offset where it starts.
-    fn bounce_for(&self, offset: u64, len: usize) -> BlockResult<(u64, AlignedBuf)> {
-        let align = self.request_align as u64;
-        let start = offset - offset % align;
-        let end = (offset + len as u64).div_ceil(align) * align;
-        let size = usize::try_from(end - start).map_err(|_| {
-            BlockError::new(ErrorKind::TooLarge, "Request too large for a bounce buffer")
-        })?;
-        Ok((start, AlignedBuf::zeroed(size, self.memory_align)?))
     }
 }
 
@@ -609,65 +533,6 @@ fn fua_flags(fua: bool) -> RwFlags {
     } else {
         RwFlags::NONE
     }
-}
-
-/// Finds the `O_DIRECT` request and memory alignment by trying reads, as
-/// QEMU's `raw_probe_alignment`; a file that accepts any size (nothing
-/// allocated yet) gets the safe maximum.
-fn probe_direct_alignment(fd: RawFd) -> BlockResult<DirectIo> {
-    let mut buf = AlignedBuf::zeroed(2 * MAX_DIRECT_ALIGN, MAX_DIRECT_ALIGN)?;
-    let works = |r: io::Result<usize>| match r {
-        Ok(_) => true,
-        Err(e) => e.raw_os_error() != Some(libc::EINVAL),
-    };
-    let request_align = PROBED_ALIGNMENTS
-        .iter()
-        .find(|&&align| works(posix_io::pread(fd, &mut buf[..align], 0, RwFlags::NONE)))
-        .map(|&align| if align == 1 { MAX_DIRECT_ALIGN } else { align });
-    let memory_align = PROBED_ALIGNMENTS.iter().find_map(|&align| {
-        let probe = &mut buf[align..align + MAX_DIRECT_ALIGN];
-        works(posix_io::pread(fd, probe, 0, RwFlags::NONE)).then_some(align)
-    });
-    match (request_align, memory_align) {
-        (Some(request_align), Some(memory_align)) => Ok(DirectIo {
-            request_align,
-            memory_align: if memory_align == 1 {
-                request_align
-            } else {
-                memory_align
-            },
-            rmw: tokio::sync::RwLock::new(()),
-        }),
-        _ => Err(invalid("Could not find working O_DIRECT alignment")),
-    }
-}
-
-/// Reads until `buf` is full or the end of the file; returns the bytes
-/// read. With `direct`, `EINVAL` after some progress is the unaligned tail
-/// of the file, i.e. its end (as QEMU assumes).
-fn read_fully(fd: RawFd, buf: &mut [u8], offset: u64, direct: bool) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match posix_io::pread(fd, &mut buf[done..], offset + done as u64, RwFlags::NONE) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if direct && done > 0 && e.raw_os_error() == Some(libc::EINVAL) => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
-/// Writes all of `buf`.
-fn write_fully(fd: RawFd, buf: &[u8], offset: u64, flags: RwFlags) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        match posix_io::pwrite(fd, &buf[done..], offset + done as u64, flags)? {
-            0 => return Err(io::Error::from_raw_os_error(libc::ENOSPC)),
-            n => done += n,
-        }
-    }
-    Ok(())
 }
 
 fn invalid(message: impl Into<String>) -> BlockError {

@@ -11,6 +11,7 @@
 mod aligned;
 pub mod backend;
 mod blocking;
+mod direct_io;
 pub mod driver;
 pub mod error;
 mod factory;

@@ -121,3 +121,36 @@ pub(crate) fn fstat(fd: RawFd) -> io::Result<libc::stat> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Reads until `buf` is full or the end of the file; returns the bytes
+/// read. With `direct`, `EINVAL` after some progress is the unaligned tail
+/// of the file, i.e. its end (as QEMU assumes).
+pub(crate) fn read_fully(
+    fd: RawFd,
+    buf: &mut [u8],
+    offset: u64,
+    direct: bool,
+) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match pread(fd, &mut buf[done..], offset + done as u64, RwFlags::NONE) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if direct && done > 0 && e.raw_os_error() == Some(libc::EINVAL) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Writes all of `buf`.
+pub(crate) fn write_fully(fd: RawFd, buf: &[u8], offset: u64, flags: RwFlags) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match pwrite(fd, &buf[done..], offset + done as u64, flags)? {
+            0 => return Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            n => done += n,
+        }
+    }
+    Ok(())
+}

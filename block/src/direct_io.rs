@@ -1,0 +1,167 @@
+//! `O_DIRECT` I/O for the `file` driver (`cache.direct=on`): the alignment
+//! the file demands, found by trying reads as QEMU does, and requests that
+//! do not meet it served through aligned bounce buffers.
+//!
+//! An unaligned write is a read-modify-write of whole blocks; it must not
+//! interleave with any other write to the file (whose data it could write
+//! back stale), so every modifying request holds the read side of a lock
+//! whose write side a read-modify-write cycle takes.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::aligned::AlignedBuf;
+use crate::blocking::run_blocking;
+use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::posix_io::{self, read_fully, write_fully, RwFlags};
+
+/// The largest alignment probed (QEMU's `MAX_BLOCKSIZE`, which is also the
+/// page size here).
+const MAX_DIRECT_ALIGN: usize = 4096;
+
+/// Request sizes probed, as QEMU's `raw_probe_alignment`.
+const PROBED_ALIGNMENTS: [usize; 5] = [1, 512, 1024, 2048, 4096];
+
+/// The alignment an `O_DIRECT` descriptor needs, and the write lock.
+pub(crate) struct DirectIo {
+    /// Offsets and lengths must be multiples of this.
+    request_align: usize,
+    /// Buffers must start at a multiple of this.
+    memory_align: usize,
+    /// Read side: any write; write side: a read-modify-write cycle.
+    rmw: tokio::sync::RwLock<()>,
+}
+
+/// A failure of a direct request: the I/O, or no memory for the bounce.
+pub(crate) enum DirectError {
+    /// The system call failed.
+    Io(io::Error),
+    /// The bounce buffer could not be had.
+    Block(BlockError),
+}
+
+impl From<io::Error> for DirectError {
+    fn from(e: io::Error) -> Self {
+        DirectError::Io(e)
+    }
+}
+
+impl From<BlockError> for DirectError {
+    fn from(e: BlockError) -> Self {
+        DirectError::Block(e)
+    }
+}
+
+impl DirectIo {
+    /// Finds the request and memory alignment of `fd` by trying reads, as
+    /// QEMU's `raw_probe_alignment`; a file that accepts any size (nothing
+    /// allocated yet) gets the safe maximum.
+    pub(crate) fn probe(fd: RawFd) -> BlockResult<Self> {
+        let mut buf = AlignedBuf::zeroed(2 * MAX_DIRECT_ALIGN, MAX_DIRECT_ALIGN)?;
+        let works = |r: io::Result<usize>| match r {
+            Ok(_) => true,
+            Err(e) => e.raw_os_error() != Some(libc::EINVAL),
+        };
+        let request_align = PROBED_ALIGNMENTS
+            .iter()
+            .find(|&&align| works(posix_io::pread(fd, &mut buf[..align], 0, RwFlags::NONE)))
+            .map(|&align| if align == 1 { MAX_DIRECT_ALIGN } else { align });
+        let memory_align = PROBED_ALIGNMENTS.iter().find_map(|&align| {
+            let probe = &mut buf[align..align + MAX_DIRECT_ALIGN];
+            works(posix_io::pread(fd, probe, 0, RwFlags::NONE)).then_some(align)
+        });
+        match (request_align, memory_align) {
+            (Some(request_align), Some(memory_align)) => Ok(DirectIo {
+                request_align,
+                memory_align: if memory_align == 1 {
+                    request_align
+                } else {
+                    memory_align
+                },
+                rmw: tokio::sync::RwLock::new(()),
+            }),
+            _ => Err(BlockError::new(
+                ErrorKind::InvalidArgument,
+                "Could not find working O_DIRECT alignment",
+            )),
+        }
+    }
+
+    /// Offsets and lengths must be multiples of this.
+    pub(crate) fn request_align(&self) -> usize {
+        self.request_align
+    }
+
+    /// Buffers must start at a multiple of this.
+    pub(crate) fn memory_align(&self) -> usize {
+        self.memory_align
+    }
+
+    /// Fills `buf` from `offset`; past the end of the file reads zeroes.
+    pub(crate) fn read(&self, fd: RawFd, offset: u64, buf: &mut [u8]) -> Result<(), DirectError> {
+        if self.is_aligned(offset, buf) {
+            let n = run_blocking(|| read_fully(fd, buf, offset, true))?;
+            buf[n..].fill(0);
+            return Ok(());
+        }
+        let (start, mut bounce) = self.bounce_for(offset, buf.len())?;
+        run_blocking(|| read_fully(fd, &mut bounce, start, true))?;
+        let skip = (offset - start) as usize;
+        buf.copy_from_slice(&bounce[skip..skip + buf.len()]);
+        Ok(())
+    }
+
+    /// Writes `buf` at `offset`; an unaligned request reads, patches and
+    /// writes back whole blocks, excluding every other write meanwhile.
+    pub(crate) async fn write(
+        &self,
+        fd: RawFd,
+        offset: u64,
+        buf: &[u8],
+        flags: RwFlags,
+    ) -> Result<(), DirectError> {
+        if self.is_aligned(offset, buf) {
+            let _shared = self.rmw.read().await;
+            return Ok(run_blocking(|| write_fully(fd, buf, offset, flags))?);
+        }
+        let _exclusive = self.rmw.write().await;
+        let (start, mut bounce) = self.bounce_for(offset, buf.len())?;
+        let skip = (offset - start) as usize;
+        let align = self.request_align;
+        run_blocking(|| -> io::Result<()> {
+            let n = read_fully(fd, &mut bounce, start, true)?;
+            bounce[skip..skip + buf.len()].copy_from_slice(buf);
+            // Write back no more blocks than the file had or the request
+            // covers. (A file whose size is not a multiple of the alignment
+            // still gets its last block padded, as with QEMU.)
+            let end = (skip + buf.len()).max(n);
+            write_fully(fd, &bounce[..end.div_ceil(align) * align], start, flags)
+        })?;
+        Ok(())
+    }
+
+    /// Runs `f`, a modifying call other than a write (zeroing, discard),
+    /// so that no read-modify-write cycle writes stale data over it.
+    pub(crate) async fn exclude_rmw<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _shared = self.rmw.read().await;
+        run_blocking(f)
+    }
+
+    fn is_aligned(&self, offset: u64, buf: &[u8]) -> bool {
+        offset.is_multiple_of(self.request_align as u64)
+            && buf.len().is_multiple_of(self.request_align)
+            && (buf.as_ptr() as usize).is_multiple_of(self.memory_align)
+    }
+
+    /// An aligned buffer covering `[offset, offset + len)` in whole blocks,
+    /// and the file offset where it starts.
+    fn bounce_for(&self, offset: u64, len: usize) -> BlockResult<(u64, AlignedBuf)> {
+        let align = self.request_align as u64;
+        let start = offset - offset % align;
+        let end = (offset + len as u64).div_ceil(align) * align;
+        let size = usize::try_from(end - start).map_err(|_| {
+            BlockError::new(ErrorKind::TooLarge, "Request too large for a bounce buffer")
+        })?;
+        Ok((start, AlignedBuf::zeroed(size, self.memory_align)?))
+    }
+}
