@@ -6,11 +6,11 @@
 //! serializes `O_DIRECT` read-modify-write cycles, in `cache.direct` mode
 //! only). A read first tries `preadv2(RWF_NOWAIT)` inline, which serves
 //! page-cache hits without leaving the task; only a miss blocks, in
-//! [`run_blocking`]. Writes do the same with `pwritev2` where the file
+//! `run_blocking`. Writes do the same with `pwritev2` where the file
 //! system supports non-blocking buffered writes. With `cache.direct=on`
 //! the file is opened `O_DIRECT` and requests go through
-//! [`crate::direct_io`]. Image locks follow QEMU's scheme
-//! ([`crate::locking`]).
+//! `direct_io`. Image locks follow QEMU's scheme
+//! (`locking`).
 
 use std::ffi::CString;
 use std::io;
