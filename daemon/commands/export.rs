@@ -28,6 +28,7 @@ pub const COMMANDS: &[Command] = &[
 
 /// `nbd-server-start` and `--nbd-server`.
 pub async fn nbd_server_start(daemon: &Daemon, options: &NbdServerOptions) -> Result<(), QmpError> {
+    daemon.exports.check_nbd_server_stopped()?;
     if let Some(id) = &options.tls_creds {
         match daemon.objects.get(id) {
             None => {

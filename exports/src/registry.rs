@@ -73,13 +73,20 @@ impl BlockExports {
         }
     }
 
+    /// The first check of `nbd-server-start`, for callers that check
+    /// more (the TLS objects) before starting.
+    pub fn check_nbd_server_stopped(&self) -> Result<(), QmpError> {
+        match self.inner.state().nbd {
+            Some(_) => Err(QmpError::generic("NBD server already running")),
+            None => Ok(()),
+        }
+    }
+
     /// `nbd-server-start` / `--nbd-server`. Must run inside the tokio
     /// runtime that will serve the clients.
     pub async fn nbd_server_start(&self, options: &NbdServerOptions) -> Result<(), QmpError> {
         let _control = self.inner.server_control.lock().await;
-        if self.inner.state().nbd.is_some() {
-            return Err(QmpError::generic("NBD server already running"));
-        }
+        self.check_nbd_server_stopped()?;
         let config = NbdServerConfig::from_options(options)?;
         let server = NbdServer::start(config).await?;
         self.inner.state().nbd = Some(Arc::new(server));

@@ -1,0 +1,449 @@
+//! The NBD server through the real `storaged` binary: the QMP commands
+//! compared with qemu-storage-daemon (same session, same replies and
+//! events), `--nbd-server` on TCP and on an inherited descriptor, the
+//! handshake time limit, a prompt `nbd-server-stop` with a stalled client,
+//! and durability: data acknowledged by FLUSH or FUA survives `kill -9`.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{error, ok, sparse_file, storaged, TestDaemon};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+const MIB: u64 = 1 << 20;
+const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+const OPT_GO: u32 = 7;
+const REP_ACK: u32 = 1;
+
+/// A client that finished `NBD_OPT_GO` on `export` (and then does as told).
+async fn nbd_client(socket: &Path, export: &str) -> UnixStream {
+    let mut s = UnixStream::connect(socket).await.expect("connect");
+    let mut greeting = [0; 18];
+    s.read_exact(&mut greeting).await.unwrap();
+    s.write_all(&3u32.to_be_bytes()).await.unwrap();
+    let mut data = (export.len() as u32).to_be_bytes().to_vec();
+    data.extend_from_slice(export.as_bytes());
+    data.extend_from_slice(&0u16.to_be_bytes());
+    let mut option = IHAVEOPT.to_be_bytes().to_vec();
+    option.extend_from_slice(&OPT_GO.to_be_bytes());
+    option.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    option.extend_from_slice(&data);
+    s.write_all(&option).await.unwrap();
+    loop {
+        let mut head = [0; 20];
+        s.read_exact(&mut head).await.expect("option reply");
+        let kind = u32::from_be_bytes(head[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(head[16..20].try_into().unwrap());
+        let mut rest = vec![0; len as usize];
+        s.read_exact(&mut rest).await.unwrap();
+        assert!(
+            kind & 0x8000_0000 == 0,
+            "GO failed: {}",
+            String::from_utf8_lossy(&rest)
+        );
+        if kind == REP_ACK {
+            return s;
+        }
+    }
+}
+
+/// Whether the server closed `s`.
+async fn closed(s: &mut UnixStream) -> bool {
+    let mut byte = [0; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+fn nbd_options(dir: &Path) -> Vec<String> {
+    sparse_file(&dir.join("disk.img"), 4 * MIB);
+    sparse_file(&dir.join("ro.img"), 4 * MIB);
+    vec![
+        "--blockdev".into(),
+        format!(
+            "file,node-name=file0,filename={}",
+            dir.join("disk.img").display()
+        ),
+        "--blockdev".into(),
+        format!(
+            "file,node-name=ro,read-only=on,filename={}",
+            dir.join("ro.img").display()
+        ),
+    ]
+}
+
+/// One step of the compared session.
+enum Step {
+    Qmp(&'static str, Value),
+    /// A client enters transmission on this export and stays.
+    Connect(&'static str),
+    /// Every client disconnects.
+    DisconnectAll,
+    /// Events so far (waiting briefly for late ones).
+    Events(usize),
+}
+
+async fn session(daemon: &TestDaemon) -> Vec<Value> {
+    let socket = daemon.path("nbd.sock");
+    let addr = json!({"type": "unix", "data": {"path": socket}});
+    use Step::*;
+    let steps = [
+        Qmp("nbd-server-stop", json!({})),
+        Qmp(
+            "block-export-add",
+            json!({"type": "nbd", "id": "e0", "node-name": "file0"}),
+        ),
+        Qmp(
+            "nbd-server-start",
+            json!({"addr": addr, "max-connections": 4}),
+        ),
+        Qmp("nbd-server-start", json!({"addr": addr})),
+        Qmp(
+            "nbd-server-start",
+            json!({"addr": addr, "tls-creds": "nope"}),
+        ),
+        Qmp(
+            "block-export-add",
+            json!({"type": "nbd", "id": "e0", "node-name": "nope"}),
+        ),
+        Qmp(
+            "block-export-add",
+            json!({"type": "nbd", "id": "0bad", "node-name": "file0"}),
+        ),
+        Qmp(
+            "block-export-add",
+            json!({"type": "nbd", "id": "e0", "node-name": "file0", "writable": true, "description": "disk"}),
+        ),
+        Qmp(
+            "block-export-add",
+            json!({"type": "nbd", "id": "e0", "node-name": "file0"}),
+        ),
+        Qmp(
+            "block-export-add",
+            json!({"type": "nbd", "id": "e1", "node-name": "file0"}),
+        ),
+        Qmp(
+            "block-export-add",
+            json!({"type": "nbd", "id": "e1", "node-name": "ro", "writable": true}),
+        ),
+        Qmp(
+            "block-export-add",
+            json!({"type": "nbd", "id": "e1", "node-name": "ro", "bitmaps": ["b0"]}),
+        ),
+        Qmp(
+            "block-export-add",
+            json!({"type": "nbd", "id": "e1", "node-name": "ro", "name": "other", "allocation-depth": true}),
+        ),
+        Qmp("nbd-server-add", json!({"device": "nope"})),
+        Qmp(
+            "nbd-server-add",
+            json!({"device": "ro", "name": "legacy", "writable": true}),
+        ),
+        Qmp("query-block-exports", json!({})),
+        Connect("file0"),
+        Qmp("block-export-del", json!({"id": "e0"})),
+        Qmp("nbd-server-remove", json!({"name": "e0", "mode": "safe"})),
+        Qmp("block-export-del", json!({"id": "nope"})),
+        Qmp("block-export-del", json!({"id": "legacy"})),
+        Events(1),
+        Qmp("nbd-server-remove", json!({"name": "e1"})),
+        Events(1),
+        Qmp("query-block-exports", json!({})),
+        DisconnectAll,
+        Qmp(
+            "block-export-add",
+            json!({"type": "nbd", "id": "e1", "node-name": "ro"}),
+        ),
+        Connect("file0"),
+        Connect("ro"),
+        Qmp("nbd-server-stop", json!({})),
+        Events(2),
+        Qmp("query-block-exports", json!({})),
+        Qmp("nbd-server-stop", json!({})),
+    ];
+    let mut qmp = daemon.connect().await;
+    let mut clients = Vec::new();
+    let mut transcript = Vec::new();
+    for step in steps {
+        match step {
+            Qmp(command, arguments) => {
+                let reply = match qmp.execute(command, arguments).await.expect("monitor") {
+                    Ok(value) => json!({"return": value}),
+                    Err(e) => json!({"error": {"class": e.class, "desc": e.desc}}),
+                };
+                transcript.push(json!({"execute": command, "reply": reply}));
+            }
+            Connect(export) => clients.push(nbd_client(&socket, export).await),
+            DisconnectAll => clients.clear(),
+            Events(count) => {
+                let mut events = Vec::new();
+                while events.len() < count {
+                    let event = qmp
+                        .next_event(Duration::from_secs(5))
+                        .await
+                        .unwrap()
+                        .expect("event");
+                    events.push(json!({"event": event["event"], "data": event["data"]}));
+                }
+                // Events of one step may come in any order.
+                events.sort_by_key(|e| e.to_string());
+                transcript.push(json!({"events": events}));
+            }
+        }
+    }
+    transcript
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qmp_session_matches_qemu_storage_daemon() {
+    let qsd = TestDaemon::spawn(
+        Command::new("qemu-storage-daemon"),
+        tempfile::tempdir().unwrap(),
+        nbd_options,
+    );
+    let expected = session(&qsd).await;
+    drop(qsd);
+    let ours = TestDaemon::start_in(tempfile::tempdir().unwrap(), nbd_options);
+    let got = session(&ours).await;
+    for (want, have) in expected.iter().zip(&got) {
+        assert_eq!(want, have);
+    }
+    assert_eq!(expected.len(), got.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_tcp_and_inherited_descriptor() {
+    // TCP on a port found free.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let daemon = TestDaemon::start_in(tempfile::tempdir().unwrap(), |dir| {
+        let mut args = nbd_options(dir);
+        args.extend([
+            "--nbd-server".into(),
+            format!("addr.type=inet,addr.host=127.0.0.1,addr.port={port}"),
+            "--export".into(),
+            "nbd,id=e0,node-name=file0,writable=on".into(),
+        ]);
+        args
+    });
+    let uri = format!("nbd://127.0.0.1:{port}/file0");
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x61 0 64k",
+            "-c",
+            "read -P 0x61 0 64k",
+            &uri,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !text.contains("failed"), "{text}");
+    assert_eq!(
+        std::fs::read(daemon.path("disk.img")).unwrap()[..65536],
+        [0x61; 65536]
+    );
+    drop(daemon);
+
+    // A listening Unix socket handed over as descriptor 3... or whatever
+    // number it has, inherited across exec.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inherited.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fd = listener.as_raw_fd();
+    // SAFETY: clears close-on-exec on a descriptor this test owns.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    let daemon = TestDaemon::start_in(dir, |dir| {
+        let mut args = nbd_options(dir);
+        args.extend([
+            "--nbd-server".into(),
+            format!("addr.type=fd,addr.str={fd}"),
+            "--export".into(),
+            "nbd,id=e0,node-name=ro,name=inherited".into(),
+        ]);
+        args
+    });
+    drop(listener);
+    let out = Command::new("nbdinfo")
+        .arg(format!("nbd+unix:///inherited?socket={}", path.display()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("export-size: 4194304") && text.contains("is_read_only: true"),
+        "{text}"
+    );
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_limit_and_prompt_stop() {
+    let daemon = TestDaemon::start_in(tempfile::tempdir().unwrap(), |dir| {
+        let mut args = nbd_options(dir);
+        args.extend([
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={},handshake-max-seconds=1",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "nbd,id=e0,node-name=file0,writable=on".into(),
+        ]);
+        args
+    });
+    let socket = daemon.path("nbd.sock");
+    let started = Instant::now();
+    let mut idle = UnixStream::connect(&socket).await.unwrap();
+    let mut greeting = [0; 18];
+    idle.read_exact(&mut greeting).await.unwrap();
+    assert!(closed(&mut idle).await);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A write whose payload never comes, and a client that never reads.
+    let mut stalled = nbd_client(&socket, "file0").await;
+    let mut header = 0x2560_9513u32.to_be_bytes().to_vec();
+    header.extend_from_slice(&0u16.to_be_bytes());
+    header.extend_from_slice(&1u16.to_be_bytes());
+    header.extend_from_slice(&1u64.to_be_bytes());
+    header.extend_from_slice(&0u64.to_be_bytes());
+    header.extend_from_slice(&(MIB as u32).to_be_bytes());
+    header.extend_from_slice(&[0x77; 1000]);
+    stalled.write_all(&header).await.unwrap();
+    let mut deaf = nbd_client(&socket, "file0").await;
+    let mut reads = Vec::new();
+    for cookie in 0..64u64 {
+        reads.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        reads.extend_from_slice(&[0, 0, 0, 0]);
+        reads.extend_from_slice(&cookie.to_be_bytes());
+        reads.extend_from_slice(&0u64.to_be_bytes());
+        reads.extend_from_slice(&(MIB as u32).to_be_bytes());
+    }
+    deaf.write_all(&reads).await.unwrap();
+
+    let mut qmp = daemon.connect().await;
+    let (_, desc) = error(&mut qmp, "block-export-del", json!({"id": "e0"})).await;
+    assert_eq!(desc, "export 'e0' still in use");
+    let started = Instant::now();
+    ok(&mut qmp, "nbd-server-stop", json!({})).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    let event = qmp
+        .next_event(Duration::from_secs(2))
+        .await
+        .unwrap()
+        .expect("event");
+    assert_eq!(event["event"], "BLOCK_EXPORT_DELETED");
+    assert!(closed(&mut stalled).await);
+    assert_eq!(
+        std::fs::read(daemon.path("disk.img")).unwrap()[..1000],
+        [0; 1000]
+    );
+}
+
+/// Data acknowledged after FLUSH, or written with FUA, is in the image
+/// after the daemon is killed, and the qcow2 image is consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_data_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.qcow2");
+    let created = Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            image.to_str().unwrap(),
+            "64M",
+        ])
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let daemon = TestDaemon::start_in(dir, |dir| {
+        vec![
+            "--blockdev".into(),
+            format!(
+                "file,node-name=file0,filename={}",
+                dir.join("disk.qcow2").display()
+            ),
+            "--blockdev".into(),
+            "qcow2,node-name=fmt0,file=file0".into(),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "nbd,id=e0,node-name=fmt0,name=disk,writable=on".into(),
+        ]
+    });
+    let uri = format!(
+        "nbd+unix:///disk?socket={}",
+        daemon.path("nbd.sock").display()
+    );
+    let script = r#"
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+for i in range(64):
+    h.pwrite(bytes([0x10 + i % 64]) * 65536, i * 1024 * 1024)
+h.flush()
+h.pwrite(b"\xf0" * 65536, 40 * 1024 * 1024, nbd.CMD_FLAG_FUA)
+print("acknowledged", flush=True)
+sys.stdin.read()
+"#;
+    let mut client = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script, &uri])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "acknowledged");
+    daemon.signal(libc::SIGKILL);
+    drop(daemon.dir.path().to_path_buf());
+    let _ = client.kill();
+    let _ = client.wait();
+    let image = image.to_str().unwrap().to_string();
+    let check = Command::new("qemu-img")
+        .args(["check", "-q", &image])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let mut reads = vec!["-f".to_string(), "qcow2".to_string()];
+    for i in 0..64 {
+        reads.push("-c".into());
+        reads.push(format!("read -P {} {}M 64k", 0x10 + i, i));
+    }
+    reads.extend(["-c".into(), "read -P 0xf0 40M 64k".into(), image]);
+    let out = Command::new("qemu-io").args(&reads).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !text.contains("failed"), "{text}");
+    let _ = storaged;
+}
