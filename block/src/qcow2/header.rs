@@ -61,14 +61,10 @@ pub mod compat {
     pub const LAZY_REFCOUNTS: u64 = 1 << 0;
 }
 
-/// Auto-clear feature bits.
+/// Auto-clear feature bits (bit 0: bitmaps, bit 1: raw external data).
 pub mod autoclear {
-    /// The bitmaps extension is consistent.
-    pub const BITMAPS: u64 = 1 << 0;
-    /// The external data file is a consistent raw image.
-    pub const DATA_FILE_RAW: u64 = 1 << 1;
-    /// The bits this driver keeps consistent (none: it does not update
-    /// persistent bitmaps, so it clears their bit before writing).
+    /// The bits this driver keeps consistent: none. It does not update
+    /// persistent bitmaps, so it clears their bit before it writes.
     pub const SUPPORTED: u64 = 0;
 }
 
@@ -456,11 +452,6 @@ impl ImageHeader {
         let name = &self.raw[offset..offset + len];
         self.backing_file = Some(String::from_utf8_lossy(name).into_owned());
         Ok(())
-    }
-
-    /// The cluster size in bytes.
-    pub fn cluster_size(&self) -> u64 {
-        self.header.cluster_size()
     }
 
     /// The bytes to write at offset 0 after `header` changed: the fixed

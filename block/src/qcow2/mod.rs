@@ -19,17 +19,17 @@
 //! (refcounts) and the L2-allocation lock, which serialize allocations.
 
 mod cache;
-pub mod child;
+mod child;
 mod compress;
 mod corrupt;
-pub mod create;
+mod create;
 mod flat_table;
-pub mod header;
+mod header;
 mod header_store;
 mod info;
 mod layout;
 mod mapping;
-pub mod options;
+mod options;
 mod range_lock;
 mod read;
 mod refcount;
@@ -48,7 +48,10 @@ use schema::info::ImageInfoSpecific;
 use tokio::sync::Mutex as AsyncMutex;
 
 pub use child::{BlockChild, DriverChild};
-pub use create::{create, BackingSpec, CreateOptions, Preallocation, Qcow2Version};
+pub use create::{
+    create, BackingSpec, CreateOptions, Preallocation, Qcow2Version, DEFAULT_CLUSTER_SIZE,
+    DEFAULT_REFCOUNT_BITS,
+};
 pub use header::CompressionType;
 pub use options::{CorruptionEvent, CorruptionHook, Qcow2Options};
 
