@@ -7,7 +7,11 @@
 //! only). A read first tries `preadv2(RWF_NOWAIT)` inline, which serves
 //! page-cache hits without leaving the task; only a miss blocks, in
 //! `run_blocking`. Writes do the same with `pwritev2` where the file
-//! system supports non-blocking buffered writes. With `cache.direct=on`
+//! system supports non-blocking buffered writes. On tmpfs and ramfs, whose
+//! data is the page cache (no disk to wait for), buffered I/O simply runs
+//! inline. Block status keeps QEMU's one-entry cache of the last data
+//! range found, so sequential queries inside it skip the `lseek` calls.
+//! With `cache.direct=on`
 //! the file is opened `O_DIRECT` and requests go through
 //! `direct_io`. Image locks follow QEMU's scheme
 //! (`locking`).
@@ -16,6 +20,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use schema::block::{BlockdevAioOptions, BlockdevOptionsFile, OnOffAuto};
@@ -36,11 +41,23 @@ use crate::posix_io::{self, read_fully, write_fully, RwFlags};
 /// range by itself.
 const ZERO_CHUNK: usize = 1 << 20;
 
+/// `statfs` magic numbers of file systems that live in memory.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
 /// A regular file opened as a block node.
 pub struct FileDriver {
     fd: OwnedFd,
     filename: String,
+    /// The size at open, grown by writes past it and set by resize (a
+    /// format's image file grows as it allocates).
     size: AtomicU64,
+    /// The file lives in memory (tmpfs, ramfs): buffered I/O never waits
+    /// for a disk and runs inline.
+    in_memory: bool,
+    /// The last data range block status found, `[start, end)` (QEMU's
+    /// `BdrvBlockStatusCache`); cleared by anything that may dig holes.
+    data_cache: Mutex<Option<(u64, u64)>>,
     /// `Some` with `cache.direct=on`.
     direct: Option<DirectIo>,
     /// `None` with `locking=off` (or an inactive node).
@@ -103,15 +120,19 @@ impl FileDriver {
         } else {
             None
         };
+        let in_memory = direct.is_none() && is_in_memory(fd.as_raw_fd());
         Ok(FileDriver {
             fd,
             filename,
             size: AtomicU64::new(u64::try_from(st.st_size).unwrap_or(0)),
+            in_memory,
+            data_cache: Mutex::new(None),
             direct,
             locks,
             write_refusal,
-            nowait_reads: AtomicBool::new(true),
-            nowait_writes: AtomicBool::new(true),
+            // Pointless where nothing waits.
+            nowait_reads: AtomicBool::new(!in_memory),
+            nowait_writes: AtomicBool::new(!in_memory),
             zero_range: AtomicBool::new(true),
             punch_hole: AtomicBool::new(true),
             flush_failure: AtomicI32::new(0),
@@ -120,6 +141,35 @@ impl FileDriver {
 
     fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Runs a buffered system call that may wait for the disk: inline for
+    /// files in memory, else without stalling the runtime.
+    fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
+        if self.in_memory {
+            f()
+        } else {
+            run_blocking(f)
+        }
+    }
+
+    /// Records that the file now reaches at least `end`.
+    fn grown_to(&self, end: u64) {
+        if end > self.size.load(Ordering::Relaxed) {
+            self.size.fetch_max(end, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets the cached data range (a hole may have been dug).
+    fn forget_data_range(&self) {
+        *self.data_cache.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The cached data range covering `offset`, if any. Never waits: a
+    /// cache busy elsewhere is a miss.
+    fn cached_data_range(&self, offset: u64) -> Option<u64> {
+        let cache = self.data_cache.try_lock().ok()?;
+        cache.and_then(|(start, end)| (start <= offset && offset < end).then_some(end))
     }
 
     fn io_error(&self, what: &str, offset: u64, err: io::Error) -> BlockError {
@@ -149,7 +199,8 @@ impl FileDriver {
         }
         if done < buf.len() {
             let rest = &mut buf[done..];
-            let n = run_blocking(|| read_fully(fd, rest, offset + done as u64, false))
+            let n = self
+                .blocking(|| read_fully(fd, rest, offset + done as u64, false))
                 .map_err(|e| self.io_error("Read", offset, e))?;
             done += n;
         }
@@ -178,7 +229,7 @@ impl FileDriver {
         }
         if done < buf.len() {
             let rest = &buf[done..];
-            run_blocking(|| write_fully(fd, rest, offset + done as u64, flags))
+            self.blocking(|| write_fully(fd, rest, offset + done as u64, flags))
                 .map_err(|e| self.io_error("Write", offset, e))?;
         }
         Ok(())
@@ -267,7 +318,7 @@ impl FileDriver {
     async fn with_write_access<R>(&self, f: impl FnOnce() -> R) -> R {
         match &self.direct {
             Some(direct) => direct.exclude_rmw(f).await,
-            None => run_blocking(f),
+            None => self.blocking(f),
         }
     }
 
@@ -316,13 +367,18 @@ impl BlockDriver for FileDriver {
         if buf.is_empty() {
             return Ok(());
         }
-        self.write_bytes(offset, buf, fua_flags(flags.fua)).await
+        self.write_bytes(offset, buf, fua_flags(flags.fua)).await?;
+        self.grown_to(offset + buf.len() as u64);
+        Ok(())
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
         if len == 0 {
             return Ok(());
         }
+        // Zeroing may turn data into holes (or unwritten extents, which
+        // `SEEK_DATA` skips).
+        self.forget_data_range();
         let zeroed = self
             .with_write_access(|| self.zero_by_fallocate(offset, len, flags.may_unmap))
             .await?;
@@ -333,13 +389,12 @@ impl BlockDriver for FileDriver {
                     "Write zeroes without fallback is not supported by the file system",
                 ));
             }
-            return self
-                .write_zero_buffers(offset, len, fua_flags(flags.fua))
-                .await;
-        }
-        if flags.fua {
+            self.write_zero_buffers(offset, len, fua_flags(flags.fua))
+                .await?;
+        } else if flags.fua {
             self.fdatasync()?;
         }
+        self.grown_to(offset + len);
         Ok(())
     }
 
@@ -347,6 +402,7 @@ impl BlockDriver for FileDriver {
         if len == 0 || !self.punch_hole.load(Ordering::Relaxed) {
             return Ok(());
         }
+        self.forget_data_range();
         let fd = self.raw_fd();
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match self
@@ -372,9 +428,9 @@ impl BlockDriver for FileDriver {
         self.fdatasync()
     }
 
-    /// Data or hole by `SEEK_DATA`/`SEEK_HOLE` (QEMU's `find_allocation`).
+    /// Data or hole by `SEEK_DATA`/`SEEK_HOLE` (QEMU's `find_allocation`),
+    /// or the cached data range.
     async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
-        let fd = self.raw_fd();
         let data = |length: u64| Extent {
             length,
             data: true,
@@ -387,24 +443,39 @@ impl BlockDriver for FileDriver {
             zero: true,
             depth: 1,
         };
-        let extent = match posix_io::lseek(fd, offset, libc::SEEK_DATA) {
-            // A trailing hole, or past the end of a file that shrank.
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => hole(len),
-            // Nothing known: everything is data.
-            Err(_) => data(len),
-            Ok(next_data) if next_data > offset => hole((next_data - offset).min(len)),
+        if let Some(end) = self.cached_data_range(offset) {
+            return Ok(data((end - offset).min(len)));
+        }
+        let fd = self.raw_fd();
+        let found = self.blocking(|| match posix_io::lseek(fd, offset, libc::SEEK_DATA) {
+            Ok(next_data) if next_data > offset => Allocation::HoleUntil(next_data),
             Ok(_) => match posix_io::lseek(fd, offset, libc::SEEK_HOLE) {
-                Ok(next_hole) if next_hole > offset => data((next_hole - offset).min(len)),
+                Ok(next_hole) if next_hole > offset => Allocation::DataUntil(next_hole),
                 // A hole was dug between the two calls, or an error: data
                 // is the safe answer.
-                _ => data(len),
+                _ => Allocation::Unknown,
             },
-        };
-        Ok(extent)
+            // A trailing hole, or past the end of a file that shrank.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Allocation::TrailingHole,
+            Err(_) => Allocation::Unknown,
+        });
+        Ok(match found {
+            Allocation::HoleUntil(next_data) => hole((next_data - offset).min(len)),
+            Allocation::DataUntil(next_hole) => {
+                if let Ok(mut cache) = self.data_cache.try_lock() {
+                    *cache = Some((offset, next_hole));
+                }
+                data((next_hole - offset).min(len))
+            }
+            Allocation::TrailingHole => hole(len),
+            // Nothing known: everything is data.
+            Allocation::Unknown => data(len),
+        })
     }
 
     async fn resize(&self, new_size: u64) -> BlockResult<()> {
         let fd = self.raw_fd();
+        self.forget_data_range();
         run_blocking(|| posix_io::ftruncate(fd, new_size))
             .map_err(|e| BlockError::from_io("Could not resize file", e))?;
         self.size.store(new_size, Ordering::Relaxed);
@@ -471,6 +542,32 @@ impl BlockDriver for FileDriver {
             locks.abort();
         }
     }
+}
+
+/// What `SEEK_DATA`/`SEEK_HOLE` found at an offset.
+enum Allocation {
+    /// A hole, up to the next data.
+    HoleUntil(u64),
+    /// Data, up to the next hole.
+    DataUntil(u64),
+    /// A hole up to the end of the file (or past it).
+    TrailingHole,
+    /// The file system would not tell.
+    Unknown,
+}
+
+/// Whether the file lives in memory (tmpfs or ramfs).
+fn is_in_memory(fd: RawFd) -> bool {
+    // SAFETY: an all-zero `statfs` is a valid value to be overwritten.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer for the call.
+    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
+        return false;
+    }
+    // `f_type`'s width differs between architectures.
+    #[allow(clippy::useless_conversion)]
+    let magic = i64::from(st.f_type);
+    magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
 }
 
 /// Opens the file as the settings ask; with `auto-read-only`, falls back

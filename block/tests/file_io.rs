@@ -483,3 +483,85 @@ async fn sizes_count_whole_sectors_like_qemu() {
         .unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 1024);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_in_memory_work_the_same() {
+    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+        return; // no tmpfs here
+    };
+    let path = image(dir.path(), "disk.img", MIB, pattern);
+    let graph = BlockGraph::new();
+    add(
+        &graph,
+        json!({"driver": "file", "node-name": "f0", "filename": path, "discard": "unmap"}),
+    )
+    .await;
+    let backend = graph.attach_backend("f0", true).unwrap();
+    backend
+        .write(4096, &[9u8; 8192], WriteFlags::default())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 3 * 4096];
+    backend.read(0, &mut buf).await.unwrap();
+    assert!(buf[..4096]
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern(i)));
+    assert!(buf[4096..].iter().all(|&b| b == 9));
+    backend.discard(65536, 65536).await.unwrap();
+    assert_eq!(next_hole(&path, 0), 65536);
+    assert_eq!(contents(&path)[..4096], buf[..4096]);
+}
+
+#[tokio::test]
+async fn block_status_cache_forgets_discarded_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), "disk.img", MIB, |_| 1);
+    let graph = BlockGraph::new();
+    add(
+        &graph,
+        json!({"driver": "file", "node-name": "f0", "filename": path, "discard": "unmap"}),
+    )
+    .await;
+    let backend = graph.attach_backend("f0", true).unwrap();
+    let all = MIB as u64;
+    let data = |length| Extent {
+        length,
+        data: true,
+        zero: false,
+        depth: 1,
+    };
+    assert_eq!(backend.block_status(0, all).await.unwrap(), data(all));
+    assert_eq!(backend.block_status(4096, 4096).await.unwrap(), data(4096));
+    backend.discard(262144, 65536).await.unwrap();
+    assert_eq!(
+        backend.block_status(262144, 4096).await.unwrap(),
+        Extent {
+            length: 4096,
+            data: false,
+            zero: true,
+            depth: 1
+        }
+    );
+    assert_eq!(backend.block_status(0, all).await.unwrap(), data(262144));
+    let unmap = ZeroFlags {
+        may_unmap: true,
+        ..ZeroFlags::default()
+    };
+    backend.write_zeroes(0, 65536, unmap).await.unwrap();
+    assert!(!backend.block_status(0, all).await.unwrap().data);
+}
+
+#[tokio::test]
+async fn a_parent_writing_past_the_end_grows_the_file_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), "disk.img", 4096, pattern);
+    let graph = BlockGraph::new();
+    let node = add(&graph, file_node("f0", &path)).await;
+    // A format node's view: no backend bounds, the image file grows.
+    node.write(8192, b"more", WriteFlags::default())
+        .await
+        .unwrap();
+    assert_eq!(node.size(), 8704, "8196 bytes, counted in sectors");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 8196);
+}
