@@ -487,3 +487,37 @@ async fn corruption_is_reported_once_and_stops_writes() {
     let info = qemu_img(&["info", "--output=json", arg(&image)]);
     assert!(info.contains("\"corrupt\": true"), "{info}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discard_no_unref_keeps_host_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", arg(&image), "1M"]);
+    qemu_io(&image, "qcow2", &["write -P 0x11 0 1M"]);
+    let mut opts = options(true);
+    opts.discard_no_unref = true;
+    let qcow2 = open_chain(&image, opts).await;
+    qcow2.discard(0, 512 << 10).await.unwrap();
+    qcow2.close().await.unwrap();
+    drop(qcow2);
+    assert_check_clean(&image);
+    let map: serde_json::Value =
+        serde_json::from_str(&qemu_img(&["map", "--output=json", arg(&image)])).unwrap();
+    let first = &map[0];
+    assert_eq!(
+        (
+            &first["length"],
+            &first["zero"],
+            first.get("offset").is_some()
+        ),
+        (
+            &serde_json::json!(512 << 10),
+            &serde_json::json!(true),
+            true
+        ),
+        "{map}"
+    );
+    let raw = raw_contents(&image, dir.path());
+    assert!(raw[..512 << 10].iter().all(|&b| b == 0));
+    assert!(raw[512 << 10..].iter().all(|&b| b == 0x11));
+}

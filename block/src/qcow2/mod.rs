@@ -83,6 +83,7 @@ struct Facts {
     lazy_refcounts: bool,
     pass_discard_request: bool,
     pass_discard_other: bool,
+    discard_no_unref: bool,
     backing: BackingInfo,
     on_corruption: Option<CorruptionHook>,
 }
@@ -193,6 +194,11 @@ impl Qcow2 {
         let lazy_refcounts = options
             .lazy_refcounts
             .unwrap_or(h.compatible_features & compat::LAZY_REFCOUNTS != 0);
+        if options.discard_no_unref && h.version < 3 {
+            return Err(invalid(
+                "discard-no-unref is only supported since qcow2 version 3",
+            ));
+        }
         if lazy_refcounts && h.version < 3 {
             return Err(invalid(
                 "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level",
@@ -219,6 +225,7 @@ impl Qcow2 {
             lazy_refcounts,
             pass_discard_request: options.pass_discard_request.unwrap_or(true),
             pass_discard_other: options.pass_discard_other.unwrap_or(false),
+            discard_no_unref: options.discard_no_unref,
             backing: BackingInfo {
                 file: image.backing_file.clone(),
                 format: image.backing_format.clone(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use schema::block::BlockdevOptionsQcow2;
 
 use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::node::NodeSettings;
 
 /// QEMU's default ceiling of the L2 cache (`DEFAULT_L2_CACHE_MAX_SIZE`).
 pub const DEFAULT_L2_CACHE_MAX_BYTES: u64 = 32 << 20;
@@ -55,6 +56,9 @@ pub struct Qcow2Options {
     /// `pass-discard-other`: clusters freed for other reasons are
     /// discarded in the file too.
     pub pass_discard_other: Option<bool>,
+    /// `discard-no-unref`: discarded and zeroed clusters keep their host
+    /// clusters (version 3 only).
+    pub discard_no_unref: bool,
     /// Reports corruption (`BLOCK_IMAGE_CORRUPTED`).
     pub on_corruption: Option<CorruptionHook>,
 }
@@ -88,9 +92,17 @@ fn size_option(name: &str, value: Option<i64>) -> BlockResult<Option<u64>> {
 }
 
 impl Qcow2Options {
-    /// The options of `blockdev-add`. `data-file` is refused: external
-    /// data files are not supported.
-    pub fn from_schema(options: &BlockdevOptionsQcow2, writable: bool) -> BlockResult<Self> {
+    /// The options of `blockdev-add` for a node with `settings`.
+    /// `data-file` is refused: external data files are not supported.
+    /// `pass-discard-request` defaults to the node's `discard=unmap`, as in
+    /// QEMU. The cache tuning options QEMU has beyond the sizes
+    /// (`l2-cache-entry-size`, `cache-clean-interval`) and `overlap-check`
+    /// are accepted and have no effect: whole tables are cached, and the
+    /// header, L1 and refcount table are always protected.
+    pub fn from_schema(
+        options: &BlockdevOptionsQcow2,
+        settings: &NodeSettings,
+    ) -> BlockResult<Self> {
         if options.data_file.is_some() {
             return Err(BlockError::new(
                 ErrorKind::NotSupported,
@@ -98,13 +110,18 @@ impl Qcow2Options {
             ));
         }
         Ok(Qcow2Options {
-            writable,
+            writable: !settings.read_only && !settings.inactive,
             cache_size: size_option("cache-size", options.cache_size)?,
             l2_cache_size: size_option("l2-cache-size", options.l2_cache_size)?,
             refcount_cache_size: size_option("refcount-cache-size", options.refcount_cache_size)?,
             lazy_refcounts: options.lazy_refcounts,
-            pass_discard_request: options.pass_discard_request,
+            pass_discard_request: Some(
+                options
+                    .pass_discard_request
+                    .unwrap_or(settings.discard_unmap),
+            ),
             pass_discard_other: options.pass_discard_other,
+            discard_no_unref: options.discard_no_unref.unwrap_or(false),
             on_corruption: None,
         })
     }

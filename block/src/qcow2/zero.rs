@@ -12,10 +12,33 @@ use crate::error::{BlockError, BlockResult, ErrorKind};
 const MAX_ZERO_BUFFER: u64 = 1 << 20;
 
 /// A new L2 entry for one cluster.
+#[derive(Debug, PartialEq, Eq)]
 struct Change {
     entry: u64,
     /// The old entry's host clusters lose their reference.
     free_old: bool,
+    /// The host cluster stays allocated but its data can be discarded
+    /// in the file (`discard-no-unref`).
+    discard_kept: bool,
+}
+
+impl Change {
+    fn replace(entry: u64, free_old: bool) -> Self {
+        Change {
+            entry,
+            free_old,
+            discard_kept: false,
+        }
+    }
+
+    /// The zero flag on a cluster that keeps its host cluster.
+    fn keep_as_zero(host: u64, copied: bool, discard_kept: bool) -> Self {
+        Change {
+            entry: host | OFLAG_ZERO | if copied { OFLAG_COPIED } else { 0 },
+            free_old: false,
+            discard_kept,
+        }
+    }
 }
 
 impl Qcow2 {
@@ -66,10 +89,9 @@ impl Qcow2 {
         self.mark_dirty().await?;
         if let Some((first, count)) = body {
             let unmap = flags.may_unmap;
-            self.rewrite_entries(first, count, self.facts.pass_discard_request, |kind| {
-                zero_change(kind, unmap)
-            })
-            .await?;
+            let keep = self.facts.discard_no_unref;
+            self.rewrite_entries(first, count, |kind| zero_change(kind, unmap, keep))
+                .await?;
         }
         for (start, stop) in to_write {
             self.write_zero_buffers(start, stop - start).await?;
@@ -117,22 +139,25 @@ impl Qcow2 {
         self.mark_dirty().await?;
         let v3 = self.geo().version >= 3;
         let has_backing = self.backing.is_some();
-        self.rewrite_entries(first, count, self.facts.pass_discard_request, |kind| {
-            discard_change(kind, v3, has_backing)
+        let keep = self.facts.discard_no_unref;
+        self.rewrite_entries(first, count, |kind| {
+            discard_change(kind, v3, has_backing, keep)
         })
         .await?;
         self.writeback_if_wanted().await
     }
 
     /// Applies `decide` to the entries of guest clusters
-    /// `[first, first + count)` under an exclusive lock.
+    /// `[first, first + count)` under an exclusive lock. Freed clusters
+    /// are discarded in the file with `pass-discard-request`.
     async fn rewrite_entries(
         &self,
         first: u64,
         count: u64,
-        discard_freed: bool,
         decide: impl Fn(ClusterKind) -> Option<Change>,
     ) -> BlockResult<()> {
+        let discard = self.facts.pass_discard_request;
+        let cs = self.geo().cluster_size();
         let geo = *self.geo();
         let _lock = self.clusters.lock(first, first + count, true).await;
         let mut cluster = first;
@@ -149,6 +174,7 @@ impl Qcow2 {
                 let table = self.l2_for_write((cluster >> geo.l2_bits) as usize).await?;
                 let index = geo.l2_index(cluster << geo.cluster_bits);
                 let mut freed = Vec::new();
+                let mut kept = Vec::new();
                 {
                     let mut t = table.lock();
                     for (i, change, kind) in &changes {
@@ -156,14 +182,21 @@ impl Qcow2 {
                         if change.free_old {
                             freed.extend(geo.host_clusters(*kind));
                         }
+                        if change.discard_kept && discard {
+                            kept.extend(kind.host_cluster());
+                        }
                     }
                     t.dirty = true;
                 }
                 if !freed.is_empty() {
                     let mut refs = self.refs.lock().await;
                     for (host, n) in freed {
-                        refs.schedule_free(host, n, discard_freed);
+                        refs.schedule_free(host, n, discard);
                     }
+                }
+                for host in kept {
+                    // The entry now says zero whatever the file holds.
+                    self.file.discard(host, cs).await?;
                 }
             }
             cluster += entries.len() as u64;
@@ -206,44 +239,34 @@ fn split_clusters(offset: u64, end: u64, cs: u64, image_size: u64) -> Split {
     (Some((first_full, end_full - first_full)), pieces)
 }
 
-/// QEMU's `zero_in_l2_slice`.
-fn zero_change(kind: ClusterKind, unmap: bool) -> Option<Change> {
+/// QEMU's `zero_in_l2_slice`; `keep` is `discard-no-unref`.
+fn zero_change(kind: ClusterKind, unmap: bool, keep: bool) -> Option<Change> {
     match kind {
         ClusterKind::ZeroPlain => None,
-        ClusterKind::ZeroAlloc { .. } if !unmap => None,
-        ClusterKind::Compressed { .. } => Some(Change {
-            entry: OFLAG_ZERO,
-            free_old: true,
-        }),
-        _ if unmap => Some(Change {
-            entry: OFLAG_ZERO,
-            free_old: true,
-        }),
-        ClusterKind::Normal { host, copied } => Some(Change {
-            entry: host | OFLAG_ZERO | if copied { OFLAG_COPIED } else { 0 },
-            free_old: false,
-        }),
-        ClusterKind::Unallocated | ClusterKind::ZeroAlloc { .. } => Some(Change {
-            entry: OFLAG_ZERO,
-            free_old: false,
-        }),
+        ClusterKind::ZeroAlloc { .. } if !unmap || keep => None,
+        ClusterKind::Compressed { .. } => Some(Change::replace(OFLAG_ZERO, true)),
+        ClusterKind::Normal { host, copied } if keep || !unmap => {
+            Some(Change::keep_as_zero(host, copied, unmap))
+        }
+        ClusterKind::Normal { .. } | ClusterKind::ZeroAlloc { .. } => {
+            Some(Change::replace(OFLAG_ZERO, true))
+        }
+        ClusterKind::Unallocated => Some(Change::replace(OFLAG_ZERO, false)),
     }
 }
 
-/// QEMU's `discard_in_l2_slice` without `full_discard`.
-fn discard_change(kind: ClusterKind, v3: bool, has_backing: bool) -> Option<Change> {
+/// QEMU's `discard_in_l2_slice` without `full_discard`; `keep` is
+/// `discard-no-unref` (version 3 only).
+fn discard_change(kind: ClusterKind, v3: bool, has_backing: bool, keep: bool) -> Option<Change> {
     let entry = if v3 { OFLAG_ZERO } else { 0 };
     match kind {
         ClusterKind::ZeroPlain => None,
         ClusterKind::Unallocated if !has_backing || !v3 => None,
-        ClusterKind::Unallocated => Some(Change {
-            entry,
-            free_old: false,
-        }),
-        _ => Some(Change {
-            entry,
-            free_old: true,
-        }),
+        ClusterKind::Unallocated => Some(Change::replace(entry, false)),
+        ClusterKind::Normal { host, copied } | ClusterKind::ZeroAlloc { host, copied } if keep => {
+            Some(Change::keep_as_zero(host, copied, true))
+        }
+        _ => Some(Change::replace(entry, true)),
     }
 }
 
@@ -278,19 +301,20 @@ mod tests {
             host: 0x30000,
             copied: true,
         };
+        let kept = 0x30000 | OFLAG_ZERO | OFLAG_COPIED;
+        assert_eq!(zero_change(normal, false, false).unwrap().entry, kept);
+        assert!(zero_change(normal, true, false).unwrap().free_old);
+        assert!(zero_change(ClusterKind::ZeroPlain, true, false).is_none());
+        assert!(discard_change(ClusterKind::Unallocated, true, false, false).is_none());
+        let under_backing = discard_change(ClusterKind::Unallocated, true, true, false);
+        assert_eq!(under_backing.unwrap().entry, OFLAG_ZERO);
+        assert_eq!(discard_change(normal, false, true, false).unwrap().entry, 0);
+        // discard-no-unref keeps the host cluster and discards its data.
+        let no_unref = discard_change(normal, true, false, true).unwrap();
         assert_eq!(
-            zero_change(normal, false).unwrap().entry,
-            0x30000 | OFLAG_ZERO | OFLAG_COPIED
+            (no_unref.entry, no_unref.free_old, no_unref.discard_kept),
+            (kept, false, true)
         );
-        assert!(zero_change(normal, true).unwrap().free_old);
-        assert!(zero_change(ClusterKind::ZeroPlain, true).is_none());
-        assert!(discard_change(ClusterKind::Unallocated, true, false).is_none());
-        assert_eq!(
-            discard_change(ClusterKind::Unallocated, true, true)
-                .unwrap()
-                .entry,
-            OFLAG_ZERO
-        );
-        assert_eq!(discard_change(normal, false, true).unwrap().entry, 0);
+        assert_eq!(zero_change(normal, true, true).unwrap().entry, kept);
     }
 }
