@@ -406,7 +406,7 @@ h.connect_uri(sys.argv[1])
 for i in range(64):
     h.pwrite(bytes([0x10 + i % 64]) * 65536, i * 1024 * 1024)
 h.flush()
-h.pwrite(b"\xf0" * 65536, 40 * 1024 * 1024, nbd.CMD_FLAG_FUA)
+h.pwrite(b"\xf0" * 65536, 40 * 1024 * 1024 + 524288, nbd.CMD_FLAG_FUA)
 print("acknowledged", flush=True)
 sys.stdin.read()
 "#;
@@ -441,7 +441,7 @@ sys.stdin.read()
         reads.push("-c".into());
         reads.push(format!("read -P {} {}M 64k", 0x10 + i, i));
     }
-    reads.extend(["-c".into(), "read -P 0xf0 40M 64k".into(), image]);
+    reads.extend(["-c".into(), "read -P 0xf0 41472k 64k".into(), image]);
     let out = Command::new("qemu-io").args(&reads).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && !text.contains("failed"), "{text}");
