@@ -447,3 +447,97 @@ sys.stdin.read()
     assert!(out.status.success() && !text.contains("failed"), "{text}");
     let _ = storaged;
 }
+
+/// `nbdinfo --map` of both metadata contexts over a qcow2 image with a
+/// backing file: the same extents from storaged as from QSD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocation_maps_match_qemu_storage_daemon() {
+    fn prepare(dir: &Path) -> Vec<String> {
+        let base = dir.join("base.qcow2");
+        let overlay = dir.join("overlay.qcow2");
+        let run = |program: &str, args: &[&str]| {
+            let status = Command::new(program).args(args).status().unwrap();
+            assert!(status.success(), "{program} {args:?}");
+        };
+        let base_arg = base.to_str().unwrap();
+        let overlay_arg = overlay.to_str().unwrap();
+        run("qemu-img", &["create", "-q", "-f", "qcow2", base_arg, "8M"]);
+        let base_writes = ["write -P 0x11 0 1M", "write -P 0x12 4M 64k"];
+        run(
+            "qemu-io",
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                base_writes[0],
+                "-c",
+                base_writes[1],
+                base_arg,
+            ],
+        );
+        let backing = ["create", "-q", "-f", "qcow2", "-b", base_arg, "-F", "qcow2"];
+        run("qemu-img", &[&backing[..], &[overlay_arg]].concat());
+        run(
+            "qemu-io",
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                "write -P 0x21 512k 1M",
+                "-c",
+                "write -z 6M 128k",
+                overlay_arg,
+            ],
+        );
+        vec![
+            "--blockdev".into(),
+            format!("file,node-name=ovf,filename={}", overlay.display()),
+            "--blockdev".into(),
+            "qcow2,node-name=ov,file=ovf".into(),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "nbd,id=e0,node-name=ov,name=disk,allocation-depth=on".into(),
+        ]
+    }
+    fn maps(daemon: &TestDaemon) -> Vec<String> {
+        let uri = format!(
+            "nbd+unix:///disk?socket={}",
+            daemon.path("nbd.sock").display()
+        );
+        ["--map", "--map=qemu:allocation-depth"]
+            .iter()
+            .map(|map| {
+                let out = Command::new("nbdinfo")
+                    .args([*map, uri.as_str()])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .collect()
+    }
+    let qsd = TestDaemon::spawn(
+        Command::new("qemu-storage-daemon"),
+        tempfile::tempdir().unwrap(),
+        prepare,
+    );
+    let expected = maps(&qsd);
+    drop(qsd);
+    let ours = TestDaemon::start_in(tempfile::tempdir().unwrap(), prepare);
+    assert_eq!(maps(&ours), expected);
+    assert!(
+        ["absent", "local", "backing depth 2"]
+            .iter()
+            .all(|d| expected[1].contains(d)),
+        "{}",
+        expected[1]
+    );
+}
