@@ -19,6 +19,7 @@ use schema::block::{
     BlockdevDetectZeroesOptions, BlockdevDiscardOptions, BlockdevDriver, BlockdevOptions,
     BlockdevOptionsQcow2, BlockdevRef, BlockdevRefOrNull,
 };
+use schema::event::{Event, EventSink};
 use serde_json::json;
 
 use crate::driver::{BlockDriver, ChildRole};
@@ -29,7 +30,7 @@ use crate::graph::{BackendPerms, GraphShared};
 use crate::node::{Node, NodeChild, NodeSettings};
 use crate::null::NullDriver;
 use crate::permissions::{default_child_perms, ChildRoleFlags, Perm};
-use crate::qcow2::{BlockChild, Qcow2, Qcow2Options};
+use crate::qcow2::{BlockChild, CorruptionEvent, CorruptionHook, Qcow2, Qcow2Options};
 use crate::raw::RawDriver;
 
 /// The first bytes of a qcow2 image, for probing a backing file's format.
@@ -110,7 +111,7 @@ fn open_node<'a>(
                     default_child_perms(ChildRoleFlags::IMAGE, writable, Perm::NONE, Perm::ALL);
                 let claim = graph.claim(&file, BackendPerms { perm, shared }, &name, "file")?;
                 position = Some(graph.state().node_count());
-                let (driver, children) = open_qcow2(graph, qcow2, file, &settings).await?;
+                let (driver, children) = open_qcow2(graph, qcow2, file, &settings, &name).await?;
                 (driver, children, Some(claim))
             }
         };
@@ -157,9 +158,10 @@ async fn open_qcow2(
     options: &BlockdevOptionsQcow2,
     file: Arc<Node>,
     settings: &NodeSettings,
+    name: &str,
 ) -> BlockResult<(Box<dyn BlockDriver>, Vec<NodeChild>)> {
-    let writable = !settings.read_only && !settings.inactive;
-    let qcow2_options = Qcow2Options::from_schema(options, writable)?;
+    let mut qcow2_options = Qcow2Options::from_schema(options, settings)?;
+    qcow2_options.on_corruption = graph.events().map(|events| corruption_hook(events, name));
     let inherit = Inherit {
         parent: settings,
         cow: true,
@@ -184,6 +186,27 @@ async fn open_qcow2(
         ));
     }
     Ok((Box::new(driver), children))
+}
+
+/// Reports corruption of node `name` as QEMU's `BLOCK_IMAGE_CORRUPTED`.
+fn corruption_hook(events: &EventSink, name: &str) -> CorruptionHook {
+    let events = events.clone();
+    let name = name.to_string();
+    Arc::new(move |corruption: &CorruptionEvent| {
+        let mut data = json!({
+            "device": "",
+            "node-name": name,
+            "msg": corruption.message,
+            "fatal": corruption.fatal,
+        });
+        if let Some(offset) = corruption.offset {
+            data["offset"] = json!(offset);
+        }
+        if let Some(size) = corruption.size {
+            data["size"] = json!(size);
+        }
+        events(Event::new("BLOCK_IMAGE_CORRUPTED", data));
+    })
 }
 
 /// Opens the backing file the image header names (relative names are

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use schema::block::BlockdevOptions;
+use schema::event::EventSink;
 
 use crate::backend::BlockBackend;
 use crate::driver::BlockDriver;
@@ -49,6 +50,8 @@ pub(crate) struct GraphShared {
     state: Mutex<GraphState>,
     /// Serializes graph changes that do I/O (opening, closing nodes).
     control: tokio::sync::Mutex<()>,
+    /// Where drivers' events go (`BLOCK_IMAGE_CORRUPTED`), if anywhere.
+    events: Option<EventSink>,
 }
 
 /// The graph's bookkeeping.
@@ -90,9 +93,20 @@ impl BackendPerms {
 }
 
 impl BlockGraph {
-    /// An empty graph.
+    /// An empty graph whose drivers report nothing.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty graph whose drivers report events (e.g.
+    /// `BLOCK_IMAGE_CORRUPTED`) to `events`.
+    pub fn with_events(events: EventSink) -> Self {
+        BlockGraph {
+            shared: Arc::new(GraphShared {
+                events: Some(events),
+                ..GraphShared::default()
+            }),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, GraphState> {
@@ -339,6 +353,11 @@ impl Drop for Claim<'_> {
 }
 
 impl GraphShared {
+    /// Where drivers' events go.
+    pub(crate) fn events(&self) -> Option<&EventSink> {
+        self.events.as_ref()
+    }
+
     /// The bookkeeping, for a short synchronous section.
     pub(crate) fn state(&self) -> MutexGuard<'_, GraphState> {
         // A panic while holding the lock leaves consistent bookkeeping

@@ -247,3 +247,42 @@ async fn close_all_leaves_images_clean_and_unlocked() {
         String::from_utf8_lossy(&io.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_is_reported_as_an_event() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("bad.qcow2");
+    let image = image.to_str().unwrap();
+    qemu_img(&["create", "-q", "-f", "qcow2", image, "1M"]);
+    let io = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 5 0 4096", image])
+        .output()
+        .unwrap();
+    assert!(io.status.success());
+    // Point the first L1 entry at an unaligned L2 table.
+    let mut bytes = std::fs::read(image).unwrap();
+    let l1 = u64::from_be_bytes(bytes[40..48].try_into().unwrap()) as usize;
+    bytes[l1..l1 + 8].copy_from_slice(&(0x8000_0000_0001_0200u64).to_be_bytes());
+    std::fs::write(image, bytes).unwrap();
+
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let graph = BlockGraph::with_events(Arc::new(move |e: schema::event::Event| {
+        sink.lock().unwrap().push(e)
+    }));
+    add(
+        &graph,
+        json!({"driver": "qcow2", "node-name": "q0", "file": {"driver": "file", "filename": image}}),
+    )
+    .await;
+    let backend = graph.attach_backend("q0", false).unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert!(backend.read(0, &mut buf).await.is_err());
+    let events = events.lock().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, "BLOCK_IMAGE_CORRUPTED");
+    assert_eq!(events[0].data["node-name"], "q0");
+    assert_eq!(events[0].data["device"], "");
+    assert_eq!(events[0].data["fatal"], true);
+}
