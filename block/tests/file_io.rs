@@ -565,3 +565,59 @@ async fn a_parent_writing_past_the_end_grows_the_file_node() {
     assert_eq!(node.size(), 8704, "8196 bytes, counted in sectors");
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 8196);
 }
+
+/// An immutable file (`chattr +i`) cannot be opened for writing, even by
+/// root; undone when dropped.
+struct Immutable<'a>(&'a Path);
+
+impl<'a> Immutable<'a> {
+    fn set(path: &'a Path) -> Option<Self> {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Immutable(path))
+    }
+}
+
+impl Drop for Immutable<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn auto_read_only_falls_back_and_refuses_writers_like_qsd() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path(), "imm.img", 4096, pattern);
+    let Some(_immutable) = Immutable::set(&path) else {
+        return; // the file system has no immutable flag
+    };
+    let graph = BlockGraph::new();
+    let refused = format!(
+        "Could not open '{}': Operation not permitted",
+        path.display()
+    );
+    assert_eq!(add_err(&graph, file_node("rw", &path)).await, refused);
+    add(
+        &graph,
+        json!({"driver": "file", "node-name": "auto", "filename": path, "auto-read-only": true}),
+    )
+    .await;
+    assert!(
+        !graph.node("auto").unwrap().is_read_only(),
+        "as QSD: ro=false"
+    );
+    assert_eq!(
+        graph.attach_backend("auto", true).unwrap_err().message,
+        refused
+    );
+    let reader = graph.attach_backend("auto", false).unwrap();
+    let mut buf = [0u8; 8];
+    reader.read(0, &mut buf).await.unwrap();
+    assert_eq!(buf[7], pattern(7));
+}
