@@ -31,8 +31,6 @@ pub struct Context {
     pub backend: BlockBackend,
     pub meta: ExportMeta,
     pub mode: ReplyMode,
-    /// Writes are made durable before their reply (`writethrough`).
-    pub writethrough: bool,
     /// Contexts selected with `NBD_OPT_SET_META_CONTEXT`, in id order.
     pub contexts: Vec<MetaContext>,
     pub buffers: Arc<BufferPool>,
@@ -45,11 +43,6 @@ pub async fn execute(
     command: Command,
     payload: Option<Buffer>,
 ) -> Reply {
-    let command = if cx.writethrough {
-        command.with_fua()
-    } else {
-        command
-    };
     let result = match command {
         Command::Read { df } => return read(cx, req, df).await,
         Command::Write { fua } => {

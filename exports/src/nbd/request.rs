@@ -315,6 +315,36 @@ mod tests {
     }
 
     #[test]
+    fn writethrough_makes_writes_fua() {
+        let zero = Command::WriteZeroes {
+            fua: false,
+            may_unmap: true,
+            fast: false,
+        };
+        assert_eq!(
+            zero.with_fua(),
+            Command::WriteZeroes {
+                fua: true,
+                may_unmap: true,
+                fast: false
+            }
+        );
+        assert_eq!(
+            Command::Write { fua: false }.with_fua(),
+            Command::Write { fua: true }
+        );
+        assert_eq!(
+            Command::Trim { fua: false }.with_fua(),
+            Command::Trim { fua: true }
+        );
+        assert_eq!(Command::Flush.with_fua(), Command::Flush);
+        assert_eq!(
+            Command::Read { df: false }.with_fua(),
+            Command::Read { df: false }
+        );
+    }
+
+    #[test]
     fn extended_payloads() {
         let ext = Limits {
             mode: ReplyMode::Extended,

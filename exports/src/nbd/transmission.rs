@@ -51,6 +51,8 @@ const _: () = assert!(MAX_PAYLOAD <= MAX_IN_FLIGHT_BYTES);
 struct Shared {
     cx: dispatch::Context,
     limits: Limits,
+    /// Every write is made durable before its reply.
+    writethrough: bool,
     _client: ClientGuard,
 }
 
@@ -73,7 +75,6 @@ where
             backend: export.backend().clone(),
             meta: export.meta().clone(),
             mode: session.mode,
-            writethrough: export.writethrough(),
             contexts: session.contexts,
             buffers: BufferPool::new(),
         },
@@ -84,6 +85,7 @@ where
             alignment: session.alignment,
             has_contexts,
         },
+        writethrough: export.writethrough(),
         _client: session.client,
     });
     let (done, mut finished) = mpsc::unbounded_channel();
@@ -291,6 +293,7 @@ impl Requests {
     /// Checks and starts one request.
     async fn start(&mut self, req: Request, payload: Option<Buffer>, cost: u64) {
         let command = match request::check(&req, &self.shared.limits) {
+            Ok(command) if self.shared.writethrough => command.with_fua(),
             Ok(command) => command,
             Err(rejection) => {
                 let mut reply = Reply::error(
@@ -331,9 +334,13 @@ impl Requests {
     }
 }
 
-/// Small reads and writes, which usually complete without waiting.
+/// Small reads and writes, which usually complete without waiting (a
+/// write with FUA waits for the disk).
 fn runs_inline(req: &Request, command: Command) -> bool {
-    matches!(command, Command::Read { .. } | Command::Write { .. }) && req.length <= INLINE_MAX_LEN
+    matches!(
+        command,
+        Command::Read { .. } | Command::Write { fua: false }
+    ) && req.length <= INLINE_MAX_LEN
 }
 
 /// Payload bytes a request holds while in flight.
