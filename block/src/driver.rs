@@ -218,4 +218,9 @@ pub trait BlockDriver: Send + Sync + 'static {
 
     /// Second phase: the change was abandoned; undo `check_perm`.
     fn abort_perm(&self) {}
+
+    /// The node becomes active (it was opened with `active=off`) or
+    /// inactive again: only an active node enforces its permissions (a
+    /// file takes image locks only while active).
+    fn set_active(&self, _active: bool) {}
 }

@@ -60,8 +60,10 @@ pub struct FileDriver {
     data_cache: Mutex<Option<(u64, u64)>>,
     /// `Some` with `cache.direct=on`.
     direct: Option<DirectIo>,
-    /// `None` with `locking=off` (or an inactive node).
+    /// `None` with `locking=off`.
     locks: Option<ImageLocks>,
+    /// An inactive node takes no locks (QEMU's `raw_handle_perm_lock`).
+    active: AtomicBool,
     /// Whether the descriptor is open for writing (`auto-read-only` may
     /// have fallen back to read-only); the errno of that fallback.
     write_refusal: Option<io::Error>,
@@ -106,11 +108,7 @@ impl FileDriver {
         } else {
             None
         };
-        let use_locks = match options.locking.unwrap_or_default() {
-            OnOffAuto::Off => false,
-            OnOffAuto::On | OnOffAuto::Auto => !settings.inactive,
-        };
-        let locks = if use_locks {
+        let locks = if options.locking.unwrap_or_default() != OnOffAuto::Off {
             match ImageLocks::new(fd.as_raw_fd()) {
                 Ok(locks) => Some(locks),
                 // `auto` quietly goes without locks where the kernel has none.
@@ -129,6 +127,7 @@ impl FileDriver {
             data_cache: Mutex::new(None),
             direct,
             locks,
+            active: AtomicBool::new(!settings.inactive),
             write_refusal,
             // Pointless where nothing waits.
             nowait_reads: AtomicBool::new(!in_memory),
@@ -141,6 +140,13 @@ impl FileDriver {
 
     fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// The image locks, if the node uses them and is active.
+    fn active_locks(&self) -> Option<&ImageLocks> {
+        self.locks
+            .as_ref()
+            .filter(|_| self.active.load(Ordering::Acquire))
     }
 
     /// Runs a buffered system call that may wait for the disk: inline for
@@ -525,22 +531,26 @@ impl BlockDriver for FileDriver {
                 return Err(open_error(&self.filename, err));
             }
         }
-        match &self.locks {
+        match self.active_locks() {
             Some(locks) => locks.prepare(perm, shared),
             None => Ok(()),
         }
     }
 
     fn set_perm(&self, perm: Perm, shared: Perm) {
-        if let Some(locks) = &self.locks {
+        if let Some(locks) = self.active_locks() {
             locks.commit(perm, shared);
         }
     }
 
     fn abort_perm(&self) {
-        if let Some(locks) = &self.locks {
+        if let Some(locks) = self.active_locks() {
             locks.abort();
         }
+    }
+
+    fn set_active(&self, active: bool) {
+        self.active.store(active, Ordering::Release);
     }
 }
 

@@ -264,8 +264,11 @@ impl BlockGraph {
 
     /// Attaches an export's backend to a node: consistent read, plus write
     /// if `writable`, sharing everything but resize (as QSD's exports).
+    /// Like QEMU's `blk_exp_add`, it first activates the node and what is
+    /// below it (nodes opened with `active=off`).
     pub fn attach_backend(&self, node_name: &str, writable: bool) -> BlockResult<BlockBackend> {
         let node = self.lookup(None, Some(node_name))?;
+        self.state().activate(&node)?;
         if writable && node.is_read_only() {
             return Err(BlockError::new(
                 ErrorKind::PermissionDenied,
@@ -275,14 +278,15 @@ impl BlockGraph {
         self.attach(&node, BackendPerms::export(writable))
     }
 
-    /// Attaches a backend with explicit permissions (e.g. a growable
-    /// export that needs resize).
+    /// Attaches an export's backend with explicit permissions (e.g. a
+    /// growable export that needs resize); activates the node first.
     pub fn attach_backend_with(
         &self,
         node_name: &str,
         perms: BackendPerms,
     ) -> BlockResult<BlockBackend> {
         let node = self.lookup(None, Some(node_name))?;
+        self.state().activate(&node)?;
         self.attach(&node, perms)
     }
 
@@ -445,6 +449,43 @@ impl GraphState {
 
     fn refresh_perms(&self) -> BlockResult<()> {
         perm_update::refresh(&self.nodes, &self.uses)
+    }
+
+    /// Activates `node` and everything below it (QEMU's `bdrv_activate`):
+    /// the permissions they kept while inactive now take effect (image
+    /// locks). On failure they are all inactive again.
+    fn activate(&mut self, node: &Arc<Node>) -> BlockResult<()> {
+        let mut subtree = vec![node.clone()];
+        let mut activated: Vec<Arc<Node>> = Vec::new();
+        while let Some(next) = subtree.pop() {
+            subtree.extend(next.children().iter().map(|c| c.node().clone()));
+            if next.is_active() || activated.iter().any(|a| Arc::ptr_eq(a, &next)) {
+                continue;
+            }
+            next.set_active(true);
+            next.driver().set_active(true);
+            let (perm, shared) = next.applied.get();
+            if let Err(e) = next.driver().check_perm(perm, shared) {
+                next.driver().set_active(false);
+                next.set_active(false);
+                for node in &activated {
+                    // Drop the locks taken; the node keeps its recorded
+                    // permissions for when it is activated again.
+                    if node.driver().check_perm(Perm::NONE, Perm::ALL).is_ok() {
+                        node.driver().set_perm(Perm::NONE, Perm::ALL);
+                    }
+                    node.driver().set_active(false);
+                    node.set_active(false);
+                }
+                return Err(e);
+            }
+            next.driver().set_perm(perm, shared);
+            activated.push(next);
+        }
+        if activated.is_empty() {
+            return Ok(());
+        }
+        self.refresh_perms()
     }
 
     /// Records a use of `node` and applies permissions; nothing is

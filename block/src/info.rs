@@ -54,7 +54,7 @@ fn block_device_info(node: &Arc<Node>, flat: bool) -> BlockDeviceInfo {
         drv: node.driver().format_name().to_string(),
         backing_file: backing.map(|b| display_filename(b)),
         backing_file_depth,
-        active: !settings.inactive,
+        active: node.is_active(),
         encrypted: false,
         detect_zeroes: settings.detect_zeroes,
         bps: 0,

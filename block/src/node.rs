@@ -9,7 +9,7 @@
 //! backend); nothing here takes a lock. The graph owns the bookkeeping
 //! (names, references, permissions) and is the only one to build nodes.
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 
 use schema::block::BlockdevDetectZeroesOptions;
@@ -103,7 +103,8 @@ pub struct NodeSettings {
     pub read_only: bool,
     /// `auto-read-only`: open read-write only if possible.
     pub auto_read_only: bool,
-    /// `active=off`: an inactive node takes no locks and refuses writers.
+    /// `active=off` when opened: an inactive node takes no locks and
+    /// refuses writers until activated (see [`Node::is_active`]).
     pub inactive: bool,
     /// `force-share`: parents share every permission on this node.
     pub force_share: bool,
@@ -126,6 +127,9 @@ pub struct Node {
     children: Vec<NodeChild>,
     /// 1 for a node without children, else 1 + the deepest child's depth.
     depth: usize,
+    /// Whether the node is active (QEMU clears `BDRV_O_INACTIVE` when an
+    /// export takes the node); changed by the graph only.
+    active: AtomicBool,
     /// The cumulative permissions of the node's users, as last applied to
     /// the driver.
     pub(crate) applied: PermCell,
@@ -148,6 +152,7 @@ impl Node {
             settings,
             children,
             depth,
+            active: AtomicBool::new(!settings.inactive),
             applied: PermCell::unused(),
         }
     }
@@ -195,9 +200,18 @@ impl Node {
         self.settings.read_only
     }
 
+    /// Whether the node is active (not handed over to another process).
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_active(&self, active: bool) {
+        self.active.store(active, Ordering::Release);
+    }
+
     /// Whether a user may take write permission on the node.
     pub fn is_writable(&self) -> bool {
-        !self.settings.read_only && !self.settings.inactive
+        !self.settings.read_only && self.is_active()
     }
 
     /// The current virtual size in bytes: the driver's, rounded up to
