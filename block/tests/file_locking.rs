@@ -294,12 +294,18 @@ async fn an_inactive_node_takes_locks_when_exported() {
     let r0 = graph.node("r0").unwrap();
     assert!(!r0.is_active() && !r0.is_writable());
     let info = graph.query_named_block_nodes(true);
-    assert!(info.iter().all(|n| !n.active), "the inline file is inactive too");
+    assert!(
+        info.iter().all(|n| !n.active),
+        "the inline file is inactive too"
+    );
 
     let export = graph.attach_backend("r0", true).unwrap();
     assert!(r0.is_active());
     assert!(graph.query_named_block_nodes(true).iter().all(|n| n.active));
-    let resize = run("qemu-img", &["resize", "-f", "raw", path.to_str().unwrap(), "2M"]);
+    let resize = run(
+        "qemu-img",
+        &["resize", "-f", "raw", path.to_str().unwrap(), "2M"],
+    );
     assert!(
         text(&resize).contains("Failed to get \"resize\" lock"),
         "the export's locks are in place: {}",
