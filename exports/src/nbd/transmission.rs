@@ -5,8 +5,10 @@
 //! on its first poll (a page-cache hit), and then no other task or thread
 //! is involved. Larger requests, and those whose first poll has to wait,
 //! run in tasks of their own and send their reply back, so requests
-//! proceed concurrently and complete in any order. If inline polls start
-//! to take long (a backend that blocks), requests are spawned for a while.
+//! proceed concurrently and complete in any order. If an inline request
+//! put its thread to sleep (a backend that waits for a disk, such as
+//! `O_DIRECT` files), requests are spawned for a while, so that they wait
+//! in parallel.
 //!
 //! Requests in flight and the payload bytes they hold are bounded; at the
 //! bound the loop stops reading, which pushes back on the client.
@@ -15,7 +17,6 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::mpsc::{self, UnboundedSender};
@@ -39,10 +40,10 @@ pub const MAX_IN_FLIGHT_REQUESTS: u32 = 256;
 pub const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
 /// Reads and writes at most this long are tried inline.
 const INLINE_MAX_LEN: u64 = 64 << 10;
-/// An inline poll slower than this means the backend blocks.
-const SLOW_INLINE_POLL: Duration = Duration::from_micros(500);
-/// Requests spawned after a slow inline poll before inline is tried again.
-const SPAWNED_AFTER_SLOW_POLL: u32 = 256;
+/// One in this many inline requests checks whether its thread slept.
+const BLOCKING_SAMPLE: u32 = 8;
+/// Requests spawned after an inline one slept before inline is tried again.
+const SPAWNED_AFTER_BLOCKING: u32 = 256;
 
 const _: () = assert!(MAX_PAYLOAD <= MAX_IN_FLIGHT_BYTES);
 
@@ -98,6 +99,7 @@ where
         done,
         tasks: tasks.clone(),
         spawn_streak: 0,
+        inline_count: 0,
     };
     loop {
         if let Err(reason) = requests.take().await {
@@ -201,6 +203,8 @@ struct Requests {
     tasks: TaskTracker,
     /// Requests still to spawn without trying inline first.
     spawn_streak: u32,
+    /// Inline requests so far (for sampling).
+    inline_count: u32,
 }
 
 impl Requests {
@@ -314,10 +318,12 @@ impl Requests {
             reply
         });
         if self.spawn_streak == 0 && runs_inline(&req, command) {
-            let started = Instant::now();
+            self.inline_count = self.inline_count.wrapping_add(1);
+            let sample = self.inline_count % BLOCKING_SAMPLE == 0;
+            let switches = sample.then(voluntary_context_switches);
             let polled = poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await;
-            if started.elapsed() > SLOW_INLINE_POLL {
-                self.spawn_streak = SPAWNED_AFTER_SLOW_POLL;
+            if switches.is_some_and(|before| voluntary_context_switches() > before) {
+                self.spawn_streak = SPAWNED_AFTER_BLOCKING;
             }
             if let Poll::Ready(reply) = polled {
                 self.out.push(reply);
@@ -341,6 +347,19 @@ fn runs_inline(req: &Request, command: Command) -> bool {
         command,
         Command::Read { .. } | Command::Write { fua: false }
     ) && req.length <= INLINE_MAX_LEN
+}
+
+/// How often this thread has given up the CPU to wait: it grows when an
+/// inline request slept (on a disk, a lock) rather than ran.
+fn voluntary_context_switches() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; on failure it stays
+    // zeroed, which reads as no switch.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    usage.ru_nvcsw
 }
 
 /// Payload bytes a request holds while in flight.
