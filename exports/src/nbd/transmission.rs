@@ -319,7 +319,7 @@ impl Requests {
         });
         if self.spawn_streak == 0 && runs_inline(&req, command) {
             self.inline_count = self.inline_count.wrapping_add(1);
-            let sample = self.inline_count % BLOCKING_SAMPLE == 0;
+            let sample = self.inline_count.is_multiple_of(BLOCKING_SAMPLE);
             let switches = sample.then(voluntary_context_switches);
             let polled = poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await;
             if switches.is_some_and(|before| voluntary_context_switches() > before) {
