@@ -21,6 +21,8 @@ pub struct Daemon {
     pub objects: Objects,
     /// The block exports and the NBD server.
     pub exports: BlockExports,
+    /// The background jobs (`blockdev-create`).
+    pub jobs: block::job::JobRegistry,
     quit: CancellationToken,
 }
 
@@ -30,6 +32,7 @@ impl Daemon {
         Self {
             graph: BlockGraph::new(),
             objects: Objects::new(),
+            jobs: block::job::JobRegistry::new(events.clone()),
             exports: BlockExports::new(events),
             quit: CancellationToken::new(),
         }

@@ -11,6 +11,7 @@
 mod aligned;
 pub mod backend;
 mod blocking;
+pub mod create;
 mod direct_io;
 pub mod driver;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod file;
 pub mod filename;
 pub mod graph;
 pub mod info;
+pub mod job;
 mod locking;
 pub mod node;
 pub mod null;

@@ -13,6 +13,7 @@
 
 mod block;
 mod export;
+mod job;
 mod misc;
 mod object;
 
@@ -53,6 +54,7 @@ const GROUPS: &[&[Command]] = &[
     block::COMMANDS,
     export::COMMANDS,
     object::COMMANDS,
+    job::COMMANDS,
 ];
 
 /// Makes a [`Command`] of an `async fn(&Daemon, Map<String, Value>)`.
