@@ -1,0 +1,269 @@
+//! The command line: `--help`, `--version`, getopt's rules and messages,
+//! option values in keyval and JSON form, command-line order, and errors
+//! that end the process with status 1 before anything is served. Where
+//! QSD is installed the error cases are run against it too and the
+//! messages compared.
+
+mod common;
+
+use std::process::Command;
+
+use common::{ok, run, sparse_file, TestDaemon};
+use serde_json::{json, Value};
+
+/// Bad command lines and the message (after `storaged: `) they produce.
+/// `qemu-storage-daemon` prints the same after its own name.
+const BAD_COMMAND_LINES: &[(&[&str], &str)] = &[
+    (&["--bogus"], "unrecognized option '--bogus'"),
+    (&["--bogus=1"], "unrecognized option '--bogus=1'"),
+    (&["--blockdev"], "option '--blockdev' requires an argument"),
+    (&["--help=x"], "option '--help' doesn't allow an argument"),
+    (&["-x"], "invalid option -- 'x'"),
+    (&["-T"], "option requires an argument -- 'T'"),
+    (&["foo"], "foo: Unexpected argument"),
+    (
+        &["--blockdev", "driver=null-co,node-name=a,foo=bar"],
+        "--blockdev driver=null-co,node-name=a,foo=bar: Parameter 'foo' is unexpected",
+    ),
+    (
+        &["--blockdev=driver=null-co,node-name=a,foo=bar"],
+        "--blockdev=driver=null-co,node-name=a,foo=bar: Parameter 'foo' is unexpected",
+    ),
+    (
+        &["--blockdev", "driver=bogus"],
+        "--blockdev driver=bogus: Parameter 'driver' does not accept value 'bogus'",
+    ),
+    (
+        &["--blockdev", "null-co,node-name=a,size=abc"],
+        "--blockdev null-co,node-name=a,size=abc: Parameter 'size' expects integer",
+    ),
+    (
+        &["--blockdev", r#"{"driver":"null-co","node-name":"a","size":"x"}"#],
+        r#"--blockdev {"driver":"null-co","node-name":"a","size":"x"}: Invalid parameter type for 'size', expected: integer"#,
+    ),
+    (
+        &["--blockdev", r#"{"driver":"null-co","#],
+        r#"--blockdev {"driver":"null-co",: JSON parse error, premature EOI"#,
+    ),
+    (
+        &["--blockdev", "null-co,node-name=a", "--blockdev", "null-co,node-name=a"],
+        "--blockdev null-co,node-name=a: Duplicate nodes with node-name='a'",
+    ),
+    (
+        &["--blockdev", "raw,node-name=r,file=f", "--blockdev", "null-co,node-name=f"],
+        "--blockdev raw,node-name=r,file=f: Cannot find device='f' nor node-name='f'",
+    ),
+    (
+        &["--blockdev", "file,node-name=f,filename=/nonexistent/x"],
+        "--blockdev file,node-name=f,filename=/nonexistent/x: Could not open '/nonexistent/x': No such file or directory",
+    ),
+    (&["--object", "secret"], "--object secret: Parameter 'id' is missing"),
+    (
+        &["--object", "secret,id=s0"],
+        "--object secret,id=s0: Either 'file' or 'data' must be provided",
+    ),
+    (
+        &["--object", "secret,id=s0,data=x", "--object", "secret,id=s0,data=y"],
+        "--object secret,id=s0,data=y: attempt to add duplicate property 's0' to object (type 'container')",
+    ),
+    (
+        &["--object", "bogus,id=x"],
+        "--object bogus,id=x: Parameter 'qom-type' does not accept value 'bogus'",
+    ),
+    (
+        &["--object", "throttle-group,id=tg,limits.iops-total=100,limits.iops-read=5"],
+        "--object throttle-group,id=tg,limits.iops-total=100,limits.iops-read=5: bps/iops/max total values and read/write values cannot be used at the same time",
+    ),
+    (&["--monitor", "bogus"], "--monitor bogus: chardev \"bogus\" not found"),
+    (
+        &["--monitor", "chardev=m,bogus=1"],
+        "--monitor chardev=m,bogus=1: Parameter 'bogus' is unexpected",
+    ),
+    (&["--monitor", "id=x"], "--monitor id=x: Parameter 'chardev' is missing"),
+    (
+        &["--chardev", "socket,path=/tmp/x.sock,server=on,wait=off"],
+        "--chardev socket,path=/tmp/x.sock,server=on,wait=off: chardev: no id specified",
+    ),
+    (
+        &["--chardev", "bogus,id=m"],
+        "--chardev bogus,id=m: 'bogus' is not a valid char driver name",
+    ),
+    (
+        &["--chardev", "socket,id=m,path=/tmp/x.sock,server=on,wait=off,foo=bar"],
+        "--chardev socket,id=m,path=/tmp/x.sock,server=on,wait=off,foo=bar: Invalid parameter 'foo'",
+    ),
+    (
+        &["--chardev", "socket,id=m,host=127.0.0.1,server=on,wait=off"],
+        "--chardev socket,id=m,host=127.0.0.1,server=on,wait=off: chardev: socket: no port given",
+    ),
+    (
+        &["--chardev", "stdio,id=m", "--daemonize"],
+        "--chardev stdio,id=m: cannot use stdio with -daemonize",
+    ),
+    (
+        &["--pidfile", "/nonexistent/x.pid"],
+        "cannot create PID file: Could not create '/nonexistent/x.pid': No such file or directory",
+    ),
+];
+
+#[test]
+fn bad_command_lines_exit_1_naming_option_and_key() {
+    for (args, message) in BAD_COMMAND_LINES {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr),
+            format!("storaged: {message}\n"),
+            "{args:?}"
+        );
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn bad_command_lines_read_as_qemu_storage_daemon_reads_them() {
+    for (args, _) in BAD_COMMAND_LINES {
+        let qsd = Command::new("qemu-storage-daemon")
+            .args(*args)
+            .output()
+            .expect("qemu-storage-daemon is installed (.ci/run installs it)");
+        let ours = run(args);
+        assert_eq!(ours.status.code(), qsd.status.code(), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stderr),
+            String::from_utf8_lossy(&qsd.stderr).replace("qemu-storage-daemon:", "storaged:"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn help_and_version_exit_0_on_stdout() {
+    for flag in ["--help", "-h", "--hel", "-hV"] {
+        let output = run(&[flag]);
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            text.starts_with("Usage: storaged [options]\n"),
+            "{flag}: {text}"
+        );
+        for option in [
+            "--blockdev",
+            "--chardev",
+            "--daemonize",
+            "--export",
+            "--monitor",
+            "--nbd-server",
+            "--object",
+            "--pidfile",
+            "--trace",
+            "--version",
+        ] {
+            assert!(text.contains(option), "{flag} does not mention {option}");
+        }
+        assert!(output.stderr.is_empty());
+    }
+    for flag in ["--version", "-V", "-Vh"] {
+        let output = run(&[flag]);
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            format!(
+                "storaged version {} (qemu-storage-daemon 10.0.0 compatible)\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
+    // Help is handled before any value is read, as in QSD.
+    let output = run(&["--blockdev", "driver=nope", "--help"]);
+    assert_eq!(output.status.code(), Some(0));
+    // But an earlier syntax error wins.
+    let output = run(&["--bogus", "--help"]);
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn a_failed_start_serves_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("qmp.sock");
+    let pidfile = dir.path().join("pid");
+    let chardev = format!("socket,id=m,path={},server=on,wait=off", socket.display());
+    let output = run(&[
+        "--chardev",
+        &chardev,
+        "--monitor",
+        "m",
+        "--pidfile",
+        pidfile.to_str().expect("utf-8"),
+        "--blockdev",
+        "null-co,node-name=n,bogus=1",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "storaged: --blockdev null-co,node-name=n,bogus=1: Parameter 'bogus' is unexpected\n"
+    );
+    assert!(!socket.exists(), "the monitor socket is removed");
+    assert!(
+        !pidfile.exists(),
+        "no pid file for a daemon that never got ready"
+    );
+}
+
+/// The names of the nodes `query-named-block-nodes` lists.
+fn node_names(nodes: &Value) -> Vec<String> {
+    nodes
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|entry| entry["node-name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn keyval_and_json_forms_on_the_real_command_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A file name with a comma, written `,,` in keyval.
+    let comma_image = dir.path().join("a,b.img");
+    sparse_file(&comma_image, 1024 * 1024);
+    let plain_image = dir.path().join("plain.img");
+    sparse_file(&plain_image, 2 * 1024 * 1024);
+    let escaped = comma_image.display().to_string().replace(',', ",,");
+    let plain = plain_image.display().to_string();
+    let daemon = TestDaemon::start_in(dir, |_| {
+        vec![
+            "--object".into(),
+            "secret,id=sec0,data=x".into(),
+            "--object".into(),
+            "throttle-group,id=tg0,limits.iops-total=100".into(),
+            "--blockdev".into(),
+            format!("driver=file,node-name=comma,filename={escaped}"),
+            "--blockdev".into(),
+            format!("raw,node-name=dotted,file.driver=file,file.filename={plain},file.node-name=dotted-file"),
+            "--blockdev=null-co,node-name=implied,size=4096,read-only=on".into(),
+            "--blockdev".into(),
+            r#"{"driver": "null-co", "node-name": "json", "read-zeroes": true}"#.into(),
+        ]
+    });
+    let mut client = daemon.connect().await;
+    let nodes = ok(&mut client, "query-named-block-nodes", json!({})).await;
+    assert_eq!(
+        node_names(&nodes),
+        ["json", "implied", "dotted", "dotted-file", "comma"]
+    );
+    let by_name = |name: &str| {
+        nodes
+            .as_array()
+            .and_then(|list| list.iter().find(|entry| entry["node-name"] == name))
+            .cloned()
+            .expect("node")
+    };
+    assert_eq!(by_name("comma")["file"], comma_image.display().to_string());
+    assert_eq!(by_name("dotted")["drv"], "raw");
+    assert_eq!(by_name("dotted")["image"]["virtual-size"], 2 * 1024 * 1024);
+    assert_eq!(by_name("implied")["ro"], true);
+    assert_eq!(by_name("implied")["image"]["virtual-size"], 4096);
+    // The objects exist: deleting them works.
+    ok(&mut client, "object-del", json!({"id": "sec0"})).await;
+    ok(&mut client, "object-del", json!({"id": "tg0"})).await;
+}

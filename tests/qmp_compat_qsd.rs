@@ -1,0 +1,118 @@
+//! The same QMP session (tests/compat/qmp_session.txt) is sent to
+//! qemu-storage-daemon and to storaged, both started with the same options
+//! and the same image; the replies must be equal once the version numbers
+//! (QSD 10.0.x vs "10.0.0" and "storaged X.Y.Z") are blanked: greeting
+//! shape, error classes and messages, `query-named-block-nodes` members
+//! for file, raw and null-co nodes, the block graph.
+
+mod common;
+
+use std::process::Command;
+
+use common::{sparse_file, storaged, TestDaemon};
+use serde_json::{json, Value};
+
+const SESSION: &str = include_str!("compat/qmp_session.txt");
+
+/// The id of requests whose replies carry version numbers.
+const VERSION_ID: &str = "version";
+
+/// The messages of the session, with `@DIR@` replaced.
+fn session_lines(dir: &str) -> Vec<String> {
+    SESSION
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| line.replace("@DIR@", dir))
+        .collect()
+}
+
+/// The options both daemons get (besides their monitor and pid file).
+fn options(dir: &std::path::Path) -> Vec<String> {
+    vec![
+        "--blockdev".into(),
+        format!(
+            "file,node-name=f0,filename={}",
+            dir.join("disk.img").display()
+        ),
+        "--blockdev".into(),
+        "raw,node-name=r0,file=f0".into(),
+        "--blockdev".into(),
+        "null-co,node-name=n0,size=1048576".into(),
+    ]
+}
+
+/// Blanks what must differ: the version in the greeting and in replies to
+/// `query-version` with [`VERSION_ID`].
+fn normalize(mut message: Value) -> Value {
+    if let Some(version) = message.pointer_mut("/QMP/version") {
+        *version = blank_version(version);
+    }
+    if message["id"] == VERSION_ID {
+        if let Some(version) = message.get_mut("return") {
+            *version = blank_version(version);
+        }
+    }
+    message
+}
+
+/// Keeps the shape of a `VersionInfo`, not its values.
+fn blank_version(version: &Value) -> Value {
+    assert!(version["qemu"]["major"].is_i64(), "{version}");
+    assert!(version["qemu"]["minor"].is_i64(), "{version}");
+    assert!(version["qemu"]["micro"].is_i64(), "{version}");
+    assert!(version["package"].is_string(), "{version}");
+    json!({"qemu": {"major": "N", "minor": "N", "micro": "N"}, "package": "P"})
+}
+
+/// Runs the session against `program`; returns the greeting and one reply
+/// per message.
+async fn transcript(program: Command) -> Vec<Value> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The same path for both daemons, so file names in replies agree.
+    let image_dir = std::env::temp_dir().join(format!("storaged-compat-{}", std::process::id()));
+    std::fs::create_dir_all(&image_dir).expect("image dir");
+    sparse_file(&image_dir.join("disk.img"), 4 << 20);
+    sparse_file(&image_dir.join("other.img"), 1 << 20);
+    let daemon = TestDaemon::spawn(program, dir, |_| options(&image_dir));
+    let mut client = daemon.connect_raw().await;
+    let mut replies = vec![normalize(client.greeting().clone())];
+    for line in session_lines(&image_dir.display().to_string()) {
+        client
+            .send_raw(format!("{line}\n").as_bytes())
+            .await
+            .expect("send");
+        let reply = client.receive().await.unwrap_or_else(|error| {
+            panic!("no reply to {line}: {error}; stderr: {}", daemon.stderr())
+        });
+        replies.push(normalize(reply));
+    }
+    drop(daemon);
+    std::fs::remove_dir_all(&image_dir).expect("remove image dir");
+    replies
+}
+
+#[tokio::test]
+async fn storaged_answers_the_session_as_qemu_storage_daemon() {
+    let qsd = transcript(Command::new("qemu-storage-daemon")).await;
+    let ours = transcript(storaged()).await;
+    let dir = std::env::temp_dir().display().to_string();
+    let requests: Vec<String> = std::iter::once("(greeting)".to_owned())
+        .chain(session_lines(&dir))
+        .collect();
+    assert_eq!(qsd.len(), ours.len());
+    let mut differences = Vec::new();
+    for ((request, theirs), mine) in requests.iter().zip(&qsd).zip(&ours) {
+        if theirs != mine {
+            differences.push(format!(
+                "request: {request}\n  qemu-storage-daemon: {theirs}\n  storaged:            {mine}"
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} replies differ:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+}
