@@ -63,7 +63,7 @@ use layout::Geometry;
 use range_lock::RangeLocks;
 use refcount::Refcounts;
 
-use crate::driver::{BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
+use crate::driver::{BackingFileName, BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 
 /// What the header says about the backing file, for whoever opens it.
@@ -411,6 +411,19 @@ impl BlockDriver for Qcow2 {
 
     fn filename(&self) -> String {
         String::new()
+    }
+
+    async fn close(&self) -> BlockResult<()> {
+        // The inherent `close`: write back the caches and mark the image clean.
+        Qcow2::close(self).await
+    }
+
+    fn backing_file_name(&self) -> Option<BackingFileName> {
+        let backing = self.backing_file();
+        backing.file.as_ref().map(|name| BackingFileName {
+            name: name.clone(),
+            format: backing.format.clone(),
+        })
     }
 
     fn driver_info(&self) -> Option<DriverInfo> {
