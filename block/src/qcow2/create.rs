@@ -88,7 +88,7 @@ impl CreateOptions {
     }
 
     /// The options of `blockdev-create` (the `file` child is the caller's
-    /// business). What this driver cannot create is refused.
+    /// business), checked. What this driver cannot create is refused.
     pub fn from_schema(options: &BlockdevCreateOptionsQcow2) -> BlockResult<Self> {
         let unsupported = |m: &str| Err(BlockError::new(ErrorKind::NotSupported, m));
         if options.data_file.is_some() {
@@ -124,7 +124,7 @@ impl CreateOptions {
                 )
             })?,
         };
-        Ok(CreateOptions {
+        let create_options = CreateOptions {
             size: options.size.bytes(),
             version: match options.version {
                 Some(BlockdevQcow2Version::V2) => Qcow2Version::V2,
@@ -144,7 +144,11 @@ impl CreateOptions {
                 Some(Qcow2CompressionType::Zstd) => CompressionType::Zstd,
                 Some(Qcow2CompressionType::Zlib) | None => CompressionType::Zlib,
             },
-        })
+        };
+        // Checked here, before the caller takes permissions on the file,
+        // so errors come in QEMU's order.
+        create_options.validate()?;
+        Ok(create_options)
     }
 
     /// QEMU's checks, with its messages.
@@ -306,6 +310,14 @@ mod tests {
         }))
         .unwrap();
         assert!(CreateOptions::from_schema(&parsed).is_err());
+        // Geometry is checked by from_schema itself, before any permission
+        // on the file is taken (QEMU's order of errors).
+        let parsed: BlockdevCreateOptionsQcow2 = schema::from_json(serde_json::json!({
+            "file": "node0", "size": 1048576, "cluster-size": 1000,
+        }))
+        .unwrap();
+        let err = CreateOptions::from_schema(&parsed).unwrap_err();
+        assert!(err.message.starts_with("Cluster size must be"));
     }
 
     #[test]
