@@ -226,3 +226,49 @@ async fn handshake_time_limit() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     check_read(&mut c, 1, 0, 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_byte_budget_wait_their_turn() {
+    let h = Harness::start().await;
+    let image = h.image("disk.raw", 128 * MIB);
+    fill(&image, 0, 128 * MIB as usize, 0x42);
+    h.export_file(&ExportSpec::new("disk"), &image);
+    let mut c = structured(&h, "disk").await;
+    // Three 32 MiB reads exceed the in-flight byte budget; behind them,
+    // more small requests than the receive buffer holds.
+    let mut burst = Vec::new();
+    for cookie in 0..3u64 {
+        burst.extend(encode_request(
+            false,
+            0,
+            CMD_READ,
+            cookie,
+            cookie * 32 * MIB,
+            32 * MIB,
+            &[],
+        ));
+    }
+    const FLUSHES: u64 = 6000;
+    for cookie in 3..3 + FLUSHES {
+        burst.extend(encode_request(false, 0, CMD_FLUSH, cookie, 0, 0, &[]));
+    }
+    let (read_half, mut write_half) = c.stream.into_split();
+    let sender = tokio::spawn(async move {
+        write_half.write_all(&burst).await.unwrap();
+        write_half
+    });
+    c.stream = read_half.reunite(sender.await.unwrap()).unwrap();
+    let mut seen = 0;
+    let mut data = 0;
+    while seen < 3 + FLUSHES {
+        let reply = c.chunk().await;
+        if reply.kind == REPLY_TYPE_OFFSET_DATA {
+            assert!(reply.data[8..].iter().all(|b| *b == 0x42));
+            data += reply.data.len() - 8;
+        } else {
+            assert_eq!(reply.kind, REPLY_TYPE_NONE, "{reply:?}");
+        }
+        seen += 1;
+    }
+    assert_eq!(data as u64, 96 * MIB);
+}

@@ -40,6 +40,11 @@ impl Input {
         self.start == self.end
     }
 
+    /// Whether no more bytes fit (every byte unconsumed).
+    pub fn is_full(&self) -> bool {
+        self.start == 0 && self.end == self.buf.len()
+    }
+
     pub fn consume(&mut self, n: usize) {
         self.start += n;
         debug_assert!(self.start <= self.end);
@@ -64,7 +69,8 @@ impl Input {
         n
     }
 
-    /// Reads more bytes after the buffered ones; 0 means end of file.
+    /// Reads more bytes after the buffered ones; 0 means end of file. The
+    /// buffer must not be full.
     pub async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> io::Result<usize> {
         if self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);

@@ -98,6 +98,7 @@ where
         budget: Budget::default(),
         done,
         tasks: tasks.clone(),
+        over_budget: false,
         spawn_streak: 0,
         inline_count: 0,
     };
@@ -201,6 +202,8 @@ struct Requests {
     /// Replies of spawned requests come back through this.
     done: UnboundedSender<Reply>,
     tasks: TaskTracker,
+    /// The next request waits for in-flight payload bytes to be released.
+    over_budget: bool,
     /// Requests still to spawn without trying inline first.
     spawn_streak: u32,
     /// Inline requests so far (for sampling).
@@ -211,7 +214,11 @@ impl Requests {
     /// Whether reading more input can make progress.
     fn wants_input(&self) -> bool {
         match &self.incoming {
-            Incoming::Header => self.budget.requests < MAX_IN_FLIGHT_REQUESTS,
+            Incoming::Header => {
+                self.budget.requests < MAX_IN_FLIGHT_REQUESTS
+                    && !self.over_budget
+                    && !self.input.is_full()
+            }
             Incoming::Payload { .. } => true,
             Incoming::Finished => false,
         }
@@ -225,6 +232,7 @@ impl Requests {
     /// Decodes and starts every request the buffered input holds, as far
     /// as the budget allows. An error is a reason to drop the client.
     async fn take(&mut self) -> Result<(), String> {
+        self.over_budget = false;
         loop {
             match &mut self.incoming {
                 Incoming::Finished => return Ok(()),
@@ -248,7 +256,8 @@ impl Requests {
                         ));
                     }
                     let cost = cost(&req, payload_len);
-                    if !self.budget.fits(cost) {
+                    self.over_budget = !self.budget.fits(cost);
+                    if self.over_budget {
                         return Ok(());
                     }
                     self.input.consume(header_len);
