@@ -83,43 +83,61 @@ impl fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
-/// What an option means; the table below maps names to these.
+/// What an option means; the tables below map names to these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Meaning {
+    Flag(Flag),
+    Valued(Valued),
+}
+
+/// Options without a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flag {
     Help,
     Version,
     Daemonize,
+}
+
+/// Options with a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Valued {
     Pidfile,
     Trace,
     Step(StepKind),
 }
 
-impl Meaning {
-    fn takes_value(self) -> bool {
-        !matches!(self, Meaning::Help | Meaning::Version | Meaning::Daemonize)
-    }
+/// One option read from the arguments.
+enum Parsed {
+    Flag(Flag),
+    Valued(Valued, Located),
 }
 
 /// QSD's long options.
 const LONG_OPTIONS: &[(&str, Meaning)] = &[
-    ("blockdev", Meaning::Step(StepKind::Blockdev)),
-    ("chardev", Meaning::Step(StepKind::Chardev)),
-    ("daemonize", Meaning::Daemonize),
-    ("export", Meaning::Step(StepKind::Export)),
-    ("help", Meaning::Help),
-    ("monitor", Meaning::Step(StepKind::Monitor)),
-    ("nbd-server", Meaning::Step(StepKind::NbdServer)),
-    ("object", Meaning::Step(StepKind::Object)),
-    ("pidfile", Meaning::Pidfile),
-    ("trace", Meaning::Trace),
-    ("version", Meaning::Version),
+    (
+        "blockdev",
+        Meaning::Valued(Valued::Step(StepKind::Blockdev)),
+    ),
+    ("chardev", Meaning::Valued(Valued::Step(StepKind::Chardev))),
+    ("daemonize", Meaning::Flag(Flag::Daemonize)),
+    ("export", Meaning::Valued(Valued::Step(StepKind::Export))),
+    ("help", Meaning::Flag(Flag::Help)),
+    ("monitor", Meaning::Valued(Valued::Step(StepKind::Monitor))),
+    (
+        "nbd-server",
+        Meaning::Valued(Valued::Step(StepKind::NbdServer)),
+    ),
+    ("object", Meaning::Valued(Valued::Step(StepKind::Object))),
+    ("pidfile", Meaning::Valued(Valued::Pidfile)),
+    ("trace", Meaning::Valued(Valued::Trace)),
+    ("version", Meaning::Flag(Flag::Version)),
 ];
 
 /// QSD's short options (`hT:V`).
 const SHORT_OPTIONS: &[(char, Meaning)] = &[
-    ('h', Meaning::Help),
-    ('T', Meaning::Trace),
-    ('V', Meaning::Version),
+    ('h', Meaning::Flag(Flag::Help)),
+    ('T', Meaning::Valued(Valued::Trace)),
+    ('V', Meaning::Flag(Flag::Version)),
 ];
 
 /// Reads the command line (without the program name).
@@ -145,22 +163,22 @@ where
             break;
         }
         let parsed = if let Some(long) = arg.strip_prefix("--") {
-            long_option(long, arg, &args, &mut index)?
+            vec![long_option(long, arg, &args, &mut index)?]
         } else if arg.len() > 1 && arg.starts_with('-') {
             short_options(&arg[1..], &args, &mut index)?
         } else {
-            vec![(Meaning::Step(StepKind::Unexpected), Some(located(arg, arg)))]
+            invocation.steps.push(unexpected(arg));
+            continue;
         };
-        for (meaning, value) in parsed {
-            match (meaning, value) {
-                (Meaning::Help, _) => return Ok(Action::Help),
-                (Meaning::Version, _) => return Ok(Action::Version),
-                (Meaning::Daemonize, _) => invocation.daemonize = true,
-                (Meaning::Pidfile, Some(arg)) => invocation.pidfile = Some(arg.value.into()),
-                (Meaning::Trace, Some(arg)) => invocation.traces.push(arg),
-                (Meaning::Step(kind), Some(arg)) => invocation.steps.push(Step { kind, arg }),
-                (Meaning::Pidfile | Meaning::Trace | Meaning::Step(_), None) => {
-                    unreachable!("options that take a value always get one")
+        for option in parsed {
+            match option {
+                Parsed::Flag(Flag::Help) => return Ok(Action::Help),
+                Parsed::Flag(Flag::Version) => return Ok(Action::Version),
+                Parsed::Flag(Flag::Daemonize) => invocation.daemonize = true,
+                Parsed::Valued(Valued::Pidfile, arg) => invocation.pidfile = Some(arg.value.into()),
+                Parsed::Valued(Valued::Trace, arg) => invocation.traces.push(arg),
+                Parsed::Valued(Valued::Step(kind), arg) => {
+                    invocation.steps.push(Step { kind, arg })
                 }
             }
         }
@@ -182,8 +200,6 @@ fn unexpected(arg: &str) -> Step {
     }
 }
 
-type Parsed = Vec<(Meaning, Option<Located>)>;
-
 /// `--name`, `--name=value` or `--name value`, with `name` any unique
 /// prefix of a long option.
 fn long_option(
@@ -197,14 +213,15 @@ fn long_option(
         None => (text, None),
     };
     let (full_name, meaning) = find_long(name, arg)?;
-    if !meaning.takes_value() {
-        if inline_value.is_some() {
+    let valued = match meaning {
+        Meaning::Flag(_) if inline_value.is_some() => {
             return Err(CliError(format!(
                 "option '--{full_name}' doesn't allow an argument"
-            )));
+            )))
         }
-        return Ok(vec![(meaning, None)]);
-    }
+        Meaning::Flag(flag) => return Ok(Parsed::Flag(flag)),
+        Meaning::Valued(valued) => valued,
+    };
     let value = match inline_value {
         Some(value) => located(value, arg),
         None => {
@@ -217,7 +234,7 @@ fn long_option(
             located(value, &format!("{arg} {value}"))
         }
     };
-    Ok(vec![(meaning, Some(value))])
+    Ok(Parsed::Valued(valued, value))
 }
 
 /// An exact name, else the only long option `name` is a prefix of.
@@ -245,17 +262,26 @@ fn find_long(name: &str, arg: &str) -> Result<(&'static str, Meaning), CliError>
     }
 }
 
-/// A bundle of short options (`-hV`, `-Tpattern`, `-T pattern`).
-fn short_options(bundle: &str, args: &[String], index: &mut usize) -> Result<Parsed, CliError> {
+/// A bundle of short options (`-hV`, `-Tpattern`, `-T pattern`): flags
+/// until the first option that takes a value, which takes the rest of the
+/// bundle or the next argument.
+fn short_options(
+    bundle: &str,
+    args: &[String],
+    index: &mut usize,
+) -> Result<Vec<Parsed>, CliError> {
     let mut parsed = Vec::new();
     for (position, letter) in bundle.char_indices() {
         let Some(&(_, meaning)) = SHORT_OPTIONS.iter().find(|(short, _)| *short == letter) else {
             return Err(CliError(format!("invalid option -- '{letter}'")));
         };
-        if !meaning.takes_value() {
-            parsed.push((meaning, None));
-            continue;
-        }
+        let valued = match meaning {
+            Meaning::Flag(flag) => {
+                parsed.push(Parsed::Flag(flag));
+                continue;
+            }
+            Meaning::Valued(valued) => valued,
+        };
         let attached = &bundle[position + letter.len_utf8()..];
         let value = if !attached.is_empty() {
             located(attached, &format!("-{bundle}"))
@@ -268,7 +294,7 @@ fn short_options(bundle: &str, args: &[String], index: &mut usize) -> Result<Par
             *index += 1;
             located(value, &format!("-{bundle} {value}"))
         };
-        parsed.push((meaning, Some(value)));
+        parsed.push(Parsed::Valued(valued, value));
         break;
     }
     Ok(parsed)

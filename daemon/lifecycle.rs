@@ -74,33 +74,23 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
         result = start(&mut startup, &invocation, program) => result,
         name = signals.recv() => Err(StartupEnd::Stopped(name)),
     };
-    let pidfile = match started {
-        Ok(()) => invocation
-            .pidfile
-            .as_deref()
-            .map(PidFile::create)
-            .transpose(),
+    let announced = match started {
+        Ok(()) => announce_ready(&invocation, ready),
         Err(StartupEnd::Failed(message)) => Err(message),
         Err(StartupEnd::Stopped(name)) => {
             tracing::info!("{name} during startup; stopping");
             return stop(&daemon, &monitors).await;
         }
     };
-    let pidfile = match pidfile {
+    let pidfile = match announced {
         Ok(pidfile) => pidfile,
         Err(message) => {
             eprintln!("{program}: {message}");
-            monitors.shutdown().await;
+            // Undo what started: monitor and NBD sockets go away.
+            let _ = stop(&daemon, &monitors).await;
             return ExitCode::FAILURE;
         }
     };
-    if let Some(ready) = ready {
-        if let Err(error) = ready.ready() {
-            eprintln!("{program}: cannot finish daemonizing: {error}");
-            monitors.shutdown().await;
-            return ExitCode::FAILURE;
-        }
-    }
     tracing::info!("ready");
 
     tokio::select! {
@@ -110,6 +100,25 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
     let status = stop(&daemon, &monitors).await;
     drop(pidfile);
     status
+}
+
+/// Tells the world the daemon is ready: the pid file, then the waiting
+/// `--daemonize` parent. Returns the pid file to remove at exit.
+fn announce_ready(
+    invocation: &Invocation,
+    ready: Option<ReadyNotifier>,
+) -> Result<Option<PidFile>, String> {
+    let pidfile = invocation
+        .pidfile
+        .as_deref()
+        .map(PidFile::create)
+        .transpose()?;
+    if let Some(ready) = ready {
+        ready
+            .ready()
+            .map_err(|error| format!("cannot finish daemonizing: {error}"))?;
+    }
+    Ok(pidfile)
 }
 
 /// Applies every option in order, printing warnings as they come.

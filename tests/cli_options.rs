@@ -187,12 +187,16 @@ fn a_failed_start_serves_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("qmp.sock");
     let pidfile = dir.path().join("pid");
+    let nbd_socket = dir.path().join("nbd.sock");
     let chardev = format!("socket,id=m,path={},server=on,wait=off", socket.display());
+    let nbd_server = format!("addr.type=unix,addr.path={}", nbd_socket.display());
     let output = run(&[
         "--chardev",
         &chardev,
         "--monitor",
         "m",
+        "--nbd-server",
+        &nbd_server,
         "--pidfile",
         pidfile.to_str().expect("utf-8"),
         "--blockdev",
@@ -204,6 +208,7 @@ fn a_failed_start_serves_nothing() {
         "storaged: --blockdev null-co,node-name=n,bogus=1: Parameter 'bogus' is unexpected\n"
     );
     assert!(!socket.exists(), "the monitor socket is removed");
+    assert!(!nbd_socket.exists(), "the NBD server's socket is removed");
     assert!(
         !pidfile.exists(),
         "no pid file for a daemon that never got ready"
