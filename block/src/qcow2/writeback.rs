@@ -118,12 +118,22 @@ impl Qcow2 {
         file.flush().await
     }
 
-    /// Step 5: the decrements, written and flushed, then the discards.
+    /// Step 5: the decrements and the discards, then the refcount blocks
+    /// written and flushed.
     async fn apply_frees(&self, frees: &[PendingFree]) -> BlockResult<()> {
-        let (discards, blocks) = {
+        let blocks = {
             let mut refs = self.refs.lock().await;
             let discards = refs.apply_frees(frees).await?;
-            (discards, copy_clean(refs.dirty_blocks()))
+            // Discard while the refcount lock is held: once it is released an
+            // allocation may reuse these clusters, and a later discard would
+            // punch a hole in its data (QEMU discards under its lock too).
+            for (offset, len) in discards {
+                // A discard is a hint: failing it loses nothing.
+                if let Err(e) = self.file.discard(offset, len).await {
+                    tracing::debug!("qcow2: discard of freed clusters failed: {e}");
+                }
+            }
+            copy_clean(refs.dirty_blocks())
         };
         let written = async {
             for (table, bytes) in &blocks {
@@ -137,12 +147,6 @@ impl Qcow2 {
         if let Err(e) = written {
             redirty(&blocks);
             return Err(e);
-        }
-        for (offset, len) in discards {
-            // A discard is a hint: failing it loses nothing.
-            if let Err(e) = self.file.discard(offset, len).await {
-                tracing::debug!("qcow2: discard of freed clusters failed: {e}");
-            }
         }
         Ok(())
     }
