@@ -257,3 +257,31 @@ async fn server_start_and_stop() {
     let mut client = Raw::connect(&socket).await;
     client.go("a").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_listen_options() {
+    let (exports, _) = registry();
+    // A port range whose first port is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let options = schema::from_json(json!({
+        "addr": {"type": "inet", "host": "127.0.0.1", "port": port.to_string(),
+                 "to": port + 20, "ipv4": true, "keep-alive": true},
+    }))
+    .unwrap();
+    exports.nbd_server_start(&options).await.unwrap();
+    let bound = exports.nbd_server().unwrap().local_addr().unwrap();
+    assert!(bound.port() > port && bound.port() <= port + 20, "{bound}");
+    let mut stream = tokio::net::TcpStream::connect(bound).await.unwrap();
+    let mut greeting = [0; 18];
+    use tokio::io::AsyncReadExt;
+    stream.read_exact(&mut greeting).await.unwrap();
+    assert_eq!(&greeting[..8], b"NBDMAGIC");
+    exports.nbd_server_stop().await.unwrap();
+    // IPv6 only, on an IPv4 host: nothing to bind.
+    let v6 = schema::from_json(json!({
+        "addr": {"type": "inet", "host": "127.0.0.1", "port": "0", "ipv6": true},
+    }))
+    .unwrap();
+    assert!(desc(exports.nbd_server_start(&v6).await).starts_with("Failed to bind socket"));
+}

@@ -29,4 +29,6 @@ mod writer;
 
 pub use export::{NbdExport, NbdExportConfig};
 pub use meta::{ExportMeta, ExportedBitmap};
-pub use server::{ListenAddress, NbdServer, NbdServerConfig, DEFAULT_HANDSHAKE_MAX_SECONDS};
+pub use server::{
+    InetListen, ListenAddress, NbdServer, NbdServerConfig, DEFAULT_HANDSHAKE_MAX_SECONDS,
+};

@@ -36,10 +36,25 @@ pub enum ListenAddress {
     /// A Unix socket at `path` (in the abstract namespace if
     /// `abstract_name`).
     Unix { path: PathBuf, abstract_name: bool },
-    /// TCP on `host:port` (`port` may be a number or a service name).
-    Inet { host: String, port: String },
+    /// TCP on `host:port`.
+    Inet(InetListen),
     /// An already listening socket (Unix or TCP) handed over by number.
     Fd(RawFd),
+}
+
+/// A TCP listening address (QEMU's `InetSocketAddress`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InetListen {
+    pub host: String,
+    /// A number, or the service name `nbd`.
+    pub port: String,
+    /// Try the ports from `port` up to this one, the first that binds.
+    pub to: Option<u16>,
+    /// Restrict to IPv4 or IPv6 (`Some(false)` excludes the family).
+    pub ipv4: Option<bool>,
+    pub ipv6: Option<bool>,
+    /// `SO_KEEPALIVE` on accepted connections.
+    pub keep_alive: bool,
 }
 
 /// `nbd-server-start` and `--nbd-server` options.
@@ -77,10 +92,14 @@ impl ListenAddress {
     /// number (named descriptors exist only in QEMU's monitor).
     pub fn from_socket_address(addr: &SocketAddress) -> Result<ListenAddress, QmpError> {
         match &addr.addr {
-            SocketAddressKind::Inet(inet) => Ok(ListenAddress::Inet {
+            SocketAddressKind::Inet(inet) => Ok(ListenAddress::Inet(InetListen {
                 host: inet.host.clone(),
                 port: inet.port.clone(),
-            }),
+                to: inet.to,
+                ipv4: inet.ipv4,
+                ipv6: inet.ipv6,
+                keep_alive: inet.keep_alive.unwrap_or(false),
+            })),
             SocketAddressKind::Unix(unix) => Ok(ListenAddress::Unix {
                 path: PathBuf::from(&unix.path),
                 abstract_name: unix.r#abstract.unwrap_or(false),
@@ -120,7 +139,7 @@ impl NbdServer {
         }
         let listener = Listener::bind(&config.address).await?;
         let local_addr = match &listener {
-            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Tcp(l, _) => l.local_addr().ok(),
             Listener::Unix(_) => None,
         };
         let socket_path = match &config.address {
@@ -209,7 +228,8 @@ impl NbdServer {
 
 enum Listener {
     Unix(UnixListener),
-    Tcp(TcpListener),
+    /// With whether accepted connections get `SO_KEEPALIVE`.
+    Tcp(TcpListener, bool),
 }
 
 impl Listener {
@@ -219,7 +239,7 @@ impl Listener {
                 path,
                 abstract_name,
             } => bind_unix(path, *abstract_name),
-            ListenAddress::Inet { host, port } => bind_inet(host, port).await,
+            ListenAddress::Inet(inet) => bind_inet(inet).await,
             ListenAddress::Fd(fd) => adopt_fd(*fd),
         }
     }
@@ -257,25 +277,38 @@ fn remove_stale_socket(path: &PathBuf) {
     }
 }
 
-async fn bind_inet(host: &str, port: &str) -> Result<Listener, QmpError> {
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port_number(port)?))
-        .await
-        .map_err(|e| {
-            QmpError::generic(format!(
-                "address resolution failed for {host}:{port}: {}",
-                block::error::os_error_text(&e)
-            ))
-        })?
-        .collect();
+async fn bind_inet(inet: &InetListen) -> Result<Listener, QmpError> {
+    let first = port_number(&inet.port)?;
+    let last = inet.to.unwrap_or(first).max(first);
+    let host = inet.host.as_str();
+    let resolved = tokio::net::lookup_host((host, first)).await.map_err(|e| {
+        QmpError::generic(format!(
+            "address resolution failed for {host}:{}: {}",
+            inet.port,
+            block::error::os_error_text(&e)
+        ))
+    })?;
+    // Only one family named "on" restricts to it; "off" excludes it.
+    let wanted = |addr: &std::net::SocketAddr| match (inet.ipv4, inet.ipv6, addr.is_ipv4()) {
+        (Some(true), Some(false) | None, v4) => v4,
+        (Some(false) | None, Some(true), v4) => !v4,
+        (Some(false), _, true) | (_, Some(false), false) => false,
+        _ => true,
+    };
+    let addrs: Vec<std::net::SocketAddr> = resolved.filter(wanted).collect();
     let mut last_error = None;
-    for addr in addrs {
-        match TcpListener::bind(addr).await {
-            Ok(listener) => return Ok(Listener::Tcp(listener)),
-            Err(e) => last_error = Some(e),
+    for port in first..=last {
+        for addr in &addrs {
+            let mut addr = *addr;
+            addr.set_port(port);
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return Ok(Listener::Tcp(listener, inet.keep_alive)),
+                Err(e) => last_error = Some(e),
+            }
         }
     }
     let reason = last_error.map_or_else(
-        || "no address".to_string(),
+        || "no address of the requested family".to_string(),
         |e| block::error::os_error_text(&e),
     );
     Err(QmpError::generic(format!(
@@ -297,6 +330,7 @@ fn adopt_fd(fd: RawFd) -> Result<Listener, QmpError> {
             block::error::os_error_text(&e)
         ))
     };
+    // SAFETY: an all-zero sockaddr_storage is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: getsockname writes at most `len` bytes into `storage`.
@@ -323,6 +357,7 @@ fn adopt_fd(fd: RawFd) -> Result<Listener, QmpError> {
         listener.set_nonblocking(true).map_err(fail)?;
         Ok(Listener::Tcp(
             TcpListener::from_std(listener).map_err(fail)?,
+            false,
         ))
     }
 }
@@ -393,11 +428,33 @@ async fn accept(listener: &Listener) -> std::io::Result<Stream> {
             let (s, _) = l.accept().await?;
             Ok(Stream::Unix(s, "unix".to_string()))
         }
-        Listener::Tcp(l) => {
+        Listener::Tcp(l, keep_alive) => {
             let (s, peer) = l.accept().await?;
             // Replies must not wait for Nagle's algorithm (spec: SHOULD).
             s.set_nodelay(true)?;
+            if *keep_alive {
+                set_keep_alive(&s)?;
+            }
             Ok(Stream::Tcp(s, peer.to_string()))
         }
     }
+}
+
+fn set_keep_alive(socket: &tokio::net::TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int of the size given from a live local.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
