@@ -57,6 +57,38 @@ const BAD_COMMAND_LINES: &[(&[&str], &str)] = &[
         &["--blockdev", "file,node-name=f,filename=/nonexistent/x"],
         "--blockdev file,node-name=f,filename=/nonexistent/x: Could not open '/nonexistent/x': No such file or directory",
     ),
+    (
+        &["--blockdev", "null-co,node-name=a,read-only=maybe"],
+        "--blockdev null-co,node-name=a,read-only=maybe: Parameter 'read-only' expects 'on' or 'off'",
+    ),
+    (
+        &["--blockdev", "null-co,node-name=a,size=1G"],
+        "--blockdev null-co,node-name=a,size=1G: Parameter 'size' expects integer",
+    ),
+    (
+        &["--blockdev", "null-co,node-name=a,cache.direct=on,cache=x"],
+        "--blockdev null-co,node-name=a,cache.direct=on,cache=x: Parameters 'cache.*' used inconsistently",
+    ),
+    (
+        &["--blockdev", "null-co,node-name=a,foo.bar=1"],
+        "--blockdev null-co,node-name=a,foo.bar=1: Parameter 'foo' is unexpected",
+    ),
+    (
+        &["--blockdev", "null-co,,node-name=a"],
+        "--blockdev null-co,,node-name=a: Invalid parameter ''",
+    ),
+    (
+        &["--blockdev", "null-co,node-name=a,=x"],
+        "--blockdev null-co,node-name=a,=x: Invalid parameter ''",
+    ),
+    (
+        &["--object", "throttle-group,id=t,limits.iops-total=1k"],
+        "--object throttle-group,id=t,limits.iops-total=1k: Parameter 'limits.iops-total' expects integer",
+    ),
+    (
+        &["--object", "secret,id=s,data=a,,b,keyid="],
+        "--object secret,id=s,data=a,,b,keyid=: No secret with id ''",
+    ),
     (&["--object", "secret"], "--object secret: Parameter 'id' is missing"),
     (
         &["--object", "secret,id=s0"],
