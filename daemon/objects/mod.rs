@@ -1,12 +1,19 @@
 //! The user-creatable objects of `--object` and `object-add`: secrets,
 //! iothreads, throttle groups, TLS credentials and authorization rules.
 //!
-//! Objects are checked here as QEMU checks them when it creates them (a
+//! Objects are checked as QEMU checks them when it creates them (a
 //! secret's data is read and decoded, a throttle group's limits validated,
-//! TLS credential files must be readable) with QEMU's messages, and kept by
-//! id for the parts of storaged that use them (the NBD server's TLS, the
-//! throttle filter). This module owns the registry and the checks; how an
+//! TLS credential files must be readable), with QEMU's messages, and kept
+//! by id for the parts of storaged that use them (the NBD server's TLS,
+//! exports' iothreads). This module owns the registry and the checks of
+//! the small types; `secret`, `throttle` and `tls` check theirs. How an
 //! object is used is its user's business.
+
+mod secret;
+mod throttle;
+mod tls;
+
+use tls::TlsCreds;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,8 +21,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use schema::object::{
     AuthZListFileProperties, AuthZListProperties, IothreadProperties, ObjectKind, ObjectOptions,
-    QCryptoSecretFormat, QCryptoTlsCredsEndpoint, SecretProperties, ThrottleLimits,
-    TlsCredsPskProperties, TlsCredsX509Properties,
+    ThrottleLimits,
 };
 use schema::QmpError;
 
@@ -24,17 +30,11 @@ use block::error::os_error_text;
 /// The most objects the daemon keeps.
 pub const MAX_OBJECTS: usize = 4096;
 
-/// The largest secret or authorization file read.
+/// The largest secret, key or authorization file read.
 const MAX_OBJECT_FILE_BYTES: u64 = 1024 * 1024;
-
-/// The largest value a throttle limit takes (QEMU's `THROTTLE_VALUE_MAX`).
-const THROTTLE_VALUE_MAX: u64 = 1_000_000_000_000_000;
 
 /// QEMU's default `thread-pool-max`.
 const DEFAULT_THREAD_POOL_MAX: i64 = 64;
-
-/// The user name a PSK client presents when none is given.
-const DEFAULT_PSK_USERNAME: &str = "qemu";
 
 /// A created object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,23 +48,6 @@ pub enum Object {
     Authz(AuthZListProperties),
     /// `authz-simple`: the one identity allowed.
     AuthzSimple(String),
-}
-
-/// TLS credentials: where their files are and which side they serve.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsCreds {
-    pub kind: TlsCredsKind,
-    pub endpoint: QCryptoTlsCredsEndpoint,
-    pub dir: Option<String>,
-    pub verify_peer: bool,
-    pub priority: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsCredsKind {
-    Anon,
-    Psk { username: String },
-    X509 { passwordid: Option<String> },
 }
 
 /// Every object, by id.
@@ -122,61 +105,22 @@ impl Objects {
     }
 
     fn create(&self, kind: ObjectKind) -> Result<Object, QmpError> {
+        let is_secret = |id: &str| matches!(self.get(id), Some(Object::Secret(_)));
         Ok(match kind {
-            ObjectKind::Secret(secret) => Object::Secret(self.load_secret(&secret)?),
+            ObjectKind::Secret(properties) => Object::Secret(secret::load(&properties, is_secret)?),
             ObjectKind::Iothread(iothread) => Object::Iothread(check_iothread(iothread)?),
             ObjectKind::ThrottleGroup(group) => {
                 let limits = group.effective_limits();
-                check_throttle_limits(&limits)?;
+                throttle::check_limits(&limits)?;
                 Object::ThrottleGroup(Box::new(limits))
             }
-            ObjectKind::TlsCredsAnon(anon) => Object::TlsCreds(TlsCreds {
-                kind: TlsCredsKind::Anon,
-                endpoint: anon.endpoint.unwrap_or(QCryptoTlsCredsEndpoint::Client),
-                dir: anon.dir,
-                verify_peer: anon.verify_peer.unwrap_or(true),
-                priority: anon.priority,
-            }),
-            ObjectKind::TlsCredsPsk(psk) => Object::TlsCreds(check_psk(psk)?),
-            ObjectKind::TlsCredsX509(x509) => Object::TlsCreds(check_x509(x509)?),
+            ObjectKind::TlsCredsAnon(anon) => Object::TlsCreds(tls::anon(anon)),
+            ObjectKind::TlsCredsPsk(psk) => Object::TlsCreds(tls::psk(psk)?),
+            ObjectKind::TlsCredsX509(x509) => Object::TlsCreds(tls::x509(x509)?),
             ObjectKind::AuthzSimple(simple) => Object::AuthzSimple(simple.identity),
             ObjectKind::AuthzList(list) => Object::Authz(list),
             ObjectKind::AuthzListfile(file) => Object::Authz(load_authz_file(&file)?),
         })
-    }
-
-    /// QEMU's `qcrypto_secret_load_data` and decoding.
-    fn load_secret(&self, secret: &SecretProperties) -> Result<Vec<u8>, QmpError> {
-        let raw = match (&secret.data, &secret.file) {
-            (Some(_), Some(_)) => {
-                return Err(QmpError::generic(
-                    "'file' and 'data' are mutually exclusive",
-                ))
-            }
-            (Some(data), None) => data.clone().into_bytes(),
-            (None, Some(file)) => read_small_file(file).map_err(|reason| {
-                QmpError::generic(format!(
-                    "Unable to read {file}: Failed to open file \u{201c}{file}\u{201d}: {reason}"
-                ))
-            })?,
-            (None, None) => {
-                return Err(QmpError::generic(
-                    "Either 'file' or 'data' must be provided",
-                ))
-            }
-        };
-        if let Some(keyid) = &secret.keyid {
-            if !matches!(self.get(keyid), Some(Object::Secret(_))) {
-                return Err(QmpError::generic(format!("No secret with id '{keyid}'")));
-            }
-            return Err(QmpError::generic(
-                "Encrypted secrets ('keyid') are not supported by storaged",
-            ));
-        }
-        match secret.format.unwrap_or_default() {
-            QCryptoSecretFormat::Raw => Ok(raw),
-            QCryptoSecretFormat::Base64 => decode_base64(&raw),
-        }
     }
 }
 
@@ -193,6 +137,8 @@ fn is_identifier(id: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
+/// A file an object reads, at most [`MAX_OBJECT_FILE_BYTES`]; the error is
+/// the OS's text.
 fn read_small_file(path: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|error| os_error_text(&error))?;
@@ -204,39 +150,6 @@ fn read_small_file(path: &str) -> Result<Vec<u8>, String> {
         return Err(format!("larger than {MAX_OBJECT_FILE_BYTES} bytes"));
     }
     Ok(bytes)
-}
-
-const BASE64_ALPHABET: &[u8; 64] =
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// QEMU's `qbase64_decode`: only alphabet characters and `=` are allowed;
-/// decoding is then as lenient as GLib's (padding optional, trailing bits
-/// dropped).
-fn decode_base64(input: &[u8]) -> Result<Vec<u8>, QmpError> {
-    if input.contains(&0) {
-        return Err(QmpError::generic(
-            "Base64 data contains embedded NUL characters",
-        ));
-    }
-    let mut bits: u32 = 0;
-    let mut bit_count = 0;
-    let mut output = Vec::with_capacity(input.len() / 4 * 3);
-    for &byte in input {
-        if byte == b'=' {
-            continue;
-        }
-        let Some(value) = BASE64_ALPHABET.iter().position(|&c| c == byte) else {
-            return Err(QmpError::generic("Base64 data contains invalid characters"));
-        };
-        bits = (bits << 6) | value as u32;
-        bit_count += 6;
-        if bit_count >= 8 {
-            bit_count -= 8;
-            output.push((bits >> bit_count) as u8);
-            bits &= (1 << bit_count) - 1;
-        }
-    }
-    Ok(output)
 }
 
 /// QEMU's iothread property checks.
@@ -266,185 +179,6 @@ fn check_iothread(iothread: IothreadProperties) -> Result<IothreadProperties, Qm
         ));
     }
     Ok(iothread)
-}
-
-/// One leaky bucket of a throttle configuration, as QEMU's
-/// `throttle_is_valid` sees it (values converted as C converts them).
-struct Bucket {
-    avg: u64,
-    max: u64,
-    burst_length: u32,
-}
-
-/// QEMU's `throttle_limits_to_config` plus `throttle_is_valid`.
-fn check_throttle_limits(limits: &ThrottleLimits) -> Result<(), QmpError> {
-    // Negative values wrap as QEMU's unsigned fields do, and so fail the
-    // range check below with QEMU's message.
-    let value = |v: Option<i64>| v.unwrap_or(0) as u64;
-    let burst = |name: &str, v: Option<i64>| match v {
-        Some(length) if length > i64::from(u32::MAX) => Err(QmpError::generic(format!(
-            "{name} value must be in the range [0, {}]",
-            u32::MAX
-        ))),
-        Some(length) => Ok(length as u32),
-        None => Ok(1),
-    };
-    // Order: QEMU's buckets (bps total/read/write, iops total/read/write).
-    let buckets = [
-        Bucket {
-            avg: value(limits.bps_total),
-            max: value(limits.bps_total_max),
-            burst_length: burst("bps-total-max-length", limits.bps_total_max_length)?,
-        },
-        Bucket {
-            avg: value(limits.bps_read),
-            max: value(limits.bps_read_max),
-            burst_length: burst("bps-read-max-length", limits.bps_read_max_length)?,
-        },
-        Bucket {
-            avg: value(limits.bps_write),
-            max: value(limits.bps_write_max),
-            burst_length: burst("bps-write-max-length", limits.bps_write_max_length)?,
-        },
-        Bucket {
-            avg: value(limits.iops_total),
-            max: value(limits.iops_total_max),
-            burst_length: burst("iops-total-max-length", limits.iops_total_max_length)?,
-        },
-        Bucket {
-            avg: value(limits.iops_read),
-            max: value(limits.iops_read_max),
-            burst_length: burst("iops-read-max-length", limits.iops_read_max_length)?,
-        },
-        Bucket {
-            avg: value(limits.iops_write),
-            max: value(limits.iops_write_max),
-            burst_length: burst("iops-write-max-length", limits.iops_write_max_length)?,
-        },
-    ];
-    let [bps_total, bps_read, bps_write, ops_total, ops_read, ops_write] = &buckets;
-    let conflict = |total: &Bucket, read: &Bucket, write: &Bucket, pick: fn(&Bucket) -> u64| {
-        pick(total) != 0 && (pick(read) != 0 || pick(write) != 0)
-    };
-    if conflict(bps_total, bps_read, bps_write, |b| b.avg)
-        || conflict(ops_total, ops_read, ops_write, |b| b.avg)
-        || conflict(bps_total, bps_read, bps_write, |b| b.max)
-        || conflict(ops_total, ops_read, ops_write, |b| b.max)
-    {
-        return Err(QmpError::generic(
-            "bps/iops/max total values and read/write values cannot be used at the same time",
-        ));
-    }
-    if value(limits.iops_size) != 0 && ops_total.avg == 0 && ops_read.avg == 0 && ops_write.avg == 0
-    {
-        return Err(QmpError::generic(
-            "iops size requires an iops value to be set",
-        ));
-    }
-    for bucket in &buckets {
-        if bucket.avg > THROTTLE_VALUE_MAX || bucket.max > THROTTLE_VALUE_MAX {
-            return Err(QmpError::generic(format!(
-                "bps/iops/max values must be within [0, {THROTTLE_VALUE_MAX}]"
-            )));
-        }
-        if bucket.burst_length == 0 {
-            return Err(QmpError::generic("the burst length cannot be 0"));
-        }
-        if bucket.burst_length > 1 && bucket.max == 0 {
-            return Err(QmpError::generic("burst length set without burst rate"));
-        }
-        if bucket.max != 0 && u64::from(bucket.burst_length) > THROTTLE_VALUE_MAX / bucket.max {
-            return Err(QmpError::generic(
-                "burst length too high for this burst rate",
-            ));
-        }
-        if bucket.max != 0 && bucket.avg == 0 {
-            return Err(QmpError::generic(
-                "bps_max/iops_max require corresponding bps/iops values",
-            ));
-        }
-        if bucket.max != 0 && bucket.max < bucket.avg {
-            return Err(QmpError::generic(
-                "bps_max/iops_max cannot be lower than bps/iops",
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn missing_dir() -> QmpError {
-    QmpError::generic("Missing 'dir' property value")
-}
-
-/// A credentials file that must be readable, with QEMU's message.
-fn require_file(dir: &str, name: &str) -> Result<String, QmpError> {
-    let path = format!("{dir}/{name}");
-    readable(&path).map(|()| path.clone()).map_err(|reason| {
-        QmpError::generic(format!("Unable to access credentials {path}: {reason}"))
-    })
-}
-
-fn readable(path: &str) -> Result<(), String> {
-    let c_path = std::ffi::CString::new(path).map_err(|_| "Invalid argument".to_owned())?;
-    // SAFETY: `c_path` is a valid NUL-terminated string for the call.
-    if unsafe { libc::access(c_path.as_ptr(), libc::R_OK) } == 0 {
-        Ok(())
-    } else {
-        Err(os_error_text(&std::io::Error::last_os_error()))
-    }
-}
-
-/// QEMU's PSK credentials load: the server needs `keys.psk`; a client
-/// needs its user's line in it.
-fn check_psk(psk: TlsCredsPskProperties) -> Result<TlsCreds, QmpError> {
-    let dir = psk.dir.ok_or_else(missing_dir)?;
-    let endpoint = psk.endpoint.unwrap_or(QCryptoTlsCredsEndpoint::Client);
-    let keys = require_file(&dir, "keys.psk")?;
-    let username = psk
-        .username
-        .unwrap_or_else(|| DEFAULT_PSK_USERNAME.to_owned());
-    if endpoint == QCryptoTlsCredsEndpoint::Client {
-        let content = read_small_file(&keys)
-            .map_err(|reason| QmpError::generic(format!("Unable to read {keys}: {reason}")))?;
-        let text = String::from_utf8_lossy(&content);
-        let found = text.lines().any(|line| {
-            line.split_once(':')
-                .is_some_and(|(user, _)| user == username)
-        });
-        if !found {
-            return Err(QmpError::generic(format!(
-                "Username {username} not found in PSK file {keys}"
-            )));
-        }
-    }
-    Ok(TlsCreds {
-        kind: TlsCredsKind::Psk { username },
-        endpoint,
-        dir: Some(dir),
-        verify_peer: psk.verify_peer.unwrap_or(true),
-        priority: psk.priority,
-    })
-}
-
-/// QEMU's X.509 credentials load: the CA certificate always, and the
-/// server's certificate and key on a server.
-fn check_x509(x509: TlsCredsX509Properties) -> Result<TlsCreds, QmpError> {
-    let dir = x509.dir.ok_or_else(missing_dir)?;
-    let endpoint = x509.endpoint.unwrap_or(QCryptoTlsCredsEndpoint::Client);
-    require_file(&dir, "ca-cert.pem")?;
-    if endpoint == QCryptoTlsCredsEndpoint::Server {
-        require_file(&dir, "server-cert.pem")?;
-        require_file(&dir, "server-key.pem")?;
-    }
-    Ok(TlsCreds {
-        kind: TlsCredsKind::X509 {
-            passwordid: x509.passwordid,
-        },
-        endpoint,
-        dir: Some(dir),
-        verify_peer: x509.verify_peer.unwrap_or(true),
-        priority: x509.priority,
-    })
 }
 
 /// `authz-listfile`: the rules come from a JSON file holding an
@@ -638,14 +372,5 @@ mod tests {
             json!({"qom-type": "tls-creds-psk", "id": "t", "dir": dir_text, "username": "alice"}),
         )
         .expect("valid client credentials");
-    }
-
-    #[test]
-    fn base64_is_lenient_about_padding() {
-        assert_eq!(
-            decode_base64(b"aGVsbG8").map_err(|e| e.desc),
-            Ok(b"hello".to_vec())
-        );
-        assert_eq!(decode_base64(b"").map_err(|e| e.desc), Ok(Vec::new()));
     }
 }
