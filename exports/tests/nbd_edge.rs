@@ -20,7 +20,8 @@ async fn harness_with_two_exports() -> Harness {
             ..ExportSpec::new("rw")
         },
         &rw,
-    );
+    )
+    .await;
     let ro = h.image("ro.raw", 2 * MIB);
     fill(&ro, 0, 512, 0x24);
     h.export_file(
@@ -29,7 +30,8 @@ async fn harness_with_two_exports() -> Harness {
             ..ExportSpec::new("ro")
         },
         &ro,
-    );
+    )
+    .await;
     h
 }
 
@@ -205,7 +207,7 @@ async fn zeroes_cache_and_trim() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", 4 * MIB);
     fill(&image, 0, 4 * MIB as usize, 0x99);
-    h.export_file(&ExportSpec::new("disk"), &image);
+    h.export_file(&ExportSpec::new("disk"), &image).await;
     let out = nbdsh(
         &h.uri("disk"),
         r#"
@@ -238,7 +240,7 @@ print("ok")
 async fn multi_conn_writes_then_one_flush() {
     let h = Harness::start().await;
     let image = h.image("multi.raw", 8 * MIB);
-    h.export_file(&ExportSpec::new("multi"), &image);
+    h.export_file(&ExportSpec::new("multi"), &image).await;
     let out = nbdsh(
         &h.uri("multi"),
         r#"

@@ -29,7 +29,8 @@ async fn extended_headers_end_to_end() {
             ..ExportSpec::new("ext")
         },
         &image,
-    );
+    )
+    .await;
     let mut c = Raw::connect(&h.socket).await;
     // Structured replies after extended headers are refused as the
     // extension says.
@@ -119,7 +120,7 @@ async fn extended_headers_end_to_end() {
 async fn extended_headers_option_rules() {
     let h = Harness::start().await;
     let image = h.image("x.raw", MIB);
-    h.export_file(&ExportSpec::new("x"), &image);
+    h.export_file(&ExportSpec::new("x"), &image).await;
     let mut c = Raw::connect(&h.socket).await;
     assert_eq!(c.option(OPT_STRUCTURED_REPLY, &[]).await[0].kind, REP_ACK);
     assert_eq!(c.option(OPT_EXTENDED_HEADERS, &[]).await[0].kind, REP_ACK);

@@ -176,9 +176,10 @@ async fn random_sessions_do_no_harm() {
             ..ExportSpec::new("ro")
         },
         &ro,
-    );
+    )
+    .await;
     let rw = h.image("rw.raw", 4 * MIB);
-    h.export_file(&ExportSpec::new("rw"), &rw);
+    h.export_file(&ExportSpec::new("rw"), &rw).await;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for _ in 0..SESSIONS {
         let bytes = session(&mut rng);

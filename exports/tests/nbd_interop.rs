@@ -31,7 +31,7 @@ async fn qemu_img_info_convert_and_compare() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", 8 * MIB);
     write_at(&image, MIB, &pattern(MIB as usize, 1));
-    h.export_file(&ExportSpec::new("disk"), &image);
+    h.export_file(&ExportSpec::new("disk"), &image).await;
     let uri = h.uri("disk");
 
     let info = run_ok("qemu-img", &["info", "--output=json", &uri]).await;
@@ -111,7 +111,7 @@ async fn qemu_img_info_convert_and_compare() {
 async fn qemu_io_writes_and_reads_patterns() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", 4 * MIB);
-    h.export_file(&ExportSpec::new("disk"), &image);
+    h.export_file(&ExportSpec::new("disk"), &image).await;
     let uri = h.uri("disk");
     let out = run_ok(
         "qemu-io",
@@ -159,14 +159,16 @@ async fn nbdinfo_lists_every_export() {
             ..ExportSpec::new("alpha")
         },
         &a,
-    );
+    )
+    .await;
     h.export_file(
         &ExportSpec {
             writable: false,
             ..ExportSpec::new("beta")
         },
         &b,
-    );
+    )
+    .await;
     let list = run_ok("nbdinfo", &["--list", "--json", &h.uri("")]).await;
     let json: serde_json::Value = serde_json::from_str(&list).expect("nbdinfo JSON");
     let exports = json["exports"].as_array().expect("exports array");
@@ -198,7 +200,8 @@ async fn nbdinfo_maps_allocation_and_depth() {
             ..ExportSpec::new("sparse")
         },
         &image,
-    );
+    )
+    .await;
     let uri = h.uri("sparse");
     let map = run_ok("nbdinfo", &["--map", &uri]).await;
     let rows: Vec<Vec<String>> = map
@@ -232,10 +235,10 @@ async fn nbdcopy_both_ways() {
     let source = h.image("source.raw", 16 * MIB);
     write_at(&source, 0, &pattern(3 * MIB as usize, 3));
     write_at(&source, 9 * MIB, &pattern(5 * MIB as usize, 4));
-    h.export_file(&ExportSpec::new("source"), &source);
+    h.export_file(&ExportSpec::new("source"), &source).await;
     let target = h.image("target.raw", 16 * MIB);
     fill(&target, 5 * MIB, MIB as usize, 0xee);
-    h.export_file(&ExportSpec::new("target"), &target);
+    h.export_file(&ExportSpec::new("target"), &target).await;
 
     let local = h.dir.path().join("local.raw");
     run_ok("nbdcopy", &[&h.uri("source"), local.to_str().unwrap()]).await;

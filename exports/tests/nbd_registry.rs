@@ -47,13 +47,13 @@ fn query(h: &Harness) -> Value {
 async fn add_checks_and_query() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", MIB);
-    h.node("file0", &image);
+    h.node("file0", &image).await;
     let ro = h.image("ro.raw", MIB);
     let options = schema::from_json(
         json!({"driver": "file", "node-name": "ro", "filename": ro, "read-only": true}),
     )
     .unwrap();
-    h.graph.add_node(&options).unwrap();
+    h.graph.blockdev_add(&options).await.unwrap();
 
     add(&h, json!({"type": "nbd", "id": "e0", "node-name": "file0"})).unwrap();
     add(&h, json!({"type": "nbd", "id": "e1", "node-name": "file0", "name": "x", "description": "d", "writable": true})).unwrap();
@@ -129,13 +129,13 @@ async fn add_checks_and_query() {
 async fn legacy_nbd_server_add() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", MIB);
-    h.node("file0", &image);
+    h.node("file0", &image).await;
     let ro = h.image("ro.raw", MIB);
     let options = schema::from_json(
         json!({"driver": "file", "node-name": "ro", "filename": ro, "read-only": true}),
     )
     .unwrap();
-    h.graph.add_node(&options).unwrap();
+    h.graph.blockdev_add(&options).await.unwrap();
 
     assert_eq!(
         desc(nbd_server_add(&h, json!({"device": "nope"}))),
@@ -162,7 +162,7 @@ async fn legacy_nbd_server_add() {
 async fn safe_and_hard_delete_with_clients() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", MIB);
-    h.node("n", &image);
+    h.node("n", &image).await;
     h.export(&ExportSpec::new("disk"), "n");
     let mut client = Raw::connect(&h.socket).await;
     client.go("disk").await;
@@ -188,7 +188,7 @@ async fn safe_and_hard_delete_with_clients() {
 async fn removed_export_is_unknown_to_new_clients() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", MIB);
-    h.node("n", &image);
+    h.node("n", &image).await;
     h.export(&ExportSpec::new("keep"), "n");
     h.export(&ExportSpec::new("gone"), "n");
     let mut keep = Raw::connect(&h.socket).await;
@@ -216,7 +216,7 @@ async fn server_start_and_stop() {
     std::fs::File::create(&image).unwrap().set_len(MIB).unwrap();
     let node =
         schema::from_json(json!({"driver": "file", "node-name": "n", "filename": image})).unwrap();
-    graph.add_node(&node).unwrap();
+    graph.blockdev_add(&node).await.unwrap();
     let export = |id: &str, name: &str| {
         schema::from_json(
             json!({"type": "nbd", "id": id, "node-name": "n", "name": name, "writable": true}),

@@ -37,7 +37,7 @@ async fn bad_clients_harm_no_one() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", 4 * MIB);
     fill(&image, 0, 4 * MIB as usize, 0x5c);
-    h.export_file(&ExportSpec::new("disk"), &image);
+    h.export_file(&ExportSpec::new("disk"), &image).await;
     let mut good = structured(&h, "disk").await;
     check_read(&mut good, 1, 0, 0x5c).await;
 
@@ -89,7 +89,7 @@ async fn bad_clients_harm_no_one() {
 async fn oversized_requests() {
     let h = Harness::start().await;
     let image = h.image("big.raw", 128 * MIB);
-    h.export_file(&ExportSpec::new("big"), &image);
+    h.export_file(&ExportSpec::new("big"), &image).await;
     // A read larger than the maximum payload is refused, not fatal.
     let mut c = structured(&h, "big").await;
     c.request(0, CMD_READ, 1, 0, 64 * MIB, &[]).await;
@@ -119,7 +119,7 @@ async fn disconnect_finishes_requests_in_flight() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", 16 * MIB);
     fill(&image, 0, 16 * MIB as usize, 0x3d);
-    h.export_file(&ExportSpec::new("disk"), &image);
+    h.export_file(&ExportSpec::new("disk"), &image).await;
     let mut c = structured(&h, "disk").await;
     let mut burst = Vec::new();
     for cookie in 0..64u64 {
@@ -154,7 +154,7 @@ async fn client_vanishing_mid_reply() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", 64 * MIB);
     fill(&image, 0, 64 * MIB as usize, 0x11);
-    h.export_file(&ExportSpec::new("disk"), &image);
+    h.export_file(&ExportSpec::new("disk"), &image).await;
     for _ in 0..4 {
         let mut c = structured(&h, "disk").await;
         let mut burst = Vec::new();
@@ -184,7 +184,7 @@ async fn client_vanishing_mid_reply() {
 async fn max_connections_is_enforced() {
     let h = Harness::start_with(2, 10).await;
     let image = h.image("disk.raw", MIB);
-    h.export_file(&ExportSpec::new("disk"), &image);
+    h.export_file(&ExportSpec::new("disk"), &image).await;
     let first = structured(&h, "disk").await;
     let _second = Raw::connect(&h.socket).await;
     // The third waits in the backlog: no greeting yet.
@@ -202,7 +202,7 @@ async fn max_connections_is_enforced() {
     // One connection allowed: clients are told not to use several.
     let single = Harness::start_with(1, 10).await;
     let image = single.image("single.raw", MIB);
-    single.export_file(&ExportSpec::new("disk"), &image);
+    single.export_file(&ExportSpec::new("disk"), &image).await;
     let mut c = Raw::connect(&single.socket).await;
     let (_, flags) = c.go("disk").await;
     assert_eq!(flags & FLAG_CAN_MULTI_CONN, 0);
@@ -212,7 +212,7 @@ async fn max_connections_is_enforced() {
 async fn handshake_time_limit() {
     let h = Harness::start_with(0, 1).await;
     let image = h.image("disk.raw", MIB);
-    h.export_file(&ExportSpec::new("disk"), &image);
+    h.export_file(&ExportSpec::new("disk"), &image).await;
     let started = Instant::now();
     let mut idle = Raw::connect(&h.socket).await;
     assert!(idle.closed().await);
@@ -232,7 +232,7 @@ async fn requests_past_the_byte_budget_wait_their_turn() {
     let h = Harness::start().await;
     let image = h.image("disk.raw", 128 * MIB);
     fill(&image, 0, 128 * MIB as usize, 0x42);
-    h.export_file(&ExportSpec::new("disk"), &image);
+    h.export_file(&ExportSpec::new("disk"), &image).await;
     let mut c = structured(&h, "disk").await;
     // Three 32 MiB reads exceed the in-flight byte budget; behind them,
     // more small requests than the receive buffer holds.

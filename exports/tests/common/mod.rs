@@ -106,11 +106,11 @@ impl Harness {
     }
 
     /// Opens `file` as the file node `node`.
-    pub fn node(&self, node: &str, file: &Path) {
+    pub async fn node(&self, node: &str, file: &Path) {
         let options =
             schema::from_json(json!({"driver": "file", "node-name": node, "filename": file}))
                 .expect("blockdev options");
-        self.graph.add_node(&options).expect("node opens");
+        self.graph.blockdev_add(&options).await.expect("node opens");
     }
 
     /// `block-export-add` of `node` as described by `spec`.
@@ -133,9 +133,9 @@ impl Harness {
     }
 
     /// A file node of `file` exported as `spec` (node named after the id).
-    pub fn export_file(&self, spec: &ExportSpec, file: &Path) {
+    pub async fn export_file(&self, spec: &ExportSpec, file: &Path) {
         let node = format!("node-{}", spec.id);
-        self.node(&node, file);
+        self.node(&node, file).await;
         self.export(spec, &node);
     }
 
