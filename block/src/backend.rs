@@ -15,6 +15,14 @@ use crate::graph::GraphShared;
 use crate::node::Node;
 use crate::permissions::Perm;
 
+/// A range of a node as a range of a file, for zero-copy reads (splice).
+pub struct ReadSource<'a> {
+    /// The file holding the bytes, byte for byte.
+    pub fd: std::os::fd::BorrowedFd<'a>,
+    /// Where the range starts in that file.
+    pub offset: u64,
+}
+
 /// An export's handle on a node. Cheap to clone; clones share one set of
 /// permissions, released when the last one is dropped.
 #[derive(Clone)]
@@ -76,6 +84,14 @@ impl BlockBackend {
     /// The alignment below which requests cost a read-modify-write.
     pub fn request_alignment(&self) -> u32 {
         self.inner.node.driver().request_alignment()
+    }
+
+    /// Where a range lives in a file whose reads never wait.
+    pub fn read_source(&self, offset: u64, len: u64) -> Option<ReadSource<'_>> {
+        self.check_range(offset, len, ErrorKind::InvalidArgument)
+            .ok()?;
+        let (fd, offset) = self.inner.node.driver().read_source(offset, len)?;
+        Some(ReadSource { fd, offset })
     }
 
     /// Fills `buf` from `offset`. A range past the end is `InvalidArgument`.

@@ -149,6 +149,12 @@ pub trait BlockDriver: Send + Sync + 'static {
         1
     }
 
+    /// Where `[offset, offset + len)` is stored byte for byte in a file
+    /// whose reads never wait (descriptor, file offset).
+    fn read_source(&self, _offset: u64, _len: u64) -> Option<(std::os::fd::BorrowedFd<'_>, u64)> {
+        None
+    }
+
     /// The driver's exact file name (`/path/disk.img`, `null-co://`), or an
     /// empty string when the node's options say more than a file name
     /// can; the node layer then derives the name shown in

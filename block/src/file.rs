@@ -492,6 +492,13 @@ impl BlockDriver for FileDriver {
         true
     }
 
+    fn read_source(&self, offset: u64, len: u64) -> Option<(std::os::fd::BorrowedFd<'_>, u64)> {
+        use std::os::fd::AsFd;
+        let size = self.size.load(Ordering::Relaxed);
+        let inside = offset <= size && len <= size - offset;
+        (self.in_memory && self.direct.is_none() && inside).then(|| (self.fd.as_fd(), offset))
+    }
+
     fn request_alignment(&self) -> u32 {
         self.direct
             .as_ref()

@@ -152,6 +152,11 @@ impl BlockDriver for RawDriver {
         self.file.driver().can_fast_zero()
     }
 
+    fn read_source(&self, offset: u64, len: u64) -> Option<(std::os::fd::BorrowedFd<'_>, u64)> {
+        let mapped = self.map(offset, len, false).ok()?;
+        self.file.driver().read_source(mapped, len)
+    }
+
     fn request_alignment(&self) -> u32 {
         self.file.driver().request_alignment()
     }
