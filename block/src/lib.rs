@@ -30,7 +30,7 @@ mod posix_io;
 pub mod qcow2;
 pub mod raw;
 
-pub use backend::BlockBackend;
+pub use backend::{BlockBackend, ReadSource};
 pub use driver::{
     BackingFileName, BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags,
 };
