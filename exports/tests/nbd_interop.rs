@@ -266,3 +266,79 @@ async fn nbdcopy_both_ways() {
     );
     h.wait_idle().await;
 }
+
+/// Reads of an image on tmpfs go out spliced; every client still gets the
+/// right bytes, with structured and with simple replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spliced_reads_from_tmpfs() {
+    let h = Harness::start().await;
+    let image = h.memory_image("mem.raw", 24 * MIB);
+    write_at(&image, 0, &pattern(24 * MIB as usize, 5));
+    h.export_file(&ExportSpec::new("mem"), &image).await;
+    let uri = h.uri("mem");
+    let copy = h.dir.path().join("copy.raw");
+    run_ok(
+        "nbdcopy",
+        &["--request-size=1048576", &uri, copy.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(&image).unwrap()
+    );
+    run_ok(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            image.to_str().unwrap(),
+            &uri,
+        ],
+    )
+    .await;
+    let out = common::nbdsh(
+        &uri,
+        r#"
+import hashlib, nbd, sys
+for structured in (True, False):
+    h = nbd.NBD()
+    h.set_request_structured_replies(structured)
+    h.connect_uri(sys.argv[1])
+    digest = hashlib.sha256()
+    for off in range(0, 24 * 1024 * 1024, 3 * 1024 * 1024):
+        digest.update(h.pread(3 * 1024 * 1024, off))
+    assert h.pread(100000, 12345) == h.pread(100000, 12345)
+    print(digest.hexdigest())
+    h.shutdown()
+"#,
+    )
+    .await;
+    use std::fmt::Write;
+    let want = sha256_hex(&std::fs::read(&image).unwrap());
+    let mut expected = String::new();
+    writeln!(expected, "{want}").unwrap();
+    writeln!(expected, "{want}").unwrap();
+    assert_eq!(out, expected);
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(data)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handshake::{negotiate, HandshakeConfig, Outcome};
+use super::splice::SpliceSink;
 use super::transmission;
 
 /// Read buffering during the handshake (options are small); whatever it
@@ -30,7 +31,7 @@ pub struct ConnectionConfig {
 pub async fn serve<R, W>(read: R, mut write: W, config: Arc<ConnectionConfig>, peer: &str)
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: SpliceSink + 'static,
 {
     let mut reader = BufReader::with_capacity(HANDSHAKE_BUFFER_LEN, read);
     let handshake = negotiate(&mut reader, &mut write, &config.handshake);

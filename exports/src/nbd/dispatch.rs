@@ -1,10 +1,11 @@
 //! Running one checked request against the export's backend and building
 //! its reply.
 //!
-//! Structured reads send the zero parts of what they read as
-//! `OFFSET_HOLE` chunks, so zero ranges cost nothing on the wire. Zeroes
-//! are found in the data rather than by block status, which on some file
-//! systems (tmpfs) scans the whole file for each call.
+//! Large reads of data that lives in an in-memory file are spliced from
+//! the file to the socket (no copy). Other structured reads send the zero
+//! parts of what they read as `OFFSET_HOLE` chunks, so zero ranges cost
+//! nothing on the wire. Zeroes are found in the data rather than by block
+//! status, which on some file systems (tmpfs) scans the whole file.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -18,11 +19,15 @@ use super::meta::{ExportMeta, MetaContext};
 use super::proto::*;
 use super::reply::{Reply, SparseRead};
 use super::request::Command;
+use super::splice::FileRange;
 use super::status;
 
 /// Structured reads are checked for zeroes in pieces this large (and only
 /// reads at least this large); zero pieces are sent as holes.
 const HOLE_GRANULE: usize = 64 << 10;
+/// Reads at least this long are spliced when their data lives in a file
+/// that reads never wait on.
+const SPLICE_MIN_LEN: usize = 64 << 10;
 /// Bytes `NBD_CMD_CACHE` reads at a time.
 pub const CACHE_CHUNK: u64 = 1 << 20;
 
@@ -85,6 +90,11 @@ async fn read(cx: &Context, req: &Request, df: bool) -> Reply {
     let len = req.length as usize;
     if len == 0 {
         return Reply::ok(cx.mode, req);
+    }
+    if len >= SPLICE_MIN_LEN {
+        if let Some(range) = FileRange::of(&cx.backend, req.offset, len) {
+            return Reply::read_file(cx.mode, req, range);
+        }
     }
     let mut buffer = cx.buffers.get(len);
     if let Err(e) = cx.backend.read(req.offset, buffer.as_mut()).await {

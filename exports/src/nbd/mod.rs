@@ -7,7 +7,8 @@
 //! `connection` (one client), `transmission` (its request loop), `input`
 //! (receive buffering), `request` (checks), `dispatch` (running a
 //! request), `status` (block status), `reply` and `writer` (batched
-//! vectored writes), `buffers` (payload buffer reuse);
+//! vectored writes), `splice` (file data sent without copies), `buffers`
+//! (payload buffer reuse);
 //! `export` (exports and their clients) and `server` (listeners and
 //! limits).
 
@@ -23,6 +24,7 @@ pub mod proto;
 mod reply;
 pub mod request;
 pub mod server;
+mod splice;
 mod status;
 mod transmission;
 mod writer;

@@ -1,15 +1,33 @@
 //! Replies of the transmission phase as the writer sends them: fixed bytes
 //! kept inline, payload left in the buffer the data was read into.
 //!
-//! A reply is a sequence of byte slices; the writer gathers the slices of
-//! many replies into one vectored write. Builders here pick simple,
-//! structured or extended framing from the connection's [`ReplyMode`].
+//! A reply is a sequence of segments, byte slices or a range of a file;
+//! the writer gathers the slices of many replies into one vectored write
+//! and splices file ranges. Builders here pick simple, structured or
+//! extended framing from the connection's [`ReplyMode`].
 
 use std::ops::Range;
 
 use super::buffers::Buffer;
 use super::codec::{ReplyHead, ReplyMode, Request};
 use super::proto::*;
+use super::splice::FileRange;
+
+/// A piece of a reply on the wire.
+pub enum Segment<'a> {
+    Bytes(&'a [u8]),
+    /// Read data sent straight from its file.
+    File(&'a FileRange),
+}
+
+impl Segment<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Segment::Bytes(bytes) => bytes.len(),
+            Segment::File(range) => range.len,
+        }
+    }
+}
 
 /// One reply, ready to be written.
 pub struct Reply {
@@ -28,6 +46,8 @@ enum Body {
     Buffer(Buffer, Range<usize>),
     /// Owned bytes after the head (error messages, block status).
     Bytes(Vec<u8>),
+    /// Read data spliced from a file after the head.
+    File(FileRange),
     /// Alternating metadata and data ranges (sparse reads).
     Parts {
         buffer: Buffer,
@@ -84,6 +104,23 @@ impl Reply {
         Reply::new(head, Body::Buffer(buffer, 0..len))
     }
 
+    /// A read whose data goes straight from a file: a simple reply or one
+    /// final data chunk, as [`Reply::read_data`].
+    pub fn read_file(mode: ReplyMode, req: &Request, range: FileRange) -> Reply {
+        let head = match mode {
+            ReplyMode::Simple => ReplyHead::simple(0, req.cookie),
+            _ => chunk(
+                mode,
+                req,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                8 + range.len as u64,
+                &req.offset.to_be_bytes(),
+            ),
+        };
+        Reply::new(head, Body::File(range))
+    }
+
     /// A reply made of pre-encoded chunks (block status).
     pub fn encoded(bytes: Vec<u8>) -> Reply {
         Reply::new(ReplyHead::default(), Body::Bytes(bytes))
@@ -97,8 +134,8 @@ impl Reply {
             cost: 0,
         };
         let mut len = 0;
-        reply.visit(|slice| {
-            len += slice.len();
+        reply.visit(|segment| {
+            len += segment.len();
             true
         });
         reply.len = len;
@@ -119,22 +156,26 @@ impl Reply {
         self.len
     }
 
-    /// Calls `f` on each slice in order until it returns false.
-    pub fn visit<'a>(&'a self, mut f: impl FnMut(&'a [u8]) -> bool) {
-        if !self.head.as_bytes().is_empty() && !f(self.head.as_bytes()) {
+    /// Calls `f` on each segment in order until it returns false.
+    pub fn visit<'a>(&'a self, mut f: impl FnMut(Segment<'a>) -> bool) {
+        let head = self.head.as_bytes();
+        if !head.is_empty() && !f(Segment::Bytes(head)) {
             return;
         }
         match &self.body {
             Body::None => {}
             Body::Buffer(buffer, range) => {
                 if !range.is_empty() {
-                    f(&buffer.as_ref()[range.clone()]);
+                    f(Segment::Bytes(&buffer.as_ref()[range.clone()]));
                 }
             }
             Body::Bytes(bytes) => {
                 if !bytes.is_empty() {
-                    f(bytes);
+                    f(Segment::Bytes(bytes));
                 }
+            }
+            Body::File(range) => {
+                f(Segment::File(range));
             }
             Body::Parts {
                 buffer,
@@ -146,7 +187,7 @@ impl Reply {
                         Part::Meta(r) => &meta[r.clone()],
                         Part::Data(r) => &buffer.as_ref()[r.clone()],
                     };
-                    if !f(slice) {
+                    if !f(Segment::Bytes(slice)) {
                         return;
                     }
                 }
@@ -263,8 +304,11 @@ mod tests {
 
     fn bytes(reply: &Reply) -> Vec<u8> {
         let mut out = Vec::new();
-        reply.visit(|s| {
-            out.extend_from_slice(s);
+        reply.visit(|segment| {
+            match segment {
+                Segment::Bytes(bytes) => out.extend_from_slice(bytes),
+                Segment::File(_) => panic!("no file data here"),
+            }
             true
         });
         assert_eq!(out.len(), reply.len());

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::task::TaskTracker;
 
@@ -31,6 +31,7 @@ use super::input::Input;
 use super::proto::*;
 use super::reply::Reply;
 use super::request::{self, Command, Limits, MAX_PAYLOAD};
+use super::splice::SpliceSink;
 use super::writer::{ReplyQueue, Sent};
 
 /// Requests of one connection being processed or waiting for their reply
@@ -64,7 +65,7 @@ type Running = Pin<Box<dyn Future<Output = Reply> + Send>>;
 pub async fn run<R, W>(reader: BufReader<R>, mut writer: W, session: Session, tasks: &TaskTracker)
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: SpliceSink + 'static,
 {
     let export = Arc::clone(session.client.export());
     let stop = export.disconnect_token().child_token();

@@ -1,14 +1,17 @@
 //! The sending side of a connection: replies wait in a queue and go out
 //! gathered into vectored writes (headers inline, payloads straight from
 //! their read buffers), so a burst of completions costs one system call
-//! and no copy. The connection loop is the socket's only writer.
+//! and no copy; data that lives in a file is spliced. The connection loop
+//! is the socket's only writer.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use super::reply::Reply;
+use super::reply::{Reply, Segment};
+use super::splice::{Pipe, SpliceSink};
 
 /// Slices gathered into one `writev` (well under the kernel's `IOV_MAX`).
 const MAX_IOVECS: usize = 64;
@@ -26,6 +29,16 @@ pub struct ReplyQueue {
     queue: VecDeque<Reply>,
     /// Bytes of `queue[0]` already on the wire.
     front_written: usize,
+    /// Created at the first spliced reply.
+    pipe: Option<Pipe>,
+}
+
+/// Where the next unwritten byte is.
+enum Next {
+    /// Slices to write, as many as were gathered.
+    Slices(usize),
+    /// The rest of a file segment: descriptor, file offset, length.
+    File(RawFd, u64, usize),
 }
 
 impl ReplyQueue {
@@ -37,13 +50,30 @@ impl ReplyQueue {
         self.queue.is_empty()
     }
 
-    /// One vectored write of as much as is queued. Cancel-safe: if the
-    /// future is dropped, nothing was written.
-    pub async fn write_some<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> io::Result<Sent> {
-        let written = {
-            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-            let count = self.gather(&mut iov);
-            writer.write_vectored(&iov[..count]).await?
+    /// One write (vectored, or a splice) of as much as is queued.
+    /// Cancel-safe: if the future is dropped, nothing was lost.
+    pub async fn write_some<W: SpliceSink>(&mut self, writer: &mut W) -> io::Result<Sent> {
+        let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+        let written = match self.next(&mut iov) {
+            Next::Slices(count) => writer.write_vectored(&iov[..count]).await?,
+            Next::File(fd, offset, len) => {
+                let pipe = match &mut self.pipe {
+                    Some(pipe) => pipe,
+                    none => none.insert(Pipe::new()?),
+                };
+                if pipe.held == 0 {
+                    pipe.fill(fd, offset, len)?;
+                }
+                loop {
+                    writer.writable().await?;
+                    let socket = writer.socket_fd();
+                    match writer.try_write_op(|| pipe.drain_into(socket)) {
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
         };
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
@@ -51,26 +81,44 @@ impl ReplyQueue {
         Ok(self.consume(written))
     }
 
-    /// Fills `iov` with the unwritten slices; returns how many.
-    fn gather<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+    /// The unwritten slices up to the next file segment, or the rest of
+    /// that file segment if it comes first.
+    fn next<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> Next {
         let mut count = 0;
         let mut skip = self.front_written;
+        let mut file = None;
+        let mut full = false;
         for reply in &self.queue {
-            reply.visit(|slice| {
-                if slice.len() <= skip {
-                    skip -= slice.len();
+            reply.visit(|segment| {
+                if segment.len() <= skip {
+                    skip -= segment.len();
                     return true;
                 }
-                iov[count] = IoSlice::new(&slice[skip..]);
+                match segment {
+                    Segment::Bytes(bytes) => {
+                        iov[count] = IoSlice::new(&bytes[skip..]);
+                        count += 1;
+                        full = count == iov.len();
+                    }
+                    Segment::File(range) => {
+                        if count == 0 {
+                            file = Some(Next::File(
+                                range.fd,
+                                range.offset + skip as u64,
+                                range.len - skip,
+                            ));
+                        }
+                        full = true;
+                    }
+                }
                 skip = 0;
-                count += 1;
-                count < iov.len()
+                !full
             });
-            if count == iov.len() {
+            if full {
                 break;
             }
         }
-        count
+        file.unwrap_or(Next::Slices(count))
     }
 
     /// Drops the replies that `written` bytes completed (releasing their
@@ -97,79 +145,101 @@ impl ReplyQueue {
 mod tests {
     use super::super::codec::{ReplyMode, Request};
     use super::super::proto::*;
+    use super::super::splice::FileRange;
     use super::*;
+    use tokio::io::AsyncReadExt;
 
-    fn req(cookie: u64) -> Request {
+    fn req(cookie: u64, offset: u64, length: u64) -> Request {
         Request {
             flags: 0,
-            command: CMD_FLUSH,
+            command: CMD_READ,
             cookie,
-            offset: 0,
-            length: 0,
+            offset,
+            length,
         }
     }
 
-    /// A writer that accepts at most 5 bytes per call, to exercise partial
-    /// vectored writes.
-    struct Trickle(Vec<u8>);
-
-    impl AsyncWrite for Trickle {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            let n = buf.len().min(5);
-            self.0.extend_from_slice(&buf[..n]);
-            std::task::Poll::Ready(Ok(n))
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
+    /// A file node on tmpfs (whose reads never wait, so it can be spliced).
+    async fn backend(data: &[u8]) -> (tempfile::TempDir, block::BlockBackend) {
+        let dir = tempfile::tempdir_in("/dev/shm").expect("tmpfs directory");
+        let path = dir.path().join("data");
+        std::fs::write(&path, data).unwrap();
+        let graph = block::BlockGraph::new();
+        let options = schema::from_json(serde_json::json!({
+            "driver": "file", "node-name": "f", "filename": path,
+        }))
+        .unwrap();
+        graph.blockdev_add(&options).await.unwrap();
+        (dir, graph.attach_backend("f", false).unwrap())
     }
 
     #[tokio::test]
-    async fn partial_writes_keep_replies_whole_and_ordered() {
+    async fn slices_and_spliced_files_arrive_whole_and_in_order() {
+        let data: Vec<u8> = (0..1 << 21).map(|i| (i * 7 % 251) as u8).collect();
+        let (_dir, backend) = backend(&data).await;
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (_, mut writer) = ours.into_split();
+        let reader = tokio::spawn(async move {
+            let mut theirs = theirs;
+            let mut got = Vec::new();
+            let mut chunk = [0; 1000];
+            loop {
+                match theirs.read(&mut chunk).await.unwrap() {
+                    0 => return got,
+                    n => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
         let mut queue = ReplyQueue::default();
         let mut expected = Vec::new();
-        for cookie in 0..10 {
-            let mut reply = if cookie % 2 == 0 {
-                Reply::ok(ReplyMode::Simple, &req(cookie))
-            } else {
-                Reply::error(ReplyMode::Structured, &req(cookie), EIO, "failed here")
+        for cookie in 0..12u64 {
+            let mut reply = match cookie % 3 {
+                0 => Reply::error(
+                    ReplyMode::Structured,
+                    &req(cookie, 0, 0),
+                    EIO,
+                    "failed here",
+                ),
+                1 => {
+                    let (offset, len) = (cookie * 65536, 300_000);
+                    let range = FileRange::of(&backend, offset, len).expect("tmpfs file range");
+                    Reply::read_file(
+                        ReplyMode::Structured,
+                        &req(cookie, offset, len as u64),
+                        range,
+                    )
+                }
+                _ => Reply::ok(ReplyMode::Simple, &req(cookie, 0, 0)),
             };
             reply.set_cost(100);
-            reply.visit(|s| {
-                expected.extend_from_slice(s);
+            reply.visit(|segment| {
+                match segment {
+                    Segment::Bytes(bytes) => expected.extend_from_slice(bytes),
+                    Segment::File(range) => {
+                        let at = range.offset as usize;
+                        expected.extend_from_slice(&data[at..at + range.len]);
+                    }
+                }
                 true
             });
             queue.push(reply);
         }
-        let mut out = Trickle(Vec::new());
         let mut total = Sent::default();
         while !queue.is_empty() {
-            let sent = queue.write_some(&mut out).await.unwrap();
+            let sent = queue.write_some(&mut writer).await.unwrap();
             total.replies += sent.replies;
             total.cost += sent.cost;
         }
-        assert_eq!(out.0, expected);
+        drop(writer);
         assert_eq!(
             total,
             Sent {
-                replies: 10,
-                cost: 1000
+                replies: 12,
+                cost: 1200
             }
         );
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes differ");
     }
 }

@@ -19,6 +19,8 @@ pub struct Harness {
     pub exports: BlockExports,
     pub graph: BlockGraph,
     pub dir: tempfile::TempDir,
+    /// On tmpfs, whose files the server splices from.
+    pub memory_dir: tempfile::TempDir,
     pub socket: PathBuf,
     deleted: Arc<Mutex<Vec<String>>>,
 }
@@ -92,6 +94,7 @@ impl Harness {
             exports,
             graph: BlockGraph::new(),
             dir,
+            memory_dir: tempfile::tempdir_in("/dev/shm").expect("tmpfs directory"),
             socket,
             deleted,
         }
@@ -99,10 +102,12 @@ impl Harness {
 
     /// A sparse image file of `size` bytes in the test directory.
     pub fn image(&self, name: &str, size: u64) -> PathBuf {
-        let path = self.dir.path().join(name);
-        let file = std::fs::File::create(&path).expect("create image");
-        file.set_len(size).expect("size image");
-        path
+        image_in(self.dir.path(), name, size)
+    }
+
+    /// A sparse image file of `size` bytes on tmpfs.
+    pub fn memory_image(&self, name: &str, size: u64) -> PathBuf {
+        image_in(self.memory_dir.path(), name, size)
     }
 
     /// Opens `file` as the file node `node`.
@@ -164,6 +169,13 @@ impl Harness {
         }
         panic!("{} connections still open", self.connections());
     }
+}
+
+fn image_in(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let path = dir.join(name);
+    let file = std::fs::File::create(&path).expect("create image");
+    file.set_len(size).expect("size image");
+    path
 }
 
 /// Output of a client run.

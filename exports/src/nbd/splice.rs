@@ -1,0 +1,156 @@
+//! Zero-copy sends of file data: `splice` moves page-cache pages from a
+//! file into a pipe and from the pipe into the socket, by reference (Linux
+//! 6.5 and later for Unix sockets; TCP always), instead of copying them
+//! into a buffer and out again.
+//!
+//! Used only for ranges the block layer says live in a file whose reads
+//! never wait (`BlockBackend::read_source`: tmpfs), so filling the pipe
+//! never stalls the connection.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use block::BlockBackend;
+use tokio::io::{AsyncWrite, Interest};
+
+/// Pipe capacity asked for: fewer system calls per large read (the
+/// kernel's `pipe-max-size` default allows it).
+const PIPE_SIZE: usize = 1 << 20;
+
+/// Bytes of a file to send, and the backend that keeps the file open.
+pub struct FileRange {
+    pub fd: RawFd,
+    pub offset: u64,
+    pub len: usize,
+    _owner: BlockBackend,
+}
+
+impl FileRange {
+    /// Where `[offset, offset + len)` of `backend` lives in a file, if it
+    /// lives in one whose reads never wait.
+    pub fn of(backend: &BlockBackend, offset: u64, len: usize) -> Option<FileRange> {
+        let source = backend.read_source(offset, len as u64)?;
+        Some(FileRange {
+            fd: source.fd.as_raw_fd(),
+            offset: source.offset,
+            len,
+            _owner: backend.clone(),
+        })
+    }
+}
+
+/// A socket that can take spliced pages.
+pub trait SpliceSink: AsyncWrite + Unpin + Send {
+    /// The socket's descriptor.
+    fn socket_fd(&self) -> BorrowedFd<'_>;
+
+    /// Runs `op` once the socket is writable, again while it reports
+    /// `WouldBlock`.
+    fn try_write_op(&self, op: impl FnMut() -> io::Result<usize>) -> io::Result<usize>;
+
+    /// Waits until the socket may be writable.
+    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+}
+
+macro_rules! splice_sink {
+    ($half:ty) => {
+        impl SpliceSink for $half {
+            fn socket_fd(&self) -> BorrowedFd<'_> {
+                self.as_ref().as_fd()
+            }
+
+            fn try_write_op(&self, op: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+                self.as_ref().try_io(Interest::WRITABLE, op)
+            }
+
+            fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+                self.as_ref().writable()
+            }
+        }
+    };
+}
+
+splice_sink!(tokio::net::unix::OwnedWriteHalf);
+splice_sink!(tokio::net::tcp::OwnedWriteHalf);
+
+/// A connection's pipe, and how many bytes wait in it.
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    /// Bytes moved in from the file and not yet out to the socket.
+    pub held: usize,
+}
+
+impl Pipe {
+    pub fn new() -> io::Result<Pipe> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the array it is given.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created and are owned here.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // A smaller pipe still works, with more calls.
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_SIZE as libc::c_int,
+            )
+        };
+        Ok(Pipe {
+            read,
+            write,
+            held: 0,
+        })
+    }
+
+    /// Moves up to `len` bytes of `file` at `offset` into the empty pipe.
+    pub fn fill(&mut self, file: RawFd, offset: u64, len: usize) -> io::Result<usize> {
+        let mut off = offset as libc::loff_t;
+        // SAFETY: splice between descriptors that stay open for the call;
+        // `off` is a valid offset pointer.
+        let n = unsafe {
+            libc::splice(
+                file,
+                &mut off,
+                self.write.as_raw_fd(),
+                std::ptr::null_mut(),
+                len.min(PIPE_SIZE),
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        match n {
+            n if n < 0 => Err(io::Error::last_os_error()),
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than its node",
+            )),
+            n => {
+                self.held += n as usize;
+                Ok(n as usize)
+            }
+        }
+    }
+
+    /// Moves what the pipe holds into `socket`; `WouldBlock` when full.
+    pub fn drain_into(&mut self, socket: BorrowedFd<'_>) -> io::Result<usize> {
+        // SAFETY: as above.
+        let n = unsafe {
+            libc::splice(
+                self.read.as_raw_fd(),
+                std::ptr::null_mut(),
+                socket.as_raw_fd(),
+                std::ptr::null_mut(),
+                self.held,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.held -= n as usize;
+        Ok(n as usize)
+    }
+}
