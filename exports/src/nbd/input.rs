@@ -69,15 +69,22 @@ impl Input {
         n
     }
 
-    /// Reads more bytes after the buffered ones; 0 means end of file. The
-    /// buffer must not be full.
-    pub async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> io::Result<usize> {
+    /// Reads at most `max` more bytes after the buffered ones; 0 means end
+    /// of file. The buffer must not be full.
+    pub async fn fill<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        max: usize,
+    ) -> io::Result<usize> {
         if self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        let n = reader.read(&mut self.buf[self.end..]).await?;
+        let room = (self.buf.len() - self.end).min(max);
+        let n = reader
+            .read(&mut self.buf[self.end..self.end + room])
+            .await?;
         self.end += n;
         Ok(n)
     }
@@ -91,7 +98,7 @@ mod tests {
     async fn fills_consumes_and_compacts() {
         let mut input = Input::new(b"ab");
         let mut source: &[u8] = &[b'c'; 2 * INPUT_BUFFER_LEN];
-        let n = input.fill(&mut source).await.unwrap();
+        let n = input.fill(&mut source, usize::MAX).await.unwrap();
         assert_eq!(n, INPUT_BUFFER_LEN - 2);
         assert_eq!(&input.buffered()[..3], b"abc");
         let mut two = [0; 2];
@@ -99,10 +106,11 @@ mod tests {
         assert_eq!(&two, b"ab");
         assert_eq!(input.skip(10), 10);
         // Full: the next fill compacts first.
-        let n = input.fill(&mut source).await.unwrap();
+        let n = input.fill(&mut source, usize::MAX).await.unwrap();
         assert_eq!(n, 12);
         assert_eq!(input.buffered().len(), INPUT_BUFFER_LEN);
         assert_eq!(input.skip(u64::MAX), INPUT_BUFFER_LEN);
         assert!(input.is_empty());
+        assert_eq!(input.fill(&mut source, 28).await.unwrap(), 28);
     }
 }

@@ -41,6 +41,9 @@ pub const MAX_IN_FLIGHT_REQUESTS: u32 = 256;
 pub const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
 /// Reads and writes at most this long are tried inline.
 const INLINE_MAX_LEN: u64 = 64 << 10;
+/// Writes at least this long are read without buffering what follows
+/// their header (the next one is probably as long).
+const STREAMED_WRITE_LEN: u64 = 64 << 10;
 /// One in this many inline requests checks whether its thread slept.
 const BLOCKING_SAMPLE: u32 = 8;
 /// Requests spawned after an inline one slept before inline is tried again.
@@ -99,6 +102,7 @@ where
         budget: Budget::default(),
         done,
         tasks: tasks.clone(),
+        large_write_last: false,
         over_budget: false,
         spawn_streak: 0,
         inline_count: 0,
@@ -112,6 +116,9 @@ where
             return;
         }
         let can_read = requests.wants_input();
+        let streaming = requests
+            .large_write_last
+            .then(|| requests.shared.limits.mode.request_len());
         let Requests {
             input,
             incoming,
@@ -130,7 +137,7 @@ where
                     return;
                 }
             },
-            read = read_more(&mut reader, input, incoming), if can_read => match read {
+            read = read_more(&mut reader, input, incoming, streaming), if can_read => match read {
                 Ok(0) if incoming.is_boundary() && input.is_empty() => *incoming = Incoming::Finished,
                 Ok(0) => {
                     tracing::info!("NBD client disconnected in the middle of a request");
@@ -203,6 +210,9 @@ struct Requests {
     /// Replies of spawned requests come back through this.
     done: UnboundedSender<Reply>,
     tasks: TaskTracker,
+    /// The last request was a large write: another likely follows, whose
+    /// payload should not pass through the input buffer.
+    large_write_last: bool,
     /// The next request waits for in-flight payload bytes to be released.
     over_budget: bool,
     /// Requests still to spawn without trying inline first.
@@ -263,6 +273,8 @@ impl Requests {
                     }
                     self.input.consume(header_len);
                     self.budget.take(cost);
+                    self.large_write_last =
+                        req.command == CMD_WRITE && payload_len >= STREAMED_WRITE_LEN;
                     if payload_len == 0 {
                         self.start(req, None, cost).await;
                         continue;
@@ -383,11 +395,14 @@ fn cost(req: &Request, payload_len: u64) -> u64 {
 }
 
 /// Reads more of the request stream: straight into a write's buffer when
-/// nothing else is buffered, else into the input buffer. Cancel-safe.
+/// nothing else is buffered, else into the input buffer (only a header's
+/// worth when `streaming`, so that the payload behind it goes straight to
+/// its buffer too). Cancel-safe.
 async fn read_more<R: AsyncRead + Unpin>(
     reader: &mut R,
     input: &mut Input,
     incoming: &mut Incoming,
+    streaming: Option<usize>,
 ) -> std::io::Result<usize> {
     use tokio::io::AsyncReadExt;
     if let Incoming::Payload {
@@ -404,5 +419,9 @@ async fn read_more<R: AsyncRead + Unpin>(
             return Ok(n);
         }
     }
-    input.fill(reader).await
+    let max = match streaming {
+        Some(header_len) if input.is_empty() => header_len,
+        _ => usize::MAX,
+    };
+    input.fill(reader, max).await
 }
