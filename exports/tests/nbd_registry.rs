@@ -168,6 +168,9 @@ async fn safe_and_hard_delete_with_clients() {
     client.go("disk").await;
     // A client still in the handshake does not hold the export.
     let _handshaking = Raw::connect(&h.socket).await;
+    let server = h.exports.nbd_server().unwrap();
+    assert_eq!(server.exports().find("disk").unwrap().client_count(), 1);
+    assert_eq!(server.connection_count(), 2);
     assert_eq!(
         desc(h.exports.del("disk", Safe)),
         "export 'disk' still in use"
