@@ -65,7 +65,7 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
     let daemon = Arc::new(Daemon::new(events.sink()));
     let monitors = Arc::new(qmp::Monitors::new(
         daemon.clone(),
-        version::greeting_version(),
+        version::version_info(),
         events,
     ));
     let mut startup = Startup::new(daemon.clone(), monitors.clone(), invocation.daemonize);

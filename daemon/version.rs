@@ -9,24 +9,11 @@ pub fn package() -> String {
     format!("storaged {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The `query-version` result.
+/// The `query-version` result, also sent in the QMP greeting.
 pub fn version_info() -> schema::info::VersionInfo {
     let (major, minor, micro) = QEMU;
     schema::info::VersionInfo {
         qemu: schema::info::VersionTriple {
-            major,
-            minor,
-            micro,
-        },
-        package: package(),
-    }
-}
-
-/// The version in the QMP greeting (the same values).
-pub fn greeting_version() -> qmp::VersionInfo {
-    let (major, minor, micro) = QEMU;
-    qmp::VersionInfo {
-        qemu: qmp::VersionTriple {
             major,
             minor,
             micro,

@@ -12,25 +12,9 @@ use serde_json::{json, Map, Value};
 use crate::builtin::OFFERED_CAPABILITIES;
 use crate::json;
 
-/// What the greeting (and QSD's `query-version`) reports: QAPI's
-/// `VersionInfo`, members in schema order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VersionInfo {
-    /// The QEMU version whose QMP this speaks.
-    pub qemu: VersionTriple,
-    /// Free text; QSD sends its distribution package, storaged sends
-    /// `"storaged <version>"`.
-    pub package: String,
-}
-
-/// QAPI's `VersionTriple`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[allow(missing_docs)] // the three parts of a version number
-pub struct VersionTriple {
-    pub major: i64,
-    pub minor: i64,
-    pub micro: i64,
-}
+/// What the greeting (and `query-version`) reports: QAPI's `VersionInfo`,
+/// defined once in the schema.
+pub use schema::info::{VersionInfo, VersionTriple};
 
 fn to_value(value: &impl Serialize) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
