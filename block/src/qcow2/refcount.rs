@@ -11,7 +11,8 @@
 //! - a new refcount block is written before the table points to it, and
 //!   the table entry before anything counted in the block is referenced;
 //! - a grown refcount table is written complete, with the blocks that
-//!   describe it, and flushed before the header switches to it.
+//!   describe it and every refcount block it points to, and flushed before
+//!   the header switches to it.
 //!
 //! Everything here runs under the image's allocation lock.
 
@@ -360,6 +361,7 @@ impl Refcounts {
         self.file
             .write(area * cs, &bytes, WriteFlags::default())
             .await?;
+        self.write_dirty_blocks().await?;
         self.file.flush().await?;
         header
             .update(|h| {
@@ -379,6 +381,23 @@ impl Refcounts {
         let old_first = old_offset >> self.geo.cluster_bits;
         for cluster in old_first..old_first + old_clusters {
             self.update(cluster, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the current contents of every dirty refcount block, leaving
+    /// them dirty for the writeback. A grown table copies the in-memory
+    /// entries, among them blocks created since the last writeback whose
+    /// counts (their own included) are still only in the cache: they must
+    /// be on disk before the header points to that table. Writing counts
+    /// early is always safe: increments precede any reference, and
+    /// decrements are applied only once the reference is gone on disk.
+    async fn write_dirty_blocks(&self) -> BlockResult<()> {
+        for block in self.blocks.dirty_tables() {
+            let bytes = block.lock().bytes.clone();
+            self.file
+                .write(block.offset(), &bytes, WriteFlags::default())
+                .await?;
         }
         Ok(())
     }
