@@ -8,6 +8,18 @@ use block::{BackendPerms, BlockGraph, Perm};
 use common::{add, add_err, file_node, image, pattern, sparse_image};
 use serde_json::json;
 
+/// A graph with file node `f0` on `path` and raw node `r0` over it.
+async fn raw_over_file(path: &std::path::Path) -> BlockGraph {
+    let graph = BlockGraph::new();
+    add(&graph, file_node("f0", path)).await;
+    add(
+        &graph,
+        json!({"driver": "raw", "node-name": "r0", "file": "f0"}),
+    )
+    .await;
+    graph
+}
+
 #[tokio::test]
 async fn names_are_checked_like_qemu() {
     let graph = BlockGraph::new();
@@ -80,13 +92,7 @@ async fn inline_children_get_automatic_names_and_die_with_their_parent() {
 async fn nodes_in_use_cannot_be_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let path = sparse_image(dir.path(), "disk.img", 1 << 20);
-    let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path)).await;
-    add(
-        &graph,
-        json!({"driver": "raw", "node-name": "r0", "file": "f0"}),
-    )
-    .await;
+    let graph = raw_over_file(&path).await;
     assert_eq!(
         graph.blockdev_del("f0").await.unwrap_err().message,
         "Block device f0 is in use"
@@ -138,13 +144,7 @@ async fn conflicting_users_are_refused_with_qemus_message() {
 async fn resize_follows_block_resize() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", 1 << 20, pattern);
-    let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path)).await;
-    add(
-        &graph,
-        json!({"driver": "raw", "node-name": "r0", "file": "f0"}),
-    )
-    .await;
+    let graph = raw_over_file(&path).await;
     add(&graph, json!({"driver": "null-co", "node-name": "n0"})).await;
 
     graph.resize(None, Some("r0"), 2 << 20).await.unwrap();
@@ -394,13 +394,7 @@ async fn named_block_nodes_match_qsd() {
 async fn debug_graph_matches_qsd() {
     let dir = tempfile::tempdir().unwrap();
     let path = sparse_image(dir.path(), "disk.img", 1 << 20);
-    let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path)).await;
-    add(
-        &graph,
-        json!({"driver": "raw", "node-name": "r0", "file": "f0"}),
-    )
-    .await;
+    let graph = raw_over_file(&path).await;
     let _e0 = graph.attach_backend("r0", true).unwrap();
     let _e1 = graph.attach_backend("f0", true).unwrap();
     let writer = ["write", "consistent-read"];

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use block::qcow2::Qcow2;
 use block::{BlockDriver, WriteFlags, ZeroFlags};
 use qcow2_support::{
-    arg, assert_check_clean, assert_same, open_chain, options, qemu_img, qemu_io, raw_contents,
-    read_all, Rng,
+    arg, assert_check_clean, assert_same, close_and_compare, open_chain, options, qemu_img,
+    qemu_io, raw_contents, read_all, Rng,
 };
 
 /// One image configuration of the differential test.
@@ -282,14 +282,7 @@ async fn concurrent_writes_into_shared_clusters_all_land() {
         &expected,
         "after concurrent writes",
     );
-    qcow2.close().await.unwrap();
-    drop(qcow2);
-    assert_same(
-        &raw_contents(&image, dir.path()),
-        &expected,
-        "as QEMU reads it",
-    );
-    assert_check_clean(&image);
+    close_and_compare(qcow2, &image, dir.path(), &expected, "as QEMU reads it").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -394,14 +387,7 @@ async fn overwriting_compressed_clusters_frees_them() {
         .unwrap();
     data[70_000..70_010].fill(1);
     data[..65536].fill(2);
-    qcow2.close().await.unwrap();
-    drop(qcow2);
-    assert_same(
-        &raw_contents(&image, dir.path()),
-        &data,
-        "after overwriting",
-    );
-    assert_check_clean(&image);
+    close_and_compare(qcow2, &image, dir.path(), &data, "after overwriting").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

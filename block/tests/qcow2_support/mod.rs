@@ -84,6 +84,21 @@ pub fn raw_contents(image: &Path, dir: &Path) -> Vec<u8> {
     data
 }
 
+/// Closes and drops `qcow2` (a `Qcow2` or the last `Arc` of one), then checks that QEMU reads `image` as `expected` and
+/// that `qemu-img check` finds it clean.
+pub async fn close_and_compare<Q: std::borrow::Borrow<Qcow2>>(
+    qcow2: Q,
+    image: &Path,
+    dir: &Path,
+    expected: &[u8],
+    what: &str,
+) {
+    qcow2.borrow().close().await.unwrap();
+    drop(qcow2);
+    assert_same(&raw_contents(image, dir), expected, what);
+    assert_check_clean(image);
+}
+
 /// A `file` driver on `path`, as a child.
 pub fn file_child(path: &Path, writable: bool) -> Arc<dyn BlockChild> {
     let options: BlockdevOptionsFile = schema::from_json(serde_json::json!({
