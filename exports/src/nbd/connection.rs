@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, BufReader};
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handshake::{negotiate, HandshakeConfig, Outcome};
+use super::placement::Placement;
 use super::splice::SpliceSink;
 use super::transmission;
 
@@ -25,11 +27,18 @@ pub struct ConnectionConfig {
     pub stop: CancellationToken,
     /// Request handlers are tracked so that a stop can wait for them.
     pub tasks: TaskTracker,
+    /// The daemon's runtime, where request handlers that may wait run.
+    pub runtime: Handle,
 }
 
 /// Serves one client until it leaves, breaks the protocol, or is told to go.
-pub async fn serve<R, W>(read: R, mut write: W, config: Arc<ConnectionConfig>, peer: &str)
-where
+pub async fn serve<R, W>(
+    read: R,
+    mut write: W,
+    config: Arc<ConnectionConfig>,
+    peer: &str,
+    placement: Placement,
+) where
     R: AsyncRead + Unpin + Send + 'static,
     W: SpliceSink + 'static,
 {
@@ -52,7 +61,7 @@ where
         Some(Ok(Outcome::Transmission(session))) => {
             let export = session.client.export().name().to_string();
             tracing::debug!(peer, export, "NBD client entered transmission");
-            transmission::run(reader, write, session, &config.tasks).await;
+            transmission::run(reader, write, session, &config, placement).await;
             tracing::debug!(peer, export, "NBD client gone");
         }
     }

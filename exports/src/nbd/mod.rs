@@ -4,8 +4,9 @@
 //!
 //! Layers, from the wire up: `proto` (numbers) and `codec` (byte layouts);
 //! `handshake` (option haggling) and `meta` (metadata contexts);
-//! `connection` (one client), `transmission` (its request loop), `input`
-//! (receive buffering), `request` (checks), `dispatch` (running a
+//! `connection` (one client), `placement` (the thread it runs on),
+//! `transmission` (its request loop), `poll` (socket polling between
+//! requests), `input` (receive buffering), `request` (checks), `dispatch` (running a
 //! request), `status` (block status), `reply` and `writer` (batched
 //! vectored writes), `splice` (file data sent without copies), `buffers`
 //! (payload buffer reuse);
@@ -20,6 +21,8 @@ pub mod export;
 mod handshake;
 mod input;
 pub mod meta;
+mod placement;
+mod poll;
 pub mod proto;
 mod reply;
 pub mod request;

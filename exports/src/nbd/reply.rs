@@ -62,11 +62,19 @@ enum Part {
 }
 
 impl Reply {
-    /// Success without payload.
+    /// Success without payload. A simple reply where the mode allows one:
+    /// with structured replies on, the spec allows it for everything but a
+    /// read (QEMU sends it too), and clients read it in one piece.
     pub fn ok(mode: ReplyMode, req: &Request) -> Reply {
-        let head = match mode {
-            ReplyMode::Simple => ReplyHead::simple(0, req.cookie),
-            _ => chunk(mode, req, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0, &[]),
+        let simple = match mode {
+            ReplyMode::Simple => true,
+            ReplyMode::Structured => req.command != CMD_READ,
+            ReplyMode::Extended => false,
+        };
+        let head = if simple {
+            ReplyHead::simple(0, req.cookie)
+        } else {
+            chunk(mode, req, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0, &[])
         };
         Reply::new(head, Body::None)
     }

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use super::connection::{serve, ConnectionConfig};
 use super::export::{ExportTable, NbdExport, NbdExportConfig};
 use super::handshake::HandshakeConfig;
+use super::placement::{spawn_connection, Placement};
 
 /// QEMU's default for `handshake-max-seconds`.
 pub const DEFAULT_HANDSHAKE_MAX_SECONDS: u32 = 10;
@@ -169,6 +170,7 @@ impl NbdServer {
             handshake_limit,
             stop: server.stop.clone(),
             tasks: server.tasks.clone(),
+            runtime: tokio::runtime::Handle::current(),
         });
         let slots = match server.config.max_connections {
             0 => None,
@@ -399,16 +401,10 @@ impl Acceptor {
             let count = Arc::clone(&self.connections);
             count.fetch_add(1, Ordering::Relaxed);
             let config = Arc::clone(&self.connection);
-            self.tasks.spawn(async move {
-                match stream {
-                    Stream::Unix(s, peer) => {
-                        let (r, w) = s.into_split();
-                        serve(r, w, config, &peer).await;
-                    }
-                    Stream::Tcp(s, peer) => {
-                        let (r, w) = s.into_split();
-                        serve(r, w, config, &peer).await;
-                    }
+            let runtime = config.runtime.clone();
+            spawn_connection(&runtime, &self.tasks, move |placement| async move {
+                if let Err(e) = stream.serve(config, placement).await {
+                    tracing::warn!("NBD server cannot serve a connection: {e}");
                 }
                 count.fetch_sub(1, Ordering::Relaxed);
                 drop(slot);
@@ -417,16 +413,38 @@ impl Acceptor {
     }
 }
 
+/// An accepted connection, free to move to the thread that will serve it.
 enum Stream {
-    Unix(tokio::net::UnixStream, String),
-    Tcp(tokio::net::TcpStream, String),
+    Unix(std::os::unix::net::UnixStream, String),
+    Tcp(std::net::TcpStream, String),
+}
+
+impl Stream {
+    /// Serves the client on the runtime this runs on.
+    async fn serve(
+        self,
+        config: Arc<ConnectionConfig>,
+        placement: Placement,
+    ) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s, peer) => {
+                let (r, w) = tokio::net::UnixStream::from_std(s)?.into_split();
+                serve(r, w, config, &peer, placement).await;
+            }
+            Stream::Tcp(s, peer) => {
+                let (r, w) = tokio::net::TcpStream::from_std(s)?.into_split();
+                serve(r, w, config, &peer, placement).await;
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn accept(listener: &Listener) -> std::io::Result<Stream> {
     match listener {
         Listener::Unix(l) => {
             let (s, _) = l.accept().await?;
-            Ok(Stream::Unix(s, "unix".to_string()))
+            Ok(Stream::Unix(s.into_std()?, "unix".to_string()))
         }
         Listener::Tcp(l, keep_alive) => {
             let (s, peer) = l.accept().await?;
@@ -435,7 +453,7 @@ async fn accept(listener: &Listener) -> std::io::Result<Stream> {
             if *keep_alive {
                 set_keep_alive(&s)?;
             }
-            Ok(Stream::Tcp(s, peer.to_string()))
+            Ok(Stream::Tcp(s.into_std()?, peer.to_string()))
         }
     }
 }

@@ -14,20 +14,25 @@
 //! bound the loop stops reading, which pushes back on the client.
 
 use std::future::{poll_fn, Future};
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
 use tokio::io::{AsyncRead, BufReader};
+use tokio::runtime::Handle;
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::task::TaskTracker;
 
 use super::buffers::{Buffer, BufferPool};
 use super::codec::Request;
+use super::connection::ConnectionConfig;
 use super::dispatch::{self, CACHE_CHUNK};
 use super::export::ClientGuard;
 use super::handshake::Session;
 use super::input::Input;
+use super::placement::Placement;
+use super::poll::{poll_now, AdaptivePoll, NonBlocking};
 use super::proto::*;
 use super::reply::Reply;
 use super::request::{self, Command, Limits, MAX_PAYLOAD};
@@ -65,8 +70,13 @@ type Running = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 /// Serves requests until the client disconnects, breaks the protocol, or
 /// the export's clients are told to go.
-pub async fn run<R, W>(reader: BufReader<R>, mut writer: W, session: Session, tasks: &TaskTracker)
-where
+pub async fn run<R, W>(
+    reader: BufReader<R>,
+    mut writer: W,
+    session: Session,
+    config: &ConnectionConfig,
+    placement: Placement,
+) where
     R: AsyncRead + Unpin + Send + 'static,
     W: SpliceSink + 'static,
 {
@@ -101,12 +111,14 @@ where
         out: ReplyQueue::default(),
         budget: Budget::default(),
         done,
-        tasks: tasks.clone(),
+        tasks: config.tasks.clone(),
+        runtime: config.runtime.clone(),
         large_write_last: false,
         over_budget: false,
         spawn_streak: 0,
         inline_count: 0,
     };
+    let mut poll = AdaptivePoll::new(placement == Placement::OwnThread);
     loop {
         if let Err(reason) = requests.take().await {
             tracing::info!("NBD client disconnected: {reason}");
@@ -119,6 +131,24 @@ where
         let streaming = requests
             .large_write_last
             .then(|| requests.shared.limits.mode.request_len());
+        if can_read && requests.waits_for_client() {
+            let socket = writer.socket_fd();
+            let polled = poll.poll(|| {
+                let mut source = NonBlocking(socket);
+                poll_now(read_more(
+                    &mut source,
+                    &mut requests.input,
+                    &mut requests.incoming,
+                    streaming,
+                ))
+            });
+            if let Some(read) = polled {
+                if requests.received(read).is_break() {
+                    return;
+                }
+                continue;
+            }
+        }
         let Requests {
             input,
             incoming,
@@ -137,18 +167,12 @@ where
                     return;
                 }
             },
-            read = read_more(&mut reader, input, incoming, streaming), if can_read => match read {
-                Ok(0) if incoming.is_boundary() && input.is_empty() => *incoming = Incoming::Finished,
-                Ok(0) => {
-                    tracing::info!("NBD client disconnected in the middle of a request");
+            read = read_more(&mut reader, input, incoming, streaming), if can_read => {
+                poll.slept();
+                if requests.received(read).is_break() {
                     return;
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::info!("NBD client connection failed: {e}");
-                    return;
-                }
-            },
+            }
         }
     }
 }
@@ -210,6 +234,8 @@ struct Requests {
     /// Replies of spawned requests come back through this.
     done: UnboundedSender<Reply>,
     tasks: TaskTracker,
+    /// Where spawned requests run.
+    runtime: Handle,
     /// The last request was a large write: another likely follows, whose
     /// payload should not pass through the input buffer.
     large_write_last: bool,
@@ -233,6 +259,32 @@ impl Requests {
             Incoming::Payload { .. } => true,
             Incoming::Finished => false,
         }
+    }
+
+    /// Whether nothing is in flight but, perhaps, the request whose
+    /// payload is arriving: the connection waits for its client alone.
+    fn waits_for_client(&self) -> bool {
+        let receiving = u32::from(matches!(self.incoming, Incoming::Payload { .. }));
+        self.out.is_empty() && self.budget.requests == receiving
+    }
+
+    /// Takes the outcome of reading the socket; `Break` drops the client.
+    fn received(&mut self, read: std::io::Result<usize>) -> ControlFlow<()> {
+        match read {
+            Ok(0) if self.incoming.is_boundary() && self.input.is_empty() => {
+                self.incoming = Incoming::Finished;
+            }
+            Ok(0) => {
+                tracing::info!("NBD client disconnected in the middle of a request");
+                return ControlFlow::Break(());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::info!("NBD client connection failed: {e}");
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
     }
 
     /// After `NBD_CMD_DISC` or end of file, everything answered.
@@ -355,10 +407,11 @@ impl Requests {
             self.spawn_streak = self.spawn_streak.saturating_sub(1);
         }
         let done = self.done.clone();
-        self.tasks.spawn(async move {
+        let handler = async move {
             // A closed channel means the connection is gone.
             let _ = done.send(running.await);
-        });
+        };
+        self.tasks.spawn_on(handler, &self.runtime);
     }
 }
 

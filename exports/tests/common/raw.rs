@@ -20,7 +20,11 @@ pub struct OptReply {
     pub data: Vec<u8>,
 }
 
-/// One reply chunk (simple replies show as kind `u16::MAX`).
+/// The kind a simple reply shows as in a [`Chunk`].
+pub const SIMPLE_REPLY: u16 = u16::MAX;
+
+/// One reply chunk (simple replies show as kind [`SIMPLE_REPLY`], their
+/// error as `data`).
 #[derive(Debug)]
 pub struct Chunk {
     pub flags: u16,
@@ -154,7 +158,7 @@ impl Raw {
         self.stream.write_all(&msg).await.unwrap();
     }
 
-    /// Reads one reply chunk (or a simple reply, as kind `u16::MAX`).
+    /// Reads one reply chunk (or a simple reply, as kind [`SIMPLE_REPLY`]).
     pub async fn chunk(&mut self) -> Chunk {
         let mut magic = [0; 4];
         self.stream.read_exact(&mut magic).await.expect("reply");
@@ -192,7 +196,7 @@ impl Raw {
                 self.stream.read_exact(&mut head).await.unwrap();
                 Chunk {
                     flags: REPLY_FLAG_DONE,
-                    kind: u16::MAX,
+                    kind: SIMPLE_REPLY,
                     cookie: u64::from_be_bytes(head[4..12].try_into().unwrap()),
                     offset: 0,
                     data: head[..4].to_vec(),

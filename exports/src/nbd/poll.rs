@@ -1,0 +1,258 @@
+//! Adaptive polling of a connection's socket while it waits for its
+//! client, in the manner of QEMU's event loops (`poll-max-ns`).
+//!
+//! When a client sends its next request a few microseconds after its
+//! last reply (queue depth 1, or a deep queue the server keeps up with),
+//! trying the socket in a loop for a moment costs less than going to
+//! sleep and being woken by the kernel, and it spares the client's send
+//! the work of waking us. The polling window grows while waits are short
+//! and drops to zero after a long one, so a quiet connection costs
+//! nothing. Only connections on threads of their own poll (`placement`),
+//! and only a few at once, so polling never takes the CPU that clients
+//! and busy connections need.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// The longest a connection polls before it sleeps.
+pub const MAX_POLL_WINDOW: Duration = Duration::from_micros(64);
+/// The window after the first short sleep; each further one doubles it.
+const FIRST_POLL_WINDOW: Duration = Duration::from_micros(4);
+
+/// The polling state of one connection.
+pub struct AdaptivePoll {
+    allowed: bool,
+    window: Duration,
+    /// When the current wait for the client began, if polling gave up.
+    waiting_since: Option<Instant>,
+}
+
+impl AdaptivePoll {
+    /// `allowed` only for a connection alone on its thread.
+    pub fn new(allowed: bool) -> AdaptivePoll {
+        AdaptivePoll {
+            allowed,
+            window: Duration::ZERO,
+            waiting_since: None,
+        }
+    }
+
+    /// Runs `read`, which must not wait, until it finds input (or fails)
+    /// or the window ends; `None` if the window ended or polling is not
+    /// for now. Call it only when the connection waits for nothing but
+    /// its client, and call [`AdaptivePoll::slept`] when the wait that
+    /// follows a `None` is over.
+    pub fn poll(
+        &mut self,
+        read: impl FnMut() -> io::Result<usize>,
+    ) -> Option<io::Result<usize>> {
+        if !self.allowed {
+            return None;
+        }
+        let start = Instant::now();
+        self.waiting_since = Some(start);
+        if self.window.is_zero() {
+            return None;
+        }
+        let _slot = PollSlot::claim()?;
+        let found = spin(start + self.window, read);
+        if found.is_some() {
+            self.waiting_since = None;
+        }
+        found
+    }
+
+    /// The connection slept until its client spoke: a short wait doubles
+    /// the window, a long one halves it (one late request does not undo
+    /// what a run of quick ones taught; a quiet client closes it after a
+    /// few waits).
+    pub fn slept(&mut self) {
+        if let Some(since) = self.waiting_since.take() {
+            self.adapt(since.elapsed());
+        }
+    }
+
+    fn adapt(&mut self, waited: Duration) {
+        self.window = if waited <= MAX_POLL_WINDOW {
+            (self.window * 2).clamp(FIRST_POLL_WINDOW, MAX_POLL_WINDOW)
+        } else if self.window > FIRST_POLL_WINDOW {
+            self.window / 2
+        } else {
+            Duration::ZERO
+        };
+    }
+}
+
+/// Runs `read` until it is not `WouldBlock` or `deadline` passes.
+fn spin(
+    deadline: Instant,
+    mut read: impl FnMut() -> io::Result<usize>,
+) -> Option<io::Result<usize>> {
+    loop {
+        match read() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return Some(done),
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Polls once a future that never waits (its reads are non-blocking).
+pub fn poll_now<T>(future: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => result,
+        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+    }
+}
+
+/// A socket read without waiting and behind the event loop's back (its
+/// readiness flags are only a hint: a later awaited read that finds
+/// nothing simply waits for the next event).
+pub struct NonBlocking<'a>(pub BorrowedFd<'a>);
+
+impl AsyncRead for NonBlocking<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // SAFETY: recv writes at most the length given into the unfilled,
+        // writable part of the buffer; only what it reports is marked
+        // filled.
+        let n = unsafe {
+            let unfilled = buf.unfilled_mut();
+            libc::recv(
+                self.0.as_raw_fd(),
+                unfilled.as_mut_ptr().cast(),
+                unfilled.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Poll::Ready(Err(io::Error::last_os_error()));
+        }
+        // SAFETY: recv initialised these `n` bytes.
+        unsafe { buf.assume_init(n as usize) };
+        buf.advance(n as usize);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Connections polling at once: half the CPUs, at least one.
+fn polling_limit() -> usize {
+    static LIMIT: OnceLock<usize> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, |cpus| (cpus.get() / 2).max(1))
+    })
+}
+
+static POLLING: AtomicUsize = AtomicUsize::new(0);
+
+/// A turn to poll, given back when dropped.
+struct PollSlot;
+
+impl PollSlot {
+    fn claim() -> Option<PollSlot> {
+        POLLING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < polling_limit()).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| PollSlot)
+    }
+}
+
+impl Drop for PollSlot {
+    fn drop(&mut self) {
+        POLLING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_doubles_with_short_sleeps_and_halves_with_long_ones() {
+        let mut poll = AdaptivePoll::new(true);
+        let short = Duration::from_micros(20);
+        for expected in [4, 8, 16, 32, 64, 64] {
+            poll.adapt(short);
+            assert_eq!(poll.window, Duration::from_micros(expected));
+        }
+        let long = MAX_POLL_WINDOW + Duration::from_micros(1);
+        for expected in [32, 16, 8, 4, 0, 0] {
+            poll.adapt(long);
+            assert_eq!(poll.window, Duration::from_micros(expected));
+        }
+    }
+
+    #[test]
+    fn a_failed_poll_then_a_sleep_adapts_the_window() {
+        let mut poll = AdaptivePoll::new(true);
+        assert!(poll
+            .poll(|| Err(io::ErrorKind::WouldBlock.into()))
+            .is_none());
+        std::thread::sleep(MAX_POLL_WINDOW * 2);
+        poll.window = MAX_POLL_WINDOW;
+        poll.slept();
+        assert_eq!(poll.window, MAX_POLL_WINDOW / 2);
+        // Only a wait that polling gave up on counts.
+        poll.slept();
+        assert_eq!(poll.window, MAX_POLL_WINDOW / 2);
+    }
+
+    #[test]
+    fn input_found_while_spinning_is_returned() {
+        let mut tries = 0;
+        let found = spin(Instant::now() + Duration::from_secs(60), || {
+            tries += 1;
+            match tries {
+                3 => Ok(42),
+                _ => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        });
+        assert_eq!(found.unwrap().unwrap(), 42);
+        assert_eq!(tries, 3);
+    }
+
+    #[test]
+    fn a_shared_thread_never_polls() {
+        let mut poll = AdaptivePoll::new(false);
+        poll.window = MAX_POLL_WINDOW;
+        let found = poll.poll(|| Ok(1));
+        assert!(found.is_none());
+    }
+
+    #[test]
+    fn non_blocking_reads_see_data_and_would_block() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut buf = [0u8; 8];
+        let read = |buf: &mut [u8]| {
+            use tokio::io::AsyncReadExt;
+            poll_now(async { NonBlocking(theirs.as_fd()).read(buf).await })
+        };
+        assert_eq!(
+            read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        ours.write_all(b"abc").unwrap();
+        assert_eq!(read(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"abc");
+        drop(ours);
+        assert_eq!(read(&mut buf).unwrap(), 0);
+    }
+}
