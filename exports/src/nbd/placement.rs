@@ -1,89 +1,151 @@
-//! Where a connection runs.
+//! The event loops NBD connections run on.
 //!
-//! Each connection gets a thread of its own, with an event loop of its
-//! own, while fewer than [`MAX_CONNECTION_THREADS`] are running: its
-//! socket is then watched by that thread alone, so the connection can
-//! poll the socket between requests (`poll`) without another thread
-//! being woken for every packet, and a busy connection never waits behind
-//! another one. Past the limit, or when a thread's event loop cannot be
-//! built, connections share the daemon's runtime and do not poll.
+//! Connections are spread over a few threads, each with an event loop of
+//! its own (in the manner of QEMU's iothreads); a new connection joins
+//! the loop with the fewest. A connection alone on its
+//! loop may poll its socket between requests (`poll`): nobody else waits
+//! on that loop, and no other thread is woken for its packets, which is
+//! what makes polling cheap; so at most one connection per loop polls. Connections share the daemon's runtime only
+//! if no loop could be started.
 //!
 //! Request handlers that may wait (large or blocking I/O) run on the
 //! daemon's runtime either way (`ConnectionConfig::runtime`), whose
-//! threads may block without stalling a connection.
+//! threads may block without stalling a loop.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
-/// Connections of the whole daemon served on threads of their own.
-pub const MAX_CONNECTION_THREADS: usize = 256;
+/// One thread and its event loop.
+pub struct EventLoop {
+    handle: Handle,
+    connections: AtomicUsize,
+}
 
-/// How a connection was placed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a connection runs.
+#[derive(Clone)]
 pub enum Placement {
-    /// Alone on its thread: it may poll its socket.
-    OwnThread,
-    /// On the daemon's runtime, among other tasks: it must not poll.
+    /// On an event loop of the pool.
+    Loop(Arc<EventLoop>),
+    /// On the daemon's runtime, among its other tasks.
     Shared,
 }
 
-static CONNECTION_THREADS: AtomicUsize = AtomicUsize::new(0);
+impl Placement {
+    /// Whether the connection may poll its socket now: only while it is
+    /// alone on its loop.
+    pub fn may_poll(&self) -> bool {
+        match self {
+            Placement::Loop(event_loop) => event_loop.connections.load(Ordering::Relaxed) == 1,
+            Placement::Shared => false,
+        }
+    }
+}
 
-/// Starts `connection` on a thread of its own if the limit allows, else
-/// on `runtime`. `connection` builds its future on the runtime it will
-/// run on (sockets register with the event loop current when they are
-/// made). `tasks` tracks it either way.
+#[cfg(test)]
+impl Placement {
+    /// A connection alone on a loop made of the current runtime.
+    pub fn alone() -> Placement {
+        Placement::Loop(Arc::new(EventLoop {
+            handle: Handle::current(),
+            connections: AtomicUsize::new(1),
+        }))
+    }
+}
+
+/// Starts `connection` on the least busy event loop (or on `runtime` if
+/// there is none). `connection` makes its future on the loop it will run
+/// on, since sockets register with the event loop current when they are
+/// made. `tasks` tracks it.
 pub fn spawn_connection<F, Fut>(runtime: &Handle, tasks: &TaskTracker, connection: F)
 where
     F: FnOnce(Placement) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Some(slot) = ThreadSlot::claim() else {
-        tasks.spawn_on(connection(Placement::Shared), runtime);
+    let Some(event_loop) = event_loops()
+        .iter()
+        .min_by_key(|l| l.connections.load(Ordering::Relaxed))
+    else {
+        tasks.spawn_on(async move { connection(Placement::Shared).await }, runtime);
         return;
     };
-    let event_loop = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(event_loop) => event_loop,
-        Err(e) => {
-            tracing::warn!("NBD connection shares the daemon's runtime: {e}");
-            tasks.spawn_on(connection(Placement::Shared), runtime);
-            return;
-        }
-    };
-    let token = tasks.token();
-    let started = std::thread::Builder::new()
-        .name("nbd-connection".to_string())
-        .spawn(move || {
-            event_loop.block_on(connection(Placement::OwnThread));
-            drop((token, slot));
-        });
-    if let Err(e) = started {
-        tracing::warn!("NBD connection dropped: cannot start its thread: {e}");
+    let seat = Seat::take(event_loop);
+    let placement = Placement::Loop(Arc::clone(event_loop));
+    tasks.spawn_on(
+        async move {
+            connection(placement).await;
+            drop(seat);
+        },
+        &event_loop.handle,
+    );
+}
+
+/// A connection's place on a loop, given up when dropped.
+struct Seat(Arc<EventLoop>);
+
+impl Seat {
+    fn take(event_loop: &Arc<EventLoop>) -> Seat {
+        event_loop.connections.fetch_add(1, Ordering::Relaxed);
+        Seat(Arc::clone(event_loop))
     }
 }
 
-/// One of the [`MAX_CONNECTION_THREADS`], released when dropped.
-struct ThreadSlot;
-
-impl ThreadSlot {
-    fn claim() -> Option<ThreadSlot> {
-        CONNECTION_THREADS
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_CONNECTION_THREADS).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ThreadSlot)
-    }
-}
-
-impl Drop for ThreadSlot {
+impl Drop for Seat {
     fn drop(&mut self) {
-        CONNECTION_THREADS.fetch_sub(1, Ordering::AcqRel);
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The pool, started on first use: a loop per two CPUs (at least one),
+/// which leaves CPUs to the request handlers and to local clients (and,
+/// with few loops, their replies coincide less with clients reading
+/// theirs: loopback TCP costs the client more when they do). Loops run
+/// until the process ends.
+fn event_loops() -> &'static [Arc<EventLoop>] {
+    static LOOPS: OnceLock<Vec<Arc<EventLoop>>> = OnceLock::new();
+    LOOPS.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let count = (cpus / 2).max(1);
+        (0..count)
+            .filter_map(|index| match start_loop(index) {
+                Ok(event_loop) => Some(event_loop),
+                Err(e) => {
+                    tracing::warn!("cannot start NBD event loop {index}: {e}");
+                    None
+                }
+            })
+            .collect()
+    })
+}
+
+fn start_loop(index: usize) -> std::io::Result<Arc<EventLoop>> {
+    // The runtime is built, run and dropped on its own thread: dropping
+    // one on a thread of the daemon's runtime is not allowed.
+    let (started, handle) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("nbd-loop-{index}"))
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => {
+                    let _ = started.send(Ok(runtime.handle().clone()));
+                    runtime.block_on(std::future::pending::<()>());
+                }
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                }
+            }
+        })?;
+    let handle = handle
+        .recv()
+        .map_err(|_| std::io::Error::other("the event loop thread ended"))??;
+    Ok(Arc::new(EventLoop {
+        handle,
+        connections: AtomicUsize::new(0),
+    }))
 }

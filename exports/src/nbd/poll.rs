@@ -6,21 +6,20 @@
 //! trying the socket in a loop for a moment costs less than going to
 //! sleep and being woken by the kernel, and it spares the client's send
 //! the work of waking us. The polling window grows while waits are short
-//! and drops to zero after a long one, so a quiet connection costs
-//! nothing. Only connections on threads of their own poll (`placement`),
-//! and only a few at once, so polling never takes the CPU that clients
-//! and busy connections need.
+//! and shrinks to nothing after long ones, so a quiet connection costs
+//! nothing. Only a connection alone on its event loop polls
+//! (`placement`), so at most one per loop does.
 
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, ReadBuf};
+
+use super::placement::Placement;
 
 /// The longest a connection polls before it sleeps.
 pub const MAX_POLL_WINDOW: Duration = Duration::from_micros(64);
@@ -29,17 +28,16 @@ const FIRST_POLL_WINDOW: Duration = Duration::from_micros(4);
 
 /// The polling state of one connection.
 pub struct AdaptivePoll {
-    allowed: bool,
+    placement: Placement,
     window: Duration,
     /// When the current wait for the client began, if polling gave up.
     waiting_since: Option<Instant>,
 }
 
 impl AdaptivePoll {
-    /// `allowed` only for a connection alone on its thread.
-    pub fn new(allowed: bool) -> AdaptivePoll {
+    pub fn new(placement: Placement) -> AdaptivePoll {
         AdaptivePoll {
-            allowed,
+            placement,
             window: Duration::ZERO,
             waiting_since: None,
         }
@@ -50,11 +48,8 @@ impl AdaptivePoll {
     /// for now. Call it only when the connection waits for nothing but
     /// its client, and call [`AdaptivePoll::slept`] when the wait that
     /// follows a `None` is over.
-    pub fn poll(
-        &mut self,
-        read: impl FnMut() -> io::Result<usize>,
-    ) -> Option<io::Result<usize>> {
-        if !self.allowed {
+    pub fn poll(&mut self, read: impl FnMut() -> io::Result<usize>) -> Option<io::Result<usize>> {
+        if !self.placement.may_poll() {
             return None;
         }
         let start = Instant::now();
@@ -62,7 +57,6 @@ impl AdaptivePoll {
         if self.window.is_zero() {
             return None;
         }
-        let _slot = PollSlot::claim()?;
         let found = spin(start + self.window, read);
         if found.is_some() {
             self.waiting_since = None;
@@ -149,43 +143,13 @@ impl AsyncRead for NonBlocking<'_> {
     }
 }
 
-/// Connections polling at once: half the CPUs, at least one.
-fn polling_limit() -> usize {
-    static LIMIT: OnceLock<usize> = OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        std::thread::available_parallelism().map_or(1, |cpus| (cpus.get() / 2).max(1))
-    })
-}
-
-static POLLING: AtomicUsize = AtomicUsize::new(0);
-
-/// A turn to poll, given back when dropped.
-struct PollSlot;
-
-impl PollSlot {
-    fn claim() -> Option<PollSlot> {
-        POLLING
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < polling_limit()).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| PollSlot)
-    }
-}
-
-impl Drop for PollSlot {
-    fn drop(&mut self) {
-        POLLING.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn window_doubles_with_short_sleeps_and_halves_with_long_ones() {
-        let mut poll = AdaptivePoll::new(true);
+    #[tokio::test]
+    async fn window_doubles_with_short_sleeps_and_halves_with_long_ones() {
+        let mut poll = AdaptivePoll::new(Placement::alone());
         let short = Duration::from_micros(20);
         for expected in [4, 8, 16, 32, 64, 64] {
             poll.adapt(short);
@@ -198,9 +162,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_failed_poll_then_a_sleep_adapts_the_window() {
-        let mut poll = AdaptivePoll::new(true);
+    #[tokio::test]
+    async fn a_failed_poll_then_a_sleep_adapts_the_window() {
+        let mut poll = AdaptivePoll::new(Placement::alone());
         assert!(poll
             .poll(|| Err(io::ErrorKind::WouldBlock.into()))
             .is_none());
@@ -228,8 +192,8 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_thread_never_polls() {
-        let mut poll = AdaptivePoll::new(false);
+    fn a_connection_on_the_shared_runtime_never_polls() {
+        let mut poll = AdaptivePoll::new(Placement::Shared);
         poll.window = MAX_POLL_WINDOW;
         let found = poll.poll(|| Ok(1));
         assert!(found.is_none());
