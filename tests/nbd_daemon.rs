@@ -2,7 +2,8 @@
 //! compared with qemu-storage-daemon (same session, same replies and
 //! events), `--nbd-server` on TCP and on an inherited descriptor, the
 //! handshake time limit, a prompt `nbd-server-stop` with a stalled client,
-//! and durability: data acknowledged by FLUSH or FUA survives `kill -9`.
+//! durability: data acknowledged by FLUSH or FUA survives `kill -9`; and
+//! a connection that polled its socket stops once its client is idle.
 
 mod common;
 
@@ -540,4 +541,72 @@ async fn allocation_maps_match_qemu_storage_daemon() {
         "{}",
         expected[1]
     );
+}
+
+/// CPU time the process has used, in clock ticks (user + system).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th of the whole line.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// A connection polls its socket between quick requests; once its client
+/// goes quiet it must stop, so an idle client costs (next to) no CPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_costs_no_cpu_after_busy_polling() {
+    let daemon = TestDaemon::start_in(tempfile::tempdir().unwrap(), |dir| {
+        let mut args = nbd_options(dir);
+        args.extend([
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "nbd,id=e0,node-name=file0,name=disk,writable=on".into(),
+        ]);
+        args
+    });
+    let uri = format!(
+        "nbd+unix:///disk?socket={}",
+        daemon.path("nbd.sock").display()
+    );
+    // Depth-1 reads back to back (the window opens), then silence, then
+    // one more request that must still be answered.
+    let script = r#"
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+h.pwrite(b"\x5a" * 4096, 8192)
+for i in range(3000):
+    h.pread(4096, (i % 1024) * 4096)
+print("busy done", flush=True)
+sys.stdin.readline()
+assert h.pread(4096, 8192) == b"\x5a" * 4096
+print("answered", flush=True)
+"#;
+    let mut client = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script, &uri])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::{BufRead, Write};
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "busy done");
+    let before = cpu_ticks(daemon.pid());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let idle_ticks = cpu_ticks(daemon.pid()) - before;
+    // Ticks are 10 ms: a connection still polling would show ~150.
+    assert!(idle_ticks <= 5, "{idle_ticks} ticks of CPU while idle");
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "answered");
+    assert!(client.wait().unwrap().success());
 }
