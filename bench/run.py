@@ -271,13 +271,14 @@ def measure_group(results: Results, images: ImageStore, scratch: Path, server: S
             results.multi_conn[(server.key, kind.fmt)] = running.multi_conn
             for workload in group:
                 try:
-                    value = workload.measure(running.uri, settings, images)
+                    figure = workload.measure(running.uri, settings, images)
                 except MeasureError as error:
                     results.fail(workload.name, transport, server.key, str(error))
                     progress(f"  {workload.name:22} n/a: {error}")
                     continue
-                results.record(workload.name, transport, server.key, value)
-                progress(f"  {workload.name:22} {value:12,.0f} {workload.unit}")
+                results.record(workload.name, transport, server.key, figure)
+                progress(f"  {workload.name:22} {figure.value:12,.0f} {workload.unit}"
+                         f"  (client: {figure.client_cpus:.2f} CPUs)")
     except ServerUnavailable as error:
         progress(f"  n/a: {error}")
         fail_group(results, group, transport, server, str(error))

@@ -2,8 +2,10 @@
 
 One table per suite (raw image: all servers; qcow2: storaged and qemu-storage-daemon),
 one row per workload and transport, one column per server, and storaged's ratio to the
-best of the others.  With several rounds a cell shows the median.  A server that could
-not be measured shows "n/a", and the reason is listed under the tables.
+best of the others; then the same rows for the CPU the client used (where a client is
+near its limit with storaged, that column shows the client's ceiling, not storaged's).
+With several rounds a cell shows the median.  A server that could not be measured shows
+"n/a", and the reason is listed under the tables.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .servers import Endpoint, Server
-from .workloads import Workload
+from .workloads import Figure, Workload
 
 SUITE_TITLES = {
     "raw": "Raw image, every server",
@@ -26,7 +29,7 @@ LISTED_CELLS = 3
 
 @dataclass
 class Cell:
-    values: list[float] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
     error: str | None = None
 
 
@@ -36,21 +39,28 @@ class Results:
         # (server key, image format) -> whether the export advertised multi-conn
         self.multi_conn: dict[tuple[str, str], bool] = {}
 
-    def record(self, workload: str, transport: str, server: str, value: float) -> None:
-        self._cell(workload, transport, server).values.append(value)
+    def record(self, workload: str, transport: str, server: str, figure: Figure) -> None:
+        self._cell(workload, transport, server).figures.append(figure)
 
     def fail(self, workload: str, transport: str, server: str, reason: str) -> None:
         self._cell(workload, transport, server).error = reason
 
     def figure(self, workload: str, transport: str, server: str) -> float | None:
+        return self._median(workload, transport, server, lambda f: f.value)
+
+    def client_cpus(self, workload: str, transport: str, server: str) -> float | None:
+        return self._median(workload, transport, server, lambda f: f.client_cpus)
+
+    def _median(self, workload: str, transport: str, server: str,
+                part: Callable[[Figure], float]) -> float | None:
         cell = self._cells.get((workload, transport, server))
-        return statistics.median(cell.values) if cell and cell.values else None
+        return statistics.median(map(part, cell.figures)) if cell and cell.figures else None
 
     def failures(self) -> dict[tuple[str, str], list[str]]:
         """(server, reason) -> the "workload/transport" cells it left empty."""
         found: dict[tuple[str, str], list[str]] = {}
         for (workload, transport, server), cell in self._cells.items():
-            if cell.error and not cell.values:
+            if cell.error and not cell.figures:
                 found.setdefault((server, cell.error), []).append(f"{workload}/{transport}")
         return found
 
@@ -76,6 +86,9 @@ def render(results: Results, workloads: list[Workload], transports: list[str],
         if suite_workloads and suite_servers:
             parts += [f"### {title}", ""]
             parts += _table(results, suite_workloads, transports, suite_servers)
+            parts += ["", f"Client CPU during the figures above (CPUs busy; 1.00 is one CPU "
+                      f"all the time):", ""]
+            parts += _client_table(results, suite_workloads, transports, suite_servers)
             parts.append("")
     parts += _servers_section(results, servers, {w.suite for w in workloads})
     parts += _failures_section(results, servers)
@@ -97,6 +110,20 @@ def _table(results: Results, workloads: list[Workload], transports: list[str],
             if with_ratio:
                 others = [figure for key, figure in figures.items() if key != "storaged"]
                 row.append(ratio(figures["storaged"], others))
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _client_table(results: Results, workloads: list[Workload], transports: list[str],
+                  servers: list[Server]) -> list[str]:
+    header = ["workload", "transport", *[s.name for s in servers]]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for workload in workloads:
+        for transport in transports:
+            row = [workload.title, transport]
+            for server in servers:
+                cpus = results.client_cpus(workload.name, transport, server.key)
+                row.append(NOT_AVAILABLE if cpus is None else f"{cpus:.2f}")
             lines.append("| " + " | ".join(row) + " |")
     return lines
 

@@ -7,11 +7,16 @@ not counted, then copies are counted until the duration is reached (at least one
 engine (one connection, 4 KiB requests), time based with fio's own ramp, except the
 write to an empty qcow2 image, which does a fixed number of writes so that nearly every
 write allocates a cluster whatever the speed of the server.
+
+Each figure comes with the CPU its client used meanwhile, in CPUs (1.0: one CPU busy the
+whole time): a client near its limit is the bottleneck, and no server can look faster
+through it.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import time
 from dataclasses import dataclass
@@ -44,8 +49,15 @@ class MeasureError(Exception):
     """The tool failed against this server; the message says why."""
 
 
+@dataclass(frozen=True)
+class Figure:
+    value: float
+    # CPUs the client kept busy while it was measured.
+    client_cpus: float
+
+
 # (export URI, settings, image store) -> figure
-Measure = Callable[[str, Settings, ImageStore], float]
+Measure = Callable[[str, Settings, ImageStore], Figure]
 
 
 @dataclass(frozen=True)
@@ -62,24 +74,33 @@ class Workload:
 
 
 def nbdcopy_mib_per_s(source: str, destination: str, nbytes: int, settings: Settings,
-                      *extra: str) -> float:
+                      *extra: str) -> Figure:
     argv = ["nbdcopy", *extra, source, destination]
     timeout = settings.ramp_s + settings.duration_s + TOOL_GRACE_S
     started = time.monotonic()
     measured_bytes = 0
     measured_s = 0.0
+    measured_cpu_s = 0.0
     while measured_bytes == 0 or measured_s < settings.duration_s:
+        cpu_before = _children_cpu_s()
         copy_started = time.monotonic()
         _run(argv, timeout)
         copy_s = time.monotonic() - copy_started
         if copy_started - started >= settings.ramp_s:
             measured_bytes += nbytes
             measured_s += copy_s
-    return measured_bytes / MIB / measured_s
+            measured_cpu_s += _children_cpu_s() - cpu_before
+    return Figure(measured_bytes / MIB / measured_s, measured_cpu_s / measured_s)
+
+
+def _children_cpu_s() -> float:
+    """CPU time of the tools run so far (they are waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def fio_iops(uri: str, rw: str, iodepth: int, settings: Settings,
-             number_ios: int | None = None) -> float:
+             number_ios: int | None = None) -> Figure:
     """IOPS of one fio job; time based unless `number_ios` fixes the amount of work."""
     argv = [
         "fio",
@@ -106,7 +127,9 @@ def fio_iops(uri: str, rw: str, iodepth: int, settings: Settings,
         job = report["jobs"][0]
         if job["error"]:
             raise MeasureError(f"fio job error {job['error']}")
-        return float(job["write" if "write" in rw else "read"]["iops"])
+        iops = float(job["write" if "write" in rw else "read"]["iops"])
+        # fio reports the job's CPU use in percent of one CPU.
+        return Figure(iops, (float(job["usr_cpu"]) + float(job["sys_cpu"])) / 100)
     except (ValueError, KeyError, IndexError) as error:
         raise MeasureError(f"unreadable fio output: {error}") from error
 
@@ -126,11 +149,11 @@ def _run(argv: list[str], timeout: float) -> str:
     return done.stdout
 
 
-def _sequential_read(uri: str, settings: Settings, images: ImageStore) -> float:
+def _sequential_read(uri: str, settings: Settings, images: ImageStore) -> Figure:
     return nbdcopy_mib_per_s(uri, "null:", images.size, settings)
 
 
-def _sequential_write(uri: str, settings: Settings, images: ImageStore) -> float:
+def _sequential_write(uri: str, settings: Settings, images: ImageStore) -> Figure:
     source = str(images.random_data())
     return nbdcopy_mib_per_s(source, uri, images.size, settings, "--flush")
 
@@ -139,7 +162,7 @@ def _random(rw: str, iodepth: int) -> Measure:
     return lambda uri, settings, images: fio_iops(uri, rw, iodepth, settings)
 
 
-def _allocating_write(uri: str, settings: Settings, images: ImageStore) -> float:
+def _allocating_write(uri: str, settings: Settings, images: ImageStore) -> Figure:
     return fio_iops(uri, "randwrite", DEEP_QUEUE, settings, settings.allocating_writes)
 
 
