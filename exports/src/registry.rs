@@ -126,7 +126,8 @@ impl BlockExports {
     }
 
     /// `block-export-add` / `--export`. The caller has checked that a
-    /// named `iothread` object exists (exports run on the shared runtime).
+    /// named `iothread` object exists (NBD connections run on the NBD event
+    /// loops whatever it names).
     pub fn add(&self, graph: &BlockGraph, options: &BlockExportOptions) -> Result<(), QmpError> {
         let BlockExportKind::Nbd(nbd) = &options.kind else {
             return Err(QmpError::generic(
