@@ -91,6 +91,59 @@ enum Step {
     Events(usize),
 }
 
+/// The URI of the export `disk` on the daemon's `nbd.sock`.
+fn disk_uri(daemon: &TestDaemon) -> String {
+    format!(
+        "nbd+unix:///disk?socket={}",
+        daemon.path("nbd.sock").display()
+    )
+}
+
+/// A Python libnbd script (run with the system Python, which has the
+/// bindings) that takes the export URI as its argument, prints lines to
+/// report progress and reads lines to be told to go on.
+struct ScriptClient {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl ScriptClient {
+    fn start(script: &str, uri: &str) -> ScriptClient {
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", script, uri])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        ScriptClient { child, stdout }
+    }
+
+    /// The next line the script prints, trimmed.
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+
+    fn say(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+    }
+
+    /// Whether the script ended successfully.
+    fn finish(mut self) -> bool {
+        self.child.wait().unwrap().success()
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 async fn session(daemon: &TestDaemon) -> Vec<Value> {
     let socket = daemon.path("nbd.sock");
     let addr = json!({"type": "unix", "data": {"path": socket}});
@@ -396,10 +449,7 @@ async fn acknowledged_data_survives_kill_9() {
             "nbd,id=e0,node-name=fmt0,name=disk,writable=on".into(),
         ]
     });
-    let uri = format!(
-        "nbd+unix:///disk?socket={}",
-        daemon.path("nbd.sock").display()
-    );
+    let uri = disk_uri(&daemon);
     let script = r#"
 import nbd, sys
 h = nbd.NBD()
@@ -411,22 +461,11 @@ h.pwrite(b"\xf0" * 65536, 40 * 1024 * 1024 + 524288, nbd.CMD_FLAG_FUA)
 print("acknowledged", flush=True)
 sys.stdin.read()
 "#;
-    let mut client = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script, &uri])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    use std::io::BufRead;
-    std::io::BufReader::new(client.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "acknowledged");
+    let mut client = ScriptClient::start(script, &uri);
+    assert_eq!(client.line(), "acknowledged");
     daemon.signal(libc::SIGKILL);
     drop(daemon.dir.path().to_path_buf());
-    let _ = client.kill();
-    let _ = client.wait();
+    client.kill();
     let image = image.to_str().unwrap().to_string();
     let check = Command::new("qemu-img")
         .args(["check", "-q", &image])
@@ -505,10 +544,7 @@ async fn allocation_maps_match_qemu_storage_daemon() {
         ]
     }
     fn maps(daemon: &TestDaemon) -> Vec<String> {
-        let uri = format!(
-            "nbd+unix:///disk?socket={}",
-            daemon.path("nbd.sock").display()
-        );
+        let uri = disk_uri(daemon);
         ["--map", "--map=qemu:allocation-depth"]
             .iter()
             .map(|map| {
@@ -570,10 +606,7 @@ async fn an_idle_client_costs_no_cpu_after_busy_polling() {
         ]);
         args
     });
-    let uri = format!(
-        "nbd+unix:///disk?socket={}",
-        daemon.path("nbd.sock").display()
-    );
+    let uri = disk_uri(&daemon);
     // Depth-1 reads back to back (the window opens), then silence, then
     // one more request that must still be answered.
     let script = r#"
@@ -588,25 +621,14 @@ sys.stdin.readline()
 assert h.pread(4096, 8192) == b"\x5a" * 4096
 print("answered", flush=True)
 "#;
-    let mut client = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script, &uri])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::{BufRead, Write};
-    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "busy done");
+    let mut client = ScriptClient::start(script, &uri);
+    assert_eq!(client.line(), "busy done");
     let before = cpu_ticks(daemon.pid());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let idle_ticks = cpu_ticks(daemon.pid()) - before;
     // Ticks are 10 ms: a connection still polling would show ~150.
     assert!(idle_ticks <= 5, "{idle_ticks} ticks of CPU while idle");
-    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "answered");
-    assert!(client.wait().unwrap().success());
+    client.say("go");
+    assert_eq!(client.line(), "answered");
+    assert!(client.finish());
 }
