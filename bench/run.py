@@ -74,18 +74,22 @@ def main() -> int:
         load_before = machine.load_average()
         for round_index in range(args.rounds):
             for transport in args.transports:
-                for kind in image_kinds(workloads):
-                    group = [w for w in workloads if w.image is kind]
+                # The servers run one workload back to back, so that the figures of a
+                # row are taken within a minute of each other: this machine has slow
+                # and fast phases lasting about as long.
+                for workload in workloads:
+                    kind = workload.image
                     for server in rotated(servers, round_index):
                         if kind.fmt not in server.formats:
                             continue
                         progress(f"round {round_index + 1}/{args.rounds}: {server.name}, "
-                                 f"{kind.description}, {transport}")
+                                 f"{workload.name}, {kind.description}, {transport}")
                         if server.key == "storaged" and storaged_problem:
-                            fail_group(results, group, transport, server, storaged_problem)
+                            fail_group(results, [workload], transport, server,
+                                       storaged_problem)
                             continue
-                        measure_group(results, images, scratch, server, kind, group, transport,
-                                      settings)
+                        measure_group(results, images, scratch, server, kind, [workload],
+                                      transport, settings)
         conditions = describe_conditions(args, settings, load_before, machine.load_average())
         text = report.render(results, workloads, args.transports, servers,
                              machine.describe(scratch, REPOSITORY), conditions)
@@ -241,14 +245,6 @@ def warn_unless_tmpfs(directory: Path) -> None:
     if kind != "tmpfs":
         progress(f"warning: {directory} is on {kind or 'an unknown filesystem'}, not tmpfs: "
                  "the storage under the image is part of what is measured")
-
-
-def image_kinds(workloads: list[Workload]) -> list[ImageKind]:
-    kinds: list[ImageKind] = []
-    for workload in workloads:
-        if workload.image not in kinds:
-            kinds.append(workload.image)
-    return kinds
 
 
 def rotated(servers: list[Server], round_index: int) -> list[Server]:
