@@ -3,7 +3,8 @@
 //! events), `--nbd-server` on TCP and on an inherited descriptor, the
 //! handshake time limit, a prompt `nbd-server-stop` with a stalled client,
 //! durability: data acknowledged by FLUSH or FUA survives `kill -9`; and
-//! a connection that polled its socket stops once its client is idle.
+//! polling: a connection polls between quick requests (not with an
+//! iothread's `poll-max-ns=0`) and stops once its client is idle.
 
 mod common;
 
@@ -631,4 +632,74 @@ print("answered", flush=True)
     client.say("go");
     assert_eq!(client.line(), "answered");
     assert!(client.finish());
+}
+
+/// How often the daemon's threads went to sleep per request while a
+/// client made 20000 depth-1 reads back to back, with `extra` added to the
+/// daemon's command line and `export` as its export of `disk`.
+async fn sleeps_per_read(extra: &[&str], export: &str) -> f64 {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let export = export.to_string();
+    let daemon = TestDaemon::start_in(tempfile::tempdir().unwrap(), move |dir| {
+        let mut args = nbd_options(dir);
+        args.extend(extra);
+        args.extend([
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            export,
+        ]);
+        args
+    });
+    let mut s = nbd_client(&daemon.path("nbd.sock"), "disk").await;
+    let switches = voluntary_switches(daemon.pid());
+    let mut reply = vec![0; 16 + 4096];
+    for i in 0..20000u64 {
+        let mut request = Vec::with_capacity(28);
+        request.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        request.extend_from_slice(&0u16.to_be_bytes()); // flags
+        request.extend_from_slice(&0u16.to_be_bytes()); // NBD_CMD_READ
+        request.extend_from_slice(&i.to_be_bytes());
+        request.extend_from_slice(&((i % 1024) * 4096).to_be_bytes());
+        request.extend_from_slice(&4096u32.to_be_bytes());
+        s.write_all(&request).await.unwrap();
+        s.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply[4..8], [0; 4], "read {i} failed");
+    }
+    (voluntary_switches(daemon.pid()) - switches) as f64 / 20000.0
+}
+
+/// How often the threads of a process have gone to sleep so far.
+fn voluntary_switches(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+                .map(|n| n.trim().parse::<u64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// A connection polls between quick requests, so it seldom sleeps; an
+/// export's `iothread` with `poll-max-ns=0` turns polling off, as in
+/// QEMU, and the connection sleeps before every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iothread_poll_max_ns_zero_turns_polling_off() {
+    let polling = sleeps_per_read(&[], "nbd,id=e0,node-name=file0,name=disk").await;
+    let off = sleeps_per_read(
+        &["--object", "iothread,id=io0,poll-max-ns=0"],
+        "nbd,id=e0,node-name=file0,name=disk,iothread=io0",
+    )
+    .await;
+    assert!(
+        off > 0.9 && polling < off / 2.0,
+        "sleeps per request: {polling:.2} polling, {off:.2} with polling off"
+    );
 }

@@ -11,6 +11,7 @@ use schema::export::{
 use schema::object::QCryptoTlsCredsEndpoint;
 use schema::QmpError;
 use serde_json::{Map, Value};
+use std::time::Duration;
 
 use super::{arguments, command, returning, Command, CommandResult, NoArguments};
 use crate::objects::Object;
@@ -64,14 +65,26 @@ async fn nbd_server_stop(daemon: &Daemon, args: Map<String, Value>) -> CommandRe
     Ok(Value::Null)
 }
 
-/// `block-export-add` and `--export`.
+/// QEMU's `poll-max-ns` for an iothread that does not set it.
+const IOTHREAD_DEFAULT_POLL_MAX_NS: u64 = 32768;
+
+/// `block-export-add` and `--export`. An `iothread` must exist; its
+/// `poll-max-ns` bounds how long the export's connections poll.
 pub fn block_export_add(daemon: &Daemon, options: &BlockExportOptions) -> Result<(), QmpError> {
-    if let Some(id) = &options.iothread {
-        if !matches!(daemon.objects.get(id), Some(Object::Iothread(_))) {
-            return Err(QmpError::generic(format!("iothread \"{id}\" not found")));
-        }
-    }
-    daemon.exports.add(&daemon.graph, options)
+    let poll_limit = match &options.iothread {
+        Some(id) => match daemon.objects.get(id) {
+            Some(Object::Iothread(iothread)) => {
+                // Checked non-negative when the object was added.
+                let ns = iothread
+                    .poll_max_ns
+                    .map_or(IOTHREAD_DEFAULT_POLL_MAX_NS, |ns| ns.unsigned_abs());
+                Some(Duration::from_nanos(ns))
+            }
+            _ => return Err(QmpError::generic(format!("iothread \"{id}\" not found"))),
+        },
+        None => None,
+    };
+    daemon.exports.add(&daemon.graph, options, poll_limit)
 }
 
 async fn qmp_block_export_add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {

@@ -10,6 +10,7 @@
 //! when all are gone.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use block::{BlockBackend, BlockGraph};
 use schema::event::{Event, EventSink};
@@ -23,6 +24,7 @@ use schema::QmpError;
 use crate::nbd::export::Closing;
 use crate::nbd::{
     ExportMeta, ExportedBitmap, NbdExport, NbdExportConfig, NbdServer, NbdServerConfig,
+    DEFAULT_POLL_LIMIT,
 };
 
 /// Every block export, and the NBD server.
@@ -59,6 +61,7 @@ struct NewExport<'a> {
     writable: bool,
     writethrough: bool,
     nbd: &'a BlockExportOptionsNbd,
+    poll_limit: Duration,
 }
 
 impl BlockExports {
@@ -126,9 +129,15 @@ impl BlockExports {
     }
 
     /// `block-export-add` / `--export`. The caller has checked that a
-    /// named `iothread` object exists (NBD connections run on the NBD event
-    /// loops whatever it names).
-    pub fn add(&self, graph: &BlockGraph, options: &BlockExportOptions) -> Result<(), QmpError> {
+    /// named `iothread` object exists, and passes its `poll-max-ns` as
+    /// `poll_limit` (NBD connections run on the NBD event loops whatever
+    /// it names; without one they poll up to [`DEFAULT_POLL_LIMIT`]).
+    pub fn add(
+        &self,
+        graph: &BlockGraph,
+        options: &BlockExportOptions,
+        poll_limit: Option<Duration>,
+    ) -> Result<(), QmpError> {
         let BlockExportKind::Nbd(nbd) = &options.kind else {
             return Err(QmpError::generic(
                 "No driver found for the requested export type",
@@ -142,6 +151,7 @@ impl BlockExports {
                 writable: options.writable.unwrap_or(false),
                 writethrough: options.writethrough.unwrap_or(false),
                 nbd,
+                poll_limit: poll_limit.unwrap_or(DEFAULT_POLL_LIMIT),
             },
         )
     }
@@ -176,6 +186,7 @@ impl BlockExports {
                 writable: args.writable.unwrap_or(false) && !node.is_read_only(),
                 writethrough: false,
                 nbd: &nbd,
+                poll_limit: DEFAULT_POLL_LIMIT,
             },
         )
     }
@@ -203,6 +214,7 @@ impl BlockExports {
                 allocation_depth: new.nbd.allocation_depth.unwrap_or(false),
                 bitmaps,
             },
+            poll_limit: new.poll_limit,
         };
         self.publish(&server, new.id, backend, config)
     }

@@ -30,7 +30,7 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
 
 /// `block-export-add` with JSON arguments.
 fn add(h: &Harness, args: Value) -> Result<(), schema::QmpError> {
-    h.exports.add(&h.graph, &schema::from_json(args)?)
+    h.exports.add(&h.graph, &schema::from_json(args)?, None)
 }
 
 /// `nbd-server-add` with JSON arguments.
@@ -232,7 +232,7 @@ async fn server_start_and_stop() {
         "NBD server not running"
     );
     assert_eq!(
-        desc(exports.add(&graph, &export("e0", "a"))),
+        desc(exports.add(&graph, &export("e0", "a"), None)),
         "NBD server not running"
     );
     let mut tls = server_options(&socket, 0, 10);
@@ -245,8 +245,8 @@ async fn server_start_and_stop() {
         desc(exports.nbd_server_start(&options).await),
         "NBD server already running"
     );
-    exports.add(&graph, &export("e0", "a")).unwrap();
-    exports.add(&graph, &export("e1", "b")).unwrap();
+    exports.add(&graph, &export("e0", "a"), None).unwrap();
+    exports.add(&graph, &export("e1", "b"), None).unwrap();
     let mut client = Raw::connect(&socket).await;
     client.go("a").await;
     exports.nbd_server_stop().await.unwrap();
@@ -256,7 +256,7 @@ async fn server_start_and_stop() {
     assert!(!socket.exists(), "socket file removed");
     // It can start again, on the same path, and the node is free again.
     exports.nbd_server_start(&options).await.unwrap();
-    exports.add(&graph, &export("e0", "a")).unwrap();
+    exports.add(&graph, &export("e0", "a"), None).unwrap();
     let mut client = Raw::connect(&socket).await;
     client.go("a").await;
 }

@@ -6,6 +6,7 @@
 //! `BLOCK_EXPORT_DELETED`).
 
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use block::BlockBackend;
 use schema::QmpError;
@@ -24,6 +25,9 @@ pub struct NbdExportConfig {
     /// Every write is made durable before it is acknowledged.
     pub writethrough: bool,
     pub meta: ExportMeta,
+    /// The longest a connection polls its socket between requests
+    /// (`poll`); zero for never.
+    pub poll_limit: Duration,
 }
 
 /// One export of the NBD server.
@@ -118,6 +122,10 @@ impl NbdExport {
 
     pub fn writethrough(&self) -> bool {
         self.config.writethrough
+    }
+
+    pub fn poll_limit(&self) -> Duration {
+        self.config.poll_limit
     }
 
     pub fn meta(&self) -> &ExportMeta {

@@ -21,23 +21,28 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use super::placement::Placement;
 
-/// The longest a connection polls before it sleeps.
-pub const MAX_POLL_WINDOW: Duration = Duration::from_micros(64);
+/// The longest a connection polls before it sleeps, unless its export
+/// says otherwise (`NbdExportConfig::poll_limit`).
+pub const DEFAULT_POLL_LIMIT: Duration = Duration::from_micros(64);
 /// The window after the first short sleep; each further one doubles it.
 const FIRST_POLL_WINDOW: Duration = Duration::from_micros(4);
 
 /// The polling state of one connection.
 pub struct AdaptivePoll {
     placement: Placement,
+    /// The widest the window gets, and the longest wait that counts as
+    /// short; zero turns polling off.
+    limit: Duration,
     window: Duration,
     /// When the current wait for the client began, if polling gave up.
     waiting_since: Option<Instant>,
 }
 
 impl AdaptivePoll {
-    pub fn new(placement: Placement) -> AdaptivePoll {
+    pub fn new(placement: Placement, limit: Duration) -> AdaptivePoll {
         AdaptivePoll {
             placement,
+            limit,
             window: Duration::ZERO,
             waiting_since: None,
         }
@@ -49,7 +54,7 @@ impl AdaptivePoll {
     /// its client, and call [`AdaptivePoll::slept`] when the wait that
     /// follows a `None` is over.
     pub fn poll(&mut self, read: impl FnMut() -> io::Result<usize>) -> Option<io::Result<usize>> {
-        if !self.placement.may_poll() {
+        if self.limit.is_zero() || !self.placement.may_poll() {
             return None;
         }
         let start = Instant::now();
@@ -75,9 +80,10 @@ impl AdaptivePoll {
     }
 
     fn adapt(&mut self, waited: Duration) {
-        self.window = if waited <= MAX_POLL_WINDOW {
-            (self.window * 2).clamp(FIRST_POLL_WINDOW, MAX_POLL_WINDOW)
-        } else if self.window > FIRST_POLL_WINDOW {
+        let first = FIRST_POLL_WINDOW.min(self.limit);
+        self.window = if waited <= self.limit {
+            (self.window * 2).clamp(first, self.limit)
+        } else if self.window > first {
             self.window / 2
         } else {
             Duration::ZERO
@@ -149,13 +155,13 @@ mod tests {
 
     #[tokio::test]
     async fn window_doubles_with_short_sleeps_and_halves_with_long_ones() {
-        let mut poll = AdaptivePoll::new(Placement::alone());
+        let mut poll = AdaptivePoll::new(Placement::alone(), DEFAULT_POLL_LIMIT);
         let short = Duration::from_micros(20);
         for expected in [4, 8, 16, 32, 64, 64] {
             poll.adapt(short);
             assert_eq!(poll.window, Duration::from_micros(expected));
         }
-        let long = MAX_POLL_WINDOW + Duration::from_micros(1);
+        let long = DEFAULT_POLL_LIMIT + Duration::from_micros(1);
         for expected in [32, 16, 8, 4, 0, 0] {
             poll.adapt(long);
             assert_eq!(poll.window, Duration::from_micros(expected));
@@ -164,17 +170,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_poll_then_a_sleep_adapts_the_window() {
-        let mut poll = AdaptivePoll::new(Placement::alone());
+        let mut poll = AdaptivePoll::new(Placement::alone(), DEFAULT_POLL_LIMIT);
         assert!(poll
             .poll(|| Err(io::ErrorKind::WouldBlock.into()))
             .is_none());
-        std::thread::sleep(MAX_POLL_WINDOW * 2);
-        poll.window = MAX_POLL_WINDOW;
+        std::thread::sleep(DEFAULT_POLL_LIMIT * 2);
+        poll.window = DEFAULT_POLL_LIMIT;
         poll.slept();
-        assert_eq!(poll.window, MAX_POLL_WINDOW / 2);
+        assert_eq!(poll.window, DEFAULT_POLL_LIMIT / 2);
         // Only a wait that polling gave up on counts.
         poll.slept();
-        assert_eq!(poll.window, MAX_POLL_WINDOW / 2);
+        assert_eq!(poll.window, DEFAULT_POLL_LIMIT / 2);
     }
 
     #[test]
@@ -193,8 +199,8 @@ mod tests {
 
     #[test]
     fn a_connection_on_the_shared_runtime_never_polls() {
-        let mut poll = AdaptivePoll::new(Placement::Shared);
-        poll.window = MAX_POLL_WINDOW;
+        let mut poll = AdaptivePoll::new(Placement::Shared, DEFAULT_POLL_LIMIT);
+        poll.window = DEFAULT_POLL_LIMIT;
         let found = poll.poll(|| Ok(1));
         assert!(found.is_none());
     }
@@ -218,5 +224,27 @@ mod tests {
         assert_eq!(&buf[..3], b"abc");
         drop(ours);
         assert_eq!(read(&mut buf).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_window_stays_within_the_exports_limit() {
+        let limit = Duration::from_micros(10);
+        let mut poll = AdaptivePoll::new(Placement::alone(), limit);
+        for expected in [4, 8, 10, 10] {
+            poll.adapt(Duration::from_micros(9));
+            assert_eq!(poll.window, Duration::from_micros(expected));
+        }
+        // Longer than the limit is a long wait.
+        poll.adapt(Duration::from_micros(11));
+        assert_eq!(poll.window, Duration::from_micros(5));
+    }
+
+    #[tokio::test]
+    async fn a_zero_limit_never_polls() {
+        let mut poll = AdaptivePoll::new(Placement::alone(), Duration::ZERO);
+        poll.window = DEFAULT_POLL_LIMIT;
+        assert!(poll.poll(|| panic!("polled with polling off")).is_none());
+        poll.slept();
+        assert_eq!(poll.window, DEFAULT_POLL_LIMIT);
     }
 }

@@ -118,7 +118,7 @@ pub async fn run<R, W>(
         spawn_streak: 0,
         inline_count: 0,
     };
-    let mut poll = AdaptivePoll::new(placement);
+    let mut poll = AdaptivePoll::new(placement, export.poll_limit());
     loop {
         if let Err(reason) = requests.take().await {
             tracing::info!("NBD client disconnected: {reason}");

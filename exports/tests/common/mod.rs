@@ -133,7 +133,7 @@ impl Harness {
         }
         let options = schema::from_json(options).expect("export options");
         self.exports
-            .add(&self.graph, &options)
+            .add(&self.graph, &options, None)
             .expect("export added");
     }
 
