@@ -4,14 +4,16 @@
 //! Small reads and writes run inline: their backend call usually completes
 //! on its first poll (a page-cache hit), and then no other task or thread
 //! is involved. Larger requests, and those whose first poll has to wait,
-//! run in tasks of their own and send their reply back, so requests
-//! proceed concurrently and complete in any order. If an inline request
+//! run in tasks of their own on the daemon's runtime and send their reply
+//! back, so requests proceed concurrently and complete in any order. If an inline request
 //! put its thread to sleep (a backend that waits for a disk, such as
 //! `O_DIRECT` files), requests are spawned for a while, so that they wait
 //! in parallel.
 //!
 //! Requests in flight and the payload bytes they hold are bounded; at the
-//! bound the loop stops reading, which pushes back on the client.
+//! bound the loop stops reading, which pushes back on the client. When
+//! nothing is in flight, the loop may poll the socket for a moment before
+//! it sleeps (`poll`).
 
 use std::future::{poll_fn, Future};
 use std::ops::ControlFlow;
