@@ -3,29 +3,17 @@
 //! flows through, and deleting the node closes the chain cleanly.
 
 mod common;
+mod qcow2_support;
 
 use std::path::Path;
 use std::process::Command;
 
 use block::{BlockGraph, WriteFlags};
 use common::{add, add_err, pattern};
+use qcow2_support::qemu_img;
 use serde_json::json;
 
 const MIB: usize = 1 << 20;
-
-fn qemu_img(args: &[&str]) -> String {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("qemu-img");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "qemu-img {args:?}: {text}");
-    text
-}
 
 /// `base.raw` (1 MiB of the test pattern) under `top.qcow2`.
 fn chain(dir: &Path) -> (String, String) {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use block::qcow2::{BlockChild, Qcow2};
 use block::{BlockDriver, BlockError, BlockResult, ErrorKind, Extent, WriteFlags, ZeroFlags};
-use qcow2_support::{arg, options, qemu_img, raw_contents, Rng};
+use qcow2_support::{arg, create_qcow2, options, raw_contents, Rng};
 
 /// Granularity at which a crash keeps or loses parts of a write.
 const CRASH_PIECE: usize = 4096;
@@ -371,16 +371,7 @@ async fn crash_many_times(
 ) {
     let dir = tempfile::tempdir().unwrap();
     let template = dir.path().join("template.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        create_options,
-        arg(&template),
-        size,
-    ]);
+    create_qcow2(&template, &["-o", create_options], size);
     let initial = std::fs::read(&template).unwrap();
     let image = dir.path().join("crashed.qcow2");
     for run in 0..runs {

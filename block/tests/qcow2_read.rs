@@ -9,7 +9,8 @@ use std::path::Path;
 
 use block::BlockDriver;
 use qcow2_support::{
-    arg, assert_same, open_chain, options, qemu_img, qemu_io, raw_contents, read_all, Rng,
+    arg, assert_same, create_qcow2, open_chain, options, qemu_img, qemu_io, raw_contents, read_all,
+    Rng,
 };
 
 /// Reads `image` through the driver in pieces of several sizes and
@@ -35,16 +36,14 @@ async fn reads_every_cluster_size_and_version() {
         for compat in ["0.10", "1.1"] {
             let image = dir.path().join(format!("c{cluster_size}-{compat}.qcow2"));
             let size = (16u64 << 20).max(8 * cluster_size);
-            qemu_img(&[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                &format!("cluster_size={cluster_size},compat={compat}"),
-                arg(&image),
+            create_qcow2(
+                &image,
+                &[
+                    "-o",
+                    &format!("cluster_size={cluster_size},compat={compat}"),
+                ],
                 &size.to_string(),
-            ]);
+            );
             qemu_io(
                 &image,
                 "qcow2",
@@ -127,20 +126,11 @@ async fn reads_backing_chains_of_depth_three() {
     // as zeroes.
     qemu_img(&["create", "-q", "-f", "raw", arg(&base), "3M"]);
     qemu_io(&base, "raw", &["write -P 0xb1 0 3M"]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=4096",
-        "-b",
-        "base.raw",
-        "-F",
-        "raw",
-        arg(&mid),
+    create_qcow2(
+        &mid,
+        &["-o", "cluster_size=4096", "-b", "base.raw", "-F", "raw"],
         "5M",
-    ]);
+    );
     qemu_io(
         &mid,
         "qcow2",
@@ -150,18 +140,7 @@ async fn reads_backing_chains_of_depth_three() {
             "write -P 0xd3 4M 100k",
         ],
     );
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "mid.qcow2",
-        "-F",
-        "qcow2",
-        arg(&top),
-        "8M",
-    ]);
+    create_qcow2(&top, &["-b", "mid.qcow2", "-F", "qcow2"], "8M");
     qemu_io(
         &top,
         "qcow2",
@@ -179,16 +158,7 @@ async fn reads_backing_chains_of_depth_three() {
 async fn refuses_what_it_cannot_serve() {
     let dir = tempfile::tempdir().unwrap();
     let extl2 = dir.path().join("extl2.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "extended_l2=on",
-        arg(&extl2),
-        "1M",
-    ]);
+    create_qcow2(&extl2, &["-o", "extended_l2=on"], "1M");
     let file = qcow2_support::file_child(&extl2, false);
     let err = block::qcow2::Qcow2::open(file, None, options(false))
         .await

@@ -6,7 +6,7 @@
 mod qcow2_support;
 
 use block::BlockDriver;
-use qcow2_support::{arg, open_chain, options, qemu_img, qemu_io};
+use qcow2_support::{arg, create_qcow2, open_chain, options, qemu_img, qemu_io};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -17,37 +17,17 @@ async fn status_follows_the_backing_chain_like_qemu_img_map() {
     let top = dir.path().join("top.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", arg(&base), "4M"]);
     qemu_io(&base, "qcow2", &["write -P 1 0 1M", "write -z 3M 64k"]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=4096",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        arg(&mid),
+    create_qcow2(
+        &mid,
+        &["-o", "cluster_size=4096", "-b", "base.qcow2", "-F", "qcow2"],
         "5M",
-    ]);
+    );
     qemu_io(
         &mid,
         "qcow2",
         &["write -P 2 1M 1M", "write -z 2M 8k", "write -P 2 4M 12k"],
     );
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "mid.qcow2",
-        "-F",
-        "qcow2",
-        arg(&top),
-        "6M",
-    ]);
+    create_qcow2(&top, &["-b", "mid.qcow2", "-F", "qcow2"], "6M");
     qemu_io(&top, "qcow2", &["write -P 3 512k 64k", "write -z 5M 64k"]);
 
     let map: Value = serde_json::from_str(&qemu_img(&["map", "--output=json", arg(&top)])).unwrap();

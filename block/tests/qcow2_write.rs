@@ -12,8 +12,8 @@ use std::sync::Arc;
 use block::qcow2::Qcow2;
 use block::{BlockDriver, WriteFlags, ZeroFlags};
 use qcow2_support::{
-    arg, assert_check_clean, assert_same, close_and_compare, open_chain, options, qemu_img,
-    qemu_io, raw_contents, read_all, Rng,
+    arg, assert_check_clean, assert_same, close_and_compare, create_qcow2, open_chain, options,
+    qemu_img, qemu_io, raw_contents, read_all, Rng,
 };
 
 /// One image configuration of the differential test.
@@ -72,16 +72,7 @@ fn make_image(dir: &Path, config: &Config, rng: &mut Rng) -> (std::path::PathBuf
         std::fs::write(&base, &backing).unwrap();
         create_options.push_str(",backing_file=base.raw,backing_fmt=raw");
     }
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        &create_options,
-        arg(&image),
-        &config.size.to_string(),
-    ]);
+    create_qcow2(&image, &["-o", &create_options], &config.size.to_string());
     (image, backing)
 }
 
@@ -216,20 +207,11 @@ async fn concurrent_writes_into_shared_clusters_all_land() {
     let mut expected = vec![0u8; size as usize];
     rng.fill(&mut expected);
     std::fs::write(&base, &expected).unwrap();
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=65536",
-        "-b",
-        "base.raw",
-        "-F",
-        "raw",
-        arg(&image),
+    create_qcow2(
+        &image,
+        &["-o", "cluster_size=65536", "-b", "base.raw", "-F", "raw"],
         &size.to_string(),
-    ]);
+    );
     let qcow2 = Arc::new(open_chain(&image, options(true)).await);
     // Eight writers, each owning one 4 KiB stripe of every 32 KiB: every
     // cluster is written by all of them at once, partially, so each
@@ -289,16 +271,7 @@ async fn concurrent_writes_into_shared_clusters_all_land() {
 async fn resize_grows_the_l1_table() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=512",
-        arg(&image),
-        "64k",
-    ]);
+    create_qcow2(&image, &["-o", "cluster_size=512"], "64k");
     let qcow2 = open_chain(&image, options(true)).await;
     qcow2
         .write(1000, &[7u8; 3000], WriteFlags::default())
@@ -394,16 +367,7 @@ async fn overwriting_compressed_clusters_frees_them() {
 async fn dirty_images_from_lazy_refcounts_are_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "lazy_refcounts=on",
-        arg(&image),
-        "16M",
-    ]);
+    create_qcow2(&image, &["-o", "lazy_refcounts=on"], "16M");
     // qemu-io's abort leaves the image dirty, its refcounts behind.
     let status = std::process::Command::new("qemu-io")
         .args(["-c", "write -P 0x77 0 5M", "-c", "abort", arg(&image)])

@@ -18,6 +18,14 @@ pub fn qemu_img(args: &[&str]) -> String {
     run("qemu-img", args)
 }
 
+/// `qemu-img create -q -f qcow2 OPTIONS... IMAGE SIZE`; panics on failure.
+pub fn create_qcow2(image: &Path, options: &[&str], size: &str) {
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    args.extend_from_slice(options);
+    args.extend([arg(image), size]);
+    qemu_img(&args);
+}
+
 /// Runs `qemu-io` on an image; panics on failure.
 pub fn qemu_io(image: &Path, format: &str, commands: &[&str]) {
     let mut args = vec!["-f", format];

@@ -69,7 +69,7 @@ where
         .iter()
         .min_by_key(|l| l.connections.load(Ordering::Relaxed))
     else {
-        tasks.spawn_on(async move { connection(Placement::Shared).await }, runtime);
+        tasks.spawn_on(connection(Placement::Shared), runtime);
         return;
     };
     let seat = Seat::take(event_loop);

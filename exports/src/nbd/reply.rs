@@ -98,35 +98,13 @@ impl Reply {
     /// one final data chunk.
     pub fn read_data(mode: ReplyMode, req: &Request, buffer: Buffer) -> Reply {
         let len = buffer.len();
-        let head = match mode {
-            ReplyMode::Simple => ReplyHead::simple(0, req.cookie),
-            _ => chunk(
-                mode,
-                req,
-                REPLY_FLAG_DONE,
-                REPLY_TYPE_OFFSET_DATA,
-                8 + len as u64,
-                &req.offset.to_be_bytes(),
-            ),
-        };
-        Reply::new(head, Body::Buffer(buffer, 0..len))
+        Reply::new(read_head(mode, req, len), Body::Buffer(buffer, 0..len))
     }
 
     /// A read whose data goes straight from a file: a simple reply or one
     /// final data chunk, as [`Reply::read_data`].
     pub fn read_file(mode: ReplyMode, req: &Request, range: FileRange) -> Reply {
-        let head = match mode {
-            ReplyMode::Simple => ReplyHead::simple(0, req.cookie),
-            _ => chunk(
-                mode,
-                req,
-                REPLY_FLAG_DONE,
-                REPLY_TYPE_OFFSET_DATA,
-                8 + range.len as u64,
-                &req.offset.to_be_bytes(),
-            ),
-        };
-        Reply::new(head, Body::File(range))
+        Reply::new(read_head(mode, req, range.len), Body::File(range))
     }
 
     /// A reply made of pre-encoded chunks (block status).
@@ -258,6 +236,22 @@ impl SparseRead {
                 parts: self.parts,
             },
         )
+    }
+}
+
+/// The header of a read answered whole: a simple reply, or the head of
+/// one final data chunk of `len` bytes (with its offset).
+fn read_head(mode: ReplyMode, req: &Request, len: usize) -> ReplyHead {
+    match mode {
+        ReplyMode::Simple => ReplyHead::simple(0, req.cookie),
+        _ => chunk(
+            mode,
+            req,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_OFFSET_DATA,
+            8 + len as u64,
+            &req.offset.to_be_bytes(),
+        ),
     }
 }
 
