@@ -7,11 +7,24 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use block::{BlockGraph, ErrorKind, Extent, WriteFlags, ZeroFlags};
+use block::{BlockBackend, BlockGraph, ErrorKind, Extent, WriteFlags, ZeroFlags};
 use common::{add, add_err, allocated, file_node, image, pattern, sparse_image};
-use serde_json::json;
+use serde_json::{json, Value};
 
 const MIB: usize = 1 << 20;
+
+/// A graph with file node `f0` on `path` (plus `options`), and a backend
+/// on it, writable or not.
+async fn file_backend(path: &Path, options: Value, writable: bool) -> (BlockGraph, BlockBackend) {
+    let mut node = file_node("f0", path);
+    node.as_object_mut()
+        .unwrap()
+        .extend(options.as_object().unwrap().clone());
+    let graph = BlockGraph::new();
+    add(&graph, node).await;
+    let backend = graph.attach_backend("f0", writable).unwrap();
+    (graph, backend)
+}
 
 fn contents(path: &Path) -> Vec<u8> {
     std::fs::read(path).expect("read image")
@@ -28,9 +41,7 @@ fn next_hole(path: &Path, offset: i64) -> i64 {
 async fn writes_land_in_the_file_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", MIB, pattern);
-    let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path)).await;
-    let backend = graph.attach_backend("f0", true).unwrap();
+    let (_graph, backend) = file_backend(&path, json!({}), true).await;
     assert_eq!(backend.size(), MIB as u64);
     assert!(!backend.is_read_only());
 
@@ -203,13 +214,7 @@ async fn discard_punches_holes_only_with_discard_unmap() {
 async fn write_zeroes_unmaps_only_when_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", MIB, |_| 0x77);
-    let graph = BlockGraph::new();
-    add(
-        &graph,
-        json!({"driver": "file", "node-name": "f0", "filename": path, "discard": "unmap"}),
-    )
-    .await;
-    let backend = graph.attach_backend("f0", true).unwrap();
+    let (_graph, backend) = file_backend(&path, json!({"discard": "unmap"}), true).await;
     let allocated_before = allocated(&path);
 
     let keep_allocated = ZeroFlags {
@@ -257,9 +262,7 @@ async fn block_status_follows_the_files_holes() {
         .open(&path)
         .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &[1u8; 65536], MIB as u64))
         .unwrap();
-    let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path)).await;
-    let backend = graph.attach_backend("f0", false).unwrap();
+    let (_graph, backend) = file_backend(&path, json!({}), false).await;
     let size = backend.size();
     let hole = |length| Extent {
         length,
@@ -304,13 +307,7 @@ async fn block_status_follows_the_files_holes() {
 async fn direct_io_handles_unaligned_requests() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", MIB, pattern);
-    let graph = BlockGraph::new();
-    add(
-        &graph,
-        json!({"driver": "file", "node-name": "f0", "filename": path, "cache": {"direct": true}}),
-    )
-    .await;
-    let backend = graph.attach_backend("f0", true).unwrap();
+    let (_graph, backend) = file_backend(&path, json!({"cache": {"direct": true}}), true).await;
     let align = backend.request_alignment() as usize;
     assert!(align >= 512 && align.is_power_of_two(), "alignment {align}");
 
@@ -346,13 +343,7 @@ async fn direct_io_handles_unaligned_requests() {
 async fn concurrent_unaligned_direct_writes_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", 64 * 1024, |_| 0);
-    let graph = BlockGraph::new();
-    add(
-        &graph,
-        json!({"driver": "file", "node-name": "f0", "filename": path, "cache": {"direct": true}}),
-    )
-    .await;
-    let backend = graph.attach_backend("f0", true).unwrap();
+    let (_graph, backend) = file_backend(&path, json!({"cache": {"direct": true}}), true).await;
     // 64 writers, each owning 7 bytes of the same few blocks.
     let tasks: Vec<_> = (0..64u8)
         .map(|i| {
@@ -381,9 +372,7 @@ async fn concurrent_unaligned_direct_writes_lose_nothing() {
 async fn reads_past_the_end_of_a_shrunk_file_are_zeroes() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", 8192, |_| 9);
-    let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path)).await;
-    let backend = graph.attach_backend("f0", false).unwrap();
+    let (_graph, backend) = file_backend(&path, json!({}), false).await;
     std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
@@ -454,13 +443,7 @@ async fn read_only_nodes_open_the_file_read_only() {
     let mut permissions = std::fs::metadata(&path).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o444);
     std::fs::set_permissions(&path, permissions).unwrap();
-    let graph = BlockGraph::new();
-    add(
-        &graph,
-        json!({"driver": "file", "node-name": "f0", "filename": path, "read-only": true}),
-    )
-    .await;
-    let backend = graph.attach_backend("f0", false).unwrap();
+    let (_graph, backend) = file_backend(&path, json!({"read-only": true}), false).await;
     let mut buf = [0u8; 16];
     backend.read(0, &mut buf).await.unwrap();
     assert_eq!(buf[3], pattern(3));
@@ -470,9 +453,7 @@ async fn read_only_nodes_open_the_file_read_only() {
 async fn sizes_count_whole_sectors_like_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "odd.img", 1000, |_| 3);
-    let graph = BlockGraph::new();
-    add(&graph, file_node("f0", &path)).await;
-    let backend = graph.attach_backend("f0", true).unwrap();
+    let (_graph, backend) = file_backend(&path, json!({}), true).await;
     assert_eq!(backend.size(), 1024);
     let mut buf = [0xFFu8; 24];
     backend.read(1000, &mut buf).await.unwrap();
@@ -490,13 +471,7 @@ async fn files_in_memory_work_the_same() {
         return; // no tmpfs here
     };
     let path = image(dir.path(), "disk.img", MIB, pattern);
-    let graph = BlockGraph::new();
-    add(
-        &graph,
-        json!({"driver": "file", "node-name": "f0", "filename": path, "discard": "unmap"}),
-    )
-    .await;
-    let backend = graph.attach_backend("f0", true).unwrap();
+    let (_graph, backend) = file_backend(&path, json!({"discard": "unmap"}), true).await;
     backend
         .write(4096, &[9u8; 8192], WriteFlags::default())
         .await
@@ -517,13 +492,7 @@ async fn files_in_memory_work_the_same() {
 async fn block_status_cache_forgets_discarded_data() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", MIB, |_| 1);
-    let graph = BlockGraph::new();
-    add(
-        &graph,
-        json!({"driver": "file", "node-name": "f0", "filename": path, "discard": "unmap"}),
-    )
-    .await;
-    let backend = graph.attach_backend("f0", true).unwrap();
+    let (_graph, backend) = file_backend(&path, json!({"discard": "unmap"}), true).await;
     let all = MIB as u64;
     let data = |length| Extent {
         length,
