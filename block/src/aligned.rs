@@ -1,10 +1,11 @@
 //! Zero-filled heap buffers with a chosen alignment, for `O_DIRECT`
-//! bounce buffers.
+//! bounce buffers (as the memory of an [`crate::IoBuf`]).
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
 use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::iobuf::IoMemory;
 
 /// A zeroed buffer whose start is aligned to a power of two.
 pub(crate) struct AlignedBuf {
@@ -17,6 +18,14 @@ pub(crate) struct AlignedBuf {
 unsafe impl Send for AlignedBuf {}
 // SAFETY: shared references only read the memory.
 unsafe impl Sync for AlignedBuf {}
+
+// SAFETY: the memory is a heap allocation owned by the value: it stays at
+// `ptr` for `len` bytes until the value is dropped, whatever moves it.
+unsafe impl IoMemory for AlignedBuf {
+    fn io_memory(&mut self) -> (*mut u8, usize) {
+        (self.ptr.as_ptr(), self.len)
+    }
+}
 
 impl AlignedBuf {
     /// `len` zero bytes aligned to `align` (a power of two). Fails with

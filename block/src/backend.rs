@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::driver::{Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::graph::GraphShared;
+use crate::iobuf::IoBuf;
 use crate::node::Node;
 use crate::permissions::Perm;
 
@@ -95,14 +96,14 @@ impl BlockBackend {
     }
 
     /// Fills `buf` from `offset`. A range past the end is `InvalidArgument`.
-    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+    pub async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         self.check_range(offset, buf.len() as u64, ErrorKind::InvalidArgument)?;
         self.inner.node.read(offset, buf).await
     }
 
     /// Writes `buf` at `offset`. A read-only backend gives
     /// `PermissionDenied`, a range past the end `NoSpace`.
-    pub async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()> {
+    pub async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
         self.check_writable()?;
         self.check_range(offset, buf.len() as u64, ErrorKind::NoSpace)?;
         self.inner.node.write(offset, buf, flags).await

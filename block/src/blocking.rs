@@ -1,20 +1,76 @@
-//! Running a blocking system call from async code without stalling the
-//! runtime and without giving up borrowed buffers.
+//! Running system calls that may block (a page-cache miss, `fdatasync`,
+//! `fallocate` on a slow file system) off the thread that polls the
+//! request, so that an event loop never stalls on a disk.
 //!
-//! On tokio's multi-threaded runtime, `block_in_place` hands the worker's
-//! other tasks to another thread while this one blocks; the call runs on
-//! the current thread, so it may borrow the caller's buffer (no copy, no
-//! `'static` bound). Elsewhere (a current-thread runtime, or no runtime)
-//! the call simply runs inline.
+//! The calls go to tokio's blocking thread pool, at most
+//! [`MAX_BLOCKING_CALLS`] at a time across the daemon (more wait their
+//! turn), so a flood of slow requests cannot take hundreds of threads.
+//! A call owns what it uses (an [`crate::IoBuf`] view, a shared
+//! descriptor): if the request is dropped meanwhile, the call finishes on
+//! its own and its memory lives until then. Outside a runtime (tools,
+//! some tests) the call simply runs inline.
 
-use tokio::runtime::{Handle, RuntimeFlavor};
+use std::io;
+use std::sync::OnceLock;
 
-/// Runs `f`, which may block, from an async context.
-pub(crate) fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
-    match Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+
+/// Blocking calls in progress at once, daemon-wide.
+pub(crate) const MAX_BLOCKING_CALLS: usize = 64;
+
+fn slots() -> &'static Semaphore {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| Semaphore::new(MAX_BLOCKING_CALLS))
+}
+
+/// Runs `f`, which may block, on the blocking pool and waits for its
+/// result. Cancel-safe: dropping the future lets a started call finish.
+pub(crate) async fn offload<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let Ok(handle) = Handle::try_current() else {
+        return f();
+    };
+    let _slot = slots()
+        .acquire()
+        .await
+        .map_err(|_| io::Error::other("blocking pool closed"))?;
+    match handle.spawn_blocking(f).await {
+        Ok(result) => result,
+        // The runtime is shutting down, or the call panicked.
+        Err(e) => Err(io::Error::other(format!("blocking call failed: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn calls_run_off_the_polling_thread() {
+        let polling = std::thread::current().id();
+        let ran_on = offload(|| Ok(std::thread::current().id())).await.unwrap();
+        assert_ne!(ran_on, polling);
+    }
+
+    #[test]
+    fn without_a_runtime_calls_run_inline() {
+        let here = std::thread::current().id();
+        let ran_on = poll_once(offload(|| Ok(std::thread::current().id())));
+        assert_eq!(ran_on.unwrap(), here);
+    }
+
+    /// Polls a future that completes without waiting.
+    fn poll_once<F: std::future::Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let waker = std::task::Waker::noop();
+        match future
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        {
+            std::task::Poll::Ready(out) => out,
+            std::task::Poll::Pending => panic!("the inline call waited"),
         }
-        _ => f(),
     }
 }

@@ -8,12 +8,14 @@
 //! whose write side a read-modify-write cycle takes.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use crate::aligned::AlignedBuf;
-use crate::blocking::run_blocking;
+use crate::blocking::offload;
 use crate::error::{BlockError, BlockResult, ErrorKind};
-use crate::posix_io::{self, read_fully, write_fully, RwFlags};
+use crate::iobuf::IoBuf;
+use crate::posix_io::{self, read_into, write_from, RwFlags};
 
 /// The largest alignment probed (QEMU's `MAX_BLOCKSIZE`, which is also the
 /// page size here).
@@ -98,16 +100,26 @@ impl DirectIo {
     }
 
     /// Fills `buf` from `offset`; past the end of the file reads zeroes.
-    pub(crate) fn read(&self, fd: RawFd, offset: u64, buf: &mut [u8]) -> Result<(), DirectError> {
+    pub(crate) async fn read(
+        &self,
+        fd: &Arc<OwnedFd>,
+        offset: u64,
+        buf: &IoBuf,
+    ) -> Result<(), DirectError> {
+        let fd = Arc::clone(fd);
         if self.is_aligned(offset, buf) {
-            let n = run_blocking(|| read_fully(fd, buf, offset, true))?;
-            buf[n..].fill(0);
+            let target = buf.clone();
+            let n =
+                offload(move || read_into(fd.as_raw_fd(), &target, offset, RwFlags::NONE, true))
+                    .await?;
+            buf.slice(n..buf.len()).fill_zeroes();
             return Ok(());
         }
-        let (start, mut bounce) = self.bounce_for(offset, buf.len())?;
-        run_blocking(|| read_fully(fd, &mut bounce, start, true))?;
+        let (start, bounce) = self.bounce_for(offset, buf.len())?;
+        let target = bounce.clone();
+        offload(move || read_into(fd.as_raw_fd(), &target, start, RwFlags::NONE, true)).await?;
         let skip = (offset - start) as usize;
-        buf.copy_from_slice(&bounce[skip..skip + buf.len()]);
+        buf.copy_from(0, &bounce.slice(skip..skip + buf.len()));
         Ok(())
     }
 
@@ -115,53 +127,66 @@ impl DirectIo {
     /// writes back whole blocks, excluding every other write meanwhile.
     pub(crate) async fn write(
         &self,
-        fd: RawFd,
+        fd: &Arc<OwnedFd>,
         offset: u64,
-        buf: &[u8],
+        buf: &IoBuf,
         flags: RwFlags,
     ) -> Result<(), DirectError> {
+        let fd = Arc::clone(fd);
+        let data = buf.clone();
         if self.is_aligned(offset, buf) {
             let _shared = self.rmw.read().await;
-            return Ok(run_blocking(|| write_fully(fd, buf, offset, flags))?);
+            offload(move || write_from(fd.as_raw_fd(), &data, offset, flags)).await?;
+            return Ok(());
         }
         let _exclusive = self.rmw.write().await;
-        let (start, mut bounce) = self.bounce_for(offset, buf.len())?;
+        let (start, bounce) = self.bounce_for(offset, buf.len())?;
         let skip = (offset - start) as usize;
         let align = self.request_align;
-        run_blocking(|| -> io::Result<()> {
-            let n = read_fully(fd, &mut bounce, start, true)?;
-            bounce[skip..skip + buf.len()].copy_from_slice(buf);
+        offload(move || {
+            let fd = fd.as_raw_fd();
+            let n = read_into(fd, &bounce, start, RwFlags::NONE, true)?;
+            bounce.copy_from(skip, &data);
             // Write back no more blocks than the file had or the request
             // covers. (A file whose size is not a multiple of the alignment
             // still gets its last block padded, as with QEMU.)
-            let end = (skip + buf.len()).max(n);
-            write_fully(fd, &bounce[..end.div_ceil(align) * align], start, flags)
-        })?;
+            let end = (skip + data.len()).max(n);
+            write_from(
+                fd,
+                &bounce.slice(0..end.div_ceil(align) * align),
+                start,
+                flags,
+            )
+        })
+        .await?;
         Ok(())
     }
 
     /// Runs `f`, a modifying call other than a write (zeroing, discard),
     /// so that no read-modify-write cycle writes stale data over it.
-    pub(crate) async fn exclude_rmw<R>(&self, f: impl FnOnce() -> R) -> R {
+    pub(crate) async fn exclude_rmw<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
         let _shared = self.rmw.read().await;
-        run_blocking(f)
+        offload(f).await
     }
 
-    fn is_aligned(&self, offset: u64, buf: &[u8]) -> bool {
+    fn is_aligned(&self, offset: u64, buf: &IoBuf) -> bool {
         offset.is_multiple_of(self.request_align as u64)
-            && buf.len().is_multiple_of(self.request_align)
-            && (buf.as_ptr() as usize).is_multiple_of(self.memory_align)
+            && buf.is_aligned(self.memory_align, self.request_align)
     }
 
     /// An aligned buffer covering `[offset, offset + len)` in whole blocks,
     /// and the file offset where it starts.
-    fn bounce_for(&self, offset: u64, len: usize) -> BlockResult<(u64, AlignedBuf)> {
+    fn bounce_for(&self, offset: u64, len: usize) -> BlockResult<(u64, IoBuf)> {
         let align = self.request_align as u64;
         let start = offset - offset % align;
         let end = (offset + len as u64).div_ceil(align) * align;
         let size = usize::try_from(end - start).map_err(|_| {
             BlockError::new(ErrorKind::TooLarge, "Request too large for a bounce buffer")
         })?;
-        Ok((start, AlignedBuf::zeroed(size, self.memory_align)?))
+        let bounce = AlignedBuf::zeroed(size, self.memory_align)?;
+        Ok((start, IoBuf::from_owner(bounce)))
     }
 }

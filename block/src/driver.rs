@@ -9,6 +9,7 @@ use schema::info::ImageInfoSpecific;
 use serde_json::{Map, Value as Json};
 
 use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::iobuf::IoBuf;
 use crate::node::NodeChild;
 use crate::permissions::{default_child_perms, Perm};
 
@@ -97,10 +98,10 @@ pub trait BlockDriver: Send + Sync + 'static {
     fn size(&self) -> u64;
 
     /// Fills `buf` from `offset`.
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()>;
+    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()>;
 
     /// Writes `buf` at `offset`.
-    async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()>;
+    async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()>;
 
     /// Makes `[offset, offset+len)` read as zeroes.
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()>;

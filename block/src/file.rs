@@ -5,22 +5,22 @@
 //! request path takes a lock (except the read side of a lock that
 //! serializes `O_DIRECT` read-modify-write cycles, in `cache.direct` mode
 //! only). A read first tries `preadv2(RWF_NOWAIT)` inline, which serves
-//! page-cache hits without leaving the task; only a miss blocks, in
-//! `run_blocking`. Writes do the same with `pwritev2` where the file
-//! system supports non-blocking buffered writes. On tmpfs and ramfs, whose
-//! data is the page cache (no disk to wait for), buffered I/O simply runs
-//! inline. Block status keeps QEMU's one-entry cache of the last data
-//! range found, so sequential queries inside it skip the `lseek` calls.
-//! With `cache.direct=on`
-//! the file is opened `O_DIRECT` and requests go through
-//! `direct_io`. Image locks follow QEMU's scheme
-//! (`locking`).
+//! page-cache hits without leaving the task; only a miss goes to the
+//! blocking pool (`blocking`), with its own view of the request's buffer,
+//! so the thread that polls never waits for a disk. Writes do the same
+//! with `pwritev2` where the file system supports non-blocking buffered
+//! writes. On tmpfs and ramfs, whose data is the page cache (no disk to
+//! wait for), buffered I/O simply runs inline. Block status keeps QEMU's
+//! one-entry cache of the last data range found, so sequential queries
+//! inside it skip the `lseek` calls. With `cache.direct=on` the file is
+//! opened `O_DIRECT` and requests go through `direct_io`. Image locks
+//! follow QEMU's scheme (`locking`).
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use schema::block::{BlockdevAioOptions, BlockdevOptionsFile, OnOffAuto};
@@ -28,14 +28,15 @@ use schema::info::{ImageInfoSpecific, ImageInfoSpecificFile};
 use serde_json::{Map, Value as Json};
 
 use crate::aligned::AlignedBuf;
-use crate::blocking::run_blocking;
+use crate::blocking::offload;
 use crate::direct_io::{DirectError, DirectIo};
 use crate::driver::{BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{os_error_text, BlockError, BlockResult, ErrorKind};
+use crate::iobuf::IoBuf;
 use crate::locking::ImageLocks;
 use crate::node::NodeSettings;
 use crate::permissions::Perm;
-use crate::posix_io::{self, read_fully, write_fully, RwFlags};
+use crate::posix_io::{self, RwFlags};
 
 /// The largest zero buffer written when the file system cannot zero a
 /// range by itself.
@@ -47,7 +48,9 @@ const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
 /// A regular file opened as a block node.
 pub struct FileDriver {
-    fd: OwnedFd,
+    /// Shared with the blocking calls in flight, which may outlive a
+    /// request whose caller gave up.
+    fd: Arc<OwnedFd>,
     filename: String,
     /// The size at open, grown by writes past it and set by resize (a
     /// format's image file grows as it allocates).
@@ -70,8 +73,7 @@ pub struct FileDriver {
     /// Capabilities learnt by trying; cleared on `EOPNOTSUPP`.
     nowait_reads: AtomicBool,
     nowait_writes: AtomicBool,
-    zero_range: AtomicBool,
-    punch_hole: AtomicBool,
+    space: Arc<SpaceCalls>,
     /// The errno of a failed `fdatasync` in buffered mode: after one, the
     /// page cache no longer says what is on disk, so every later flush
     /// fails too (as QEMU's `page_cache_inconsistent`).
@@ -120,7 +122,7 @@ impl FileDriver {
         };
         let in_memory = direct.is_none() && is_in_memory(fd.as_raw_fd());
         Ok(FileDriver {
-            fd,
+            fd: Arc::new(fd),
             filename,
             size: AtomicU64::new(u64::try_from(st.st_size).unwrap_or(0)),
             in_memory,
@@ -132,8 +134,10 @@ impl FileDriver {
             // Pointless where nothing waits.
             nowait_reads: AtomicBool::new(!in_memory),
             nowait_writes: AtomicBool::new(!in_memory),
-            zero_range: AtomicBool::new(true),
-            punch_hole: AtomicBool::new(true),
+            space: Arc::new(SpaceCalls {
+                zero_range: AtomicBool::new(true),
+                punch_hole: AtomicBool::new(true),
+            }),
             flush_failure: AtomicI32::new(0),
         })
     }
@@ -149,14 +153,17 @@ impl FileDriver {
             .filter(|_| self.active.load(Ordering::Acquire))
     }
 
-    /// Runs a buffered system call that may wait for the disk: inline for
-    /// files in memory, else without stalling the runtime.
-    fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
+    /// Runs a system call on the descriptor that may wait for the disk:
+    /// inline for files in memory, else on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(RawFd) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
         if self.in_memory {
-            f()
-        } else {
-            run_blocking(f)
+            return f(self.raw_fd());
         }
+        let fd = Arc::clone(&self.fd);
+        offload(move || f(fd.as_raw_fd())).await
     }
 
     /// Records that the file now reaches at least `end`.
@@ -186,129 +193,75 @@ impl FileDriver {
     }
 
     /// Buffered read: page-cache hits inline, misses in a blocking call.
-    fn read_buffered(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
-        let fd = self.raw_fd();
+    async fn read_buffered(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         let mut done = 0;
         if self.nowait_reads.load(Ordering::Relaxed) {
-            while done < buf.len() {
-                match posix_io::pread(fd, &mut buf[done..], offset + done as u64, RwFlags::NOWAIT) {
-                    Ok(0) => break,
-                    Ok(n) => done += n,
-                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                        self.nowait_reads.store(false, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(e) => return Err(self.io_error("Read", offset, e)),
+            match posix_io::read_into(self.raw_fd(), buf, offset, RwFlags::NOWAIT, false) {
+                Ok(n) => done = n,
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    self.nowait_reads.store(false, Ordering::Relaxed);
                 }
+                Err(e) => return Err(self.io_error("Read", offset, e)),
             }
         }
         if done < buf.len() {
-            let rest = &mut buf[done..];
-            let n = self
-                .blocking(|| read_fully(fd, rest, offset + done as u64, false))
+            let rest = buf.slice(done..buf.len());
+            let at = offset + done as u64;
+            done += self
+                .blocking(move |fd| posix_io::read_into(fd, &rest, at, RwFlags::NONE, false))
+                .await
                 .map_err(|e| self.io_error("Read", offset, e))?;
-            done += n;
         }
         // Past the end of the file reads as zeroes (a file shrunk behind
         // our back), as QEMU's short-read handling.
-        buf[done..].fill(0);
+        buf.slice(done..buf.len()).fill_zeroes();
         Ok(())
     }
 
     /// Buffered write: non-blocking first where supported.
-    fn write_buffered(&self, offset: u64, buf: &[u8], flags: RwFlags) -> BlockResult<()> {
-        let fd = self.raw_fd();
+    async fn write_buffered(&self, offset: u64, buf: &IoBuf, flags: RwFlags) -> BlockResult<()> {
         let mut done = 0;
         if flags == RwFlags::NONE && self.nowait_writes.load(Ordering::Relaxed) {
-            while done < buf.len() {
-                match posix_io::pwrite(fd, &buf[done..], offset + done as u64, RwFlags::NOWAIT) {
-                    Ok(n) => done += n,
-                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                        self.nowait_writes.store(false, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(e) => return Err(self.io_error("Write", offset, e)),
+            match posix_io::write_from(self.raw_fd(), buf, offset, RwFlags::NOWAIT) {
+                Ok(n) => done = n,
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    self.nowait_writes.store(false, Ordering::Relaxed);
                 }
+                Err(e) => return Err(self.io_error("Write", offset, e)),
             }
         }
         if done < buf.len() {
-            let rest = &buf[done..];
-            self.blocking(|| write_fully(fd, rest, offset + done as u64, flags))
+            let rest = buf.slice(done..buf.len());
+            let at = offset + done as u64;
+            self.blocking(move |fd| posix_io::write_from(fd, &rest, at, flags))
+                .await
                 .map_err(|e| self.io_error("Write", offset, e))?;
         }
         Ok(())
-    }
-
-    /// Zeroes with the file system's help, as QEMU's
-    /// `handle_aiocb_write_zeroes[_unmap]`: punch (if unmapping is allowed),
-    /// zero-range, punch-and-reallocate. `Ok(false)`: none of them works.
-    fn zero_by_fallocate(&self, offset: u64, len: u64, may_unmap: bool) -> BlockResult<bool> {
-        let fd = self.raw_fd();
-        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        let is =
-            |e: &io::Error, codes: &[i32]| e.raw_os_error().is_some_and(|c| codes.contains(&c));
-        if may_unmap && self.punch_hole.load(Ordering::Relaxed) {
-            match posix_io::fallocate(fd, punch, offset, len) {
-                Ok(()) => return Ok(true),
-                Err(e)
-                    if is(
-                        &e,
-                        &[libc::EOPNOTSUPP, libc::EINVAL, libc::EBUSY, libc::ENOSYS],
-                    ) => {}
-                Err(e) => return Err(self.io_error("Write zeroes", offset, e)),
-            }
-        }
-        if self.zero_range.load(Ordering::Relaxed) {
-            match posix_io::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, offset, len) {
-                Ok(()) => return Ok(true),
-                Err(e) if is(&e, &[libc::EOPNOTSUPP, libc::ENOSYS]) => {
-                    self.zero_range.store(false, Ordering::Relaxed)
-                }
-                // Some file systems refuse unaligned ranges; try the rest.
-                Err(e) if is(&e, &[libc::EINVAL]) => {}
-                Err(e) => return Err(self.io_error("Write zeroes", offset, e)),
-            }
-        }
-        if self.punch_hole.load(Ordering::Relaxed) {
-            match posix_io::fallocate(fd, punch, offset, len) {
-                Ok(()) => {
-                    return posix_io::fallocate(fd, 0, offset, len)
-                        .map(|()| true)
-                        .map_err(|e| self.io_error("Write zeroes", offset, e))
-                }
-                Err(e) if is(&e, &[libc::EOPNOTSUPP, libc::ENOSYS]) => {
-                    self.punch_hole.store(false, Ordering::Relaxed)
-                }
-                Err(e) if is(&e, &[libc::EINVAL]) => {}
-                Err(e) => return Err(self.io_error("Write zeroes", offset, e)),
-            }
-        }
-        Ok(false)
     }
 
     /// The slow path of write-zeroes: writes zero buffers.
     async fn write_zero_buffers(&self, offset: u64, len: u64, flags: RwFlags) -> BlockResult<()> {
         let chunk_len = usize::try_from(len).unwrap_or(ZERO_CHUNK).min(ZERO_CHUNK);
         let align = self.direct.as_ref().map_or(1, |d| d.memory_align());
-        let zeroes = AlignedBuf::zeroed(chunk_len, align)?;
+        let zeroes = IoBuf::from_owner(AlignedBuf::zeroed(chunk_len, align)?);
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(chunk_len as u64) as usize;
-            self.write_bytes(offset + done, &zeroes[..n], flags).await?;
+            self.write_bytes(offset + done, &zeroes.slice(0..n), flags)
+                .await?;
             done += n as u64;
         }
         Ok(())
     }
 
-    async fn write_bytes(&self, offset: u64, buf: &[u8], flags: RwFlags) -> BlockResult<()> {
+    async fn write_bytes(&self, offset: u64, buf: &IoBuf, flags: RwFlags) -> BlockResult<()> {
         match &self.direct {
             Some(direct) => direct
-                .write(self.raw_fd(), offset, buf, flags)
+                .write(&self.fd, offset, buf, flags)
                 .await
                 .map_err(|e| self.direct_error("Write", offset, e)),
-            None => self.write_buffered(offset, buf, flags),
+            None => self.write_buffered(offset, buf, flags).await,
         }
     }
 
@@ -321,14 +274,20 @@ impl FileDriver {
 
     /// Runs a space-management call, excluding `O_DIRECT` read-modify-write
     /// cycles that could write back stale data over it.
-    async fn with_write_access<R>(&self, f: impl FnOnce() -> R) -> R {
+    async fn with_write_access<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(RawFd) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
         match &self.direct {
-            Some(direct) => direct.exclude_rmw(f).await,
-            None => self.blocking(f),
+            Some(direct) => {
+                let fd = Arc::clone(&self.fd);
+                direct.exclude_rmw(move || f(fd.as_raw_fd())).await
+            }
+            None => self.blocking(f).await,
         }
     }
 
-    fn fdatasync(&self) -> BlockResult<()> {
+    async fn fdatasync(&self) -> BlockResult<()> {
         let failed = self.flush_failure.load(Ordering::Relaxed);
         if failed != 0 {
             return Err(BlockError::from_io(
@@ -336,8 +295,7 @@ impl FileDriver {
                 io::Error::from_raw_os_error(failed),
             ));
         }
-        let fd = self.raw_fd();
-        run_blocking(|| posix_io::fdatasync(fd)).map_err(|e| {
+        self.blocking(posix_io::fdatasync).await.map_err(|e| {
             if self.direct.is_none() {
                 self.flush_failure
                     .store(e.raw_os_error().unwrap_or(libc::EIO), Ordering::Relaxed);
@@ -357,19 +315,20 @@ impl BlockDriver for FileDriver {
         self.size.load(Ordering::Relaxed)
     }
 
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         if buf.is_empty() {
             return Ok(());
         }
         match &self.direct {
             Some(direct) => direct
-                .read(self.raw_fd(), offset, buf)
+                .read(&self.fd, offset, buf)
+                .await
                 .map_err(|e| self.direct_error("Read", offset, e)),
-            None => self.read_buffered(offset, buf),
+            None => self.read_buffered(offset, buf).await,
         }
     }
 
-    async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()> {
+    async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -385,9 +344,12 @@ impl BlockDriver for FileDriver {
         // Zeroing may turn data into holes (or unwritten extents, which
         // `SEEK_DATA` skips).
         self.forget_data_range();
+        let space = Arc::clone(&self.space);
+        let may_unmap = flags.may_unmap;
         let zeroed = self
-            .with_write_access(|| self.zero_by_fallocate(offset, len, flags.may_unmap))
-            .await?;
+            .with_write_access(move |fd| space.zero_by_fallocate(fd, offset, len, may_unmap))
+            .await
+            .map_err(|e| self.io_error("Write zeroes", offset, e))?;
         if !zeroed {
             if flags.no_fallback {
                 return Err(BlockError::new(
@@ -398,21 +360,20 @@ impl BlockDriver for FileDriver {
             self.write_zero_buffers(offset, len, fua_flags(flags.fua))
                 .await?;
         } else if flags.fua {
-            self.fdatasync()?;
+            self.fdatasync().await?;
         }
         self.grown_to(offset + len);
         Ok(())
     }
 
     async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
-        if len == 0 || !self.punch_hole.load(Ordering::Relaxed) {
+        if len == 0 || !self.space.punch_hole.load(Ordering::Relaxed) {
             return Ok(());
         }
         self.forget_data_range();
-        let fd = self.raw_fd();
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match self
-            .with_write_access(|| posix_io::fallocate(fd, mode, offset, len))
+            .with_write_access(move |fd| posix_io::fallocate(fd, mode, offset, len))
             .await
         {
             Ok(()) => Ok(()),
@@ -423,7 +384,7 @@ impl BlockDriver for FileDriver {
                     Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
                 ) =>
             {
-                self.punch_hole.store(false, Ordering::Relaxed);
+                self.space.punch_hole.store(false, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => Err(self.io_error("Discard", offset, e)),
@@ -431,7 +392,7 @@ impl BlockDriver for FileDriver {
     }
 
     async fn flush(&self) -> BlockResult<()> {
-        self.fdatasync()
+        self.fdatasync().await
     }
 
     /// Data or hole by `SEEK_DATA`/`SEEK_HOLE` (QEMU's `find_allocation`),
@@ -452,19 +413,10 @@ impl BlockDriver for FileDriver {
         if let Some(end) = self.cached_data_range(offset) {
             return Ok(data((end - offset).min(len)));
         }
-        let fd = self.raw_fd();
-        let found = self.blocking(|| match posix_io::lseek(fd, offset, libc::SEEK_DATA) {
-            Ok(next_data) if next_data > offset => Allocation::HoleUntil(next_data),
-            Ok(_) => match posix_io::lseek(fd, offset, libc::SEEK_HOLE) {
-                Ok(next_hole) if next_hole > offset => Allocation::DataUntil(next_hole),
-                // A hole was dug between the two calls, or an error: data
-                // is the safe answer.
-                _ => Allocation::Unknown,
-            },
-            // A trailing hole, or past the end of a file that shrank.
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Allocation::TrailingHole,
-            Err(_) => Allocation::Unknown,
-        });
+        let found = self
+            .blocking(move |fd| Ok(find_allocation(fd, offset)))
+            .await
+            .unwrap_or(Allocation::Unknown);
         Ok(match found {
             Allocation::HoleUntil(next_data) => hole((next_data - offset).min(len)),
             Allocation::DataUntil(next_hole) => {
@@ -480,9 +432,9 @@ impl BlockDriver for FileDriver {
     }
 
     async fn resize(&self, new_size: u64) -> BlockResult<()> {
-        let fd = self.raw_fd();
         self.forget_data_range();
-        run_blocking(|| posix_io::ftruncate(fd, new_size))
+        self.blocking(move |fd| posix_io::ftruncate(fd, new_size))
+            .await
             .map_err(|e| BlockError::from_io("Could not resize file", e))?;
         self.size.store(new_size, Ordering::Relaxed);
         Ok(())
@@ -561,6 +513,63 @@ impl BlockDriver for FileDriver {
     }
 }
 
+/// The space-management calls a file system may lack (learnt by trying;
+/// shared with the blocking calls in flight).
+struct SpaceCalls {
+    zero_range: AtomicBool,
+    punch_hole: AtomicBool,
+}
+
+impl SpaceCalls {
+    /// Zeroes with the file system's help, as QEMU's
+    /// `handle_aiocb_write_zeroes[_unmap]`: punch (if unmapping is allowed),
+    /// zero-range, punch-and-reallocate. `Ok(false)`: none of them works.
+    fn zero_by_fallocate(
+        &self,
+        fd: RawFd,
+        offset: u64,
+        len: u64,
+        may_unmap: bool,
+    ) -> io::Result<bool> {
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let is =
+            |e: &io::Error, codes: &[i32]| e.raw_os_error().is_some_and(|c| codes.contains(&c));
+        if may_unmap && self.punch_hole.load(Ordering::Relaxed) {
+            match posix_io::fallocate(fd, punch, offset, len) {
+                Ok(()) => return Ok(true),
+                Err(e)
+                    if is(
+                        &e,
+                        &[libc::EOPNOTSUPP, libc::EINVAL, libc::EBUSY, libc::ENOSYS],
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.zero_range.load(Ordering::Relaxed) {
+            match posix_io::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, offset, len) {
+                Ok(()) => return Ok(true),
+                Err(e) if is(&e, &[libc::EOPNOTSUPP, libc::ENOSYS]) => {
+                    self.zero_range.store(false, Ordering::Relaxed)
+                }
+                // Some file systems refuse unaligned ranges; try the rest.
+                Err(e) if is(&e, &[libc::EINVAL]) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.punch_hole.load(Ordering::Relaxed) {
+            match posix_io::fallocate(fd, punch, offset, len) {
+                Ok(()) => return posix_io::fallocate(fd, 0, offset, len).map(|()| true),
+                Err(e) if is(&e, &[libc::EOPNOTSUPP, libc::ENOSYS]) => {
+                    self.punch_hole.store(false, Ordering::Relaxed)
+                }
+                Err(e) if is(&e, &[libc::EINVAL]) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+}
+
 /// What `SEEK_DATA`/`SEEK_HOLE` found at an offset.
 enum Allocation {
     /// A hole, up to the next data.
@@ -571,6 +580,22 @@ enum Allocation {
     TrailingHole,
     /// The file system would not tell.
     Unknown,
+}
+
+/// QEMU's `find_allocation`: what `SEEK_DATA`/`SEEK_HOLE` say at `offset`.
+fn find_allocation(fd: RawFd, offset: u64) -> Allocation {
+    match posix_io::lseek(fd, offset, libc::SEEK_DATA) {
+        Ok(next_data) if next_data > offset => Allocation::HoleUntil(next_data),
+        Ok(_) => match posix_io::lseek(fd, offset, libc::SEEK_HOLE) {
+            Ok(next_hole) if next_hole > offset => Allocation::DataUntil(next_hole),
+            // A hole was dug between the two calls, or an error: data
+            // is the safe answer.
+            _ => Allocation::Unknown,
+        },
+        // A trailing hole, or past the end of a file that shrank.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Allocation::TrailingHole,
+        Err(_) => Allocation::Unknown,
+    }
 }
 
 /// Whether the file lives in memory (tmpfs or ramfs).

@@ -20,6 +20,7 @@ pub mod file;
 pub mod filename;
 pub mod graph;
 pub mod info;
+pub mod iobuf;
 pub mod job;
 mod locking;
 pub mod node;
@@ -36,5 +37,6 @@ pub use driver::{
 };
 pub use error::{BlockError, BlockResult, ErrorKind};
 pub use graph::{BackendPerms, BlockGraph};
+pub use iobuf::{IoBuf, IoMemory};
 pub use node::{Node, NodeChild, NodeSettings};
 pub use permissions::{ChildRoleFlags, Perm};

@@ -16,6 +16,7 @@ use schema::block::BlockdevDetectZeroesOptions;
 
 use crate::driver::{BlockDriver, ChildRole, Extent, WriteFlags, ZeroFlags};
 use crate::error::BlockResult;
+use crate::iobuf::IoBuf;
 use crate::permissions::{ChildRoleFlags, Perm};
 
 /// The unit QEMU counts node sizes in (`BDRV_SECTOR_SIZE`).
@@ -222,14 +223,14 @@ impl Node {
     }
 
     /// Fills `buf` from `offset`.
-    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+    pub async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         self.driver.read(offset, buf).await
     }
 
     /// Writes `buf` at `offset`; with `detect-zeroes`, a buffer of zeroes
     /// becomes a write-zeroes request (which may unmap with `unmap`).
-    pub async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()> {
-        if self.settings.detect_zeroes != BlockdevDetectZeroesOptions::Off && buffer_is_zero(buf) {
+    pub async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
+        if self.settings.detect_zeroes != BlockdevDetectZeroesOptions::Off && buf.is_zero() {
             let zero_flags = ZeroFlags {
                 may_unmap: self.settings.detect_zeroes == BlockdevDetectZeroesOptions::Unmap,
                 no_fallback: false,

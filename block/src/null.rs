@@ -12,6 +12,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::driver::{BlockDriver, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::iobuf::IoBuf;
 
 /// The default size: 1 GiB.
 const DEFAULT_SIZE: u64 = 1 << 30;
@@ -67,15 +68,15 @@ impl BlockDriver for NullDriver {
         self.size
     }
 
-    async fn read(&self, _offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+    async fn read(&self, _offset: u64, buf: &IoBuf) -> BlockResult<()> {
         self.delay().await;
         if self.read_zeroes {
-            buf.fill(0);
+            buf.fill_zeroes();
         }
         Ok(())
     }
 
-    async fn write(&self, _offset: u64, _buf: &[u8], _flags: WriteFlags) -> BlockResult<()> {
+    async fn write(&self, _offset: u64, _buf: &IoBuf, _flags: WriteFlags) -> BlockResult<()> {
         self.delay().await;
         Ok(())
     }

@@ -7,6 +7,10 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use smallvec::SmallVec;
+
+use crate::iobuf::IoBuf;
+
 /// `preadv2`/`pwritev2` flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RwFlags(libc::c_int);
@@ -47,20 +51,6 @@ pub(crate) fn pread(fd: RawFd, buf: &mut [u8], offset: u64, flags: RwFlags) -> i
         };
         // SAFETY: the iovec describes `buf`, valid and writable for the call.
         check(unsafe { libc::preadv2(fd, &iov, 1, off, flags.0) })
-    })
-}
-
-/// One `pwritev2` of `buf` at `offset`; returns the bytes written.
-pub(crate) fn pwrite(fd: RawFd, buf: &[u8], offset: u64, flags: RwFlags) -> io::Result<usize> {
-    let off = to_off(offset)?;
-    retry(|| {
-        let iov = libc::iovec {
-            iov_base: buf.as_ptr().cast_mut().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: the iovec describes `buf`, valid for reads for the call;
-        // the kernel does not write through it.
-        check(unsafe { libc::pwritev2(fd, &iov, 1, off, flags.0) })
     })
 }
 
@@ -122,20 +112,76 @@ pub(crate) fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     }
 }
 
-/// Reads until `buf` is full or the end of the file; returns the bytes
-/// read. With `direct`, `EINVAL` after some progress is the unaligned tail
-/// of the file, i.e. its end (as QEMU assumes).
-pub(crate) fn read_fully(
+/// The most `iovec`s one call takes (Linux's `UIO_MAXIOV`).
+const MAX_IOVECS: usize = 1024;
+
+/// One `preadv2` into `iov` at `offset`; returns the bytes read.
+///
+/// # Safety
+///
+/// Every `iovec` must describe memory valid for writes for the call.
+unsafe fn preadv(fd: RawFd, iov: &[libc::iovec], offset: u64, flags: RwFlags) -> io::Result<usize> {
+    let off = to_off(offset)?;
+    let count = iov.len().min(MAX_IOVECS) as libc::c_int;
+    // SAFETY: the caller vouches for the memory; `count` is within `iov`.
+    retry(|| check(unsafe { libc::preadv2(fd, iov.as_ptr(), count, off, flags.0) }))
+}
+
+/// One `pwritev2` of `iov` at `offset`; returns the bytes written.
+///
+/// # Safety
+///
+/// Every `iovec` must describe memory valid for reads for the call.
+unsafe fn pwritev(
     fd: RawFd,
-    buf: &mut [u8],
+    iov: &[libc::iovec],
     offset: u64,
+    flags: RwFlags,
+) -> io::Result<usize> {
+    let off = to_off(offset)?;
+    let count = iov.len().min(MAX_IOVECS) as libc::c_int;
+    // SAFETY: the caller vouches for the memory; `count` is within `iov`.
+    retry(|| check(unsafe { libc::pwritev2(fd, iov.as_ptr(), count, off, flags.0) }))
+}
+
+/// Drops the first `n` bytes from `iov`.
+fn advance(iov: &mut SmallVec<[libc::iovec; 4]>, mut n: usize) {
+    let mut whole = 0;
+    while whole < iov.len() && n >= iov[whole].iov_len {
+        n -= iov[whole].iov_len;
+        whole += 1;
+    }
+    iov.drain(..whole);
+    if let Some(first) = iov.first_mut() {
+        // SAFETY: `n` is less than this iovec's length.
+        first.iov_base = unsafe { first.iov_base.cast::<u8>().add(n) }.cast();
+        first.iov_len -= n;
+    }
+}
+
+/// Reads into `buf` from `offset` until it is full, the end of the file,
+/// or (with `flags` `NOWAIT`) the first call that would wait; returns the
+/// bytes read. With `direct`, `EINVAL` after some progress is the
+/// unaligned tail of the file, i.e. its end (as QEMU assumes).
+pub(crate) fn read_into(
+    fd: RawFd,
+    buf: &IoBuf,
+    offset: u64,
+    flags: RwFlags,
     direct: bool,
 ) -> io::Result<usize> {
+    let mut iov = buf.iovecs();
     let mut done = 0;
-    while done < buf.len() {
-        match pread(fd, &mut buf[done..], offset + done as u64, RwFlags::NONE) {
+    while !iov.is_empty() {
+        // SAFETY: the iovecs describe `buf`'s memory, which `buf` keeps
+        // alive and writable for the call.
+        match unsafe { preadv(fd, &iov, offset + done as u64, flags) } {
             Ok(0) => break,
-            Ok(n) => done += n,
+            Ok(n) => {
+                done += n;
+                advance(&mut iov, n);
+            }
+            Err(e) if flags == RwFlags::NOWAIT && e.raw_os_error() == Some(libc::EAGAIN) => break,
             Err(e) if direct && done > 0 && e.raw_os_error() == Some(libc::EINVAL) => break,
             Err(e) => return Err(e),
         }
@@ -143,14 +189,24 @@ pub(crate) fn read_fully(
     Ok(done)
 }
 
-/// Writes all of `buf`.
-pub(crate) fn write_fully(fd: RawFd, buf: &[u8], offset: u64, flags: RwFlags) -> io::Result<()> {
+/// Writes `buf` at `offset`: all of it, or with `NOWAIT` in `flags` until
+/// the first call that would wait; returns the bytes written.
+pub(crate) fn write_from(fd: RawFd, buf: &IoBuf, offset: u64, flags: RwFlags) -> io::Result<usize> {
+    let mut iov = buf.iovecs();
     let mut done = 0;
-    while done < buf.len() {
-        match pwrite(fd, &buf[done..], offset + done as u64, flags)? {
-            0 => return Err(io::Error::from_raw_os_error(libc::ENOSPC)),
-            n => done += n,
+    let nowait = flags == RwFlags::NOWAIT;
+    while !iov.is_empty() {
+        // SAFETY: the iovecs describe `buf`'s memory, which `buf` keeps
+        // alive for the call; the kernel only reads it.
+        match unsafe { pwritev(fd, &iov, offset + done as u64, flags) } {
+            Ok(0) => return Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Ok(n) => {
+                done += n;
+                advance(&mut iov, n);
+            }
+            Err(e) if nowait && e.raw_os_error() == Some(libc::EAGAIN) => break,
+            Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(done)
 }

@@ -12,6 +12,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::driver::{BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::iobuf::IoBuf;
 use crate::node::{Node, NodeChild, SECTOR_SIZE};
 use crate::permissions::{ChildRoleFlags, Perm};
 
@@ -105,12 +106,12 @@ impl BlockDriver for RawDriver {
         self.size.map_or(available, |size| size.min(available))
     }
 
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         let offset = self.map(offset, buf.len() as u64, false)?;
         self.file.read(offset, buf).await
     }
 
-    async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()> {
+    async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
         let offset = self.map(offset, buf.len() as u64, true)?;
         self.file.write(offset, buf, flags).await
     }

@@ -2,8 +2,10 @@
 //! refusals that leave the file untouched, holes, zeroes, block status,
 //! `O_DIRECT` with unaligned requests, open errors.
 
+mod bytes_io;
 mod common;
 
+use bytes_io::BytesIo;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -46,7 +48,7 @@ async fn writes_land_in_the_file_and_read_back() {
     assert!(!backend.is_read_only());
 
     let mut buf = vec![0u8; 4096];
-    backend.read(12345, &mut buf).await.unwrap();
+    backend.read_into(12345, &mut buf).await.unwrap();
     assert!(buf
         .iter()
         .enumerate()
@@ -54,11 +56,11 @@ async fn writes_land_in_the_file_and_read_back() {
 
     let data: Vec<u8> = (0..10_000).map(|i| (i * 7 % 256) as u8).collect();
     backend
-        .write(777, &data, WriteFlags::default())
+        .write_from(777, &data, WriteFlags::default())
         .await
         .unwrap();
     backend
-        .write(MIB as u64 - 3, b"end", WriteFlags { fua: true })
+        .write_from(MIB as u64 - 3, b"end", WriteFlags { fua: true })
         .await
         .unwrap();
     backend.flush().await.unwrap();
@@ -69,10 +71,10 @@ async fn writes_land_in_the_file_and_read_back() {
     assert_eq!(contents(&path), expected);
 
     let mut back = vec![0u8; data.len()];
-    backend.read(777, &mut back).await.unwrap();
+    backend.read_into(777, &mut back).await.unwrap();
     assert_eq!(back, data);
     let mut empty = [];
-    backend.read(MIB as u64, &mut empty).await.unwrap();
+    backend.read_into(MIB as u64, &mut empty).await.unwrap();
 }
 
 #[tokio::test]
@@ -93,7 +95,7 @@ async fn refused_requests_touch_nothing() {
     let mut buf = vec![0xAAu8; 8192];
     let kind = |r: block::BlockResult<()>| r.unwrap_err().kind;
     assert_eq!(
-        kind(writer.read(end - 4096, &mut buf).await),
+        kind(writer.read_into(end - 4096, &mut buf).await),
         ErrorKind::InvalidArgument
     );
     assert!(
@@ -101,17 +103,21 @@ async fn refused_requests_touch_nothing() {
         "a refused read fills nothing"
     );
     assert_eq!(
-        kind(writer.read(u64::MAX, &mut buf).await),
+        kind(writer.read_into(u64::MAX, &mut buf).await),
         ErrorKind::InvalidArgument
     );
     assert_eq!(
-        kind(writer.write(end - 4096, &buf, WriteFlags::default()).await),
+        kind(
+            writer
+                .write_from(end - 4096, &buf, WriteFlags::default())
+                .await
+        ),
         ErrorKind::NoSpace
     );
     assert_eq!(
         kind(
             writer
-                .write(u64::MAX - 1, &buf, WriteFlags::default())
+                .write_from(u64::MAX - 1, &buf, WriteFlags::default())
                 .await
         ),
         ErrorKind::NoSpace
@@ -135,7 +141,7 @@ async fn refused_requests_touch_nothing() {
 
     assert!(reader.is_read_only());
     assert_eq!(
-        kind(reader.write(0, &buf, WriteFlags::default()).await),
+        kind(reader.write_from(0, &buf, WriteFlags::default()).await),
         ErrorKind::PermissionDenied
     );
     assert_eq!(
@@ -148,7 +154,7 @@ async fn refused_requests_touch_nothing() {
     );
     // Permission is checked before bounds.
     assert_eq!(
-        kind(reader.write(end, &buf, WriteFlags::default()).await),
+        kind(reader.write_from(end, &buf, WriteFlags::default()).await),
         ErrorKind::PermissionDenied
     );
 
@@ -320,11 +326,11 @@ async fn direct_io_handles_unaligned_requests() {
         (MIB - 5, 5),
     ] {
         let mut buf = vec![0u8; len];
-        backend.read(offset as u64, &mut buf).await.unwrap();
+        backend.read_into(offset as u64, &mut buf).await.unwrap();
         assert_eq!(buf, &expected[offset..offset + len], "read {offset}+{len}");
         let data: Vec<u8> = (0..len).map(|i| (i * 13 + offset) as u8).collect();
         backend
-            .write(offset as u64, &data, WriteFlags::default())
+            .write_from(offset as u64, &data, WriteFlags::default())
             .await
             .unwrap();
         expected[offset..offset + len].copy_from_slice(&data);
@@ -332,7 +338,7 @@ async fn direct_io_handles_unaligned_requests() {
     // Aligned requests from an unaligned buffer.
     let mut storage = vec![0u8; 2 * align + 1];
     let unaligned = &mut storage[1..=2 * align];
-    backend.read(align as u64, unaligned).await.unwrap();
+    backend.read_into(align as u64, unaligned).await.unwrap();
     assert_eq!(unaligned, &expected[align..3 * align]);
     backend.flush().await.unwrap();
     assert_eq!(contents(&path), expected);
@@ -351,7 +357,7 @@ async fn concurrent_unaligned_direct_writes_lose_nothing() {
             tokio::spawn(async move {
                 let data = [i + 1; 7];
                 backend
-                    .write(u64::from(i) * 7, &data, WriteFlags::default())
+                    .write_from(u64::from(i) * 7, &data, WriteFlags::default())
                     .await
             })
         })
@@ -380,7 +386,7 @@ async fn reads_past_the_end_of_a_shrunk_file_are_zeroes() {
         .set_len(4096)
         .unwrap();
     let mut buf = vec![0xFFu8; 8192];
-    backend.read(0, &mut buf).await.unwrap();
+    backend.read_into(0, &mut buf).await.unwrap();
     assert!(buf[..4096].iter().all(|&b| b == 9));
     assert!(buf[4096..].iter().all(|&b| b == 0));
 }
@@ -445,7 +451,7 @@ async fn read_only_nodes_open_the_file_read_only() {
     std::fs::set_permissions(&path, permissions).unwrap();
     let (_graph, backend) = file_backend(&path, json!({"read-only": true}), false).await;
     let mut buf = [0u8; 16];
-    backend.read(0, &mut buf).await.unwrap();
+    backend.read_into(0, &mut buf).await.unwrap();
     assert_eq!(buf[3], pattern(3));
 }
 
@@ -456,10 +462,10 @@ async fn sizes_count_whole_sectors_like_qemu() {
     let (_graph, backend) = file_backend(&path, json!({}), true).await;
     assert_eq!(backend.size(), 1024);
     let mut buf = [0xFFu8; 24];
-    backend.read(1000, &mut buf).await.unwrap();
+    backend.read_into(1000, &mut buf).await.unwrap();
     assert_eq!(buf, [0u8; 24], "the tail past the end reads as zeroes");
     backend
-        .write(1020, b"tail", WriteFlags::default())
+        .write_from(1020, b"tail", WriteFlags::default())
         .await
         .unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 1024);
@@ -473,11 +479,11 @@ async fn files_in_memory_work_the_same() {
     let path = image(dir.path(), "disk.img", MIB, pattern);
     let (_graph, backend) = file_backend(&path, json!({"discard": "unmap"}), true).await;
     backend
-        .write(4096, &[9u8; 8192], WriteFlags::default())
+        .write_from(4096, &[9u8; 8192], WriteFlags::default())
         .await
         .unwrap();
     let mut buf = vec![0u8; 3 * 4096];
-    backend.read(0, &mut buf).await.unwrap();
+    backend.read_into(0, &mut buf).await.unwrap();
     assert!(buf[..4096]
         .iter()
         .enumerate()
@@ -528,7 +534,7 @@ async fn a_parent_writing_past_the_end_grows_the_file_node() {
     let graph = BlockGraph::new();
     let node = add(&graph, file_node("f0", &path)).await;
     // A format node's view: no backend bounds, the image file grows.
-    node.write(8192, b"more", WriteFlags::default())
+    node.write_from(8192, b"more", WriteFlags::default())
         .await
         .unwrap();
     assert_eq!(node.size(), 8704, "8196 bytes, counted in sectors");
@@ -587,7 +593,7 @@ async fn auto_read_only_falls_back_and_refuses_writers_like_qsd() {
     );
     let reader = graph.attach_backend("auto", false).unwrap();
     let mut buf = [0u8; 8];
-    reader.read(0, &mut buf).await.unwrap();
+    reader.read_into(0, &mut buf).await.unwrap();
     assert_eq!(buf[7], pattern(7));
 }
 
@@ -610,11 +616,11 @@ async fn many_concurrent_requests_keep_their_data_apart() {
                 let offset = i * 16_001;
                 let data: Vec<u8> = (0..9_999).map(|j| (i as usize * 31 + j) as u8).collect();
                 backend
-                    .write(offset, &data, WriteFlags::default())
+                    .write_from(offset, &data, WriteFlags::default())
                     .await
                     .unwrap();
                 let mut back = vec![0u8; data.len()];
-                backend.read(offset, &mut back).await.unwrap();
+                backend.read_into(offset, &mut back).await.unwrap();
                 assert_eq!(back, data, "slot {i}");
             })
         })

@@ -2,9 +2,11 @@
 //! opens them (node order, read-only backing, permissions, locks), data
 //! flows through, and deleting the node closes the chain cleanly.
 
+mod bytes_io;
 mod common;
 mod qcow2_support;
 
+use bytes_io::BytesIo;
 use std::path::Path;
 use std::process::Command;
 
@@ -104,18 +106,18 @@ async fn data_flows_through_the_chain_and_the_image_stays_clean() {
     .await;
     let backend = graph.attach_backend("q0", true).unwrap();
     let mut buf = vec![0u8; 8192];
-    backend.read(100_000, &mut buf).await.unwrap();
+    backend.read_into(100_000, &mut buf).await.unwrap();
     assert!(buf
         .iter()
         .enumerate()
         .all(|(i, &b)| b == pattern(100_000 + i)));
 
     backend
-        .write(100_000, &[0xAB; 5000], WriteFlags::default())
+        .write_from(100_000, &[0xAB; 5000], WriteFlags::default())
         .await
         .unwrap();
     backend.flush().await.unwrap();
-    backend.read(99_000, &mut buf).await.unwrap();
+    backend.read_into(99_000, &mut buf).await.unwrap();
     for (i, &b) in buf.iter().enumerate() {
         let offset = 99_000 + i;
         let expected = if (100_000..105_000).contains(&offset) {
@@ -166,7 +168,7 @@ async fn backing_options_override_the_header() {
     .await;
     let backend = graph.attach_backend("q0", false).unwrap();
     let mut buf = vec![0xFFu8; 4096];
-    backend.read(0, &mut buf).await.unwrap();
+    backend.read_into(0, &mut buf).await.unwrap();
     assert!(
         buf.iter().all(|&b| b == 0),
         "no backing: unallocated reads zeroes"
@@ -218,7 +220,7 @@ async fn close_all_leaves_images_clean_and_unlocked() {
     .await;
     let backend = graph.attach_backend("q0", true).unwrap();
     backend
-        .write(0, &[7u8; 70_000], WriteFlags::default())
+        .write_from(0, &[7u8; 70_000], WriteFlags::default())
         .await
         .unwrap();
     drop(backend);
@@ -266,7 +268,7 @@ async fn corruption_is_reported_as_an_event() {
     .await;
     let backend = graph.attach_backend("q0", false).unwrap();
     let mut buf = vec![0u8; 4096];
-    assert!(backend.read(0, &mut buf).await.is_err());
+    assert!(backend.read_into(0, &mut buf).await.is_err());
     let events = events.lock().unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event, "BLOCK_IMAGE_CORRUPTED");

@@ -7,14 +7,18 @@
 //! the last completed flush must read as it was then, and the driver must
 //! open the image again and keep working.
 
+mod bytes_io;
 mod qcow2_support;
 
+use bytes_io::BytesIo;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use block::qcow2::{BlockChild, Qcow2};
-use block::{BlockDriver, BlockError, BlockResult, ErrorKind, Extent, WriteFlags, ZeroFlags};
+use block::{
+    BlockDriver, BlockError, BlockResult, ErrorKind, Extent, IoBuf, WriteFlags, ZeroFlags,
+};
 use qcow2_support::{arg, create_qcow2, options, raw_contents, Rng};
 
 /// Granularity at which a crash keeps or loses parts of a write.
@@ -135,15 +139,15 @@ impl BlockChild for CrashDisk {
     fn size(&self) -> u64 {
         self.0.lock().unwrap().current.len() as u64
     }
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         let state = self.0.lock().unwrap();
         let start = (offset as usize).min(state.current.len());
         let end = (offset as usize + buf.len()).min(state.current.len());
-        buf[..end - start].copy_from_slice(&state.current[start..end]);
-        buf[end - start..].fill(0);
+        buf.copy_from_slice(0, &state.current[start..end]);
+        buf.slice(end - start..buf.len()).fill_zeroes();
         Ok(())
     }
-    async fn write(&self, offset: u64, buf: &[u8], _flags: WriteFlags) -> BlockResult<()> {
+    async fn write(&self, offset: u64, buf: &IoBuf, _flags: WriteFlags) -> BlockResult<()> {
         self.record(Volatile::Data(offset, buf.to_vec()))
     }
     async fn write_zeroes(&self, offset: u64, len: u64, _flags: ZeroFlags) -> BlockResult<()> {
@@ -248,7 +252,7 @@ impl Op {
 
     async fn run(self, qcow2: &Qcow2) -> BlockResult<()> {
         match self {
-            Op::Write(offset, data) => qcow2.write(offset, &data, WriteFlags::default()).await,
+            Op::Write(offset, data) => qcow2.write_from(offset, &data, WriteFlags::default()).await,
             Op::Zero(offset, len, may_unmap) => {
                 let flags = ZeroFlags {
                     may_unmap,
@@ -330,7 +334,7 @@ async fn run_until_crash(
 
 async fn read_whole(qcow2: &Qcow2) -> Vec<u8> {
     let mut data = vec![0u8; qcow2.size() as usize];
-    qcow2.read(0, &mut data).await.unwrap();
+    qcow2.read_into(0, &mut data).await.unwrap();
     data
 }
 
@@ -395,7 +399,7 @@ async fn crash_many_times(
             .await
             .unwrap_or_else(|e| panic!("{context}: reopen: {e}"));
         qcow2
-            .write(0, &[0x5a; 4096], WriteFlags::default())
+            .write_from(0, &[0x5a; 4096], WriteFlags::default())
             .await
             .unwrap();
         qcow2.close().await.unwrap();

@@ -2,14 +2,15 @@
 //! `qemu-img check` finds them clean, `qemu-img info` shows the options
 //! asked, and QEMU can write to them.
 
+mod bytes_io;
 mod qcow2_support;
 
+use bytes_io::BytesIo;
 use std::path::Path;
 
 use block::qcow2::{
     create, BackingSpec, CompressionType, CreateOptions, Preallocation, Qcow2Version,
 };
-use block::BlockDriver;
 use qcow2_support::{
     arg, assert_check_clean, assert_same, file_child, open_chain, options, qemu_img, qemu_io,
     raw_contents, read_all,
@@ -100,7 +101,7 @@ async fn created_images_have_the_options_asked() {
         assert_check_clean(&path);
         let qcow2 = open_chain(&path, options(false)).await;
         let mut buf = vec![0u8; 300_000];
-        qcow2.read(12345, &mut buf).await.unwrap();
+        qcow2.read_into(12345, &mut buf).await.unwrap();
         assert!(buf.iter().all(|&b| b == 0x3c));
     }
 }

@@ -3,6 +3,7 @@
 //! cluster size, versions 2 and 3, zero clusters, compressed clusters
 //! (deflate and zstd), backing chains of depth three.
 
+mod bytes_io;
 mod qcow2_support;
 
 use std::path::Path;

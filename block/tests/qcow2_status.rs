@@ -3,6 +3,7 @@
 //! depth of a present range is our depth minus one; absent ranges are our
 //! depth 0).
 
+mod bytes_io;
 mod qcow2_support;
 
 use block::BlockDriver;

@@ -4,8 +4,10 @@
 //! the reference and `qemu-img check` finds clean. Seeds are printed;
 //! `QCOW2_TEST_SEED=<n>` replays one.
 
+mod bytes_io;
 mod qcow2_support;
 
+use bytes_io::BytesIo;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -100,7 +102,7 @@ async fn differential(config: Config, rng: &mut Rng) {
                 let buf = &mut data[..len as usize];
                 rng.fill(buf);
                 qcow2
-                    .write(
+                    .write_from(
                         offset,
                         buf,
                         WriteFlags {
@@ -133,7 +135,7 @@ async fn differential(config: Config, rng: &mut Rng) {
             85..=92 => {
                 let mut buf = vec![0u8; len as usize];
                 qcow2
-                    .read(offset, &mut buf)
+                    .read_into(offset, &mut buf)
                     .await
                     .unwrap_or_else(|e| panic!("op {op}: read {offset}+{len}: {e}"));
                 assert_same(
@@ -230,7 +232,7 @@ async fn concurrent_writes_into_shared_clusters_all_land() {
                 let mut buf = vec![0u8; STRIPE as usize];
                 rng.fill(&mut buf);
                 qcow2
-                    .write(offset, &buf, WriteFlags::default())
+                    .write_from(offset, &buf, WriteFlags::default())
                     .await
                     .expect("write");
                 written.push((offset, buf));
@@ -247,7 +249,7 @@ async fn concurrent_writes_into_shared_clusters_all_land() {
             let mut buf = vec![0u8; 1 << 20];
             for pass in 0..8u64 {
                 qcow2
-                    .read((pass << 20) % size, &mut buf)
+                    .read_into((pass << 20) % size, &mut buf)
                     .await
                     .expect("read");
             }
@@ -274,14 +276,14 @@ async fn resize_grows_the_l1_table() {
     create_qcow2(&image, &["-o", "cluster_size=512"], "64k");
     let qcow2 = open_chain(&image, options(true)).await;
     qcow2
-        .write(1000, &[7u8; 3000], WriteFlags::default())
+        .write_from(1000, &[7u8; 3000], WriteFlags::default())
         .await
         .unwrap();
     let new_size = 256u64 << 20;
     qcow2.resize(new_size).await.unwrap();
     assert_eq!(qcow2.size(), new_size);
     qcow2
-        .write(new_size - 4096, &[9u8; 4096], WriteFlags::default())
+        .write_from(new_size - 4096, &[9u8; 4096], WriteFlags::default())
         .await
         .unwrap();
     let err = qcow2.resize(1 << 20).await.unwrap_err();
@@ -304,7 +306,7 @@ async fn writes_copy_clusters_shared_with_internal_snapshots() {
     qemu_img(&["snapshot", "-c", "snap", arg(&image)]);
     let qcow2 = open_chain(&image, options(true)).await;
     qcow2
-        .write(100_000, &[0x62; 200_000], WriteFlags::default())
+        .write_from(100_000, &[0x62; 200_000], WriteFlags::default())
         .await
         .unwrap();
     qcow2
@@ -351,11 +353,11 @@ async fn overwriting_compressed_clusters_frees_them() {
     qemu_img(&["convert", "-q", "-c", "-O", "qcow2", arg(&raw), arg(&image)]);
     let qcow2 = open_chain(&image, options(true)).await;
     qcow2
-        .write(70_000, &[1u8; 10], WriteFlags::default())
+        .write_from(70_000, &[1u8; 10], WriteFlags::default())
         .await
         .unwrap();
     qcow2
-        .write(0, &[2u8; 65536], WriteFlags::default())
+        .write_from(0, &[2u8; 65536], WriteFlags::default())
         .await
         .unwrap();
     data[70_000..70_010].fill(1);
@@ -378,7 +380,7 @@ async fn dirty_images_from_lazy_refcounts_are_repaired() {
     assert!(info.contains("\"dirty-flag\": true"), "{info}");
     let qcow2 = open_chain(&image, options(true)).await;
     qcow2
-        .write(6 << 20, &[0x78; 4096], WriteFlags::default())
+        .write_from(6 << 20, &[0x78; 4096], WriteFlags::default())
         .await
         .unwrap();
     qcow2.close().await.unwrap();
@@ -424,12 +426,12 @@ async fn corruption_is_reported_once_and_stops_writes() {
     let qcow2: Qcow2 = open_chain(&image, opts).await;
     let mut buf = vec![0u8; 4096];
     for _ in 0..2 {
-        let err = qcow2.read(0, &mut buf).await.unwrap_err();
+        let err = qcow2.read_into(0, &mut buf).await.unwrap_err();
         assert_eq!(err.errno(), libc::EIO);
     }
     assert_eq!(events.load(Ordering::SeqCst), 1, "reported once");
     let err = qcow2
-        .write(128 << 10, &[1u8; 512], WriteFlags::default())
+        .write_from(128 << 10, &[1u8; 512], WriteFlags::default())
         .await
         .unwrap_err();
     assert_eq!(err.errno(), libc::EIO);

@@ -1,8 +1,10 @@
 //! The `raw` format (a window of its file) and the `null-co` device, and
 //! the node-level `detect-zeroes` policy, through backends.
 
+mod bytes_io;
 mod common;
 
+use bytes_io::BytesIo;
 use std::time::{Duration, Instant};
 
 use block::{BlockGraph, ErrorKind, Extent, WriteFlags, ZeroFlags};
@@ -26,14 +28,14 @@ async fn a_raw_window_maps_requests_into_its_file() {
     assert_eq!(window.size(), 65536);
 
     let mut buf = vec![0u8; 100];
-    window.read(10, &mut buf).await.unwrap();
+    window.read_into(10, &mut buf).await.unwrap();
     assert!(buf
         .iter()
         .enumerate()
         .all(|(i, &b)| b == pattern(4096 + 10 + i)));
 
     window
-        .write(65536 - 4, b"tail", WriteFlags::default())
+        .write_from(65536 - 4, b"tail", WriteFlags::default())
         .await
         .unwrap();
     let data = std::fs::read(&path).unwrap();
@@ -45,12 +47,12 @@ async fn a_raw_window_maps_requests_into_its_file() {
     );
 
     assert_eq!(
-        window.read(65536, &mut buf).await.unwrap_err().kind,
+        window.read_into(65536, &mut buf).await.unwrap_err().kind,
         ErrorKind::InvalidArgument
     );
     assert_eq!(
         window
-            .write(65500, &buf, WriteFlags::default())
+            .write_from(65500, &buf, WriteFlags::default())
             .await
             .unwrap_err()
             .kind,
@@ -82,7 +84,7 @@ async fn raw_block_status_reports_the_files_holes() {
     let backend = graph.attach_backend("r0", true).unwrap();
     assert_eq!(backend.size(), 3 * MIB);
     backend
-        .write(0, &[7u8; 4096], WriteFlags::default())
+        .write_from(0, &[7u8; 4096], WriteFlags::default())
         .await
         .unwrap();
     assert_eq!(
@@ -175,12 +177,15 @@ async fn null_reads_leave_the_buffer_alone_unless_asked_for_zeroes() {
     assert_eq!(zeroes.size(), MIB);
 
     let mut buf = vec![0xEEu8; 4096];
-    plain.read(0, &mut buf).await.unwrap();
+    plain.read_into(0, &mut buf).await.unwrap();
     assert!(buf.iter().all(|&b| b == 0xEE));
-    zeroes.read(0, &mut buf).await.unwrap();
+    zeroes.read_into(0, &mut buf).await.unwrap();
     assert!(buf.iter().all(|&b| b == 0));
 
-    plain.write(0, &buf, WriteFlags::default()).await.unwrap();
+    plain
+        .write_from(0, &buf, WriteFlags::default())
+        .await
+        .unwrap();
     plain
         .write_zeroes(0, MIB, ZeroFlags::default())
         .await
@@ -206,7 +211,7 @@ async fn null_reads_leave_the_buffer_alone_unless_asked_for_zeroes() {
         }
     );
     assert_eq!(
-        zeroes.read(MIB, &mut buf).await.unwrap_err().kind,
+        zeroes.read_into(MIB, &mut buf).await.unwrap_err().kind,
         ErrorKind::InvalidArgument
     );
 }
@@ -222,7 +227,7 @@ async fn null_latency_delays_requests() {
     let backend = graph.attach_backend("slow", false).unwrap();
     let start = Instant::now();
     let mut buf = [0u8; 512];
-    backend.read(0, &mut buf).await.unwrap();
+    backend.read_into(0, &mut buf).await.unwrap();
     assert!(start.elapsed() >= Duration::from_millis(20));
     let info = graph.query_named_block_nodes(true);
     assert_eq!(info[0].file, "null-co://", "latency is not a strong option");
@@ -250,8 +255,12 @@ async fn detect_zeroes_turns_zero_writes_into_holes() {
     let o = graph.attach_backend("o", true).unwrap();
     let zeroes = vec![0u8; 262144];
     let before = allocated(&unmap);
-    u.write(0, &zeroes, WriteFlags::default()).await.unwrap();
-    o.write(0, &zeroes, WriteFlags::default()).await.unwrap();
+    u.write_from(0, &zeroes, WriteFlags::default())
+        .await
+        .unwrap();
+    o.write_from(0, &zeroes, WriteFlags::default())
+        .await
+        .unwrap();
     assert!(
         allocated(&unmap) < before,
         "detect-zeroes=unmap punched a hole"
@@ -271,6 +280,8 @@ async fn detect_zeroes_turns_zero_writes_into_holes() {
         assert!(data[262144..].iter().all(|&b| b == 1));
     }
     // Non-zero data is written as data.
-    u.write(0, &[0, 0, 5], WriteFlags::default()).await.unwrap();
+    u.write_from(0, &[0, 0, 5], WriteFlags::default())
+        .await
+        .unwrap();
     assert_eq!(&std::fs::read(&unmap).unwrap()[..3], &[0, 0, 5]);
 }

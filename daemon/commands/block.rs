@@ -18,20 +18,20 @@ pub const COMMANDS: &[Command] = &[
 ];
 
 /// `blockdev-add` and `--blockdev`.
-pub fn blockdev_add(daemon: &Daemon, options: &BlockdevOptions) -> Result<(), QmpError> {
-    daemon.graph.add_node(options)?;
+pub async fn blockdev_add(daemon: &Daemon, options: &BlockdevOptions) -> Result<(), QmpError> {
+    daemon.graph.blockdev_add(options).await?;
     Ok(())
 }
 
 async fn qmp_blockdev_add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let options: BlockdevOptions = arguments(args)?;
-    blockdev_add(daemon, &options)?;
+    blockdev_add(daemon, &options).await?;
     Ok(Value::Null)
 }
 
 async fn blockdev_del(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let BlockdevDelArgs { node_name } = arguments(args)?;
-    daemon.graph.delete_node(&node_name)?;
+    daemon.graph.blockdev_del(&node_name).await?;
     Ok(Value::Null)
 }
 

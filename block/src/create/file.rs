@@ -15,6 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use schema::create::{BlockdevCreateOptionsFile, PreallocMode};
 
 use crate::error::{os_error_text, BlockError, BlockResult, ErrorKind};
+use crate::iobuf::IoBuf;
 use crate::locking::ImageLocks;
 use crate::permissions::Perm;
 use crate::posix_io::{self, RwFlags};
@@ -145,11 +146,11 @@ fn preallocate_falloc(fd: RawFd, size: u64) -> BlockResult<()> {
 
 fn preallocate_full(fd: RawFd, size: u64) -> BlockResult<()> {
     posix_io::ftruncate(fd, size).map_err(|e| BlockError::from_io("Could not resize file", e))?;
-    let zeroes = vec![0u8; ZERO_CHUNK];
+    let zeroes = IoBuf::zeroed(ZERO_CHUNK);
     let mut offset = 0;
     while offset < size {
         let len = (size - offset).min(ZERO_CHUNK as u64) as usize;
-        posix_io::write_fully(fd, &zeroes[..len], offset, RwFlags::NONE)
+        posix_io::write_from(fd, &zeroes.slice(0..len), offset, RwFlags::NONE)
             .map_err(|e| BlockError::from_io("Could not write zeros for preallocation", e))?;
         offset += len as u64;
     }
@@ -166,8 +167,7 @@ fn allocate_first_block(fd: RawFd, size: u64) {
     } else {
         FIRST_BLOCK_MAX
     };
-    let zeroes = vec![0u8; len as usize];
-    let _ = posix_io::write_fully(fd, &zeroes, 0, RwFlags::NONE);
+    let _ = posix_io::write_from(fd, &IoBuf::zeroed(len as usize), 0, RwFlags::NONE);
 }
 
 /// Sets `FS_NOCOW_FL` (btrfs); file systems without it ignore the request,

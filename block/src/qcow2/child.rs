@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use crate::driver::{BlockDriver, Extent, WriteFlags, ZeroFlags};
 use crate::error::BlockResult;
+use crate::iobuf::IoBuf;
 use crate::node::Node;
 
 /// The I/O interface of a child node.
@@ -16,9 +17,9 @@ pub trait BlockChild: Send + Sync + 'static {
     /// The current size in bytes.
     fn size(&self) -> u64;
     /// Fills `buf` from `offset` (past the end reads as zeroes).
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()>;
+    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()>;
     /// Writes `buf` at `offset`, growing the child if needed.
-    async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()>;
+    async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()>;
     /// Makes the range read as zeroes.
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()>;
     /// Hints that the range is unused.
@@ -29,6 +30,19 @@ pub trait BlockChild: Send + Sync + 'static {
     async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent>;
     /// Changes the size.
     async fn resize(&self, new_size: u64) -> BlockResult<()>;
+
+    /// `len` bytes from `offset`, in a new vector (metadata).
+    async fn read_vec(&self, offset: u64, len: usize) -> BlockResult<Vec<u8>> {
+        let buf = IoBuf::zeroed(len);
+        self.read(offset, &buf).await?;
+        Ok(buf.into_vec())
+    }
+
+    /// Writes a copy of `bytes` at `offset` (metadata).
+    async fn write_slice(&self, offset: u64, bytes: &[u8]) -> BlockResult<()> {
+        self.write(offset, &IoBuf::copy_of(bytes), WriteFlags::default())
+            .await
+    }
 }
 
 #[async_trait]
@@ -36,10 +50,10 @@ impl BlockChild for Node {
     fn size(&self) -> u64 {
         Node::size(self)
     }
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         Node::read(self, offset, buf).await
     }
-    async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()> {
+    async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
         Node::write(self, offset, buf, flags).await
     }
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
@@ -74,10 +88,10 @@ impl<D: BlockDriver> BlockChild for DriverChild<D> {
     fn size(&self) -> u64 {
         self.0.size()
     }
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         self.0.read(offset, buf).await
     }
-    async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()> {
+    async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
         self.0.write(offset, buf, flags).await
     }
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {

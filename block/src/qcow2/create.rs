@@ -17,7 +17,6 @@ use super::header::{
 use super::layout::{set_entry, set_refcount, Geometry, OFLAG_COPIED};
 use super::options::Qcow2Options;
 use super::Qcow2;
-use crate::driver::WriteFlags;
 use crate::error::{BlockError, BlockResult, ErrorKind};
 
 /// The default cluster size (64 KiB).
@@ -243,7 +242,7 @@ pub async fn create(file: Arc<dyn BlockChild>, options: &CreateOptions) -> Block
         set_refcount(block, geo.refcount_order, cluster, 1);
     }
     file.resize(0).await?;
-    file.write(0, &image, WriteFlags::default()).await?;
+    file.write_slice(0, &image).await?;
     file.flush().await?;
 
     let options_rw = Qcow2Options {

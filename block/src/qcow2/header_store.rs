@@ -8,7 +8,6 @@ use tokio::sync::Mutex;
 
 use super::child::BlockChild;
 use super::header::{Header, ImageHeader};
-use crate::driver::WriteFlags;
 use crate::error::BlockResult;
 
 pub struct HeaderStore {
@@ -39,9 +38,9 @@ impl HeaderStore {
         if image.header == old {
             return Ok(());
         }
-        let bytes = image.encoded_prefix().to_vec();
+        let bytes = image.encoded_prefix();
         let written = async {
-            self.file.write(0, &bytes, WriteFlags::default()).await?;
+            self.file.write_slice(0, bytes).await?;
             self.file.flush().await
         }
         .await;

@@ -11,7 +11,6 @@ use super::layout::{
 };
 use super::refcount::Allocation;
 use super::Qcow2;
-use crate::driver::WriteFlags;
 use crate::error::BlockResult;
 
 /// Guest clusters from an offset on that read the same way.
@@ -42,11 +41,7 @@ impl Qcow2 {
         let file = &self.file;
         let len = self.geo().cluster_len();
         self.l2_cache
-            .get_or_load(offset, || async move {
-                let mut bytes = vec![0u8; len];
-                file.read(offset, &mut bytes).await?;
-                Ok(bytes)
-            })
+            .get_or_load(offset, || async move { file.read_vec(offset, len).await })
             .await
     }
 
@@ -131,9 +126,7 @@ impl Qcow2 {
         let new = self.alloc_clusters(1).await?;
         // The table is complete on disk before the L1 entry (written by a
         // later writeback, after a flush) points to it.
-        self.file
-            .write(new.offset, &bytes, WriteFlags::default())
-            .await?;
+        self.file.write_slice(new.offset, &bytes).await?;
         let table = self.l2_cache.insert_new(new.offset, bytes, false);
         self.l1_mut().set(index, new.offset | OFLAG_COPIED);
         if old != 0 {

@@ -65,6 +65,7 @@ use refcount::Refcounts;
 
 use crate::driver::{BackingFileName, BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::iobuf::IoBuf;
 
 /// What the header says about the backing file, for whoever opens it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -122,13 +123,13 @@ fn invalid(message: impl Into<String>) -> BlockError {
 
 /// Reads the first cluster of the image.
 async fn read_image_header(file: &dyn BlockChild) -> BlockResult<ImageHeader> {
-    let mut start = vec![0u8; header::V3_HEADER_LENGTH as usize];
-    file.read(0, &mut start)
+    let start = file
+        .read_vec(0, header::V3_HEADER_LENGTH as usize)
         .await
         .map_err(|e| BlockError::new(e.kind, format!("Could not read qcow2 header: {e}")))?;
     let fixed = header::Header::parse(&start)?;
-    let mut raw = vec![0u8; fixed.cluster_size() as usize];
-    file.read(0, &mut raw)
+    let raw = file
+        .read_vec(0, fixed.cluster_size() as usize)
         .await
         .map_err(|e| BlockError::new(e.kind, format!("Could not read qcow2 header: {e}")))?;
     ImageHeader::parse(raw)
@@ -204,8 +205,8 @@ impl Qcow2 {
                 "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level",
             ));
         }
-        let mut l1_bytes = vec![0u8; h.l1_size as usize * 8];
-        file.read(h.l1_table_offset, &mut l1_bytes)
+        let l1_bytes = file
+            .read_vec(h.l1_table_offset, h.l1_size as usize * 8)
             .await
             .map_err(|e| BlockError::new(e.kind, format!("Could not read L1 table: {e}")))?;
         let l1 = FlatTable::from_bytes(h.l1_table_offset, &l1_bytes, h.l1_size as usize, cs);
@@ -370,12 +371,12 @@ impl BlockDriver for Qcow2 {
         self.virtual_size()
     }
 
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         let result = self.read_at(offset, buf).await;
         self.check_corruption(result).await
     }
 
-    async fn write(&self, offset: u64, buf: &[u8], flags: WriteFlags) -> BlockResult<()> {
+    async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
         let result = self.write_at(offset, buf, flags).await;
         self.check_corruption(result).await
     }

@@ -5,9 +5,10 @@ use super::compress::decompress;
 use super::layout::ClusterKind;
 use super::Qcow2;
 use crate::error::BlockResult;
+use crate::iobuf::IoBuf;
 
 impl Qcow2 {
-    pub(super) async fn read_at(&self, offset: u64, buf: &mut [u8]) -> BlockResult<()> {
+    pub(super) async fn read_at(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -19,16 +20,18 @@ impl Qcow2 {
         while done < buf.len() {
             let guest = offset + done as u64;
             let mapping = self.map(guest, (buf.len() - done) as u64).await?;
-            let part = &mut buf[done..done + mapping.bytes as usize];
+            let part = buf.slice(done..done + mapping.bytes as usize);
             let in_cluster = geo.offset_in_cluster(guest);
             match mapping.kind {
-                ClusterKind::Normal { host, .. } => self.file.read(host + in_cluster, part).await?,
-                ClusterKind::ZeroPlain | ClusterKind::ZeroAlloc { .. } => part.fill(0),
-                ClusterKind::Unallocated => self.read_backing(guest, part).await?,
+                ClusterKind::Normal { host, .. } => {
+                    self.file.read(host + in_cluster, &part).await?
+                }
+                ClusterKind::ZeroPlain | ClusterKind::ZeroAlloc { .. } => part.fill_zeroes(),
+                ClusterKind::Unallocated => self.read_backing(guest, &part).await?,
                 ClusterKind::Compressed { offset, len } => {
                     let cluster = self.read_compressed(offset, len).await?;
                     let start = in_cluster as usize;
-                    part.copy_from_slice(&cluster[start..start + part.len()]);
+                    part.copy_from_slice(0, &cluster[start..start + part.len()]);
                 }
             }
             done += mapping.bytes as usize;
@@ -38,17 +41,17 @@ impl Qcow2 {
 
     /// Reads what the backing image has at `guest`: zeroes without one or
     /// past its end.
-    pub(super) async fn read_backing(&self, guest: u64, buf: &mut [u8]) -> BlockResult<()> {
+    pub(super) async fn read_backing(&self, guest: u64, buf: &IoBuf) -> BlockResult<()> {
         let Some(backing) = &self.backing else {
-            buf.fill(0);
+            buf.fill_zeroes();
             return Ok(());
         };
         let backing_size = backing.size();
         let available = backing_size.saturating_sub(guest).min(buf.len() as u64) as usize;
         if available > 0 {
-            backing.read(guest, &mut buf[..available]).await?;
+            backing.read(guest, &buf.slice(0..available)).await?;
         }
-        buf[available..].fill(0);
+        buf.slice(available..buf.len()).fill_zeroes();
         Ok(())
     }
 
@@ -60,8 +63,7 @@ impl Qcow2 {
 
     /// One compressed cluster, decompressed.
     pub(super) async fn read_compressed(&self, offset: u64, len: u64) -> BlockResult<Vec<u8>> {
-        let mut compressed = vec![0u8; len as usize];
-        self.file.read(offset, &mut compressed).await?;
+        let compressed = self.file.read_vec(offset, len as usize).await?;
         let mut cluster = vec![0u8; self.geo().cluster_len()];
         decompress(self.facts.compression, &compressed, &mut cluster)?;
         Ok(cluster)

@@ -26,7 +26,6 @@ use super::header_store::HeaderStore;
 use super::layout::{
     corrupt, get_refcount, set_refcount, Geometry, MAX_HOST_OFFSET, REFT_OFFSET_MASK,
 };
-use crate::driver::WriteFlags;
 use crate::error::{BlockError, BlockResult, ErrorKind};
 
 /// A decrement waiting for the metadata that dropped the reference to be
@@ -74,8 +73,8 @@ impl Refcounts {
     ) -> BlockResult<Refcounts> {
         let cs = geo.cluster_size();
         let table_bytes = u64::from(table_clusters) * cs;
-        let mut bytes = vec![0u8; table_bytes as usize];
-        file.read(table_offset, &mut bytes)
+        let bytes = file
+            .read_vec(table_offset, table_bytes as usize)
             .await
             .map_err(|e| BlockError::new(e.kind, format!("Could not read refcount table: {e}")))?;
         let table = FlatTable::from_bytes(table_offset, &bytes, (table_bytes / 8) as usize, cs);
@@ -119,11 +118,7 @@ impl Refcounts {
         let len = self.geo.cluster_len();
         let table = self
             .blocks
-            .get_or_load(offset, || async move {
-                let mut bytes = vec![0u8; len];
-                file.read(offset, &mut bytes).await?;
-                Ok(bytes)
-            })
+            .get_or_load(offset, || async move { file.read_vec(offset, len).await })
             .await?;
         Ok(Some(table))
     }
@@ -291,9 +286,7 @@ impl Refcounts {
         }
         let offset = cluster << self.geo.cluster_bits;
         let bytes = vec![0u8; self.geo.cluster_len()];
-        self.file
-            .write(offset, &bytes, WriteFlags::default())
-            .await?;
+        self.file.write_slice(offset, &bytes).await?;
         self.table.set(index as usize, offset);
         self.blocks.insert_new(offset, bytes, false);
         Ok(())
@@ -358,9 +351,7 @@ impl Refcounts {
         let table_offset = (area + blocks) * cs;
         let table_bytes = FlatTable::encode(&entries, (table_clusters * cs) as usize);
         bytes[(blocks * cs) as usize..].copy_from_slice(&table_bytes);
-        self.file
-            .write(area * cs, &bytes, WriteFlags::default())
-            .await?;
+        self.file.write_slice(area * cs, &bytes).await?;
         self.write_dirty_blocks().await?;
         self.file.flush().await?;
         header
@@ -395,9 +386,7 @@ impl Refcounts {
     async fn write_dirty_blocks(&self) -> BlockResult<()> {
         for block in self.blocks.dirty_tables() {
             let bytes = block.lock().bytes.clone();
-            self.file
-                .write(block.offset(), &bytes, WriteFlags::default())
-                .await?;
+            self.file.write_slice(block.offset(), &bytes).await?;
         }
         Ok(())
     }

@@ -80,8 +80,10 @@ impl Qcow2 {
                 table_len.div_ceil(cs),
             )?;
             for snapshot in snapshots {
-                let mut bytes = vec![0u8; snapshot.size as usize * 8];
-                self.file.read(snapshot.offset, &mut bytes).await?;
+                let bytes = self
+                    .file
+                    .read_vec(snapshot.offset, snapshot.size as usize * 8)
+                    .await?;
                 let entries: Vec<u64> = (0..snapshot.size as usize)
                     .map(|i| get_entry(&bytes, i))
                     .collect();
@@ -137,8 +139,7 @@ impl Qcow2 {
         let mut at = offset;
         let mut snapshots = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let mut fixed = [0u8; SNAPSHOT_FIXED];
-            self.file.read(at, &mut fixed).await?;
+            let fixed = self.file.read_vec(at, SNAPSHOT_FIXED).await?;
             let u16_at = |i: usize| u16::from_be_bytes([fixed[i], fixed[i + 1]]) as usize;
             let u32_at =
                 |i: usize| u32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);

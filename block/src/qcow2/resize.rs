@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use super::flat_table::FlatTable;
 use super::header::MAX_L1_BYTES;
 use super::Qcow2;
-use crate::driver::WriteFlags;
 use crate::error::{BlockError, BlockResult, ErrorKind};
 
 /// Sizes must be whole sectors.
@@ -73,9 +72,7 @@ impl Qcow2 {
         };
         entries.resize(new_len as usize, 0);
         let bytes = FlatTable::encode(&entries, bytes_len as usize);
-        self.file
-            .write(allocation.offset, &bytes, WriteFlags::default())
-            .await?;
+        self.file.write_slice(allocation.offset, &bytes).await?;
         // The new table's refcounts and contents are durable before the
         // header switches to it.
         self.writeback().await?;

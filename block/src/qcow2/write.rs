@@ -10,12 +10,13 @@ use super::layout::{set_entry, ClusterKind, OFLAG_COPIED};
 use super::Qcow2;
 use crate::driver::WriteFlags;
 use crate::error::BlockResult;
+use crate::iobuf::IoBuf;
 
 impl Qcow2 {
     pub(super) async fn write_at(
         &self,
         offset: u64,
-        buf: &[u8],
+        buf: &IoBuf,
         flags: WriteFlags,
     ) -> BlockResult<()> {
         if buf.is_empty() {
@@ -57,19 +58,19 @@ impl Qcow2 {
         Ok(true)
     }
 
-    async fn write_segments(&self, offset: u64, buf: &[u8]) -> BlockResult<()> {
+    async fn write_segments(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         let geo = *self.geo();
         let mut done = 0usize;
         while done < buf.len() {
             let guest = offset + done as u64;
             let mapping = self.map(guest, (buf.len() - done) as u64).await?;
-            let part = &buf[done..done + mapping.bytes as usize];
+            let part = buf.slice(done..done + mapping.bytes as usize);
             match mapping.kind {
                 ClusterKind::Normal { host, copied: true } => {
                     let at = host + geo.offset_in_cluster(guest);
-                    self.file.write(at, part, WriteFlags::default()).await?;
+                    self.file.write(at, &part, WriteFlags::default()).await?;
                 }
-                kind => self.write_new_clusters(guest, part, kind).await?,
+                kind => self.write_new_clusters(guest, &part, kind).await?,
             }
             done += mapping.bytes as usize;
         }
@@ -82,7 +83,7 @@ impl Qcow2 {
     async fn write_new_clusters(
         &self,
         guest: u64,
-        data: &[u8],
+        data: &IoBuf,
         kind: ClusterKind,
     ) -> BlockResult<()> {
         let geo = *self.geo();
@@ -111,29 +112,25 @@ impl Qcow2 {
                 .write(allocation.offset + head as u64, data, WriteFlags::default())
                 .await?;
         } else {
-            let mut buffer = vec![0u8; (count * cs) as usize];
+            // The old contents around the data (zeroes where there are
+            // none), written with it in one vectored request.
+            let before = IoBuf::zeroed(head);
+            let after = IoBuf::zeroed(tail);
             if !zero_source {
                 if head > 0 {
-                    self.read_cow(kind, cluster_start, 0, &mut buffer[..head])
-                        .await?;
+                    self.read_cow(kind, cluster_start, 0, &before).await?;
                 }
                 if tail > 0 {
                     let last = count - 1;
                     let last_kind = self.decode(old_entries[last as usize], first + last)?;
-                    let at = (cs as usize) - tail;
-                    let start = (count as usize - 1) * cs as usize;
-                    self.read_cow(
-                        last_kind,
-                        cluster_start + last * cs,
-                        at as u64,
-                        &mut buffer[start + at..],
-                    )
-                    .await?;
+                    let at = cs - tail as u64;
+                    self.read_cow(last_kind, cluster_start + last * cs, at, &after)
+                        .await?;
                 }
             }
-            buffer[head..end].copy_from_slice(data);
+            let clusters = IoBuf::concat([before, data.clone(), after]);
             self.file
-                .write(allocation.offset, &buffer, WriteFlags::default())
+                .write(allocation.offset, &clusters, WriteFlags::default())
                 .await?;
         }
         let index = geo.l2_index(guest);
@@ -169,19 +166,19 @@ impl Qcow2 {
         kind: ClusterKind,
         cluster_start: u64,
         from: u64,
-        out: &mut [u8],
+        out: &IoBuf,
     ) -> BlockResult<()> {
         match kind {
             ClusterKind::Unallocated => self.read_backing(cluster_start + from, out).await,
             ClusterKind::ZeroPlain | ClusterKind::ZeroAlloc { .. } => {
-                out.fill(0);
+                out.fill_zeroes();
                 Ok(())
             }
             ClusterKind::Normal { host, .. } => self.file.read(host + from, out).await,
             ClusterKind::Compressed { offset, len } => {
                 let cluster = self.read_compressed(offset, len).await?;
                 let from = from as usize;
-                out.copy_from_slice(&cluster[from..from + out.len()]);
+                out.copy_from_slice(0, &cluster[from..from + out.len()]);
                 Ok(())
             }
         }

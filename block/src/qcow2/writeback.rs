@@ -26,9 +26,10 @@ use super::refcount::PendingFree;
 use super::Qcow2;
 use crate::driver::WriteFlags;
 use crate::error::BlockResult;
+use crate::iobuf::IoBuf;
 
 /// Copies of dirty tables (each pinned by its `Arc` until written).
-type TableCopies = Vec<(Arc<Table>, Vec<u8>)>;
+type TableCopies = Vec<(Arc<Table>, IoBuf)>;
 
 /// What one writeback writes.
 #[derive(Default)]
@@ -48,7 +49,7 @@ fn copy_clean(tables: Vec<Arc<Table>>) -> TableCopies {
             let bytes = {
                 let mut data = table.lock();
                 data.dirty = false;
-                data.bytes.clone()
+                IoBuf::copy_of(&data.bytes)
             };
             (table, bytes)
         })
@@ -105,7 +106,7 @@ impl Qcow2 {
         }
         if !snapshot.reftable_chunks.is_empty() {
             for (offset, bytes) in &snapshot.reftable_chunks {
-                file.write(*offset, bytes, plain).await?;
+                file.write_slice(*offset, bytes).await?;
             }
             file.flush().await?;
         }
@@ -113,7 +114,7 @@ impl Qcow2 {
             file.write(table.offset(), bytes, plain).await?;
         }
         for (offset, bytes) in &snapshot.l1_chunks {
-            file.write(*offset, bytes, plain).await?;
+            file.write_slice(*offset, bytes).await?;
         }
         file.flush().await
     }

@@ -7,6 +7,7 @@ use super::layout::{set_entry, ClusterKind, OFLAG_COPIED, OFLAG_ZERO};
 use super::Qcow2;
 use crate::driver::{WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::iobuf::IoBuf;
 
 /// Largest buffer of zeroes written at once where entries cannot say zero.
 const MAX_ZERO_BUFFER: u64 = 1 << 20;
@@ -112,12 +113,16 @@ impl Qcow2 {
     }
 
     async fn write_zero_buffers(&self, offset: u64, len: u64) -> BlockResult<()> {
-        let zeroes = vec![0u8; len.min(MAX_ZERO_BUFFER) as usize];
+        let zeroes = IoBuf::zeroed(len.min(MAX_ZERO_BUFFER) as usize);
         let mut done = 0;
         while done < len {
             let n = (len - done).min(MAX_ZERO_BUFFER);
-            self.write_at(offset + done, &zeroes[..n as usize], WriteFlags::default())
-                .await?;
+            self.write_at(
+                offset + done,
+                &zeroes.slice(0..n as usize),
+                WriteFlags::default(),
+            )
+            .await?;
             done += n;
         }
         Ok(())

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+use crate::bytes_io::BytesIo;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -176,7 +177,7 @@ pub async fn read_all(image: &dyn BlockDriver, chunk: usize) -> Vec<u8> {
     while done < size {
         let n = chunk.min(size - done);
         image
-            .read(done as u64, &mut data[done..done + n])
+            .read_into(done as u64, &mut data[done..done + n])
             .await
             .unwrap_or_else(|e| panic!("read at {done}: {e}"));
         done += n;

@@ -8,6 +8,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use block::IoMemory;
+
 /// The smallest buffer handed out; smaller requests round up to it.
 const MIN_CLASS_SHIFT: u32 = 12;
 /// The largest pooled size class (32 MiB, the maximum payload).
@@ -98,6 +100,15 @@ impl AsRef<[u8]> for Buffer {
 impl AsMut<[u8]> for Buffer {
     fn as_mut(&mut self) -> &mut [u8] {
         &mut self.vec[..self.len]
+    }
+}
+
+// SAFETY: the memory is the vector's heap buffer, which stays where it is
+// while the `Buffer` moves; the vector is neither grown nor touched by
+// anything else while the `Buffer` is inside an `IoBuf`.
+unsafe impl IoMemory for Buffer {
+    fn io_memory(&mut self) -> (*mut u8, usize) {
+        (self.vec.as_mut_ptr(), self.len)
     }
 }
 

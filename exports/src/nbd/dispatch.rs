@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use block::node::buffer_is_zero;
-use block::{BlockBackend, BlockError, WriteFlags, ZeroFlags};
+use block::{BlockBackend, BlockError, IoBuf, WriteFlags, ZeroFlags};
 
 use super::buffers::{Buffer, BufferPool};
 use super::codec::{ReplyMode, Request};
@@ -51,8 +51,10 @@ pub async fn execute(
     let result = match command {
         Command::Read { df } => return read(cx, req, df).await,
         Command::Write { fua } => {
-            let data = payload.as_ref().map_or(&[][..], |p| p.as_ref());
-            cx.backend.write(req.offset, data, WriteFlags { fua }).await
+            let data = payload.map_or_else(IoBuf::empty, IoBuf::from_owner);
+            cx.backend
+                .write(req.offset, &data, WriteFlags { fua })
+                .await
         }
         Command::Flush => cx.backend.flush().await,
         Command::Trim { fua } => trim(cx, req, fua).await,
@@ -96,14 +98,26 @@ async fn read(cx: &Context, req: &Request, df: bool) -> Reply {
             return Reply::read_file(cx.mode, req, range);
         }
     }
-    let mut buffer = cx.buffers.get(len);
-    if let Err(e) = cx.backend.read(req.offset, buffer.as_mut()).await {
+    let data = IoBuf::from_owner(cx.buffers.get(len));
+    if let Err(e) = cx.backend.read(req.offset, &data).await {
         return failure(cx, req, &e);
     }
+    let buffer = take_back(cx, data);
     if cx.mode.structured() && !df && len >= HOLE_GRANULE {
         return sparse_reply(cx.mode, req, buffer);
     }
     Reply::read_data(cx.mode, req, buffer)
+}
+
+/// The pool buffer a read filled. The block layer keeps no view of a
+/// request's buffer once the request is done; should one be left, the
+/// data is copied rather than shared with it.
+fn take_back(cx: &Context, data: IoBuf) -> Buffer {
+    data.into_owner::<Buffer>().unwrap_or_else(|data| {
+        let mut copy = cx.buffers.get(data.len());
+        data.copy_to_slice(0, copy.as_mut());
+        copy
+    })
 }
 
 /// Sends the zero granules of a read as holes and the rest as data.
@@ -145,10 +159,10 @@ async fn trim(cx: &Context, req: &Request, fua: bool) -> block::BlockResult<()> 
 async fn cache(cx: &Context, req: &Request) -> block::BlockResult<()> {
     let end = req.offset + req.length;
     let mut at = req.offset;
-    let mut scratch = cx.buffers.get(req.length.min(CACHE_CHUNK) as usize);
+    let scratch = IoBuf::from_owner(cx.buffers.get(req.length.min(CACHE_CHUNK) as usize));
     while at < end {
         let n = (end - at).min(CACHE_CHUNK) as usize;
-        cx.backend.read(at, &mut scratch.as_mut()[..n]).await?;
+        cx.backend.read(at, &scratch.slice(0..n)).await?;
         at += n as u64;
     }
     Ok(())
