@@ -5,7 +5,10 @@
 //! dropped. Every request is checked here, before anything is touched:
 //! the range must lie within the node and a write needs a writable
 //! backend. The request path takes no lock and copies nothing: a check,
-//! then the node's method.
+//! the backend's gate (closed only during a drained section, which holds
+//! new requests back here), then the root node's method. The root can be
+//! replaced by the graph (inside a drained section); requests then go to
+//! the new root.
 
 use std::sync::Arc;
 
@@ -13,15 +16,16 @@ use crate::driver::{Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::graph::GraphShared;
 use crate::iobuf::IoBuf;
-use crate::node::Node;
+use crate::node::{Node, NodeBusy, ReadSource};
+use crate::perm_update::BackendLink;
 use crate::permissions::Perm;
 
-/// A range of a node as a range of a file, for zero-copy reads (splice).
-pub struct ReadSource<'a> {
-    /// The file holding the bytes, byte for byte.
-    pub fd: std::os::fd::BorrowedFd<'a>,
-    /// Where the range starts in that file.
-    pub offset: u64,
+/// Bytes of a node that live in a file, held in flight until dropped (a
+/// zero-copy read stays counted until its data is on the wire).
+pub struct HeldReadSource {
+    /// Where the bytes are.
+    pub source: ReadSource,
+    _busy: NodeBusy,
 }
 
 /// An export's handle on a node. Cheap to clone; clones share one set of
@@ -32,7 +36,9 @@ pub struct BlockBackend {
 }
 
 struct Inner {
-    node: Arc<Node>,
+    /// The root node (which the graph may replace) and the gate where new
+    /// requests wait during a drained section; shared with the graph.
+    link: BackendLink,
     writable: bool,
     /// The backend's attach sequence number: its key in the graph.
     seq: u64,
@@ -46,10 +52,10 @@ impl Drop for Inner {
 }
 
 impl BlockBackend {
-    pub(crate) fn new(node: Arc<Node>, perm: Perm, seq: u64, graph: Arc<GraphShared>) -> Self {
+    pub(crate) fn new(link: BackendLink, perm: Perm, seq: u64, graph: Arc<GraphShared>) -> Self {
         BlockBackend {
             inner: Arc::new(Inner {
-                node,
+                link,
                 writable: perm.contains(Perm::WRITE),
                 seq,
                 graph,
@@ -58,18 +64,18 @@ impl BlockBackend {
     }
 
     /// The root node.
-    pub fn node(&self) -> &Arc<Node> {
-        &self.inner.node
+    pub fn node(&self) -> Arc<Node> {
+        self.inner.link.root.load_full()
     }
 
     /// The root node's name.
-    pub fn node_name(&self) -> &str {
-        self.inner.node.name()
+    pub fn node_name(&self) -> String {
+        self.inner.link.root.load().name().to_string()
     }
 
     /// The current size in bytes.
     pub fn size(&self) -> u64 {
-        self.inner.node.size()
+        self.inner.link.root.load().size()
     }
 
     /// Whether writes are refused (the backend took no write permission).
@@ -79,41 +85,56 @@ impl BlockBackend {
 
     /// Whether write-zeroes with `no_fallback` can succeed.
     pub fn can_fast_zero(&self) -> bool {
-        self.inner.node.driver().can_fast_zero()
+        self.inner.link.root.load().can_fast_zero()
     }
 
     /// The alignment below which requests cost a read-modify-write.
     pub fn request_alignment(&self) -> u32 {
-        self.inner.node.driver().request_alignment()
+        self.inner.link.root.load().request_alignment()
     }
 
-    /// Where a range lives in a file whose reads never wait.
-    pub fn read_source(&self, offset: u64, len: u64) -> Option<ReadSource<'_>> {
-        self.check_range(offset, len, ErrorKind::InvalidArgument)
+    /// Where a range lives in a file whose reads never wait, counted in
+    /// flight in the root until the result is dropped. `None` also while
+    /// a drained section holds the backend (the caller then reads).
+    pub fn read_source(&self, offset: u64, len: u64) -> Option<HeldReadSource> {
+        let busy = self.inner.link.root.load().hold();
+        if self.inner.link.gate.is_closed() {
+            return None;
+        }
+        self.check_range(busy.node(), offset, len, ErrorKind::InvalidArgument)
             .ok()?;
-        let (fd, offset) = self.inner.node.driver().read_source(offset, len)?;
-        Some(ReadSource { fd, offset })
+        let source = busy.node().read_source(offset, len)?;
+        Some(HeldReadSource {
+            source,
+            _busy: busy,
+        })
     }
 
     /// Fills `buf` from `offset`. A range past the end is `InvalidArgument`.
     pub async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
-        self.check_range(offset, buf.len() as u64, ErrorKind::InvalidArgument)?;
-        self.inner.node.read(offset, buf).await
+        let busy = self.enter().await;
+        let root = busy.node();
+        self.check_range(root, offset, buf.len() as u64, ErrorKind::InvalidArgument)?;
+        root.read(offset, buf).await
     }
 
     /// Writes `buf` at `offset`. A read-only backend gives
     /// `PermissionDenied`, a range past the end `NoSpace`.
     pub async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
         self.check_writable()?;
-        self.check_range(offset, buf.len() as u64, ErrorKind::NoSpace)?;
-        self.inner.node.write(offset, buf, flags).await
+        let busy = self.enter().await;
+        let root = busy.node();
+        self.check_range(root, offset, buf.len() as u64, ErrorKind::NoSpace)?;
+        root.write(offset, buf, flags).await
     }
 
     /// Makes the range read as zeroes; refusals as [`BlockBackend::write`].
     pub async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
         self.check_writable()?;
-        self.check_range(offset, len, ErrorKind::NoSpace)?;
-        self.inner.node.write_zeroes(offset, len, flags).await
+        let busy = self.enter().await;
+        let root = busy.node();
+        self.check_range(root, offset, len, ErrorKind::NoSpace)?;
+        root.write_zeroes(offset, len, flags).await
     }
 
     /// Discards the range (a no-op unless the node has `discard=unmap`).
@@ -121,13 +142,16 @@ impl BlockBackend {
     /// `InvalidArgument`.
     pub async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
         self.check_writable()?;
-        self.check_range(offset, len, ErrorKind::InvalidArgument)?;
-        self.inner.node.discard(offset, len).await
+        let busy = self.enter().await;
+        let root = busy.node();
+        self.check_range(root, offset, len, ErrorKind::InvalidArgument)?;
+        root.discard(offset, len).await
     }
 
     /// Makes every completed write durable.
     pub async fn flush(&self) -> BlockResult<()> {
-        self.inner.node.flush().await
+        let busy = self.enter().await;
+        busy.node().flush().await
     }
 
     /// The status at `offset`, for at most `len` bytes; an empty range or
@@ -139,8 +163,25 @@ impl BlockBackend {
                 "Block status of an empty range",
             ));
         }
-        self.check_range(offset, len, ErrorKind::InvalidArgument)?;
-        self.inner.node.block_status(offset, len).await
+        let busy = self.enter().await;
+        let root = busy.node();
+        self.check_range(root, offset, len, ErrorKind::InvalidArgument)?;
+        root.block_status(offset, len).await
+    }
+
+    /// Lets a request in: waits while a drained section holds the gate,
+    /// then counts the request in the root it will use. The count comes
+    /// before the look at the gate, and a drain closes the gate before it
+    /// looks at the count (see [`crate::drain`]).
+    async fn enter(&self) -> NodeBusy {
+        loop {
+            let busy = self.inner.link.root.load().hold();
+            if !self.inner.link.gate.is_closed() {
+                return busy;
+            }
+            drop(busy);
+            self.inner.link.gate.wait_open().await;
+        }
     }
 
     fn check_writable(&self) -> BlockResult<()> {
@@ -154,10 +195,10 @@ impl BlockBackend {
         }
     }
 
-    /// `[offset, offset + len)` must lie within the node; `kind` is what a
+    /// `[offset, offset + len)` must lie within `root`; `kind` is what a
     /// range past the end is reported as.
-    fn check_range(&self, offset: u64, len: u64, kind: ErrorKind) -> BlockResult<()> {
-        let size = self.size();
+    fn check_range(&self, root: &Node, offset: u64, len: u64, kind: ErrorKind) -> BlockResult<()> {
+        let size = root.size();
         if offset > size || len > size - offset {
             return Err(BlockError::new(
                 kind,
@@ -171,7 +212,7 @@ impl BlockBackend {
 impl std::fmt::Debug for BlockBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockBackend")
-            .field("node", &self.inner.node.name())
+            .field("node", &self.node_name())
             .field("writable", &self.inner.writable)
             .finish()
     }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
-use crate::node::NodeChild;
+use crate::node::{NodeChild, ReadSource};
 use crate::permissions::{default_child_perms, Perm};
 
 /// What `bdrv_get_info` reports for a node: present only for drivers that
@@ -152,7 +152,7 @@ pub trait BlockDriver: Send + Sync + 'static {
 
     /// Where `[offset, offset + len)` is stored byte for byte in a file
     /// whose reads never wait (descriptor, file offset).
-    fn read_source(&self, _offset: u64, _len: u64) -> Option<(std::os::fd::BorrowedFd<'_>, u64)> {
+    fn read_source(&self, _offset: u64, _len: u64) -> Option<ReadSource> {
         None
     }
 

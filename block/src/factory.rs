@@ -88,33 +88,36 @@ fn open_node<'a>(
         // Where the node goes in creation order: after its children, except
         // that QEMU opens a backing chain after the format node.
         let mut position = None;
-        let (driver, children, claim): (Box<dyn BlockDriver>, Vec<NodeChild>, _) = match &options
-            .driver
-        {
-            BlockdevDriver::File(file) => (
-                Box::new(FileDriver::open(file, &settings)?),
-                Vec::new(),
-                None,
-            ),
-            BlockdevDriver::NullCo(null) => (Box::new(NullDriver::new(null)?), Vec::new(), None),
-            BlockdevDriver::Raw(raw) => {
-                let file = open_child(graph, &raw.file, &settings).await?;
-                let driver = RawDriver::open(file.clone(), raw)?;
-                let child = NodeChild::new(ChildRole::File, driver.file_role(), file);
-                (Box::new(driver), vec![child], None)
-            }
-            BlockdevDriver::Qcow2(qcow2) => {
-                let file = open_child(graph, &qcow2.file, &settings).await?;
-                // The image is read (and maybe repaired) while opening.
-                let writable = !settings.read_only && !settings.inactive;
-                let (perm, shared) =
-                    default_child_perms(ChildRoleFlags::IMAGE, writable, Perm::NONE, Perm::ALL);
-                let claim = graph.claim(&file, BackendPerms { perm, shared }, &name, "file")?;
-                position = Some(graph.state().node_count());
-                let (driver, children) = open_qcow2(graph, qcow2, file, &settings, &name).await?;
-                (driver, children, Some(claim))
-            }
-        };
+        let (driver, children, claim): (Box<dyn BlockDriver>, Vec<Arc<NodeChild>>, _) =
+            match &options.driver {
+                BlockdevDriver::File(file) => (
+                    Box::new(FileDriver::open(file, &settings)?),
+                    Vec::new(),
+                    None,
+                ),
+                BlockdevDriver::NullCo(null) => {
+                    (Box::new(NullDriver::new(null)?), Vec::new(), None)
+                }
+                BlockdevDriver::Raw(raw) => {
+                    let file = open_child(graph, &raw.file, &settings).await?;
+                    let role = RawDriver::file_role(raw);
+                    let child = NodeChild::new(ChildRole::File, role, file);
+                    let driver = RawDriver::open(child.clone(), raw)?;
+                    (Box::new(driver), vec![child], None)
+                }
+                BlockdevDriver::Qcow2(qcow2) => {
+                    let file = open_child(graph, &qcow2.file, &settings).await?;
+                    // The image is read (and maybe repaired) while opening.
+                    let writable = !settings.read_only && !settings.inactive;
+                    let (perm, shared) =
+                        default_child_perms(ChildRoleFlags::IMAGE, writable, Perm::NONE, Perm::ALL);
+                    let claim = graph.claim(&file, BackendPerms { perm, shared }, &name, "file")?;
+                    position = Some(graph.state().node_count());
+                    let (driver, children) =
+                        open_qcow2(graph, qcow2, file, &settings, &name).await?;
+                    (driver, children, Some(claim))
+                }
+            };
         let retire: Vec<u64> = claim.iter().map(|c| c.seq()).collect();
         let mut state = graph.state();
         let position = position.unwrap_or(state.node_count());
@@ -159,7 +162,7 @@ async fn open_qcow2(
     file: Arc<Node>,
     settings: &NodeSettings,
     name: &str,
-) -> BlockResult<(Box<dyn BlockDriver>, Vec<NodeChild>)> {
+) -> BlockResult<(Box<dyn BlockDriver>, Vec<Arc<NodeChild>>)> {
     let mut qcow2_options = Qcow2Options::from_schema(options, settings)?;
     qcow2_options.on_corruption = graph.events().map(|events| corruption_hook(events, name));
     let inherit = Inherit {
@@ -174,17 +177,15 @@ async fn open_qcow2(
         }
         None => open_backing_from_header(graph, &file, inherit).await?,
     };
-    let image: Arc<dyn BlockChild> = file.clone();
-    let backing_child = backing.clone().map(|b| -> Arc<dyn BlockChild> { b });
-    let driver = Qcow2::open(image, backing_child, qcow2_options).await?;
-    let mut children = vec![NodeChild::new(ChildRole::File, ChildRoleFlags::IMAGE, file)];
-    if let Some(backing) = backing {
-        children.push(NodeChild::new(
-            ChildRole::Backing,
-            ChildRoleFlags::COW,
-            backing,
-        ));
-    }
+    let image = NodeChild::new(ChildRole::File, ChildRoleFlags::IMAGE, file);
+    let backing = backing.map(|b| NodeChild::new(ChildRole::Backing, ChildRoleFlags::COW, b));
+    let driver = Qcow2::open(
+        image.clone(),
+        backing.clone().map(|b| -> Arc<dyn BlockChild> { b }),
+        qcow2_options,
+    )
+    .await?;
+    let children = std::iter::once(image).chain(backing).collect();
     Ok((Box::new(driver), children))
 }
 

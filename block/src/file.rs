@@ -34,7 +34,7 @@ use crate::driver::{BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{os_error_text, BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
 use crate::locking::ImageLocks;
-use crate::node::NodeSettings;
+use crate::node::{NodeSettings, ReadSource};
 use crate::permissions::Perm;
 use crate::posix_io::{self, RwFlags};
 
@@ -444,11 +444,13 @@ impl BlockDriver for FileDriver {
         true
     }
 
-    fn read_source(&self, offset: u64, len: u64) -> Option<(std::os::fd::BorrowedFd<'_>, u64)> {
-        use std::os::fd::AsFd;
+    fn read_source(&self, offset: u64, len: u64) -> Option<ReadSource> {
         let size = self.size.load(Ordering::Relaxed);
         let inside = offset <= size && len <= size - offset;
-        (self.in_memory && self.direct.is_none() && inside).then(|| (self.fd.as_fd(), offset))
+        (self.in_memory && self.direct.is_none() && inside).then(|| ReadSource {
+            fd: Arc::clone(&self.fd),
+            offset,
+        })
     }
 
     fn request_alignment(&self) -> u32 {

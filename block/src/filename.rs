@@ -32,7 +32,7 @@ fn exact_filename(node: &Node) -> Option<String> {
     }
     let primary = node.child(ChildRole::File)?;
     if primary.driver().is_protocol() {
-        exact_filename(primary)
+        exact_filename(&primary)
     } else {
         None
     }
@@ -52,7 +52,7 @@ fn full_options(node: &Node) -> Map<String, Json> {
         if child.role() != ChildRole::Backing {
             options.insert(
                 child.role().name().to_string(),
-                Json::Object(full_options(child.node())),
+                Json::Object(full_options(&child.node())),
             );
         }
     }

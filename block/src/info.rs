@@ -40,10 +40,10 @@ fn block_device_info(node: &Arc<Node>, flat: bool) -> BlockDeviceInfo {
     if !flat {
         // Nest the backing chain, counting its length.
         let mut slot = &mut image;
-        let mut current = backing.cloned();
+        let mut current = backing.clone();
         while let Some(layer) = current {
             backing_file_depth += 1;
-            current = layer.child(ChildRole::Backing).cloned();
+            current = layer.child(ChildRole::Backing);
             slot = slot.backing_image.insert(Box::new(image_info(&layer)));
         }
     }
@@ -52,7 +52,7 @@ fn block_device_info(node: &Arc<Node>, flat: bool) -> BlockDeviceInfo {
         node_name: Some(node.name().to_string()),
         ro: settings.read_only,
         drv: node.driver().format_name().to_string(),
-        backing_file: backing.map(|b| display_filename(b)),
+        backing_file: backing.map(|b| display_filename(&b)),
         backing_file_depth,
         active: node.is_active(),
         encrypted: false,
@@ -92,7 +92,7 @@ fn image_info(node: &Node) -> ImageInfo {
     let driver_info = node.driver().driver_info();
     let stored_backing = node.driver().backing_file_name();
     let backing = node.child(ChildRole::Backing);
-    let full_backing = backing.map(|b| display_filename(b));
+    let full_backing = backing.as_ref().map(|b| display_filename(b));
     ImageInfo {
         filename: display_filename(node),
         format: node.driver().format_name().to_string(),
@@ -131,7 +131,7 @@ fn allocated_size(node: &Node) -> Option<u64> {
     let mut total = 0u64;
     for child in node.children() {
         if child.flags().intersects(holders) {
-            total = total.saturating_add(allocated_size(child.node())?);
+            total = total.saturating_add(allocated_size(&child.node())?);
         }
     }
     Some(total)
@@ -152,7 +152,10 @@ fn debug_graph(nodes: &[Arc<Node>], uses: &[Use]) -> XDbgBlockGraph {
     };
     let mut graph_nodes = Vec::new();
     let mut edges = Vec::new();
-    for backend in uses.iter().filter(|u| u.holder == Holder::Backend) {
+    for backend in uses
+        .iter()
+        .filter(|u| matches!(u.holder, Holder::Backend(_)))
+    {
         let id = id_of(Key::Backend(backend.seq));
         graph_nodes.push(XDbgBlockGraphNode {
             id,

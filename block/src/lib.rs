@@ -13,6 +13,7 @@ pub mod backend;
 mod blocking;
 pub mod create;
 mod direct_io;
+mod drain;
 pub mod driver;
 pub mod error;
 mod factory;
@@ -31,12 +32,12 @@ mod posix_io;
 pub mod qcow2;
 pub mod raw;
 
-pub use backend::{BlockBackend, ReadSource};
+pub use backend::{BlockBackend, HeldReadSource};
 pub use driver::{
     BackingFileName, BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags,
 };
 pub use error::{BlockError, BlockResult, ErrorKind};
 pub use graph::{BackendPerms, BlockGraph};
 pub use iobuf::{IoBuf, IoMemory};
-pub use node::{Node, NodeChild, NodeSettings};
+pub use node::{Node, NodeBusy, NodeChild, NodeSettings, ReadSource};
 pub use permissions::{ChildRoleFlags, Perm};

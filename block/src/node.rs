@@ -9,12 +9,16 @@
 //! backend); nothing here takes a lock. The graph owns the bookkeeping
 //! (names, references, permissions) and is the only one to build nodes.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use schema::block::BlockdevDetectZeroesOptions;
 
-use crate::driver::{BlockDriver, ChildRole, Extent, WriteFlags, ZeroFlags};
+use crate::drain::InFlight;
+use crate::driver::{BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::BlockResult;
 use crate::iobuf::IoBuf;
 use crate::permissions::{ChildRoleFlags, Perm};
@@ -50,29 +54,46 @@ impl PermCell {
     }
 }
 
-/// An edge from a parent node to a child node.
+/// An edge from a parent node to a child node. The parent's driver and
+/// the graph share it: the driver reaches its child only through the
+/// edge, so the graph can point the edge at another node while the parent
+/// stays open (inside a drained section).
 pub struct NodeChild {
     role: ChildRole,
     flags: ChildRoleFlags,
-    node: Arc<Node>,
+    node: ArcSwap<Node>,
     /// What the parent takes and shares on the child.
     pub(crate) perms: PermCell,
     /// Attach order across the whole graph (newer users are checked first,
-    /// as QEMU's parent lists are).
-    pub(crate) seq: u64,
+    /// as QEMU's parent lists are); set when the graph registers the parent.
+    seq: AtomicU64,
 }
 
 impl NodeChild {
     /// A new edge to `node`; the graph sets its permissions and sequence
     /// number when it registers the parent.
-    pub fn new(role: ChildRole, flags: ChildRoleFlags, node: Arc<Node>) -> Self {
-        NodeChild {
+    pub fn new(role: ChildRole, flags: ChildRoleFlags, node: Arc<Node>) -> Arc<Self> {
+        Arc::new(NodeChild {
             role,
             flags,
-            node,
+            node: ArcSwap::new(node),
             perms: PermCell::unused(),
-            seq: 0,
-        }
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// The attach order of the edge.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_seq(&self, seq: u64) {
+        self.seq.store(seq, Ordering::Relaxed);
+    }
+
+    /// Points the edge at `node`; returns the node it pointed at.
+    pub(crate) fn replace(&self, node: Arc<Node>) -> Arc<Node> {
+        self.node.swap(node)
     }
 
     /// The edge's name (`file`, `backing`, ...).
@@ -86,8 +107,53 @@ impl NodeChild {
     }
 
     /// The child node.
-    pub fn node(&self) -> &Arc<Node> {
-        &self.node
+    pub fn node(&self) -> Arc<Node> {
+        self.node.load_full()
+    }
+
+    /// Whether the edge points at `node`.
+    pub fn points_to(&self, node: &Node) -> bool {
+        std::ptr::eq(Arc::as_ptr(&self.node.load()), node)
+    }
+
+    /// The child's size.
+    pub fn size(&self) -> u64 {
+        self.node.load().size()
+    }
+
+    /// Reads from the child.
+    pub async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
+        self.node().read(offset, buf).await
+    }
+
+    /// Writes to the child.
+    pub async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
+        self.node().write(offset, buf, flags).await
+    }
+
+    /// Zeroes a range of the child.
+    pub async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
+        self.node().write_zeroes(offset, len, flags).await
+    }
+
+    /// Discards a range of the child.
+    pub async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        self.node().discard(offset, len).await
+    }
+
+    /// Flushes the child.
+    pub async fn flush(&self) -> BlockResult<()> {
+        self.node().flush().await
+    }
+
+    /// The child's block status.
+    pub async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
+        self.node().block_status(offset, len).await
+    }
+
+    /// Resizes the child.
+    pub async fn resize(&self, new_size: u64) -> BlockResult<()> {
+        self.node().resize(new_size).await
     }
 
     /// What the parent currently takes and shares on the child.
@@ -125,9 +191,9 @@ pub struct Node {
     name: String,
     driver: Box<dyn BlockDriver>,
     settings: NodeSettings,
-    children: Vec<NodeChild>,
-    /// 1 for a node without children, else 1 + the deepest child's depth.
-    depth: usize,
+    children: Vec<Arc<NodeChild>>,
+    /// Requests inside the node.
+    in_flight: InFlight,
     /// Whether the node is active (QEMU clears `BDRV_O_INACTIVE` when an
     /// export takes the node); changed by the graph only.
     active: AtomicBool,
@@ -143,8 +209,7 @@ impl Node {
         name: String,
         driver: Box<dyn BlockDriver>,
         settings: NodeSettings,
-        children: Vec<NodeChild>,
-        depth: usize,
+        children: Vec<Arc<NodeChild>>,
     ) -> Self {
         Node {
             id,
@@ -152,7 +217,7 @@ impl Node {
             driver,
             settings,
             children,
-            depth,
+            in_flight: InFlight::default(),
             active: AtomicBool::new(!settings.inactive),
             applied: PermCell::unused(),
         }
@@ -161,11 +226,6 @@ impl Node {
     /// A number unique in the graph's lifetime, increasing with creation.
     pub fn id(&self) -> u64 {
         self.id
-    }
-
-    /// 1 for a node without children, else 1 + the deepest child's depth.
-    pub fn depth(&self) -> usize {
-        self.depth
     }
 
     /// The node name (`node-name`, or an automatic `#blockNNN`).
@@ -184,16 +244,53 @@ impl Node {
     }
 
     /// The node's children, oldest edge first.
-    pub fn children(&self) -> &[NodeChild] {
+    pub fn children(&self) -> &[Arc<NodeChild>] {
         &self.children
     }
 
     /// The child with this role, if any.
-    pub fn child(&self, role: ChildRole) -> Option<&Arc<Node>> {
+    pub fn child(&self, role: ChildRole) -> Option<Arc<Node>> {
         self.children
             .iter()
             .find(|c| c.role == role)
-            .map(|c| &c.node)
+            .map(|c| c.node())
+    }
+
+    /// Requests inside the node now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.count()
+    }
+
+    /// Counts a request that outlives a call (a zero-copy read until its
+    /// data is on the wire) until the returned guard is dropped.
+    pub fn hold(self: &Arc<Self>) -> NodeBusy {
+        self.in_flight.enter_unguarded();
+        NodeBusy(self.clone())
+    }
+
+    /// Waits until no request is inside the node.
+    pub(crate) async fn wait_idle(&self) {
+        self.in_flight.wait_idle().await
+    }
+
+    /// Whether write-zeroes with `no_fallback` can ever succeed.
+    pub fn can_fast_zero(&self) -> bool {
+        self.driver.can_fast_zero()
+    }
+
+    /// The alignment below which requests cost a read-modify-write.
+    pub fn request_alignment(&self) -> u32 {
+        self.driver.request_alignment()
+    }
+
+    /// `bdrv_get_info`, for drivers that implement it.
+    pub fn driver_info(&self) -> Option<DriverInfo> {
+        self.driver.driver_info()
+    }
+
+    /// Where a range lives byte for byte in a file whose reads never wait.
+    pub fn read_source(&self, offset: u64, len: u64) -> Option<ReadSource> {
+        self.driver.read_source(offset, len)
     }
 
     /// Whether the node was opened read-only.
@@ -224,12 +321,14 @@ impl Node {
 
     /// Fills `buf` from `offset`.
     pub async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
+        let _busy = self.in_flight.enter();
         self.driver.read(offset, buf).await
     }
 
     /// Writes `buf` at `offset`; with `detect-zeroes`, a buffer of zeroes
     /// becomes a write-zeroes request (which may unmap with `unmap`).
     pub async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
+        let _busy = self.in_flight.enter();
         if self.settings.detect_zeroes != BlockdevDetectZeroesOptions::Off && buf.is_zero() {
             let zero_flags = ZeroFlags {
                 may_unmap: self.settings.detect_zeroes == BlockdevDetectZeroesOptions::Unmap,
@@ -251,6 +350,7 @@ impl Node {
         len: u64,
         mut flags: ZeroFlags,
     ) -> BlockResult<()> {
+        let _busy = self.in_flight.enter();
         if !self.settings.discard_unmap {
             flags.may_unmap = false;
         }
@@ -260,6 +360,7 @@ impl Node {
     /// Discards the range if the node has `discard=unmap`; otherwise does
     /// nothing, as QEMU does.
     pub async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        let _busy = self.in_flight.enter();
         if !self.settings.discard_unmap {
             return Ok(());
         }
@@ -269,22 +370,25 @@ impl Node {
     /// Makes completed writes durable. With `cache.no-flush` the node's own
     /// layer is skipped, but its children still flush by their own rules.
     pub async fn flush(&self) -> BlockResult<()> {
+        let _busy = self.in_flight.enter();
         if !self.settings.cache_no_flush {
             return self.driver.flush().await;
         }
         for child in &self.children {
-            Box::pin(child.node.flush()).await?;
+            Box::pin(child.flush()).await?;
         }
         Ok(())
     }
 
     /// The status of the longest prefix of the range that shares one.
     pub async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
+        let _busy = self.in_flight.enter();
         self.driver.block_status(offset, len).await
     }
 
     /// Changes the virtual size (the graph checks permissions first).
     pub async fn resize(&self, new_size: u64) -> BlockResult<()> {
+        let _busy = self.in_flight.enter();
         self.driver.resize(new_size).await
     }
 }
@@ -296,6 +400,30 @@ impl std::fmt::Debug for Node {
             .field("driver", &self.driver.format_name())
             .finish()
     }
+}
+
+/// A request counted in a node beyond a call ([`Node::hold`]).
+pub struct NodeBusy(Arc<Node>);
+
+impl NodeBusy {
+    /// The node the request is in.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.0
+    }
+}
+
+impl Drop for NodeBusy {
+    fn drop(&mut self) {
+        self.0.in_flight.leave();
+    }
+}
+
+/// A range of a node as a range of a file, for zero-copy reads (splice).
+pub struct ReadSource {
+    /// The file holding the bytes, byte for byte (kept open by this).
+    pub fd: Arc<OwnedFd>,
+    /// Where the range starts in that file.
+    pub offset: u64,
 }
 
 /// Whether every byte of `buf` is zero (word at a time).

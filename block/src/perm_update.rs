@@ -9,6 +9,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
+use crate::drain::Gate;
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::node::Node;
 use crate::permissions::Perm;
@@ -27,10 +30,10 @@ pub(crate) struct Use {
 }
 
 /// Who holds a [`Use`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Holder {
     /// An export's (or a command's temporary) backend.
-    Backend,
+    Backend(BackendLink),
     /// A node being opened, before its edge to the child exists.
     OpeningParent {
         /// The future node's name.
@@ -38,6 +41,22 @@ pub(crate) enum Holder {
         /// The future edge's name.
         edge: &'static str,
     },
+}
+
+/// What the graph holds of a backend: its gate, and its root (which a
+/// graph change may point at another node).
+#[derive(Clone)]
+pub(crate) struct BackendLink {
+    pub gate: Arc<Gate>,
+    pub root: Arc<ArcSwap<Node>>,
+}
+
+impl std::fmt::Debug for BackendLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendLink")
+            .field("root", &self.root.load().name())
+            .finish()
+    }
 }
 
 /// One user of a node, as the conflict check and its message see it.
@@ -156,7 +175,7 @@ fn users_of(
         .filter(|u| u.node_id == node.id())
         .map(|u| {
             let (description, edge) = match &u.holder {
-                Holder::Backend => ("an unnamed block device".to_string(), "root"),
+                Holder::Backend(_) => ("an unnamed block device".to_string(), "root"),
                 Holder::OpeningParent { name, edge } => (format!("node '{name}'"), *edge),
             };
             User {
@@ -177,7 +196,7 @@ fn users_of(
         users.push(User {
             perm,
             shared,
-            seq: child.seq,
+            seq: child.seq(),
             description: format!("node '{}'", parent.name()),
             edge: child.role().name(),
         });
@@ -235,6 +254,7 @@ fn parent_edges(nodes: &[Arc<Node>]) -> HashMap<u64, Vec<(&Arc<Node>, usize)>> {
 /// The nodes ordered so that every parent comes before its children
 /// (iterative depth-first post-order, reversed).
 fn parents_first(nodes: &[Arc<Node>]) -> Vec<&Arc<Node>> {
+    let by_id: HashMap<u64, &Arc<Node>> = nodes.iter().map(|n| (n.id(), n)).collect();
     let mut visited = HashSet::new();
     let mut post_order = Vec::with_capacity(nodes.len());
     for root in nodes {
@@ -247,8 +267,9 @@ fn parents_first(nodes: &[Arc<Node>]) -> Vec<&Arc<Node>> {
             match node.children().get(next) {
                 Some(child) => {
                     stack.push((node, next + 1));
-                    if visited.insert(child.node().id()) {
-                        stack.push((child.node(), 0));
+                    let id = child.node().id();
+                    if let Some(&child) = by_id.get(&id).filter(|_| visited.insert(id)) {
+                        stack.push((child, 0));
                     }
                 }
                 None => post_order.push(node),

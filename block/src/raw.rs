@@ -13,12 +13,12 @@ use serde_json::{Map, Value as Json};
 use crate::driver::{BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
-use crate::node::{Node, NodeChild, SECTOR_SIZE};
+use crate::node::{NodeChild, ReadSource, SECTOR_SIZE};
 use crate::permissions::{ChildRoleFlags, Perm};
 
 /// A `raw` node over its `file` child.
 pub struct RawDriver {
-    file: Arc<Node>,
+    file: Arc<NodeChild>,
     offset: u64,
     /// `Some` when the window has a fixed size.
     size: Option<u64>,
@@ -29,7 +29,7 @@ pub struct RawDriver {
 
 impl RawDriver {
     /// A raw view of `file`, checked against its current size.
-    pub fn open(file: Arc<Node>, options: &BlockdevOptionsRaw) -> BlockResult<Self> {
+    pub fn open(file: Arc<NodeChild>, options: &BlockdevOptionsRaw) -> BlockResult<Self> {
         let offset = non_negative("offset", options.offset)?.unwrap_or(0);
         let size = non_negative("size", options.size)?;
         let real_size = file.size();
@@ -60,11 +60,11 @@ impl RawDriver {
         })
     }
 
-    /// What the child is to this node: a filtered child without a window
-    /// (QEMU looks at the values: `offset=0` is no window), a data child
-    /// with one.
-    pub fn file_role(&self) -> ChildRoleFlags {
-        let role = if self.offset != 0 || self.size.is_some() {
+    /// What the child is to a node with these options: a filtered child
+    /// without a window (QEMU looks at the values: `offset=0` is no
+    /// window), a data child with one.
+    pub fn file_role(options: &BlockdevOptionsRaw) -> ChildRoleFlags {
+        let role = if options.offset.unwrap_or(0) != 0 || options.size.is_some() {
             ChildRoleFlags::DATA
         } else {
             ChildRoleFlags::FILTERED
@@ -150,16 +150,16 @@ impl BlockDriver for RawDriver {
     }
 
     fn can_fast_zero(&self) -> bool {
-        self.file.driver().can_fast_zero()
+        self.file.node().can_fast_zero()
     }
 
-    fn read_source(&self, offset: u64, len: u64) -> Option<(std::os::fd::BorrowedFd<'_>, u64)> {
+    fn read_source(&self, offset: u64, len: u64) -> Option<ReadSource> {
         let mapped = self.map(offset, len, false).ok()?;
-        self.file.driver().read_source(mapped, len)
+        self.file.node().read_source(mapped, len)
     }
 
     fn request_alignment(&self) -> u32 {
-        self.file.driver().request_alignment()
+        self.file.node().request_alignment()
     }
 
     /// Raw has no name of its own: it shows its file's, or `json:`.
@@ -179,7 +179,7 @@ impl BlockDriver for RawDriver {
     }
 
     fn driver_info(&self) -> Option<DriverInfo> {
-        self.file.driver().driver_info()
+        self.file.node().driver_info()
     }
 
     /// QEMU's `raw_child_perm`: the default rules, but write and resize

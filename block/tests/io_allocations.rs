@@ -50,7 +50,10 @@ async fn allocations_per_read(backend: &BlockBackend) -> f64 {
         backend.read((i % 256) * 4096, &buf).await.unwrap();
     }
     let count = COUNT.with(|c| c.take()).unwrap();
-    assert_eq!(buf.to_vec()[..16], (0..16).map(pattern).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        buf.to_vec()[..16],
+        (0..16).map(pattern).collect::<Vec<_>>()[..]
+    );
     count as f64 / READS as f64
 }
 

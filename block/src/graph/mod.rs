@@ -10,6 +10,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use arc_swap::ArcSwap;
 use schema::block::BlockdevOptions;
 use schema::event::EventSink;
 
@@ -17,11 +18,13 @@ use crate::backend::BlockBackend;
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::factory;
 use crate::node::Node;
-use crate::perm_update::{Holder, Use};
+use crate::perm_update::{BackendLink, Holder, Use};
 use crate::permissions::Perm;
 
+mod change;
 mod state;
 
+pub use change::Drained;
 pub(crate) use state::GraphState;
 
 /// The largest image size QEMU accepts (`BDRV_MAX_LENGTH`).
@@ -227,9 +230,15 @@ impl BlockGraph {
     }
 
     fn attach(&self, node: &Arc<Node>, perms: BackendPerms) -> BlockResult<BlockBackend> {
-        let seq = self.state().add_use(node, perms, Holder::Backend)?;
+        let link = BackendLink {
+            gate: Arc::default(),
+            root: Arc::new(ArcSwap::new(node.clone())),
+        };
+        let seq = self
+            .state()
+            .add_use(node, perms, Holder::Backend(link.clone()))?;
         Ok(BlockBackend::new(
-            node.clone(),
+            link,
             perms.perm,
             seq,
             self.shared.clone(),

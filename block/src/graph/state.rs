@@ -45,6 +45,11 @@ impl GraphState {
         &self.uses
     }
 
+    /// Backends and claims, for a change that moves a backend.
+    pub(super) fn uses_mut(&mut self) -> &mut [Use] {
+        &mut self.uses
+    }
+
     /// The nodes no other node uses.
     pub(super) fn roots(&self) -> Vec<Arc<Node>> {
         self.nodes
@@ -131,7 +136,7 @@ impl GraphState {
             .count()
     }
 
-    fn refresh_perms(&self) -> BlockResult<()> {
+    pub(super) fn refresh_perms(&self) -> BlockResult<()> {
         perm_update::refresh(&self.nodes, &self.uses)
     }
 
@@ -243,7 +248,7 @@ impl GraphState {
         name: String,
         driver: Box<dyn BlockDriver>,
         settings: NodeSettings,
-        mut children: Vec<NodeChild>,
+        children: Vec<Arc<NodeChild>>,
         retire: &[u64],
     ) -> BlockResult<Arc<Node>> {
         if self.nodes.len() >= MAX_NODES {
@@ -251,7 +256,7 @@ impl GraphState {
                 "Too many block nodes (at most {MAX_NODES})"
             )));
         }
-        let depth = 1 + children.iter().map(|c| c.node().depth()).max().unwrap_or(0);
+        let depth = 1 + children.iter().map(|c| depth(&c.node())).max().unwrap_or(0);
         if depth > MAX_DEPTH {
             return Err(generic(format!(
                 "Block graph too deep (at most {MAX_DEPTH} levels)"
@@ -261,11 +266,11 @@ impl GraphState {
             // An inline child took the name meanwhile.
             return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
         }
-        for child in &mut children {
-            child.seq = self.take_seq();
+        for child in &children {
+            child.set_seq(self.take_seq());
         }
         let id = self.take_id();
-        let node = Arc::new(Node::new(id, name, driver, settings, children, depth));
+        let node = Arc::new(Node::new(id, name, driver, settings, children));
         let position = position.min(self.nodes.len());
         self.uses.retain(|u| !retire.contains(&u.seq));
         self.nodes.insert(position, node.clone());
@@ -317,6 +322,18 @@ impl GraphState {
         }
         removed
     }
+}
+
+/// 1 for a node without children, else 1 + the deepest child's depth.
+/// The graph keeps every node within [`MAX_DEPTH`], which bounds the
+/// recursion.
+pub(super) fn depth(node: &Node) -> usize {
+    1 + node
+        .children()
+        .iter()
+        .map(|c| depth(&c.node()))
+        .max()
+        .unwrap_or(0)
 }
 
 /// QEMU's `id_wellformed`: a letter, then letters, digits, `-`, `.`, `_`.

@@ -1,6 +1,7 @@
 //! What the qcow2 driver needs from the nodes below it: the image file and
-//! the backing image. In the graph both are [`Node`]s; tests and tools can
-//! hand it any [`BlockDriver`] instead, through [`DriverChild`].
+//! the backing image. In the graph both are edges to nodes
+//! ([`NodeChild`]); tests and tools can hand it any [`BlockDriver`]
+//! instead, through [`DriverChild`].
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use async_trait::async_trait;
 use crate::driver::{BlockDriver, Extent, WriteFlags, ZeroFlags};
 use crate::error::BlockResult;
 use crate::iobuf::IoBuf;
-use crate::node::Node;
+use crate::node::{Node, NodeChild};
 
 /// The I/O interface of a child node.
 #[async_trait]
@@ -45,33 +46,42 @@ pub trait BlockChild: Send + Sync + 'static {
     }
 }
 
-#[async_trait]
-impl BlockChild for Node {
-    fn size(&self) -> u64 {
-        Node::size(self)
-    }
-    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
-        Node::read(self, offset, buf).await
-    }
-    async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
-        Node::write(self, offset, buf, flags).await
-    }
-    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
-        Node::write_zeroes(self, offset, len, flags).await
-    }
-    async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
-        Node::discard(self, offset, len).await
-    }
-    async fn flush(&self) -> BlockResult<()> {
-        Node::flush(self).await
-    }
-    async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
-        Node::block_status(self, offset, len).await
-    }
-    async fn resize(&self, new_size: u64) -> BlockResult<()> {
-        Node::resize(self, new_size).await
-    }
+/// Forwards the child interface to inherent methods of the same names.
+macro_rules! forward_child {
+    ($($ty:ty),*) => {$(
+        #[async_trait]
+        impl BlockChild for $ty {
+            fn size(&self) -> u64 {
+                <$ty>::size(self)
+            }
+            async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
+                <$ty>::read(self, offset, buf).await
+            }
+            async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
+                <$ty>::write(self, offset, buf, flags).await
+            }
+            async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
+                <$ty>::write_zeroes(self, offset, len, flags).await
+            }
+            async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+                <$ty>::discard(self, offset, len).await
+            }
+            async fn flush(&self) -> BlockResult<()> {
+                <$ty>::flush(self).await
+            }
+            async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
+                <$ty>::block_status(self, offset, len).await
+            }
+            async fn resize(&self, new_size: u64) -> BlockResult<()> {
+                <$ty>::resize(self, new_size).await
+            }
+        }
+    )*};
 }
+
+// A node is a child as it is (before any edge to it exists, e.g. while
+// its image is probed); an edge forwards to the node it points at now.
+forward_child!(Node, NodeChild);
 
 /// A driver used directly as a child, without a node around it.
 pub struct DriverChild<D>(pub D);

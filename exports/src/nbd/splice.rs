@@ -10,31 +10,32 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use block::BlockBackend;
+use block::{BlockBackend, HeldReadSource};
 use tokio::io::{AsyncWrite, Interest};
 
 /// Pipe capacity asked for: fewer system calls per large read (the
 /// kernel's `pipe-max-size` default allows it).
 const PIPE_SIZE: usize = 1 << 20;
 
-/// Bytes of a file to send, and the backend that keeps the file open.
+/// Bytes of a file to send, counted in flight in their node (and the file
+/// kept open) until sent.
 pub struct FileRange {
     pub fd: RawFd,
     pub offset: u64,
     pub len: usize,
-    _owner: BlockBackend,
+    _held: HeldReadSource,
 }
 
 impl FileRange {
     /// Where `[offset, offset + len)` of `backend` lives in a file, if it
     /// lives in one whose reads never wait.
     pub fn of(backend: &BlockBackend, offset: u64, len: usize) -> Option<FileRange> {
-        let source = backend.read_source(offset, len as u64)?;
+        let held = backend.read_source(offset, len as u64)?;
         Some(FileRange {
-            fd: source.fd.as_raw_fd(),
-            offset: source.offset,
+            fd: held.source.fd.as_raw_fd(),
+            offset: held.source.offset,
             len,
-            _owner: backend.clone(),
+            _held: held,
         })
     }
 }

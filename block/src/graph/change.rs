@@ -1,0 +1,218 @@
+//! Changes of the graph's shape while it serves: drained sections, a node
+//! replaced by another for all its users (QEMU's `bdrv_replace_node`),
+//! a parent's child edge pointed at another node.
+//!
+//! A change runs under the control lock, inside a drained section over
+//! the nodes whose users change, so no request is half way through an
+//! edge that moves; it applies the permissions of the new shape and puts
+//! every edge back if they conflict, all or nothing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::state::{depth, GraphState};
+use super::{generic, BlockGraph, MAX_DEPTH};
+use crate::drain::Gate;
+use crate::driver::ChildRole;
+use crate::error::BlockResult;
+use crate::node::{Node, NodeChild};
+use crate::perm_update::Holder;
+
+/// A drained section: while it lives, no new request enters the graph
+/// above its nodes, and none was in flight in them when it began.
+pub struct Drained {
+    gates: Vec<Arc<Gate>>,
+    began: Instant,
+}
+
+impl Drained {
+    /// How long the section has held requests back.
+    pub fn elapsed(&self) -> Duration {
+        self.began.elapsed()
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        for gate in &self.gates {
+            gate.open();
+        }
+    }
+}
+
+/// An edge or a backend root that a change moved, to move back.
+enum Moved {
+    Edge(Arc<NodeChild>, Arc<Node>),
+    Backend { index: usize, old: Arc<Node> },
+}
+
+impl BlockGraph {
+    /// Begins a drained section over `nodes`: the backends above them hold
+    /// new requests back, and the call returns once nothing is in flight
+    /// in them or in any node above them. The section ends when the
+    /// result is dropped (also if this future is dropped half way).
+    pub async fn drained(&self, nodes: &[Arc<Node>]) -> Drained {
+        let began = Instant::now();
+        let (gates, above) = {
+            let state = self.state();
+            let above = state.ancestors(nodes);
+            let gates: Vec<Arc<Gate>> = state
+                .uses()
+                .iter()
+                .filter(|u| above.iter().any(|n| n.id() == u.node_id))
+                .filter_map(|u| match &u.holder {
+                    Holder::Backend(link) => Some(link.gate.clone()),
+                    Holder::OpeningParent { .. } => None,
+                })
+                .collect();
+            (gates, above)
+        };
+        for gate in &gates {
+            gate.close();
+        }
+        let drained = Drained { gates, began };
+        for node in &above {
+            node.wait_idle().await;
+        }
+        drained
+    }
+
+    /// `bdrv_replace_node`: every user of `from` (its parents and the
+    /// backends on it) uses `to` instead, except `to` itself and what is
+    /// below it (a filter inserted above `from` keeps its edge to it).
+    pub async fn replace_node(&self, from: &str, to: &str) -> BlockResult<()> {
+        let _control = self.shared.control.lock().await;
+        let from = self.lookup(None, Some(from))?;
+        let to = self.lookup(None, Some(to))?;
+        if Arc::ptr_eq(&from, &to) {
+            return Err(generic("Cannot replace a node by itself"));
+        }
+        let _drained = self.drained(&[from.clone(), to.clone()]).await;
+        self.state().replace_node(&from, &to)
+    }
+
+    /// Points `parent`'s `role` edge at `child` (a node that exists).
+    pub async fn set_child(&self, parent: &str, role: ChildRole, child: &str) -> BlockResult<()> {
+        let _control = self.shared.control.lock().await;
+        let parent = self.lookup(None, Some(parent))?;
+        let child = self.lookup(None, Some(child))?;
+        let edge = parent
+            .children()
+            .iter()
+            .find(|c| c.role() == role)
+            .cloned()
+            .ok_or_else(|| {
+                generic(format!(
+                    "Node '{}' has no '{}' child",
+                    parent.name(),
+                    role.name()
+                ))
+            })?;
+        let _drained = self.drained(std::slice::from_ref(&parent)).await;
+        self.state().set_edge(&parent, &edge, &child)
+    }
+}
+
+impl GraphState {
+    /// `nodes` and every node above them (parents, their parents, ...).
+    fn ancestors(&self, nodes: &[Arc<Node>]) -> Vec<Arc<Node>> {
+        let mut found: Vec<Arc<Node>> = nodes.to_vec();
+        let mut next = 0;
+        while next < found.len() {
+            let current = found[next].clone();
+            next += 1;
+            for parent in self.nodes() {
+                let is_parent = parent.children().iter().any(|c| c.points_to(&current));
+                if is_parent && !found.iter().any(|n| Arc::ptr_eq(n, parent)) {
+                    found.push(parent.clone());
+                }
+            }
+        }
+        found
+    }
+
+    /// `to` and everything below it.
+    fn subtree_ids(node: &Node) -> HashSet<u64> {
+        let mut ids = HashSet::from([node.id()]);
+        let mut stack: Vec<Arc<Node>> = node.children().iter().map(|c| c.node()).collect();
+        while let Some(next) = stack.pop() {
+            if ids.insert(next.id()) {
+                stack.extend(next.children().iter().map(|c| c.node()));
+            }
+        }
+        ids
+    }
+
+    fn replace_node(&mut self, from: &Arc<Node>, to: &Arc<Node>) -> BlockResult<()> {
+        let below_to = Self::subtree_ids(to);
+        let mut moved = Vec::new();
+        for parent in self.nodes() {
+            if below_to.contains(&parent.id()) {
+                continue;
+            }
+            for edge in parent.children().iter().filter(|c| c.points_to(from)) {
+                moved.push(Moved::Edge(edge.clone(), edge.replace(to.clone())));
+            }
+        }
+        for (index, used) in self.uses_mut().iter_mut().enumerate() {
+            if let (Holder::Backend(link), true) = (&used.holder, used.node_id == from.id()) {
+                moved.push(Moved::Backend {
+                    index,
+                    old: link.root.swap(to.clone()),
+                });
+                used.node_id = to.id();
+            }
+        }
+        self.commit_moves(moved)
+    }
+
+    fn set_edge(
+        &mut self,
+        parent: &Arc<Node>,
+        edge: &Arc<NodeChild>,
+        child: &Arc<Node>,
+    ) -> BlockResult<()> {
+        if Self::subtree_ids(child).contains(&parent.id()) {
+            return Err(generic(format!(
+                "Making '{}' a child of '{}' would create a cycle",
+                child.name(),
+                parent.name()
+            )));
+        }
+        let old = edge.replace(child.clone());
+        self.commit_moves(vec![Moved::Edge(edge.clone(), old)])
+    }
+
+    /// Applies the permissions of the moved shape; moves everything back
+    /// if they conflict or the graph grew too deep.
+    fn commit_moves(&mut self, moved: Vec<Moved>) -> BlockResult<()> {
+        let too_deep = self.nodes().iter().any(|n| depth(n) > MAX_DEPTH);
+        let result = if too_deep {
+            Err(generic(format!(
+                "Block graph too deep (at most {MAX_DEPTH} levels)"
+            )))
+        } else {
+            self.refresh_perms()
+        };
+        if result.is_err() {
+            for undo in moved.into_iter().rev() {
+                match undo {
+                    Moved::Edge(edge, old) => {
+                        edge.replace(old);
+                    }
+                    Moved::Backend { index, old } => {
+                        let used = &mut self.uses_mut()[index];
+                        used.node_id = old.id();
+                        if let Holder::Backend(link) = &used.holder {
+                            link.root.store(old);
+                        }
+                    }
+                }
+            }
+            // The old shape's permissions held before; they hold again.
+            let _ = self.refresh_perms();
+        }
+        result
+    }
+}
