@@ -49,7 +49,9 @@ impl Startup {
             StepKind::Blockdev => {
                 let options: BlockdevOptions =
                     schema::parse_option(value, Some(BLOCKDEV_IMPLIED_KEY)).map_err(|e| e.desc)?;
-                commands::blockdev_add(&self.daemon, &options).map_err(|e| e.desc)
+                commands::blockdev_add(&self.daemon, &options)
+                    .await
+                    .map_err(|e| e.desc)
             }
             StepKind::Object => {
                 let options: ObjectOptions =

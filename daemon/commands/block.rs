@@ -17,21 +17,23 @@ pub const COMMANDS: &[Command] = &[
     command!("x-debug-query-block-graph", debug_query_block_graph),
 ];
 
-/// `blockdev-add` and `--blockdev`.
-pub fn blockdev_add(daemon: &Daemon, options: &BlockdevOptions) -> Result<(), QmpError> {
-    daemon.graph.add_node(options)?;
+/// `blockdev-add` and `--blockdev`: waits for the open (and whatever I/O
+/// it does) to finish.
+pub async fn blockdev_add(daemon: &Daemon, options: &BlockdevOptions) -> Result<(), QmpError> {
+    daemon.graph.blockdev_add(options).await?;
     Ok(())
 }
 
 async fn qmp_blockdev_add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let options: BlockdevOptions = arguments(args)?;
-    blockdev_add(daemon, &options)?;
+    blockdev_add(daemon, &options).await?;
     Ok(Value::Null)
 }
 
+/// Answers once the node and what closes with it are flushed and closed.
 async fn blockdev_del(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let BlockdevDelArgs { node_name } = arguments(args)?;
-    daemon.graph.delete_node(&node_name)?;
+    daemon.graph.blockdev_del(&node_name).await?;
     Ok(Value::Null)
 }
 

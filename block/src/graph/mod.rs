@@ -8,10 +8,7 @@
 //! the bookkeeping is never locked across I/O. Requests go from a
 //! [`BlockBackend`] straight to its node and never touch either lock.
 
-use std::future::Future;
-use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
 
 use schema::block::BlockdevOptions;
 use schema::event::EventSink;
@@ -109,13 +106,6 @@ impl BlockGraph {
         Ok(node)
     }
 
-    /// Transitional synchronous `blockdev-add`, until every caller uses
-    /// [`BlockGraph::blockdev_add`]: works for drivers that open without
-    /// waiting (file, raw, null-co).
-    pub fn add_node(&self, options: &BlockdevOptions) -> BlockResult<Arc<Node>> {
-        complete_now(self.blockdev_add(options), "blockdev_add")
-    }
-
     /// `blockdev-del`: closes a node the monitor created, if nothing uses
     /// it. Inline children (and backing chains) nobody else uses close with
     /// it; drivers write out what they cache before the files close.
@@ -124,12 +114,6 @@ impl BlockGraph {
         let closed = { self.state().take_from_monitor(node_name)? };
         self.shared.close_nodes(closed).await;
         Ok(())
-    }
-
-    /// Transitional synchronous `blockdev-del`, until every caller uses
-    /// [`BlockGraph::blockdev_del`].
-    pub fn delete_node(&self, node_name: &str) -> BlockResult<()> {
-        complete_now(self.blockdev_del(node_name), "blockdev_del")
     }
 
     /// The node with this name.
@@ -256,26 +240,6 @@ impl BlockGraph {
     pub(crate) fn with_state<R>(&self, f: impl FnOnce(&[Arc<Node>], &[Use]) -> R) -> R {
         let state = self.state();
         f(state.nodes(), state.uses())
-    }
-}
-
-/// Polls `future` once. The transitional synchronous entry points use it
-/// for operations that, for the drivers they serve, never wait; a future
-/// that would wait is dropped (which undoes it) and reported.
-fn complete_now<T>(
-    future: impl Future<Output = BlockResult<T>>,
-    async_name: &str,
-) -> BlockResult<T> {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(result) => result,
-        Poll::Pending => Err(BlockError::new(
-            ErrorKind::NotSupported,
-            format!("This operation must wait for I/O: use BlockGraph::{async_name}"),
-        )),
     }
 }
 
