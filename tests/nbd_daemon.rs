@@ -1,7 +1,8 @@
 //! The NBD server through the real `storaged` binary: the QMP commands
 //! compared with qemu-storage-daemon (same session, same replies and
-//! events), `--nbd-server` on TCP and on an inherited descriptor, the
-//! handshake time limit, a prompt `nbd-server-stop` with a stalled client,
+//! events), `--nbd-server` on TCP and on an inherited descriptor (which
+//! `nbd-server-start` refuses to take by number, as QSD), the handshake
+//! time limit, a prompt `nbd-server-stop` with a stalled client,
 //! durability: data acknowledged by FLUSH or FUA survives `kill -9`; and
 //! polling: a connection polls between quick requests (not with an
 //! iothread's `poll-max-ns=0`) and stops once its client is idle.
@@ -341,6 +342,84 @@ async fn command_line_tcp_and_inherited_descriptor() {
         "{text}"
     );
     drop(daemon);
+}
+
+/// A socket the daemon has open (its monitor's, at least), by number.
+fn open_socket_fd(pid: u32) -> String {
+    let mut sockets: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the daemon's descriptors")
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            target
+                .to_string_lossy()
+                .starts_with("socket:")
+                .then(|| entry.file_name().to_string_lossy().parse().ok())?
+        })
+        .collect();
+    sockets.sort();
+    sockets.first().expect("a socket").to_string()
+}
+
+/// `nbd-server-start` with descriptors named over QMP: by number (one
+/// the daemon does not have, and one of its own sockets) and by name.
+async fn fd_session(daemon: &TestDaemon) -> Vec<Value> {
+    let own_socket = open_socket_fd(daemon.pid());
+    let mut qmp = daemon.connect().await;
+    let mut transcript = Vec::new();
+    for name in ["5", "foo", own_socket.as_str()] {
+        let addr = json!({"type": "fd", "data": {"str": name}});
+        for arguments in [
+            json!({"addr": addr}),
+            json!({"addr": addr, "tls-creds": "nope"}),
+        ] {
+            let (class, desc) = error(&mut qmp, "nbd-server-start", arguments).await;
+            transcript.push(json!({"class": class, "desc": desc}));
+        }
+    }
+    // Nothing was started, and the monitor still works.
+    let (class, desc) = error(&mut qmp, "nbd-server-stop", json!({})).await;
+    transcript.push(json!({"class": class, "desc": desc}));
+    let socket = daemon.path("nbd.sock");
+    ok(
+        &mut qmp,
+        "nbd-server-start",
+        json!({"addr": {"type": "unix", "data": {"path": socket}}}),
+    )
+    .await;
+    // A running server is reported before the address is looked at.
+    let (class, desc) = error(
+        &mut qmp,
+        "nbd-server-start",
+        json!({"addr": {"type": "fd", "data": {"str": own_socket}}}),
+    )
+    .await;
+    transcript.push(json!({"class": class, "desc": desc}));
+    transcript
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_named_over_qmp_are_refused_as_qemu_storage_daemon_does() {
+    let qsd = TestDaemon::spawn(
+        Command::new("qemu-storage-daemon"),
+        tempfile::tempdir().unwrap(),
+        |_| Vec::new(),
+    );
+    let expected = fd_session(&qsd).await;
+    drop(qsd);
+    let ours = TestDaemon::start_in(tempfile::tempdir().unwrap(), |_| Vec::new());
+    let got = fd_session(&ours).await;
+    assert_eq!(got, expected);
+    let refused = json!({
+        "class": "GenericError",
+        "desc": "only QEMU supports file descriptor passing"
+    });
+    assert!(got[..6].iter().all(|reply| *reply == refused), "{got:?}");
+    assert_eq!(got[6]["desc"], "NBD server not running");
+    assert_eq!(got[7]["desc"], "NBD server already running");
+    // The monitor socket the client named still serves the monitor.
+    let mut again = ours.connect().await;
+    ok(&mut again, "query-block-exports", json!({})).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
