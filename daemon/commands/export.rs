@@ -85,10 +85,22 @@ const IOTHREAD_DEFAULT_POLL_MAX_NS: u64 = 32768;
 
 /// `block-export-add` and `--export`. An `iothread` must exist; its
 /// `poll-max-ns` bounds how long the export's connections poll.
+///
+/// `fixed-iothread` asks QEMU to run the export's requests in its
+/// `iothread` or fail. Connections run on the NBD event loops whatever
+/// `iothread` names, so that is refused; without `iothread` it asks that
+/// the node not move to another thread, which nothing here does.
 pub fn block_export_add(daemon: &Daemon, options: &BlockExportOptions) -> Result<(), QmpError> {
     let poll_limit = match &options.iothread {
         Some(id) => match daemon.objects.get(id) {
             Some(Object::Iothread(iothread)) => {
+                if options.fixed_iothread == Some(true) {
+                    return Err(QmpError::generic(format!(
+                        "Parameter 'fixed-iothread' is not supported with 'iothread': \
+                         NBD connections run on the NBD server's event loops, not in \
+                         iothread \"{id}\""
+                    )));
+                }
                 // Checked non-negative when the object was added.
                 let ns = iothread
                     .poll_max_ns
