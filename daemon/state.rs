@@ -27,10 +27,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// An empty daemon; `events` receives the events of the exports.
+    /// An empty daemon; `events` receives the events of the exports, the
+    /// jobs and the block nodes (`BLOCK_IMAGE_CORRUPTED`).
     pub fn new(events: EventSink) -> Self {
         Self {
-            graph: BlockGraph::new(),
+            graph: BlockGraph::with_events(events.clone()),
             objects: Objects::new(),
             jobs: block::job::JobRegistry::new(events.clone()),
             exports: BlockExports::new(events),

@@ -1,7 +1,9 @@
 //! The NBD server through the real `storaged` binary: the QMP commands
 //! compared with qemu-storage-daemon (same session, same replies and
-//! events), `--nbd-server` on TCP and on an inherited descriptor, the
-//! handshake time limit, a prompt `nbd-server-stop` with a stalled client,
+//! events), `--nbd-server` on TCP and on an inherited descriptor (which
+//! `nbd-server-start` refuses to take by number, as QSD), exports'
+//! `allow-inactive` and `fixed-iothread` compared with QSD, the handshake
+//! time limit, a prompt `nbd-server-stop` with a stalled client,
 //! durability: data acknowledged by FLUSH or FUA survives `kill -9`; and
 //! polling: a connection polls between quick requests (not with an
 //! iothread's `poll-max-ns=0`) and stops once its client is idle.
@@ -341,6 +343,288 @@ async fn command_line_tcp_and_inherited_descriptor() {
         "{text}"
     );
     drop(daemon);
+}
+
+/// A socket the daemon has open (its monitor's, at least), by number.
+fn open_socket_fd(pid: u32) -> String {
+    let mut sockets: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the daemon's descriptors")
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            target
+                .to_string_lossy()
+                .starts_with("socket:")
+                .then(|| entry.file_name().to_string_lossy().parse().ok())?
+        })
+        .collect();
+    sockets.sort();
+    sockets.first().expect("a socket").to_string()
+}
+
+/// `nbd-server-start` with descriptors named over QMP: by number (one
+/// the daemon does not have, and one of its own sockets) and by name.
+async fn fd_session(daemon: &TestDaemon) -> Vec<Value> {
+    let own_socket = open_socket_fd(daemon.pid());
+    let mut qmp = daemon.connect().await;
+    let mut transcript = Vec::new();
+    for name in ["5", "foo", own_socket.as_str()] {
+        let addr = json!({"type": "fd", "data": {"str": name}});
+        for arguments in [
+            json!({"addr": addr}),
+            json!({"addr": addr, "tls-creds": "nope"}),
+        ] {
+            let (class, desc) = error(&mut qmp, "nbd-server-start", arguments).await;
+            transcript.push(json!({"class": class, "desc": desc}));
+        }
+    }
+    // Nothing was started, and the monitor still works.
+    let (class, desc) = error(&mut qmp, "nbd-server-stop", json!({})).await;
+    transcript.push(json!({"class": class, "desc": desc}));
+    let socket = daemon.path("nbd.sock");
+    ok(
+        &mut qmp,
+        "nbd-server-start",
+        json!({"addr": {"type": "unix", "data": {"path": socket}}}),
+    )
+    .await;
+    // A running server is reported before the address is looked at.
+    let (class, desc) = error(
+        &mut qmp,
+        "nbd-server-start",
+        json!({"addr": {"type": "fd", "data": {"str": own_socket}}}),
+    )
+    .await;
+    transcript.push(json!({"class": class, "desc": desc}));
+    transcript
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_named_over_qmp_are_refused_as_qemu_storage_daemon_does() {
+    let qsd = TestDaemon::spawn(
+        Command::new("qemu-storage-daemon"),
+        tempfile::tempdir().unwrap(),
+        |_| Vec::new(),
+    );
+    let expected = fd_session(&qsd).await;
+    drop(qsd);
+    let ours = TestDaemon::start_in(tempfile::tempdir().unwrap(), |_| Vec::new());
+    let got = fd_session(&ours).await;
+    assert_eq!(got, expected);
+    let refused = json!({
+        "class": "GenericError",
+        "desc": "only QEMU supports file descriptor passing"
+    });
+    assert!(got[..6].iter().all(|reply| *reply == refused), "{got:?}");
+    assert_eq!(got[6]["desc"], "NBD server not running");
+    assert_eq!(got[7]["desc"], "NBD server already running");
+    // The monitor socket the client named still serves the monitor.
+    let mut again = ours.connect().await;
+    ok(&mut again, "query-block-exports", json!({})).await;
+}
+
+/// Options for the export-option sessions: inactive file nodes `f` (data
+/// `aaaa` at 0) and `g`, null-co nodes `n` and `m`, an iothread.
+fn export_option_nodes(dir: &Path) -> Vec<String> {
+    let mut disk = vec![0u8; MIB as usize];
+    disk[..4].copy_from_slice(b"aaaa");
+    std::fs::write(dir.join("f.img"), disk).unwrap();
+    sparse_file(&dir.join("g.img"), MIB);
+    let inactive_file = |name: &str| {
+        json!({"driver": "file", "node-name": name, "active": false,
+               "filename": dir.join(format!("{name}.img"))})
+        .to_string()
+    };
+    vec![
+        "--nbd-server".into(),
+        format!(
+            "addr.type=unix,addr.path={}",
+            dir.join("nbd.sock").display()
+        ),
+        "--object".into(),
+        "iothread,id=io0".into(),
+        "--blockdev".into(),
+        inactive_file("f"),
+        "--blockdev".into(),
+        inactive_file("g"),
+        "--blockdev".into(),
+        "null-co,node-name=n".into(),
+        "--blockdev".into(),
+        "null-co,node-name=m".into(),
+    ]
+}
+
+/// Reads, flushes, caches and asks block status, twice (the second time
+/// once told to go on), printing what worked and the errno of what failed.
+const INACTIVE_CLIENT: &str = r#"
+import errno, json, sys, nbd
+h = nbd.NBD()
+h.add_meta_context("base:allocation")
+h.connect_uri(sys.argv[1])
+def attempt(f):
+    try:
+        f()
+        return "ok"
+    except nbd.Error as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+def run():
+    print(json.dumps({
+        "read": h.pread(4, 0).decode(),
+        "flush": attempt(h.flush),
+        "cache": attempt(lambda: h.cache(4096, 0)),
+        "block-status": attempt(lambda: h.block_status(4096, 0, lambda *a: 0)),
+    }), flush=True)
+run()
+sys.stdin.readline()
+run()
+"#;
+
+/// Which nodes are active, by name.
+async fn active_nodes(qmp: &mut qmp::client::Client) -> Value {
+    let nodes = ok(qmp, "query-named-block-nodes", json!({"flat": true})).await;
+    let active = nodes.as_array().unwrap().iter().map(|n| {
+        (
+            n["node-name"].as_str().unwrap().to_string(),
+            n["active"].clone(),
+        )
+    });
+    Value::Object(active.collect())
+}
+
+/// `allow-inactive` and `fixed-iothread` on `block-export-add`: the
+/// transcript of what both daemons answer alike, and the replies where
+/// storaged refuses what QSD accepts.
+async fn export_option_session(daemon: &TestDaemon) -> (Vec<Value>, Vec<Value>) {
+    let mut qmp = daemon.connect().await;
+    let mut transcript = Vec::new();
+    let add = |id: &str, node: &str, extra: Value| {
+        let mut arguments = json!({"type": "nbd", "id": id, "node-name": node, "name": id});
+        arguments
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        arguments
+    };
+    let reply = |result: Result<Value, qmp::client::ErrorReply>| match result {
+        Ok(value) => json!({ "return": value }),
+        Err(e) => json!({"error": {"class": e.class, "desc": e.desc}}),
+    };
+    let steps = [
+        add("active-null", "n", json!({"allow-inactive": true})),
+        add("inactive", "f", json!({"allow-inactive": true})),
+        add("fixed", "n", json!({"fixed-iothread": true})),
+        add(
+            "best-effort",
+            "n",
+            json!({"fixed-iothread": false, "iothread": "io0"}),
+        ),
+    ];
+    for arguments in steps {
+        let result = qmp.execute("block-export-add", arguments).await.unwrap();
+        transcript.push(reply(result));
+    }
+    transcript.push(active_nodes(&mut qmp).await);
+    let uri = format!(
+        "nbd+unix:///inactive?socket={}",
+        daemon.path("nbd.sock").display()
+    );
+    let mut client = ScriptClient::start(INACTIVE_CLIENT, &uri);
+    transcript.push(serde_json::from_str(&client.line()).unwrap());
+    // An export without allow-inactive activates the node; the first
+    // export's client may then do everything on the same connection.
+    let arguments = add("activating", "f", json!({}));
+    let result = qmp.execute("block-export-add", arguments).await.unwrap();
+    transcript.push(reply(result));
+    transcript.push(active_nodes(&mut qmp).await);
+    client.say("go");
+    transcript.push(serde_json::from_str(&client.line()).unwrap());
+    assert!(client.finish());
+
+    let mut divergent = Vec::new();
+    let steps = [
+        add(
+            "pinned",
+            "m",
+            json!({"fixed-iothread": true, "iothread": "io0"}),
+        ),
+        add(
+            "inactive-rw",
+            "g",
+            json!({"allow-inactive": true, "writable": true}),
+        ),
+    ];
+    for arguments in steps {
+        let result = qmp.execute("block-export-add", arguments).await.unwrap();
+        divergent.push(reply(result));
+    }
+    (transcript, divergent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_inactive_and_fixed_iothread_as_qemu_storage_daemon() {
+    let qsd = TestDaemon::spawn(
+        Command::new("qemu-storage-daemon"),
+        tempfile::tempdir().unwrap(),
+        export_option_nodes,
+    );
+    let (expected, qsd_divergent) = export_option_session(&qsd).await;
+    drop(qsd);
+    let ours = TestDaemon::start_in(tempfile::tempdir().unwrap(), export_option_nodes);
+    let (got, divergent) = export_option_session(&ours).await;
+    assert_eq!(got, expected);
+    let done = json!({"return": {}});
+    assert!(got[..4].iter().all(|reply| *reply == done), "{got:?}");
+    assert_eq!(
+        got[4]["f"], false,
+        "allow-inactive leaves the node inactive"
+    );
+    assert_eq!(
+        got[5],
+        json!({"read": "aaaa", "flush": "EPERM", "cache": "EPERM", "block-status": "EPERM"}),
+        "an inactive node is only read"
+    );
+    assert_eq!(got[7]["f"], true);
+    assert_eq!(
+        got[8],
+        json!({"read": "aaaa", "flush": "ok", "cache": "ok", "block-status": "ok"})
+    );
+
+    // QSD accepts these; storaged refuses them, naming the option, and
+    // changes nothing.
+    assert_eq!(qsd_divergent, [done.clone(), done]);
+    let refused = |desc: &str| json!({"error": {"class": "GenericError", "desc": desc}});
+    assert_eq!(
+        divergent,
+        [
+            refused(
+                "Parameter 'fixed-iothread' is not supported with 'iothread': NBD connections \
+                 run on the NBD server's event loops, not in iothread \"io0\""
+            ),
+            refused(
+                "Parameter 'allow-inactive' is not supported for a writable export of \
+                 inactive node 'g'"
+            ),
+        ]
+    );
+    let mut qmp = ours.connect().await;
+    assert_eq!(active_nodes(&mut qmp).await["g"], false);
+    let exports = ok(&mut qmp, "query-block-exports", json!({})).await;
+    let ids: Vec<&str> = exports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "activating",
+            "best-effort",
+            "fixed",
+            "inactive",
+            "active-null"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,13 @@
 //! The block node commands over QMP, with good and bad arguments:
 //! `blockdev-add`, `blockdev-del`, `block_resize`,
-//! `query-named-block-nodes`, `x-debug-query-block-graph`.
+//! `query-named-block-nodes`, `x-debug-query-block-graph`; and nodes
+//! whose open and close wait for I/O, compared with qemu-storage-daemon.
 
 mod common;
 
-use common::{error, ok, sparse_file, TestDaemon};
+use std::process::Command;
+
+use common::{error, ok, sparse_file, storaged, TestDaemon};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1024 * 1024;
@@ -245,4 +248,102 @@ async fn queries_reject_unknown_arguments() {
         .await,
         generic("Invalid parameter type for 'flat', expected: boolean")
     );
+}
+
+/// Adds, exports, reads and deletes nodes of a driver whose every request
+/// waits (`null-co` with `latency-ns`), and opens a qcow2 whose header read
+/// waits; returns the replies, and checks that `qemu-io` reads the export.
+async fn waiting_nodes_session(daemon: &TestDaemon) -> Vec<Value> {
+    let socket = daemon.path("nbd.sock");
+    let mut client = daemon.connect().await;
+    let steps = [
+        (
+            "blockdev-add",
+            json!({"driver": "null-co", "node-name": "n", "latency-ns": 1_000_000, "read-zeroes": true}),
+        ),
+        (
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": "q",
+                   "file": {"driver": "null-co", "latency-ns": 1_000_000, "read-zeroes": true}}),
+        ),
+        (
+            "nbd-server-start",
+            json!({"addr": {"type": "unix", "data": {"path": socket}}}),
+        ),
+        (
+            "block-export-add",
+            json!({"type": "nbd", "id": "e", "node-name": "n"}),
+        ),
+    ];
+    let mut replies = Vec::new();
+    for (command, arguments) in steps {
+        replies.push(reply(&mut client, command, arguments).await);
+    }
+    let uri = format!("nbd+unix:///n?socket={}", socket.display());
+    let out = Command::new("qemu-io")
+        .args([
+            "-r",
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0 0 64k",
+            "-c",
+            "read -P 0 1M 4k",
+            &uri,
+        ])
+        .output()
+        .expect("qemu-io is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("fail") && text.contains("read 4096/4096"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let steps = [
+        ("block-export-del", json!({"id": "e"})),
+        ("nbd-server-stop", json!({})),
+        ("blockdev-del", json!({"node-name": "n"})),
+        ("query-named-block-nodes", json!({})),
+    ];
+    for (command, arguments) in steps {
+        replies.push(reply(&mut client, command, arguments).await);
+    }
+    replies
+}
+
+/// A reply as `{"return": ...}` or `{"error": {"class", "desc"}}`.
+async fn reply(client: &mut qmp::client::Client, command: &str, arguments: Value) -> Value {
+    match client
+        .execute(command, arguments)
+        .await
+        .expect("monitor answers")
+    {
+        Ok(value) => json!({ "return": value }),
+        Err(e) => json!({"error": {"class": e.class, "desc": e.desc}}),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_wait_for_io_are_added_and_deleted_as_qemu_storage_daemon_does() {
+    let qsd = TestDaemon::spawn(
+        Command::new("qemu-storage-daemon"),
+        tempfile::tempdir().expect("temp dir"),
+        |_| Vec::new(),
+    );
+    let expected = waiting_nodes_session(&qsd).await;
+    drop(qsd);
+    let ours = TestDaemon::spawn(storaged(), tempfile::tempdir().expect("temp dir"), |_| {
+        Vec::new()
+    });
+    let got = waiting_nodes_session(&ours).await;
+    assert_eq!(got, expected);
+    // The node was added, its header read failed as an image that is not
+    // qcow2, and the node with latency was deleted, not left behind.
+    assert_eq!(got[0], json!({"return": {}}));
+    assert_eq!(
+        got[1],
+        json!({"error": {"class": "GenericError", "desc": "Image is not in qcow2 format"}})
+    );
+    assert_eq!(got[6], json!({"return": {}}));
+    assert_eq!(got[7], json!({"return": []}));
 }

@@ -1,12 +1,16 @@
 //! Events reach every negotiated client of every monitor at once, with
 //! QEMU's timestamp, and none reach a client still negotiating. The event
-//! is `BLOCK_EXPORT_DELETED`, which `block-export-del` emits.
+//! is `BLOCK_EXPORT_DELETED`, which `block-export-del` emits. The block
+//! layer's events reach the monitors too: `BLOCK_IMAGE_CORRUPTED` when a
+//! corrupt qcow2 is written, with the data qemu-storage-daemon sends.
 
 mod common;
 
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{ok, TestDaemon};
+use common::{ok, storaged, TestDaemon};
 use qmp::client::Client;
 use serde_json::{json, Value};
 
@@ -31,6 +35,10 @@ fn monitor_args(dir: &std::path::Path, id: &str) -> Vec<String> {
 fn assert_export_deleted(event: &Value, id: &str) {
     assert_eq!(event["event"], "BLOCK_EXPORT_DELETED", "{event}");
     assert_eq!(event["data"], json!({ "id": id }), "{event}");
+    assert_timestamp_is_now(event);
+}
+
+fn assert_timestamp_is_now(event: &Value) {
     let seconds = event["timestamp"]["seconds"].as_u64().expect("seconds");
     let micros = event["timestamp"]["microseconds"]
         .as_u64()
@@ -108,4 +116,115 @@ async fn an_event_reaches_two_monitors_at_once() {
     }
     let exports = ok(&mut first, "query-block-exports", json!({})).await;
     assert_eq!(exports, json!([]));
+}
+
+/// A qcow2 image whose first L1 entry points at an unaligned L2 table
+/// (after one cluster was written, so that the entry was in use).
+fn corrupt_qcow2(image: &Path) {
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program).args(args).output().expect(program);
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let path = image.to_str().expect("UTF-8 path");
+    run("qemu-img", &["create", "-q", "-f", "qcow2", path, "1M"]);
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 5 0 4k", path]);
+    let mut bytes = std::fs::read(image).expect("image");
+    let l1 = u64::from_be_bytes(bytes[40..48].try_into().expect("8 bytes")) as usize;
+    bytes[l1..l1 + 8].copy_from_slice(&0x8000_0000_0001_0200u64.to_be_bytes());
+    std::fs::write(image, bytes).expect("write image");
+}
+
+/// Opens a corrupt qcow2 over QMP, exports it writable over NBD, writes
+/// to it twice with `qemu-io` and returns the events the monitor got,
+/// without their timestamps (checked here).
+async fn corruption_events(program: Command) -> Vec<Value> {
+    let daemon = TestDaemon::spawn(program, tempfile::tempdir().expect("temp dir"), |dir| {
+        vec![
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+        ]
+    });
+    let image = daemon.path("bad.qcow2");
+    corrupt_qcow2(&image);
+    let mut client = daemon.connect().await;
+    ok(
+        &mut client,
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "disk",
+               "file": {"driver": "file", "filename": image}}),
+    )
+    .await;
+    ok(
+        &mut client,
+        "block-export-add",
+        json!({"type": "nbd", "id": "e0", "node-name": "disk", "writable": true}),
+    )
+    .await;
+    let uri = format!(
+        "nbd+unix:///disk?socket={}",
+        daemon.path("nbd.sock").display()
+    );
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 9 0 4k",
+            "-c",
+            "write -P 9 4k 4k",
+            &uri,
+        ])
+        .output()
+        .expect("qemu-io is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("write failed"), "the write must fail: {text}");
+    let mut events = Vec::new();
+    let mut wait = EVENT_WAIT;
+    while let Some(mut event) = client.next_event(wait).await.expect("read") {
+        assert_timestamp_is_now(&event);
+        event
+            .as_object_mut()
+            .expect("an object")
+            .remove("timestamp");
+        events.push(event);
+        wait = QUIET_WAIT;
+    }
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(&image)
+        .output()
+        .expect("qemu-img is installed");
+    let info: Value = serde_json::from_slice(&info.stdout).expect("qemu-img info JSON");
+    assert_eq!(
+        info["format-specific"]["data"]["corrupt"], true,
+        "the image is marked corrupt: {info}"
+    );
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_qcow2_written_over_nbd_reports_block_image_corrupted() {
+    let expected = corruption_events(Command::new("qemu-storage-daemon")).await;
+    let got = corruption_events(storaged()).await;
+    assert_eq!(got, expected);
+    assert_eq!(
+        got,
+        [json!({
+            "event": "BLOCK_IMAGE_CORRUPTED",
+            "data": {
+                "device": "",
+                "node-name": "disk",
+                "msg": "L2 table offset 0x10200 unaligned (L1 index: 0)",
+                "fatal": true
+            }
+        })],
+        "reported once"
+    );
 }

@@ -17,7 +17,8 @@ pub const COMMANDS: &[Command] = &[
     command!("x-debug-query-block-graph", debug_query_block_graph),
 ];
 
-/// `blockdev-add` and `--blockdev`.
+/// `blockdev-add` and `--blockdev`: waits for the open (and whatever I/O
+/// it does) to finish.
 pub async fn blockdev_add(daemon: &Daemon, options: &BlockdevOptions) -> Result<(), QmpError> {
     daemon.graph.blockdev_add(options).await?;
     Ok(())
@@ -29,6 +30,7 @@ async fn qmp_blockdev_add(daemon: &Daemon, args: Map<String, Value>) -> CommandR
     Ok(Value::Null)
 }
 
+/// Answers once the node and what closes with it are flushed and closed.
 async fn blockdev_del(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let BlockdevDelArgs { node_name } = arguments(args)?;
     daemon.graph.blockdev_del(&node_name).await?;

@@ -9,6 +9,7 @@ use schema::export::{
     NbdServerRemoveArgs, NbdServerStartArgs,
 };
 use schema::object::QCryptoTlsCredsEndpoint;
+use schema::sockets::SocketAddressKind;
 use schema::QmpError;
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -27,7 +28,9 @@ pub const COMMANDS: &[Command] = &[
     command!("nbd-server-remove", nbd_server_remove),
 ];
 
-/// `nbd-server-start` and `--nbd-server`.
+/// `nbd-server-start` and `--nbd-server`. An `addr.type=fd` is a
+/// descriptor number, which only the command line may name (it is
+/// inherited from the parent); `nbd-server-start` refuses it first.
 pub async fn nbd_server_start(daemon: &Daemon, options: &NbdServerOptions) -> Result<(), QmpError> {
     daemon.exports.check_nbd_server_stopped()?;
     if let Some(id) = &options.tls_creds {
@@ -53,9 +56,21 @@ pub async fn nbd_server_start(daemon: &Daemon, options: &NbdServerOptions) -> Re
     daemon.exports.nbd_server_start(options).await
 }
 
+/// A monitor names descriptors by the names `getfd`/`add-fd` gave them;
+/// QSD has neither command (nor has storaged), so every name is unknown.
+/// A number is refused too: the client does not own the daemon's
+/// descriptors.
+const MONITOR_FD_UNSUPPORTED: &str = "only QEMU supports file descriptor passing";
+
 async fn qmp_nbd_server_start(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let args: NbdServerStartArgs = arguments(args)?;
-    nbd_server_start(daemon, &args.into()).await?;
+    let options: NbdServerOptions = args.into();
+    // QSD's order: a running server first, then the address.
+    daemon.exports.check_nbd_server_stopped()?;
+    if let SocketAddressKind::Fd(_) = options.addr.addr {
+        return Err(QmpError::generic(MONITOR_FD_UNSUPPORTED));
+    }
+    nbd_server_start(daemon, &options).await?;
     Ok(Value::Null)
 }
 
@@ -70,10 +85,22 @@ const IOTHREAD_DEFAULT_POLL_MAX_NS: u64 = 32768;
 
 /// `block-export-add` and `--export`. An `iothread` must exist; its
 /// `poll-max-ns` bounds how long the export's connections poll.
+///
+/// `fixed-iothread` asks QEMU to run the export's requests in its
+/// `iothread` or fail. Connections run on the NBD event loops whatever
+/// `iothread` names, so that is refused; without `iothread` it asks that
+/// the node not move to another thread, which nothing here does.
 pub fn block_export_add(daemon: &Daemon, options: &BlockExportOptions) -> Result<(), QmpError> {
     let poll_limit = match &options.iothread {
         Some(id) => match daemon.objects.get(id) {
             Some(Object::Iothread(iothread)) => {
+                if options.fixed_iothread == Some(true) {
+                    return Err(QmpError::generic(format!(
+                        "Parameter 'fixed-iothread' is not supported with 'iothread': \
+                         NBD connections run on the NBD server's event loops, not in \
+                         iothread \"{id}\""
+                    )));
+                }
                 // Checked non-negative when the object was added.
                 let ns = iothread
                     .poll_max_ns

@@ -60,6 +60,8 @@ struct NewExport<'a> {
     node_name: &'a str,
     writable: bool,
     writethrough: bool,
+    /// Leave an inactive node inactive (read-only until activated).
+    allow_inactive: bool,
     nbd: &'a BlockExportOptionsNbd,
     poll_limit: Duration,
 }
@@ -132,6 +134,8 @@ impl BlockExports {
     /// named `iothread` object exists, and passes its `poll-max-ns` as
     /// `poll_limit` (NBD connections run on the NBD event loops whatever
     /// it names; without one they poll up to [`DEFAULT_POLL_LIMIT`]).
+    /// Like QEMU's `blk_exp_add`, it activates an inactive node unless
+    /// `allow-inactive` is on.
     pub fn add(
         &self,
         graph: &BlockGraph,
@@ -150,6 +154,7 @@ impl BlockExports {
                 node_name: &options.node_name,
                 writable: options.writable.unwrap_or(false),
                 writethrough: options.writethrough.unwrap_or(false),
+                allow_inactive: options.allow_inactive.unwrap_or(false),
                 nbd,
                 poll_limit: poll_limit.unwrap_or(DEFAULT_POLL_LIMIT),
             },
@@ -185,6 +190,7 @@ impl BlockExports {
                 node_name: node.name(),
                 writable: args.writable.unwrap_or(false) && !node.is_read_only(),
                 writethrough: false,
+                allow_inactive: false,
                 nbd: &nbd,
                 poll_limit: DEFAULT_POLL_LIMIT,
             },
@@ -198,7 +204,21 @@ impl BlockExports {
         if self.find(new.id) {
             return Err(id_in_use(new.id));
         }
-        let backend = graph.attach_backend(new.node_name, new.writable)?;
+        let backend = if new.allow_inactive {
+            let inactive = graph.node(new.node_name).is_some_and(|n| !n.is_active());
+            if inactive && new.writable {
+                // QEMU defers the export's write permission until the node
+                // is activated; the graph here has no deferred permissions.
+                return Err(QmpError::generic(format!(
+                    "Parameter 'allow-inactive' is not supported for a writable export of \
+                     inactive node '{}'",
+                    new.node_name
+                )));
+            }
+            graph.attach_backend_allow_inactive(new.node_name, new.writable)?
+        } else {
+            graph.attach_backend(new.node_name, new.writable)?
+        };
         let server = self.inner.state().nbd.clone().ok_or_else(not_running)?;
         let bitmaps = resolve_bitmaps(graph, new.nbd.bitmaps.as_deref().unwrap_or_default())?;
         let config = NbdExportConfig {

@@ -206,8 +206,30 @@ impl BlockGraph {
     /// Like QEMU's `blk_exp_add`, it first activates the node and what is
     /// below it (nodes opened with `active=off`).
     pub fn attach_backend(&self, node_name: &str, writable: bool) -> BlockResult<BlockBackend> {
+        self.attach_export(node_name, writable, true)
+    }
+
+    /// As [`BlockGraph::attach_backend`], but an inactive node stays
+    /// inactive (QEMU's `allow-inactive`): the export may only read it
+    /// until something activates it.
+    pub fn attach_backend_allow_inactive(
+        &self,
+        node_name: &str,
+        writable: bool,
+    ) -> BlockResult<BlockBackend> {
+        self.attach_export(node_name, writable, false)
+    }
+
+    fn attach_export(
+        &self,
+        node_name: &str,
+        writable: bool,
+        activate: bool,
+    ) -> BlockResult<BlockBackend> {
         let node = self.lookup(None, Some(node_name))?;
-        self.state().activate(&node)?;
+        if activate {
+            self.state().activate(&node)?;
+        }
         if writable && node.is_read_only() {
             return Err(BlockError::new(
                 ErrorKind::PermissionDenied,

@@ -2,6 +2,8 @@
 //! on-disk encoding of table entries: L1, L2 and refcount table entries
 //! are big-endian 64-bit words, refcount block entries are 1 to 64 bits.
 
+use std::fmt;
+
 use crate::error::{BlockError, ErrorKind};
 
 /// Bits 9-55 of an L1 entry: the L2 table offset.
@@ -223,6 +225,19 @@ pub fn corrupt(message: impl Into<String>) -> BlockError {
     BlockError::new(ErrorKind::Corrupt, message)
 }
 
+/// A number as C's `%#x` prints it in QEMU's corruption messages: `0x`
+/// and hex digits, except zero, which is a plain `0`.
+pub struct CHex(pub u64);
+
+impl fmt::Display for CHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => f.write_str("0"),
+            n => write!(f, "{n:#x}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +260,12 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn hex_is_printed_as_c_does() {
+        assert_eq!(CHex(0).to_string(), "0");
+        assert_eq!(CHex(0x10200).to_string(), "0x10200");
     }
 
     #[test]

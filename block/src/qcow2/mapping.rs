@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::cache::Table;
 use super::layout::{
-    corrupt, get_entry, ClusterKind, L1E_OFFSET_MASK, MAX_HOST_OFFSET, OFLAG_COPIED,
+    corrupt, get_entry, CHex, ClusterKind, L1E_OFFSET_MASK, MAX_HOST_OFFSET, OFLAG_COPIED,
 };
 use super::refcount::Allocation;
 use super::Qcow2;
@@ -30,7 +30,9 @@ impl Qcow2 {
         let offset = entry & L1E_OFFSET_MASK;
         if self.geo().offset_in_cluster(offset) != 0 {
             return Err(corrupt(format!(
-                "L2 table offset {offset:#x} unaligned (L1 index: {index:#x})"
+                "L2 table offset {} unaligned (L1 index: {})",
+                CHex(offset),
+                CHex(index as u64)
             )));
         }
         Ok((offset, entry & OFLAG_COPIED != 0))
@@ -71,7 +73,10 @@ impl Qcow2 {
                 let l2_index = cluster & (self.geo().l2_entries() - 1);
                 let l2 = self.l1().get((cluster >> self.geo().l2_bits) as usize) & L1E_OFFSET_MASK;
                 return Err(corrupt(format!(
-                    "Cluster allocation offset {host:#x} unaligned (L2 offset: {l2:#x}, L2 index: {l2_index:#x})"
+                    "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
+                    CHex(host),
+                    CHex(l2),
+                    CHex(l2_index)
                 )));
             }
         }

@@ -24,7 +24,7 @@ use super::flat_table::FlatTable;
 use super::header::MAX_REFTABLE_BYTES;
 use super::header_store::HeaderStore;
 use super::layout::{
-    corrupt, get_refcount, set_refcount, Geometry, MAX_HOST_OFFSET, REFT_OFFSET_MASK,
+    corrupt, get_refcount, set_refcount, CHex, Geometry, MAX_HOST_OFFSET, REFT_OFFSET_MASK,
 };
 use crate::error::{BlockError, BlockResult, ErrorKind};
 
@@ -111,7 +111,9 @@ impl Refcounts {
         }
         if self.geo.offset_in_cluster(offset) != 0 || offset >= MAX_HOST_OFFSET {
             return Err(corrupt(format!(
-                "Refblock offset {offset:#x} unaligned (reftable index: {index:#x})"
+                "Refblock offset {} unaligned (reftable index: {})",
+                CHex(offset),
+                CHex(index)
             )));
         }
         let file = &self.file;

@@ -6,7 +6,7 @@
 //! left alone, so structures this driver does not walk (persistent
 //! bitmaps) never lose their clusters.
 
-use super::layout::{corrupt, get_entry, L1E_OFFSET_MASK, REFT_OFFSET_MASK};
+use super::layout::{corrupt, get_entry, CHex, L1E_OFFSET_MASK, REFT_OFFSET_MASK};
 use super::Qcow2;
 use crate::error::{BlockError, BlockResult, ErrorKind};
 
@@ -116,7 +116,9 @@ impl Qcow2 {
             }
             if geo.offset_in_cluster(l2) != 0 {
                 return Err(corrupt(format!(
-                    "L2 table offset {l2:#x} unaligned (L1 index: {index:#x})"
+                    "L2 table offset {} unaligned (L1 index: {})",
+                    CHex(l2),
+                    CHex(index as u64)
                 )));
             }
             counts.add(geo.cluster_index(l2), 1)?;

@@ -1,6 +1,10 @@
 //! Running one checked request against the export's backend and building
 //! its reply.
 //!
+//! An export of an inactive node (`allow-inactive`) serves reads only:
+//! every other command fails with `EPERM` until the node is activated,
+//! as in QEMU's `nbd_handle_request`.
+//!
 //! Large reads of data that lives in an in-memory file are spliced from
 //! the file to the socket (no copy). Other structured reads send the zero
 //! parts of what they read as `OFFSET_HOLE` chunks, so zero ranges cost
@@ -48,6 +52,9 @@ pub async fn execute(
     command: Command,
     payload: Option<Buffer>,
 ) -> Reply {
+    if !matches!(command, Command::Read { .. }) && !cx.backend.node().is_active() {
+        return Reply::error(cx.mode, req, EPERM, "export is inactive");
+    }
     let result = match command {
         Command::Read { df } => return read(cx, req, df).await,
         Command::Write { fua } => {

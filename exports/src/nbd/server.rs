@@ -39,7 +39,8 @@ pub enum ListenAddress {
     Unix { path: PathBuf, abstract_name: bool },
     /// TCP on `host:port`.
     Inet(InetListen),
-    /// An already listening socket (Unix or TCP) handed over by number.
+    /// An already listening socket (Unix or TCP) handed over by number:
+    /// inherited from the parent, so only the command line may name one.
     Fd(RawFd),
 }
 
