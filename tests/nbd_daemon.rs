@@ -982,8 +982,11 @@ async fn iothread_poll_max_ns_zero_turns_polling_off() {
         "nbd,id=e0,node-name=file0,name=disk,iothread=io0",
     )
     .await;
+    // Margins wide enough for a loaded machine, where a busy thread is
+    // preempted (an involuntary switch) and then finds its next request
+    // waiting without sleeping: idle, the figures are about 0.02 and 1.0.
     assert!(
-        off > 0.9 && polling < off / 2.0,
+        off > 0.3 && polling < off * 0.7,
         "sleeps per request: {polling:.2} polling, {off:.2} with polling off"
     );
 }
