@@ -88,41 +88,91 @@ impl ChildRole {
     }
 }
 
+fn not_supported(what: &str) -> BlockError {
+    BlockError::new(
+        ErrorKind::NotSupported,
+        format!("The driver does not support {what}"),
+    )
+}
+
 /// A block driver instance: one node's behaviour.
+///
+/// A filter (a driver with one child it passes requests to, as
+/// `throttle` or `copy-on-read`) names that child in
+/// [`BlockDriver::filtered`] and implements only what it changes: every
+/// data method, the size, the status, the limits and the capabilities
+/// default to the filtered child's. A leaf (a protocol driver) or a
+/// format implements the data methods itself; for them the defaults are
+/// a leaf's: no size, requests not supported, discard ignored, flush with
+/// nothing to do, status "all data".
 #[async_trait]
 pub trait BlockDriver: Send + Sync + 'static {
     /// The QAPI driver name (`file`, `raw`, `null-co`, ...).
     fn format_name(&self) -> &'static str;
 
+    /// The child requests pass through to unless the driver says
+    /// otherwise, for filters.
+    fn filtered(&self) -> Option<&NodeChild> {
+        None
+    }
+
     /// The current virtual size in bytes.
-    fn size(&self) -> u64;
+    fn size(&self) -> u64 {
+        self.filtered().map_or(0, NodeChild::size)
+    }
 
     /// Fills `buf` from `offset`.
-    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()>;
+    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
+        match self.filtered() {
+            Some(child) => child.read(offset, buf).await,
+            None => Err(not_supported("read")),
+        }
+    }
 
     /// Writes `buf` at `offset`.
-    async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()>;
+    async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
+        match self.filtered() {
+            Some(child) => child.write(offset, buf, flags).await,
+            None => Err(not_supported("write")),
+        }
+    }
 
     /// Makes `[offset, offset+len)` read as zeroes.
-    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()>;
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
+        match self.filtered() {
+            Some(child) => child.write_zeroes(offset, len, flags).await,
+            None => Err(not_supported("write zeroes")),
+        }
+    }
 
     /// Hints that `[offset, offset+len)` is no longer needed. May do nothing.
-    async fn discard(&self, _offset: u64, _len: u64) -> BlockResult<()> {
-        Ok(())
+    async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        match self.filtered() {
+            Some(child) => child.discard(offset, len).await,
+            None => Ok(()),
+        }
     }
 
     /// Makes every completed write durable.
-    async fn flush(&self) -> BlockResult<()>;
+    async fn flush(&self) -> BlockResult<()> {
+        match self.filtered() {
+            Some(child) => child.flush().await,
+            None => Ok(()),
+        }
+    }
 
     /// The status of the longest prefix of `[offset, offset+len)` that shares
-    /// one status. The default says "all data, allocated here".
-    async fn block_status(&self, _offset: u64, len: u64) -> BlockResult<Extent> {
-        Ok(Extent {
-            length: len,
-            data: true,
-            zero: false,
-            depth: 1,
-        })
+    /// one status.
+    async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
+        match self.filtered() {
+            Some(child) => child.block_status(offset, len).await,
+            None => Ok(Extent {
+                length: len,
+                data: true,
+                zero: false,
+                depth: 1,
+            }),
+        }
     }
 
     /// Writes out whatever the driver caches and leaves the image clean,
@@ -133,35 +183,41 @@ pub trait BlockDriver: Send + Sync + 'static {
     }
 
     /// Changes the virtual size.
-    async fn resize(&self, _new_size: u64) -> BlockResult<()> {
-        Err(BlockError::new(
-            ErrorKind::NotSupported,
-            "Image format driver does not support resize",
-        ))
+    async fn resize(&self, new_size: u64) -> BlockResult<()> {
+        match self.filtered() {
+            Some(child) => child.resize(new_size).await,
+            None => Err(BlockError::new(
+                ErrorKind::NotSupported,
+                "Image format driver does not support resize",
+            )),
+        }
     }
 
     /// Whether `write_zeroes` with `no_fallback` can ever succeed.
     fn can_fast_zero(&self) -> bool {
-        false
+        self.filtered().is_some_and(|c| c.node().can_fast_zero())
     }
 
     /// The alignment requests must have to avoid a read-modify-write cycle.
     fn request_alignment(&self) -> u32 {
-        1
+        self.filtered().map_or(1, |c| c.node().request_alignment())
     }
 
     /// Where `[offset, offset + len)` is stored byte for byte in a file
-    /// whose reads never wait (descriptor, file offset).
-    fn read_source(&self, _offset: u64, _len: u64) -> Option<ReadSource> {
-        None
+    /// whose reads never wait (descriptor, file offset). A filter that
+    /// changes reads must say `None`.
+    fn read_source(&self, offset: u64, len: u64) -> Option<ReadSource> {
+        self.filtered()?.node().read_source(offset, len)
     }
 
     /// The driver's exact file name (`/path/disk.img`, `null-co://`), or an
-    /// empty string when the node's options say more than a file name
-    /// can; the node layer then derives the name shown in
+    /// empty string (the default) when the node's options say more than a
+    /// file name can; the node layer then derives the name shown in
     /// `query-named-block-nodes` from its options and children, as QEMU's
     /// `bdrv_refresh_filename` does.
-    fn filename(&self) -> String;
+    fn filename(&self) -> String {
+        String::new()
+    }
 
     /// The options that change what the node shows (QEMU's
     /// `strong_runtime_opts`), as given when it was opened, besides

@@ -31,13 +31,15 @@ pub mod permissions;
 mod posix_io;
 pub mod qcow2;
 pub mod raw;
+pub mod write_hooks;
 
 pub use backend::{BlockBackend, HeldReadSource};
 pub use driver::{
     BackingFileName, BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags,
 };
 pub use error::{BlockError, BlockResult, ErrorKind};
-pub use graph::{BackendPerms, BlockGraph};
+pub use graph::{BackendPerms, BlockGraph, Drained};
 pub use iobuf::{IoBuf, IoMemory};
 pub use node::{Node, NodeBusy, NodeChild, NodeSettings, ReadSource};
 pub use permissions::{ChildRoleFlags, Perm};
+pub use write_hooks::{WriteKind, WriteObserver, WriteRequest};

@@ -22,6 +22,7 @@ use crate::driver::{BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, Zero
 use crate::error::BlockResult;
 use crate::iobuf::IoBuf;
 use crate::permissions::{ChildRoleFlags, Perm};
+use crate::write_hooks::{WriteHooks, WriteKind, WriteObserver, WriteRequest};
 
 /// The unit QEMU counts node sizes in (`BDRV_SECTOR_SIZE`).
 pub const SECTOR_SIZE: u64 = 512;
@@ -194,6 +195,8 @@ pub struct Node {
     children: Vec<Arc<NodeChild>>,
     /// Requests inside the node.
     in_flight: InFlight,
+    /// What every write-side request passes.
+    write_hooks: WriteHooks,
     /// Whether the node is active (QEMU clears `BDRV_O_INACTIVE` when an
     /// export takes the node); changed by the graph only.
     active: AtomicBool,
@@ -218,6 +221,7 @@ impl Node {
             settings,
             children,
             in_flight: InFlight::default(),
+            write_hooks: WriteHooks::default(),
             active: AtomicBool::new(!settings.inactive),
             applied: PermCell::unused(),
         }
@@ -339,7 +343,13 @@ impl Node {
                 .write_zeroes(offset, buf.len() as u64, zero_flags)
                 .await;
         }
-        self.driver.write(offset, buf, flags).await
+        let request = WriteRequest {
+            kind: WriteKind::Write,
+            offset,
+            len: buf.len() as u64,
+        };
+        let op = self.driver.write(offset, buf, flags);
+        self.write_hooks.run(self, request, op).await
     }
 
     /// Makes the range read as zeroes; it is only unmapped if the node
@@ -354,7 +364,13 @@ impl Node {
         if !self.settings.discard_unmap {
             flags.may_unmap = false;
         }
-        self.driver.write_zeroes(offset, len, flags).await
+        let request = WriteRequest {
+            kind: WriteKind::Zeroes,
+            offset,
+            len,
+        };
+        let op = self.driver.write_zeroes(offset, len, flags);
+        self.write_hooks.run(self, request, op).await
     }
 
     /// Discards the range if the node has `discard=unmap`; otherwise does
@@ -364,7 +380,13 @@ impl Node {
         if !self.settings.discard_unmap {
             return Ok(());
         }
-        self.driver.discard(offset, len).await
+        let request = WriteRequest {
+            kind: WriteKind::Discard,
+            offset,
+            len,
+        };
+        let op = self.driver.discard(offset, len);
+        self.write_hooks.run(self, request, op).await
     }
 
     /// Makes completed writes durable. With `cache.no-flush` the node's own
@@ -389,7 +411,23 @@ impl Node {
     /// Changes the virtual size (the graph checks permissions first).
     pub async fn resize(&self, new_size: u64) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
-        self.driver.resize(new_size).await
+        let request = WriteRequest {
+            kind: WriteKind::Resize,
+            offset: new_size,
+            len: 0,
+        };
+        let op = self.driver.resize(new_size);
+        self.write_hooks.run(self, request, op).await
+    }
+
+    /// Attaches an observer of the node's writes.
+    pub fn attach_write_observer(&self, observer: Arc<dyn WriteObserver>) {
+        self.write_hooks.attach(observer);
+    }
+
+    /// Detaches an observer attached before.
+    pub fn detach_write_observer(&self, observer: &Arc<dyn WriteObserver>) {
+        self.write_hooks.detach(observer);
     }
 }
 

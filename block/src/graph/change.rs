@@ -1,6 +1,7 @@
-//! Changes of the graph's shape while it serves: drained sections, a node
-//! replaced by another for all its users (QEMU's `bdrv_replace_node`),
-//! a parent's child edge pointed at another node.
+//! Changes of the graph's shape while it serves: drained sections, a
+//! filter opened over a node, a node replaced by another for all its users
+//! (QEMU's `bdrv_replace_node`), a parent's child edge pointed at another
+//! node.
 //!
 //! A change runs under the control lock, inside a drained section over
 //! the nodes whose users change, so no request is half way through an
@@ -14,10 +15,11 @@ use std::time::{Duration, Instant};
 use super::state::{depth, GraphState};
 use super::{generic, BlockGraph, MAX_DEPTH};
 use crate::drain::Gate;
-use crate::driver::ChildRole;
+use crate::driver::{BlockDriver, ChildRole};
 use crate::error::BlockResult;
-use crate::node::{Node, NodeChild};
+use crate::node::{Node, NodeChild, NodeSettings};
 use crate::perm_update::Holder;
+use crate::permissions::ChildRoleFlags;
 
 /// A drained section: while it lives, no new request enters the graph
 /// above its nodes, and none was in flight in them when it began.
@@ -76,6 +78,34 @@ impl BlockGraph {
             node.wait_idle().await;
         }
         drained
+    }
+
+    /// Opens a filter made by the caller over `child`: a node named
+    /// `node_name` (owned by the monitor, as if added by `blockdev-add`)
+    /// whose driver `make` builds over the edge to `child`. Inserting it
+    /// above the child's users is then [`BlockGraph::replace_node`].
+    pub async fn add_filter(
+        &self,
+        node_name: &str,
+        child: &str,
+        make: impl FnOnce(Arc<NodeChild>) -> BlockResult<Box<dyn BlockDriver>>,
+    ) -> BlockResult<Arc<Node>> {
+        let _control = self.shared.control.lock().await;
+        let child = self.lookup(None, Some(child))?;
+        let mut state = self.state();
+        let name = state.new_name(Some(node_name))?;
+        let flags = ChildRoleFlags::FILTERED.union(ChildRoleFlags::PRIMARY);
+        let edge = NodeChild::new(ChildRole::File, flags, child.clone());
+        let driver = make(edge.clone())?;
+        let settings = NodeSettings {
+            read_only: child.is_read_only(),
+            discard_unmap: true,
+            ..NodeSettings::default()
+        };
+        let position = state.node_count();
+        let node = state.register(position, name, driver, settings, vec![edge], &[])?;
+        state.give_to_monitor(&node);
+        Ok(node)
     }
 
     /// `bdrv_replace_node`: every user of `from` (its parents and the
