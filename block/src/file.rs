@@ -35,6 +35,7 @@ use crate::error::{os_error_text, BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
 use crate::locking::ImageLocks;
 use crate::node::{NodeSettings, ReadSource};
+use crate::open::OpenContext;
 use crate::permissions::Perm;
 use crate::posix_io::{self, RwFlags};
 
@@ -81,8 +82,14 @@ pub struct FileDriver {
 }
 
 impl FileDriver {
-    /// Opens `options.filename` with the node's settings.
-    pub fn open(options: &BlockdevOptionsFile, settings: &NodeSettings) -> BlockResult<Self> {
+    /// Opens the file of a new node.
+    pub fn open(cx: &OpenContext<'_>, options: &BlockdevOptionsFile) -> BlockResult<Self> {
+        Self::new(options, cx.settings())
+    }
+
+    /// Opens `options.filename` with these node settings (also outside a
+    /// graph, for tools and tests).
+    pub fn new(options: &BlockdevOptionsFile, settings: &NodeSettings) -> BlockResult<Self> {
         let filename = options.filename.clone();
         if options.aio == Some(BlockdevAioOptions::Native) && !settings.cache_direct {
             return Err(invalid(

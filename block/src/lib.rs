@@ -26,6 +26,7 @@ pub mod job;
 mod locking;
 pub mod node;
 pub mod null;
+pub mod open;
 mod perm_update;
 pub mod permissions;
 mod posix_io;

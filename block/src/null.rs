@@ -13,6 +13,7 @@ use serde_json::{Map, Value as Json};
 use crate::driver::{BlockDriver, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
+use crate::open::OpenContext;
 
 /// The default size: 1 GiB.
 const DEFAULT_SIZE: u64 = 1 << 30;
@@ -29,7 +30,7 @@ pub struct NullDriver {
 
 impl NullDriver {
     /// A null device with these options.
-    pub fn new(options: &BlockdevOptionsNull) -> BlockResult<Self> {
+    pub fn open(_cx: &OpenContext<'_>, options: &BlockdevOptionsNull) -> BlockResult<Self> {
         let size = match options.size {
             None => DEFAULT_SIZE,
             Some(size) => u64::try_from(size).map_err(|_| {

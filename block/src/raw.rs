@@ -10,10 +10,11 @@ use async_trait::async_trait;
 use schema::block::BlockdevOptionsRaw;
 use serde_json::{Map, Value as Json};
 
-use crate::driver::{BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
+use crate::driver::{BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
 use crate::node::{NodeChild, ReadSource, SECTOR_SIZE};
+use crate::open::OpenContext;
 use crate::permissions::{ChildRoleFlags, Perm};
 
 /// A `raw` node over its `file` child.
@@ -28,8 +29,10 @@ pub struct RawDriver {
 }
 
 impl RawDriver {
-    /// A raw view of `file`, checked against its current size.
-    pub fn open(file: Arc<NodeChild>, options: &BlockdevOptionsRaw) -> BlockResult<Self> {
+    /// A raw view of its `file` child, checked against the child's size.
+    pub async fn open(cx: &mut OpenContext<'_>, options: &BlockdevOptionsRaw) -> BlockResult<Self> {
+        let role = Self::file_role(options);
+        let file = cx.child(&options.file, ChildRole::File, role).await?;
         let offset = non_negative("offset", options.offset)?.unwrap_or(0);
         let size = non_negative("size", options.size)?;
         let real_size = file.size();
@@ -63,7 +66,7 @@ impl RawDriver {
     /// What the child is to a node with these options: a filtered child
     /// without a window (QEMU looks at the values: `offset=0` is no
     /// window), a data child with one.
-    pub fn file_role(options: &BlockdevOptionsRaw) -> ChildRoleFlags {
+    fn file_role(options: &BlockdevOptionsRaw) -> ChildRoleFlags {
         let role = if options.offset.unwrap_or(0) != 0 || options.size.is_some() {
             ChildRoleFlags::DATA
         } else {

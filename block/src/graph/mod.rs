@@ -16,8 +16,8 @@ use schema::event::EventSink;
 
 use crate::backend::BlockBackend;
 use crate::error::{BlockError, BlockResult, ErrorKind};
-use crate::factory;
 use crate::node::Node;
+use crate::open::{self, ObjectLookup};
 use crate::perm_update::{BackendLink, Holder, Use};
 use crate::permissions::Perm;
 
@@ -51,6 +51,8 @@ pub(crate) struct GraphShared {
     control: tokio::sync::Mutex<()>,
     /// Where drivers' events go (`BLOCK_IMAGE_CORRUPTED`), if anywhere.
     events: Option<EventSink>,
+    /// The daemon's objects, which drivers look up while opening.
+    objects: Option<Arc<dyn ObjectLookup>>,
 }
 
 /// The permissions a backend takes and shares on its node.
@@ -91,6 +93,18 @@ impl BlockGraph {
         }
     }
 
+    /// An empty graph whose drivers report events to `events` and find the
+    /// daemon's objects (throttle groups, secrets) in `objects`.
+    pub fn with_events_and_objects(events: EventSink, objects: Arc<dyn ObjectLookup>) -> Self {
+        BlockGraph {
+            shared: Arc::new(GraphShared {
+                events: Some(events),
+                objects: Some(objects),
+                ..GraphShared::default()
+            }),
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, GraphState> {
         self.shared.state()
     }
@@ -104,7 +118,7 @@ impl BlockGraph {
             return Err(generic("'node-name' must be specified for the root node"));
         }
         let _control = self.shared.control.lock().await;
-        let node = factory::open_tree(&self.shared, options).await?;
+        let node = open::open_tree(&self.shared, options).await?;
         self.state().give_to_monitor(&node);
         Ok(node)
     }
@@ -307,6 +321,11 @@ impl GraphShared {
     /// Where drivers' events go.
     pub(crate) fn events(&self) -> Option<&EventSink> {
         self.events.as_ref()
+    }
+
+    /// The daemon's objects, if the graph was given them.
+    pub(crate) fn objects(&self) -> Option<&dyn ObjectLookup> {
+        self.objects.as_deref()
     }
 
     /// The bookkeeping, for a short synchronous section.

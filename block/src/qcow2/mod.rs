@@ -29,6 +29,7 @@ mod header_store;
 mod info;
 mod layout;
 mod mapping;
+mod open;
 mod options;
 mod range_lock;
 mod read;

@@ -119,7 +119,7 @@ pub fn file_child(path: &Path, writable: bool) -> Arc<dyn BlockChild> {
         read_only: !writable,
         ..NodeSettings::default()
     };
-    let driver = FileDriver::open(&options, &settings)
+    let driver = FileDriver::new(&options, &settings)
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     DriverChild::shared(driver)
 }
