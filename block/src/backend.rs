@@ -16,6 +16,7 @@ use crate::driver::{Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::graph::GraphShared;
 use crate::iobuf::IoBuf;
+use crate::limits::Limits;
 use crate::node::{Node, NodeBusy, ReadSource};
 use crate::perm_update::BackendLink;
 use crate::permissions::Perm;
@@ -88,9 +89,10 @@ impl BlockBackend {
         self.inner.link.root.load().can_fast_zero()
     }
 
-    /// The alignment below which requests cost a read-modify-write.
-    pub fn request_alignment(&self) -> u32 {
-        self.inner.link.root.load().request_alignment()
+    /// What the root's requests must respect (the node layer pads and
+    /// splits others, at a cost).
+    pub fn limits(&self) -> Limits {
+        self.inner.link.root.load().limits()
     }
 
     /// Where a range lives in a file whose reads never wait, counted in

@@ -1,11 +1,9 @@
 //! `O_DIRECT` I/O for the `file` driver (`cache.direct=on`): the alignment
-//! the file demands, found by trying reads as QEMU does, and requests that
-//! do not meet it served through aligned bounce buffers.
-//!
-//! An unaligned write is a read-modify-write of whole blocks; it must not
-//! interleave with any other write to the file (whose data it could write
-//! back stale), so every modifying request holds the read side of a lock
-//! whose write side a read-modify-write cycle takes.
+//! the file demands, found by trying reads as QEMU does, and buffers whose
+//! memory does not meet it served through aligned bounce buffers. The
+//! node layer aligns the requests themselves ([`crate::limits`]): partial
+//! blocks are its read-modify-write, under range locks of those blocks
+//! only.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -24,14 +22,12 @@ const MAX_DIRECT_ALIGN: usize = 4096;
 /// Request sizes probed, as QEMU's `raw_probe_alignment`.
 const PROBED_ALIGNMENTS: [usize; 5] = [1, 512, 1024, 2048, 4096];
 
-/// The alignment an `O_DIRECT` descriptor needs, and the write lock.
+/// The alignment an `O_DIRECT` descriptor needs.
 pub(crate) struct DirectIo {
     /// Offsets and lengths must be multiples of this.
     request_align: usize,
     /// Buffers must start at a multiple of this.
     memory_align: usize,
-    /// Read side: any write; write side: a read-modify-write cycle.
-    rmw: tokio::sync::RwLock<()>,
 }
 
 /// A failure of a direct request: the I/O, or no memory for the bounce.
@@ -80,7 +76,6 @@ impl DirectIo {
                 } else {
                     memory_align
                 },
-                rmw: tokio::sync::RwLock::new(()),
             }),
             _ => Err(BlockError::new(
                 ErrorKind::InvalidArgument,
@@ -123,8 +118,8 @@ impl DirectIo {
         Ok(())
     }
 
-    /// Writes `buf` at `offset`; an unaligned request reads, patches and
-    /// writes back whole blocks, excluding every other write meanwhile.
+    /// Writes `buf` at `offset`, a request aligned by the node layer; a
+    /// buffer whose memory is not aligned goes through a bounce copy.
     pub(crate) async fn write(
         &self,
         fd: &Arc<OwnedFd>,
@@ -132,44 +127,26 @@ impl DirectIo {
         buf: &IoBuf,
         flags: RwFlags,
     ) -> Result<(), DirectError> {
-        let fd = Arc::clone(fd);
-        let data = buf.clone();
-        if self.is_aligned(offset, buf) {
-            let _shared = self.rmw.read().await;
-            offload(move || write_from(fd.as_raw_fd(), &data, offset, flags)).await?;
-            return Ok(());
+        let align = self.request_align as u64;
+        if !offset.is_multiple_of(align) || !(buf.len() as u64).is_multiple_of(align) {
+            return Err(DirectError::Block(BlockError::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "O_DIRECT write of {} bytes at {offset} is not aligned to {align}",
+                    buf.len()
+                ),
+            )));
         }
-        let _exclusive = self.rmw.write().await;
-        let (start, bounce) = self.bounce_for(offset, buf.len())?;
-        let skip = (offset - start) as usize;
-        let align = self.request_align;
-        offload(move || {
-            let fd = fd.as_raw_fd();
-            let n = read_into(fd, &bounce, start, RwFlags::NONE, true)?;
-            bounce.copy_from(skip, &data);
-            // Write back no more blocks than the file had or the request
-            // covers. (A file whose size is not a multiple of the alignment
-            // still gets its last block padded, as with QEMU.)
-            let end = (skip + data.len()).max(n);
-            write_from(
-                fd,
-                &bounce.slice(0..end.div_ceil(align) * align),
-                start,
-                flags,
-            )
-        })
-        .await?;
+        let fd = Arc::clone(fd);
+        let data = if self.is_aligned(offset, buf) {
+            buf.clone()
+        } else {
+            let (_, bounce) = self.bounce_for(offset, buf.len())?;
+            bounce.copy_from(0, buf);
+            bounce
+        };
+        offload(move || write_from(fd.as_raw_fd(), &data, offset, flags)).await?;
         Ok(())
-    }
-
-    /// Runs `f`, a modifying call other than a write (zeroing, discard),
-    /// so that no read-modify-write cycle writes stale data over it.
-    pub(crate) async fn exclude_rmw<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> io::Result<T> + Send + 'static,
-    ) -> io::Result<T> {
-        let _shared = self.rmw.read().await;
-        offload(f).await
     }
 
     fn is_aligned(&self, offset: u64, buf: &IoBuf) -> bool {

@@ -10,6 +10,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
+use crate::limits::Limits;
 use crate::node::{NodeChild, ReadSource};
 use crate::permissions::{default_child_perms, Perm};
 
@@ -198,9 +199,11 @@ pub trait BlockDriver: Send + Sync + 'static {
         self.filtered().is_some_and(|c| c.node().can_fast_zero())
     }
 
-    /// The alignment requests must have to avoid a read-modify-write cycle.
-    fn request_alignment(&self) -> u32 {
-        self.filtered().map_or(1, |c| c.node().request_alignment())
+    /// What the driver's requests must respect; the node layer pads and
+    /// splits requests to fit.
+    fn limits(&self) -> Limits {
+        self.filtered()
+            .map_or_else(Limits::default, |c| c.node().limits())
     }
 
     /// Where `[offset, offset + len)` is stored byte for byte in a file

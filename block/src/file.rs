@@ -33,6 +33,7 @@ use crate::direct_io::{DirectError, DirectIo};
 use crate::driver::{BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{os_error_text, BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
+use crate::limits::Limits;
 use crate::locking::ImageLocks;
 use crate::node::{NodeSettings, ReadSource};
 use crate::open::OpenContext;
@@ -279,21 +280,6 @@ impl FileDriver {
         }
     }
 
-    /// Runs a space-management call, excluding `O_DIRECT` read-modify-write
-    /// cycles that could write back stale data over it.
-    async fn with_write_access<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(RawFd) -> io::Result<T> + Send + 'static,
-    ) -> io::Result<T> {
-        match &self.direct {
-            Some(direct) => {
-                let fd = Arc::clone(&self.fd);
-                direct.exclude_rmw(move || f(fd.as_raw_fd())).await
-            }
-            None => self.blocking(f).await,
-        }
-    }
-
     async fn fdatasync(&self) -> BlockResult<()> {
         let failed = self.flush_failure.load(Ordering::Relaxed);
         if failed != 0 {
@@ -354,7 +340,7 @@ impl BlockDriver for FileDriver {
         let space = Arc::clone(&self.space);
         let may_unmap = flags.may_unmap;
         let zeroed = self
-            .with_write_access(move |fd| space.zero_by_fallocate(fd, offset, len, may_unmap))
+            .blocking(move |fd| space.zero_by_fallocate(fd, offset, len, may_unmap))
             .await
             .map_err(|e| self.io_error("Write zeroes", offset, e))?;
         if !zeroed {
@@ -380,7 +366,7 @@ impl BlockDriver for FileDriver {
         self.forget_data_range();
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match self
-            .with_write_access(move |fd| posix_io::fallocate(fd, mode, offset, len))
+            .blocking(move |fd| posix_io::fallocate(fd, mode, offset, len))
             .await
         {
             Ok(()) => Ok(()),
@@ -460,10 +446,14 @@ impl BlockDriver for FileDriver {
         })
     }
 
-    fn request_alignment(&self) -> u32 {
-        self.direct
-            .as_ref()
-            .map_or(1, |d| u32::try_from(d.request_align()).unwrap_or(u32::MAX))
+    fn limits(&self) -> Limits {
+        Limits {
+            request_alignment: self
+                .direct
+                .as_ref()
+                .map_or(1, |d| u32::try_from(d.request_align()).unwrap_or(u32::MAX)),
+            ..Limits::default()
+        }
     }
 
     fn filename(&self) -> String {

@@ -23,6 +23,7 @@ pub mod graph;
 pub mod info;
 pub mod iobuf;
 pub mod job;
+pub mod limits;
 mod locking;
 pub mod node;
 pub mod null;
@@ -31,6 +32,7 @@ mod perm_update;
 pub mod permissions;
 mod posix_io;
 pub mod qcow2;
+mod range_lock;
 pub mod raw;
 pub mod write_hooks;
 
@@ -41,6 +43,7 @@ pub use driver::{
 pub use error::{BlockError, BlockResult, ErrorKind};
 pub use graph::{BackendPerms, BlockGraph, Drained};
 pub use iobuf::{IoBuf, IoMemory};
+pub use limits::Limits;
 pub use node::{Node, NodeBusy, NodeChild, NodeSettings, ReadSource};
 pub use permissions::{ChildRoleFlags, Perm};
 pub use write_hooks::{WriteKind, WriteObserver, WriteRequest};

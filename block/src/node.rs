@@ -21,7 +21,9 @@ use crate::drain::InFlight;
 use crate::driver::{BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::BlockResult;
 use crate::iobuf::IoBuf;
+use crate::limits::{self, Limits};
 use crate::permissions::{ChildRoleFlags, Perm};
+use crate::range_lock::RangeLocks;
 use crate::write_hooks::{WriteHooks, WriteKind, WriteObserver, WriteRequest};
 
 /// The unit QEMU counts node sizes in (`BDRV_SECTOR_SIZE`).
@@ -197,6 +199,8 @@ pub struct Node {
     in_flight: InFlight,
     /// What every write-side request passes.
     write_hooks: WriteHooks,
+    /// Blocks under a read-modify-write, for drivers that need alignment.
+    partial_blocks: RangeLocks,
     /// Whether the node is active (QEMU clears `BDRV_O_INACTIVE` when an
     /// export takes the node); changed by the graph only.
     active: AtomicBool,
@@ -222,6 +226,7 @@ impl Node {
             children,
             in_flight: InFlight::default(),
             write_hooks: WriteHooks::default(),
+            partial_blocks: RangeLocks::default(),
             active: AtomicBool::new(!settings.inactive),
             applied: PermCell::unused(),
         }
@@ -282,9 +287,10 @@ impl Node {
         self.driver.can_fast_zero()
     }
 
-    /// The alignment below which requests cost a read-modify-write.
-    pub fn request_alignment(&self) -> u32 {
-        self.driver.request_alignment()
+    /// What the driver's requests must respect; the node's methods pad
+    /// and split requests to fit ([`crate::limits`]).
+    pub fn limits(&self) -> Limits {
+        self.driver.limits()
     }
 
     /// `bdrv_get_info`, for drivers that implement it.
@@ -326,7 +332,8 @@ impl Node {
     /// Fills `buf` from `offset`.
     pub async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
-        self.driver.read(offset, buf).await
+        let read = |offset, buf: IoBuf| async move { self.driver.read(offset, &buf).await };
+        limits::read(&self.limits(), offset, buf, read).await
     }
 
     /// Writes `buf` at `offset`; with `detect-zeroes`, a buffer of zeroes
@@ -348,8 +355,23 @@ impl Node {
             offset,
             len: buf.len() as u64,
         };
-        let op = self.driver.write(offset, buf, flags);
+        let limits = self.limits();
+        let op = self.write_fitted(&limits, offset, buf, flags);
         self.write_hooks.run(self, request, op).await
+    }
+
+    /// Writes `buf` padded (read-modify-write) and split to `limits`.
+    async fn write_fitted(
+        &self,
+        limits: &Limits,
+        offset: u64,
+        buf: &IoBuf,
+        flags: WriteFlags,
+    ) -> BlockResult<()> {
+        let write =
+            |offset, buf: IoBuf| async move { self.driver.write(offset, &buf, flags).await };
+        let read = |offset, buf: IoBuf| async move { self.driver.read(offset, &buf).await };
+        limits::write(limits, &self.partial_blocks, offset, buf, write, read).await
     }
 
     /// Makes the range read as zeroes; it is only unmapped if the node
@@ -369,7 +391,21 @@ impl Node {
             offset,
             len,
         };
-        let op = self.driver.write_zeroes(offset, len, flags);
+        let limits = self.limits();
+        let zero = |offset, len, flags| self.driver.write_zeroes(offset, len, flags);
+        let partial = |offset, buf: IoBuf, flags| {
+            let limits = &limits;
+            async move { self.write_fitted(limits, offset, &buf, flags).await }
+        };
+        let op = limits::write_zeroes(
+            &limits,
+            &self.partial_blocks,
+            offset,
+            len,
+            flags,
+            zero,
+            partial,
+        );
         self.write_hooks.run(self, request, op).await
     }
 
@@ -385,7 +421,9 @@ impl Node {
             offset,
             len,
         };
-        let op = self.driver.discard(offset, len);
+        let discard = |offset, len| self.driver.discard(offset, len);
+        let limits = self.limits();
+        let op = limits::discard(&limits, &self.partial_blocks, offset, len, discard);
         self.write_hooks.run(self, request, op).await
     }
 

@@ -13,6 +13,7 @@ use serde_json::{Map, Value as Json};
 use crate::driver::{BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
+use crate::limits::Limits;
 use crate::node::{NodeChild, ReadSource, SECTOR_SIZE};
 use crate::open::OpenContext;
 use crate::permissions::{ChildRoleFlags, Perm};
@@ -161,8 +162,8 @@ impl BlockDriver for RawDriver {
         self.file.node().read_source(mapped, len)
     }
 
-    fn request_alignment(&self) -> u32 {
-        self.file.node().request_alignment()
+    fn limits(&self) -> Limits {
+        self.file.node().limits()
     }
 
     /// Raw has no name of its own: it shows its file's, or `json:`.

@@ -314,7 +314,7 @@ async fn direct_io_handles_unaligned_requests() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", MIB, pattern);
     let (_graph, backend) = file_backend(&path, json!({"cache": {"direct": true}}), true).await;
-    let align = backend.request_alignment() as usize;
+    let align = backend.limits().request_alignment as usize;
     assert!(align >= 512 && align.is_power_of_two(), "alignment {align}");
 
     let mut expected: Vec<u8> = (0..MIB).map(pattern).collect();

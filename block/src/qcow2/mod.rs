@@ -14,7 +14,7 @@
 //!   image's life.
 //!
 //! Concurrency: requests on different guest clusters run in parallel;
-//! [`range_lock`] orders requests that share one. Metadata sits behind
+//! [`crate::range_lock`] orders requests that share one. Metadata sits behind
 //! short locks that are never held across I/O, except the allocation lock
 //! (refcounts) and the L2-allocation lock, which serialize allocations.
 
@@ -31,7 +31,7 @@ mod layout;
 mod mapping;
 mod open;
 mod options;
-mod range_lock;
+
 mod read;
 mod refcount;
 mod repair;
@@ -56,12 +56,12 @@ pub use create::{
 pub use header::CompressionType;
 pub use options::{CorruptionEvent, CorruptionHook, Qcow2Options};
 
+use crate::range_lock::RangeLocks;
 use cache::TableCache;
 use flat_table::FlatTable;
 use header::{autoclear, compat, incompat, validate_table, ImageHeader};
 use header_store::HeaderStore;
 use layout::Geometry;
-use range_lock::RangeLocks;
 use refcount::Refcounts;
 
 use crate::driver::{BackingFileName, BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};

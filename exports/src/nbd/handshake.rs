@@ -338,14 +338,22 @@ impl Haggle<'_> {
             self.info_reply(option, INFO_DESCRIPTION, &[desc.as_bytes()]);
         }
         // Clients that promise to honour block sizes get the node's real
-        // alignment; others may send anything, which the backend handles.
+        // alignment; others may send anything, which the node layer pads.
+        // The maximum is the node's largest transfer (as QEMU's), within
+        // the largest payload.
+        let limits = export.backend().limits();
         let minimum = if option == OPT_INFO || wants_block_size {
-            export.backend().request_alignment().max(1)
+            limits.request_alignment.max(1)
         } else {
             1
         };
-        let preferred = PREFERRED_BLOCK_SIZE.max(minimum);
-        let maximum = MAX_PAYLOAD as u32;
+        let preferred = PREFERRED_BLOCK_SIZE
+            .max(minimum)
+            .max(limits.opt_transfer.unwrap_or(0));
+        let maximum = limits
+            .max_transfer
+            .map_or(MAX_PAYLOAD as u32, |max| max.min(MAX_PAYLOAD as u32))
+            .max(minimum);
         self.info_reply(
             option,
             INFO_BLOCK_SIZE,

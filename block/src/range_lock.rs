@@ -1,9 +1,10 @@
-//! Ordering of requests that touch the same guest clusters.
+//! Ordering of requests that touch the same units of a node (qcow2's
+//! guest clusters, the blocks of a node whose requests must be aligned).
 //!
-//! A request locks the range of guest clusters it touches, shared (reads,
-//! writes into clusters already allocated) or exclusive (anything that
-//! changes an L2 entry: allocation, copy-on-write, zeroing, discard).
-//! Requests on disjoint ranges never wait for each other. Conflicting
+//! A request locks the range of units it touches, shared or exclusive
+//! (qcow2: anything that changes an L2 entry; the node layer: a
+//! read-modify-write of partial blocks). Requests on disjoint ranges
+//! never wait for each other. Conflicting
 //! requests are served in arrival order: a request waits for every earlier
 //! conflicting one, granted or still waiting, so a stream of readers
 //! cannot starve a writer and two writes to one cluster land in the order
@@ -33,7 +34,7 @@ struct LockState {
     next_id: u64,
 }
 
-/// Range locks over guest cluster indices.
+/// Range locks over unit indices.
 #[derive(Default)]
 pub struct RangeLocks {
     state: Mutex<LockState>,
@@ -60,7 +61,7 @@ impl RangeLocks {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Locks guest clusters `[start, end)`. Cancel safe: a lock dropped
+    /// Locks units `[start, end)`. Cancel safe: a lock dropped
     /// while waiting leaves the queue.
     pub async fn lock(&self, start: u64, end: u64, exclusive: bool) -> RangeGuard<'_> {
         let guard = {
