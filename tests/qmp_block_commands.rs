@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{error, ok, sparse_file, storaged, TestDaemon};
+use common::{error, ok, reply, sparse_file, storaged, TestDaemon};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1024 * 1024;
@@ -309,18 +309,6 @@ async fn waiting_nodes_session(daemon: &TestDaemon) -> Vec<Value> {
         replies.push(reply(&mut client, command, arguments).await);
     }
     replies
-}
-
-/// A reply as `{"return": ...}` or `{"error": {"class", "desc"}}`.
-async fn reply(client: &mut qmp::client::Client, command: &str, arguments: Value) -> Value {
-    match client
-        .execute(command, arguments)
-        .await
-        .expect("monitor answers")
-    {
-        Ok(value) => json!({ "return": value }),
-        Err(e) => json!({"error": {"class": e.class, "desc": e.desc}}),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use serde_json::{Map, Value as Json};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
 use crate::limits::Limits;
-use crate::node::{NodeChild, ReadSource};
+use crate::node::{NodeChild, NodeSettings, ReadSource};
 use crate::permissions::{default_child_perms, Perm};
 
 /// What `bdrv_get_info` reports for a node: present only for drivers that
@@ -276,6 +276,12 @@ pub trait BlockDriver: Send + Sync + 'static {
     /// here). Must leave things as they were if it fails; otherwise either
     /// [`BlockDriver::set_perm`] or [`BlockDriver::abort_perm`] follows.
     fn check_perm(&self, _perm: Perm, _shared: Perm) -> BlockResult<()> {
+        Ok(())
+    }
+
+    /// Whether the node can take `new` generic settings in a
+    /// `blockdev-reopen` (from `old`); the node layer applies them.
+    fn check_reopen(&self, _old: &NodeSettings, _new: &NodeSettings) -> BlockResult<()> {
         Ok(())
     }
 

@@ -611,8 +611,9 @@ fn is_in_memory(fd: RawFd) -> bool {
     magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
 }
 
-/// Opens the file as the settings ask; with `auto-read-only`, falls back
-/// to read-only where writing is refused, and returns why.
+/// Opens the file for reading and writing; for a read-only or
+/// `auto-read-only` node, falls back to read-only where writing is
+/// refused, and returns why.
 fn open_file(filename: &str, settings: &NodeSettings) -> BlockResult<(OwnedFd, Option<io::Error>)> {
     let path = CString::new(filename).map_err(|_| {
         invalid(format!(
@@ -633,19 +634,18 @@ fn open_file(filename: &str, settings: &NodeSettings) -> BlockResult<(OwnedFd, O
             Ok(unsafe { OwnedFd::from_raw_fd(fd) })
         }
     };
-    if settings.read_only {
-        return open(libc::O_RDONLY)
-            .map(|fd| (fd, None))
-            .map_err(|e| open_error(filename, &e));
-    }
+    // A read-only node still opens the file for writing where it can, so
+    // that `blockdev-reopen` can make it writable without a new
+    // descriptor (and its locks); the node's permissions keep writers out.
     match open(libc::O_RDWR) {
         Ok(fd) => Ok((fd, None)),
         Err(e)
-            if settings.auto_read_only
-                && matches!(
-                    e.raw_os_error(),
-                    Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
-                ) =>
+            if settings.read_only
+                || (settings.auto_read_only
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
+                    )) =>
         {
             let fd = open(libc::O_RDONLY).map_err(|e| open_error(filename, &e))?;
             Ok((fd, Some(e)))

@@ -11,11 +11,11 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use schema::block::BlockdevDetectZeroesOptions;
+use schema::block::{BlockdevDetectZeroesOptions, BlockdevDriver};
 
 use crate::drain::InFlight;
 use crate::driver::{BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags};
@@ -193,7 +193,11 @@ pub struct Node {
     id: u64,
     name: String,
     driver: Box<dyn BlockDriver>,
-    settings: NodeSettings,
+    /// Changed only by `blockdev-reopen`, in a drained section.
+    settings: ArcSwap<NodeSettings>,
+    /// The driver's options as opened or last reopened (`None` for nodes
+    /// made in code, such as filters a job inserts).
+    options: Mutex<Option<BlockdevDriver>>,
     children: Vec<Arc<NodeChild>>,
     /// Requests inside the node.
     in_flight: InFlight,
@@ -216,13 +220,15 @@ impl Node {
         name: String,
         driver: Box<dyn BlockDriver>,
         settings: NodeSettings,
+        options: Option<BlockdevDriver>,
         children: Vec<Arc<NodeChild>>,
     ) -> Self {
         Node {
             id,
             name,
             driver,
-            settings,
+            settings: ArcSwap::from_pointee(settings),
+            options: Mutex::new(options),
             children,
             in_flight: InFlight::default(),
             write_hooks: WriteHooks::default(),
@@ -248,8 +254,26 @@ impl Node {
     }
 
     /// The node's generic options.
-    pub fn settings(&self) -> &NodeSettings {
-        &self.settings
+    pub fn settings(&self) -> NodeSettings {
+        **self.settings.load()
+    }
+
+    /// Replaces the generic options (`blockdev-reopen`); returns the old.
+    pub(crate) fn replace_settings(&self, settings: NodeSettings) -> NodeSettings {
+        *self.settings.swap(Arc::new(settings))
+    }
+
+    /// The driver's options as opened or last reopened.
+    pub(crate) fn driver_options(&self) -> Option<BlockdevDriver> {
+        self.options
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the driver's options after a reopen.
+    pub(crate) fn set_driver_options(&self, options: BlockdevDriver) {
+        *self.options.lock().unwrap_or_else(|e| e.into_inner()) = Some(options);
     }
 
     /// The node's children, oldest edge first.
@@ -305,7 +329,7 @@ impl Node {
 
     /// Whether the node was opened read-only.
     pub fn is_read_only(&self) -> bool {
-        self.settings.read_only
+        self.settings.load().read_only
     }
 
     /// Whether the node is active (not handed over to another process).
@@ -319,7 +343,7 @@ impl Node {
 
     /// Whether a user may take write permission on the node.
     pub fn is_writable(&self) -> bool {
-        !self.settings.read_only && self.is_active()
+        !self.settings.load().read_only && self.is_active()
     }
 
     /// The current virtual size in bytes: the driver's, rounded up to
@@ -340,9 +364,9 @@ impl Node {
     /// becomes a write-zeroes request (which may unmap with `unmap`).
     pub async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
-        if self.settings.detect_zeroes != BlockdevDetectZeroesOptions::Off && buf.is_zero() {
+        if self.settings.load().detect_zeroes != BlockdevDetectZeroesOptions::Off && buf.is_zero() {
             let zero_flags = ZeroFlags {
-                may_unmap: self.settings.detect_zeroes == BlockdevDetectZeroesOptions::Unmap,
+                may_unmap: self.settings.load().detect_zeroes == BlockdevDetectZeroesOptions::Unmap,
                 no_fallback: false,
                 fua: flags.fua,
             };
@@ -383,7 +407,7 @@ impl Node {
         mut flags: ZeroFlags,
     ) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
-        if !self.settings.discard_unmap {
+        if !self.settings.load().discard_unmap {
             flags.may_unmap = false;
         }
         let request = WriteRequest {
@@ -413,7 +437,7 @@ impl Node {
     /// nothing, as QEMU does.
     pub async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
-        if !self.settings.discard_unmap {
+        if !self.settings.load().discard_unmap {
             return Ok(());
         }
         let request = WriteRequest {
@@ -431,7 +455,7 @@ impl Node {
     /// layer is skipped, but its children still flush by their own rules.
     pub async fn flush(&self) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
-        if !self.settings.cache_no_flush {
+        if !self.settings.load().cache_no_flush {
             return self.driver.flush().await;
         }
         for child in &self.children {

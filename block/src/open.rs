@@ -28,7 +28,7 @@ use schema::event::EventSink;
 use crate::driver::ChildRole;
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::factory;
-use crate::graph::{BackendPerms, Claim, GraphShared};
+use crate::graph::{BackendPerms, Claim, GraphShared, NewNode};
 use crate::node::{Node, NodeChild, NodeSettings};
 use crate::permissions::ChildRoleFlags;
 
@@ -147,7 +147,7 @@ impl<'a> OpenContext<'a> {
 
 /// What a child inherits from the parent that defines it inline.
 #[derive(Clone, Copy)]
-struct Inherit<'a> {
+pub(crate) struct Inherit<'a> {
     parent: &'a NodeSettings,
     /// A backing child: read-only unless it says otherwise.
     cow: bool,
@@ -212,7 +212,14 @@ fn open_node<'a>(
         let retire: Vec<u64> = claims.iter().map(|c| c.seq()).collect();
         let mut state = graph.state();
         let position = position.unwrap_or(state.node_count());
-        let node = state.register(position, name, driver, settings, children, &retire)?;
+        let new = NewNode {
+            name,
+            driver,
+            settings,
+            options: Some(options.driver.clone()),
+            children,
+        };
+        let node = state.register(position, new, &retire)?;
         drop(state);
         for claim in claims {
             claim.retire();
@@ -231,7 +238,10 @@ fn find(graph: &GraphShared, name: &str) -> BlockResult<Arc<Node>> {
 }
 
 /// The node's generic settings, with inheritance from an inline parent.
-fn node_settings(options: &BlockdevOptions, inherit: Option<Inherit>) -> BlockResult<NodeSettings> {
+pub(crate) fn node_settings(
+    options: &BlockdevOptions,
+    inherit: Option<Inherit>,
+) -> BlockResult<NodeSettings> {
     let parent = inherit.map(|i| i.parent);
     let cow = inherit.is_some_and(|i| i.cow);
     let inherited = |own: Option<bool>, from_parent: fn(&NodeSettings) -> bool| {

@@ -1,8 +1,11 @@
-//! Block node commands: `blockdev-add`, `blockdev-del`, `block_resize`,
-//! `query-named-block-nodes`, `x-debug-query-block-graph`. The graph does
-//! the work and words the errors; these handlers read the arguments.
+//! Block node commands: `blockdev-add`, `blockdev-del`, `blockdev-reopen`,
+//! `block_resize`, `query-named-block-nodes`, `x-debug-query-block-graph`.
+//! The graph does the work and words the errors; these handlers read the
+//! arguments.
 
-use schema::block::{BlockResizeArgs, BlockdevDelArgs, BlockdevOptions, QueryNamedBlockNodesArgs};
+use schema::block::{
+    BlockResizeArgs, BlockdevDelArgs, BlockdevOptions, BlockdevReopenArgs, QueryNamedBlockNodesArgs,
+};
 use schema::QmpError;
 use serde_json::{Map, Value};
 
@@ -12,6 +15,7 @@ use crate::state::Daemon;
 pub const COMMANDS: &[Command] = &[
     command!("blockdev-add", qmp_blockdev_add),
     command!("blockdev-del", blockdev_del),
+    command!("blockdev-reopen", blockdev_reopen),
     command!("block_resize", block_resize),
     command!("query-named-block-nodes", query_named_block_nodes),
     command!("x-debug-query-block-graph", debug_query_block_graph),
@@ -34,6 +38,12 @@ async fn qmp_blockdev_add(daemon: &Daemon, args: Map<String, Value>) -> CommandR
 async fn blockdev_del(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let BlockdevDelArgs { node_name } = arguments(args)?;
     daemon.graph.blockdev_del(&node_name).await?;
+    Ok(Value::Null)
+}
+
+async fn blockdev_reopen(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let BlockdevReopenArgs { options } = arguments(args)?;
+    daemon.graph.blockdev_reopen(&options).await?;
     Ok(Value::Null)
 }
 

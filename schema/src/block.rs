@@ -196,6 +196,13 @@ fn read_ref<E: de::Error>(captured: Captured, type_name: &str) -> Result<Blockde
     result.map_err(E::custom)
 }
 
+/// `blockdev-reopen`: the nodes to reopen, each with all its options.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevReopenArgs {
+    pub options: Vec<BlockdevOptions>,
+}
+
 /// `blockdev-del`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]

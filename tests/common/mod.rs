@@ -228,3 +228,16 @@ pub fn sparse_file(path: &Path, size: u64) {
     let file = std::fs::File::create(path).expect("create image");
     file.set_len(size).expect("size image");
 }
+
+/// A reply as `{"return": ...}` or `{"error": {"class", "desc"}}`, for
+/// sessions compared with qemu-storage-daemon's.
+pub async fn reply(client: &mut Client, command: &str, arguments: Value) -> Value {
+    match client
+        .execute(command, arguments)
+        .await
+        .expect("monitor answers")
+    {
+        Ok(value) => serde_json::json!({ "return": value }),
+        Err(e) => serde_json::json!({"error": {"class": e.class, "desc": e.desc}}),
+    }
+}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::state::{depth, GraphState};
-use super::{generic, BlockGraph, MAX_DEPTH};
+use super::{generic, BlockGraph, NewNode, MAX_DEPTH};
 use crate::drain::Gate;
 use crate::driver::{BlockDriver, ChildRole};
 use crate::error::BlockResult;
@@ -103,7 +103,14 @@ impl BlockGraph {
             ..NodeSettings::default()
         };
         let position = state.node_count();
-        let node = state.register(position, name, driver, settings, vec![edge], &[])?;
+        let new = NewNode {
+            name,
+            driver,
+            settings,
+            options: None,
+            children: vec![edge],
+        };
+        let node = state.register(position, new, &[])?;
         state.give_to_monitor(&node);
         Ok(node)
     }
@@ -163,7 +170,7 @@ impl GraphState {
     }
 
     /// `to` and everything below it.
-    fn subtree_ids(node: &Node) -> HashSet<u64> {
+    pub(super) fn subtree_ids(node: &Node) -> HashSet<u64> {
         let mut ids = HashSet::from([node.id()]);
         let mut stack: Vec<Arc<Node>> = node.children().iter().map(|c| c.node()).collect();
         while let Some(next) = stack.pop() {

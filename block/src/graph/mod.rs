@@ -22,10 +22,11 @@ use crate::perm_update::{BackendLink, Holder, Use};
 use crate::permissions::Perm;
 
 mod change;
+mod reopen;
 mod state;
 
 pub use change::Drained;
-pub(crate) use state::GraphState;
+pub(crate) use state::{GraphState, NewNode};
 
 /// The largest image size QEMU accepts (`BDRV_MAX_LENGTH`).
 pub const MAX_IMAGE_LENGTH: u64 = 9_223_372_035_781_033_984;

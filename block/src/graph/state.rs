@@ -8,6 +8,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{generic, BackendPerms, MAX_DEPTH, MAX_NODES};
+use schema::block::BlockdevDriver;
+
 use crate::driver::BlockDriver;
 use crate::error::BlockResult;
 use crate::node::{Node, NodeChild, NodeSettings};
@@ -16,6 +18,16 @@ use crate::permissions::Perm;
 
 /// The longest node name QEMU accepts (its `node_name` array is 32 bytes).
 const MAX_NODE_NAME_LEN: usize = 31;
+
+/// What a new node is made of, for [`GraphState::register`].
+pub(crate) struct NewNode {
+    pub name: String,
+    pub driver: Box<dyn BlockDriver>,
+    pub settings: NodeSettings,
+    /// The driver's options, for `blockdev-reopen` (`None`: made in code).
+    pub options: Option<BlockdevDriver>,
+    pub children: Vec<Arc<NodeChild>>,
+}
 
 /// The graph's bookkeeping.
 #[derive(Default)]
@@ -245,12 +257,16 @@ impl GraphState {
     pub(crate) fn register(
         &mut self,
         position: usize,
-        name: String,
-        driver: Box<dyn BlockDriver>,
-        settings: NodeSettings,
-        children: Vec<Arc<NodeChild>>,
+        new: NewNode,
         retire: &[u64],
     ) -> BlockResult<Arc<Node>> {
+        let NewNode {
+            name,
+            driver,
+            settings,
+            options,
+            children,
+        } = new;
         if self.nodes.len() >= MAX_NODES {
             return Err(generic(format!(
                 "Too many block nodes (at most {MAX_NODES})"
@@ -270,7 +286,7 @@ impl GraphState {
             child.set_seq(self.take_seq());
         }
         let id = self.take_id();
-        let node = Arc::new(Node::new(id, name, driver, settings, children));
+        let node = Arc::new(Node::new(id, name, driver, settings, options, children));
         let position = position.min(self.nodes.len());
         self.uses.retain(|u| !retire.contains(&u.seq));
         self.nodes.insert(position, node.clone());

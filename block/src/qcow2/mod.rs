@@ -67,6 +67,7 @@ use refcount::Refcounts;
 use crate::driver::{BackingFileName, BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
+use crate::node::NodeSettings;
 
 /// What the header says about the backing file, for whoever opens it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -426,6 +427,17 @@ impl BlockDriver for Qcow2 {
             name: name.clone(),
             format: backing.format.clone(),
         })
+    }
+
+    /// The image's metadata handling is fixed when it opens (a writable
+    /// image marks itself dirty and repairs): its read-only state stays.
+    fn check_reopen(&self, old: &NodeSettings, new: &NodeSettings) -> BlockResult<()> {
+        if old.read_only != new.read_only {
+            return Err(invalid(
+                "Cannot change the option 'read-only' of a qcow2 node: reopen it with the same setting",
+            ));
+        }
+        Ok(())
     }
 
     fn driver_info(&self) -> Option<DriverInfo> {

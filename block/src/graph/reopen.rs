@@ -1,0 +1,219 @@
+//! `blockdev-reopen`: nodes take new options while they serve, all of a
+//! list or none.
+//!
+//! Each entry names an existing node and gives its options anew, as
+//! QEMU's: the driver stays the same; the generic options (`read-only`,
+//! `auto-read-only`, `detect-zeroes`, `discard`, `cache`, `force-share`)
+//! take their given or default values; a `file` or `backing` child given
+//! by name moves the edge to that node; any other driver option must be
+//! what the node has. The nodes are drained, their settings and edges
+//! changed, and the permissions of the new shape applied; if anything
+//! conflicts every node gets its old settings and edges back.
+
+use std::sync::Arc;
+
+use schema::block::{BlockdevDriver, BlockdevOptions, BlockdevRef, BlockdevRefOrNull};
+
+use super::state::GraphState;
+use super::{generic, BlockGraph};
+use crate::driver::ChildRole;
+use crate::error::BlockResult;
+use crate::node::{Node, NodeChild, NodeSettings};
+use crate::open::node_settings;
+use crate::permissions::Perm;
+
+/// What one entry changes.
+struct Reopen {
+    node: Arc<Node>,
+    settings: NodeSettings,
+    options: BlockdevDriver,
+    /// Edges to move, and where.
+    edges: Vec<(Arc<NodeChild>, Arc<Node>)>,
+}
+
+/// A child option as a reopen names it: a node, or "keep what it has".
+enum ChildChange<'a> {
+    Keep,
+    To(&'a str),
+}
+
+impl BlockGraph {
+    /// `blockdev-reopen`.
+    pub async fn blockdev_reopen(&self, entries: &[BlockdevOptions]) -> BlockResult<()> {
+        let _control = self.shared.control.lock().await;
+        let plans = entries
+            .iter()
+            .map(|options| self.plan_reopen(options))
+            .collect::<BlockResult<Vec<_>>>()?;
+        let nodes: Vec<Arc<Node>> = plans.iter().map(|p| p.node.clone()).collect();
+        let _drained = self.drained(&nodes).await;
+        self.state().apply_reopen(&plans)
+    }
+
+    fn plan_reopen(&self, options: &BlockdevOptions) -> BlockResult<Reopen> {
+        let name = options
+            .node_name
+            .as_deref()
+            .ok_or_else(|| generic("node-name not specified"))?;
+        let node = self
+            .node(name)
+            .ok_or_else(|| generic(format!("Failed to find node with node-name='{name}'")))?;
+        let old = node.driver_options().ok_or_else(|| {
+            generic(format!(
+                "Block format '{}' used by node '{name}' does not support reopening files",
+                node.driver().format_name()
+            ))
+        })?;
+        if old.name() != options.driver.name() {
+            return Err(cannot_change("driver"));
+        }
+        let mut settings = node_settings(options, None)?;
+        // Activation is `blockdev-set-active`'s business, not a reopen's.
+        settings.inactive = node.settings().inactive;
+        let mut edges = Vec::new();
+        for (role, change) in child_changes(&old, &options.driver)? {
+            let ChildChange::To(target) = change else {
+                continue;
+            };
+            let target = self.lookup(None, Some(target))?;
+            let edge = node
+                .children()
+                .iter()
+                .find(|c| c.role() == role)
+                .cloned()
+                .ok_or_else(|| cannot_change(role.name()))?;
+            if !edge.points_to(&target) {
+                edges.push((edge, target));
+            }
+        }
+        Ok(Reopen {
+            node,
+            settings,
+            options: options.driver.clone(),
+            edges,
+        })
+    }
+}
+
+impl GraphState {
+    fn apply_reopen(&mut self, plans: &[Reopen]) -> BlockResult<()> {
+        for plan in plans {
+            let node = &plan.node;
+            let old = node.settings();
+            node.driver().check_reopen(&old, &plan.settings)?;
+            let losing_write = !old.read_only && plan.settings.read_only;
+            let (taken, _) = node.applied.get();
+            if losing_write && taken.intersects(Perm::WRITE | Perm::WRITE_UNCHANGED) {
+                return Err(generic(format!(
+                    "Read-only block node '{}' cannot support read-write users",
+                    node.name()
+                )));
+            }
+        }
+        let mut undo: Vec<(Arc<Node>, NodeSettings)> = Vec::new();
+        let mut moved: Vec<(Arc<NodeChild>, Arc<Node>)> = Vec::new();
+        for plan in plans {
+            undo.push((plan.node.clone(), plan.node.replace_settings(plan.settings)));
+            for (edge, target) in &plan.edges {
+                moved.push((edge.clone(), edge.replace(target.clone())));
+            }
+        }
+        let cycle = plans.iter().any(|plan| {
+            plan.edges
+                .iter()
+                .any(|(_, target)| GraphState::subtree_ids(target).contains(&plan.node.id()))
+        });
+        let result = if cycle {
+            Err(generic("Making the new child a child would create a cycle"))
+        } else {
+            self.refresh_perms()
+        };
+        if let Err(e) = result {
+            for (edge, old) in moved.into_iter().rev() {
+                edge.replace(old);
+            }
+            for (node, old) in undo.into_iter().rev() {
+                node.replace_settings(old);
+            }
+            // The old shape's permissions held before; they hold again.
+            let _ = self.refresh_perms();
+            return Err(e);
+        }
+        for plan in plans {
+            plan.node.set_driver_options(plan.options.clone());
+        }
+        Ok(())
+    }
+}
+
+/// The child options of `new` against `old`, checking that every other
+/// driver option is unchanged (QEMU's "Cannot change the option").
+fn child_changes<'a>(
+    old: &BlockdevDriver,
+    new: &'a BlockdevDriver,
+) -> BlockResult<Vec<(ChildRole, ChildChange<'a>)>> {
+    match (old, new) {
+        (BlockdevDriver::File(old), BlockdevDriver::File(new)) => {
+            same("filename", &old.filename, &new.filename)?;
+            same("pr-manager", &old.pr_manager, &new.pr_manager)?;
+            same("locking", &old.locking, &new.locking)?;
+            same("aio", &old.aio, &new.aio)?;
+            Ok(Vec::new())
+        }
+        (BlockdevDriver::NullCo(old), BlockdevDriver::NullCo(new)) => {
+            same("size", &old.size, &new.size)?;
+            same("latency-ns", &old.latency_ns, &new.latency_ns)?;
+            same("read-zeroes", &old.read_zeroes, &new.read_zeroes)?;
+            Ok(Vec::new())
+        }
+        (BlockdevDriver::Raw(old), BlockdevDriver::Raw(new)) => {
+            same("offset", &old.offset, &new.offset)?;
+            same("size", &old.size, &new.size)?;
+            Ok(vec![(ChildRole::File, by_name("file", &new.file)?)])
+        }
+        (BlockdevDriver::Qcow2(old), BlockdevDriver::Qcow2(new)) => {
+            let mut unchanged = old.clone();
+            unchanged.file = new.file.clone();
+            unchanged.backing = new.backing.clone();
+            if &unchanged != new {
+                return Err(generic(
+                    "Only the 'file' and 'backing' children of a qcow2 node can change on reopen",
+                ));
+            }
+            let backing = match &new.backing {
+                None => ChildChange::Keep,
+                Some(BlockdevRefOrNull::Reference(name)) => ChildChange::To(name),
+                Some(_) => return Err(cannot_change("backing")),
+            };
+            Ok(vec![
+                (ChildRole::File, by_name("file", &new.file)?),
+                (ChildRole::Backing, backing),
+            ])
+        }
+        _ => Err(generic(format!(
+            "Block format '{}' does not support reopening files",
+            new.name()
+        ))),
+    }
+}
+
+/// A child named by reference; a new inline definition cannot come with
+/// a reopen.
+fn by_name<'a>(option: &str, child: &'a BlockdevRef) -> BlockResult<ChildChange<'a>> {
+    match child {
+        BlockdevRef::Reference(name) => Ok(ChildChange::To(name)),
+        BlockdevRef::Definition(_) => Err(cannot_change(option)),
+    }
+}
+
+fn same<T: PartialEq>(option: &str, old: &T, new: &T) -> BlockResult<()> {
+    if old == new {
+        Ok(())
+    } else {
+        Err(cannot_change(option))
+    }
+}
+
+fn cannot_change(option: &str) -> crate::error::BlockError {
+    generic(format!("Cannot change the option '{option}'"))
+}

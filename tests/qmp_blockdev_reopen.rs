@@ -1,0 +1,260 @@
+//! `blockdev-reopen` over QMP: a recorded session (read-only refused
+//! while a writable export uses the node, accepted otherwise and undone;
+//! a `file` child moved; options that cannot change; bad node names)
+//! compared with qemu-storage-daemon's answers; and a node inserted
+//! below an exported format and removed again, then deleted, while an NBD
+//! client writes and verifies without pause.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{ok, reply, sparse_file, storaged, TestDaemon};
+use serde_json::{json, Value};
+
+const MIB: u64 = 1024 * 1024;
+
+/// `query-named-block-nodes`, each node as (name, read-only, detect
+/// zeroes, file name without the directory).
+async fn nodes(client: &mut qmp::client::Client) -> Value {
+    let list = ok(client, "query-named-block-nodes", json!({"flat": true})).await;
+    let shown: Vec<Value> = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|n| {
+            let file = n["file"].as_str().unwrap_or_default();
+            let base = file.rsplit('/').next().unwrap_or_default();
+            json!([n["node-name"], n["ro"], n["detect_zeroes"], base])
+        })
+        .collect();
+    Value::Array(shown)
+}
+
+fn writes(uri: &str, command: &str) -> bool {
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", command, uri])
+        .output()
+        .expect("qemu-io is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && !text.contains("failed")
+}
+
+/// The session, run against `daemon`: its replies, the node lists it
+/// queried, and whether a write through the re-added export worked.
+async fn reopen_session(daemon: &TestDaemon) -> (Vec<Value>, Vec<Value>, bool) {
+    sparse_file(&daemon.path("a.img"), MIB);
+    sparse_file(&daemon.path("b.img"), MIB);
+    let socket = daemon.path("nbd.sock");
+    let mut client = daemon.connect().await;
+    let raw_over = |file: &str| json!({"driver": "raw", "node-name": "r0", "file": file});
+    let steps = [
+        (
+            "blockdev-add",
+            json!({"driver": "file", "node-name": "f0", "filename": daemon.path("a.img")}),
+        ),
+        (
+            "blockdev-add",
+            json!({"driver": "file", "node-name": "f1", "filename": daemon.path("b.img")}),
+        ),
+        ("blockdev-add", raw_over("f0")),
+        (
+            "nbd-server-start",
+            json!({"addr": {"type": "unix", "data": {"path": socket}}}),
+        ),
+        (
+            "block-export-add",
+            json!({"type": "nbd", "id": "e0", "node-name": "r0", "writable": true}),
+        ),
+        // A writable export holds r0: it cannot become read-only.
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "raw", "node-name": "r0", "file": "f0", "read-only": true}]}),
+        ),
+        // The file child moves to f1 under the export.
+        ("blockdev-reopen", json!({"options": [raw_over("f1")]})),
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "file", "node-name": "r0", "filename": "x"}]}),
+        ),
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "raw", "node-name": "nope", "file": "f0"}]}),
+        ),
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "raw", "file": "f0"}]}),
+        ),
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "file", "node-name": "f0", "filename": daemon.path("b.img")}]}),
+        ),
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "file", "node-name": "f1",
+                                "filename": daemon.path("b.img"),
+                                "detect-zeroes": "on", "discard": "unmap"}]}),
+        ),
+        ("block-export-del", json!({"id": "e0"})),
+        // Without the export r0 can become read-only, and a writable
+        // export is then refused.
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "raw", "node-name": "r0", "file": "f1", "read-only": true}]}),
+        ),
+        (
+            "block-export-add",
+            json!({"type": "nbd", "id": "e1", "node-name": "r0", "writable": true}),
+        ),
+        // Writable again: the export is accepted.
+        ("blockdev-reopen", json!({"options": [raw_over("f1")]})),
+        (
+            "block-export-add",
+            json!({"type": "nbd", "id": "e1", "node-name": "r0", "name": "disk", "writable": true}),
+        ),
+    ];
+    let mut replies = Vec::new();
+    let mut listings = Vec::new();
+    for (i, (command, arguments)) in steps.into_iter().enumerate() {
+        replies.push(reply(&mut client, command, arguments).await);
+        if i == 6 || i == 13 {
+            listings.push(nodes(&mut client).await);
+        }
+    }
+    let uri = format!("nbd+unix:///disk?socket={}", socket.display());
+    let wrote = writes(&uri, "write -P 0x5a 64k 4k");
+    (replies, listings, wrote)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopen_session_answers_as_qemu_storage_daemon() {
+    let qsd = TestDaemon::spawn(
+        Command::new("qemu-storage-daemon"),
+        tempfile::tempdir().expect("temp dir"),
+        |_| Vec::new(),
+    );
+    let expected = reopen_session(&qsd).await;
+    drop(qsd);
+    let ours = TestDaemon::spawn(storaged(), tempfile::tempdir().expect("temp dir"), |_| {
+        Vec::new()
+    });
+    let got = reopen_session(&ours).await;
+    assert_eq!(got.0, expected.0);
+    assert_eq!(got.1, expected.1);
+    assert!(got.2 && expected.2, "the write after the reverse change");
+    // The write went through r0's new file child.
+    let b = std::fs::read(ours.path("b.img")).unwrap();
+    assert!(b[64 * 1024..68 * 1024].iter().all(|&x| x == 0x5a));
+    assert_eq!(
+        got.0[5],
+        json!({"error": {"class": "GenericError",
+                         "desc": "Read-only block node 'r0' cannot support read-write users"}})
+    );
+}
+
+/// Writes a pattern and reads it back, over and over, until told to stop
+/// on standard input; prints `ready` first and `rounds N` at the end.
+const WRITER: &str = r#"
+import nbd, os, sys, threading
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+print("ready", flush=True)
+rounds = 0
+while not stop.is_set():
+    offset = (rounds * 65536) % (4 << 20)
+    data = bytes([rounds % 251]) * 65536
+    h.pwrite(data, offset)
+    if h.pread(65536, offset) != data:
+        print("mismatch", rounds, flush=True)
+        sys.exit(1)
+    rounds += 1
+h.flush()
+print("rounds", rounds, flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_inserted_below_an_export_and_removed_under_a_writing_client() {
+    let daemon = TestDaemon::start_in(tempfile::tempdir().unwrap(), |dir| {
+        sparse_file(&dir.join("disk.img"), 4 * MIB);
+        vec![
+            "--blockdev".into(),
+            format!(
+                "file,node-name=f0,filename={}",
+                dir.join("disk.img").display()
+            ),
+            "--blockdev".into(),
+            "raw,node-name=fmt,file=f0".into(),
+            // A pass-through node over the same file, to insert.
+            "--blockdev".into(),
+            "raw,node-name=mid,file=f0".into(),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "nbd,id=e0,node-name=fmt,name=disk,writable=on".into(),
+        ]
+    });
+    let uri = format!(
+        "nbd+unix:///disk?socket={}",
+        daemon.path("nbd.sock").display()
+    );
+    let mut writer = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", WRITER, &uri])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(writer.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let mut client = daemon.connect().await;
+    let mut slowest = Duration::ZERO;
+    for below in ["mid", "f0"].repeat(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let began = Instant::now();
+        ok(
+            &mut client,
+            "blockdev-reopen",
+            json!({"options": [{"driver": "raw", "node-name": "fmt", "file": below}]}),
+        )
+        .await;
+        slowest = slowest.max(began.elapsed());
+    }
+    // Under the same load: a node in use stays, the one out of use goes.
+    let busy = reply(&mut client, "blockdev-del", json!({"node-name": "fmt"})).await;
+    assert_eq!(
+        busy,
+        json!({"error": {"class": "GenericError", "desc": "Node fmt is in use"}})
+    );
+    ok(&mut client, "blockdev-del", json!({"node-name": "mid"})).await;
+    use std::io::Write;
+    writeln!(writer.stdin.as_mut().unwrap()).unwrap();
+    let last = lines.next().unwrap().unwrap();
+    assert!(writer.wait().unwrap().success(), "the client saw: {last}");
+    let rounds: u64 = last.strip_prefix("rounds ").unwrap().parse().unwrap();
+    assert!(rounds > 0);
+    println!("{rounds} write+verify rounds; slowest reopen (drained section included) {slowest:?}");
+    let graph = ok(&mut client, "x-debug-query-block-graph", json!({})).await;
+    let edges = graph["edges"].as_array().unwrap();
+    let fmt_id = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "fmt")
+        .unwrap()["id"]
+        .clone();
+    let f0_id = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "f0")
+        .unwrap()["id"]
+        .clone();
+    assert!(edges
+        .iter()
+        .any(|e| e["parent"] == fmt_id && e["child"] == f0_id && e["name"] == "file"));
+}
