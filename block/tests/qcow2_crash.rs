@@ -441,3 +441,79 @@ async fn crashes_during_concurrent_requests_never_corrupt() {
     crash_many_times("cluster_size=65536", "32M", 30, 60, 8, &mut rng).await;
     crash_many_times("cluster_size=512", "8M", 30, 80, 8, &mut rng).await;
 }
+
+/// A child whose writes wait while its gate is closed.
+struct GatedChild {
+    inner: Arc<dyn BlockChild>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+#[async_trait]
+impl BlockChild for GatedChild {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
+        self.inner.read(offset, buf).await
+    }
+    async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
+        let mut open = self.open.subscribe();
+        open.wait_for(|open| *open).await.expect("gate kept");
+        self.inner.write(offset, buf, flags).await
+    }
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
+        self.inner.write_zeroes(offset, len, flags).await
+    }
+    async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        self.inner.discard(offset, len).await
+    }
+    async fn flush(&self) -> BlockResult<()> {
+        self.inner.flush().await
+    }
+    async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
+        self.inner.block_status(offset, len).await
+    }
+    async fn resize(&self, new_size: u64) -> BlockResult<()> {
+        self.inner.resize(new_size).await
+    }
+}
+
+/// A flush whose future is dropped while its metadata writes wait (a
+/// client gone with its flush in flight) leaves that metadata dirty: the
+/// next flush writes it, and the image is whole and clean.
+#[tokio::test(flavor = "current_thread")]
+async fn an_abandoned_flush_loses_no_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.qcow2");
+    create_qcow2(&image, &[], "16M");
+    let (open, _) = tokio::sync::watch::channel(true);
+    let gated = Arc::new(GatedChild {
+        inner: qcow2_support::file_child(&image, true),
+        open,
+    });
+    let qcow2 = Qcow2::open(gated.clone(), None, options(true))
+        .await
+        .unwrap();
+    let mut expected = vec![0u8; 16 << 20];
+    for (i, offset) in [0usize, 3 << 20, 9 << 20].into_iter().enumerate() {
+        let data = vec![0x40 + i as u8; 70_000];
+        expected[offset..offset + data.len()].copy_from_slice(&data);
+        qcow2
+            .write(offset as u64, &IoBuf::copy_of(&data), WriteFlags::default())
+            .await
+            .unwrap();
+    }
+    gated.open.send_replace(false);
+    let abandoned = tokio::time::timeout(std::time::Duration::from_millis(50), qcow2.flush()).await;
+    assert!(abandoned.is_err(), "the flush waited for its writes");
+    gated.open.send_replace(true);
+    qcow2.flush().await.unwrap();
+    qcow2_support::close_and_compare(
+        qcow2,
+        &image,
+        dir.path(),
+        &expected,
+        "after an abandoned flush",
+    )
+    .await;
+}

@@ -111,6 +111,9 @@ pub struct Qcow2 {
     writeback_lock: AsyncMutex<()>,
     /// A writeback is due because a cache is over its capacity.
     writeback_wanted: AtomicBool,
+    /// What an abandoned writeback took and did not write: put back by
+    /// the next one (see [`writeback`]).
+    unwritten: std::sync::Mutex<writeback::Unwritten>,
     /// The header's dirty bit is set (by us or before we opened).
     dirty: AtomicBool,
     /// Corruption was found: no more writes.
@@ -249,6 +252,7 @@ impl Qcow2 {
             clusters: RangeLocks::default(),
             writeback_lock: AsyncMutex::new(()),
             writeback_wanted: AtomicBool::new(false),
+            unwritten: std::sync::Mutex::default(),
             dirty: AtomicBool::new(image_dirty),
             corrupt: AtomicBool::new(h.incompatible_features & incompat::CORRUPT != 0),
             corruption_reported: AtomicBool::new(false),

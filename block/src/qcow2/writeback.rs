@@ -15,8 +15,11 @@
 //!    write the refcount blocks they changed, flush, discard.
 //!
 //! Requests go on meanwhile: whatever they change is dirty again and goes
-//! with the next writeback. A failed writeback marks what it took dirty
-//! again and returns the error.
+//! with the next writeback. A writeback that fails, or whose future is
+//! dropped half way, marks what it took dirty again (a guard does it when
+//! dropped, so an abandoned writeback loses nothing); the parts that
+//! belong under the allocation lock wait in [`Unwritten`] for the next
+//! writeback.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -62,6 +65,56 @@ fn redirty(copies: &TableCopies) {
     }
 }
 
+/// Refcount table chunks and frees that a writeback took and did not
+/// write; the next writeback takes them back under the allocation lock.
+#[derive(Default)]
+pub(super) struct Unwritten {
+    reftable_chunks: Vec<(u64, Vec<u8>)>,
+    frees: Vec<PendingFree>,
+}
+
+/// A snapshot being written: if dropped before [`Taken::written`], what
+/// it took is dirty again.
+struct Taken<'a> {
+    qcow2: &'a Qcow2,
+    snapshot: Option<Snapshot>,
+}
+
+impl Taken<'_> {
+    /// The snapshot reached the disk: nothing to put back.
+    fn written(mut self) -> Snapshot {
+        self.snapshot.take().expect("taken once")
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        let Some(snapshot) = self.snapshot.take() else {
+            return;
+        };
+        redirty(&snapshot.refcount_blocks);
+        redirty(&snapshot.l2_tables);
+        self.qcow2.l1_mut().redirty(&snapshot.l1_chunks);
+        let mut unwritten = self
+            .qcow2
+            .unwritten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        unwritten.reftable_chunks.extend(snapshot.reftable_chunks);
+        unwritten.frees.extend(snapshot.frees);
+    }
+}
+
+/// Refcount blocks being written after frees: dirty again if dropped
+/// before they are.
+struct TakenBlocks(TableCopies);
+
+impl Drop for TakenBlocks {
+    fn drop(&mut self) {
+        redirty(&self.0);
+    }
+}
+
 impl Qcow2 {
     /// Writes every dirty piece of metadata, in order, and flushes the
     /// file: everything completed before the call is durable after it.
@@ -69,6 +122,10 @@ impl Qcow2 {
         let _serial = self.writeback_lock.lock().await;
         let snapshot = {
             let mut refs = self.refs.lock().await;
+            let unwritten =
+                std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|e| e.into_inner()));
+            refs.redirty_table(&unwritten.reftable_chunks);
+            refs.restore_pending(unwritten.frees);
             Snapshot {
                 refcount_blocks: copy_clean(refs.dirty_blocks()),
                 reftable_chunks: refs.take_dirty_table(),
@@ -77,15 +134,13 @@ impl Qcow2 {
                 l1_chunks: self.l1_mut().take_dirty(),
             }
         };
-        if let Err(e) = self.write_snapshot(&snapshot).await {
-            redirty(&snapshot.refcount_blocks);
-            redirty(&snapshot.l2_tables);
-            self.l1_mut().redirty(&snapshot.l1_chunks);
-            let mut refs = self.refs.lock().await;
-            refs.redirty_table(&snapshot.reftable_chunks);
-            refs.restore_pending(snapshot.frees);
-            return Err(e);
-        }
+        let taken = Taken {
+            qcow2: self,
+            snapshot: Some(snapshot),
+        };
+        self.write_snapshot(taken.snapshot.as_ref().expect("just taken"))
+            .await?;
+        let snapshot = taken.written();
         if !snapshot.frees.is_empty() {
             self.apply_frees(&snapshot.frees).await?;
         }
@@ -122,7 +177,7 @@ impl Qcow2 {
     /// Step 5: the decrements and the discards, then the refcount blocks
     /// written and flushed.
     async fn apply_frees(&self, frees: &[PendingFree]) -> BlockResult<()> {
-        let blocks = {
+        let mut blocks = {
             let mut refs = self.refs.lock().await;
             let discards = refs.apply_frees(frees).await?;
             // Discard while the refcount lock is held: once it is released an
@@ -134,21 +189,16 @@ impl Qcow2 {
                     tracing::debug!("qcow2: discard of freed clusters failed: {e}");
                 }
             }
-            copy_clean(refs.dirty_blocks())
+            TakenBlocks(copy_clean(refs.dirty_blocks()))
         };
-        let written = async {
-            for (table, bytes) in &blocks {
-                self.file
-                    .write(table.offset(), bytes, WriteFlags::default())
-                    .await?;
-            }
-            self.file.flush().await
+        for (table, bytes) in &blocks.0 {
+            self.file
+                .write(table.offset(), bytes, WriteFlags::default())
+                .await?;
         }
-        .await;
-        if let Err(e) = written {
-            redirty(&blocks);
-            return Err(e);
-        }
+        self.file.flush().await?;
+        // Written: nothing for the guard to mark dirty again.
+        blocks.0.clear();
         Ok(())
     }
 }
