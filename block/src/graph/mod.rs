@@ -364,6 +364,9 @@ impl GraphShared {
     /// drops the nodes (which closes their files).
     async fn close_nodes(&self, nodes: Vec<Arc<Node>>) {
         for node in &nodes {
+            // Nothing reaches a node out of the graph any more; what was in
+            // flight (a parent's last request) finishes first.
+            node.wait_idle().await;
             // QEMU's blockdev-del does not fail when writing out fails.
             let _ = node.flush().await;
             let _ = node.driver().close().await;

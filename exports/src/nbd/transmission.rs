@@ -5,10 +5,10 @@
 //! on its first poll (a page-cache hit), and then no other task or thread
 //! is involved. Larger requests, and those whose first poll has to wait,
 //! run in tasks of their own on the daemon's runtime and send their reply
-//! back, so requests proceed concurrently and complete in any order. If an inline request
-//! put its thread to sleep (a backend that waits for a disk, such as
-//! `O_DIRECT` files), requests are spawned for a while, so that they wait
-//! in parallel.
+//! back, so requests proceed concurrently and complete in any order. If an
+//! inline request had to wait or put its thread to sleep (a backend that
+//! waits for a disk, such as `O_DIRECT` files or page-cache misses),
+//! requests are spawned for a while, so that they wait in parallel.
 //!
 //! Requests in flight and the payload bytes they hold are bounded; at the
 //! bound the loop stops reading, which pushes back on the client. When
@@ -398,7 +398,11 @@ impl Requests {
             let sample = self.inline_count.is_multiple_of(BLOCKING_SAMPLE);
             let switches = sample.then(voluntary_context_switches);
             let polled = poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await;
-            if switches.is_some_and(|before| voluntary_context_switches() > before) {
+            // A request that slept, or that has to wait (its I/O went to
+            // the blocking pool), says the data is not in memory: the
+            // next ones go straight to the runtime for a while.
+            let slept = switches.is_some_and(|before| voluntary_context_switches() > before);
+            if slept || polled.is_pending() {
                 self.spawn_streak = SPAWNED_AFTER_BLOCKING;
             }
             if let Poll::Ready(reply) = polled {
