@@ -267,14 +267,16 @@ def measure_group(results: Results, images: ImageStore, scratch: Path, server: S
             results.multi_conn[(server.key, kind.fmt)] = running.multi_conn
             for workload in group:
                 try:
-                    figure = workload.measure(running.uri, settings, images)
+                    figure = workload.measure(running.uri, settings, images,
+                                              running.cpu_seconds)
                 except MeasureError as error:
                     results.fail(workload.name, transport, server.key, str(error))
                     progress(f"  {workload.name:22} n/a: {error}")
                     continue
                 results.record(workload.name, transport, server.key, figure)
                 progress(f"  {workload.name:22} {figure.value:12,.0f} {workload.unit}"
-                         f"  (client: {figure.client_cpus:.2f} CPUs)")
+                         f"  (client: {figure.client_cpus:.2f} CPUs; server: "
+                         f"{figure.server_cpu:,.1f} {workload.server_cpu_unit})")
     except ServerUnavailable as error:
         progress(f"  n/a: {error}")
         fail_group(results, group, transport, server, str(error))

@@ -3,7 +3,9 @@
 One table per suite (raw image: all servers; qcow2: storaged and qemu-storage-daemon),
 one row per workload and transport, one column per server, and storaged's ratio to the
 best of the others; then the same rows for the CPU the client used (where a client is
-near its limit with storaged, that column shows the client's ceiling, not storaged's).
+near its limit with storaged, that column shows the client's ceiling, not storaged's);
+then the server's own CPU per request or per GiB, with storaged's ratio to the most
+frugal of the others (lower is better).
 With several rounds a cell shows the median.  A server that could not be measured shows
 "n/a", and the reason is listed under the tables.
 """
@@ -51,6 +53,9 @@ class Results:
     def client_cpus(self, workload: str, transport: str, server: str) -> float | None:
         return self._median(workload, transport, server, lambda f: f.client_cpus)
 
+    def server_cpu(self, workload: str, transport: str, server: str) -> float | None:
+        return self._median(workload, transport, server, lambda f: f.server_cpu)
+
     def _median(self, workload: str, transport: str, server: str,
                 part: Callable[[Figure], float]) -> float | None:
         cell = self._cells.get((workload, transport, server))
@@ -68,11 +73,12 @@ class Results:
         return self._cells.setdefault((workload, transport, server), Cell())
 
 
-def ratio(storaged: float | None, others: list[float | None]) -> str:
+def ratio(storaged: float | None, others: list[float | None],
+          best: Callable[[list[float]], float] = max) -> str:
     measured = [value for value in others if value is not None]
-    if storaged is None or not measured:
+    if storaged is None or not measured or best(measured) == 0:
         return NOT_AVAILABLE
-    return f"{storaged / max(measured):.2f}x"
+    return f"{storaged / best(measured):.2f}x"
 
 
 def render(results: Results, workloads: list[Workload], transports: list[str],
@@ -89,6 +95,9 @@ def render(results: Results, workloads: list[Workload], transports: list[str],
             parts += ["", f"Client CPU during the figures above (CPUs busy; 1.00 is one CPU "
                       f"all the time):", ""]
             parts += _client_table(results, suite_workloads, transports, suite_servers)
+            parts += ["", "Server CPU per unit of work (user + system time of the server "
+                      "process; lower is better):", ""]
+            parts += _server_cpu_table(results, suite_workloads, transports, suite_servers)
             parts.append("")
     parts += _servers_section(results, servers, {w.suite for w in workloads})
     parts += _failures_section(results, servers)
@@ -124,6 +133,27 @@ def _client_table(results: Results, workloads: list[Workload], transports: list[
             for server in servers:
                 cpus = results.client_cpus(workload.name, transport, server.key)
                 row.append(NOT_AVAILABLE if cpus is None else f"{cpus:.2f}")
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _server_cpu_table(results: Results, workloads: list[Workload], transports: list[str],
+                      servers: list[Server]) -> list[str]:
+    with_ratio = any(s.key == "storaged" for s in servers) and len(servers) > 1
+    header = ["workload", "unit", "transport", *[s.name for s in servers]]
+    if with_ratio:
+        header.append("storaged / lowest other")
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for workload in workloads:
+        for transport in transports:
+            figures = {s.key: results.server_cpu(workload.name, transport, s.key)
+                       for s in servers}
+            row = [workload.title, workload.server_cpu_unit, transport]
+            row += [NOT_AVAILABLE if figures[s.key] is None else f"{figures[s.key]:,.1f}"
+                    for s in servers]
+            if with_ratio:
+                others = [figure for key, figure in figures.items() if key != "storaged"]
+                row.append(ratio(figures["storaged"], others, best=min))
             lines.append("| " + " | ".join(row) + " |")
     return lines
 

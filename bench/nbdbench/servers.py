@@ -11,6 +11,7 @@ ServerUnavailable with the reason; the caller reports "n/a" for it and goes on.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -179,6 +180,11 @@ class RunningServer:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
+    def cpu_seconds(self) -> float:
+        """The server's CPU time so far (user + system, all threads)."""
+        assert self.process is not None, "server started"
+        return process_cpu_s(self.process.pid)
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -224,3 +230,12 @@ def _nbdinfo(*args: str) -> subprocess.CompletedProcess:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU time of process `pid` (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name may hold spaces: fields count from after its ")".
+        fields = stat.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

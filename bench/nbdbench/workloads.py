@@ -10,7 +10,10 @@ write allocates a cluster whatever the speed of the server.
 
 Each figure comes with the CPU its client used meanwhile, in CPUs (1.0: one CPU busy the
 whole time): a client near its limit is the bottleneck, and no server can look faster
-through it.
+through it.  And with the server's own CPU (user + system time of the process, from
+/proc/PID/stat) per unit of work, which the client cannot cap: per request for fio rows
+(over the whole fio run, ramp included, divided by the requests of the whole run at the
+measured rate), per GiB moved for nbdcopy rows (over the counted copies).
 """
 
 from __future__ import annotations
@@ -54,10 +57,17 @@ class Figure:
     value: float
     # CPUs the client kept busy while it was measured.
     client_cpus: float
+    # The server's CPU per unit of work: µs per request (IOPS rows), ms per GiB (MiB/s rows).
+    server_cpu: float
 
 
-# (export URI, settings, image store) -> figure
-Measure = Callable[[str, Settings, ImageStore], Figure]
+# The server's CPU time so far, in seconds.
+ServerClock = Callable[[], float]
+
+# (export URI, settings, image store, server clock) -> figure
+Measure = Callable[[str, Settings, ImageStore, ServerClock], Figure]
+
+GIB = 1024 * MIB
 
 
 @dataclass(frozen=True)
@@ -72,17 +82,23 @@ class Workload:
     def suite(self) -> str:
         return self.image.fmt
 
+    @property
+    def server_cpu_unit(self) -> str:
+        return "µs/request" if self.unit == "IOPS" else "ms/GiB"
+
 
 def nbdcopy_mib_per_s(source: str, destination: str, nbytes: int, settings: Settings,
-                      *extra: str) -> Figure:
+                      server_cpu_s: ServerClock, *extra: str) -> Figure:
     argv = ["nbdcopy", *extra, source, destination]
     timeout = settings.ramp_s + settings.duration_s + TOOL_GRACE_S
     started = time.monotonic()
     measured_bytes = 0
     measured_s = 0.0
     measured_cpu_s = 0.0
+    measured_server_s = 0.0
     while measured_bytes == 0 or measured_s < settings.duration_s:
         cpu_before = _children_cpu_s()
+        server_before = server_cpu_s()
         copy_started = time.monotonic()
         _run(argv, timeout)
         copy_s = time.monotonic() - copy_started
@@ -90,7 +106,9 @@ def nbdcopy_mib_per_s(source: str, destination: str, nbytes: int, settings: Sett
             measured_bytes += nbytes
             measured_s += copy_s
             measured_cpu_s += _children_cpu_s() - cpu_before
-    return Figure(measured_bytes / MIB / measured_s, measured_cpu_s / measured_s)
+            measured_server_s += server_cpu_s() - server_before
+    return Figure(measured_bytes / MIB / measured_s, measured_cpu_s / measured_s,
+                  measured_server_s * 1000 / (measured_bytes / GIB))
 
 
 def _children_cpu_s() -> float:
@@ -99,7 +117,7 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def fio_iops(uri: str, rw: str, iodepth: int, settings: Settings,
+def fio_iops(uri: str, rw: str, iodepth: int, settings: Settings, server_cpu_s: ServerClock,
              number_ios: int | None = None) -> Figure:
     """IOPS of one fio job; time based unless `number_ios` fixes the amount of work."""
     argv = [
@@ -120,7 +138,9 @@ def fio_iops(uri: str, rw: str, iodepth: int, settings: Settings,
         ]
     else:
         argv += [f"--number_ios={number_ios}"]
+    server_before = server_cpu_s()
     output = _run(argv, settings.ramp_s + settings.duration_s + TOOL_GRACE_S)
+    server_s = server_cpu_s() - server_before
     # The nbd engine prints "fio: connected to NBD server" before the JSON document.
     try:
         report = json.loads(output[output.index("{"):])
@@ -128,8 +148,10 @@ def fio_iops(uri: str, rw: str, iodepth: int, settings: Settings,
         if job["error"]:
             raise MeasureError(f"fio job error {job['error']}")
         iops = float(job["write" if "write" in rw else "read"]["iops"])
+        requests = number_ios or iops * (settings.ramp_s + settings.duration_s)
         # fio reports the job's CPU use in percent of one CPU.
-        return Figure(iops, (float(job["usr_cpu"]) + float(job["sys_cpu"])) / 100)
+        return Figure(iops, (float(job["usr_cpu"]) + float(job["sys_cpu"])) / 100,
+                      server_s * 1e6 / max(requests, 1))
     except (ValueError, KeyError, IndexError) as error:
         raise MeasureError(f"unreadable fio output: {error}") from error
 
@@ -149,21 +171,25 @@ def _run(argv: list[str], timeout: float) -> str:
     return done.stdout
 
 
-def _sequential_read(uri: str, settings: Settings, images: ImageStore) -> Figure:
-    return nbdcopy_mib_per_s(uri, "null:", images.size, settings)
+def _sequential_read(uri: str, settings: Settings, images: ImageStore,
+                     server_cpu_s: ServerClock) -> Figure:
+    return nbdcopy_mib_per_s(uri, "null:", images.size, settings, server_cpu_s)
 
 
-def _sequential_write(uri: str, settings: Settings, images: ImageStore) -> Figure:
+def _sequential_write(uri: str, settings: Settings, images: ImageStore,
+                      server_cpu_s: ServerClock) -> Figure:
     source = str(images.random_data())
-    return nbdcopy_mib_per_s(source, uri, images.size, settings, "--flush")
+    return nbdcopy_mib_per_s(source, uri, images.size, settings, server_cpu_s, "--flush")
 
 
 def _random(rw: str, iodepth: int) -> Measure:
-    return lambda uri, settings, images: fio_iops(uri, rw, iodepth, settings)
+    return lambda uri, settings, images, clock: fio_iops(uri, rw, iodepth, settings, clock)
 
 
-def _allocating_write(uri: str, settings: Settings, images: ImageStore) -> Figure:
-    return fio_iops(uri, "randwrite", DEEP_QUEUE, settings, settings.allocating_writes)
+def _allocating_write(uri: str, settings: Settings, images: ImageStore,
+                      server_cpu_s: ServerClock) -> Figure:
+    return fio_iops(uri, "randwrite", DEEP_QUEUE, settings, server_cpu_s,
+                    settings.allocating_writes)
 
 
 WORKLOADS = (
