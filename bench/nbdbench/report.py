@@ -97,28 +97,47 @@ def render(results: Results, workloads: list[Workload], transports: list[str],
             parts += _client_table(results, suite_workloads, transports, suite_servers)
             parts += ["", "Server CPU per unit of work (user + system time of the server "
                       "process; lower is better):", ""]
-            parts += _server_cpu_table(results, suite_workloads, transports, suite_servers)
+            parts += _table(results, suite_workloads, transports, suite_servers, SERVER_CPU)
             parts.append("")
     parts += _servers_section(results, servers, {w.suite for w in workloads})
     parts += _failures_section(results, servers)
     return "\n".join(parts).rstrip() + "\n"
 
 
+@dataclass(frozen=True)
+class Column:
+    """How a table of figures reads its cells: which figure, its unit, how it is shown,
+    and which of the others storaged is compared with (the highest, or the lowest)."""
+    figure: Callable[[Results, str, str, str], float | None]
+    unit: Callable[[Workload], str]
+    show: Callable[[float], str]
+    ratio_header: str
+    best: Callable[[list[float]], float]
+
+
+THROUGHPUT = Column(Results.figure, lambda w: w.unit, lambda v: f"{v:,.0f}",
+                    "storaged / best other", max)
+SERVER_CPU = Column(Results.server_cpu, lambda w: w.server_cpu_unit, lambda v: f"{v:,.1f}",
+                    "storaged / lowest other", min)
+
+
 def _table(results: Results, workloads: list[Workload], transports: list[str],
-           servers: list[Server]) -> list[str]:
+           servers: list[Server], column: Column = THROUGHPUT) -> list[str]:
     with_ratio = any(s.key == "storaged" for s in servers) and len(servers) > 1
     header = ["workload", "unit", "transport", *[s.name for s in servers]]
     if with_ratio:
-        header.append("storaged / best other")
+        header.append(column.ratio_header)
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for workload in workloads:
         for transport in transports:
-            figures = {s.key: results.figure(workload.name, transport, s.key) for s in servers}
-            row = [workload.title, workload.unit, transport]
-            row += [_number(figures[s.key]) for s in servers]
+            figures = {s.key: column.figure(results, workload.name, transport, s.key)
+                       for s in servers}
+            row = [workload.title, column.unit(workload), transport]
+            row += [NOT_AVAILABLE if figures[s.key] is None else column.show(figures[s.key])
+                    for s in servers]
             if with_ratio:
                 others = [figure for key, figure in figures.items() if key != "storaged"]
-                row.append(ratio(figures["storaged"], others))
+                row.append(ratio(figures["storaged"], others, column.best))
             lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -135,31 +154,6 @@ def _client_table(results: Results, workloads: list[Workload], transports: list[
                 row.append(NOT_AVAILABLE if cpus is None else f"{cpus:.2f}")
             lines.append("| " + " | ".join(row) + " |")
     return lines
-
-
-def _server_cpu_table(results: Results, workloads: list[Workload], transports: list[str],
-                      servers: list[Server]) -> list[str]:
-    with_ratio = any(s.key == "storaged" for s in servers) and len(servers) > 1
-    header = ["workload", "unit", "transport", *[s.name for s in servers]]
-    if with_ratio:
-        header.append("storaged / lowest other")
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for workload in workloads:
-        for transport in transports:
-            figures = {s.key: results.server_cpu(workload.name, transport, s.key)
-                       for s in servers}
-            row = [workload.title, workload.server_cpu_unit, transport]
-            row += [NOT_AVAILABLE if figures[s.key] is None else f"{figures[s.key]:,.1f}"
-                    for s in servers]
-            if with_ratio:
-                others = [figure for key, figure in figures.items() if key != "storaged"]
-                row.append(ratio(figures["storaged"], others, best=min))
-            lines.append("| " + " | ".join(row) + " |")
-    return lines
-
-
-def _number(value: float | None) -> str:
-    return NOT_AVAILABLE if value is None else f"{value:,.0f}"
 
 
 def _servers_section(results: Results, servers: list[Server], suites: set[str]) -> list[str]:
