@@ -38,6 +38,19 @@ pub fn parse<T: DeserializeOwned>(
     })
 }
 
+/// Deserializes flat `name`/`value` items into `T` as QemuOpts reads
+/// them, as a group of a QEMU configuration file holds them (a later item
+/// of the same name replaces an earlier one).
+pub fn from_items<T: DeserializeOwned>(
+    items: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, QmpError> {
+    let tree: Map<String, Json> = items
+        .into_iter()
+        .map(|(name, value)| (name, Json::String(value)))
+        .collect();
+    Value::from_qemu_opts(Json::Object(tree)).deserialize_into()
+}
+
 fn parse_tree(input: &str, implied_name: Option<&str>) -> Result<(Json, Vec<String>), QmpError> {
     let mut items = Map::new();
     let mut warnings = Vec::new();

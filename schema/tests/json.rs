@@ -74,4 +74,12 @@ fn strict_errors() {
         err::<BlockdevOptions>(json!({"driver": "raw", "file": 1})),
         "Invalid parameter type for 'file', expected: BlockdevRef"
     );
+    // An enum error names only the member, however deep (QEMU's input
+    // visitor); a union's discriminator names its whole path.
+    assert_eq!(
+        err::<BlockdevOptions>(
+            json!({"driver": "raw", "file": {"driver": "file", "filename": "x", "aio": "foo"}})
+        ),
+        "Parameter 'aio' does not accept value 'foo'"
+    );
 }

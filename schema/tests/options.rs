@@ -285,6 +285,10 @@ fn chardev_options() {
             "Parameter 'reconnect' expects a number",
         ),
         (
+            "socket,id=c,reconnect=99999999999999999999",
+            "Value '99999999999999999999' is too large for parameter 'reconnect'",
+        ),
+        (
             "ringbuf,id=c,size=1Q",
             "Parameter 'size' expects a non-negative number below 2^64",
         ),

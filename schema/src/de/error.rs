@@ -49,9 +49,12 @@ impl Error {
         Self::located(format!("Parameter '{path}' expects {expected}"))
     }
 
-    pub(crate) fn bad_enum_value(path: &Path, value: &str) -> Self {
+    /// A value an enum does not have. A union's discriminator names its
+    /// whole path; a plain enum only its own member name, or `null` for a
+    /// list element, as QEMU's input visitor does.
+    pub(crate) fn bad_enum_value(name: impl fmt::Display, value: &str) -> Self {
         Self::located(format!(
-            "Parameter '{path}' does not accept value '{value}'"
+            "Parameter '{name}' does not accept value '{value}'"
         ))
     }
 
@@ -60,7 +63,7 @@ impl Error {
         match self.0 {
             Kind::Located(_) => self,
             Kind::MissingField(field) => Self::missing(&path.member(field)),
-            Kind::UnknownVariant(value) => Self::bad_enum_value(path, &value),
+            Kind::UnknownVariant(value) => Self::bad_enum_value(path.last(), &value),
             Kind::InvalidType(expected) => Self::invalid_type(path, &expected),
             Kind::InvalidValue(expected) => Self::expects(path, &expected),
         }

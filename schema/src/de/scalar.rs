@@ -58,8 +58,16 @@ pub fn uint64(value: Json, path: &Path, origin: Origin) -> Result<u64, Error> {
             .ok_or_else(|| Error::expects(path, "uint64")),
         Origin::Keyval => parse_c_unsigned(&keyval_text(value, path)?)
             .ok_or_else(|| Error::expects(path, "integer")),
-        Origin::QemuOpts => parse_c_unsigned(&keyval_text(value, path)?)
-            .ok_or_else(|| Error::expects(path, "a number")),
+        Origin::QemuOpts => {
+            let text = keyval_text(value, path)?;
+            parse_c_unsigned(&text).ok_or_else(|| match split_c_integer(&text) {
+                // Digits that do not fit (`qemu_strtou64` says ERANGE).
+                Some(_) => Error::located(format!(
+                    "Value '{text}' is too large for parameter '{path}'"
+                )),
+                None => Error::expects(path, "a number"),
+            })
+        }
     }
 }
 

@@ -187,7 +187,7 @@ impl UnionObject {
 
     /// The error for a discriminator value no variant has.
     pub fn bad_tag(&self, tag: &str, value: &str) -> Error {
-        Error::bad_enum_value(&self.path.member(tag), value)
+        Error::bad_enum_value(self.path.member(tag), value)
     }
 
     /// Reads the common members and leaves the others for the variant.
