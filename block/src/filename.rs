@@ -3,7 +3,12 @@
 //! name; a format over a protocol node shows the protocol's name unless its
 //! own options change what it shows (`raw` with `offset`); anything else
 //! shows `json:{...}` with the options that rebuild it, printed in QEMU's
-//! QDict iteration order so that scripts comparing strings keep working.
+//! QDict iteration order so that scripts comparing strings keep working:
+//! bucket by bucket, and inside a bucket the member inserted last first,
+//! so members are inserted in the order QEMU inserts them (driver,
+//! strong options, children).
+
+use std::cmp::Reverse;
 
 use serde_json::{Map, Value as Json};
 
@@ -21,8 +26,9 @@ pub fn display_filename(node: &Node) -> String {
     }
 }
 
-/// A plain file name for the node, if one describes it fully.
-fn exact_filename(node: &Node) -> Option<String> {
+/// A plain file name for the node, if one describes it fully (QEMU's
+/// `exact_filename`).
+pub(crate) fn exact_filename(node: &Node) -> Option<String> {
     let own = node.driver().filename();
     if !own.is_empty() {
         return Some(own);
@@ -60,7 +66,8 @@ fn full_options(node: &Node) -> Map<String, Json> {
 }
 
 /// Serializes like QEMU's `qobject_to_json`: `", "` and `": "` separators,
-/// object members in QDict bucket order, non-ASCII escaped as `\uXXXX`.
+/// object members in QDict order (bucket, then the later inserted
+/// first), non-ASCII escaped as `\uXXXX`.
 pub fn to_qemu_json(value: &Json) -> String {
     let mut out = String::new();
     write_json(value, &mut out);
@@ -84,10 +91,10 @@ fn write_json(value: &Json, out: &mut String) {
             out.push(']');
         }
         Json::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_by_key(|k| (qdict_bucket(k), *k));
+            let mut keys: Vec<(usize, &String)> = map.keys().enumerate().collect();
+            keys.sort_by_key(|&(inserted, key)| (qdict_bucket(key), Reverse(inserted)));
             out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
+            for (i, (_, key)) in keys.into_iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
@@ -124,7 +131,7 @@ fn write_string(s: &str, out: &mut String) {
 }
 
 /// The QDict bucket of a key (QEMU's `tdb_hash` modulo the bucket count).
-fn qdict_bucket(key: &str) -> u32 {
+pub(crate) fn qdict_bucket(key: &str) -> u32 {
     let mut value = 0x238F_13AFu32.wrapping_mul(key.len() as u32);
     for (i, byte) in key.bytes().enumerate() {
         value = value.wrapping_add(u32::from(byte) << ((i * 5) % 24));
@@ -153,6 +160,15 @@ mod tests {
         assert_eq!(
             to_qemu_json(&null),
             r#"{"read-zeroes": true, "driver": "null-co", "size": 1048576}"#
+        );
+        // Members that share a bucket: the later inserted first.
+        assert_eq!(
+            to_qemu_json(&json!({"minor": 1, "micro": 2})),
+            r#"{"micro": 2, "minor": 1}"#
+        );
+        assert_eq!(
+            to_qemu_json(&json!({"micro": 2, "minor": 1})),
+            r#"{"minor": 1, "micro": 2}"#
         );
     }
 
