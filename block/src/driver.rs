@@ -5,6 +5,7 @@
 //! defaults so a small filter only implements what it changes.
 
 use async_trait::async_trait;
+use schema::block::BlkdebugEvent;
 use schema::info::ImageInfoSpecific;
 use serde_json::{Map, Value as Json};
 
@@ -76,6 +77,8 @@ pub enum ChildRole {
     Backing,
     /// A format's external data file.
     Data,
+    /// The child of a `blkdebug` filter.
+    Image,
 }
 
 impl ChildRole {
@@ -85,6 +88,7 @@ impl ChildRole {
             ChildRole::File => "file",
             ChildRole::Backing => "backing",
             ChildRole::Data => "data-file",
+            ChildRole::Image => "image",
         }
     }
 }
@@ -157,7 +161,7 @@ pub trait BlockDriver: Send + Sync + 'static {
     /// Makes every completed write durable.
     async fn flush(&self) -> BlockResult<()> {
         match self.filtered() {
-            Some(child) => child.flush().await,
+            Some(child) => flush_child(child).await,
             None => Ok(()),
         }
     }
@@ -295,4 +299,19 @@ pub trait BlockDriver: Send + Sync + 'static {
     /// inactive again: only an active node enforces its permissions (a
     /// file takes image locks only while active).
     fn set_active(&self, _active: bool) {}
+
+    /// A parent raised `event` on this node (QEMU's `bdrv_debug_event`,
+    /// which reaches only the node itself): `blkdebug` arms its rules on
+    /// it, other drivers ignore it.
+    fn debug_event(&self, _event: BlkdebugEvent) {}
+}
+
+/// Flushes `child` as a parent does: QEMU's generic flush raises
+/// `flush_to_os` and `flush_to_disk` on the flushed node's primary child
+/// first, so a `blkdebug` child sees them.
+pub async fn flush_child(child: &NodeChild) -> BlockResult<()> {
+    let node = child.node();
+    node.driver().debug_event(BlkdebugEvent::FlushToOs);
+    node.driver().debug_event(BlkdebugEvent::FlushToDisk);
+    node.flush().await
 }

@@ -4,6 +4,7 @@
 
 use schema::block::BlockdevDriver;
 
+use crate::blkdebug::BlkdebugDriver;
 use crate::driver::BlockDriver;
 use crate::error::BlockResult;
 use crate::file::FileDriver;
@@ -18,6 +19,7 @@ pub(crate) async fn open_driver(
     options: &BlockdevDriver,
 ) -> BlockResult<Box<dyn BlockDriver>> {
     Ok(match options {
+        BlockdevDriver::Blkdebug(options) => Box::new(BlkdebugDriver::open(cx, options).await?),
         BlockdevDriver::File(options) => Box::new(FileDriver::open(cx, options)?),
         BlockdevDriver::NullCo(options) => Box::new(NullDriver::open(cx, options)?),
         BlockdevDriver::Qcow2(options) => Box::new(Qcow2::open_node(cx, options).await?),

@@ -10,6 +10,7 @@
 
 mod aligned;
 pub mod backend;
+pub mod blkdebug;
 mod blocking;
 pub mod create;
 mod direct_io;

@@ -107,6 +107,14 @@ impl Perm {
             .join(", ")
     }
 
+    /// The set of the permissions QAPI `values` name.
+    pub fn from_qapi(values: &[BlockPermission]) -> Perm {
+        PERM_NAMES
+            .iter()
+            .filter(|p| values.contains(&p.qapi))
+            .fold(Perm::NONE, |set, p| set | p.bit)
+    }
+
     /// The QAPI values, in the order `x-debug-query-block-graph` prints
     /// them (highest bit first).
     pub fn to_qapi(self) -> Vec<BlockPermission> {

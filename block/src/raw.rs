@@ -7,10 +7,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use schema::block::BlockdevOptionsRaw;
+use schema::block::{BlkdebugEvent, BlockdevOptionsRaw};
 use serde_json::{Map, Value as Json};
 
-use crate::driver::{BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags};
+use crate::driver::{
+    flush_child, BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags,
+};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
 use crate::limits::Limits;
@@ -110,14 +112,20 @@ impl BlockDriver for RawDriver {
         self.size.map_or(available, |size| size.min(available))
     }
 
+    /// Raises `read_aio` on the file (for a `blkdebug` there), as QEMU.
     async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         let offset = self.map(offset, buf.len() as u64, false)?;
-        self.file.read(offset, buf).await
+        let file = self.file.node();
+        file.driver().debug_event(BlkdebugEvent::ReadAio);
+        file.read(offset, buf).await
     }
 
+    /// Raises `write_aio` on the file, as QEMU.
     async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
         let offset = self.map(offset, buf.len() as u64, true)?;
-        self.file.write(offset, buf, flags).await
+        let file = self.file.node();
+        file.driver().debug_event(BlkdebugEvent::WriteAio);
+        file.write(offset, buf, flags).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
@@ -131,7 +139,7 @@ impl BlockDriver for RawDriver {
     }
 
     async fn flush(&self) -> BlockResult<()> {
-        self.file.flush().await
+        flush_child(&self.file).await
     }
 
     /// The child's status at the mapped offset, depth included.

@@ -8,6 +8,7 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 use crate::de::union::{qapi_union, Captured, Shape};
+use crate::info::BlockPermission;
 
 /// How discard requests are handled (`discard`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -125,6 +126,129 @@ pub struct BlockdevOptionsQcow2 {
     pub data_file: Option<BlockdevRef>,
 }
 
+/// The events a `blkdebug` rule can wait for (`BlkdebugEvent`). In QEMU
+/// the format or the generic block layer above a `blkdebug` node raises
+/// them on it; which of them storaged raises is listed in
+/// `docs/block-drivers.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlkdebugEvent {
+    L1Update,
+    L1GrowAllocTable,
+    L1GrowWriteTable,
+    L1GrowActivateTable,
+    L2Load,
+    L2Update,
+    L2UpdateCompressed,
+    L2AllocCowRead,
+    L2AllocWrite,
+    ReadAio,
+    ReadBackingAio,
+    ReadCompressed,
+    WriteAio,
+    WriteCompressed,
+    VmstateLoad,
+    VmstateSave,
+    CowRead,
+    CowWrite,
+    ReftableLoad,
+    ReftableGrow,
+    ReftableUpdate,
+    RefblockLoad,
+    RefblockUpdate,
+    RefblockUpdatePart,
+    RefblockAlloc,
+    RefblockAllocHookup,
+    RefblockAllocWrite,
+    RefblockAllocWriteBlocks,
+    RefblockAllocWriteTable,
+    RefblockAllocSwitchTable,
+    ClusterAlloc,
+    ClusterAllocBytes,
+    ClusterFree,
+    FlushToOs,
+    FlushToDisk,
+    PwritevRmwHead,
+    PwritevRmwAfterHead,
+    PwritevRmwTail,
+    PwritevRmwAfterTail,
+    Pwritev,
+    PwritevZero,
+    PwritevDone,
+    EmptyImagePrepare,
+    L1ShrinkWriteTable,
+    L1ShrinkFreeL2Clusters,
+    CorWrite,
+    ClusterAllocSpace,
+    None,
+}
+
+/// The kinds of request a `blkdebug` error rule applies to
+/// (`BlkdebugIOType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlkdebugIoType {
+    Read,
+    Write,
+    WriteZeroes,
+    Discard,
+    Flush,
+    BlockStatus,
+}
+
+/// A `blkdebug` rule that makes requests fail
+/// (`BlkdebugInjectErrorOptions`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlkdebugInjectErrorOptions {
+    /// The event that arms the rule.
+    pub event: BlkdebugEvent,
+    /// The state the rule applies in; 0 (the default) is any state.
+    pub state: Option<i64>,
+    /// The only kind of request that fails; default all but block status.
+    pub iotype: Option<BlkdebugIoType>,
+    /// The error; default `EIO`.
+    pub errno: Option<i64>,
+    /// Only requests covering this sector fail; default -1, any.
+    pub sector: Option<i64>,
+    /// The rule goes after failing one request.
+    pub once: Option<bool>,
+    /// Fail without first yielding to other requests.
+    pub immediately: Option<bool>,
+}
+
+/// A `blkdebug` rule that changes the state (`BlkdebugSetStateOptions`);
+/// QAPI spells `new_state` with an underscore.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlkdebugSetStateOptions {
+    pub event: BlkdebugEvent,
+    /// The state the rule applies in; 0 (the default) is any state.
+    pub state: Option<i64>,
+    #[serde(rename = "new_state")]
+    pub new_state: i64,
+}
+
+/// Options of the `blkdebug` filter: error injection and request limits
+/// over its `image` child (`BlockdevOptionsBlkdebug`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevOptionsBlkdebug {
+    pub image: BlockdevRef,
+    /// A file of rules in QEMU's blkdebug configuration format.
+    pub config: Option<String>,
+    pub align: Option<i64>,
+    pub max_transfer: Option<i32>,
+    pub opt_write_zero: Option<i32>,
+    pub max_write_zero: Option<i32>,
+    pub opt_discard: Option<i32>,
+    pub max_discard: Option<i32>,
+    pub inject_error: Option<Vec<BlkdebugInjectErrorOptions>>,
+    pub set_state: Option<Vec<BlkdebugSetStateOptions>>,
+    pub take_child_perms: Option<Vec<BlockPermission>>,
+    pub unshare_child_perms: Option<Vec<BlockPermission>>,
+}
+
 qapi_union! {
     /// Options for creating a block node (`blockdev-add`, `--blockdev`).
     pub struct BlockdevOptions {
@@ -139,6 +263,7 @@ qapi_union! {
     }
     /// The driver and its own options.
     discriminator "driver" => pub driver: BlockdevDriver {
+        "blkdebug" => Blkdebug(BlockdevOptionsBlkdebug),
         "file" => File(BlockdevOptionsFile),
         "null-co" => NullCo(BlockdevOptionsNull),
         "qcow2" => Qcow2(BlockdevOptionsQcow2),

@@ -3,7 +3,7 @@
 //! optionality and order follow QSD 10.0's schema (`query-qmp-schema`);
 //! optional members are left out when absent, as QEMU does.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::block::BlockdevDetectZeroesOptions;
 
@@ -235,7 +235,7 @@ pub struct XDbgBlockGraphNode {
 }
 
 /// A permission a parent takes on, or shares of, a child.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BlockPermission {
     ConsistentRead,

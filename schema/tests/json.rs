@@ -83,3 +83,66 @@ fn strict_errors() {
         "Parameter 'aio' does not accept value 'foo'"
     );
 }
+
+#[test]
+fn blkdebug_rules_and_their_errors_as_qsd() {
+    let o: BlockdevOptions = schema::from_json(json!({
+        "driver": "blkdebug", "image": "f", "align": 4096, "max-transfer": 65536,
+        "inject-error": [{"event": "read_aio", "errno": 28, "sector": 8, "once": true}],
+        "set-state": [{"event": "none", "state": 1, "new_state": 2}],
+        "take-child-perms": ["resize"]
+    }))
+    .unwrap();
+    let BlockdevDriver::Blkdebug(b) = o.driver else {
+        panic!()
+    };
+    let rule = &b.inject_error.unwrap()[0];
+    assert_eq!(rule.event, schema::block::BlkdebugEvent::ReadAio);
+    assert_eq!(
+        (rule.errno, rule.sector, rule.once),
+        (Some(28), Some(8), Some(true))
+    );
+    assert_eq!(b.set_state.unwrap()[0].new_state, 2);
+    let blkdebug = |extra: serde_json::Value| {
+        let mut options = json!({"driver": "blkdebug", "image": "f"});
+        options
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        err::<BlockdevOptions>(options)
+    };
+    // QEMU names only the member in enum errors, and `null` for a list
+    // element; other errors carry the whole path.
+    for (extra, message) in [
+        (
+            json!({"inject-error": [{"event": "bogus"}]}),
+            "Parameter 'event' does not accept value 'bogus'",
+        ),
+        (
+            json!({"inject-error": [{"event": "none", "iotype": "x"}]}),
+            "Parameter 'iotype' does not accept value 'x'",
+        ),
+        (
+            json!({"take-child-perms": ["graph-mod"]}),
+            "Parameter 'null' does not accept value 'graph-mod'",
+        ),
+        (
+            json!({"inject-error": [{}]}),
+            "Parameter 'inject-error[0].event' is missing",
+        ),
+        (
+            json!({"inject-error": [{"event": "none", "bogus": 1}]}),
+            "Parameter 'inject-error[0].bogus' is unexpected",
+        ),
+        (
+            json!({"set-state": [{"event": "none", "new-state": 2}]}),
+            "Parameter 'set-state[0].new_state' is missing",
+        ),
+        (
+            json!({"max-transfer": 2147483648u64}),
+            "Parameter 'max-transfer' expects int32_t",
+        ),
+    ] {
+        assert_eq!(blkdebug(extra.clone()), message, "{extra}");
+    }
+}
