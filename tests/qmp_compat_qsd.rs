@@ -1,9 +1,9 @@
-//! The same QMP session (tests/compat/qmp_session.txt) is sent to
+//! The same QMP sessions (tests/compat/*_session.txt) are sent to
 //! qemu-storage-daemon and to storaged, both started with the same options
-//! and the same image; the replies must be equal once the version numbers
+//! and the same images; the replies must be equal once the version numbers
 //! (QSD 10.0.x vs "10.0.0" and "storaged X.Y.Z") are blanked: greeting
 //! shape, error classes and messages, `query-named-block-nodes` members
-//! for file, raw and null-co nodes, the block graph.
+//! for file, raw, null-co and blkdebug nodes, the block graph.
 
 mod common;
 
@@ -13,13 +13,27 @@ use common::{sparse_file, storaged, TestDaemon};
 use serde_json::{json, Value};
 
 const SESSION: &str = include_str!("compat/qmp_session.txt");
+const BLKDEBUG_SESSION: &str = include_str!("compat/blkdebug_session.txt");
+
+/// The rules files `blkdebug_session.txt` opens: one QEMU accepts, one
+/// whose second group it refuses (the file is checked before the child).
+const BLKDEBUG_RULES: [(&str, &str); 2] = [
+    (
+        "blkdebug.conf",
+        "# fail the first read\n[inject-error \"r1\"]\nevent = \"read_aio\"\nerrno = \"28\"\nonce = \"on\"\n\n[set-state]\nevent = \"write_aio\"\nstate = \"1\"\nnew_state = \"2\"\n",
+    ),
+    (
+        "blkdebug-bad.conf",
+        "[inject-error]\nevent = \"read_aio\"\n[set-state]\nevent = \"none\"\nnew-state = \"2\"\n",
+    ),
+];
 
 /// The id of requests whose replies carry version numbers.
 const VERSION_ID: &str = "version";
 
-/// The messages of the session, with `@DIR@` replaced.
-fn session_lines(dir: &str) -> Vec<String> {
-    SESSION
+/// The messages of `session`, with `@DIR@` replaced.
+fn session_lines(session: &str, dir: &str) -> Vec<String> {
+    session
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
@@ -65,19 +79,24 @@ fn blank_version(version: &Value) -> Value {
     json!({"qemu": {"major": "N", "minor": "N", "micro": "N"}, "package": "P"})
 }
 
-/// Runs the session against `program`; returns the greeting and one reply
-/// per message.
-async fn transcript(program: Command) -> Vec<Value> {
+/// Runs `session` (named `name`) against `program`; returns the greeting
+/// and one reply per message.
+async fn transcript(program: Command, name: &str, session: &str) -> Vec<Value> {
     let dir = tempfile::tempdir().expect("temp dir");
-    // The same path for both daemons, so file names in replies agree.
-    let image_dir = std::env::temp_dir().join(format!("storaged-compat-{}", std::process::id()));
+    // The same path for both daemons, so file names in replies agree; one
+    // per session, which run at once.
+    let image_dir =
+        std::env::temp_dir().join(format!("storaged-compat-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&image_dir).expect("image dir");
     sparse_file(&image_dir.join("disk.img"), 4 << 20);
     sparse_file(&image_dir.join("other.img"), 1 << 20);
+    for (name, rules) in BLKDEBUG_RULES {
+        std::fs::write(image_dir.join(name), rules).expect("rules file");
+    }
     let daemon = TestDaemon::spawn(program, dir, |_| options(&image_dir));
     let mut client = daemon.connect_raw().await;
     let mut replies = vec![normalize(client.greeting().clone())];
-    for line in session_lines(&image_dir.display().to_string()) {
+    for line in session_lines(session, &image_dir.display().to_string()) {
         client
             .send_raw(format!("{line}\n").as_bytes())
             .await
@@ -92,13 +111,14 @@ async fn transcript(program: Command) -> Vec<Value> {
     replies
 }
 
-#[tokio::test]
-async fn storaged_answers_the_session_as_qemu_storage_daemon() {
-    let qsd = transcript(Command::new("qemu-storage-daemon")).await;
-    let ours = transcript(storaged()).await;
+/// Runs `session` (named `name`) against both daemons and compares the
+/// replies.
+async fn compare(name: &str, session: &str) {
+    let qsd = transcript(Command::new("qemu-storage-daemon"), name, session).await;
+    let ours = transcript(storaged(), name, session).await;
     let dir = std::env::temp_dir().display().to_string();
     let requests: Vec<String> = std::iter::once("(greeting)".to_owned())
-        .chain(session_lines(&dir))
+        .chain(session_lines(session, &dir))
         .collect();
     assert_eq!(qsd.len(), ours.len());
     let mut differences = Vec::new();
@@ -115,4 +135,14 @@ async fn storaged_answers_the_session_as_qemu_storage_daemon() {
         differences.len(),
         differences.join("\n")
     );
+}
+
+#[tokio::test]
+async fn storaged_answers_the_session_as_qemu_storage_daemon() {
+    compare("qmp", SESSION).await;
+}
+
+#[tokio::test]
+async fn storaged_answers_the_blkdebug_session_as_qemu_storage_daemon() {
+    compare("blkdebug", BLKDEBUG_SESSION).await;
 }
