@@ -2,9 +2,10 @@
 //! (libnbd's Python bindings, `qemu-io`).
 //!
 //! As in qemu-storage-daemon, `read_aio` and `write_aio` are raised by a
-//! format above the filter (here `raw`), flushes raise `flush_to_disk`
-//! on the flushed node's child, and a `blkdebug` node exported bare sees
-//! only what the block layer raises on it (`none`, `pwritev`, ...). An
+//! format above the filter (`raw`, `qcow2`, which raises `l2_load` too),
+//! flushes raise `flush_to_disk` on the flushed node's child, and a
+//! `blkdebug` node exported bare sees only what the block layer raises on
+//! it (`none`, `pwritev`, ...). An
 //! injected error reaches the client as the NBD error the spec names for
 //! its errno and changes nothing in the file. The limit options make the
 //! node layer pad and split: a recording filter under the `blkdebug`
@@ -220,6 +221,69 @@ async fn set_state_changes_which_rules_apply_and_flushes_raise_flush_to_disk() {
     )
     .await;
     assert_eq!(got, [0, 5, 0, 5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qcow2_raises_its_data_table_and_flush_events() {
+    let h = Harness::start().await;
+    // Each rule on its own copy of an image whose first 64 KiB are data.
+    let cases = [
+        (
+            "l2_load",
+            5,
+            r#"[(h.pread, 4096, 0), (h.pread, 4096, 0)]"#,
+            [5, 0],
+        ),
+        (
+            "read_aio",
+            5,
+            r#"[(h.pread, 4096, 0), (h.pread, 4096, 0)]"#,
+            [5, 0],
+        ),
+        (
+            "write_aio",
+            28,
+            r#"[(h.pwrite, b"\xee" * 4096, 0), (h.pread, 4096, 0)]"#,
+            [28, 0],
+        ),
+        (
+            "flush_to_disk",
+            5,
+            r#"[(h.pwrite, b"\x77" * 4096, 0), (h.flush,)]"#,
+            [0, 5],
+        ),
+    ];
+    for (event, errno, ops, expected) in cases {
+        let image = h.dir.path().join(format!("{event}.qcow2"));
+        let path = image.to_str().unwrap();
+        run_ok("qemu-img", &["create", "-q", "-f", "qcow2", path, "4M"]).await;
+        run_ok(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -P 0x77 0 64k", path],
+        )
+        .await;
+        let file = format!("{event}-file");
+        h.node(&file, &image).await;
+        let mut rule = json!({"event": event, "errno": errno, "once": true});
+        if event == "flush_to_disk" {
+            rule = json!({"event": event, "errno": errno, "iotype": "flush"});
+        }
+        add(
+            &h,
+            json!({"driver": "qcow2", "node-name": event,
+                   "file": {"driver": "blkdebug", "node-name": format!("{event}-dbg"),
+                            "image": file, "inject-error": [rule]}}),
+        )
+        .await;
+        h.export(&ExportSpec::new(event), event);
+        assert_eq!(errnos(&h.uri(event), ops).await, expected, "{event}");
+        // What the failed write was to change is as it was.
+        run_ok(
+            "qemu-io",
+            &["-f", "qcow2", "-U", "-r", "-c", "read -P 0x77 0 64k", path],
+        )
+        .await;
+    }
 }
 
 /// Records the requests its child receives, then passes them on.

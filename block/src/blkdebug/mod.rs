@@ -5,12 +5,13 @@
 //!
 //! Rules ([`rules`]) are armed by events. Parents raise events on their
 //! child as in QEMU (through [`BlockDriver::debug_event`]): `raw` raises
-//! `read_aio` and `write_aio` for each request, every filter and format
-//! flush raises `flush_to_os` and `flush_to_disk` on its child, and this
-//! driver raises what QEMU's generic layer raises on the node itself:
-//! `none` once opened, `pwritev` and `pwritev_zero` before a write or a
-//! zeroing and `pwritev_done` after it. A failed request reaches nothing
-//! below: the child sees no part of it.
+//! `read_aio` and `write_aio` for each request, `qcow2` its data events
+//! and `l2_load`, every flush of a filter or format raises `flush_to_os`
+//! and `flush_to_disk` on its child, and this driver raises what QEMU's
+//! generic layer raises on the node itself: `none` once opened, `pwritev`
+//! and `pwritev_zero` before a write or a zeroing and `pwritev_done` after
+//! it. A failed request reaches nothing below: the child sees no part of
+//! it.
 
 mod config;
 mod rules;

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use schema::block::BlkdebugEvent;
 
 use crate::driver::{BlockDriver, Extent, WriteFlags, ZeroFlags};
 use crate::error::BlockResult;
@@ -31,6 +32,9 @@ pub trait BlockChild: Send + Sync + 'static {
     async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent>;
     /// Changes the size.
     async fn resize(&self, new_size: u64) -> BlockResult<()>;
+    /// Raises a debug event on the child (for a `blkdebug` there); a
+    /// child that is no node has nothing to arm.
+    fn debug_event(&self, _event: BlkdebugEvent) {}
 
     /// `len` bytes from `offset`, in a new vector (metadata).
     async fn read_vec(&self, offset: u64, len: usize) -> BlockResult<Vec<u8>> {
@@ -46,9 +50,10 @@ pub trait BlockChild: Send + Sync + 'static {
     }
 }
 
-/// Forwards the child interface to inherent methods of the same names.
+/// Forwards the child interface to inherent methods of the same names;
+/// events go to the driver of the node `$node` names.
 macro_rules! forward_child {
-    ($($ty:ty),*) => {$(
+    ($($ty:ty => |$this:ident| $node:expr),*) => {$(
         #[async_trait]
         impl BlockChild for $ty {
             fn size(&self) -> u64 {
@@ -75,13 +80,17 @@ macro_rules! forward_child {
             async fn resize(&self, new_size: u64) -> BlockResult<()> {
                 <$ty>::resize(self, new_size).await
             }
+            fn debug_event(&self, event: BlkdebugEvent) {
+                let $this = self;
+                $node.driver().debug_event(event)
+            }
         }
     )*};
 }
 
 // A node is a child as it is (before any edge to it exists, e.g. while
 // its image is probed); an edge forwards to the node it points at now.
-forward_child!(Node, NodeChild);
+forward_child!(Node => |node| node, NodeChild => |edge| edge.node());
 
 /// A driver used directly as a child, without a node around it.
 pub struct DriverChild<D>(pub D);
@@ -118,5 +127,8 @@ impl<D: BlockDriver> BlockChild for DriverChild<D> {
     }
     async fn resize(&self, new_size: u64) -> BlockResult<()> {
         self.0.resize(new_size).await
+    }
+    fn debug_event(&self, event: BlkdebugEvent) {
+        self.0.debug_event(event)
     }
 }

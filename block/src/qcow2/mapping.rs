@@ -5,6 +5,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use schema::block::BlkdebugEvent;
+
 use super::cache::Table;
 use super::layout::{
     corrupt, get_entry, CHex, ClusterKind, L1E_OFFSET_MASK, MAX_HOST_OFFSET, OFLAG_COPIED,
@@ -38,12 +40,16 @@ impl Qcow2 {
         Ok((offset, entry & OFLAG_COPIED != 0))
     }
 
-    /// The L2 table at `offset`, from the cache or the disk.
+    /// The L2 table at `offset`, from the cache or the disk (raising
+    /// `l2_load` on the file first, as QEMU).
     pub(super) async fn load_l2(&self, offset: u64) -> BlockResult<Arc<Table>> {
         let file = &self.file;
         let len = self.geo().cluster_len();
         self.l2_cache
-            .get_or_load(offset, || async move { file.read_vec(offset, len).await })
+            .get_or_load(offset, || async move {
+                file.debug_event(BlkdebugEvent::L2Load);
+                file.read_vec(offset, len).await
+            })
             .await
     }
 

@@ -45,6 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
+use schema::block::BlkdebugEvent;
 use schema::info::ImageInfoSpecific;
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -397,7 +398,12 @@ impl BlockDriver for Qcow2 {
         self.check_corruption(result).await
     }
 
+    /// Raises `flush_to_os` and `flush_to_disk` on the file first, as a
+    /// flush does (QEMU raises `flush_to_disk` only once the metadata is
+    /// written; here the write-back that writes it also flushes).
     async fn flush(&self) -> BlockResult<()> {
+        self.file.debug_event(BlkdebugEvent::FlushToOs);
+        self.file.debug_event(BlkdebugEvent::FlushToDisk);
         let result = self.writeback().await;
         self.check_corruption(result).await
     }

@@ -1,5 +1,9 @@
 //! Reads: each run of clusters is served from the host file (one read per
-//! host-contiguous run), the backing image, zeroes, or decompression.
+//! host-contiguous run), the backing image, zeroes, or decompression. As
+//! QEMU, each run raises `read_aio`, `read_backing_aio` or
+//! `read_compressed` on the file (for a `blkdebug` there).
+
+use schema::block::BlkdebugEvent;
 
 use super::compress::decompress;
 use super::layout::ClusterKind;
@@ -24,11 +28,18 @@ impl Qcow2 {
             let in_cluster = geo.offset_in_cluster(guest);
             match mapping.kind {
                 ClusterKind::Normal { host, .. } => {
+                    self.file.debug_event(BlkdebugEvent::ReadAio);
                     self.file.read(host + in_cluster, &part).await?
                 }
                 ClusterKind::ZeroPlain | ClusterKind::ZeroAlloc { .. } => part.fill_zeroes(),
-                ClusterKind::Unallocated => self.read_backing(guest, &part).await?,
+                ClusterKind::Unallocated => {
+                    if self.backing.is_some() {
+                        self.file.debug_event(BlkdebugEvent::ReadBackingAio);
+                    }
+                    self.read_backing(guest, &part).await?
+                }
                 ClusterKind::Compressed { offset, len } => {
+                    self.file.debug_event(BlkdebugEvent::ReadCompressed);
                     let cluster = self.read_compressed(offset, len).await?;
                     let start = in_cluster as usize;
                     part.copy_from_slice(0, &cluster[start..start + part.len()]);

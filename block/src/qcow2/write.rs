@@ -5,6 +5,12 @@
 //! the old contents where the write covers a cluster only partly
 //! (copy-on-write), is written first; only then does the L2 entry point to
 //! it, and the old clusters are freed once that is on disk.
+//!
+//! As QEMU, data written alone raises `write_aio` on the file (for a
+//! `blkdebug` there); data written with the copied neighbours raises
+//! `cow_read` before they are read and `cow_write` before the write.
+
+use schema::block::BlkdebugEvent;
 
 use super::layout::{set_entry, ClusterKind, OFLAG_COPIED};
 use super::Qcow2;
@@ -68,6 +74,7 @@ impl Qcow2 {
             match mapping.kind {
                 ClusterKind::Normal { host, copied: true } => {
                     let at = host + geo.offset_in_cluster(guest);
+                    self.file.debug_event(BlkdebugEvent::WriteAio);
                     self.file.write(at, &part, WriteFlags::default()).await?;
                 }
                 kind => self.write_new_clusters(guest, &part, kind).await?,
@@ -103,11 +110,13 @@ impl Qcow2 {
             _ => false,
         };
         if head == 0 && tail == 0 {
+            self.file.debug_event(BlkdebugEvent::WriteAio);
             self.file
                 .write(allocation.offset, data, WriteFlags::default())
                 .await?;
         } else if zero_source && allocation.fresh {
             // Never-written clusters read as zeroes already.
+            self.file.debug_event(BlkdebugEvent::WriteAio);
             self.file
                 .write(allocation.offset + head as u64, data, WriteFlags::default())
                 .await?;
@@ -117,6 +126,7 @@ impl Qcow2 {
             let before = IoBuf::zeroed(head);
             let after = IoBuf::zeroed(tail);
             if !zero_source {
+                self.file.debug_event(BlkdebugEvent::CowRead);
                 if head > 0 {
                     self.read_cow(kind, cluster_start, 0, &before).await?;
                 }
@@ -129,6 +139,7 @@ impl Qcow2 {
                 }
             }
             let clusters = IoBuf::concat([before, data.clone(), after]);
+            self.file.debug_event(BlkdebugEvent::CowWrite);
             self.file
                 .write(allocation.offset, &clusters, WriteFlags::default())
                 .await?;
