@@ -113,6 +113,19 @@ async fn reopen_session(daemon: &TestDaemon) -> (Vec<Value>, Vec<Value>, bool) {
             "block-export-add",
             json!({"type": "nbd", "id": "e1", "node-name": "r0", "name": "disk", "writable": true}),
         ),
+        // A filter reopens with its own options unchanged, not otherwise.
+        (
+            "blockdev-add",
+            json!({"driver": "blkdebug", "node-name": "dbg", "image": "f0"}),
+        ),
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "blkdebug", "node-name": "dbg", "image": "f0"}]}),
+        ),
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "blkdebug", "node-name": "dbg", "image": "f0", "align": 4096}]}),
+        ),
     ];
     let mut replies = Vec::new();
     let mut listings = Vec::new();

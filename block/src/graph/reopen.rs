@@ -190,6 +190,28 @@ fn child_changes<'a>(
                 (ChildRole::Backing, backing),
             ])
         }
+        (BlockdevDriver::Blkdebug(old), BlockdevDriver::Blkdebug(new)) => {
+            same("config", &old.config, &new.config)?;
+            same("align", &old.align, &new.align)?;
+            same("max-transfer", &old.max_transfer, &new.max_transfer)?;
+            same("opt-write-zero", &old.opt_write_zero, &new.opt_write_zero)?;
+            same("max-write-zero", &old.max_write_zero, &new.max_write_zero)?;
+            same("opt-discard", &old.opt_discard, &new.opt_discard)?;
+            same("max-discard", &old.max_discard, &new.max_discard)?;
+            same("inject-error", &old.inject_error, &new.inject_error)?;
+            same("set-state", &old.set_state, &new.set_state)?;
+            same(
+                "take-child-perms",
+                &old.take_child_perms,
+                &new.take_child_perms,
+            )?;
+            same(
+                "unshare-child-perms",
+                &old.unshare_child_perms,
+                &new.unshare_child_perms,
+            )?;
+            Ok(vec![(ChildRole::Image, by_name("image", &new.image)?)])
+        }
         _ => Err(generic(format!(
             "Block format '{}' does not support reopening files",
             new.name()
