@@ -335,3 +335,47 @@ async fn nodes_that_wait_for_io_are_added_and_deleted_as_qemu_storage_daemon_doe
     assert_eq!(got[6], json!({"return": {}}));
     assert_eq!(got[7], json!({"return": []}));
 }
+
+/// `null-aio` nodes, added and listed.
+async fn null_aio_session(daemon: &TestDaemon) -> Vec<Value> {
+    let mut client = daemon.connect().await;
+    let mut replies = Vec::new();
+    for arguments in [
+        json!({"driver": "null-aio", "node-name": "a"}),
+        json!({"driver": "null-aio", "node-name": "b", "size": 4096, "read-zeroes": true,
+               "latency-ns": 1000}),
+    ] {
+        replies.push(reply(&mut client, "blockdev-add", arguments).await);
+    }
+    replies.push(reply(&mut client, "query-named-block-nodes", json!({})).await);
+    replies
+}
+
+#[tokio::test]
+async fn null_aio_nodes_are_what_qemu_storage_daemon_makes() {
+    let qsd = TestDaemon::spawn(
+        Command::new("qemu-storage-daemon"),
+        tempfile::tempdir().expect("temp dir"),
+        |_| Vec::new(),
+    );
+    let expected = null_aio_session(&qsd).await;
+    drop(qsd);
+    let ours = TestDaemon::start(&[]);
+    let got = null_aio_session(&ours).await;
+    assert_eq!(got, expected);
+    assert_eq!(got[2]["return"][0]["drv"], "null-aio");
+    assert_eq!(got[2]["return"][1]["file"], "null-aio://");
+    // QSD aborts on a negative size ("Unexpected error in
+    // parse_option_size()"); storaged refuses it with the same words.
+    let mut client = ours.connect().await;
+    let refused = reply(
+        &mut client,
+        "blockdev-add",
+        json!({"driver": "null-aio", "node-name": "c", "size": -1}),
+    )
+    .await;
+    assert_eq!(
+        refused["error"]["desc"],
+        "Value '-1' is out of range for parameter 'size'"
+    );
+}

@@ -21,7 +21,8 @@ pub(crate) async fn open_driver(
     Ok(match options {
         BlockdevDriver::Blkdebug(options) => Box::new(BlkdebugDriver::open(cx, options).await?),
         BlockdevDriver::File(options) => Box::new(FileDriver::open(cx, options)?),
-        BlockdevDriver::NullCo(options) => Box::new(NullDriver::open(cx, options)?),
+        BlockdevDriver::NullAio(options) => Box::new(NullDriver::open(cx, "null-aio", options)?),
+        BlockdevDriver::NullCo(options) => Box::new(NullDriver::open(cx, "null-co", options)?),
         BlockdevDriver::Qcow2(options) => Box::new(Qcow2::open_node(cx, options).await?),
         BlockdevDriver::Raw(options) => Box::new(RawDriver::open(cx, options).await?),
     })

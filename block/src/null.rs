@@ -1,5 +1,5 @@
-//! The `null-co` protocol driver: a device of a given size that stores
-//! nothing, as QEMU's `null-co`. Reads leave the buffer untouched unless
+//! The `null-co` and `null-aio` protocol drivers (one driver, two names,
+//! as in QEMU): a device of a given size that stores nothing. Reads leave the buffer untouched unless
 //! `read-zeroes` is on; every request can be delayed by `latency-ns`.
 //! Block status says "not allocated" (neither data nor zero) unless reads
 //! return zeroes, exactly as QEMU reports it.
@@ -18,8 +18,10 @@ use crate::open::OpenContext;
 /// The default size: 1 GiB.
 const DEFAULT_SIZE: u64 = 1 << 30;
 
-/// A `null-co` node.
+/// A `null-co` or `null-aio` node.
 pub struct NullDriver {
+    /// `null-co` or `null-aio`.
+    name: &'static str,
     size: u64,
     read_zeroes: bool,
     latency: Option<Duration>,
@@ -29,8 +31,13 @@ pub struct NullDriver {
 }
 
 impl NullDriver {
-    /// A null device with these options.
-    pub fn open(_cx: &OpenContext<'_>, options: &BlockdevOptionsNull) -> BlockResult<Self> {
+    /// A null device named `name` (`null-co`, `null-aio`) with these
+    /// options.
+    pub fn open(
+        _cx: &OpenContext<'_>,
+        name: &'static str,
+        options: &BlockdevOptionsNull,
+    ) -> BlockResult<Self> {
         let size = match options.size {
             None => DEFAULT_SIZE,
             Some(size) => u64::try_from(size).map_err(|_| {
@@ -41,6 +48,7 @@ impl NullDriver {
             })?,
         };
         Ok(NullDriver {
+            name,
             size,
             read_zeroes: options.read_zeroes.unwrap_or(false),
             latency: options
@@ -62,7 +70,7 @@ impl NullDriver {
 #[async_trait]
 impl BlockDriver for NullDriver {
     fn format_name(&self) -> &'static str {
-        "null-co"
+        self.name
     }
 
     fn size(&self) -> u64 {
@@ -105,11 +113,12 @@ impl BlockDriver for NullDriver {
         true
     }
 
-    /// `null-co://`, unless options other than the latency were given
+    /// `null-co://` (`null-aio://`), unless options other than the latency
+    /// were given
     /// (QEMU's `null_refresh_filename`).
     fn filename(&self) -> String {
         if self.strong_options().is_empty() {
-            "null-co://".to_string()
+            format!("{}://", self.name)
         } else {
             String::new()
         }

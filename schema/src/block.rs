@@ -265,6 +265,7 @@ qapi_union! {
     discriminator "driver" => pub driver: BlockdevDriver {
         "blkdebug" => Blkdebug(BlockdevOptionsBlkdebug),
         "file" => File(BlockdevOptionsFile),
+        "null-aio" => NullAio(BlockdevOptionsNull),
         "null-co" => NullCo(BlockdevOptionsNull),
         "qcow2" => Qcow2(BlockdevOptionsQcow2),
         "raw" => Raw(BlockdevOptionsRaw),

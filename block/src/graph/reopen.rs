@@ -160,7 +160,8 @@ fn child_changes<'a>(
             same("aio", &old.aio, &new.aio)?;
             Ok(Vec::new())
         }
-        (BlockdevDriver::NullCo(old), BlockdevDriver::NullCo(new)) => {
+        (BlockdevDriver::NullCo(old), BlockdevDriver::NullCo(new))
+        | (BlockdevDriver::NullAio(old), BlockdevDriver::NullAio(new)) => {
             same("size", &old.size, &new.size)?;
             same("latency-ns", &old.latency_ns, &new.latency_ns)?;
             same("read-zeroes", &old.read_zeroes, &new.read_zeroes)?;
