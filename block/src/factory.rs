@@ -5,6 +5,7 @@
 use schema::block::BlockdevDriver;
 
 use crate::blkdebug::BlkdebugDriver;
+use crate::copy_on_read::CopyOnRead;
 use crate::driver::BlockDriver;
 use crate::error::BlockResult;
 use crate::file::FileDriver;
@@ -20,6 +21,7 @@ pub(crate) async fn open_driver(
 ) -> BlockResult<Box<dyn BlockDriver>> {
     Ok(match options {
         BlockdevDriver::Blkdebug(options) => Box::new(BlkdebugDriver::open(cx, options).await?),
+        BlockdevDriver::CopyOnRead(options) => Box::new(CopyOnRead::open(cx, options).await?),
         BlockdevDriver::File(options) => Box::new(FileDriver::open(cx, options)?),
         BlockdevDriver::NullAio(options) => Box::new(NullDriver::open(cx, "null-aio", options)?),
         BlockdevDriver::NullCo(options) => Box::new(NullDriver::open(cx, "null-co", options)?),

@@ -84,6 +84,15 @@ pub struct BlockdevOptionsRaw {
     pub size: Option<i64>,
 }
 
+/// Options of the `copy-on-read` filter.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevOptionsCor {
+    pub file: BlockdevRef,
+    /// The lowest node of the backing chain whose data is copied up.
+    pub bottom: Option<String>,
+}
+
 /// Options of the `null-co` and `null-aio` drivers.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -265,6 +274,7 @@ qapi_union! {
     discriminator "driver" => pub driver: BlockdevDriver {
         "blkdebug" => Blkdebug(BlockdevOptionsBlkdebug),
         "file" => File(BlockdevOptionsFile),
+        "copy-on-read" => CopyOnRead(BlockdevOptionsCor),
         "null-aio" => NullAio(BlockdevOptionsNull),
         "null-co" => NullCo(BlockdevOptionsNull),
         "qcow2" => Qcow2(BlockdevOptionsQcow2),
