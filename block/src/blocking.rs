@@ -21,6 +21,18 @@ use std::sync::OnceLock;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 
+thread_local! {
+    /// Calls this thread has handed to the blocking pool so far.
+    static HANDED_OVER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many blocking calls this thread has handed to the pool so far: a
+/// caller that sees it grow across a poll knows the request waits for a
+/// disk (not, say, for a lock), and can plan for more such waits.
+pub fn handed_over() -> u64 {
+    HANDED_OVER.with(|n| n.get())
+}
+
 /// Blocking calls in progress at once, daemon-wide.
 pub(crate) const MAX_BLOCKING_CALLS: usize = 64;
 
@@ -40,6 +52,7 @@ pub(crate) async fn offload<T: Send + 'static>(
     if handle.runtime_flavor() == RuntimeFlavor::MultiThread {
         return tokio::task::block_in_place(f);
     }
+    HANDED_OVER.with(|n| n.set(n.get() + 1));
     let _slot = slots()
         .acquire()
         .await

@@ -11,7 +11,7 @@
 mod aligned;
 pub mod backend;
 pub mod blkdebug;
-mod blocking;
+pub mod blocking;
 pub mod copy_on_read;
 pub mod create;
 mod direct_io;

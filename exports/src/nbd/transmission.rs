@@ -397,12 +397,14 @@ impl Requests {
             self.inline_count = self.inline_count.wrapping_add(1);
             let sample = self.inline_count.is_multiple_of(BLOCKING_SAMPLE);
             let switches = sample.then(voluntary_context_switches);
+            let handed_over = block::blocking::handed_over();
             let polled = poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await;
-            // A request that slept, or that has to wait (its I/O went to
-            // the blocking pool), says the data is not in memory: the
-            // next ones go straight to the runtime for a while.
+            // A request that slept, or whose I/O went to the blocking pool,
+            // says the data is not in memory: the next ones go straight
+            // to the runtime for a while. (One that waits for a lock does
+            // not: it is spawned alone.)
             let slept = switches.is_some_and(|before| voluntary_context_switches() > before);
-            if slept || polled.is_pending() {
+            if slept || block::blocking::handed_over() > handed_over {
                 self.spawn_streak = SPAWNED_AFTER_BLOCKING;
             }
             if let Poll::Ready(reply) = polled {
