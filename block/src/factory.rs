@@ -11,6 +11,7 @@ use crate::error::BlockResult;
 use crate::file::FileDriver;
 use crate::null::NullDriver;
 use crate::open::OpenContext;
+use crate::preallocate::Preallocate;
 use crate::qcow2::Qcow2;
 use crate::raw::RawDriver;
 
@@ -25,6 +26,7 @@ pub(crate) async fn open_driver(
         BlockdevDriver::File(options) => Box::new(FileDriver::open(cx, options)?),
         BlockdevDriver::NullAio(options) => Box::new(NullDriver::open(cx, "null-aio", options)?),
         BlockdevDriver::NullCo(options) => Box::new(NullDriver::open(cx, "null-co", options)?),
+        BlockdevDriver::Preallocate(options) => Box::new(Preallocate::open(cx, options).await?),
         BlockdevDriver::Qcow2(options) => Box::new(Qcow2::open_node(cx, options).await?),
         BlockdevDriver::Raw(options) => Box::new(RawDriver::open(cx, options).await?),
     })

@@ -33,6 +33,7 @@ pub mod open;
 mod perm_update;
 pub mod permissions;
 mod posix_io;
+pub mod preallocate;
 pub mod qcow2;
 mod range_lock;
 pub mod raw;

@@ -42,11 +42,12 @@ async fn reads_through_copy_on_read_populate_the_overlay() {
     let top = h.dir.path().join("top.qcow2");
     let (base_arg, top_arg) = (base.to_str().unwrap(), top.to_str().unwrap());
     run_ok("qemu-img", &["create", "-f", "raw", base_arg, "4M"]).await;
-    run_ok(
+    let out = run_ok(
         "qemu-io",
         &["-f", "raw", "-c", "write -P 0x3c 0 4M", base_arg],
     )
     .await;
+    assert!(!out.contains("fail"), "{out}");
     run_ok(
         "qemu-img",
         &[
@@ -66,7 +67,7 @@ async fn reads_through_copy_on_read_populate_the_overlay() {
     // Before any read, the overlay holds nothing.
     assert_eq!(map(&top).await, [(0, 4 * MIB, 1, true)]);
     let uri = h.uri("disk");
-    run_ok(
+    let out = run_ok(
         "qemu-io",
         &[
             "-r",
@@ -80,6 +81,7 @@ async fn reads_through_copy_on_read_populate_the_overlay() {
         ],
     )
     .await;
+    assert!(!out.contains("fail"), "{out}");
     h.exports.del("disk", Hard).expect("export deleted");
     h.wait_idle().await;
     h.graph.blockdev_del("cor").await.unwrap();
@@ -94,6 +96,7 @@ async fn reads_through_copy_on_read_populate_the_overlay() {
         ]
     );
     // The overlay's copies are the base's bytes.
-    run_ok("qemu-io", &["-r", "-c", "read -P 0x3c 1M 128k", top_arg]).await;
+    let out = run_ok("qemu-io", &["-r", "-c", "read -P 0x3c 1M 128k", top_arg]).await;
+    assert!(!out.contains("fail"), "{out}");
     run_ok("qemu-img", &["check", top_arg]).await;
 }

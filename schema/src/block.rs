@@ -93,6 +93,17 @@ pub struct BlockdevOptionsCor {
     pub bottom: Option<String>,
 }
 
+/// Options of the `preallocate` filter.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevOptionsPreallocate {
+    pub file: BlockdevRef,
+    /// Preallocated ends are multiples of this (default 1 MiB).
+    pub prealloc_align: Option<i64>,
+    /// How far past a write the file is grown (default 128 MiB).
+    pub prealloc_size: Option<i64>,
+}
+
 /// Options of the `null-co` and `null-aio` drivers.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -277,6 +288,7 @@ qapi_union! {
         "copy-on-read" => CopyOnRead(BlockdevOptionsCor),
         "null-aio" => NullAio(BlockdevOptionsNull),
         "null-co" => NullCo(BlockdevOptionsNull),
+        "preallocate" => Preallocate(BlockdevOptionsPreallocate),
         "qcow2" => Qcow2(BlockdevOptionsQcow2),
         "raw" => Raw(BlockdevOptionsRaw),
     }
