@@ -13,6 +13,7 @@ use crate::null::NullDriver;
 use crate::open::OpenContext;
 use crate::qcow2::Qcow2;
 use crate::raw::RawDriver;
+use crate::throttle::ThrottleDriver;
 
 /// Opens the driver `options` name, in `cx`.
 pub(crate) async fn open_driver(
@@ -27,5 +28,6 @@ pub(crate) async fn open_driver(
         BlockdevDriver::NullCo(options) => Box::new(NullDriver::open(cx, "null-co", options)?),
         BlockdevDriver::Qcow2(options) => Box::new(Qcow2::open_node(cx, options).await?),
         BlockdevDriver::Raw(options) => Box::new(RawDriver::open(cx, options).await?),
+        BlockdevDriver::Throttle(options) => Box::new(ThrottleDriver::open(cx, options).await?),
     })
 }

@@ -36,6 +36,7 @@ mod posix_io;
 pub mod qcow2;
 mod range_lock;
 pub mod raw;
+pub mod throttle;
 pub mod write_hooks;
 
 pub use backend::{BlockBackend, HeldReadSource};
