@@ -156,24 +156,23 @@ impl Qom<'_> {
             return Ok(Json::from(canonical_path(&child)));
         }
         self.check_property(qom_type, property)?;
-        match self.throttle_group(&node) {
-            Some(group) => {
-                let limits = group.config().to_limits();
-                let value = if property == "limits" {
-                    serde_json::to_value(limits).map_err(|e| QmpError::generic(e.to_string()))?
-                } else {
-                    let at = ThrottleLimits::NAMES
-                        .iter()
-                        .position(|name| property.strip_prefix("x-") == Some(name))
-                        .expect("a throttle group's property");
-                    Json::from(limits.to_array()[at])
-                };
-                Ok(value)
-            }
-            None => Err(QmpError::generic(format!(
+        let Some(group) = self.throttle_group(&node) else {
+            return Err(QmpError::generic(format!(
                 "Property '{qom_type}.{property}' cannot be read in storaged"
-            ))),
+            )));
+        };
+        let limits = group.config().to_limits();
+        if property == "limits" {
+            return serde_json::to_value(limits).map_err(|e| QmpError::generic(e.to_string()));
         }
+        // An `x-` member (checked above).
+        let values = limits.to_array();
+        let value = ThrottleLimits::NAMES
+            .iter()
+            .zip(values)
+            .find(|(name, _)| property.strip_prefix("x-") == Some(**name))
+            .and_then(|(_, value)| value);
+        Ok(Json::from(value))
     }
 
     /// `qom-set`.

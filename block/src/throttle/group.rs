@@ -104,8 +104,12 @@ impl ThrottleGroup {
         let mut state = self.lock();
         let config = state.buckets.config().with_limits(limits)?;
         state.buckets.configure(config, Instant::now());
-        for head in state.heads.into_iter().flatten() {
-            state.waiter_mut(head).waker.wake_by_ref();
+        for direction in 0..2 {
+            if let Some(head) = state.heads[direction] {
+                if let Some(waiter) = state.queue(head.member, direction).front() {
+                    waiter.waker.wake_by_ref();
+                }
+            }
         }
         Ok(())
     }
@@ -172,14 +176,6 @@ impl GroupState {
     fn queue(&mut self, member: u64, direction: usize) -> &mut VecDeque<Waiter> {
         let at = self.position(member);
         &mut self.members[at].waiting[direction]
-    }
-
-    fn waiter_mut(&mut self, head: Head) -> &mut Waiter {
-        let queue = self.heads.iter().position(|h| *h == Some(head));
-        let direction = queue.expect("a head of this group");
-        self.queue(head.member, direction)
-            .front_mut()
-            .expect("a head is first of its queue")
     }
 
     /// Queues a request of `member`; it is the head if nothing waited.
