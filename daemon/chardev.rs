@@ -119,6 +119,24 @@ impl Chardevs {
         ))
     }
 
+    /// Every chardev's id and QOM type (`chardev-socket`,
+    /// `chardev-stdio`), by id.
+    pub fn qom_types(&self) -> Vec<(String, &'static str)> {
+        let mut types: Vec<(String, &'static str)> = self
+            .by_id
+            .iter()
+            .map(|(id, chardev)| {
+                let qom_type = match chardev.backend {
+                    Backend::Listen { .. } => "chardev-socket",
+                    Backend::Stdio => "chardev-stdio",
+                };
+                (id.clone(), qom_type)
+            })
+            .collect();
+        types.sort_unstable();
+        types
+    }
+
     /// The ids of chardevs no monitor uses (storaged opens nothing for
     /// them).
     pub fn unused(&self) -> Vec<&str> {

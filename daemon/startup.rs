@@ -60,6 +60,11 @@ impl Startup {
             }
             StepKind::Chardev => {
                 let warnings = self.chardevs.define(value, self.daemonize)?;
+                *self
+                    .daemon
+                    .chardevs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = self.chardevs.qom_types();
                 self.warnings.extend(
                     warnings
                         .into_iter()

@@ -1,7 +1,10 @@
 //! The daemon's state as QMP commands see it: the block graph and the
 //! objects, plus the request to stop. Monitors and chardevs are
 //! not here: they belong to the life cycle ([`crate::lifecycle`]), which
-//! owns the monitors that call into this state.
+//! owns the monitors that call into this state; only the chardevs' ids
+//! and types are, for the QOM tree.
+
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use schema::QmpError;
@@ -18,7 +21,10 @@ use crate::objects::Objects;
 /// Everything the QMP commands act on.
 pub struct Daemon {
     pub graph: BlockGraph,
-    pub objects: Objects,
+    /// Shared with the graph, whose drivers find throttle groups in it.
+    pub objects: Arc<Objects>,
+    /// The chardevs' ids and QOM types (`chardev-socket`, ...), by id.
+    pub chardevs: Mutex<Vec<(String, &'static str)>>,
     /// The block exports and the NBD server.
     pub exports: BlockExports,
     /// The background jobs (`blockdev-create`).
@@ -30,9 +36,11 @@ impl Daemon {
     /// An empty daemon; `events` receives the events of the exports, the
     /// jobs and the block nodes (`BLOCK_IMAGE_CORRUPTED`).
     pub fn new(events: EventSink) -> Self {
+        let objects = Arc::new(Objects::new());
         Self {
-            graph: BlockGraph::with_events(events.clone()),
-            objects: Objects::new(),
+            graph: BlockGraph::with_events_and_objects(events.clone(), objects.clone()),
+            objects,
+            chardevs: Mutex::default(),
             jobs: block::job::JobRegistry::new(events.clone()),
             exports: BlockExports::new(events),
             quit: CancellationToken::new(),

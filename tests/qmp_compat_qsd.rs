@@ -3,7 +3,8 @@
 //! and the same images; the replies must be equal once the version numbers
 //! (QSD 10.0.x vs "10.0.0" and "storaged X.Y.Z") are blanked: greeting
 //! shape, error classes and messages, `query-named-block-nodes` members
-//! for file, raw, null-co and blkdebug nodes, the block graph.
+//! for file, raw, null-co, blkdebug and throttle nodes, the block graph,
+//! throttle groups through `object-add`/`object-del` and the QOM commands.
 
 mod common;
 
@@ -14,6 +15,7 @@ use serde_json::{json, Value};
 
 const SESSION: &str = include_str!("compat/qmp_session.txt");
 const BLKDEBUG_SESSION: &str = include_str!("compat/blkdebug_session.txt");
+const THROTTLE_SESSION: &str = include_str!("compat/throttle_session.txt");
 
 /// The rules files `blkdebug_session.txt` opens: one QEMU accepts, one
 /// whose second group it refuses (the file is checked before the child).
@@ -57,8 +59,17 @@ fn options(dir: &std::path::Path) -> Vec<String> {
 }
 
 /// Blanks what must differ: the version in the greeting and in replies to
-/// `query-version` with [`VERSION_ID`].
+/// `query-version` with [`VERSION_ID`]; and sorts `qom-list` replies by
+/// name (QEMU lists properties in its hash tables' order).
 fn normalize(mut message: Value) -> Value {
+    if let Some(Value::Array(list)) = message.get_mut("return") {
+        let is_property_list = list
+            .iter()
+            .all(|entry| entry.get("name").is_some() && entry.get("type").is_some());
+        if is_property_list {
+            list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        }
+    }
     if let Some(version) = message.pointer_mut("/QMP/version") {
         *version = blank_version(version);
     }
@@ -145,4 +156,9 @@ async fn storaged_answers_the_session_as_qemu_storage_daemon() {
 #[tokio::test]
 async fn storaged_answers_the_blkdebug_session_as_qemu_storage_daemon() {
     compare("blkdebug", BLKDEBUG_SESSION).await;
+}
+
+#[tokio::test]
+async fn storaged_answers_the_throttle_session_as_qemu_storage_daemon() {
+    compare("throttle", THROTTLE_SESSION).await;
 }

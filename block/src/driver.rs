@@ -251,9 +251,10 @@ pub trait BlockDriver: Send + Sync + 'static {
         None
     }
 
-    /// `bdrv_get_info`, for drivers that implement it.
+    /// `bdrv_get_info`, for drivers that implement it; a filter's is its
+    /// child's, as in QEMU.
     fn driver_info(&self) -> Option<DriverInfo> {
-        None
+        self.filtered()?.node().driver_info()
     }
 
     /// The `format-specific` member of the image info, for drivers that

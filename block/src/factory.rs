@@ -14,6 +14,7 @@ use crate::open::OpenContext;
 use crate::preallocate::Preallocate;
 use crate::qcow2::Qcow2;
 use crate::raw::RawDriver;
+use crate::throttle::ThrottleDriver;
 
 /// Opens the driver `options` name, in `cx`.
 pub(crate) async fn open_driver(
@@ -29,5 +30,6 @@ pub(crate) async fn open_driver(
         BlockdevDriver::Preallocate(options) => Box::new(Preallocate::open(cx, options).await?),
         BlockdevDriver::Qcow2(options) => Box::new(Qcow2::open_node(cx, options).await?),
         BlockdevDriver::Raw(options) => Box::new(RawDriver::open(cx, options).await?),
+        BlockdevDriver::Throttle(options) => Box::new(ThrottleDriver::open(cx, options).await?),
     })
 }

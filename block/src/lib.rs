@@ -37,6 +37,7 @@ pub mod preallocate;
 pub mod qcow2;
 mod range_lock;
 pub mod raw;
+pub mod throttle;
 pub mod write_hooks;
 
 pub use backend::{BlockBackend, HeldReadSource};

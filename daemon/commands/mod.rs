@@ -16,6 +16,7 @@ mod export;
 mod job;
 mod misc;
 mod object;
+mod qom;
 
 pub use block::blockdev_add;
 pub use export::{block_export_add, nbd_server_start};
@@ -54,6 +55,7 @@ const GROUPS: &[&[Command]] = &[
     block::COMMANDS,
     export::COMMANDS,
     object::COMMANDS,
+    qom::COMMANDS,
     job::COMMANDS,
 ];
 

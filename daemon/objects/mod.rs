@@ -5,27 +5,34 @@
 //! secret's data is read and decoded, a throttle group's limits validated,
 //! TLS credential files must be readable), with QEMU's messages, and kept
 //! by id for the parts of storaged that use them (the NBD server's TLS,
-//! exports' iothreads). This module owns the registry and the checks of
-//! the small types; `secret`, `throttle` and `tls` check theirs. How an
-//! object is used is its user's business.
+//! exports' iothreads, throttle nodes). This module owns the registry and
+//! the checks of the small types; `secret` and `tls` check theirs, the
+//! block crate throttle groups'. How an object is used is its user's
+//! business; [`qom`] shows them to `qom-list`, `qom-get` and `qom-set`.
+//!
+//! Throttle groups are live shared handles: the graph finds them by id
+//! through [`ObjectLookup`] when a `throttle` node opens, and a group
+//! that nodes use cannot be deleted.
 
+pub mod qom;
 mod secret;
-mod throttle;
 mod tls;
 
 use tls::TlsCreds;
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use schema::object::{
     AuthZListFileProperties, AuthZListProperties, IothreadProperties, ObjectKind, ObjectOptions,
-    ThrottleLimits,
 };
 use schema::QmpError;
 
 use block::error::os_error_text;
+use block::open::ObjectLookup;
+use block::throttle::{ThrottleConfig, ThrottleGroup};
 
 /// The most objects the daemon keeps.
 pub const MAX_OBJECTS: usize = 4096;
@@ -42,18 +49,25 @@ pub enum Object {
     /// The secret's bytes, decoded.
     Secret(Vec<u8>),
     Iothread(IothreadProperties),
-    /// The validated limits (boxed: they are large).
-    ThrottleGroup(Box<ThrottleLimits>),
+    /// The group the `throttle` nodes that name it share.
+    ThrottleGroup(Arc<ThrottleGroup>),
     TlsCreds(TlsCreds),
     Authz(AuthZListProperties),
     /// `authz-simple`: the one identity allowed.
     AuthzSimple(String),
 }
 
+/// An object and the type it was created as (`qom-type`).
+#[derive(Debug, Clone)]
+struct Entry {
+    qom_type: &'static str,
+    object: Object,
+}
+
 /// Every object, by id.
 #[derive(Debug, Default)]
 pub struct Objects {
-    by_id: Mutex<BTreeMap<String, Object>>,
+    by_id: Mutex<BTreeMap<String, Entry>>,
 }
 
 impl Objects {
@@ -61,7 +75,7 @@ impl Objects {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Object>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         // Every update is a single insert or remove: never half done.
         self.by_id
             .lock()
@@ -77,7 +91,8 @@ impl Objects {
         if self.lock().contains_key(&id) {
             return Err(duplicate(&id));
         }
-        let object = self.create(options.kind)?;
+        let qom_type = options.kind.name();
+        let object = self.create(&id, options.kind)?;
         let mut objects = self.lock();
         if objects.contains_key(&id) {
             return Err(duplicate(&id));
@@ -87,32 +102,51 @@ impl Objects {
                 "Too many objects (at most {MAX_OBJECTS})"
             )));
         }
-        objects.insert(id, object);
+        objects.insert(id, Entry { qom_type, object });
         Ok(())
     }
 
-    /// `object-del`.
+    /// `object-del`: refused while something uses the object (a throttle
+    /// group that nodes use), as QEMU's `can_be_deleted`.
     pub fn delete(&self, id: &str) -> Result<(), QmpError> {
-        self.lock()
-            .remove(id)
-            .map(drop)
-            .ok_or_else(|| QmpError::generic(format!("object '{id}' not found")))
+        let mut objects = self.lock();
+        let entry = objects
+            .get(id)
+            .ok_or_else(|| QmpError::generic(format!("object '{id}' not found")))?;
+        if let Object::ThrottleGroup(group) = &entry.object {
+            // Retired under the registry's lock, so no node joins the
+            // group between the check and the removal.
+            if !group.retire() {
+                return Err(QmpError::generic(format!(
+                    "object '{id}' is in use, can not be deleted"
+                )));
+            }
+        }
+        objects.remove(id);
+        Ok(())
     }
 
     /// The object with this id.
     pub fn get(&self, id: &str) -> Option<Object> {
-        self.lock().get(id).cloned()
+        self.lock().get(id).map(|entry| entry.object.clone())
     }
 
-    fn create(&self, kind: ObjectKind) -> Result<Object, QmpError> {
+    /// Every object's id and type, by id.
+    pub fn types(&self) -> Vec<(String, &'static str)> {
+        self.lock()
+            .iter()
+            .map(|(id, entry)| (id.clone(), entry.qom_type))
+            .collect()
+    }
+
+    fn create(&self, id: &str, kind: ObjectKind) -> Result<Object, QmpError> {
         let is_secret = |id: &str| matches!(self.get(id), Some(Object::Secret(_)));
         Ok(match kind {
             ObjectKind::Secret(properties) => Object::Secret(secret::load(&properties, is_secret)?),
             ObjectKind::Iothread(iothread) => Object::Iothread(check_iothread(iothread)?),
             ObjectKind::ThrottleGroup(group) => {
-                let limits = group.effective_limits();
-                throttle::check_limits(&limits)?;
-                Object::ThrottleGroup(Box::new(limits))
+                let config = ThrottleConfig::from_properties(&group)?;
+                Object::ThrottleGroup(ThrottleGroup::new(id, config))
             }
             ObjectKind::TlsCredsAnon(anon) => Object::TlsCreds(tls::anon(anon)),
             ObjectKind::TlsCredsPsk(psk) => Object::TlsCreds(tls::psk(psk)?),
@@ -121,6 +155,16 @@ impl Objects {
             ObjectKind::AuthzList(list) => Object::Authz(list),
             ObjectKind::AuthzListfile(file) => Object::Authz(load_authz_file(&file)?),
         })
+    }
+}
+
+/// Drivers find throttle groups here by id (the objects they use).
+impl ObjectLookup for Objects {
+    fn object(&self, id: &str) -> Option<Arc<dyn Any + Send + Sync>> {
+        match self.get(id)? {
+            Object::ThrottleGroup(group) => Some(group),
+            _ => None,
+        }
     }
 }
 
@@ -276,47 +320,44 @@ mod tests {
     }
 
     #[test]
-    fn throttle_limits_are_checked_like_qemu() {
+    fn throttle_groups_are_shared_and_deleted_only_when_unused() {
         let objects = Objects::new();
-        let check = |limits: serde_json::Value| {
+        assert_eq!(
             add(
                 &objects,
-                json!({"qom-type": "throttle-group", "id": "tg", "limits": limits}),
-            )
-            .and_then(|()| objects.delete("tg").map_err(|e| e.desc))
-        };
-        assert_eq!(check(json!({"iops-total": 100})), Ok(()));
-        assert_eq!(
-            check(json!({"iops-total": 100, "iops-read": 5})),
+                json!({"qom-type": "throttle-group", "id": "tg", "limits": {"iops-total": 100, "iops-read": 5}})
+            ),
             Err(
                 "bps/iops/max total values and read/write values cannot be used at the same time"
                     .into()
             )
         );
+        add(
+            &objects,
+            json!({"qom-type": "throttle-group", "id": "tg", "x-iops-total": 100}),
+        )
+        .expect("valid group");
+        let group = objects
+            .object("tg")
+            .and_then(|object| object.downcast::<ThrottleGroup>().ok())
+            .expect("a throttle group");
+        let member = group.join().expect("joins");
         assert_eq!(
-            check(json!({"iops-total": -1})),
-            Err("bps/iops/max values must be within [0, 1000000000000000]".into())
+            objects.delete("tg").map_err(|e| e.desc),
+            Err("object 'tg' is in use, can not be deleted".into())
         );
-        assert_eq!(
-            check(json!({"bps-total-max": 100})),
-            Err("bps_max/iops_max require corresponding bps/iops values".into())
-        );
-        assert_eq!(
-            check(json!({"iops-total": 100, "iops-total-max": 50})),
-            Err("bps_max/iops_max cannot be lower than bps/iops".into())
-        );
-        assert_eq!(
-            check(json!({"iops-total": 100, "iops-total-max": 200, "iops-total-max-length": 0})),
-            Err("the burst length cannot be 0".into())
-        );
-        assert_eq!(
-            check(json!({"iops-total": 100, "iops-total-max-length": 5})),
-            Err("burst length set without burst rate".into())
-        );
-        assert_eq!(
-            check(json!({"iops-size": 100})),
-            Err("iops size requires an iops value to be set".into())
-        );
+        assert!(objects.get("tg").is_some());
+        drop(member);
+        objects.delete("tg").expect("unused");
+        assert!(objects.object("tg").is_none());
+        assert!(group.join().is_none(), "a deleted group takes no node");
+        // Drivers find only the objects they use.
+        add(
+            &objects,
+            json!({"qom-type": "secret", "id": "s", "data": "x"}),
+        )
+        .expect("secret");
+        assert!(objects.object("s").is_none());
     }
 
     #[test]

@@ -269,6 +269,16 @@ pub struct BlockdevOptionsBlkdebug {
     pub unshare_child_perms: Option<Vec<BlockPermission>>,
 }
 
+/// Options of the `throttle` filter: requests to its `file` child pass
+/// the limits of a `throttle-group` object (`BlockdevOptionsThrottle`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevOptionsThrottle {
+    /// The id of the `throttle-group` object whose limits apply.
+    pub throttle_group: String,
+    pub file: BlockdevRef,
+}
+
 qapi_union! {
     /// Options for creating a block node (`blockdev-add`, `--blockdev`).
     pub struct BlockdevOptions {
@@ -291,6 +301,7 @@ qapi_union! {
         "preallocate" => Preallocate(BlockdevOptionsPreallocate),
         "qcow2" => Qcow2(BlockdevOptionsQcow2),
         "raw" => Raw(BlockdevOptionsRaw),
+        "throttle" => Throttle(BlockdevOptionsThrottle),
     }
 }
 

@@ -1,6 +1,6 @@
 //! User-creatable objects (`--object`, `object-add`; `qapi/qom.json`):
 //! secrets, iothreads, throttle groups, TLS credentials and authorization
-//! lists.
+//! lists; and the arguments of `qom-list`, `qom-get` and `qom-set`.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,14 +45,38 @@ pub struct IothreadProperties {
 }
 
 /// Defines [`ThrottleLimits`] and [`ThrottleGroupProperties`] from one
-/// list of limits, each with the unstable flat `x-` member that sets it.
+/// list of limits, each with its QAPI name and the unstable flat `x-`
+/// member that sets it.
 macro_rules! throttle_limits {
-    ($( $limit:ident / $flat:ident, )*) => {
+    ($( $limit:ident / $flat:ident = $name:literal, )*) => {
         /// I/O limits of a throttle group (`ThrottleLimits`).
         #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
         #[serde(rename_all = "kebab-case")]
         pub struct ThrottleLimits {
             $( pub $limit: Option<i64>, )*
+        }
+
+        impl ThrottleLimits {
+            /// How many members there are.
+            pub const COUNT: usize = [$( $name, )*].len();
+
+            /// The members' QAPI names, in the order of
+            /// [`ThrottleLimits::to_array`] (QEMU's order of the
+            /// throttle group's properties); the flat property of each is
+            /// its name with `x-` in front.
+            pub const NAMES: [&'static str; Self::COUNT] = [$( $name, )*];
+
+            /// The members in the order of [`ThrottleLimits::NAMES`].
+            pub fn to_array(&self) -> [Option<i64>; Self::COUNT] {
+                [$( self.$limit, )*]
+            }
+
+            /// The limits with the members in the order of
+            /// [`ThrottleLimits::NAMES`].
+            pub fn from_array(values: [Option<i64>; Self::COUNT]) -> Self {
+                let [$( $limit, )*] = values;
+                ThrottleLimits { $( $limit, )* }
+            }
         }
 
         /// A throttle group: `limits`, and/or the unstable flat `x-`
@@ -65,6 +89,12 @@ macro_rules! throttle_limits {
         }
 
         impl ThrottleGroupProperties {
+            /// The flat `x-` members, in the order of
+            /// [`ThrottleLimits::NAMES`].
+            pub fn flat_members(&self) -> [Option<i64>; ThrottleLimits::COUNT] {
+                [$( self.$flat, )*]
+            }
+
             /// The limits to apply: `limits` with every `x-` member that is
             /// set on top (QEMU accepts both forms together).
             pub fn effective_limits(&self) -> ThrottleLimits {
@@ -78,25 +108,25 @@ macro_rules! throttle_limits {
 }
 
 throttle_limits! {
-    iops_total / x_iops_total,
-    iops_total_max / x_iops_total_max,
-    iops_total_max_length / x_iops_total_max_length,
-    iops_read / x_iops_read,
-    iops_read_max / x_iops_read_max,
-    iops_read_max_length / x_iops_read_max_length,
-    iops_write / x_iops_write,
-    iops_write_max / x_iops_write_max,
-    iops_write_max_length / x_iops_write_max_length,
-    bps_total / x_bps_total,
-    bps_total_max / x_bps_total_max,
-    bps_total_max_length / x_bps_total_max_length,
-    bps_read / x_bps_read,
-    bps_read_max / x_bps_read_max,
-    bps_read_max_length / x_bps_read_max_length,
-    bps_write / x_bps_write,
-    bps_write_max / x_bps_write_max,
-    bps_write_max_length / x_bps_write_max_length,
-    iops_size / x_iops_size,
+    iops_total / x_iops_total = "iops-total",
+    iops_total_max / x_iops_total_max = "iops-total-max",
+    iops_total_max_length / x_iops_total_max_length = "iops-total-max-length",
+    iops_read / x_iops_read = "iops-read",
+    iops_read_max / x_iops_read_max = "iops-read-max",
+    iops_read_max_length / x_iops_read_max_length = "iops-read-max-length",
+    iops_write / x_iops_write = "iops-write",
+    iops_write_max / x_iops_write_max = "iops-write-max",
+    iops_write_max_length / x_iops_write_max_length = "iops-write-max-length",
+    bps_total / x_bps_total = "bps-total",
+    bps_total_max / x_bps_total_max = "bps-total-max",
+    bps_total_max_length / x_bps_total_max_length = "bps-total-max-length",
+    bps_read / x_bps_read = "bps-read",
+    bps_read_max / x_bps_read_max = "bps-read-max",
+    bps_read_max_length / x_bps_read_max_length = "bps-read-max-length",
+    bps_write / x_bps_write = "bps-write",
+    bps_write_max / x_bps_write_max = "bps-write-max",
+    bps_write_max_length / x_bps_write_max_length = "bps-write-max-length",
+    iops_size / x_iops_size = "iops-size",
 }
 
 /// Which side of a TLS connection credentials are for.
@@ -216,4 +246,41 @@ qapi_union! {
 #[serde(rename_all = "kebab-case")]
 pub struct ObjectDelArgs {
     pub id: String,
+}
+
+/// `qom-list`: the properties of the object at `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct QomListArgs {
+    /// An absolute path (`/objects/tg0`) or a partial one that names one
+    /// object (`tg0`).
+    pub path: String,
+}
+
+/// `qom-get`: one property of the object at `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct QomGetArgs {
+    pub path: String,
+    pub property: String,
+}
+
+/// `qom-set`: sets one property of the object at `path`; `value` is
+/// checked against the property's own type.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct QomSetArgs {
+    pub path: String,
+    pub property: String,
+    pub value: serde_json::Value,
+}
+
+/// One entry of `qom-list`'s reply (`ObjectPropertyInfo`; QSD gives
+/// neither `description` nor `default-value` for the objects it lists).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObjectPropertyInfo {
+    pub name: String,
+    /// `string`, `int`, `child<secret>`, `ThrottleLimits`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
 }

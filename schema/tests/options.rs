@@ -10,7 +10,8 @@ use schema::export::{
     NbdServerStartArgs, EXPORT_IMPLIED_KEY,
 };
 use schema::object::{
-    ObjectKind, ObjectOptions, QAuthZListFormat, QAuthZListPolicy, OBJECT_IMPLIED_KEY,
+    ObjectKind, ObjectOptions, QAuthZListFormat, QAuthZListPolicy, ThrottleLimits,
+    OBJECT_IMPLIED_KEY,
 };
 use schema::sockets::{SocketAddress, SocketAddressKind};
 use serde_json::json;
@@ -50,6 +51,20 @@ fn objects() {
     };
     let limits = group.effective_limits();
     assert_eq!((limits.bps_total, limits.iops_total), (Some(1000), Some(5)));
+    // The members' names are their QAPI names, in the arrays' order.
+    let numbered = ThrottleLimits::from_array(std::array::from_fn(|i| Some(i as i64)));
+    let json = serde_json::to_value(&numbered).unwrap();
+    for (i, name) in ThrottleLimits::NAMES.iter().enumerate() {
+        assert_eq!(json[name], i as i64, "{name}");
+    }
+    assert_eq!(numbered.to_array(), std::array::from_fn(|i| Some(i as i64)));
+    assert_eq!(
+        group.flat_members()[ThrottleLimits::NAMES
+            .iter()
+            .position(|n| *n == "iops-total")
+            .unwrap()],
+        Some(5)
+    );
 
     let cases = [
         ("secret,id=s,data=x,foo=1", "Parameter 'foo' is unexpected"),

@@ -23,9 +23,7 @@ use async_trait::async_trait;
 use schema::block::{BlkdebugEvent, BlkdebugIoType, BlockdevOptionsBlkdebug};
 use serde_json::{Map, Value as Json};
 
-use crate::driver::{
-    flush_child, BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags,
-};
+use crate::driver::{flush_child, BlockDriver, ChildRole, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::filename::{exact_filename, qdict_bucket};
 use crate::iobuf::IoBuf;
@@ -410,10 +408,6 @@ impl BlockDriver for BlkdebugDriver {
 
     fn is_protocol(&self) -> bool {
         true
-    }
-
-    fn driver_info(&self) -> Option<DriverInfo> {
-        self.image.node().driver_info()
     }
 
     /// QEMU's default rules, plus `take-child-perms`, minus

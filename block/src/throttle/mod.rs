@@ -1,0 +1,109 @@
+//! The `throttle` filter (QEMU's `block/throttle.c`) and the
+//! `throttle-group` objects it draws on.
+//!
+//! A throttle node joins the group its `throttle-group` option names (an
+//! object the daemon created) and lets each read, write, write-zeroes and
+//! discard through to its `file` child only when the group's limits allow
+//! it: reads count as reads, the others as writes, each with its length in
+//! bytes, as in QEMU. Flushes and block status pass unthrottled. Reads are
+//! never served around the filter (no zero-copy read source). The node
+//! leaves the group when it closes; a group that nodes use cannot be
+//! deleted.
+//!
+//! [`bucket`] holds the arithmetic of the limits, [`group`] the shared
+//! group and its queues.
+
+mod bucket;
+mod group;
+
+pub use bucket::{Direction, ThrottleConfig};
+pub use group::{Admission, Member, ThrottleGroup};
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use schema::block::BlockdevOptionsThrottle;
+use serde_json::{Map, Value as Json};
+
+use crate::driver::{BlockDriver, ChildRole, WriteFlags, ZeroFlags};
+use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::iobuf::IoBuf;
+use crate::node::{NodeChild, ReadSource};
+use crate::open::OpenContext;
+use crate::permissions::ChildRoleFlags;
+
+/// A `throttle` node over its `file` child.
+pub struct ThrottleDriver {
+    file: Arc<NodeChild>,
+    member: Member,
+}
+
+impl ThrottleDriver {
+    /// Opens the child, then joins the group, in QEMU's order (a missing
+    /// child is reported before a missing group).
+    pub async fn open(
+        cx: &mut OpenContext<'_>,
+        options: &BlockdevOptionsThrottle,
+    ) -> BlockResult<Self> {
+        let role = ChildRoleFlags::FILTERED.union(ChildRoleFlags::PRIMARY);
+        let file = cx.child(&options.file, ChildRole::File, role).await?;
+        let name = &options.throttle_group;
+        let member = cx
+            .object(name)
+            .and_then(|object| object.downcast::<ThrottleGroup>().ok())
+            .and_then(|group| group.join())
+            .ok_or_else(|| {
+                BlockError::new(
+                    ErrorKind::InvalidArgument,
+                    format!("Throttle group '{name}' does not exist"),
+                )
+            })?;
+        Ok(ThrottleDriver { file, member })
+    }
+}
+
+#[async_trait]
+impl BlockDriver for ThrottleDriver {
+    fn format_name(&self) -> &'static str {
+        "throttle"
+    }
+
+    fn filtered(&self) -> Option<&NodeChild> {
+        Some(&self.file)
+    }
+
+    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
+        self.member.admit(Direction::Read, buf.len() as u64).await;
+        self.file.read(offset, buf).await
+    }
+
+    async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
+        self.member.admit(Direction::Write, buf.len() as u64).await;
+        self.file.write(offset, buf, flags).await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
+        self.member.admit(Direction::Write, len).await;
+        self.file.write_zeroes(offset, len, flags).await
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        self.member.admit(Direction::Write, len).await;
+        self.file.discard(offset, len).await
+    }
+
+    /// Reads must pass the limits: never served around them.
+    fn read_source(&self, _offset: u64, _len: u64) -> Option<ReadSource> {
+        None
+    }
+
+    /// The group, as QEMU shows it in `json:` file names.
+    fn strong_options(&self) -> Map<String, Json> {
+        let mut options = Map::new();
+        options.insert(
+            "throttle-group".to_string(),
+            Json::from(self.member.group().name()),
+        );
+        options
+    }
+}
