@@ -1,9 +1,10 @@
 //! `blockdev-reopen` over QMP: a recorded session (read-only refused
 //! while a writable export uses the node, accepted otherwise and undone;
-//! a `file` child moved; options that cannot change; bad node names)
-//! compared with qemu-storage-daemon's answers; and a node inserted
-//! below an exported format and removed again, then deleted, while an NBD
-//! client writes and verifies without pause.
+//! a `file` child moved; options that cannot change; bad node names;
+//! a throttle node moved to another group) compared with
+//! qemu-storage-daemon's answers; and a throttle filter inserted below an
+//! exported format and removed again, then deleted, while an NBD client
+//! writes and verifies without pause.
 
 mod common;
 
@@ -126,6 +127,29 @@ async fn reopen_session(daemon: &TestDaemon) -> (Vec<Value>, Vec<Value>, bool) {
             "blockdev-reopen",
             json!({"options": [{"driver": "blkdebug", "node-name": "dbg", "image": "f0", "align": 4096}]}),
         ),
+        // A throttle node moves to another group: the old one is free.
+        (
+            "object-add",
+            json!({"qom-type": "throttle-group", "id": "t1", "limits": {"bps-total": 1000000}}),
+        ),
+        (
+            "object-add",
+            json!({"qom-type": "throttle-group", "id": "t2", "limits": {"iops-total": 1000}}),
+        ),
+        (
+            "blockdev-add",
+            json!({"driver": "throttle", "node-name": "thr", "throttle-group": "t1", "file": "f0"}),
+        ),
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "throttle", "node-name": "thr", "throttle-group": "nope", "file": "f0"}]}),
+        ),
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "throttle", "node-name": "thr", "throttle-group": "t2", "file": "f0"}]}),
+        ),
+        ("object-del", json!({"id": "t1"})),
+        ("object-del", json!({"id": "t2"})),
     ];
     let mut replies = Vec::new();
     let mut listings = Vec::new();
@@ -200,9 +224,12 @@ async fn a_node_is_inserted_below_an_export_and_removed_under_a_writing_client()
             ),
             "--blockdev".into(),
             "raw,node-name=fmt,file=f0".into(),
-            // A pass-through node over the same file, to insert.
+            // A throttle filter over the same file, to insert: generous
+            // limits, so that it throttles without slowing the test much.
+            "--object".into(),
+            "throttle-group,id=tg,limits.bps-total=209715200,limits.iops-total=20000".into(),
             "--blockdev".into(),
-            "raw,node-name=mid,file=f0".into(),
+            "throttle,node-name=mid,throttle-group=tg,file=f0".into(),
             "--nbd-server".into(),
             format!(
                 "addr.type=unix,addr.path={}",

@@ -9,10 +9,16 @@ use schema::block::BlkdebugEvent;
 use schema::info::ImageInfoSpecific;
 use serde_json::{Map, Value as Json};
 
+use std::any::Any;
+use std::sync::Arc;
+
+use schema::block::BlockdevDriver;
+
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
 use crate::limits::Limits;
 use crate::node::{NodeChild, NodeSettings, ReadSource};
+use crate::open::ObjectLookup;
 use crate::permissions::{default_child_perms, Perm};
 
 /// What `bdrv_get_info` reports for a node: present only for drivers that
@@ -289,6 +295,22 @@ pub trait BlockDriver: Send + Sync + 'static {
     fn check_reopen(&self, _old: &NodeSettings, _new: &NodeSettings) -> BlockResult<()> {
         Ok(())
     }
+
+    /// First phase of a `blockdev-reopen` for the driver's own options
+    /// (checked by the graph to change only where they may): what to
+    /// apply if the whole reopen succeeds, for drivers with changeable
+    /// options (a throttle node's group).
+    fn prepare_reopen(
+        &self,
+        _options: &BlockdevDriver,
+        _objects: Option<&dyn ObjectLookup>,
+    ) -> BlockResult<Option<Arc<dyn Any + Send + Sync>>> {
+        Ok(None)
+    }
+
+    /// Second phase of a `blockdev-reopen`: applies what
+    /// [`BlockDriver::prepare_reopen`] prepared.
+    fn commit_reopen(&self, _prepared: Arc<dyn Any + Send + Sync>) {}
 
     /// Second phase: the new permissions are in force.
     fn set_perm(&self, _perm: Perm, _shared: Perm) {}

@@ -10,6 +10,7 @@
 //! changed, and the permissions of the new shape applied; if anything
 //! conflicts every node gets its old settings and edges back.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use schema::block::{BlockdevDriver, BlockdevOptions, BlockdevRef, BlockdevRefOrNull};
@@ -27,6 +28,8 @@ struct Reopen {
     node: Arc<Node>,
     settings: NodeSettings,
     options: BlockdevDriver,
+    /// What the driver prepared for its own options.
+    prepared: Option<Arc<dyn Any + Send + Sync>>,
     /// Edges to move, and where.
     edges: Vec<(Arc<NodeChild>, Arc<Node>)>,
 }
@@ -86,10 +89,14 @@ impl BlockGraph {
                 edges.push((edge, target));
             }
         }
+        let prepared = node
+            .driver()
+            .prepare_reopen(&options.driver, self.shared.objects())?;
         Ok(Reopen {
             node,
             settings,
             options: options.driver.clone(),
+            prepared,
             edges,
         })
     }
@@ -140,6 +147,9 @@ impl GraphState {
             return Err(e);
         }
         for plan in plans {
+            if let Some(prepared) = &plan.prepared {
+                plan.node.driver().commit_reopen(prepared.clone());
+            }
             plan.node.set_driver_options(plan.options.clone());
         }
         Ok(())
@@ -190,6 +200,9 @@ fn child_changes<'a>(
                 (ChildRole::File, by_name("file", &new.file)?),
                 (ChildRole::Backing, backing),
             ])
+        }
+        (BlockdevDriver::Throttle(_), BlockdevDriver::Throttle(new)) => {
+            Ok(vec![(ChildRole::File, by_name("file", &new.file)?)])
         }
         (BlockdevDriver::Blkdebug(old), BlockdevDriver::Blkdebug(new)) => {
             same("config", &old.config, &new.config)?;

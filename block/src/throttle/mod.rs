@@ -19,23 +19,27 @@ mod group;
 pub use bucket::{Direction, ThrottleConfig};
 pub use group::{Admission, Member, ThrottleGroup};
 
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use schema::block::BlockdevOptionsThrottle;
+use schema::block::{BlockdevDriver, BlockdevOptionsThrottle};
 use serde_json::{Map, Value as Json};
 
 use crate::driver::{BlockDriver, ChildRole, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
 use crate::node::{NodeChild, ReadSource};
-use crate::open::OpenContext;
+use crate::open::{ObjectLookup, OpenContext};
 use crate::permissions::ChildRoleFlags;
 
 /// A `throttle` node over its `file` child.
 pub struct ThrottleDriver {
     file: Arc<NodeChild>,
-    member: Member,
+    /// The node's place in its group; `blockdev-reopen` may move it to
+    /// another group (requests already admitted keep the old place).
+    member: ArcSwap<Member>,
 }
 
 impl ThrottleDriver {
@@ -47,19 +51,30 @@ impl ThrottleDriver {
     ) -> BlockResult<Self> {
         let role = ChildRoleFlags::FILTERED.union(ChildRoleFlags::PRIMARY);
         let file = cx.child(&options.file, ChildRole::File, role).await?;
-        let name = &options.throttle_group;
-        let member = cx
-            .object(name)
-            .and_then(|object| object.downcast::<ThrottleGroup>().ok())
-            .and_then(|group| group.join())
-            .ok_or_else(|| {
-                BlockError::new(
-                    ErrorKind::InvalidArgument,
-                    format!("Throttle group '{name}' does not exist"),
-                )
-            })?;
-        Ok(ThrottleDriver { file, member })
+        let member = join(cx.object(&options.throttle_group), &options.throttle_group)?;
+        Ok(ThrottleDriver {
+            file,
+            member: ArcSwap::from_pointee(member),
+        })
     }
+
+    async fn admit(&self, direction: Direction, bytes: u64) {
+        let member = self.member.load_full();
+        member.admit(direction, bytes).await;
+    }
+}
+
+/// A place in the group `object` (named `name`), as QEMU words its absence.
+fn join(object: Option<Arc<dyn Any + Send + Sync>>, name: &str) -> BlockResult<Member> {
+    object
+        .and_then(|object| object.downcast::<ThrottleGroup>().ok())
+        .and_then(|group| group.join())
+        .ok_or_else(|| {
+            BlockError::new(
+                ErrorKind::InvalidArgument,
+                format!("Throttle group '{name}' does not exist"),
+            )
+        })
 }
 
 #[async_trait]
@@ -73,23 +88,48 @@ impl BlockDriver for ThrottleDriver {
     }
 
     async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
-        self.member.admit(Direction::Read, buf.len() as u64).await;
+        self.admit(Direction::Read, buf.len() as u64).await;
         self.file.read(offset, buf).await
     }
 
     async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
-        self.member.admit(Direction::Write, buf.len() as u64).await;
+        self.admit(Direction::Write, buf.len() as u64).await;
         self.file.write(offset, buf, flags).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
-        self.member.admit(Direction::Write, len).await;
+        self.admit(Direction::Write, len).await;
         self.file.write_zeroes(offset, len, flags).await
     }
 
     async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
-        self.member.admit(Direction::Write, len).await;
+        self.admit(Direction::Write, len).await;
         self.file.discard(offset, len).await
+    }
+
+    /// A reopen may name another group (QEMU's `throttle_reopen_prepare`):
+    /// the node joins it now and moves to it if the reopen succeeds.
+    fn prepare_reopen(
+        &self,
+        options: &BlockdevDriver,
+        objects: Option<&dyn ObjectLookup>,
+    ) -> BlockResult<Option<Arc<dyn Any + Send + Sync>>> {
+        let BlockdevDriver::Throttle(options) = options else {
+            return Ok(None);
+        };
+        let name = &options.throttle_group;
+        let member = join(objects.and_then(|o| o.object(name)), name)?;
+        Ok(Some(Arc::new(Mutex::new(Some(member)))))
+    }
+
+    fn commit_reopen(&self, prepared: Arc<dyn Any + Send + Sync>) {
+        let Ok(prepared) = prepared.downcast::<Mutex<Option<Member>>>() else {
+            return;
+        };
+        let member = prepared.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(member) = member {
+            self.member.store(Arc::new(member));
+        }
     }
 
     /// Reads must pass the limits: never served around them.
@@ -102,7 +142,7 @@ impl BlockDriver for ThrottleDriver {
         let mut options = Map::new();
         options.insert(
             "throttle-group".to_string(),
-            Json::from(self.member.group().name()),
+            Json::from(self.member.load().group().name()),
         );
         options
     }
