@@ -299,8 +299,19 @@ async fn waiting_nodes_session(daemon: &TestDaemon) -> Vec<Value> {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The client is gone, but the server may not have seen its socket
+    // close yet: a safe delete refuses until it has.
+    let in_use = json!({"error": {"class": "GenericError", "desc": "export 'e' still in use"}});
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let deleted = reply(&mut client, "block-export-del", json!({"id": "e"})).await;
+        if deleted != in_use || std::time::Instant::now() > deadline {
+            replies.push(deleted);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let steps = [
-        ("block-export-del", json!({"id": "e"})),
         ("nbd-server-stop", json!({})),
         ("blockdev-del", json!({"node-name": "n"})),
         ("query-named-block-nodes", json!({})),
