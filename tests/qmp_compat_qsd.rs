@@ -3,8 +3,9 @@
 //! and the same images; the replies must be equal once the version numbers
 //! (QSD 10.0.x vs "10.0.0" and "storaged X.Y.Z") are blanked: greeting
 //! shape, error classes and messages, `query-named-block-nodes` members
-//! for file, raw, null-co, blkdebug and throttle nodes, the block graph,
-//! throttle groups through `object-add`/`object-del` and the QOM commands.
+//! for file, raw, null-co, blkdebug, throttle and copy-on-read nodes, the
+//! block graph, throttle groups through `object-add`/`object-del` and the
+//! QOM commands.
 
 mod common;
 
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 const SESSION: &str = include_str!("compat/qmp_session.txt");
 const BLKDEBUG_SESSION: &str = include_str!("compat/blkdebug_session.txt");
 const THROTTLE_SESSION: &str = include_str!("compat/throttle_session.txt");
+const FILTERS_SESSION: &str = include_str!("compat/filters_session.txt");
 
 /// The rules files `blkdebug_session.txt` opens: one QEMU accepts, one
 /// whose second group it refuses (the file is checked before the child).
@@ -90,6 +92,33 @@ fn blank_version(version: &Value) -> Value {
     json!({"qemu": {"major": "N", "minor": "N", "micro": "N"}, "package": "P"})
 }
 
+/// The qcow2 images of the filters session, 4 MiB each: the backing
+/// chain `base.qcow2` <- `mid.qcow2` <- `top.qcow2`, and `solo.qcow2`.
+fn qcow2_images(dir: &std::path::Path) {
+    let mut backing: Option<&str> = None;
+    for name in ["base.qcow2", "mid.qcow2", "top.qcow2"] {
+        let mut args = vec!["create", "-q", "-f", "qcow2"];
+        if let Some(backing) = backing {
+            args.extend(["-b", backing, "-F", "qcow2"]);
+        }
+        let path = dir.join(name);
+        args.extend([path.to_str().expect("UTF-8 path"), "4M"]);
+        let status = Command::new("qemu-img")
+            .args(&args)
+            .status()
+            .expect("qemu-img");
+        assert!(status.success(), "qemu-img {args:?}");
+        backing = Some(name);
+    }
+    let solo = dir.join("solo.qcow2");
+    let solo = solo.to_str().expect("UTF-8 path");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", solo, "4M"])
+        .status()
+        .expect("qemu-img");
+    assert!(status.success(), "qemu-img create {solo}");
+}
+
 /// Runs `session` (named `name`) against `program`; returns the greeting
 /// and one reply per message.
 async fn transcript(program: Command, name: &str, session: &str) -> Vec<Value> {
@@ -104,6 +133,7 @@ async fn transcript(program: Command, name: &str, session: &str) -> Vec<Value> {
     for (name, rules) in BLKDEBUG_RULES {
         std::fs::write(image_dir.join(name), rules).expect("rules file");
     }
+    qcow2_images(&image_dir);
     let daemon = TestDaemon::spawn(program, dir, |_| options(&image_dir));
     let mut client = daemon.connect_raw().await;
     let mut replies = vec![normalize(client.greeting().clone())];
@@ -161,4 +191,9 @@ async fn storaged_answers_the_blkdebug_session_as_qemu_storage_daemon() {
 #[tokio::test]
 async fn storaged_answers_the_throttle_session_as_qemu_storage_daemon() {
     compare("throttle", THROTTLE_SESSION).await;
+}
+
+#[tokio::test]
+async fn storaged_answers_the_filters_session_as_qemu_storage_daemon() {
+    compare("filters", FILTERS_SESSION).await;
 }

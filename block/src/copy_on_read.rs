@@ -1,55 +1,76 @@
-//! The `copy-on-read` filter, as QEMU's: data a read finds below the top
-//! image of its child (in the backing chain, down to `bottom` if given) is
-//! written into the top image as well, so later reads come from there.
+//! The `copy-on-read` filter, as QEMU's: data a read finds in the backing
+//! chain below the top image of its child (down to `bottom`, if given) is
+//! written into the top image too, so later reads come from there.
 //!
-//! The filter reads with the child's block status: ranges allocated in
-//! the top layer, and ranges no layer has (they read as zeroes), are read
-//! as they are; others are read and then written back, the same buffer,
-//! to the child. A copy holds an exclusive lock on its range and writes
-//! through the filter a shared one, so a copy never puts old data over a
-//! newer write. It takes QEMU's permissions: "write unchanged" on its
-//! child besides what its users take.
+//! A read asks the child's block status for the request rounded out to
+//! the top image's clusters. Where the top image has the data, or where
+//! the chain has nothing or only zeroes (a hole of a raw base, a zero
+//! cluster, nothing at all), the filter only reads. Where a copied layer
+//! has data, the whole clusters around it are read through the child (the
+//! caller's buffer for the requested part, a bounce buffer for the rest)
+//! and written back: as zeroes if they read as zeroes, else as data. This
+//! is what QEMU 10 leaves in the top image (`qemu-img map` shows the
+//! same). A copy holds an exclusive lock on its range and writes through
+//! the filter a shared one, so a copy never puts old data over a newer
+//! write. Permissions are QEMU's: "write unchanged" on the child whenever
+//! the node is active, besides what its users take and share.
 
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use schema::block::BlockdevOptionsCor;
+use smallvec::SmallVec;
 
-use crate::driver::{BlockDriver, ChildRole, WriteFlags, ZeroFlags};
+use crate::driver::{BlockDriver, ChildRole, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
-use crate::node::{Node, NodeChild};
+use crate::node::{Node, NodeChild, ReadSource};
 use crate::open::OpenContext;
-use crate::permissions::{default_child_perms, ChildRoleFlags, Perm};
+use crate::permissions::{ChildRoleFlags, Perm};
 use crate::range_lock::RangeLocks;
 
 /// Ranges are locked in units of this many bytes.
 const LOCK_UNIT: u64 = 64 << 10;
+
+/// What the filter passes from its users to its child (QEMU's
+/// `PERM_PASSTHROUGH`); the rest ("write unchanged") it takes and shares
+/// itself.
+const PASSTHROUGH: Perm = Perm::CONSISTENT_READ.union(Perm::WRITE).union(Perm::RESIZE);
 
 /// A `copy-on-read` node over its `file` child.
 pub struct CopyOnRead {
     file: Arc<NodeChild>,
     /// The lowest node whose data is copied up, if limited.
     bottom: Option<Arc<Node>>,
+    /// An inactive node takes no write permission on its child.
+    active: AtomicBool,
     copies: RangeLocks,
 }
 
 impl CopyOnRead {
-    /// Opens the filter over its `file` child.
+    /// Opens the filter over its `file` child; `bottom` must be a node of
+    /// the child's backing chain that is not a filter.
     pub async fn open(cx: &mut OpenContext<'_>, options: &BlockdevOptionsCor) -> BlockResult<Self> {
         let flags = ChildRoleFlags::FILTERED.union(ChildRoleFlags::PRIMARY);
         let file = cx.child(&options.file, ChildRole::File, flags).await?;
         let bottom = match &options.bottom {
             None => None,
             Some(name) => {
-                let bottom = cx.find(name)?;
+                let bottom = cx
+                    .find(name)
+                    .map_err(|_| invalid(format!("Bottom node '{name}' not found")))?;
+                if bottom.driver().filtered().is_some() {
+                    return Err(invalid(format!("Bottom node '{name}' is a filter")));
+                }
+                // QEMU freezes the chain down to `bottom` and loops for
+                // ever when `bottom` is not in it; this refuses.
                 if chain_depth(&file.node(), &bottom).is_none() {
-                    return Err(BlockError::new(
-                        ErrorKind::InvalidArgument,
-                        format!(
-                            "Bottom node '{name}' is not in the backing chain of the filtered node"
-                        ),
-                    ));
+                    return Err(invalid(format!(
+                        "Bottom node '{name}' is not in the backing chain of '{}'",
+                        file.node().name()
+                    )));
                 }
                 Some(bottom)
             }
@@ -57,29 +78,99 @@ impl CopyOnRead {
         Ok(CopyOnRead {
             file,
             bottom,
+            active: AtomicBool::new(!cx.settings().inactive),
             copies: RangeLocks::default(),
         })
     }
 
-    /// Whether data found at chain depth `depth` (1: the top image) is to
-    /// be copied up.
-    fn copies_from(&self, depth: u32) -> bool {
-        if depth < 2 {
+    /// Whether data with this status is copied up: found in the backing
+    /// chain (not in the top image), at or above `bottom`, and not known
+    /// to read as zeroes.
+    fn copies(&self, extent: &Extent) -> bool {
+        if extent.zero || extent.depth < 2 {
             return false;
         }
         match &self.bottom {
             None => true,
             Some(bottom) => chain_depth(&self.file.node(), bottom)
-                .is_some_and(|bottom_depth| depth <= bottom_depth),
+                .is_some_and(|bottom_depth| extent.depth <= bottom_depth),
         }
     }
 
-    fn lock_range(offset: u64, len: u64) -> (u64, u64) {
-        (offset / LOCK_UNIT, (offset + len).div_ceil(LOCK_UNIT))
+    /// The unit copies are made in: the top image's cluster, if it has
+    /// one.
+    fn cluster_size(&self) -> u64 {
+        self.file
+            .node()
+            .driver_info()
+            .and_then(|info| info.cluster_size)
+            .filter(|&size| size > 0)
+            .unwrap_or(1)
+    }
+
+    /// The ranges of `region` (the request rounded out to clusters) that
+    /// are copied: the clusters around every extent that [`Self::copies`],
+    /// merged.
+    async fn copy_ranges(
+        &self,
+        region: Range<u64>,
+        cluster: u64,
+    ) -> BlockResult<SmallVec<[Range<u64>; 2]>> {
+        let mut ranges: SmallVec<[Range<u64>; 2]> = SmallVec::new();
+        let mut at = region.start;
+        while at < region.end {
+            let extent = self.file.block_status(at, region.end - at).await?;
+            let end = at + extent.length.clamp(1, region.end - at);
+            if self.copies(&extent) {
+                let start = at / cluster * cluster;
+                let end = end
+                    .div_ceil(cluster)
+                    .saturating_mul(cluster)
+                    .min(region.end);
+                match ranges.last_mut() {
+                    Some(last) if last.end >= start => last.end = last.end.max(end),
+                    _ => ranges.push(start..end),
+                }
+            }
+            at = end;
+        }
+        Ok(ranges)
+    }
+
+    /// Reads `range` through the child into the requested part of `buf`
+    /// (which starts at `offset`) and bounce buffers for the rest, and
+    /// writes it back into the child.
+    async fn copy(&self, range: Range<u64>, offset: u64, buf: &IoBuf) -> BlockResult<()> {
+        let end = offset + buf.len() as u64;
+        let inside = range.start.max(offset)..range.end.min(end);
+        let mut parts: SmallVec<[IoBuf; 3]> = SmallVec::new();
+        if range.start < inside.start {
+            parts.push(IoBuf::zeroed((inside.start - range.start) as usize));
+        }
+        parts.push(buf.slice((inside.start - offset) as usize..(inside.end - offset) as usize));
+        if inside.end < range.end {
+            parts.push(IoBuf::zeroed((range.end - inside.end) as usize));
+        }
+        let whole = IoBuf::concat(parts);
+        let (start, units) = lock_range(range.start, range.end - range.start);
+        let _copy = self.copies.lock(start, units, true).await;
+        self.file.read(range.start, &whole).await?;
+        if whole.is_zero() {
+            let len = range.end - range.start;
+            self.file
+                .write_zeroes(range.start, len, ZeroFlags::default())
+                .await
+        } else {
+            self.file
+                .write(range.start, &whole, WriteFlags::default())
+                .await
+        }
     }
 }
 
-/// How deep `wanted` is below `top` in its backing chain (1: `top`).
+/// How deep `wanted` is below `top` in its backing chain, as block status
+/// counts depth: 1 for `top` (or a filter above it), one more for each
+/// backing edge.
 fn chain_depth(top: &Arc<Node>, wanted: &Arc<Node>) -> Option<u32> {
     let mut current = Some(top.clone());
     let mut depth = 1;
@@ -87,12 +178,24 @@ fn chain_depth(top: &Arc<Node>, wanted: &Arc<Node>) -> Option<u32> {
         if Arc::ptr_eq(&node, wanted) {
             return Some(depth);
         }
-        current = node
-            .child(ChildRole::Backing)
-            .or_else(|| node.driver().filtered().map(|c| c.node()));
-        depth += 1;
+        current = match node.driver().filtered() {
+            Some(child) => Some(child.node()),
+            None => {
+                depth += 1;
+                node.child(ChildRole::Backing)
+            }
+        };
     }
     None
+}
+
+/// The lock units covering `[offset, offset + len)`.
+fn lock_range(offset: u64, len: u64) -> (u64, u64) {
+    (offset / LOCK_UNIT, (offset + len).div_ceil(LOCK_UNIT))
+}
+
+fn invalid(message: String) -> BlockError {
+    BlockError::new(ErrorKind::InvalidArgument, message)
 }
 
 #[async_trait]
@@ -105,64 +208,76 @@ impl BlockDriver for CopyOnRead {
         Some(&self.file)
     }
 
+    /// Reads the parts nothing is copied for straight into `buf`, and
+    /// copies the rest.
     async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
-        let mut done = 0u64;
-        let len = buf.len() as u64;
-        while done < len {
-            let at = offset + done;
-            let extent = self.file.block_status(at, len - done).await?;
-            let part = buf.slice(done as usize..(done + extent.length) as usize);
-            if self.copies_from(extent.depth) {
-                let (start, end) = Self::lock_range(at, extent.length);
-                let _copy = self.copies.lock(start, end, true).await;
-                self.file.read(at, &part).await?;
-                self.file.write(at, &part, WriteFlags::default()).await?;
-            } else {
+        let end = offset + buf.len() as u64;
+        let cluster = self.cluster_size();
+        let limit = self.file.size().max(end);
+        let region = offset / cluster * cluster..end.div_ceil(cluster).saturating_mul(cluster);
+        let copies = self
+            .copy_ranges(region.start..region.end.min(limit), cluster)
+            .await?;
+        let mut at = offset;
+        for range in copies {
+            if at < range.start {
+                let part = buf.slice((at - offset) as usize..(range.start - offset) as usize);
                 self.file.read(at, &part).await?;
             }
-            done += extent.length;
+            self.copy(range.clone(), offset, buf).await?;
+            at = range.end;
+        }
+        if at < end {
+            let part = buf.slice((at - offset) as usize..buf.len());
+            self.file.read(at, &part).await?;
         }
         Ok(())
     }
 
     async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
-        let (start, end) = Self::lock_range(offset, buf.len() as u64);
+        let (start, end) = lock_range(offset, buf.len() as u64);
         let _write = self.copies.lock(start, end, false).await;
         self.file.write(offset, buf, flags).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
-        let (start, end) = Self::lock_range(offset, len);
+        let (start, end) = lock_range(offset, len);
         let _write = self.copies.lock(start, end, false).await;
         self.file.write_zeroes(offset, len, flags).await
     }
 
     async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
-        let (start, end) = Self::lock_range(offset, len);
+        let (start, end) = lock_range(offset, len);
         let _write = self.copies.lock(start, end, false).await;
         self.file.discard(offset, len).await
     }
 
     /// Reads are served from the child's data only after a copy decision.
-    fn read_source(&self, _offset: u64, _len: u64) -> Option<crate::node::ReadSource> {
+    fn read_source(&self, _offset: u64, _len: u64) -> Option<ReadSource> {
         None
     }
 
-    /// QEMU's `cor_child_perm`: what the users take, plus "write
-    /// unchanged" whenever they read, which others may share.
+    /// QEMU's `cor_child_perm`: read, write and resize as the users take
+    /// and share them; "write unchanged" taken while active, and shared.
     fn child_perm(
         &self,
-        child: &NodeChild,
-        writable: bool,
+        _child: &NodeChild,
+        _writable: bool,
         perm: Perm,
         shared: Perm,
     ) -> (Perm, Perm) {
-        let (child_perm, child_shared) = default_child_perms(child.flags(), writable, perm, shared);
-        let copy = if perm.contains(Perm::CONSISTENT_READ) {
+        let copies = if self.active.load(Ordering::Acquire) {
             Perm::WRITE_UNCHANGED
         } else {
             Perm::NONE
         };
-        (child_perm | copy, child_shared | Perm::WRITE_UNCHANGED)
+        (
+            (perm & PASSTHROUGH) | copies,
+            (shared & PASSTHROUGH) | Perm::WRITE_UNCHANGED,
+        )
+    }
+
+    fn set_active(&self, active: bool) {
+        self.active.store(active, Ordering::Release);
     }
 }

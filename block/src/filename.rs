@@ -1,9 +1,10 @@
 //! The file name a node shows in `query-named-block-nodes`, derived as
 //! QEMU's `bdrv_refresh_filename` does: a protocol node shows its file
 //! name; a format over a protocol node shows the protocol's name unless its
-//! own options change what it shows (`raw` with `offset`); anything else
-//! shows `json:{...}` with the options that rebuild it, printed in QEMU's
-//! QDict iteration order so that scripts comparing strings keep working:
+//! own options change what it shows (`raw` with `offset`); a filter, and
+//! anything else, shows `json:{...}` with the options that rebuild it,
+//! printed in QEMU's QDict iteration order so that scripts comparing
+//! strings keep working:
 //! bucket by bucket, and inside a bucket the member inserted last first,
 //! so members are inserted in the order QEMU inserts them (driver,
 //! strong options, children).
@@ -33,7 +34,9 @@ pub(crate) fn exact_filename(node: &Node) -> Option<String> {
     if !own.is_empty() {
         return Some(own);
     }
-    if !node.driver().strong_options().is_empty() {
+    // A filter never passes for its child, even over a protocol node
+    // (QEMU's `is_filter` check): it shows `json:{...}`.
+    if !node.driver().strong_options().is_empty() || node.driver().filtered().is_some() {
         return None;
     }
     let primary = node.child(ChildRole::File)?;

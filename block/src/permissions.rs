@@ -65,6 +65,11 @@ impl Perm {
     /// Permissions a filter passes through to its child unchanged.
     pub const PASSTHROUGH: Perm = Perm::ALL;
 
+    /// Both sets (`|`, usable in constants).
+    pub const fn union(self, other: Perm) -> Perm {
+        Perm(self.0 | other.0)
+    }
+
     /// The raw bit mask.
     pub fn bits(self) -> u8 {
         self.0
