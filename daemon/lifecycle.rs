@@ -141,13 +141,17 @@ async fn start(
     Ok(())
 }
 
-/// Stops serving, closes the exports (as QSD's `blk_exp_close_all`) and
-/// flushes every node. A failed flush makes the exit status 1:
-/// acknowledged writes may not be on disk.
+/// Stops serving, closes the exports (as QSD's `blk_exp_close_all`),
+/// flushes every node and closes them (as QSD's `bdrv_close_all`: drivers
+/// write out what they cache, `preallocate` gives its preallocation
+/// back). A failed flush makes the exit status 1: acknowledged writes may
+/// not be on disk.
 async fn stop(daemon: &Daemon, monitors: &qmp::Monitors) -> ExitCode {
     monitors.shutdown().await;
     daemon.exports.close_all().await;
-    match daemon.graph.flush_all().await {
+    let flushed = daemon.graph.flush_all().await;
+    daemon.graph.close_all().await;
+    match flushed {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("flush at exit failed: {error}");

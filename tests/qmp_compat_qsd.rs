@@ -3,9 +3,9 @@
 //! and the same images; the replies must be equal once the version numbers
 //! (QSD 10.0.x vs "10.0.0" and "storaged X.Y.Z") are blanked: greeting
 //! shape, error classes and messages, `query-named-block-nodes` members
-//! for file, raw, null-co, blkdebug, throttle and copy-on-read nodes, the
-//! block graph, throttle groups through `object-add`/`object-del` and the
-//! QOM commands.
+//! for file, raw, null-co, blkdebug, throttle, copy-on-read and
+//! preallocate nodes, the block graph, throttle groups through
+//! `object-add`/`object-del` and the QOM commands.
 
 mod common;
 

@@ -5,8 +5,9 @@
 //! to the driver's `open` (one line per driver in [`crate::factory`]).
 //! Through the context the driver opens or finds its children and makes
 //! its edges to them, claims permissions on a child it reads while
-//! opening, and looks up the daemon's objects (throttle groups, secrets)
-//! and the graph's event sink.
+//! opening, looks up the daemon's objects (throttle groups, secrets) and
+//! the graph's event sink, and keeps a handle to have permissions applied
+//! again when its own needs change.
 //!
 //! Children given inline are opened first (QEMU registers them before their
 //! parent too) and inherit the parent's `read-only`, `auto-read-only`,
@@ -18,7 +19,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use schema::block::{
     BlockdevDetectZeroesOptions, BlockdevDiscardOptions, BlockdevOptions, BlockdevRef,
@@ -42,7 +43,7 @@ pub trait ObjectLookup: Send + Sync {
 /// What a driver opens in: the new node's name and settings, its
 /// children, the graph's objects and events.
 pub struct OpenContext<'a> {
-    graph: &'a GraphShared,
+    graph: &'a Arc<GraphShared>,
     name: String,
     settings: NodeSettings,
     children: Vec<Arc<NodeChild>>,
@@ -71,6 +72,12 @@ impl<'a> OpenContext<'a> {
     /// The daemon's object with this id, if any.
     pub fn object(&self, id: &str) -> Option<Arc<dyn Any + Send + Sync>> {
         self.graph.objects()?.object(id)
+    }
+
+    /// A handle to have the graph's permissions applied again later,
+    /// when the driver's needs on its children change by themselves.
+    pub fn perm_refresh(&self) -> PermRefresh {
+        PermRefresh(Arc::downgrade(self.graph))
     }
 
     /// The node with this name.
@@ -145,6 +152,24 @@ impl<'a> OpenContext<'a> {
     }
 }
 
+/// A driver's way to have the permissions of the graph applied again
+/// after what it takes on its children changed without a graph change
+/// (QEMU's `bdrv_child_refresh_perms`). It holds the graph weakly: a node
+/// does not keep its graph alive.
+#[derive(Clone)]
+pub struct PermRefresh(Weak<GraphShared>);
+
+impl PermRefresh {
+    /// Applies the permissions once no graph change is under way; does
+    /// nothing if the graph is gone.
+    pub async fn run(&self) -> BlockResult<()> {
+        match self.0.upgrade() {
+            Some(graph) => graph.refresh_perms().await,
+            None => Ok(()),
+        }
+    }
+}
+
 /// What a child inherits from the parent that defines it inline.
 #[derive(Clone, Copy)]
 pub(crate) struct Inherit<'a> {
@@ -158,7 +183,7 @@ type OpenFuture<'a> = Pin<Box<dyn Future<Output = BlockResult<Arc<Node>>> + Send
 /// Opens a node and everything it brings; all or nothing. The caller holds
 /// the graph's control lock.
 pub(crate) async fn open_tree(
-    graph: &GraphShared,
+    graph: &Arc<GraphShared>,
     options: &BlockdevOptions,
 ) -> BlockResult<Arc<Node>> {
     let mut unwind = Unwind {
@@ -173,7 +198,7 @@ pub(crate) async fn open_tree(
 
 /// Closes the nodes of a failed or abandoned open.
 struct Unwind<'a> {
-    graph: &'a GraphShared,
+    graph: &'a Arc<GraphShared>,
     mark: usize,
     armed: bool,
 }
@@ -187,7 +212,7 @@ impl Drop for Unwind<'_> {
 }
 
 fn open_node<'a>(
-    graph: &'a GraphShared,
+    graph: &'a Arc<GraphShared>,
     options: &'a BlockdevOptions,
     inherit: Option<Inherit<'a>>,
 ) -> OpenFuture<'a> {

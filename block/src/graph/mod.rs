@@ -374,6 +374,15 @@ impl GraphShared {
         self.state().release_closed(&nodes);
     }
 
+    /// Applies the permissions of the graph as it is, between graph
+    /// changes: for a driver whose needs on its child changed by
+    /// themselves (QEMU's `bdrv_child_refresh_perms`; `preallocate` once
+    /// it dropped its preallocation).
+    pub(crate) async fn refresh_perms(&self) -> BlockResult<()> {
+        let _control = self.control.lock().await;
+        self.state().refresh_perms()
+    }
+
     /// Removes the use with this sequence number (a backend handle or a
     /// claim was dropped) and loosens permissions.
     pub(crate) fn release_use(&self, seq: u64) {
