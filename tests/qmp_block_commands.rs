@@ -347,7 +347,7 @@ async fn nodes_that_wait_for_io_are_added_and_deleted_as_qemu_storage_daemon_doe
     assert_eq!(got[7], json!({"return": []}));
 }
 
-/// `null-aio` nodes, added and listed.
+/// `null-aio` nodes, added, reopened and listed.
 async fn null_aio_session(daemon: &TestDaemon) -> Vec<Value> {
     let mut client = daemon.connect().await;
     let mut replies = Vec::new();
@@ -358,6 +358,24 @@ async fn null_aio_session(daemon: &TestDaemon) -> Vec<Value> {
     ] {
         replies.push(reply(&mut client, "blockdev-add", arguments).await);
     }
+    replies.push(reply(&mut client, "query-named-block-nodes", json!({})).await);
+    for options in [
+        json!({"driver": "null-aio", "node-name": "a", "size": 4096}),
+        json!({"driver": "null-co", "node-name": "a"}),
+        json!({"driver": "null-aio", "node-name": "a", "read-only": true}),
+    ] {
+        let arguments = json!({"options": [options]});
+        replies.push(reply(&mut client, "blockdev-reopen", arguments).await);
+    }
+    replies.push(
+        reply(
+            &mut client,
+            "blockdev-add",
+            json!({"driver": "null-aio",
+        "node-name": "d", "read-zeroes": false, "latency-ns": 5}),
+        )
+        .await,
+    );
     replies.push(reply(&mut client, "query-named-block-nodes", json!({})).await);
     replies
 }
@@ -376,6 +394,16 @@ async fn null_aio_nodes_are_what_qemu_storage_daemon_makes() {
     assert_eq!(got, expected);
     assert_eq!(got[2]["return"][0]["drv"], "null-aio");
     assert_eq!(got[2]["return"][1]["file"], "null-aio://");
+    // Reopened: its options stay (QSD's "Cannot change the option"), its
+    // generic options change.
+    assert_eq!(got[3]["error"]["desc"], "Cannot change the option 'size'");
+    assert_eq!(got[5], json!({"return": {}}));
+    assert_eq!(got[7]["return"][2]["ro"], true);
+    // A given option shows in the file name even at its default value.
+    assert_eq!(
+        got[7]["return"][0]["file"],
+        r#"json:{"read-zeroes": false, "driver": "null-aio"}"#
+    );
     // QSD aborts on a negative size ("Unexpected error in
     // parse_option_size()"); storaged refuses it with the same words.
     let mut client = ours.connect().await;

@@ -1,5 +1,6 @@
-//! The `raw` format (a window of its file) and the `null-co` device, and
-//! the node-level `detect-zeroes` policy, through backends.
+//! The `raw` format (a window of its file) and the null device (`null-co`
+//! and `null-aio`, one driver under two names), and the node-level
+//! `detect-zeroes` policy, through backends.
 
 mod bytes_io;
 mod common;
@@ -162,75 +163,98 @@ async fn a_failed_parent_closes_its_inline_child() {
     add(&graph, file_node("inner", &path)).await;
 }
 
+/// The two names of the null device, as QEMU has them.
+const NULL_DRIVERS: [&str; 2] = ["null-co", "null-aio"];
+
 #[tokio::test]
 async fn null_reads_leave_the_buffer_alone_unless_asked_for_zeroes() {
-    let graph = BlockGraph::new();
-    add(&graph, json!({"driver": "null-co", "node-name": "n0"})).await;
-    add(
-        &graph,
-        json!({"driver": "null-co", "node-name": "z0", "size": MIB, "read-zeroes": true}),
-    )
-    .await;
-    let plain = graph.attach_backend("n0", true).unwrap();
-    let zeroes = graph.attach_backend("z0", true).unwrap();
-    assert_eq!(plain.size(), 1 << 30);
-    assert_eq!(zeroes.size(), MIB);
+    for driver in NULL_DRIVERS {
+        let graph = BlockGraph::new();
+        add(&graph, json!({"driver": driver, "node-name": "n0"})).await;
+        add(
+            &graph,
+            json!({"driver": driver, "node-name": "z0", "size": MIB, "read-zeroes": true}),
+        )
+        .await;
+        let plain = graph.attach_backend("n0", true).unwrap();
+        let zeroes = graph.attach_backend("z0", true).unwrap();
+        assert_eq!(plain.size(), 1 << 30);
+        assert_eq!(zeroes.size(), MIB);
 
-    let mut buf = vec![0xEEu8; 4096];
-    plain.read_into(0, &mut buf).await.unwrap();
-    assert!(buf.iter().all(|&b| b == 0xEE));
-    zeroes.read_into(0, &mut buf).await.unwrap();
-    assert!(buf.iter().all(|&b| b == 0));
+        let mut buf = vec![0xEEu8; 4096];
+        plain.read_into(0, &mut buf).await.unwrap();
+        assert!(buf.iter().all(|&b| b == 0xEE), "{driver}");
+        zeroes.read_into(0, &mut buf).await.unwrap();
+        assert!(buf.iter().all(|&b| b == 0), "{driver}");
 
-    plain
-        .write_from(0, &buf, WriteFlags::default())
-        .await
-        .unwrap();
-    plain
-        .write_zeroes(0, MIB, ZeroFlags::default())
-        .await
-        .unwrap();
-    plain.flush().await.unwrap();
+        plain
+            .write_from(0, &buf, WriteFlags::default())
+            .await
+            .unwrap();
+        plain
+            .write_zeroes(0, MIB, ZeroFlags::default())
+            .await
+            .unwrap();
+        plain.flush().await.unwrap();
 
-    assert_eq!(
-        plain.block_status(0, MIB).await.unwrap(),
-        Extent {
-            length: MIB,
-            data: false,
-            zero: false,
-            depth: 0
-        }
-    );
-    assert_eq!(
-        zeroes.block_status(4096, 8192).await.unwrap(),
-        Extent {
-            length: 8192,
-            data: false,
-            zero: true,
-            depth: 1
-        }
-    );
-    assert_eq!(
-        zeroes.read_into(MIB, &mut buf).await.unwrap_err().kind,
-        ErrorKind::InvalidArgument
-    );
+        assert_eq!(
+            plain.block_status(0, MIB).await.unwrap(),
+            Extent {
+                length: MIB,
+                data: false,
+                zero: false,
+                depth: 0
+            }
+        );
+        assert_eq!(
+            zeroes.block_status(4096, 8192).await.unwrap(),
+            Extent {
+                length: 8192,
+                data: false,
+                zero: true,
+                depth: 1
+            }
+        );
+        assert_eq!(
+            zeroes.read_into(MIB, &mut buf).await.unwrap_err().kind,
+            ErrorKind::InvalidArgument
+        );
+        // The driver's own name, and its file name: `null-co://` or
+        // `null-aio://` with the default options (newest node first).
+        let info = graph.query_named_block_nodes(true);
+        assert_eq!(info[1].node_name.as_deref(), Some("n0"));
+        assert_eq!(info[1].drv, driver);
+        assert_eq!(info[1].file, format!("{driver}://"));
+        assert_eq!(info[0].drv, driver);
+        // With options, `json:` in QEMU's QDict order (as QSD prints it).
+        assert_eq!(
+            info[0].file,
+            format!("json:{{\"read-zeroes\": true, \"driver\": \"{driver}\", \"size\": 1048576}}")
+        );
+    }
 }
 
 #[tokio::test]
 async fn null_latency_delays_requests() {
-    let graph = BlockGraph::new();
-    add(
-        &graph,
-        json!({"driver": "null-co", "node-name": "slow", "latency-ns": 20_000_000}),
-    )
-    .await;
-    let backend = graph.attach_backend("slow", false).unwrap();
-    let start = Instant::now();
-    let mut buf = [0u8; 512];
-    backend.read_into(0, &mut buf).await.unwrap();
-    assert!(start.elapsed() >= Duration::from_millis(20));
-    let info = graph.query_named_block_nodes(true);
-    assert_eq!(info[0].file, "null-co://", "latency is not a strong option");
+    for driver in NULL_DRIVERS {
+        let graph = BlockGraph::new();
+        add(
+            &graph,
+            json!({"driver": driver, "node-name": "slow", "latency-ns": 20_000_000}),
+        )
+        .await;
+        let backend = graph.attach_backend("slow", false).unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 512];
+        backend.read_into(0, &mut buf).await.unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(20), "{driver}");
+        let info = graph.query_named_block_nodes(true);
+        assert_eq!(
+            info[0].file,
+            format!("{driver}://"),
+            "latency is not a strong option"
+        );
+    }
 }
 
 #[tokio::test]
