@@ -9,6 +9,11 @@
 //! new requests back here), then the root node's method. The root can be
 //! replaced by the graph (inside a drained section); requests then go to
 //! the new root.
+//!
+//! Two properties of an export live here, whatever its type
+//! ([`BackendMode`]): writethrough (every write is durable before it
+//! completes, QEMU's disabled write cache) and growable (a write past the
+//! end first grows the node, as QEMU's growable FUSE exports).
 
 use std::sync::Arc;
 
@@ -36,11 +41,26 @@ pub struct BlockBackend {
     inner: Arc<Inner>,
 }
 
+/// How a backend treats writes, beyond its permissions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendMode {
+    /// Every write and write-zeroes is forced to the medium (FUA), and a
+    /// discard is followed by a flush.
+    pub writethrough: bool,
+    /// A write or write-zeroes past the end grows the node first (the
+    /// backend needs the resize permission).
+    pub growable: bool,
+}
+
 struct Inner {
     /// The root node (which the graph may replace) and the gate where new
     /// requests wait during a drained section; shared with the graph.
     link: BackendLink,
     writable: bool,
+    mode: BackendMode,
+    /// Serializes growing, so that two writes past the end cannot shrink
+    /// what the other grew.
+    grow: tokio::sync::Mutex<()>,
     /// The backend's attach sequence number: its key in the graph.
     seq: u64,
     graph: Arc<GraphShared>,
@@ -53,11 +73,19 @@ impl Drop for Inner {
 }
 
 impl BlockBackend {
-    pub(crate) fn new(link: BackendLink, perm: Perm, seq: u64, graph: Arc<GraphShared>) -> Self {
+    pub(crate) fn new(
+        link: BackendLink,
+        perm: Perm,
+        mode: BackendMode,
+        seq: u64,
+        graph: Arc<GraphShared>,
+    ) -> Self {
         BlockBackend {
             inner: Arc::new(Inner {
                 link,
                 writable: perm.contains(Perm::WRITE),
+                mode,
+                grow: tokio::sync::Mutex::new(()),
                 seq,
                 graph,
             }),
@@ -82,6 +110,11 @@ impl BlockBackend {
     /// Whether writes are refused (the backend took no write permission).
     pub fn is_read_only(&self) -> bool {
         !self.inner.writable
+    }
+
+    /// Its writethrough and growable settings.
+    pub fn mode(&self) -> BackendMode {
+        self.inner.mode
     }
 
     /// Whether write-zeroes with `no_fallback` can succeed.
@@ -121,22 +154,29 @@ impl BlockBackend {
     }
 
     /// Writes `buf` at `offset`. A read-only backend gives
-    /// `PermissionDenied`, a range past the end `NoSpace`.
+    /// `PermissionDenied`, a range past the end `NoSpace` (unless the
+    /// backend is growable).
     pub async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
         self.check_writable()?;
+        let len = buf.len() as u64;
+        self.grow_for(offset, len).await?;
         let busy = self.enter().await;
         let root = busy.node();
-        self.check_range(root, offset, buf.len() as u64, ErrorKind::NoSpace)?;
-        root.write(offset, buf, flags).await
+        self.check_range(root, offset, len, ErrorKind::NoSpace)?;
+        let fua = flags.fua || self.inner.mode.writethrough;
+        root.write(offset, buf, WriteFlags { fua }).await
     }
 
     /// Makes the range read as zeroes; refusals as [`BlockBackend::write`].
     pub async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
         self.check_writable()?;
+        self.grow_for(offset, len).await?;
         let busy = self.enter().await;
         let root = busy.node();
         self.check_range(root, offset, len, ErrorKind::NoSpace)?;
-        root.write_zeroes(offset, len, flags).await
+        let fua = flags.fua || self.inner.mode.writethrough;
+        root.write_zeroes(offset, len, ZeroFlags { fua, ..flags })
+            .await
     }
 
     /// Discards the range (a no-op unless the node has `discard=unmap`).
@@ -147,7 +187,40 @@ impl BlockBackend {
         let busy = self.enter().await;
         let root = busy.node();
         self.check_range(root, offset, len, ErrorKind::InvalidArgument)?;
-        root.discard(offset, len).await
+        root.discard(offset, len).await?;
+        if self.inner.mode.writethrough {
+            root.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Changes the node's size (the backend needs the resize permission,
+    /// which the graph checked when it was attached).
+    pub async fn resize(&self, new_size: u64) -> BlockResult<()> {
+        self.check_writable()?;
+        let _grow = self.inner.grow.lock().await;
+        let busy = self.enter().await;
+        busy.node().resize(new_size).await
+    }
+
+    /// Grows a growable backend's node to cover `[offset, offset + len)`.
+    async fn grow_for(&self, offset: u64, len: u64) -> BlockResult<()> {
+        if !self.inner.mode.growable {
+            return Ok(());
+        }
+        let end = offset.checked_add(len).ok_or_else(|| {
+            BlockError::new(ErrorKind::InvalidArgument, "Request end out of range")
+        })?;
+        if end <= self.size() {
+            return Ok(());
+        }
+        let _grow = self.inner.grow.lock().await;
+        let busy = self.enter().await;
+        let root = busy.node();
+        if end > root.size() {
+            root.resize(end).await?;
+        }
+        Ok(())
     }
 
     /// Makes every completed write durable.

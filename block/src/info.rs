@@ -97,7 +97,7 @@ fn image_info(node: &Node) -> ImageInfo {
         filename: display_filename(node),
         format: node.driver().format_name().to_string(),
         dirty_flag: driver_info.map(|i| i.dirty),
-        actual_size: allocated_size(node).map(saturating_i64),
+        actual_size: allocated_file_size(node).map(saturating_i64),
         virtual_size: saturating_i64(node.size()),
         cluster_size: driver_info.and_then(|i| i.cluster_size).map(saturating_i64),
         encrypted: None,
@@ -118,7 +118,7 @@ fn image_info(node: &Node) -> ImageInfo {
 
 /// What the driver reports, or for formats the sum over the children that
 /// hold this node's data (QEMU's `bdrv_sum_allocated_file_size`).
-fn allocated_size(node: &Node) -> Option<u64> {
+pub fn allocated_file_size(node: &Node) -> Option<u64> {
     if let Some(size) = node.driver().allocated_size() {
         return Some(size);
     }
@@ -131,7 +131,7 @@ fn allocated_size(node: &Node) -> Option<u64> {
     let mut total = 0u64;
     for child in node.children() {
         if child.flags().intersects(holders) {
-            total = total.saturating_add(allocated_size(&child.node())?);
+            total = total.saturating_add(allocated_file_size(&child.node())?);
         }
     }
     Some(total)

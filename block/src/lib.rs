@@ -40,12 +40,12 @@ pub mod raw;
 pub mod throttle;
 pub mod write_hooks;
 
-pub use backend::{BlockBackend, HeldReadSource};
+pub use backend::{BackendMode, BlockBackend, HeldReadSource};
 pub use driver::{
     BackingFileName, BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags,
 };
 pub use error::{BlockError, BlockResult, ErrorKind};
-pub use graph::{BackendPerms, BlockGraph, Drained};
+pub use graph::{BackendPerms, BlockGraph, Drained, ExportAttach};
 pub use iobuf::{IoBuf, IoMemory};
 pub use limits::Limits;
 pub use node::{Node, NodeBusy, NodeChild, NodeSettings, ReadSource};

@@ -1,7 +1,13 @@
-//! Exports: the ways clients reach block nodes. One module per export
-//! type; today that is the NBD server.
+//! Exports: the ways clients reach block nodes. `export` is what every
+//! export type provides and the table of types, `life` the clients and
+//! shutdown of one export, `registry` the daemon's exports; one module
+//! per type (the NBD server, FUSE).
 
+pub mod export;
+pub mod fuse;
+pub mod life;
 pub mod nbd;
 pub mod registry;
 
+pub use export::{BlockExport, ExportContext, ExportDriver, EXPORT_DRIVERS};
 pub use registry::BlockExports;

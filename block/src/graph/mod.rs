@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use schema::block::BlockdevOptions;
 use schema::event::EventSink;
 
-use crate::backend::BlockBackend;
+use crate::backend::{BackendMode, BlockBackend};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::node::Node;
 use crate::open::{self, ObjectLookup};
@@ -63,6 +63,16 @@ pub struct BackendPerms {
     pub perm: Perm,
     /// The permissions it lets other users take.
     pub shared: Perm,
+}
+
+/// What an export asks of the graph for its backend.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportAttach<'a> {
+    pub node_name: &'a str,
+    pub perms: BackendPerms,
+    /// Activate an inactive node first (off for `allow-inactive`).
+    pub activate: bool,
+    pub mode: BackendMode,
 }
 
 impl BackendPerms {
@@ -172,12 +182,13 @@ impl BlockGraph {
         let node = self.lookup(device, node_name)?;
         let size =
             u64::try_from(size).map_err(|_| generic("Parameter 'size' expects a >0 size"))?;
-        let _resizer = self.attach(
+        let _resizer = self.attach_mode(
             &node,
             BackendPerms {
                 perm: Perm::RESIZE,
                 shared: Perm::ALL,
             },
+            BackendMode::default(),
         )?;
         if size > MAX_IMAGE_LENGTH {
             return Err(BlockError::new(
@@ -241,17 +252,29 @@ impl BlockGraph {
         writable: bool,
         activate: bool,
     ) -> BlockResult<BlockBackend> {
-        let node = self.lookup(None, Some(node_name))?;
-        if activate {
+        self.attach_export_backend(&ExportAttach {
+            node_name,
+            perms: BackendPerms::export(writable),
+            activate,
+            mode: BackendMode::default(),
+        })
+    }
+
+    /// Attaches the backend of an export of any type: the node is
+    /// activated first unless `activate` is off (QEMU's `allow-inactive`),
+    /// and a writable backend needs a writable node.
+    pub fn attach_export_backend(&self, attach: &ExportAttach<'_>) -> BlockResult<BlockBackend> {
+        let node = self.lookup(None, Some(attach.node_name))?;
+        if attach.activate {
             self.state().activate(&node)?;
         }
-        if writable && node.is_read_only() {
+        if attach.perms.perm.contains(Perm::WRITE) && node.is_read_only() {
             return Err(BlockError::new(
                 ErrorKind::PermissionDenied,
                 "Cannot export read-only node as writable",
             ));
         }
-        self.attach(&node, BackendPerms::export(writable))
+        self.attach_mode(&node, attach.perms, attach.mode)
     }
 
     /// Attaches an export's backend with explicit permissions (e.g. a
@@ -263,10 +286,15 @@ impl BlockGraph {
     ) -> BlockResult<BlockBackend> {
         let node = self.lookup(None, Some(node_name))?;
         self.state().activate(&node)?;
-        self.attach(&node, perms)
+        self.attach_mode(&node, perms, BackendMode::default())
     }
 
-    fn attach(&self, node: &Arc<Node>, perms: BackendPerms) -> BlockResult<BlockBackend> {
+    fn attach_mode(
+        &self,
+        node: &Arc<Node>,
+        perms: BackendPerms,
+        mode: BackendMode,
+    ) -> BlockResult<BlockBackend> {
         let link = BackendLink {
             gate: Arc::default(),
             root: Arc::new(ArcSwap::new(node.clone())),
@@ -277,6 +305,7 @@ impl BlockGraph {
         Ok(BlockBackend::new(
             link,
             perms.perm,
+            mode,
             seq,
             self.shared.clone(),
         ))

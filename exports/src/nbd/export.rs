@@ -1,11 +1,9 @@
-//! NBD exports: one block node published under a name, the table that
-//! handshakes look names up in, and the count of clients using each.
-//!
-//! An export lives until it is closed and its last client is gone; then
-//! its `on_gone` callback runs (which is when QMP reports
-//! `BLOCK_EXPORT_DELETED`).
+//! NBD exports: one block node published under a name, and the table
+//! that handshakes look names up in. A client in transmission is a
+//! client of the export's life ([`ExportLife`]); shutting the export
+//! down takes it out of the table.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use block::BlockBackend;
@@ -14,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::meta::ExportMeta;
 use super::proto::*;
+use crate::export::BlockExport;
+use crate::life::{ExportLife, LifeGuard};
 
 /// What an export publishes, besides its node.
 #[derive(Clone, Default)]
@@ -22,8 +22,6 @@ pub struct NbdExportConfig {
     pub name: String,
     pub description: Option<String>,
     pub writable: bool,
-    /// Every write is made durable before it is acknowledged.
-    pub writethrough: bool,
     pub meta: ExportMeta,
     /// The longest a connection polls its socket between requests
     /// (`poll`); zero for never.
@@ -37,39 +35,22 @@ pub struct NbdExport {
     size: u64,
     /// Transmission flags, before the per-connection `SEND_DF`.
     flags: u16,
-    /// Cancelled when the export's clients must go.
-    disconnect: CancellationToken,
-    life: Mutex<Life>,
-}
-
-#[derive(Default)]
-struct Life {
-    clients: usize,
-    closing: bool,
-    on_gone: Option<Box<dyn FnOnce() + Send>>,
-}
-
-/// Why an export could not be closed.
-#[derive(Debug, PartialEq, Eq)]
-pub struct InUse;
-
-/// Where closing an export left it.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Closing {
-    /// No client used it: it is gone.
-    Idle,
-    /// Clients are being disconnected; the callback runs after the last.
-    Pending,
+    life: ExportLife,
+    /// The table it is published in.
+    table: Weak<ExportTable>,
 }
 
 impl NbdExport {
-    /// Creates an export of `backend`. `multi_conn` says whether clients may
-    /// use several connections (false when the server allows only one).
+    /// Creates an export of `backend`, to be published in `table`.
+    /// `multi_conn` says whether clients may use several connections
+    /// (false when the server allows only one); its clients go when
+    /// `server_stop` fires.
     pub fn new(
         config: NbdExportConfig,
         backend: BlockBackend,
         multi_conn: bool,
         server_stop: &CancellationToken,
+        table: Weak<ExportTable>,
     ) -> Result<Arc<NbdExport>, QmpError> {
         if config.name.len() > MAX_STRING_LEN {
             return Err(QmpError::generic(format!(
@@ -103,8 +84,8 @@ impl NbdExport {
             config,
             backend,
             flags,
-            disconnect: server_stop.child_token(),
-            life: Mutex::default(),
+            life: ExportLife::new(Some(server_stop)),
+            table,
         }))
     }
 
@@ -118,10 +99,6 @@ impl NbdExport {
 
     pub fn writable(&self) -> bool {
         self.config.writable
-    }
-
-    pub fn writethrough(&self) -> bool {
-        self.config.writethrough
     }
 
     pub fn poll_limit(&self) -> Duration {
@@ -153,85 +130,46 @@ impl NbdExport {
 
     /// Fires when this export's clients must disconnect.
     pub fn disconnect_token(&self) -> &CancellationToken {
-        &self.disconnect
+        self.life.disconnect_token()
     }
 
     /// Clients in the transmission phase on this export.
     pub fn client_count(&self) -> usize {
-        self.life().clients
+        self.life.client_count()
     }
 
     /// Registers a client entering transmission; `None` once the export is
     /// closing.
     pub fn attach_client(self: &Arc<Self>) -> Option<ClientGuard> {
-        let mut life = self.life();
-        if life.closing {
-            return None;
-        }
-        life.clients += 1;
+        let seat = self.life.attach_client()?;
         Some(ClientGuard {
             export: Arc::clone(self),
+            _seat: seat,
         })
     }
+}
 
-    /// Closes the export if no client uses it.
-    pub fn close_if_idle(&self) -> Result<(), InUse> {
-        let mut life = self.life();
-        if life.clients > 0 {
-            return Err(InUse);
-        }
-        life.closing = true;
-        Ok(())
+impl BlockExport for NbdExport {
+    fn life(&self) -> &ExportLife {
+        &self.life
     }
 
-    /// Closes the export and disconnects its clients. With clients,
-    /// `on_gone` runs when the last of them is gone; without, it is
-    /// dropped and the export is already gone.
-    pub fn close(&self, on_gone: impl FnOnce() + Send + 'static) -> Closing {
-        let mut life = self.life();
-        if life.closing {
-            return Closing::Pending;
+    fn shutdown(&self) {
+        if let Some(table) = self.table.upgrade() {
+            table.remove(self);
         }
-        life.closing = true;
-        if life.clients == 0 {
-            return Closing::Idle;
-        }
-        life.on_gone = Some(Box::new(on_gone));
-        drop(life);
-        self.disconnect.cancel();
-        Closing::Pending
-    }
-
-    fn life(&self) -> std::sync::MutexGuard<'_, Life> {
-        // The counters stay consistent even if a holder panicked.
-        self.life.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// A client's hold on an export; dropping it may finish a pending close.
 pub struct ClientGuard {
     export: Arc<NbdExport>,
+    _seat: LifeGuard,
 }
 
 impl ClientGuard {
     pub fn export(&self) -> &Arc<NbdExport> {
         &self.export
-    }
-}
-
-impl Drop for ClientGuard {
-    fn drop(&mut self) {
-        let mut life = self.export.life();
-        life.clients -= 1;
-        let gone = if life.clients == 0 {
-            life.on_gone.take()
-        } else {
-            None
-        };
-        drop(life);
-        if let Some(on_gone) = gone {
-            on_gone();
-        }
     }
 }
 
@@ -263,9 +201,9 @@ impl ExportTable {
     }
 
     /// Takes `export` out of the table so no new client finds it.
-    pub fn remove(&self, export: &Arc<NbdExport>) {
+    pub fn remove(&self, export: &NbdExport) {
         let mut exports = self.exports.write().unwrap_or_else(|e| e.into_inner());
-        exports.retain(|e| !Arc::ptr_eq(e, export));
+        exports.retain(|e| !std::ptr::eq(Arc::as_ptr(e), export));
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<NbdExport>>> {

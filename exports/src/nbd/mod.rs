@@ -10,8 +10,9 @@
 //! request), `status` (block status), `reply` and `writer` (batched
 //! vectored writes), `splice` (file data sent without copies), `buffers`
 //! (payload buffer reuse);
-//! `export` (exports and their clients) and `server` (listeners and
-//! limits).
+//! `export` (exports and their clients), `server` (listeners and
+//! limits) and `service` (the server and the export type as the registry
+//! sees them).
 
 mod buffers;
 pub mod codec;
@@ -27,6 +28,7 @@ pub mod proto;
 mod reply;
 pub mod request;
 pub mod server;
+pub mod service;
 mod splice;
 mod status;
 mod transmission;

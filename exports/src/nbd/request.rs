@@ -33,24 +33,6 @@ pub enum Command {
     },
 }
 
-impl Command {
-    /// The same command, made durable before its reply if it writes.
-    pub fn with_fua(self) -> Command {
-        match self {
-            Command::Write { .. } => Command::Write { fua: true },
-            Command::Trim { .. } => Command::Trim { fua: true },
-            Command::WriteZeroes {
-                may_unmap, fast, ..
-            } => Command::WriteZeroes {
-                fua: true,
-                may_unmap,
-                fast,
-            },
-            other => other,
-        }
-    }
-}
-
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -311,36 +293,6 @@ mod tests {
         assert_eq!(
             check(&req(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 0, 512), &LIMITS),
             Ok(Command::BlockStatus { req_one: true })
-        );
-    }
-
-    #[test]
-    fn writethrough_makes_writes_fua() {
-        let zero = Command::WriteZeroes {
-            fua: false,
-            may_unmap: true,
-            fast: false,
-        };
-        assert_eq!(
-            zero.with_fua(),
-            Command::WriteZeroes {
-                fua: true,
-                may_unmap: true,
-                fast: false
-            }
-        );
-        assert_eq!(
-            Command::Write { fua: false }.with_fua(),
-            Command::Write { fua: true }
-        );
-        assert_eq!(
-            Command::Trim { fua: false }.with_fua(),
-            Command::Trim { fua: true }
-        );
-        assert_eq!(Command::Flush.with_fua(), Command::Flush);
-        assert_eq!(
-            Command::Read { df: false }.with_fua(),
-            Command::Read { df: false }
         );
     }
 

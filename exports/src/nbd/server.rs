@@ -212,7 +212,8 @@ impl NbdServer {
         backend: BlockBackend,
     ) -> Result<Arc<NbdExport>, QmpError> {
         let multi_conn = self.config.max_connections != 1;
-        let export = NbdExport::new(config, backend, multi_conn, &self.stop)?;
+        let table = Arc::downgrade(&self.exports);
+        let export = NbdExport::new(config, backend, multi_conn, &self.stop, table)?;
         self.exports.insert(Arc::clone(&export))?;
         Ok(export)
     }

@@ -63,8 +63,6 @@ const _: () = assert!(MAX_PAYLOAD <= MAX_IN_FLIGHT_BYTES);
 struct Shared {
     cx: dispatch::Context,
     limits: Limits,
-    /// Every write is made durable before its reply.
-    writethrough: bool,
     _client: ClientGuard,
 }
 
@@ -102,7 +100,6 @@ pub async fn run<R, W>(
             alignment: session.alignment,
             has_contexts,
         },
-        writethrough: export.writethrough(),
         _client: session.client,
     });
     let (done, mut finished) = mpsc::unbounded_channel();
@@ -373,7 +370,6 @@ impl Requests {
     /// Checks and starts one request.
     async fn start(&mut self, req: Request, payload: Option<Buffer>, cost: u64) {
         let command = match request::check(&req, &self.shared.limits) {
-            Ok(command) if self.shared.writethrough => command.with_fua(),
             Ok(command) => command,
             Err(rejection) => {
                 let mut reply = Reply::error(

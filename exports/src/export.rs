@@ -1,0 +1,101 @@
+//! The export family: what every export type provides, and the table of
+//! types that `block-export-add` chooses from (QEMU's `blk_exp_drivers`).
+//!
+//! An export type is one module with a `create` function: given the
+//! export's options and a context that attaches its backend, it starts
+//! serving and returns the export. The registry does the rest for every
+//! type alike: ids, `query-block-exports`, safe and hard deletion, the
+//! `BLOCK_EXPORT_DELETED` event and shutdown with the daemon.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use block::{BackendMode, BackendPerms, BlockBackend, BlockGraph, ExportAttach};
+use schema::export::{BlockExportOptions, BlockExportType};
+use schema::QmpError;
+
+use crate::life::ExportLife;
+use crate::registry::BlockExports;
+
+/// One export, whatever its type.
+pub trait BlockExport: Send + Sync + 'static {
+    /// Its clients and holds (see [`ExportLife`]).
+    fn life(&self) -> &ExportLife;
+
+    /// Called once the export is closed: take no new clients (an NBD
+    /// export leaves its server's table, a FUSE export unmounts) and
+    /// release the holds when done. The clients present were told to go
+    /// through the life's disconnect token.
+    fn shutdown(&self);
+}
+
+/// Creates a started export of one type from its options.
+pub type CreateExport = fn(&ExportContext<'_>) -> Result<Arc<dyn BlockExport>, QmpError>;
+
+/// One export type.
+#[derive(Clone, Copy)]
+pub struct ExportDriver {
+    pub kind: BlockExportType,
+    pub create: CreateExport,
+}
+
+/// The export types of the daemon.
+pub const EXPORT_DRIVERS: &[ExportDriver] = &[
+    ExportDriver {
+        kind: BlockExportType::Nbd,
+        create: crate::nbd::service::create_export,
+    },
+    ExportDriver {
+        kind: BlockExportType::Fuse,
+        create: crate::fuse::create_export,
+    },
+];
+
+/// What an export type's `create` works with.
+pub struct ExportContext<'a> {
+    pub options: &'a BlockExportOptions,
+    pub graph: &'a BlockGraph,
+    /// The registry (for services such as the NBD server).
+    pub exports: &'a BlockExports,
+    /// How long the export's event loop may poll for work between
+    /// requests, from its `iothread`.
+    pub poll_limit: Option<Duration>,
+}
+
+impl ExportContext<'_> {
+    /// Whether the export was asked to be writable.
+    pub fn writable(&self) -> bool {
+        self.options.writable.unwrap_or(false)
+    }
+
+    /// Attaches the export's backend with `perms`: the node named by the
+    /// options, activated unless `allow-inactive`, with writethrough from
+    /// the options and `growable` as the type decides.
+    pub fn attach(&self, perms: BackendPerms, growable: bool) -> Result<BlockBackend, QmpError> {
+        let options = self.options;
+        let node_name = options.node_name.as_str();
+        let allow_inactive = options.allow_inactive.unwrap_or(false);
+        let writable = perms.perm.contains(block::Perm::WRITE);
+        if allow_inactive && writable {
+            let inactive = self.graph.node(node_name).is_some_and(|n| !n.is_active());
+            if inactive {
+                // QEMU defers the export's write permission until the node
+                // is activated; the graph here has no deferred permissions.
+                return Err(QmpError::generic(format!(
+                    "Parameter 'allow-inactive' is not supported for a writable export of \
+                     inactive node '{node_name}'"
+                )));
+            }
+        }
+        let backend = self.graph.attach_export_backend(&ExportAttach {
+            node_name,
+            perms,
+            activate: !allow_inactive,
+            mode: BackendMode {
+                writethrough: options.writethrough.unwrap_or(false),
+                growable,
+            },
+        })?;
+        Ok(backend)
+    }
+}

@@ -1,0 +1,134 @@
+//! The FUSE export: a node mounted over a regular file, whose contents
+//! any tool then reads and writes as a raw image (QSD's `--export
+//! type=fuse`).
+//!
+//! `mount` claims the mountpoint and mounts the connection; `image_file`
+//! answers the kernel's requests. The FUSE protocol comes from the
+//! `fuser` crate, which reads `/dev/fuse` on a few threads, each with its
+//! own cloned descriptor; the block I/O runs on the export's event loop.
+//!
+//! The file uses the page cache as QSD's export does (no `direct_io` on
+//! open, cached pages dropped on each open): buffered readers get the
+//! kernel's read-ahead, and `O_DIRECT` users reach the node directly,
+//! with asynchronous direct I/O so their queue depth reaches the node.
+
+mod image_file;
+mod mount;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use block::{BackendPerms, Perm};
+use fuser::{BackgroundSession, Config, SessionACL};
+use schema::export::{BlockExportKind, FuseExportAllowOther};
+use schema::QmpError;
+
+use crate::export::{BlockExport, ExportContext};
+use crate::life::{ExportLife, LifeGuard};
+use image_file::{ImageFile, ImageShared};
+use mount::{Mounted, MountpointClaim};
+
+/// A mounted FUSE export.
+pub struct FuseExport {
+    shared: Arc<ImageShared>,
+    mounted: Mounted,
+    /// Until shutdown: the mountpoint's claim and the hold that keeps the
+    /// export from being gone while it is mounted.
+    claim: Mutex<Option<(MountpointClaim, LifeGuard)>>,
+    /// The session's threads, which end when the connection does.
+    _session: BackgroundSession,
+}
+
+impl BlockExport for FuseExport {
+    fn life(&self) -> &ExportLife {
+        &self.shared.life
+    }
+
+    fn shutdown(&self) {
+        self.mounted.unmount();
+        self.shared.release_backend();
+        lock(&self.claim).take();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Threads reading `/dev/fuse`: they only read and dispatch, so a few
+/// are enough.
+fn session_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cpus.clamp(2, 4)
+}
+
+/// `block-export-add type=fuse` (QEMU's order of checks and messages:
+/// the node and its permissions, the mountpoint, then the mount).
+pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, QmpError> {
+    let BlockExportKind::Fuse(fuse) = &cx.options.kind else {
+        unreachable!("the registry calls each type's create with its own options")
+    };
+    let writable = cx.writable();
+    let growable = fuse.growable.unwrap_or(false);
+    let mut perm = Perm::CONSISTENT_READ;
+    if writable {
+        perm = perm | Perm::WRITE;
+    }
+    if writable || growable {
+        perm = perm | Perm::RESIZE;
+    }
+    let backend = cx.attach(
+        BackendPerms {
+            perm,
+            shared: Perm::ALL,
+        },
+        growable,
+    )?;
+    let claim = MountpointClaim::take(&fuse.mountpoint)?;
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| QmpError::generic("FUSE exports need the daemon's event loop"))?;
+    let path = std::path::Path::new(claim.path());
+    let mount_failed = |e: std::io::Error| {
+        QmpError::generic(format!(
+            "Failed to mount FUSE session to export: {}",
+            block::error::os_error_text(&e)
+        ))
+    };
+    let (device, mounted, allow_other) = match fuse.allow_other.unwrap_or_default() {
+        FuseExportAllowOther::On => mount::mount(path, true).map(|(d, m)| (d, m, true)),
+        FuseExportAllowOther::Off => mount::mount(path, false).map(|(d, m)| (d, m, false)),
+        FuseExportAllowOther::Auto => mount::mount(path, true)
+            .map(|(d, m)| (d, m, true))
+            .or_else(|_| mount::mount(path, false).map(|(d, m)| (d, m, false))),
+    }
+    .map_err(mount_failed)?;
+    let shared = Arc::new(ImageShared::new(
+        backend,
+        writable,
+        growable,
+        allow_other,
+        runtime,
+    ));
+    let acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let mut config = Config::default();
+    config.n_threads = Some(session_threads());
+    config.clone_fd = true;
+    let image = ImageFile(Arc::clone(&shared));
+    let session = fuser::Session::from_fd(image, device, acl, config)
+        .and_then(fuser::Session::spawn)
+        .map_err(|e| {
+            mounted.unmount();
+            mount_failed(e)
+        })?;
+    mounted.learn_device();
+    let hold = shared.life.hold();
+    Ok(Arc::new(FuseExport {
+        shared,
+        mounted,
+        claim: Mutex::new(Some((claim, hold))),
+        _session: session,
+    }))
+}

@@ -1,0 +1,174 @@
+//! The NBD server as a service of the export registry, and the NBD
+//! export type: `nbd-server-start`/`--nbd-server`, `nbd-server-stop`,
+//! the deprecated `nbd-server-add`/`nbd-server-remove`, and the `create`
+//! of `block-export-add type=nbd`.
+//!
+//! Semantics and messages follow QSD 10.0: one server at a time; an NBD
+//! export needs a running server; `nbd-server-stop` deletes every NBD
+//! export and returns when all are gone.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use block::{BackendPerms, BlockGraph};
+use schema::export::{
+    BlockDirtyBitmapOrStr, BlockExportKind, BlockExportOptions, BlockExportOptionsNbd,
+    BlockExportType, NbdServerAddArgs, NbdServerOptions, NbdServerRemoveArgs,
+};
+use schema::QmpError;
+
+use super::{
+    ExportMeta, ExportedBitmap, NbdExportConfig, NbdServer, NbdServerConfig, DEFAULT_POLL_LIMIT,
+};
+use crate::export::{BlockExport, ExportContext};
+use crate::registry::BlockExports;
+
+/// The slot of the one NBD server.
+#[derive(Default)]
+pub struct NbdService {
+    server: Mutex<Option<Arc<NbdServer>>>,
+    /// Serialises starting and stopping the server, which wait.
+    control: tokio::sync::Mutex<()>,
+}
+
+impl NbdService {
+    fn server(&self) -> MutexGuard<'_, Option<Arc<NbdServer>>> {
+        // The slot holds a value or none, whatever a holder did.
+        self.server.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn running(&self) -> Result<Arc<NbdServer>, QmpError> {
+        self.server().clone().ok_or_else(not_running)
+    }
+}
+
+impl BlockExports {
+    /// The first check of `nbd-server-start`, for callers that check
+    /// more (the TLS objects) before starting.
+    pub fn check_nbd_server_stopped(&self) -> Result<(), QmpError> {
+        match *self.nbd().server() {
+            Some(_) => Err(QmpError::generic("NBD server already running")),
+            None => Ok(()),
+        }
+    }
+
+    /// `nbd-server-start` / `--nbd-server`. Must run inside the tokio
+    /// runtime that will serve the clients.
+    pub async fn nbd_server_start(&self, options: &NbdServerOptions) -> Result<(), QmpError> {
+        let _control = self.nbd().control.lock().await;
+        self.check_nbd_server_stopped()?;
+        let config = NbdServerConfig::from_options(options)?;
+        let server = NbdServer::start(config).await?;
+        *self.nbd().server() = Some(Arc::new(server));
+        Ok(())
+    }
+
+    /// `nbd-server-stop`: deletes every NBD export, disconnects every
+    /// client and returns once all of them are gone.
+    pub async fn nbd_server_stop(&self) -> Result<(), QmpError> {
+        let _control = self.nbd().control.lock().await;
+        let server = self.nbd().running()?;
+        for id in self.open_ids(Some(BlockExportType::Nbd)) {
+            self.close_id(&id);
+        }
+        server.stop().await;
+        self.wait_gone(Some(BlockExportType::Nbd)).await;
+        *self.nbd().server() = None;
+        Ok(())
+    }
+
+    /// The running NBD server, if any (for its connection count).
+    pub fn nbd_server(&self) -> Option<Arc<NbdServer>> {
+        self.nbd().server().clone()
+    }
+
+    /// `nbd-server-add` (deprecated): the export's id is its name, which
+    /// defaults to `device`; a read-only node is exported read-only
+    /// rather than refused.
+    pub fn nbd_server_add(
+        &self,
+        graph: &BlockGraph,
+        args: &NbdServerAddArgs,
+    ) -> Result<(), QmpError> {
+        let node = graph.lookup(Some(&args.device), Some(&args.device))?;
+        self.nbd().running()?;
+        let name = args.name.clone().unwrap_or_else(|| args.device.clone());
+        let options = BlockExportOptions {
+            id: name.clone(),
+            fixed_iothread: None,
+            iothread: None,
+            node_name: node.name().to_string(),
+            writable: Some(args.writable.unwrap_or(false) && !node.is_read_only()),
+            writethrough: None,
+            allow_inactive: None,
+            kind: BlockExportKind::Nbd(BlockExportOptionsNbd {
+                name: Some(name),
+                description: args.description.clone(),
+                bitmaps: args
+                    .bitmap
+                    .clone()
+                    .map(|b| vec![BlockDirtyBitmapOrStr::Local(b)]),
+                allocation_depth: None,
+            }),
+        };
+        self.add(graph, &options, None)
+    }
+
+    /// `nbd-server-remove` (deprecated): `block-export-del` by id.
+    pub fn nbd_server_remove(&self, args: &NbdServerRemoveArgs) -> Result<(), QmpError> {
+        self.del(&args.name, args.mode.unwrap_or_default())
+    }
+}
+
+/// `block-export-add type=nbd`: publishes the node on the running server
+/// (QEMU's order of checks: the node, the server, the bitmaps, then the
+/// name and description).
+pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, QmpError> {
+    let BlockExportKind::Nbd(nbd) = &cx.options.kind else {
+        unreachable!("the registry calls each type's create with its own options")
+    };
+    let writable = cx.writable();
+    // QEMU's NBD exports refuse resize to others while they run.
+    let backend = cx.attach(BackendPerms::export(writable), false)?;
+    let server = cx.exports.nbd().running()?;
+    let bitmaps = resolve_bitmaps(cx.graph, nbd.bitmaps.as_deref().unwrap_or_default())?;
+    let config = NbdExportConfig {
+        name: nbd
+            .name
+            .clone()
+            .unwrap_or_else(|| cx.options.node_name.clone()),
+        description: nbd.description.clone(),
+        writable,
+        meta: ExportMeta {
+            allocation_depth: nbd.allocation_depth.unwrap_or(false),
+            bitmaps,
+        },
+        poll_limit: cx.poll_limit.unwrap_or(DEFAULT_POLL_LIMIT),
+    };
+    let export = server.add_export(config, backend)?;
+    Ok(export)
+}
+
+/// Finds the dirty bitmaps an export publishes. The block layer keeps no
+/// dirty bitmaps yet, so any named bitmap is missing (with QEMU's words).
+fn resolve_bitmaps(
+    graph: &BlockGraph,
+    bitmaps: &[BlockDirtyBitmapOrStr],
+) -> Result<Vec<Arc<dyn ExportedBitmap>>, QmpError> {
+    match bitmaps.first() {
+        None => Ok(Vec::new()),
+        Some(BlockDirtyBitmapOrStr::Local(name)) => {
+            Err(QmpError::generic(format!("Bitmap '{name}' is not found")))
+        }
+        Some(BlockDirtyBitmapOrStr::External(bitmap)) => {
+            graph.lookup(None, Some(&bitmap.node))?;
+            Err(QmpError::generic(format!(
+                "Dirty bitmap '{}' not found",
+                bitmap.name
+            )))
+        }
+    }
+}
+
+fn not_running() -> QmpError {
+    QmpError::generic("NBD server not running")
+}
