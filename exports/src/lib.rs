@@ -1,8 +1,9 @@
 //! Exports: the ways clients reach block nodes. `export` is what every
 //! export type provides and the table of types, `life` the clients and
-//! shutdown of one export, `registry` the daemon's exports; one module
+//! shutdown of one export, `registry` the daemon's exports, `buffers` payload buffer reuse; one module
 //! per type (the NBD server, FUSE).
 
+mod buffers;
 pub mod export;
 pub mod fuse;
 pub mod life;

@@ -29,6 +29,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+use crate::buffers::{Buffer, BufferPool};
 use crate::life::{ExportLife, LifeGuard};
 
 /// How long the kernel may cache the file's attributes (QEMU's 1 s).
@@ -62,6 +63,8 @@ pub struct ImageShared {
     runtime: Handle,
     /// Reported as the file's times.
     mounted_at: SystemTime,
+    /// Payload buffers, reused from request to request.
+    buffers: Arc<BufferPool>,
 }
 
 impl ImageShared {
@@ -84,6 +87,7 @@ impl ImageShared {
             owner: Mutex::new(Owner { mode, uid, gid }),
             runtime,
             mounted_at: SystemTime::now(),
+            buffers: BufferPool::new(),
         }
     }
 
@@ -272,14 +276,16 @@ impl Filesystem for ImageFile {
             Ok(admitted) => admitted,
             Err(e) => return reply.error(e),
         };
-        self.spawn(admitted, move |_, backend| async move {
+        self.spawn(admitted, move |shared, backend| async move {
             // Reads are cut at the end, as a file's are.
             let end = backend.size();
             let len = u64::from(size).min(end.saturating_sub(offset)) as usize;
-            let buf = IoBuf::from_vec(vec![0; len]);
-            match backend.read(offset, &buf).await {
-                Ok(()) => reply.data(&buf.into_vec()),
-                Err(e) => reply.error(errno(&e)),
+            let buf = IoBuf::from_owner(shared.buffers.get(len));
+            let result = backend.read(offset, &buf).await;
+            match (result, buf.into_owner::<Buffer>()) {
+                (Ok(()), Ok(data)) => reply.data(data.as_ref()),
+                (Ok(()), Err(buf)) => reply.data(&buf.to_vec()),
+                (Err(e), _) => reply.error(errno(&e)),
             }
         });
     }
@@ -299,25 +305,27 @@ impl Filesystem for ImageFile {
         if !self.0.writable {
             return reply.error(Errno::EACCES);
         }
-        let data = data.to_vec();
         let admitted = match self.admit() {
             Ok(admitted) => admitted,
             Err(e) => return reply.error(e),
         };
+        // The request buffer is the session thread's: the payload is
+        // copied once, into a pooled buffer the write owns.
+        let mut payload = self.0.buffers.get(data.len());
+        payload.as_mut().copy_from_slice(data);
         self.spawn(admitted, move |shared, backend| async move {
-            let mut data = data;
+            let mut len = payload.len();
             if !shared.growable {
                 // Past the end, a write is cut short.
                 let room = backend.size().saturating_sub(offset);
-                data.truncate(room.min(data.len() as u64) as usize);
+                len = room.min(len as u64) as usize;
             }
-            let written = data.len() as u32;
-            if written == 0 {
+            if len == 0 {
                 return reply.written(0);
             }
-            let buf = IoBuf::from_vec(data);
+            let buf = IoBuf::from_owner(payload).slice(0..len);
             match backend.write(offset, &buf, WriteFlags::default()).await {
-                Ok(()) => reply.written(written),
+                Ok(()) => reply.written(len as u32),
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use block::node::buffer_is_zero;
 use block::{BlockBackend, BlockError, IoBuf, WriteFlags, ZeroFlags};
 
-use super::buffers::{Buffer, BufferPool};
+use crate::buffers::{Buffer, BufferPool};
 use super::codec::{ReplyMode, Request};
 use super::meta::{ExportMeta, MetaContext};
 use super::proto::*;

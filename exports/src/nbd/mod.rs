@@ -8,13 +8,11 @@
 //! `transmission` (its request loop), `poll` (socket polling between
 //! requests), `input` (receive buffering), `request` (checks), `dispatch` (running a
 //! request), `status` (block status), `reply` and `writer` (batched
-//! vectored writes), `splice` (file data sent without copies), `buffers`
-//! (payload buffer reuse);
+//! vectored writes), `splice` (file data sent without copies);
 //! `export` (exports and their clients), `server` (listeners and
 //! limits) and `service` (the server and the export type as the registry
 //! sees them).
 
-mod buffers;
 pub mod codec;
 mod connection;
 mod dispatch;

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use super::buffers::Buffer;
+use crate::buffers::Buffer;
 use super::codec::{ReplyHead, ReplyMode, Request};
 use super::proto::*;
 use super::splice::FileRange;
@@ -290,7 +290,7 @@ fn truncate_message(message: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::super::buffers::BufferPool;
+    use crate::buffers::BufferPool;
     use super::super::codec::{be16, be32, be64};
     use super::*;
 

@@ -26,7 +26,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::task::TaskTracker;
 
-use super::buffers::{Buffer, BufferPool};
+use crate::buffers::{Buffer, BufferPool};
 use super::codec::Request;
 use super::connection::ConnectionConfig;
 use super::dispatch::{self, CACHE_CHUNK};

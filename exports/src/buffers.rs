@@ -1,4 +1,4 @@
-//! Reusable payload buffers for one connection.
+//! Reusable payload buffers for one connection or export.
 //!
 //! Read replies and write payloads need a buffer of up to the maximum
 //! payload size per request. Allocating (and zeroing) those per request
