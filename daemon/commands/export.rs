@@ -12,7 +12,6 @@ use schema::object::QCryptoTlsCredsEndpoint;
 use schema::sockets::SocketAddressKind;
 use schema::QmpError;
 use serde_json::{Map, Value};
-use std::time::Duration;
 
 use super::{arguments, command, returning, Command, CommandResult, NoArguments};
 use crate::objects::Object;
@@ -80,38 +79,19 @@ async fn nbd_server_stop(daemon: &Daemon, args: Map<String, Value>) -> CommandRe
     Ok(Value::Null)
 }
 
-/// QEMU's `poll-max-ns` for an iothread that does not set it.
-const IOTHREAD_DEFAULT_POLL_MAX_NS: u64 = 32768;
-
-/// `block-export-add` and `--export`. An `iothread` must exist; its
-/// `poll-max-ns` bounds how long the export's connections poll.
-///
-/// `fixed-iothread` asks QEMU to run the export's requests in its
-/// `iothread` or fail. Connections run on the NBD event loops whatever
-/// `iothread` names, so that is refused; without `iothread` it asks that
-/// the node not move to another thread, which nothing here does.
+/// `block-export-add` and `--export`. An `iothread` must exist; the
+/// export then runs its requests in it (NBD connections move there after
+/// their handshake). `fixed-iothread` asks that the node not move to
+/// another thread, which nothing here does: it is accepted either way.
 pub fn block_export_add(daemon: &Daemon, options: &BlockExportOptions) -> Result<(), QmpError> {
-    let poll_limit = match &options.iothread {
+    let iothread = match &options.iothread {
         Some(id) => match daemon.objects.get(id) {
-            Some(Object::Iothread(iothread)) => {
-                if options.fixed_iothread == Some(true) {
-                    return Err(QmpError::generic(format!(
-                        "Parameter 'fixed-iothread' is not supported with 'iothread': \
-                         NBD connections run on the NBD server's event loops, not in \
-                         iothread \"{id}\""
-                    )));
-                }
-                // Checked non-negative when the object was added.
-                let ns = iothread
-                    .poll_max_ns
-                    .map_or(IOTHREAD_DEFAULT_POLL_MAX_NS, |ns| ns.unsigned_abs());
-                Some(Duration::from_nanos(ns))
-            }
+            Some(Object::Iothread(iothread)) => Some(iothread),
             _ => return Err(QmpError::generic(format!("iothread \"{id}\" not found"))),
         },
         None => None,
     };
-    daemon.exports.add(&daemon.graph, options, poll_limit)
+    daemon.exports.add(&daemon.graph, options, iothread)
 }
 
 async fn qmp_block_export_add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {

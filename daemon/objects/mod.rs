@@ -33,6 +33,7 @@ use schema::QmpError;
 use block::error::os_error_text;
 use block::open::ObjectLookup;
 use block::throttle::{ThrottleConfig, ThrottleGroup};
+use exports::iothread::{IoThread, IoThreadPoll};
 
 /// The most objects the daemon keeps.
 pub const MAX_OBJECTS: usize = 4096;
@@ -48,7 +49,8 @@ const DEFAULT_THREAD_POOL_MAX: i64 = 64;
 pub enum Object {
     /// The secret's bytes, decoded.
     Secret(Vec<u8>),
-    Iothread(IothreadProperties),
+    /// The running thread.
+    Iothread(Arc<IoThread>),
     /// The group the `throttle` nodes that name it share.
     ThrottleGroup(Arc<ThrottleGroup>),
     TlsCreds(TlsCreds),
@@ -143,7 +145,7 @@ impl Objects {
         let is_secret = |id: &str| matches!(self.get(id), Some(Object::Secret(_)));
         Ok(match kind {
             ObjectKind::Secret(properties) => Object::Secret(secret::load(&properties, is_secret)?),
-            ObjectKind::Iothread(iothread) => Object::Iothread(check_iothread(iothread)?),
+            ObjectKind::Iothread(iothread) => Object::Iothread(start_iothread(id, iothread)?),
             ObjectKind::ThrottleGroup(group) => {
                 let config = ThrottleConfig::from_properties(&group)?;
                 Object::ThrottleGroup(ThrottleGroup::new(id, config))
@@ -194,6 +196,33 @@ fn read_small_file(path: &str) -> Result<Vec<u8>, String> {
         return Err(format!("larger than {MAX_OBJECT_FILE_BYTES} bytes"));
     }
     Ok(bytes)
+}
+
+/// Checks an iothread's properties and starts its thread.
+fn start_iothread(id: &str, properties: IothreadProperties) -> Result<Arc<IoThread>, QmpError> {
+    let properties = check_iothread(properties)?;
+    let unsigned = |value: Option<i64>, default: u64| value.map_or(default, i64::unsigned_abs);
+    let defaults = IoThreadPoll::default();
+    let poll = IoThreadPoll {
+        poll_max_ns: unsigned(properties.poll_max_ns, defaults.poll_max_ns),
+        poll_grow: unsigned(properties.poll_grow, defaults.poll_grow),
+        poll_shrink: unsigned(properties.poll_shrink, defaults.poll_shrink),
+        aio_max_batch: unsigned(properties.aio_max_batch, defaults.aio_max_batch),
+    };
+    IoThread::start(id, poll)
+        .map_err(|e| QmpError::generic(format!("Failed to create iothread: {}", os_error_text(&e))))
+}
+
+/// The iothreads, in id order (`query-iothreads`).
+impl Objects {
+    pub fn iothreads(&self) -> Vec<Arc<IoThread>> {
+        let objects = self.lock();
+        let threads = objects.values().filter_map(|entry| match &entry.object {
+            Object::Iothread(thread) => Some(Arc::clone(thread)),
+            _ => None,
+        });
+        threads.collect()
+    }
 }
 
 /// QEMU's iothread property checks.

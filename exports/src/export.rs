@@ -8,12 +8,12 @@
 //! `BLOCK_EXPORT_DELETED` event and shutdown with the daemon.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use block::{BackendMode, BackendPerms, BlockBackend, BlockGraph, ExportAttach};
 use schema::export::{BlockExportOptions, BlockExportType};
 use schema::QmpError;
 
+use crate::iothread::IoThread;
 use crate::life::ExportLife;
 use crate::registry::BlockExports;
 
@@ -57,9 +57,8 @@ pub struct ExportContext<'a> {
     pub graph: &'a BlockGraph,
     /// The registry (for services such as the NBD server).
     pub exports: &'a BlockExports,
-    /// How long the export's event loop may poll for work between
-    /// requests, from its `iothread`.
-    pub poll_limit: Option<Duration>,
+    /// The iothread the export runs its requests in, if it names one.
+    pub iothread: Option<Arc<IoThread>>,
 }
 
 impl ExportContext<'_> {

@@ -1,11 +1,14 @@
 //! Exports: the ways clients reach block nodes. `export` is what every
 //! export type provides and the table of types, `life` the clients and
-//! shutdown of one export, `registry` the daemon's exports, `buffers` payload buffer reuse; one module
+//! shutdown of one export, `registry` the daemon's exports, `buffers` payload buffer reuse,
+//! `event_loop` and `iothread` the threads exports run on; one module
 //! per type (the NBD server, FUSE).
 
 mod buffers;
+pub mod event_loop;
 pub mod export;
 pub mod fuse;
+pub mod iothread;
 pub mod life;
 pub mod nbd;
 pub mod registry;

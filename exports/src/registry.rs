@@ -10,7 +10,6 @@
 //! table of [`ExportDriver`]s.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
 
 use block::BlockGraph;
 use schema::event::{Event, EventSink};
@@ -19,6 +18,7 @@ use schema::QmpError;
 use tokio::sync::Notify;
 
 use crate::export::{BlockExport, ExportContext, ExportDriver, EXPORT_DRIVERS};
+use crate::iothread::IoThread;
 use crate::life::{CloseMode, Closing};
 use crate::nbd::service::NbdService;
 
@@ -80,9 +80,8 @@ impl BlockExports {
         &self.inner.nbd
     }
 
-    /// `block-export-add` / `--export`. The caller has checked that a
-    /// named `iothread` object exists, and passes its `poll-max-ns` as
-    /// `poll_limit`. Like QEMU's `blk_exp_add`, the type must exist and
+    /// `block-export-add` / `--export`. The caller has found the
+    /// `iothread` object the options name, if any. Like QEMU's `blk_exp_add`, the type must exist and
     /// the id be well formed and free; the type's `create` then attaches
     /// the node (activating it unless `allow-inactive`) and starts the
     /// export.
@@ -90,7 +89,7 @@ impl BlockExports {
         &self,
         graph: &BlockGraph,
         options: &BlockExportOptions,
-        poll_limit: Option<Duration>,
+        iothread: Option<Arc<IoThread>>,
     ) -> Result<(), QmpError> {
         let kind = options.kind.export_type();
         let driver = self
@@ -109,7 +108,7 @@ impl BlockExports {
             options,
             graph,
             exports: self,
-            poll_limit,
+            iothread,
         })?;
         let mut state = self.inner.state();
         if state.exports.iter().any(|e| e.id == options.id) {

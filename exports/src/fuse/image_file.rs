@@ -168,7 +168,7 @@ fn errno(e: &BlockError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain values: consistent whatever a holder did.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -15,7 +15,7 @@
 mod image_file;
 mod mount;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use block::{BackendPerms, Perm};
 use fuser::{BackgroundSession, Config, SessionACL};
@@ -24,7 +24,7 @@ use schema::QmpError;
 
 use crate::export::{BlockExport, ExportContext};
 use crate::life::{ExportLife, LifeGuard};
-use image_file::{ImageFile, ImageShared};
+use image_file::{lock, ImageFile, ImageShared};
 use mount::{Mounted, MountpointClaim};
 
 /// A mounted FUSE export.
@@ -48,10 +48,6 @@ impl BlockExport for FuseExport {
         self.shared.release_backend();
         lock(&self.claim).take();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Threads reading `/dev/fuse`: they only read and dispatch, so a few
@@ -84,8 +80,11 @@ pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, Qmp
         growable,
     )?;
     let claim = MountpointClaim::take(&fuse.mountpoint)?;
-    let runtime = tokio::runtime::Handle::try_current()
-        .map_err(|_| QmpError::generic("FUSE exports need the daemon's event loop"))?;
+    let runtime = match &cx.iothread {
+        Some(iothread) => iothread.event_loop().handle().clone(),
+        None => tokio::runtime::Handle::try_current()
+            .map_err(|_| QmpError::generic("FUSE exports need the daemon's event loop"))?,
+    };
     let path = std::path::Path::new(claim.path());
     let mount_failed = |e: std::io::Error| {
         QmpError::generic(format!(

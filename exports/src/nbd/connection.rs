@@ -1,7 +1,7 @@
 //! One client connection: the handshake under its time limit, then the
-//! transmission phase (`transmission`).
+//! transmission phase (`transmission`), which may run on another event
+//! loop than the handshake (the export's iothread).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, BufReader};
@@ -9,7 +9,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::handshake::{negotiate, HandshakeConfig, Outcome};
+use super::handshake::{negotiate, HandshakeConfig, Outcome, Session};
 use super::placement::Placement;
 use super::splice::SpliceSink;
 use super::transmission;
@@ -31,14 +31,24 @@ pub struct ConnectionConfig {
     pub runtime: Handle,
 }
 
-/// Serves one client until it leaves, breaks the protocol, or is told to go.
-pub async fn serve<R, W>(
+/// A client through the handshake, ready for transmission.
+pub struct Negotiated<R, W> {
+    pub reader: R,
+    /// Bytes the client sent after the handshake, already read.
+    pub leftover: Vec<u8>,
+    pub writer: W,
+    pub session: Session,
+}
+
+/// Runs the handshake under its time limit; `None` if the client left,
+/// broke the protocol, aborted, or the server stopped.
+pub async fn handshake<R, W>(
     read: R,
     mut write: W,
-    config: Arc<ConnectionConfig>,
+    config: &ConnectionConfig,
     peer: &str,
-    placement: Placement,
-) where
+) -> Option<Negotiated<R, W>>
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: SpliceSink + 'static,
 {
@@ -51,7 +61,7 @@ pub async fn serve<R, W>(
         }
     };
     let outcome = tokio::select! {
-        _ = config.stop.cancelled() => return,
+        _ = config.stop.cancelled() => return None,
         outcome = limited => outcome,
     };
     match outcome {
@@ -59,10 +69,38 @@ pub async fn serve<R, W>(
         Some(Err(e)) => tracing::info!(peer, "NBD client dropped: {e}"),
         Some(Ok(Outcome::Aborted)) => tracing::debug!(peer, "NBD client aborted the handshake"),
         Some(Ok(Outcome::Transmission(session))) => {
-            let export = session.client.export().name().to_string();
-            tracing::debug!(peer, export, "NBD client entered transmission");
-            transmission::run(reader, write, session, &config, placement).await;
-            tracing::debug!(peer, export, "NBD client gone");
+            return Some(Negotiated {
+                leftover: reader.buffer().to_vec(),
+                reader: reader.into_inner(),
+                writer: write,
+                session,
+            })
         }
     }
+    None
+}
+
+/// Serves a negotiated client's requests until it leaves, breaks the
+/// protocol, or is told to go.
+pub async fn transmit<R, W>(
+    client: Negotiated<R, W>,
+    config: &ConnectionConfig,
+    placement: Placement,
+    peer: &str,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: SpliceSink + 'static,
+{
+    let export = client.session.client.export().name().to_string();
+    tracing::debug!(peer, export, "NBD client entered transmission");
+    transmission::run(
+        client.reader,
+        &client.leftover,
+        client.writer,
+        client.session,
+        config,
+        placement,
+    )
+    .await;
+    tracing::debug!(peer, export, "NBD client gone");
 }

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use block::node::buffer_is_zero;
 use block::{BlockBackend, BlockError, IoBuf, WriteFlags, ZeroFlags};
 
-use crate::buffers::{Buffer, BufferPool};
 use super::codec::{ReplyMode, Request};
 use super::meta::{ExportMeta, MetaContext};
 use super::proto::*;
@@ -25,6 +24,7 @@ use super::reply::{Reply, SparseRead};
 use super::request::Command;
 use super::splice::FileRange;
 use super::status;
+use crate::buffers::{Buffer, BufferPool};
 
 /// Structured reads are checked for zeroes in pieces this large (and only
 /// reads at least this large); zero pieces are sent as holes.

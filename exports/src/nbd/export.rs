@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::meta::ExportMeta;
 use super::proto::*;
+use crate::event_loop::EventLoop;
 use crate::export::BlockExport;
 use crate::life::{ExportLife, LifeGuard};
 
@@ -26,6 +27,9 @@ pub struct NbdExportConfig {
     /// The longest a connection polls its socket between requests
     /// (`poll`); zero for never.
     pub poll_limit: Duration,
+    /// The loop of the export's iothread, where its connections move
+    /// after the handshake; `None` to stay on the NBD server's loops.
+    pub event_loop: Option<Arc<EventLoop>>,
 }
 
 /// One export of the NBD server.
@@ -103,6 +107,10 @@ impl NbdExport {
 
     pub fn poll_limit(&self) -> Duration {
         self.config.poll_limit
+    }
+
+    pub fn event_loop(&self) -> Option<&Arc<EventLoop>> {
+        self.config.event_loop.as_ref()
     }
 
     pub fn meta(&self) -> &ExportMeta {

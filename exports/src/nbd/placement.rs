@@ -1,35 +1,31 @@
 //! The event loops NBD connections run on.
 //!
-//! Connections are spread over a few threads, each with an event loop of
-//! its own (in the manner of QEMU's iothreads); a new connection joins
-//! the loop with the fewest. A connection alone on its
-//! loop may poll its socket between requests (`poll`): nobody else waits
-//! on that loop, and no other thread is woken for its packets, which is
-//! what makes polling cheap; so at most one connection per loop polls. Connections share the daemon's runtime only
-//! if no loop could be started.
+//! Connections are spread over a pool of event loops
+//! ([`crate::event_loop`]); a new connection joins the loop with the
+//! fewest for its handshake. A connection to an export with an `iothread`
+//! then moves to that iothread's loop for its transmission. A connection
+//! alone on its loop may poll its socket between requests (`poll`):
+//! nobody else waits on that loop, and no other thread is woken for its
+//! packets, which is what makes polling cheap; so at most one connection
+//! per loop polls. Connections share the daemon's runtime only if no loop
+//! could be started.
 //!
 //! Request handlers that may wait (large or blocking I/O) run on the
 //! daemon's runtime either way (`ConnectionConfig::runtime`), whose
 //! threads may block without stalling a loop.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
-/// One thread and its event loop.
-pub struct EventLoop {
-    handle: Handle,
-    connections: AtomicUsize,
-}
+use crate::event_loop::{EventLoop, Seat};
 
 /// Where a connection runs.
-#[derive(Clone)]
 pub enum Placement {
-    /// On an event loop of the pool.
-    Loop(Arc<EventLoop>),
+    /// On an event loop (of the pool, or an export's iothread).
+    Loop(Seat),
     /// On the daemon's runtime, among its other tasks.
     Shared,
 }
@@ -39,7 +35,15 @@ impl Placement {
     /// alone on its loop.
     pub fn may_poll(&self) -> bool {
         match self {
-            Placement::Loop(event_loop) => event_loop.connections.load(Ordering::Relaxed) == 1,
+            Placement::Loop(seat) => seat.event_loop().connections() == 1,
+            Placement::Shared => false,
+        }
+    }
+
+    /// Whether the connection runs on `event_loop`.
+    pub fn is_on(&self, event_loop: &Arc<EventLoop>) -> bool {
+        match self {
+            Placement::Loop(seat) => Arc::ptr_eq(seat.event_loop(), event_loop),
             Placement::Shared => false,
         }
     }
@@ -49,54 +53,39 @@ impl Placement {
 impl Placement {
     /// A connection alone on a loop made of the current runtime.
     pub fn alone() -> Placement {
-        Placement::Loop(Arc::new(EventLoop {
-            handle: Handle::current(),
-            connections: AtomicUsize::new(1),
-        }))
+        Placement::Loop(EventLoop::current().seat())
     }
 }
 
-/// Starts `connection` on the least busy event loop (or on `runtime` if
-/// there is none). `connection` makes its future on the loop it will run
-/// on, since sockets register with the event loop current when they are
-/// made. `tasks` tracks it.
+/// Starts `connection` on the least busy event loop of the pool (or on
+/// `runtime` if there is none). `connection` makes its future on the loop
+/// it will run on, since sockets register with the event loop current
+/// when they are made. `tasks` tracks it.
 pub fn spawn_connection<F, Fut>(runtime: &Handle, tasks: &TaskTracker, connection: F)
 where
     F: FnOnce(Placement) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Some(event_loop) = event_loops()
-        .iter()
-        .min_by_key(|l| l.connections.load(Ordering::Relaxed))
-    else {
-        tasks.spawn_on(connection(Placement::Shared), runtime);
-        return;
-    };
-    let seat = Seat::take(event_loop);
-    let placement = Placement::Loop(Arc::clone(event_loop));
+    match event_loops().iter().min_by_key(|l| l.connections()) {
+        Some(event_loop) => spawn_on(event_loop, tasks, connection),
+        None => {
+            tasks.spawn_on(connection(Placement::Shared), runtime);
+        }
+    }
+}
+
+/// Starts `connection` on `event_loop` (an export's iothread, or one of
+/// the pool), seated there while it runs.
+pub fn spawn_on<F, Fut>(event_loop: &Arc<EventLoop>, tasks: &TaskTracker, connection: F)
+where
+    F: FnOnce(Placement) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let placement = Placement::Loop(event_loop.seat());
     tasks.spawn_on(
-        async move {
-            connection(placement).await;
-            drop(seat);
-        },
-        &event_loop.handle,
+        async move { connection(placement).await },
+        event_loop.handle(),
     );
-}
-
-/// A connection's place on a loop, given up when dropped.
-struct Seat(Arc<EventLoop>);
-
-impl Seat {
-    fn take(event_loop: &Arc<EventLoop>) -> Seat {
-        event_loop.connections.fetch_add(1, Ordering::Relaxed);
-        Seat(Arc::clone(event_loop))
-    }
-}
-
-impl Drop for Seat {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// The pool, started on first use: a loop per two CPUs (at least one),
@@ -110,42 +99,15 @@ fn event_loops() -> &'static [Arc<EventLoop>] {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let count = (cpus / 2).max(1);
         (0..count)
-            .filter_map(|index| match start_loop(index) {
-                Ok(event_loop) => Some(event_loop),
-                Err(e) => {
-                    tracing::warn!("cannot start NBD event loop {index}: {e}");
-                    None
-                }
-            })
+            .filter_map(
+                |index| match EventLoop::start(&format!("nbd-loop-{index}")) {
+                    Ok(event_loop) => Some(event_loop),
+                    Err(e) => {
+                        tracing::warn!("cannot start NBD event loop {index}: {e}");
+                        None
+                    }
+                },
+            )
             .collect()
     })
-}
-
-fn start_loop(index: usize) -> std::io::Result<Arc<EventLoop>> {
-    // The runtime is built, run and dropped on its own thread: dropping
-    // one on a thread of the daemon's runtime is not allowed.
-    let (started, handle) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("nbd-loop-{index}"))
-        .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => {
-                    let _ = started.send(Ok(runtime.handle().clone()));
-                    runtime.block_on(std::future::pending::<()>());
-                }
-                Err(e) => {
-                    let _ = started.send(Err(e));
-                }
-            }
-        })?;
-    let handle = handle
-        .recv()
-        .map_err(|_| std::io::Error::other("the event loop thread ended"))??;
-    Ok(Arc::new(EventLoop {
-        handle,
-        connections: AtomicUsize::new(0),
-    }))
 }

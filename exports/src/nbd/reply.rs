@@ -8,10 +8,10 @@
 
 use std::ops::Range;
 
-use crate::buffers::Buffer;
 use super::codec::{ReplyHead, ReplyMode, Request};
 use super::proto::*;
 use super::splice::FileRange;
+use crate::buffers::Buffer;
 
 /// A piece of a reply on the wire.
 pub enum Segment<'a> {
@@ -290,9 +290,9 @@ fn truncate_message(message: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use crate::buffers::BufferPool;
     use super::super::codec::{be16, be32, be64};
     use super::*;
+    use crate::buffers::BufferPool;
 
     fn req(offset: u64, length: u64) -> Request {
         Request {

@@ -16,15 +16,17 @@ use block::BlockBackend;
 use schema::export::NbdServerOptions;
 use schema::sockets::{SocketAddress, SocketAddressKind};
 use schema::QmpError;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::io::AsyncRead;
+use tokio::net::{tcp, unix, TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::connection::{serve, ConnectionConfig};
+use super::connection::{handshake, transmit, ConnectionConfig, Negotiated};
 use super::export::{ExportTable, NbdExport, NbdExportConfig};
 use super::handshake::HandshakeConfig;
-use super::placement::{spawn_connection, Placement};
+use super::placement::{spawn_connection, spawn_on, Placement};
+use super::splice::SpliceSink;
 
 /// QEMU's default for `handshake-max-seconds`.
 pub const DEFAULT_HANDSHAKE_MAX_SECONDS: u32 = 10;
@@ -421,8 +423,12 @@ enum Stream {
     Tcp(std::net::TcpStream, String),
 }
 
+/// A negotiated client on its way to another loop.
+type Moving = Negotiated<(), ()>;
+
 impl Stream {
-    /// Serves the client on the runtime this runs on.
+    /// Serves the client on the runtime this runs on: the handshake, then
+    /// the transmission, here or on the export's iothread.
     async fn serve(
         self,
         config: Arc<ConnectionConfig>,
@@ -431,15 +437,104 @@ impl Stream {
         match self {
             Stream::Unix(s, peer) => {
                 let (r, w) = tokio::net::UnixStream::from_std(s)?.into_split();
-                serve(r, w, config, &peer, placement).await;
+                let reunite = |r: unix::OwnedReadHalf, w| -> std::io::Result<Stream> {
+                    let stream = r.reunite(w).map_err(std::io::Error::other)?;
+                    Ok(Stream::Unix(stream.into_std()?, String::new()))
+                };
+                serve_halves(r, w, config, placement, peer, reunite).await
             }
             Stream::Tcp(s, peer) => {
                 let (r, w) = tokio::net::TcpStream::from_std(s)?.into_split();
-                serve(r, w, config, &peer, placement).await;
+                let reunite = |r: tcp::OwnedReadHalf, w| -> std::io::Result<Stream> {
+                    let stream = r.reunite(w).map_err(std::io::Error::other)?;
+                    Ok(Stream::Tcp(stream.into_std()?, String::new()))
+                };
+                serve_halves(r, w, config, placement, peer, reunite).await
+            }
+        }
+    }
+
+    /// Serves a client negotiated elsewhere, on the runtime this runs on.
+    async fn transmit(
+        self,
+        client: Moving,
+        config: Arc<ConnectionConfig>,
+        placement: Placement,
+        peer: &str,
+    ) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s, _) => {
+                let (reader, writer) = tokio::net::UnixStream::from_std(s)?.into_split();
+                transmit(client.with_halves(reader, writer), &config, placement, peer).await;
+            }
+            Stream::Tcp(s, _) => {
+                let (reader, writer) = tokio::net::TcpStream::from_std(s)?.into_split();
+                transmit(client.with_halves(reader, writer), &config, placement, peer).await;
             }
         }
         Ok(())
     }
+}
+
+impl Moving {
+    /// The client again, over the socket halves made on its new loop.
+    fn with_halves<R, W>(self, reader: R, writer: W) -> Negotiated<R, W> {
+        Negotiated {
+            reader,
+            leftover: self.leftover,
+            writer,
+            session: self.session,
+        }
+    }
+}
+
+/// The handshake on this loop, then the transmission: here, or moved to
+/// the loop of the export's iothread (the connection stays counted here
+/// until it ends there).
+async fn serve_halves<R, W>(
+    read: R,
+    write: W,
+    config: Arc<ConnectionConfig>,
+    placement: Placement,
+    peer: String,
+    reunite: impl FnOnce(R, W) -> std::io::Result<Stream>,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: SpliceSink + 'static,
+{
+    let Some(client) = handshake(read, write, &config, &peer).await else {
+        return Ok(());
+    };
+    let target = client.session.client.export().event_loop().cloned();
+    let Some(target) = target.filter(|t| !placement.is_on(t)) else {
+        transmit(client, &config, placement, &peer).await;
+        return Ok(());
+    };
+    drop(placement);
+    let Negotiated {
+        reader,
+        leftover,
+        writer,
+        session,
+    } = client;
+    let stream = reunite(reader, writer)?;
+    let moving = Negotiated {
+        reader: (),
+        leftover,
+        writer: (),
+        session,
+    };
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let tasks = config.tasks.clone();
+    spawn_on(&target, &tasks, move |placement| async move {
+        if let Err(e) = stream.transmit(moving, config, placement, &peer).await {
+            tracing::warn!("NBD server cannot move a connection to its iothread: {e}");
+        }
+        drop(done);
+    });
+    let _ = finished.await;
+    Ok(())
 }
 
 async fn accept(listener: &Listener) -> std::io::Result<Stream> {

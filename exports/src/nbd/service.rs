@@ -142,7 +142,11 @@ pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, Qmp
             allocation_depth: nbd.allocation_depth.unwrap_or(false),
             bitmaps,
         },
-        poll_limit: cx.poll_limit.unwrap_or(DEFAULT_POLL_LIMIT),
+        poll_limit: cx
+            .iothread
+            .as_ref()
+            .map_or(DEFAULT_POLL_LIMIT, |t| t.poll_limit()),
+        event_loop: cx.iothread.as_ref().map(|t| Arc::clone(t.event_loop())),
     };
     let export = server.add_export(config, backend)?;
     Ok(export)

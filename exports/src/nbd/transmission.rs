@@ -21,12 +21,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::io::{AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::task::TaskTracker;
 
-use crate::buffers::{Buffer, BufferPool};
 use super::codec::Request;
 use super::connection::ConnectionConfig;
 use super::dispatch::{self, CACHE_CHUNK};
@@ -40,6 +39,7 @@ use super::reply::Reply;
 use super::request::{self, Command, Limits, MAX_PAYLOAD};
 use super::splice::SpliceSink;
 use super::writer::{ReplyQueue, Sent};
+use crate::buffers::{Buffer, BufferPool};
 
 /// Requests of one connection being processed or waiting for their reply
 /// to be written.
@@ -71,7 +71,8 @@ type Running = Pin<Box<dyn Future<Output = Reply> + Send>>;
 /// Serves requests until the client disconnects, breaks the protocol, or
 /// the export's clients are told to go.
 pub async fn run<R, W>(
-    reader: BufReader<R>,
+    mut reader: R,
+    leftover: &[u8],
     mut writer: W,
     session: Session,
     config: &ConnectionConfig,
@@ -82,8 +83,7 @@ pub async fn run<R, W>(
 {
     let export = Arc::clone(session.client.export());
     let stop = export.disconnect_token().child_token();
-    let input = Input::new(reader.buffer());
-    let mut reader = reader.into_inner();
+    let input = Input::new(leftover);
     let has_contexts = !session.contexts.is_empty();
     let shared = Arc::new(Shared {
         cx: dispatch::Context {
