@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -175,12 +176,16 @@ def main() -> int:
     parser.add_argument("--only", default="",
                         help="run only the workloads whose name contains this")
     parser.add_argument("--storaged", type=Path,
-                        default=REPOSITORY / "target" / "release" / "storaged")
+                        help="use this binary (default: build the release binary)")
     args = parser.parse_args()
     duration_s, ramp_s = (2.0, 0.5) if args.quick else (10.0, 2.0)
-    if not args.storaged.exists():
-        subprocess.run(["cargo", "build", "--release"], cwd=REPOSITORY, check=True)
-    programs = {"storaged": str(args.storaged),
+    storaged = args.storaged
+    if storaged is None:
+        subprocess.run(["cargo", "build", "--release", "-p", "storaged"], cwd=REPOSITORY,
+                       check=True)
+        target = Path(os.environ.get("CARGO_TARGET_DIR", REPOSITORY / "target"))
+        storaged = target / "release" / "storaged"
+    programs = {"storaged": str(storaged),
                 "qemu-storage-daemon": shutil.which("qemu-storage-daemon") or ""}
     scratch = Path(tempfile.mkdtemp(prefix="storaged-fuse-bench-", dir="/dev/shm"))
     results: dict[tuple[str, str], Cell | str] = {}

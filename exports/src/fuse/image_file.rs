@@ -18,6 +18,7 @@
 
 use std::ffi::OsStr;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -65,6 +66,10 @@ pub struct ImageShared {
     mounted_at: SystemTime,
     /// Payload buffers, reused from request to request.
     buffers: Arc<BufferPool>,
+    /// Requests running inline on session threads now, and how many may
+    /// (fewer than the threads: one always reads).
+    inline: AtomicUsize,
+    inline_limit: usize,
 }
 
 impl ImageShared {
@@ -74,6 +79,7 @@ impl ImageShared {
         growable: bool,
         allow_other: bool,
         runtime: Handle,
+        inline_limit: usize,
     ) -> ImageShared {
         // SAFETY: getuid and getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -88,6 +94,8 @@ impl ImageShared {
             runtime,
             mounted_at: SystemTime::now(),
             buffers: BufferPool::new(),
+            inline: AtomicUsize::new(0),
+            inline_limit,
         }
     }
 
@@ -148,8 +156,11 @@ impl ImageFile {
         Ok(Admitted { guard, backend })
     }
 
-    /// Runs an admitted request on the export's event loop; it replies
-    /// when done.
+    /// Runs an admitted request; it replies when done. While few
+    /// requests run inline, this one runs inline too, on the session
+    /// thread that read it (no hand-over to another thread: the latency
+    /// of a lone request); past that it becomes a task of the export's
+    /// event loop, and the thread goes back to reading requests.
     fn spawn<F, Fut>(&self, admitted: Admitted, work: F)
     where
         F: FnOnce(Arc<ImageShared>, BlockBackend) -> Fut,
@@ -157,7 +168,18 @@ impl ImageFile {
     {
         let request = work(Arc::clone(&self.0), admitted.backend);
         let guard = admitted.guard;
-        self.0.runtime.spawn(async move {
+        let shared = &self.0;
+        let inline = shared.inline.fetch_add(1, Ordering::AcqRel) < shared.inline_limit;
+        if inline {
+            // Session threads are not the runtime's: blocking here is
+            // what they are for.
+            shared.runtime.block_on(request);
+            shared.inline.fetch_sub(1, Ordering::AcqRel);
+            drop(guard);
+            return;
+        }
+        shared.inline.fetch_sub(1, Ordering::AcqRel);
+        shared.runtime.spawn(async move {
             request.await;
             drop(guard);
         });

@@ -80,10 +80,16 @@ pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, Qmp
         growable,
     )?;
     let claim = MountpointClaim::take(&fuse.mountpoint)?;
-    let runtime = match &cx.iothread {
-        Some(iothread) => iothread.event_loop().handle().clone(),
-        None => tokio::runtime::Handle::try_current()
-            .map_err(|_| QmpError::generic("FUSE exports need the daemon's event loop"))?,
+    // With an iothread every request runs there; without, a lone request
+    // runs on the session thread that read it (see `ImageFile::spawn`).
+    let threads = session_threads();
+    let (runtime, inline_limit) = match &cx.iothread {
+        Some(iothread) => (iothread.event_loop().handle().clone(), 0),
+        None => (
+            tokio::runtime::Handle::try_current()
+                .map_err(|_| QmpError::generic("FUSE exports need the daemon's event loop"))?,
+            threads - 1,
+        ),
     };
     let path = std::path::Path::new(claim.path());
     let mount_failed = |e: std::io::Error| {
@@ -106,6 +112,7 @@ pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, Qmp
         growable,
         allow_other,
         runtime,
+        inline_limit,
     ));
     let acl = if allow_other {
         SessionACL::All
@@ -113,7 +120,7 @@ pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, Qmp
         SessionACL::Owner
     };
     let mut config = Config::default();
-    config.n_threads = Some(session_threads());
+    config.n_threads = Some(threads);
     config.clone_fd = true;
     let image = ImageFile(Arc::clone(&shared));
     let session = fuser::Session::from_fd(image, device, acl, config)
