@@ -189,6 +189,7 @@ def main() -> int:
                 "qemu-storage-daemon": shutil.which("qemu-storage-daemon") or ""}
     scratch = Path(tempfile.mkdtemp(prefix="storaged-fuse-bench-", dir="/dev/shm"))
     results: dict[tuple[str, str], Cell | str] = {}
+    header = [f"- {key}: {value}" for key, value in machine.describe(scratch, REPOSITORY)]
     try:
         image = scratch / "disk.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
@@ -216,7 +217,6 @@ def main() -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     table = render(results)
-    header = [f"- {key}: {value}" for key, value in machine.describe(scratch, REPOSITORY)]
     text = "\n".join(header + [""] + table) + "\n"
     print(text)
     if args.update_doc:
