@@ -135,7 +135,13 @@ async fn exports_run_their_requests_in_their_iothreads() {
     tool("qemu-io", &reads);
     assert!(run_time_ns(pid, tids[1]) > io1_before, "io1 served nothing");
 
-    ok(&mut client, "block-export-del", json!({"id": "f"})).await;
+    // Hard: the kernel may still have a read-ahead of its own in flight.
+    ok(
+        &mut client,
+        "block-export-del",
+        json!({"id": "f", "mode": "hard"}),
+    )
+    .await;
     let event = client
         .next_event(std::time::Duration::from_secs(20))
         .await
