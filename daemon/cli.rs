@@ -15,8 +15,11 @@
 //! (`--blockdev driver=x: Parameter 'driver' does not accept value 'x'`).
 
 use std::ffi::OsString;
-use std::fmt;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
+
+use crate::getopt::{self, Item, Options, Takes};
+pub use crate::getopt::{CliError, Located};
 
 /// What the first pass decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,14 +44,6 @@ pub struct Invocation {
     pub daemonize: bool,
 }
 
-/// An option value and the arguments it was spelled with, which error
-/// messages quote (`--blockdev driver=x`, `--blockdev=driver=x`, `-Tfoo`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Located {
-    pub value: String,
-    pub location: String,
-}
-
 /// One option that creates something, applied in command-line order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -70,75 +65,42 @@ pub enum StepKind {
     Unexpected,
 }
 
-/// A syntax error in the command line, worded as glibc's `getopt_long`
-/// words it (without the program name).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CliError(pub String);
-
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for CliError {}
-
-/// What an option means; the tables below map names to these.
+/// What an option means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Meaning {
-    Flag(Flag),
-    Valued(Valued),
-}
-
-/// Options without a value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flag {
     Help,
     Version,
     Daemonize,
-}
-
-/// Options with a value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Valued {
     Pidfile,
     Trace,
     Step(StepKind),
 }
 
-/// One option read from the arguments.
-enum Parsed {
-    Flag(Flag),
-    Valued(Valued, Located),
-}
-
-/// QSD's long options.
-const LONG_OPTIONS: &[(&str, Meaning)] = &[
-    (
-        "blockdev",
-        Meaning::Valued(Valued::Step(StepKind::Blockdev)),
-    ),
-    ("chardev", Meaning::Valued(Valued::Step(StepKind::Chardev))),
-    ("daemonize", Meaning::Flag(Flag::Daemonize)),
-    ("export", Meaning::Valued(Valued::Step(StepKind::Export))),
-    ("help", Meaning::Flag(Flag::Help)),
-    ("monitor", Meaning::Valued(Valued::Step(StepKind::Monitor))),
-    (
-        "nbd-server",
-        Meaning::Valued(Valued::Step(StepKind::NbdServer)),
-    ),
-    ("object", Meaning::Valued(Valued::Step(StepKind::Object))),
-    ("pidfile", Meaning::Valued(Valued::Pidfile)),
-    ("trace", Meaning::Valued(Valued::Trace)),
-    ("version", Meaning::Flag(Flag::Version)),
-];
-
-/// QSD's short options (`hT:V`).
-const SHORT_OPTIONS: &[(char, Meaning)] = &[
-    ('h', Meaning::Flag(Flag::Help)),
-    ('T', Meaning::Valued(Valued::Trace)),
-    ('V', Meaning::Flag(Flag::Version)),
-];
+/// QSD's options (`getopt_long` with `-hT:V`).
+const OPTIONS: Options<Meaning> = Options {
+    long: &[
+        ("blockdev", Takes::Value, Meaning::Step(StepKind::Blockdev)),
+        ("chardev", Takes::Value, Meaning::Step(StepKind::Chardev)),
+        ("daemonize", Takes::Nothing, Meaning::Daemonize),
+        ("export", Takes::Value, Meaning::Step(StepKind::Export)),
+        ("help", Takes::Nothing, Meaning::Help),
+        ("monitor", Takes::Value, Meaning::Step(StepKind::Monitor)),
+        (
+            "nbd-server",
+            Takes::Value,
+            Meaning::Step(StepKind::NbdServer),
+        ),
+        ("object", Takes::Value, Meaning::Step(StepKind::Object)),
+        ("pidfile", Takes::Value, Meaning::Pidfile),
+        ("trace", Takes::Value, Meaning::Trace),
+        ("version", Takes::Nothing, Meaning::Version),
+    ],
+    short: &[
+        ('h', Takes::Nothing, Meaning::Help),
+        ('T', Takes::Value, Meaning::Trace),
+        ('V', Takes::Nothing, Meaning::Version),
+    ],
+};
 
 /// Reads the command line (without the program name).
 pub fn parse<I>(args: I) -> Result<Action, CliError>
@@ -150,154 +112,33 @@ where
         .map(|arg| arg.to_string_lossy().into_owned())
         .collect();
     let mut invocation = Invocation::default();
-    let mut index = 0;
-    while index < args.len() {
-        let arg = &args[index];
-        index += 1;
-        if arg == "--" {
-            // getopt stops here; QSD then ignores the rest, storaged
+    let mut action = None;
+    getopt::read(&args, &OPTIONS, |item| {
+        match item {
+            Item::Flag(Meaning::Help) => action = Some(Action::Help),
+            Item::Flag(Meaning::Version) => action = Some(Action::Version),
+            Item::Flag(Meaning::Daemonize) => invocation.daemonize = true,
+            Item::Valued(Meaning::Pidfile, arg) => invocation.pidfile = Some(arg.value.into()),
+            Item::Valued(Meaning::Trace, arg) => invocation.traces.push(arg),
+            Item::Valued(Meaning::Step(kind), arg) => invocation.steps.push(Step { kind, arg }),
+            // getopt stops at `--`; QSD then ignores the rest, storaged
             // reports it rather than silently dropping configuration.
-            for rest in &args[index..] {
-                invocation.steps.push(unexpected(rest));
-            }
-            break;
+            Item::EndOfOptions => {}
+            Item::Operand(arg) => invocation.steps.push(Step {
+                kind: StepKind::Unexpected,
+                arg: Located::new(&arg, &arg),
+            }),
+            Item::Flag(_) | Item::Valued(..) => unreachable!("the table says what takes a value"),
         }
-        let parsed = if let Some(long) = arg.strip_prefix("--") {
-            vec![long_option(long, arg, &args, &mut index)?]
-        } else if arg.len() > 1 && arg.starts_with('-') {
-            short_options(&arg[1..], &args, &mut index)?
-        } else {
-            invocation.steps.push(unexpected(arg));
-            continue;
-        };
-        for option in parsed {
-            match option {
-                Parsed::Flag(Flag::Help) => return Ok(Action::Help),
-                Parsed::Flag(Flag::Version) => return Ok(Action::Version),
-                Parsed::Flag(Flag::Daemonize) => invocation.daemonize = true,
-                Parsed::Valued(Valued::Pidfile, arg) => invocation.pidfile = Some(arg.value.into()),
-                Parsed::Valued(Valued::Trace, arg) => invocation.traces.push(arg),
-                Parsed::Valued(Valued::Step(kind), arg) => {
-                    invocation.steps.push(Step { kind, arg })
-                }
-            }
+        match action {
+            Some(_) => ControlFlow::Break(()),
+            None => ControlFlow::Continue(()),
         }
+    })?;
+    if let Some(action) = action {
+        return Ok(action);
     }
     Ok(Action::Run(invocation))
-}
-
-fn located(value: &str, location: &str) -> Located {
-    Located {
-        value: value.to_owned(),
-        location: location.to_owned(),
-    }
-}
-
-fn unexpected(arg: &str) -> Step {
-    Step {
-        kind: StepKind::Unexpected,
-        arg: located(arg, arg),
-    }
-}
-
-/// `--name`, `--name=value` or `--name value`, with `name` any unique
-/// prefix of a long option.
-fn long_option(
-    text: &str,
-    arg: &str,
-    args: &[String],
-    index: &mut usize,
-) -> Result<Parsed, CliError> {
-    let (name, inline_value) = match text.split_once('=') {
-        Some((name, value)) => (name, Some(value)),
-        None => (text, None),
-    };
-    let (full_name, meaning) = find_long(name, arg)?;
-    let valued = match meaning {
-        Meaning::Flag(_) if inline_value.is_some() => {
-            return Err(CliError(format!(
-                "option '--{full_name}' doesn't allow an argument"
-            )))
-        }
-        Meaning::Flag(flag) => return Ok(Parsed::Flag(flag)),
-        Meaning::Valued(valued) => valued,
-    };
-    let value = match inline_value {
-        Some(value) => located(value, arg),
-        None => {
-            let Some(value) = args.get(*index) else {
-                return Err(CliError(format!(
-                    "option '--{full_name}' requires an argument"
-                )));
-            };
-            *index += 1;
-            located(value, &format!("{arg} {value}"))
-        }
-    };
-    Ok(Parsed::Valued(valued, value))
-}
-
-/// An exact name, else the only long option `name` is a prefix of.
-fn find_long(name: &str, arg: &str) -> Result<(&'static str, Meaning), CliError> {
-    if let Some(&found) = LONG_OPTIONS.iter().find(|(long, _)| *long == name) {
-        return Ok(found);
-    }
-    let candidates: Vec<_> = LONG_OPTIONS
-        .iter()
-        .filter(|(long, _)| !name.is_empty() && long.starts_with(name))
-        .collect();
-    match candidates.as_slice() {
-        [&only] => Ok(only),
-        [] => Err(CliError(format!("unrecognized option '{arg}'"))),
-        several => {
-            let names: Vec<String> = several
-                .iter()
-                .map(|(long, _)| format!("'--{long}'"))
-                .collect();
-            Err(CliError(format!(
-                "option '--{name}' is ambiguous; possibilities: {}",
-                names.join(" ")
-            )))
-        }
-    }
-}
-
-/// A bundle of short options (`-hV`, `-Tpattern`, `-T pattern`): flags
-/// until the first option that takes a value, which takes the rest of the
-/// bundle or the next argument.
-fn short_options(
-    bundle: &str,
-    args: &[String],
-    index: &mut usize,
-) -> Result<Vec<Parsed>, CliError> {
-    let mut parsed = Vec::new();
-    for (position, letter) in bundle.char_indices() {
-        let Some(&(_, meaning)) = SHORT_OPTIONS.iter().find(|(short, _)| *short == letter) else {
-            return Err(CliError(format!("invalid option -- '{letter}'")));
-        };
-        let valued = match meaning {
-            Meaning::Flag(flag) => {
-                parsed.push(Parsed::Flag(flag));
-                continue;
-            }
-            Meaning::Valued(valued) => valued,
-        };
-        let attached = &bundle[position + letter.len_utf8()..];
-        let value = if !attached.is_empty() {
-            located(attached, &format!("-{bundle}"))
-        } else {
-            let Some(value) = args.get(*index) else {
-                return Err(CliError(format!(
-                    "option requires an argument -- '{letter}'"
-                )));
-            };
-            *index += 1;
-            located(value, &format!("-{bundle} {value}"))
-        };
-        parsed.push(Parsed::Valued(valued, value));
-        break;
-    }
-    Ok(parsed)
 }
 
 /// The text of `--help`: QSD's, naming storaged.

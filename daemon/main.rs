@@ -10,6 +10,7 @@ mod chardev;
 mod cli;
 mod commands;
 mod daemonize;
+mod getopt;
 mod lifecycle;
 mod logging;
 mod objects;
