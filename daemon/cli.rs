@@ -42,6 +42,9 @@ pub struct Invocation {
     /// `--pidfile` (the last one wins, as in QSD).
     pub pidfile: Option<PathBuf>,
     pub daemonize: bool,
+    /// Exit once the last NBD client that got through its handshake has
+    /// left (qemu-nbd without `--persistent`).
+    pub quit_when_idle: bool,
 }
 
 /// One option that creates something, applied in command-line order.
@@ -49,6 +52,27 @@ pub struct Invocation {
 pub struct Step {
     pub kind: StepKind,
     pub arg: Located,
+    /// How its error is reported.
+    pub report: Report,
+}
+
+/// How a step's error is reported, after the program name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// After the option as spelled (QSD: `--blockdev driver=x: ...`).
+    Located,
+    /// After this text (qemu-nbd: `Failed to blk_new_open 'f': ...`).
+    Prefixed(String),
+}
+
+impl Step {
+    /// The error of this step, worded for the program's own line.
+    pub fn error(&self, message: &str) -> String {
+        match &self.report {
+            Report::Located => format!("{}: {message}", self.arg.location),
+            Report::Prefixed(prefix) => format!("{prefix}{message}"),
+        }
+    }
 }
 
 /// The options that create things, plus a stray non-option argument,
@@ -120,13 +144,18 @@ where
             Item::Flag(Meaning::Daemonize) => invocation.daemonize = true,
             Item::Valued(Meaning::Pidfile, arg) => invocation.pidfile = Some(arg.value.into()),
             Item::Valued(Meaning::Trace, arg) => invocation.traces.push(arg),
-            Item::Valued(Meaning::Step(kind), arg) => invocation.steps.push(Step { kind, arg }),
+            Item::Valued(Meaning::Step(kind), arg) => invocation.steps.push(Step {
+                kind,
+                arg,
+                report: Report::Located,
+            }),
             // getopt stops at `--`; QSD then ignores the rest, storaged
             // reports it rather than silently dropping configuration.
             Item::EndOfOptions => {}
             Item::Operand(arg) => invocation.steps.push(Step {
                 kind: StepKind::Unexpected,
                 arg: Located::new(&arg, &arg),
+                report: Report::Located,
             }),
             Item::Flag(_) | Item::Valued(..) => unreachable!("the table says what takes a value"),
         }

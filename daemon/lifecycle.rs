@@ -96,10 +96,22 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
     tokio::select! {
         name = signals.recv() => tracing::info!("{name} received; stopping"),
         () = daemon.quit_requested() => tracing::info!("quit requested; stopping"),
+        () = last_client_gone(&daemon), if invocation.quit_when_idle => {
+            tracing::info!("the last NBD client left; stopping")
+        }
     }
     let status = stop(&daemon, &monitors).await;
     drop(pidfile);
     status
+}
+
+/// Completes when the NBD server's last client that got through its
+/// handshake has left; never without a server.
+async fn last_client_gone(daemon: &Daemon) {
+    match daemon.exports.nbd_server() {
+        Some(server) => server.emptied().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Tells the world the daemon is ready: the pid file, then the waiting
@@ -132,8 +144,7 @@ async fn start(
         for warning in startup.take_warnings() {
             eprintln!("{program}: {warning}");
         }
-        applied
-            .map_err(|message| StartupEnd::Failed(format!("{}: {message}", step.arg.location)))?;
+        applied.map_err(|message| StartupEnd::Failed(step.error(&message)))?;
     }
     for id in startup.unused_chardevs() {
         tracing::warn!("chardev '{id}' has no monitor; nothing listens on it");

@@ -1,5 +1,6 @@
 //! storaged: a storage daemon with qemu-storage-daemon's command line and
-//! QMP.
+//! QMP, and qemu-nbd's command line when run as `qemu-nbd` or
+//! `storaged nbd`.
 //!
 //! The order of things is QSD's: read the command line (syntax errors,
 //! `--help`, `--version` end here), fork if `--daemonize` (before any
@@ -15,10 +16,12 @@ mod lifecycle;
 mod logging;
 mod objects;
 mod pidfile;
+mod qemu_nbd;
 mod startup;
 mod state;
 mod version;
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -40,19 +43,46 @@ fn program_name() -> String {
 
 fn main() -> ExitCode {
     let program = program_name();
-    let invocation = match cli::parse(std::env::args_os().skip(1)) {
-        Ok(Action::Help) => {
-            print!("{}", cli::help_text(&program));
-            return ExitCode::SUCCESS;
+    let mut args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let as_qemu_nbd = program == "qemu-nbd" || args.first().is_some_and(|a| a == "nbd");
+    let invocation = if as_qemu_nbd {
+        if program != "qemu-nbd" {
+            args.remove(0);
         }
-        Ok(Action::Version) => {
-            print!("{}", version::version_text());
-            return ExitCode::SUCCESS;
+        let argv0 = std::env::args().next().unwrap_or_else(|| program.clone());
+        match qemu_nbd::parse(&args, &program, &argv0) {
+            Ok(qemu_nbd::Action::Help) => {
+                print!("{}", qemu_nbd::help_text(&program));
+                return ExitCode::SUCCESS;
+            }
+            Ok(qemu_nbd::Action::Version) => {
+                print!("{}", qemu_nbd::version_text(&program));
+                return ExitCode::SUCCESS;
+            }
+            Ok(qemu_nbd::Action::Run(invocation)) => invocation,
+            Err(error) => {
+                eprintln!("{program}: {error}");
+                return ExitCode::FAILURE;
+            }
         }
-        Ok(Action::Run(invocation)) => invocation,
-        Err(error) => {
-            eprintln!("{program}: {error}");
-            return ExitCode::FAILURE;
+    } else {
+        match cli::parse(args.into_iter().map(OsString::from)) {
+            Ok(Action::Help) => {
+                print!("{}", cli::help_text(&program));
+                return ExitCode::SUCCESS;
+            }
+            Ok(Action::Version) => {
+                print!("{}", version::version_text());
+                return ExitCode::SUCCESS;
+            }
+            Ok(Action::Run(invocation)) => invocation,
+            Err(error) => {
+                eprintln!("{program}: {error}");
+                return ExitCode::FAILURE;
+            }
         }
     };
     let log_config = match logging::LogConfig::from_traces(&invocation.traces) {

@@ -18,7 +18,7 @@ use schema::sockets::{SocketAddress, SocketAddressKind};
 use schema::QmpError;
 use tokio::io::AsyncRead;
 use tokio::net::{tcp, unix, TcpListener, UnixListener};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -118,13 +118,23 @@ impl ListenAddress {
     }
 }
 
+/// The server's connections, and the moment the last client that got
+/// through its handshake leaves (qemu-nbd exits then, without `-t`).
+#[derive(Default)]
+struct Occupancy {
+    connections: AtomicUsize,
+    /// Set when a client that completed its handshake leaves and no
+    /// connection remains.
+    emptied: Notify,
+}
+
 /// A running NBD server.
 pub struct NbdServer {
     config: NbdServerConfig,
     exports: Arc<ExportTable>,
     stop: CancellationToken,
     tasks: TaskTracker,
-    connections: Arc<AtomicUsize>,
+    occupancy: Arc<Occupancy>,
     /// The socket file to remove when stopping.
     socket_path: Option<PathBuf>,
     local_addr: Option<std::net::SocketAddr>,
@@ -157,7 +167,7 @@ impl NbdServer {
             exports: Arc::default(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            connections: Arc::default(),
+            occupancy: Arc::default(),
             socket_path,
             local_addr,
             config,
@@ -182,7 +192,7 @@ impl NbdServer {
         let acceptor = Acceptor {
             connection,
             slots,
-            connections: Arc::clone(&server.connections),
+            occupancy: Arc::clone(&server.occupancy),
             tasks: server.tasks.clone(),
         };
         server.tasks.spawn(acceptor.run(listener));
@@ -200,7 +210,13 @@ impl NbdServer {
 
     /// Clients connected, in the handshake or in transmission.
     pub fn connection_count(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        self.occupancy.connections.load(Ordering::Relaxed)
+    }
+
+    /// Completes once a client that completed its handshake has left and
+    /// no connection remains (qemu-nbd's exit without `--persistent`).
+    pub async fn emptied(&self) {
+        self.occupancy.emptied.notified().await
     }
 
     pub fn exports(&self) -> &ExportTable {
@@ -372,7 +388,7 @@ fn adopt_fd(fd: RawFd) -> Result<Listener, QmpError> {
 struct Acceptor {
     connection: Arc<ConnectionConfig>,
     slots: Option<Arc<Semaphore>>,
-    connections: Arc<AtomicUsize>,
+    occupancy: Arc<Occupancy>,
     tasks: TaskTracker,
 }
 
@@ -402,15 +418,22 @@ impl Acceptor {
                     continue;
                 }
             };
-            let count = Arc::clone(&self.connections);
-            count.fetch_add(1, Ordering::Relaxed);
+            let occupancy = Arc::clone(&self.occupancy);
+            occupancy.connections.fetch_add(1, Ordering::Relaxed);
             let config = Arc::clone(&self.connection);
             let runtime = config.runtime.clone();
             spawn_connection(&runtime, &self.tasks, move |placement| async move {
-                if let Err(e) = stream.serve(config, placement).await {
-                    tracing::warn!("NBD server cannot serve a connection: {e}");
+                let negotiated = match stream.serve(config, placement).await {
+                    Ok(negotiated) => negotiated,
+                    Err(e) => {
+                        tracing::warn!("NBD server cannot serve a connection: {e}");
+                        true
+                    }
+                };
+                let left = occupancy.connections.fetch_sub(1, Ordering::Relaxed) - 1;
+                if negotiated && left == 0 {
+                    occupancy.emptied.notify_one();
                 }
-                count.fetch_sub(1, Ordering::Relaxed);
                 drop(slot);
             });
         }
@@ -428,12 +451,13 @@ type Moving = Negotiated<(), ()>;
 
 impl Stream {
     /// Serves the client on the runtime this runs on: the handshake, then
-    /// the transmission, here or on the export's iothread.
+    /// the transmission, here or on the export's iothread. Says whether the
+    /// client got through its handshake.
     async fn serve(
         self,
         config: Arc<ConnectionConfig>,
         placement: Placement,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<bool> {
         match self {
             Stream::Unix(s, peer) => {
                 let (r, w) = tokio::net::UnixStream::from_std(s)?.into_split();
@@ -490,7 +514,8 @@ impl Moving {
 
 /// The handshake on this loop, then the transmission: here, or moved to
 /// the loop of the export's iothread (the connection stays counted here
-/// until it ends there).
+/// until it ends there). Says whether the client got through its
+/// handshake.
 async fn serve_halves<R, W>(
     read: R,
     write: W,
@@ -498,18 +523,18 @@ async fn serve_halves<R, W>(
     placement: Placement,
     peer: String,
     reunite: impl FnOnce(R, W) -> std::io::Result<Stream>,
-) -> std::io::Result<()>
+) -> std::io::Result<bool>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: SpliceSink + 'static,
 {
     let Some(client) = handshake(read, write, &config, &peer).await else {
-        return Ok(());
+        return Ok(false);
     };
     let target = client.session.client.export().event_loop().cloned();
     let Some(target) = target.filter(|t| !placement.is_on(t)) else {
         transmit(client, &config, placement, &peer).await;
-        return Ok(());
+        return Ok(true);
     };
     drop(placement);
     let Negotiated {
@@ -534,7 +559,7 @@ where
         drop(done);
     });
     let _ = finished.await;
-    Ok(())
+    Ok(true)
 }
 
 async fn accept(listener: &Listener) -> std::io::Result<Stream> {

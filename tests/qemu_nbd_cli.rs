@@ -1,0 +1,345 @@
+//! storaged run as `qemu-nbd` (a symlink on PATH ahead of the real one)
+//! against qemu-nbd 10.0 itself: the same command lines, good and bad,
+//! give the same exit status and the same messages; served images look
+//! the same to `nbdinfo --json`; without `--persistent` both exit once
+//! their client has left; the data written through one-command mode is in
+//! the image.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A directory with the images, and `qemu-nbd` → storaged.
+struct Setup {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().expect("dir");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("bin dir");
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_storaged"), bin.join("qemu-nbd"))
+            .expect("symlink");
+        let qcow2 = dir.path().join("d.qcow2");
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&qcow2)
+            .arg("16M")
+            .status()
+            .expect("qemu-img");
+        assert!(out.success());
+        let out = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "write -P 0x61 1M 1M"])
+            .arg(&qcow2)
+            .output()
+            .expect("qemu-io");
+        assert!(out.status.success());
+        std::fs::File::create(dir.path().join("r.img"))
+            .expect("raw")
+            .set_len(16 * MIB)
+            .expect("size");
+        Setup { dir, bin }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// `qemu-nbd ARGS` run in the image directory: the real one, or
+    /// storaged through the symlink (argv[0] is `qemu-nbd` either way).
+    fn command(&self, ours: bool, args: &[String]) -> Command {
+        let mut command = Command::new("qemu-nbd");
+        if ours {
+            let path = std::env::var("PATH").unwrap_or_default();
+            command.env("PATH", format!("{}:{path}", self.bin.display()));
+        }
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, ours: bool, args: &[String]) -> Output {
+        let mut child = self
+            .command(ours, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("qemu-nbd");
+        let deadline = Instant::now() + PATIENCE;
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("qemu-nbd {args:?} (ours: {ours}) did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("output")
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+#[test]
+fn bad_command_lines_fail_as_qemu_nbd_fails() {
+    let setup = Setup::new();
+    let sock = setup.path("s.sock");
+    let long = "a".repeat(4097);
+    let cases: Vec<Vec<String>> = vec![
+        strings(&[]),
+        strings(&["a", "b"]),
+        strings(&["-k", &sock, "nonexist.img"]),
+        strings(&["-f", "bogus", "-k", &sock, "r.img"]),
+        strings(&["-e", "-1", "r.img"]),
+        strings(&["-e", "x", "r.img"]),
+        strings(&["-o", "1x", "r.img"]),
+        strings(&["-f", "raw", "-o", "17000000", "-k", &sock, "r.img"]),
+        strings(&["-o", "17000000", "-k", &sock, "r.img"]),
+        strings(&["--cache=bogus", "r.img"]),
+        strings(&["--aio=bogus", "r.img"]),
+        strings(&["--discard=bogus", "r.img"]),
+        strings(&["--detect-zeroes=bogus", "r.img"]),
+        strings(&["--detect-zeroes=unmap", "-k", &sock, "r.img"]),
+        strings(&["--handshake-limit=x", "r.img"]),
+        strings(&["-B", "bm", "-k", &sock, "-f", "qcow2", "d.qcow2"]),
+        strings(&["--bogus", "r.img"]),
+        strings(&["-q", "r.img"]),
+        strings(&["-o"]),
+        strings(&["--port"]),
+        strings(&["--read-only=x", "r.img"]),
+        strings(&["-x", &long, "r.img"]),
+        strings(&["-D", &long, "r.img"]),
+        strings(&["--selinux-label=x", "r.img"]),
+        strings(&["--object", "bogus,id=x", "-f", "raw", "-k", &sock, "r.img"]),
+        strings(&[
+            "--object",
+            "secret,id=s0",
+            "-f",
+            "raw",
+            "-k",
+            &sock,
+            "r.img",
+        ]),
+        strings(&["-f", "qcow2", "-k", &sock, "r.img"]),
+    ];
+    for args in &cases {
+        let theirs = setup.run(false, args);
+        let ours = setup.run(true, args);
+        assert_eq!(
+            ours.status.code(),
+            theirs.status.code(),
+            "status of qemu-nbd {args:?}: ours {}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stderr),
+            String::from_utf8_lossy(&theirs.stderr),
+            "stderr of qemu-nbd {args:?}"
+        );
+    }
+}
+
+/// A started server: waits until `nbdinfo` gets its export.
+fn serve(setup: &Setup, ours: bool, args: &[String], uri: &str) -> (Child, Value) {
+    let mut child = setup
+        .command(ours, args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-nbd");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let info = Command::new("nbdinfo")
+            .args(["--json", uri])
+            .output()
+            .expect("nbdinfo");
+        if info.status.success() {
+            let json = serde_json::from_slice(&info.stdout).expect("nbdinfo json");
+            return (child, json);
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("qemu-nbd {args:?} (ours: {ours}) exited: {status}");
+        }
+        assert!(Instant::now() < deadline, "qemu-nbd {args:?} never served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What clients see of the export, without what a server may word
+/// differently (block sizes are the node's own).
+fn visible(info: &Value) -> Value {
+    let export = &info["exports"][0];
+    let mut contexts: Vec<String> = export["contexts"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    contexts.sort();
+    serde_json::json!({
+        "export-name": export["export-name"],
+        "description": export["description"],
+        "export-size": export["export-size"],
+        "is_read_only": export["is_read_only"],
+        "can_multi_conn": export["can_multi_conn"],
+        "can_flush": export["can_flush"],
+        "can_fua": export["can_fua"],
+        "can_trim": export["can_trim"],
+        "can_zero": export["can_zero"],
+        "contexts": contexts,
+    })
+}
+
+fn wait_exit(child: &mut Child) -> Option<i32> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("qemu-nbd did not exit after its client left");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn good_command_lines_serve_what_qemu_nbd_serves() {
+    let setup = Setup::new();
+    let sock = setup.path("s.sock");
+    let image_opts = format!(
+        "driver=qcow2,file.driver=file,file.filename={}",
+        setup.path("d.qcow2")
+    );
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            strings(&[
+                "-k", &sock, "-f", "qcow2", "-x", "disk", "-D", "a disk", "d.qcow2",
+            ]),
+            "disk",
+        ),
+        (strings(&["-k", &sock, "-r", "r.img"]), ""),
+        (
+            strings(&["-k", &sock, "-f", "raw", "-o", "1048576", "r.img"]),
+            "",
+        ),
+        (
+            strings(&["-k", &sock, "-f", "qcow2", "-A", "-x", "a", "d.qcow2"]),
+            "a",
+        ),
+        (
+            strings(&["-k", &sock, "-f", "qcow2", "-e", "3", "d.qcow2"]),
+            "",
+        ),
+        (strings(&["-k", &sock, "--image-opts", &image_opts]), ""),
+        (
+            strings(&[
+                "-k",
+                &sock,
+                "-f",
+                "raw",
+                "--cache=none",
+                "--aio=threads",
+                "--discard=unmap",
+                "--detect-zeroes=unmap",
+                "r.img",
+            ]),
+            "",
+        ),
+        (
+            strings(&[
+                "--socket",
+                &sock,
+                "--format=qcow2",
+                "--read-only",
+                "d.qcow2",
+            ]),
+            "",
+        ),
+    ];
+    for (args, name) in &cases {
+        let uri = format!("nbd+unix:///{name}?socket={sock}");
+        let mut seen = Vec::new();
+        for ours in [false, true] {
+            let (mut child, info) = serve(&setup, ours, args, &uri);
+            // Without --persistent the server exits once nbdinfo has left.
+            assert_eq!(
+                wait_exit(&mut child),
+                Some(0),
+                "qemu-nbd {args:?} ours: {ours}"
+            );
+            let mut stderr = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut stderr)
+                .expect("stderr");
+            seen.push((visible(&info), stderr));
+        }
+        assert_eq!(seen[1], seen[0], "qemu-nbd {args:?}: ours, then qemu-nbd's");
+    }
+}
+
+#[test]
+fn data_written_in_one_command_mode_is_in_the_image() {
+    let setup = Setup::new();
+    let sock = setup.path("s.sock");
+    let uri = format!("nbd+unix:///disk?socket={sock}");
+    let args = strings(&[
+        "-t", "-e", "2", "-k", &sock, "-f", "qcow2", "-x", "disk", "d.qcow2",
+    ]);
+    let (mut child, _) = serve(&setup, true, &args, &uri);
+    for commands in [
+        ["-c", "write -P 0x77 4M 1M"],
+        ["-c", "read -P 0x61 1M 1M"],
+        ["-c", "read -P 0x77 4M 1M"],
+    ] {
+        let out = Command::new("qemu-io")
+            .args(["-f", "raw"])
+            .args(commands)
+            .arg(&uri)
+            .output()
+            .expect("qemu-io");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !stdout.contains("Pattern"),
+            "{stdout}"
+        );
+    }
+    // Persistent: still serving after its clients left.
+    assert!(child.try_wait().expect("wait").is_none());
+    let pid = child.id() as i32;
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert_eq!(wait_exit(&mut child), Some(0));
+    let image = Path::new(&setup.path("d.qcow2")).to_path_buf();
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "read -P 0x77 4M 1M"])
+        .arg(&image)
+        .output()
+        .expect("qemu-io");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Pattern"));
+    let check = Command::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(&image)
+        .status()
+        .expect("qemu-img");
+    assert!(check.success());
+}
