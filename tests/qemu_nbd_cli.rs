@@ -343,3 +343,48 @@ fn data_written_in_one_command_mode_is_in_the_image() {
         .expect("qemu-img");
     assert!(check.success());
 }
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[test]
+fn fork_returns_once_the_server_serves_and_the_pid_file_names_it() {
+    let setup = Setup::new();
+    for ours in [false, true] {
+        let sock = setup.path(&format!("fork-{ours}.sock"));
+        let pid_file = setup.path(&format!("fork-{ours}.pid"));
+        let args = strings(&[
+            "--fork",
+            &format!("--pid-file={pid_file}"),
+            "-k",
+            &sock,
+            "-f",
+            "qcow2",
+            "d.qcow2",
+        ]);
+        let out = setup.run(ours, &args);
+        assert_eq!(out.status.code(), Some(0), "ours: {ours}");
+        // Ready when the parent returns: the socket and the pid file are there.
+        assert!(Path::new(&sock).exists(), "ours: {ours}");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("a pid");
+        assert!(process_alive(pid), "ours: {ours}");
+        let uri = format!("nbd+unix:///?socket={sock}");
+        let size = Command::new("nbdinfo")
+            .args(["--size", &uri])
+            .output()
+            .expect("nbdinfo");
+        assert_eq!(String::from_utf8_lossy(&size.stdout).trim(), "16777216");
+        // Not persistent: gone once its client has left.
+        let deadline = Instant::now() + PATIENCE;
+        while process_alive(pid) {
+            assert!(Instant::now() < deadline, "ours: {ours}: still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
