@@ -86,6 +86,9 @@ pub enum StepKind {
     Monitor,
     NbdServer,
     Object,
+    /// A temporary overlay over a node (qemu-nbd's `--snapshot`; QSD's
+    /// command line has no such option).
+    TempOverlay,
     Unexpected,
 }
 

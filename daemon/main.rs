@@ -19,6 +19,7 @@ mod pidfile;
 mod qemu_nbd;
 mod startup;
 mod state;
+mod temp_overlay;
 mod version;
 
 use std::ffi::OsString;

@@ -9,9 +9,10 @@
 //! with the same speed, as the daemon. Without `--persistent` the daemon
 //! exits once the last client that got through its handshake has left.
 //!
+//! `--snapshot` exports a temporary overlay ([`crate::temp_overlay`]).
 //! Not done here (each refused with a message that says so): the kernel
 //! client (`--connect`, `--disconnect`), listing a server's exports
-//! (`--list`), `--snapshot` and `--load-snapshot`, SELinux labels.
+//! (`--list`), `--load-snapshot`, SELinux labels.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ pub enum Action {
 const MAX_STRING: usize = 4096;
 /// The node the image is opened as.
 const IMAGE_NODE: &str = "qemu-nbd-image";
+/// The temporary overlay over it with `--snapshot`.
+const SNAPSHOT_NODE: &str = "qemu-nbd-snapshot";
 /// The `raw` node over it with `--offset`.
 const OFFSET_NODE: &str = "qemu-nbd-offset";
 /// qcow2's magic, for probing.
@@ -344,9 +347,6 @@ impl Settings {
             }
             return Err("SELinux support not enabled in this binary".into());
         }
-        if self.snapshot {
-            return Err("--snapshot is not supported by storaged yet".into());
-        }
         if self.load_snapshot.is_some() {
             return Err("--load-snapshot is not supported by storaged yet".into());
         }
@@ -366,6 +366,15 @@ impl Settings {
             format!("Failed to blk_new_open '{file}': "),
         ));
         let mut exported = node;
+        if self.snapshot {
+            let overlay = json!({"base": exported, "node-name": SNAPSHOT_NODE});
+            steps.push(step(
+                StepKind::TempOverlay,
+                overlay,
+                format!("Failed to blk_new_open '{file}': "),
+            ));
+            exported = SNAPSHOT_NODE.to_string();
+        }
         if self.offset > 0 {
             let raw = json!({"driver": "raw", "node-name": OFFSET_NODE, "file": exported,
                              "offset": self.offset});
@@ -432,7 +441,8 @@ impl Settings {
     /// The generic node options of the image: read-only, cache, discard,
     /// detect-zeroes.
     fn node_options(&self, options: &mut Map<String, Value>) {
-        if self.read_only {
+        // With --snapshot the image is only read: writes go to the overlay.
+        if self.read_only || self.snapshot {
             options.insert("read-only".into(), true.into());
         }
         if let Some(cache) = self.cache {
@@ -612,7 +622,7 @@ Kernel NBD client (not supported by storaged):
 The image:
   -f, --format=FORMAT       image format (probed when absent)
   -r, --read-only           export read-only
-  -s, --snapshot            not supported yet
+  -s, --snapshot            serve a temporary overlay: the image is not written
   -l, --load-snapshot=SNAP  not supported yet
   -n, --nocache             same as --cache=none
       --cache=MODE          none, writeback (default), writethrough,

@@ -17,6 +17,7 @@ use crate::chardev::{Backend, Chardevs};
 use crate::cli::{Step, StepKind};
 use crate::commands;
 use crate::state::Daemon;
+use crate::temp_overlay::{self, TempOverlay};
 
 /// The implied key of `--blockdev`.
 const BLOCKDEV_IMPLIED_KEY: &str = "driver";
@@ -84,6 +85,11 @@ impl Startup {
                 let options: BlockExportOptions =
                     schema::parse_option(value, Some(EXPORT_IMPLIED_KEY)).map_err(|e| e.desc)?;
                 commands::block_export_add(&self.daemon, &options).map_err(|e| e.desc)
+            }
+            StepKind::TempOverlay => {
+                let overlay: TempOverlay =
+                    serde_json::from_str(value).map_err(|e| e.to_string())?;
+                temp_overlay::create(&self.daemon, &overlay).await
             }
             StepKind::Unexpected => Err("Unexpected argument".to_owned()),
         }

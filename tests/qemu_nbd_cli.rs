@@ -388,3 +388,40 @@ fn fork_returns_once_the_server_serves_and_the_pid_file_names_it() {
         }
     }
 }
+
+#[test]
+fn snapshot_mode_writes_to_a_throwaway_overlay() {
+    let setup = Setup::new();
+    let sock = setup.path("snap.sock");
+    let image = setup.path("d.qcow2");
+    let before = std::fs::read(&image).expect("image");
+    let uri = format!("nbd+unix:///?socket={sock}");
+    let args = strings(&["-s", "-t", "-k", &sock, "-f", "qcow2", "d.qcow2"]);
+    let (mut child, info) = serve(&setup, true, &args, &uri);
+    assert_eq!(info["exports"][0]["is_read_only"], false);
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x99 0 1M",
+            "-c",
+            "read -P 0x99 0 1M",
+        ])
+        .args(["-c", "read -P 0x61 1M 1M", &uri])
+        .output()
+        .expect("qemu-io");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !stdout.contains("Pattern"),
+        "{stdout}"
+    );
+    let pid = child.id() as i32;
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert_eq!(wait_exit(&mut child), Some(0));
+    assert!(
+        std::fs::read(&image).expect("image") == before,
+        "the image changed"
+    );
+}
