@@ -34,6 +34,7 @@ from nbdbench.servers import (
     ServerUnavailable,
     make_endpoint,
     storaged,
+    storaged_one_command,
 )
 from nbdbench.workloads import WORKLOADS, MeasureError, Settings, Workload
 
@@ -134,7 +135,8 @@ def parse_arguments() -> argparse.Namespace:
                         f"{DEFAULT_EMPTY_QCOW2_SIZE})")
     parser.add_argument("--servers", type=comma_list, metavar="LIST",
                         default=["storaged", *[peer.key for peer in PEERS]],
-                        help="which servers, of storaged,qsd,qemu-nbd,nbdkit (default all)")
+                        help="which servers, of storaged,qsd,qemu-nbd,nbdkit (default all), "
+                             "and storaged-nbd (storaged with qemu-nbd's command line)")
     parser.add_argument("--transports", type=comma_list, metavar="LIST",
                         default=list(TRANSPORTS), help="unix,tcp (default both)")
     parser.add_argument("--workloads", type=comma_list, metavar="LIST", default=["raw", "qcow2"],
@@ -190,7 +192,9 @@ def comma_list(text: str) -> list[str]:
 
 
 def selected_servers(args: argparse.Namespace) -> list[Server]:
-    known = {"storaged": storaged(storaged_binary(args)), **{p.key: p for p in PEERS}}
+    binary = storaged_binary(args)
+    known = {"storaged": storaged(binary), "storaged-nbd": storaged_one_command(binary),
+             **{p.key: p for p in PEERS}}
     unknown = [key for key in args.servers if key not in known]
     if unknown:
         sys.exit(f"unknown server(s): {', '.join(unknown)}; known: {', '.join(known)}")

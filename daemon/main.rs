@@ -14,6 +14,7 @@ mod daemonize;
 mod getopt;
 mod lifecycle;
 mod logging;
+mod nbd_list;
 mod objects;
 mod pidfile;
 mod qemu_nbd;
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             Ok(qemu_nbd::Action::Run(invocation)) => invocation,
+            Ok(qemu_nbd::Action::List(target)) => return nbd_list::run(&target, &program),
             Err(error) => {
                 eprintln!("{program}: {error}");
                 return ExitCode::FAILURE;

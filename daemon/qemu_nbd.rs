@@ -10,9 +10,10 @@
 //! exits once the last client that got through its handshake has left.
 //!
 //! `--snapshot` exports a temporary overlay ([`crate::temp_overlay`]).
+//! `--list` asks a server for its exports ([`crate::nbd_list`]).
 //! Not done here (each refused with a message that says so): the kernel
-//! client (`--connect`, `--disconnect`), listing a server's exports
-//! (`--list`), `--load-snapshot`, SELinux labels.
+//! client (`--connect`, `--disconnect`), `--load-snapshot`, SELinux
+//! labels.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::{Invocation, Report, Step, StepKind};
 use crate::getopt::{self, Item, Located, Options, Takes};
+use crate::nbd_list::ListTarget;
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -28,6 +30,8 @@ pub enum Action {
     Help,
     Version,
     Run(Invocation),
+    /// `--list`: print a server's exports.
+    List(ListTarget),
 }
 
 /// The longest export name or description (NBD's string limit).
@@ -213,6 +217,9 @@ pub fn parse(args: &[String], program: &str, argv0: &str) -> Result<Action, Stri
     if let Some(action) = action {
         return Ok(action);
     }
+    if settings.list {
+        return settings.list_target().map(Action::List);
+    }
     settings.into_invocation(argv0).map(Action::Run)
 }
 
@@ -324,12 +331,41 @@ impl Settings {
         Ok(None)
     }
 
+    /// `--list`: what it asks, refusing what makes no sense with it.
+    fn list_target(&self) -> Result<ListTarget, String> {
+        if !self.operands.is_empty() {
+            return Err("List mode is incompatible with a file name".into());
+        }
+        let per_device = self.export_name.is_some()
+            || self.description.is_some()
+            || self.offset > 0
+            || self.connect.is_some()
+            || self.disconnect
+            || self.format.is_some()
+            || self.load_snapshot.is_some()
+            || self.bitmap.is_some()
+            || self.allocation_depth
+            || self.aio.is_some()
+            || self.discard_unmap.is_some()
+            || self.cache.is_some();
+        if per_device {
+            return Err("List mode is incompatible with per-device settings".into());
+        }
+        if self.fork {
+            return Err("List mode is incompatible with forking".into());
+        }
+        Ok(match &self.socket {
+            Some(path) => ListTarget::Unix(path.clone()),
+            None => ListTarget::Tcp {
+                host: self.bind.clone().unwrap_or_else(|| "0.0.0.0".into()),
+                port: self.port.clone().unwrap_or_else(|| "10809".into()),
+            },
+        })
+    }
+
     /// The checks qemu-nbd makes once every option is read, then the
     /// daemon's steps.
     fn into_invocation(self, argv0: &str) -> Result<Invocation, String> {
-        if self.list {
-            return Err("--list is not supported by storaged yet (it has no NBD client)".into());
-        }
         let [file] = self.operands.as_slice() else {
             return Err(format!(
                 "Invalid number of arguments\nTry `{argv0} --help' for more information."
@@ -604,7 +640,7 @@ What is exported:
   -B, --bitmap=NAME         offer a dirty bitmap
 
 General:
-  -L, --list                list another server's exports (not supported yet)
+  -L, --list                list a server's exports (-k, or -b and -p)
   --object type,id=ID,...   create an object (secret, tls-creds-*, ...)
   --tls-creds=ID            TLS credentials object
   --tls-authz=ID            authorization object

@@ -425,3 +425,46 @@ fn snapshot_mode_writes_to_a_throwaway_overlay() {
         "the image changed"
     );
 }
+
+#[test]
+fn list_mode_prints_what_qemu_nbd_prints() {
+    let setup = Setup::new();
+    let sock = setup.path("list.sock");
+    let missing = setup.path("missing.sock");
+    for bad in [
+        strings(&["-L", "r.img"]),
+        strings(&["-L", "-x", "foo", "-k", &sock]),
+        strings(&["-L", "--fork", "-k", &sock]),
+        strings(&["-L", "-k", &missing]),
+    ] {
+        let theirs = setup.run(false, &bad);
+        let ours = setup.run(true, &bad);
+        assert_eq!(ours.status.code(), theirs.status.code(), "{bad:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stderr),
+            String::from_utf8_lossy(&theirs.stderr),
+            "{bad:?}"
+        );
+    }
+    // Each server listed by each client: the clients print the same bytes.
+    let serve_args = strings(&[
+        "-t", "-k", &sock, "-f", "qcow2", "-x", "disk", "-D", "my disk", "-A", "d.qcow2",
+    ]);
+    let uri = format!("nbd+unix:///disk?socket={sock}");
+    for ours_serving in [false, true] {
+        let (mut server, _) = serve(&setup, ours_serving, &serve_args, &uri);
+        let list = strings(&["-L", "-k", &sock]);
+        let theirs = setup.run(false, &list);
+        let ours = setup.run(true, &list);
+        let _ = server.kill();
+        let _ = server.wait();
+        assert_eq!(theirs.status.code(), Some(0));
+        assert_eq!(ours.status.code(), Some(0));
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout),
+            String::from_utf8_lossy(&theirs.stdout),
+            "listing the server (ours: {ours_serving})"
+        );
+        assert!(String::from_utf8_lossy(&ours.stdout).contains("qemu:allocation-depth"));
+    }
+}

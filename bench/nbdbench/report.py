@@ -136,7 +136,9 @@ def _table(results: Results, workloads: list[Workload], transports: list[str],
             row += [NOT_AVAILABLE if figures[s.key] is None else column.show(figures[s.key])
                     for s in servers]
             if with_ratio:
-                others = [figure for key, figure in figures.items() if key != "storaged"]
+                # storaged's other command lines are the same engine, not peers.
+                others = [figure for key, figure in figures.items()
+                          if not key.startswith("storaged")]
                 row.append(ratio(figures["storaged"], others, column.best))
             lines.append("| " + " | ".join(row) + " |")
     return lines

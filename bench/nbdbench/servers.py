@@ -102,13 +102,21 @@ def qsd_syntax(program: str) -> CommandLine:
     return command
 
 
-def qemu_nbd_command(image: Path, fmt: str, endpoint: Endpoint) -> list[str]:
+def qemu_nbd_syntax(*program: str) -> CommandLine:
+    """qemu-nbd's command line; storaged takes it as `storaged nbd`."""
+
+    def command(image: Path, fmt: str, endpoint: Endpoint) -> list[str]:
+        return [*program, *qemu_nbd_options(image, fmt, endpoint)]
+
+    return command
+
+
+def qemu_nbd_options(image: Path, fmt: str, endpoint: Endpoint) -> list[str]:
     if endpoint.transport == "unix":
         listen = [f"--socket={endpoint.path}"]
     else:
         listen = [f"--bind={TCP_HOST}", f"--port={endpoint.port}"]
     return [
-        "qemu-nbd",
         f"--format={fmt}",
         f"--export-name={EXPORT_NAME}",
         f"--shared={QEMU_NBD_MAX_CLIENTS}",
@@ -138,9 +146,15 @@ def storaged(binary: Path) -> Server:
     return Server("storaged", "storaged", RAW_AND_QCOW2, qsd_syntax(str(binary)))
 
 
+def storaged_one_command(binary: Path) -> Server:
+    """storaged with qemu-nbd's command line: the same engine, not a peer."""
+    return Server("storaged-nbd", "storaged nbd", RAW_AND_QCOW2,
+                  qemu_nbd_syntax(str(binary), "nbd"))
+
+
 PEERS = (
     Server("qsd", "qemu-storage-daemon", RAW_AND_QCOW2, qsd_syntax("qemu-storage-daemon")),
-    Server("qemu-nbd", "qemu-nbd", RAW_ONLY, qemu_nbd_command),
+    Server("qemu-nbd", "qemu-nbd", RAW_ONLY, qemu_nbd_syntax("qemu-nbd")),
     Server("nbdkit", "nbdkit", RAW_ONLY, nbdkit_command),
 )
 

@@ -22,7 +22,7 @@ mod input;
 pub mod meta;
 mod placement;
 mod poll;
-pub mod proto;
+pub use nbdwire::proto;
 mod reply;
 pub mod request;
 pub mod server;
