@@ -48,6 +48,12 @@ impl BlockError {
         }
     }
 
+    /// The same error, reporting `errno` (e.g. one a server sent).
+    pub fn with_errno(mut self, errno: i32) -> Self {
+        self.errno = Some(errno);
+        self
+    }
+
     /// Wraps an OS error, keeping its errno and choosing the kind from it.
     pub fn from_io(context: impl std::fmt::Display, err: std::io::Error) -> Self {
         let errno = err.raw_os_error();

@@ -9,6 +9,7 @@ use crate::copy_on_read::CopyOnRead;
 use crate::driver::BlockDriver;
 use crate::error::BlockResult;
 use crate::file::FileDriver;
+use crate::nbd::NbdClient;
 use crate::null::NullDriver;
 use crate::open::OpenContext;
 use crate::preallocate::Preallocate;
@@ -25,6 +26,7 @@ pub(crate) async fn open_driver(
         BlockdevDriver::Blkdebug(options) => Box::new(BlkdebugDriver::open(cx, options).await?),
         BlockdevDriver::CopyOnRead(options) => Box::new(CopyOnRead::open(cx, options).await?),
         BlockdevDriver::File(options) => Box::new(FileDriver::open(cx, options)?),
+        BlockdevDriver::Nbd(options) => Box::new(NbdClient::open(cx, options).await?),
         BlockdevDriver::NullAio(options) => Box::new(NullDriver::open(cx, "null-aio", options)?),
         BlockdevDriver::NullCo(options) => Box::new(NullDriver::open(cx, "null-co", options)?),
         BlockdevDriver::Preallocate(options) => Box::new(Preallocate::open(cx, options).await?),

@@ -27,6 +27,7 @@ pub mod iobuf;
 pub mod job;
 pub mod limits;
 mod locking;
+mod nbd;
 pub mod node;
 pub mod null;
 pub mod open;

@@ -1,8 +1,8 @@
 //! The client side of the NBD handshake (fixed newstyle, `doc/proto.md`):
 //! the greeting, reply-mode negotiation (extended headers, else
-//! structured replies), and the options that describe a server's exports
+//! structured replies), the options that describe a server's exports
 //! without entering transmission (`LIST`, `INFO`, `LIST_META_CONTEXT`,
-//! `ABORT`).
+//! `ABORT`), and those that enter it (`SET_META_CONTEXT`, `GO`).
 //!
 //! Every reply is bounded: a server that sends more than
 //! [`MAX_REPLY_LEN`] bytes in one option reply, or a malformed one, ends
@@ -141,14 +141,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
 
     /// `NBD_OPT_INFO` for `name`, asking for block sizes.
     pub async fn info(&mut self, name: &str) -> io::Result<ExportInfo> {
+        self.info_or_go(OPT_INFO, name).await
+    }
+
+    /// `NBD_OPT_INFO` or `NBD_OPT_GO`: the same request and replies.
+    async fn info_or_go(&mut self, option: u32, name: &str) -> io::Result<ExportInfo> {
         let mut data = named(name);
         data.extend_from_slice(&1u16.to_be_bytes());
         data.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
-        self.send(OPT_INFO, &data).await?;
+        self.send(option, &data).await?;
         let mut info = ExportInfo::default();
         let mut has_export = false;
         loop {
-            let reply = self.reply(OPT_INFO).await?;
+            let reply = self.reply(option).await?;
             match reply.kind {
                 REP_ACK if has_export => return Ok(info),
                 REP_ACK => return Err(invalid("no export information in the reply")),
@@ -177,7 +182,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
                         _ => {}
                     }
                 }
-                kind => return Err(refused(OPT_INFO, kind, &reply.data)),
+                kind => return Err(refused(option, kind, &reply.data)),
             }
         }
     }
@@ -185,21 +190,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     /// `NBD_OPT_LIST_META_CONTEXT` for `name` without queries: every
     /// context the server offers for the export.
     pub async fn meta_contexts(&mut self, name: &str) -> io::Result<Vec<String>> {
+        let contexts = self.contexts(OPT_LIST_META_CONTEXT, name, &[]).await?;
+        Ok(contexts.into_iter().map(|(_, name)| name).collect())
+    }
+
+    /// `NBD_OPT_SET_META_CONTEXT` for `name`: the contexts of `queries` the
+    /// server selected, with the ids its block status replies will use.
+    pub async fn set_meta_contexts(
+        &mut self,
+        name: &str,
+        queries: &[&str],
+    ) -> io::Result<Vec<(u32, String)>> {
+        self.contexts(OPT_SET_META_CONTEXT, name, queries).await
+    }
+
+    async fn contexts(
+        &mut self,
+        option: u32,
+        name: &str,
+        queries: &[&str],
+    ) -> io::Result<Vec<(u32, String)>> {
         let mut data = named(name);
-        data.extend_from_slice(&0u32.to_be_bytes());
-        self.send(OPT_LIST_META_CONTEXT, &data).await?;
+        data.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+        for query in queries {
+            data.extend_from_slice(&named(query));
+        }
+        self.send(option, &data).await?;
         let mut contexts = Vec::new();
         loop {
-            let reply = self.reply(OPT_LIST_META_CONTEXT).await?;
+            let reply = self.reply(option).await?;
             match reply.kind {
                 REP_ACK => return Ok(contexts),
                 REP_META_CONTEXT if reply.data.len() >= 4 => {
-                    contexts.push(String::from_utf8_lossy(&reply.data[4..]).into_owned());
+                    let id = u32_at(&reply.data, 0)?;
+                    contexts.push((id, String::from_utf8_lossy(&reply.data[4..]).into_owned()));
                 }
                 REP_META_CONTEXT => return Err(invalid("short meta context reply")),
-                kind => return Err(refused(OPT_LIST_META_CONTEXT, kind, &reply.data)),
+                kind => return Err(refused(option, kind, &reply.data)),
             }
         }
+    }
+
+    /// `NBD_OPT_GO` for `name`: on success the handshake is over and the
+    /// stream is in transmission.
+    pub async fn go(mut self, name: &str) -> io::Result<(S, ExportInfo)> {
+        let info = self.info_or_go(OPT_GO, name).await?;
+        Ok((self.stream, info))
     }
 
     /// `NBD_OPT_ABORT`, then the end of the connection (the server's ack

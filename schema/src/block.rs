@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::de::union::{qapi_union, Captured, Shape};
 use crate::info::BlockPermission;
+use crate::sockets::SocketAddress;
 
 /// How discard requests are handled (`discard`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -279,6 +280,24 @@ pub struct BlockdevOptionsThrottle {
     pub file: BlockdevRef,
 }
 
+/// Options of the `nbd` client driver: an export of an NBD server as a
+/// node (`BlockdevOptionsNbd`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevOptionsNbd {
+    pub server: SocketAddress,
+    /// Default: the empty name.
+    pub export: Option<String>,
+    pub tls_creds: Option<String>,
+    pub tls_hostname: Option<String>,
+    /// A `qemu:dirty-bitmap:` context to report as block status.
+    pub x_dirty_bitmap: Option<String>,
+    /// Seconds to try reconnecting before requests fail (default 0).
+    pub reconnect_delay: Option<u32>,
+    /// Seconds the first connection may take (default 0: one attempt).
+    pub open_timeout: Option<u32>,
+}
+
 qapi_union! {
     /// Options for creating a block node (`blockdev-add`, `--blockdev`).
     pub struct BlockdevOptions {
@@ -297,6 +316,7 @@ qapi_union! {
         "file" => File(BlockdevOptionsFile),
         "copy-on-read" => CopyOnRead(BlockdevOptionsCor),
         "null-aio" => NullAio(BlockdevOptionsNull),
+        "nbd" => Nbd(BlockdevOptionsNbd),
         "null-co" => NullCo(BlockdevOptionsNull),
         "preallocate" => Preallocate(BlockdevOptionsPreallocate),
         "qcow2" => Qcow2(BlockdevOptionsQcow2),

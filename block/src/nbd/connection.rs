@@ -1,0 +1,398 @@
+//! One NBD connection in transmission, shared by every request of the
+//! node: requests are written under a lock, each with its own cookie, and
+//! one reader task takes the replies as they come (in any order, in
+//! chunks for structured and extended replies) and completes the request
+//! each belongs to. Many requests are in flight at once.
+//!
+//! When the connection breaks, every request in flight and every later
+//! one fails with `EIO`; nothing is retried.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nbdwire::client::ReplyMode;
+use nbdwire::proto::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+use crate::driver::Extent;
+use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::iobuf::IoBuf;
+
+/// The longest error message or status payload read from a reply.
+const MAX_CHUNK_META: usize = 64 << 10;
+
+/// A request to send.
+pub struct Request {
+    pub command: u16,
+    pub flags: u16,
+    pub offset: u64,
+    pub length: u64,
+    /// The data of a write.
+    pub payload: Option<IoBuf>,
+    /// Where a read's data goes.
+    pub into: Option<IoBuf>,
+}
+
+/// What a completed request gives back.
+#[derive(Debug, Default)]
+pub struct Completion {
+    /// `base:allocation` extents of a block status request: (length,
+    /// flags).
+    pub extents: Vec<(u64, u32)>,
+}
+
+struct Pending {
+    /// The read buffer, and the offset it starts at.
+    into: Option<(IoBuf, u64)>,
+    completion: Completion,
+    /// The first error chunk, if any.
+    error: Option<BlockError>,
+    done: oneshot::Sender<BlockResult<Completion>>,
+}
+
+/// The state shared by the requesters and the reader.
+struct Shared {
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// Set once the connection is gone.
+    broken: Mutex<Option<String>>,
+}
+
+/// A connection in transmission.
+pub struct Connection {
+    writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
+    shared: Arc<Shared>,
+    next_cookie: AtomicU64,
+    mode: ReplyMode,
+    /// The `base:allocation` context id, if negotiated.
+    allocation_context: Option<u32>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Connection {
+    /// Starts transmission on the two halves of a stream.
+    pub fn start<R, W>(
+        read: R,
+        write: W,
+        mode: ReplyMode,
+        allocation_context: Option<u32>,
+    ) -> Connection
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let shared = Arc::new(Shared {
+            pending: Mutex::default(),
+            broken: Mutex::default(),
+        });
+        let reader = tokio::spawn(read_replies(read, Arc::clone(&shared), mode));
+        Connection {
+            writer: tokio::sync::Mutex::new(Box::new(write)),
+            shared,
+            next_cookie: AtomicU64::new(1),
+            mode,
+            allocation_context,
+            reader,
+        }
+    }
+
+    pub fn allocation_context(&self) -> Option<u32> {
+        self.allocation_context
+    }
+
+    /// Sends `request` and waits for its reply.
+    pub async fn call(&self, request: Request) -> BlockResult<Completion> {
+        let cookie = self.next_cookie.fetch_add(1, Ordering::Relaxed);
+        let (done, completed) = oneshot::channel();
+        {
+            let mut pending = lock(&self.shared.pending);
+            if let Some(reason) = lock(&self.shared.broken).clone() {
+                return Err(broken(&reason));
+            }
+            pending.insert(
+                cookie,
+                Pending {
+                    into: request.into.clone().map(|buf| (buf, request.offset)),
+                    completion: Completion::default(),
+                    error: None,
+                    done,
+                },
+            );
+        }
+        if let Err(e) = self.send(cookie, &request).await {
+            lock(&self.shared.pending).remove(&cookie);
+            return Err(BlockError::from_io("NBD request", e));
+        }
+        completed
+            .await
+            .unwrap_or_else(|_| Err(broken("the connection closed")))
+    }
+
+    async fn send(&self, cookie: u64, request: &Request) -> io::Result<()> {
+        let payload_len = request.payload.as_ref().map_or(0, IoBuf::len);
+        let mut message = Vec::with_capacity(EXTENDED_REQUEST_LEN + payload_len);
+        if self.mode == ReplyMode::Extended {
+            message.extend_from_slice(&EXTENDED_REQUEST_MAGIC.to_be_bytes());
+            message.extend_from_slice(&request.flags.to_be_bytes());
+            message.extend_from_slice(&request.command.to_be_bytes());
+            message.extend_from_slice(&cookie.to_be_bytes());
+            message.extend_from_slice(&request.offset.to_be_bytes());
+            message.extend_from_slice(&request.length.to_be_bytes());
+        } else {
+            let length = u32::try_from(request.length)
+                .map_err(|_| io::Error::other("request too long for compact headers"))?;
+            message.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+            message.extend_from_slice(&request.flags.to_be_bytes());
+            message.extend_from_slice(&request.command.to_be_bytes());
+            message.extend_from_slice(&cookie.to_be_bytes());
+            message.extend_from_slice(&request.offset.to_be_bytes());
+            message.extend_from_slice(&length.to_be_bytes());
+        }
+        if let Some(payload) = &request.payload {
+            let start = message.len();
+            message.resize(start + payload_len, 0);
+            payload.copy_to_slice(0, &mut message[start..]);
+        }
+        let mut writer = self.writer.lock().await;
+        writer.write_all(&message).await?;
+        writer.flush().await
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn broken(reason: &str) -> BlockError {
+    BlockError::new(ErrorKind::Io, format!("NBD connection broken: {reason}")).with_errno(libc::EIO)
+}
+
+/// The error an NBD error number stands for.
+fn nbd_error(code: u32, message: &str) -> BlockError {
+    let (kind, errno) = match code {
+        EPERM => (ErrorKind::PermissionDenied, libc::EPERM),
+        ENOMEM => (ErrorKind::Io, libc::ENOMEM),
+        EINVAL => (ErrorKind::InvalidArgument, libc::EINVAL),
+        ENOSPC => (ErrorKind::NoSpace, libc::ENOSPC),
+        EOVERFLOW => (ErrorKind::TooLarge, libc::EOVERFLOW),
+        ENOTSUP => (ErrorKind::NotSupported, libc::ENOTSUP),
+        ESHUTDOWN => (ErrorKind::Io, libc::ESHUTDOWN),
+        _ => (ErrorKind::Io, libc::EIO),
+    };
+    let message = if message.is_empty() {
+        format!("NBD server error {code}")
+    } else {
+        message.to_string()
+    };
+    BlockError::new(kind, message).with_errno(errno)
+}
+
+/// The reader task: replies until the connection ends, then every
+/// request still waiting fails.
+async fn read_replies<R: AsyncRead + Unpin>(mut read: R, shared: Arc<Shared>, mode: ReplyMode) {
+    let reason = loop {
+        if let Err(e) = read_reply(&mut read, &shared, mode).await {
+            break e.to_string();
+        }
+    };
+    let pending: Vec<Pending> = {
+        let mut pending = lock(&shared.pending);
+        *lock(&shared.broken) = Some(reason.clone());
+        pending.drain().map(|(_, p)| p).collect()
+    };
+    for request in pending {
+        let _ = request.done.send(Err(broken(&reason)));
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// Reads one reply (simple) or chunk (structured, extended) and applies it.
+async fn read_reply<R: AsyncRead + Unpin>(
+    read: &mut R,
+    shared: &Shared,
+    mode: ReplyMode,
+) -> io::Result<()> {
+    let magic = read.read_u32().await?;
+    match magic {
+        SIMPLE_REPLY_MAGIC => {
+            let error = read.read_u32().await?;
+            let cookie = read.read_u64().await?;
+            let mut pending = take(shared, cookie)?;
+            if error != 0 {
+                let _ = pending.done.send(Err(nbd_error(error, "")));
+                return Ok(());
+            }
+            if let Some((buf, _)) = &pending.into {
+                let mut data = vec![0; buf.len()];
+                read.read_exact(&mut data).await?;
+                buf.copy_from_slice(0, &data);
+            }
+            let _ = pending
+                .done
+                .send(Ok(std::mem::take(&mut pending.completion)));
+            Ok(())
+        }
+        STRUCTURED_REPLY_MAGIC | EXTENDED_REPLY_MAGIC => {
+            let extended = magic == EXTENDED_REPLY_MAGIC;
+            if extended != (mode == ReplyMode::Extended) {
+                return Err(invalid("reply header of the wrong kind"));
+            }
+            let flags = read.read_u16().await?;
+            let kind = read.read_u16().await?;
+            let cookie = read.read_u64().await?;
+            let length = if extended {
+                let _offset = read.read_u64().await?;
+                read.read_u64().await?
+            } else {
+                u64::from(read.read_u32().await?)
+            };
+            let mut pending = take(shared, cookie)?;
+            apply_chunk(read, &mut pending, kind, length, extended).await?;
+            if flags & REPLY_FLAG_DONE != 0 {
+                let result = match pending.error.take() {
+                    Some(error) => Err(error),
+                    None => Ok(std::mem::take(&mut pending.completion)),
+                };
+                let _ = pending.done.send(result);
+            } else {
+                lock(&shared.pending).insert(cookie, pending);
+            }
+            Ok(())
+        }
+        _ => Err(invalid("bad reply magic")),
+    }
+}
+
+fn take(shared: &Shared, cookie: u64) -> io::Result<Pending> {
+    lock(&shared.pending)
+        .remove(&cookie)
+        .ok_or_else(|| invalid("a reply to no request"))
+}
+
+/// Applies one chunk's payload of `length` bytes to its request.
+async fn apply_chunk<R: AsyncRead + Unpin>(
+    read: &mut R,
+    pending: &mut Pending,
+    kind: u16,
+    length: u64,
+    extended: bool,
+) -> io::Result<()> {
+    match kind {
+        REPLY_TYPE_NONE if length == 0 => Ok(()),
+        REPLY_TYPE_OFFSET_DATA => {
+            let offset = read.read_u64().await?;
+            let data_len = length
+                .checked_sub(8)
+                .ok_or_else(|| invalid("short data chunk"))?;
+            let (buf, start) = pending
+                .into
+                .as_ref()
+                .ok_or_else(|| invalid("data for a request that reads nothing"))?;
+            let at = offset
+                .checked_sub(*start)
+                .filter(|at| at + data_len <= buf.len() as u64)
+                .ok_or_else(|| invalid("data chunk outside the request"))?;
+            let mut data = vec![0; data_len as usize];
+            read.read_exact(&mut data).await?;
+            buf.copy_from_slice(at as usize, &data);
+            Ok(())
+        }
+        REPLY_TYPE_OFFSET_HOLE if length == 12 => {
+            let offset = read.read_u64().await?;
+            let hole = u64::from(read.read_u32().await?);
+            let (buf, start) = pending
+                .into
+                .as_ref()
+                .ok_or_else(|| invalid("a hole for a request that reads nothing"))?;
+            let at = offset
+                .checked_sub(*start)
+                .filter(|at| at + hole <= buf.len() as u64)
+                .ok_or_else(|| invalid("hole chunk outside the request"))?;
+            buf.slice(at as usize..(at + hole) as usize).fill_zeroes();
+            Ok(())
+        }
+        REPLY_TYPE_BLOCK_STATUS | REPLY_TYPE_BLOCK_STATUS_EXT => {
+            let payload = read_bounded(read, length).await?;
+            let wide = kind == REPLY_TYPE_BLOCK_STATUS_EXT;
+            if wide != extended {
+                return Err(invalid("block status chunk of the wrong kind"));
+            }
+            pending.completion.extents = parse_extents(&payload, wide)?;
+            Ok(())
+        }
+        REPLY_TYPE_ERROR | REPLY_TYPE_ERROR_OFFSET => {
+            let payload = read_bounded(read, length).await?;
+            if payload.len() < 6 {
+                return Err(invalid("short error chunk"));
+            }
+            let code = u32::from_be_bytes(payload[0..4].try_into().expect("4"));
+            let len = usize::from(u16::from_be_bytes(payload[4..6].try_into().expect("2")));
+            let message = payload
+                .get(6..6 + len)
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            pending
+                .error
+                .get_or_insert_with(|| nbd_error(code, &message));
+            Ok(())
+        }
+        _ => Err(invalid("unknown reply chunk")),
+    }
+}
+
+async fn read_bounded<R: AsyncRead + Unpin>(read: &mut R, length: u64) -> io::Result<Vec<u8>> {
+    if length > MAX_CHUNK_META as u64 {
+        return Err(invalid("reply chunk too long"));
+    }
+    let mut payload = vec![0; length as usize];
+    read.read_exact(&mut payload).await?;
+    Ok(payload)
+}
+
+/// A block status payload: the context id, then (length, flags) pairs of
+/// 32 bits, or with extended headers a count and pairs of 64 bits.
+fn parse_extents(payload: &[u8], wide: bool) -> io::Result<Vec<(u64, u32)>> {
+    let (start, step) = if wide { (8, 16) } else { (4, 8) };
+    let descriptors = payload
+        .get(start..)
+        .ok_or_else(|| invalid("short block status chunk"))?
+        .chunks_exact(step);
+    if !descriptors.remainder().is_empty() {
+        return Err(invalid("malformed block status chunk"));
+    }
+    let extents = descriptors.map(|d| {
+        if wide {
+            let length = u64::from_be_bytes(d[..8].try_into().expect("8"));
+            let flags = u64::from_be_bytes(d[8..].try_into().expect("8"));
+            (length, flags as u32)
+        } else {
+            let length = u32::from_be_bytes(d[..4].try_into().expect("4"));
+            let flags = u32::from_be_bytes(d[4..].try_into().expect("4"));
+            (u64::from(length), flags)
+        }
+    });
+    Ok(extents.collect())
+}
+
+/// The first extent of a `base:allocation` reply as the node reports it.
+pub fn extent_of(extents: &[(u64, u32)], limit: u64) -> Option<Extent> {
+    let &(length, flags) = extents.first()?;
+    let hole = flags & STATE_HOLE != 0;
+    Some(Extent {
+        length: length.min(limit),
+        data: !hole,
+        zero: flags & STATE_ZERO != 0,
+        depth: u32::from(!hole),
+    })
+}

@@ -1,0 +1,294 @@
+//! The `nbd` driver: an export of an NBD server as a node (QEMU's
+//! `driver=nbd`, `doc/proto.md`).
+//!
+//! Opening connects (`server`: a Unix socket or TCP), negotiates extended
+//! headers or else structured replies, selects `base:allocation`, and
+//! enters transmission with `NBD_OPT_GO` on `export`; the server's block
+//! sizes become the node's limits, its flags what the node may do (a
+//! read-only export opens a read-only node only, or with `auto-read-only`).
+//! Requests then share the one connection ([`connection`]), many in
+//! flight at once.
+//!
+//! Not yet: reconnection (`reconnect-delay` must be 0), TLS, the
+//! `x-dirty-bitmap` context, and `open-timeout` beyond one attempt.
+
+mod connection;
+
+use async_trait::async_trait;
+use nbdwire::client::{Handshake, ReplyMode};
+use nbdwire::proto::*;
+use schema::block::BlockdevOptionsNbd;
+use schema::sockets::SocketAddressKind;
+use serde_json::{Map, Value as Json};
+
+use crate::driver::{BlockDriver, Extent, WriteFlags, ZeroFlags};
+use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::iobuf::IoBuf;
+use crate::limits::Limits;
+use crate::open::OpenContext;
+use connection::{extent_of, Connection, Request};
+
+/// The most one request moves when the server says nothing (32 MiB, the
+/// NBD default maximum).
+const DEFAULT_MAX_BLOCK: u32 = 32 << 20;
+
+/// An NBD export as a node.
+pub struct NbdClient {
+    connection: Connection,
+    size: u64,
+    flags: u16,
+    limits: Limits,
+    /// How the node names its server (`nbd+unix:///export?socket=...`).
+    filename: String,
+}
+
+fn unsupported(option: &str) -> BlockError {
+    BlockError::new(
+        ErrorKind::NotSupported,
+        format!("Parameter '{option}' is not supported by storaged's nbd driver yet"),
+    )
+}
+
+impl NbdClient {
+    /// Connects and enters transmission.
+    pub async fn open(cx: &OpenContext<'_>, options: &BlockdevOptionsNbd) -> BlockResult<Self> {
+        if options.tls_creds.is_some() {
+            return Err(unsupported("tls-creds"));
+        }
+        if options.x_dirty_bitmap.is_some() {
+            return Err(unsupported("x-dirty-bitmap"));
+        }
+        if options.reconnect_delay.is_some_and(|d| d > 0) {
+            return Err(unsupported("reconnect-delay"));
+        }
+        let export = options.export.clone().unwrap_or_default();
+        let (filename, stream) = connect(&options.server, &export).await?;
+        let fail = |e: std::io::Error| BlockError::from_io("NBD handshake", e);
+        let mut handshake = Handshake::start(stream).await.map_err(fail)?;
+        let mode = handshake.negotiate_mode().await.map_err(fail)?;
+        let allocation = if mode == ReplyMode::Simple {
+            None
+        } else {
+            let contexts = handshake
+                .set_meta_contexts(&export, &["base:allocation"])
+                .await
+                .map_err(fail)?;
+            contexts
+                .into_iter()
+                .find(|(_, name)| name == "base:allocation")
+                .map(|(id, _)| id)
+        };
+        let (stream, info) = handshake.go(&export).await.map_err(fail)?;
+        let settings = cx.settings();
+        if info.flags & FLAG_READ_ONLY != 0 && !settings.read_only && !settings.auto_read_only {
+            return Err(BlockError::new(
+                ErrorKind::PermissionDenied,
+                "NBD export is read-only",
+            ));
+        }
+        let (min, preferred, max) = info.block_sizes.unwrap_or((1, 4096, DEFAULT_MAX_BLOCK));
+        let limits = Limits {
+            request_alignment: min.max(1),
+            max_transfer: Some(max.max(min)),
+            opt_transfer: Some(preferred),
+            ..Limits::default()
+        };
+        let (read, write) = tokio::io::split(stream);
+        Ok(NbdClient {
+            connection: Connection::start(read, write, mode, allocation),
+            size: info.size,
+            flags: info.flags,
+            limits,
+            filename,
+        })
+    }
+
+    fn can(&self, flag: u16) -> bool {
+        self.flags & flag != 0
+    }
+
+    async fn call(&self, command: u16, flags: u16, offset: u64, length: u64) -> BlockResult<()> {
+        self.connection
+            .call(Request {
+                command,
+                flags,
+                offset,
+                length,
+                payload: None,
+                into: None,
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Connects to `server`; gives the node's file name too.
+async fn connect(
+    server: &schema::sockets::SocketAddress,
+    export: &str,
+) -> BlockResult<(String, Box<dyn Stream>)> {
+    let failed = |shown: &str, e: std::io::Error| {
+        BlockError::from_io(format!("Failed to connect to '{shown}'"), e)
+    };
+    match &server.addr {
+        SocketAddressKind::Unix(unix) => {
+            let stream = tokio::net::UnixStream::connect(&unix.path)
+                .await
+                .map_err(|e| failed(&unix.path, e))?;
+            let filename = format!("nbd+unix:///{export}?socket={}", unix.path);
+            Ok((filename, Box::new(stream)))
+        }
+        SocketAddressKind::Inet(inet) => {
+            let shown = format!("{}:{}", inet.host, inet.port);
+            let stream = tokio::net::TcpStream::connect(&shown)
+                .await
+                .map_err(|e| failed(&shown, e))?;
+            // Requests must not wait for Nagle's algorithm.
+            stream.set_nodelay(true).map_err(|e| failed(&shown, e))?;
+            let filename = format!("nbd://{shown}/{export}");
+            Ok((filename, Box::new(stream)))
+        }
+        SocketAddressKind::Vsock(_) | SocketAddressKind::Fd(_) => Err(BlockError::new(
+            ErrorKind::NotSupported,
+            "the nbd driver connects to unix and inet addresses only",
+        )),
+    }
+}
+
+#[async_trait]
+impl BlockDriver for NbdClient {
+    fn format_name(&self) -> &'static str {
+        "nbd"
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn is_protocol(&self) -> bool {
+        true
+    }
+
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn filename(&self) -> String {
+        self.filename.clone()
+    }
+
+    fn strong_options(&self) -> Map<String, Json> {
+        Map::new()
+    }
+
+    async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
+        self.connection
+            .call(Request {
+                command: CMD_READ,
+                flags: 0,
+                offset,
+                length: buf.len() as u64,
+                payload: None,
+                into: Some(buf.clone()),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
+        let fua = if flags.fua && self.can(FLAG_SEND_FUA) {
+            CMD_FLAG_FUA
+        } else {
+            0
+        };
+        self.connection
+            .call(Request {
+                command: CMD_WRITE,
+                flags: fua,
+                offset,
+                length: buf.len() as u64,
+                payload: Some(buf.clone()),
+                into: None,
+            })
+            .await?;
+        if flags.fua && fua == 0 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
+        if !self.can(FLAG_SEND_WRITE_ZEROES) {
+            if flags.no_fallback {
+                return Err(BlockError::new(
+                    ErrorKind::NotSupported,
+                    "the NBD server cannot write zeroes",
+                ));
+            }
+            let zeroes = IoBuf::zeroed(len as usize);
+            return self
+                .write(offset, &zeroes, WriteFlags { fua: flags.fua })
+                .await;
+        }
+        let mut command_flags = 0;
+        if !flags.may_unmap {
+            command_flags |= CMD_FLAG_NO_HOLE;
+        }
+        if flags.fua && self.can(FLAG_SEND_FUA) {
+            command_flags |= CMD_FLAG_FUA;
+        }
+        if flags.no_fallback {
+            if !self.can(FLAG_SEND_FAST_ZERO) {
+                return Err(BlockError::new(
+                    ErrorKind::NotSupported,
+                    "the NBD server cannot zero fast",
+                ));
+            }
+            command_flags |= CMD_FLAG_FAST_ZERO;
+        }
+        self.call(CMD_WRITE_ZEROES, command_flags, offset, len)
+            .await
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        if !self.can(FLAG_SEND_TRIM) {
+            return Ok(());
+        }
+        self.call(CMD_TRIM, 0, offset, len).await
+    }
+
+    async fn flush(&self) -> BlockResult<()> {
+        if !self.can(FLAG_SEND_FLUSH) {
+            return Ok(());
+        }
+        self.call(CMD_FLUSH, 0, 0, 0).await
+    }
+
+    async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
+        let all_data = Extent {
+            length: len,
+            data: true,
+            zero: false,
+            depth: 1,
+        };
+        if self.connection.allocation_context().is_none() {
+            return Ok(all_data);
+        }
+        let length = len.min(u64::from(u32::MAX));
+        let completion = self
+            .connection
+            .call(Request {
+                command: CMD_BLOCK_STATUS,
+                flags: CMD_FLAG_REQ_ONE,
+                offset,
+                length,
+                payload: None,
+                into: None,
+            })
+            .await?;
+        Ok(extent_of(&completion.extents, len).unwrap_or(all_data))
+    }
+}

@@ -1,0 +1,208 @@
+//! The `nbd` client driver against three real servers — storaged itself,
+//! qemu-nbd and nbdkit's `memory` plugin — as the node under an NBD export
+//! of storaged (storaged as an NBD proxy): data written through the proxy
+//! reads back through it and straight from the server; zeroes, discards,
+//! flushes and block status pass through; a server that goes away fails
+//! requests instead of hanging them; a missing server is QEMU's error.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{error, ok, TestDaemon};
+use serde_json::json;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn qemu_io(uri: &str, commands: &[&str]) -> (bool, String) {
+    let mut args = vec!["-f", "raw"];
+    for command in commands {
+        args.extend(["-c", command]);
+    }
+    args.push(uri);
+    let out = Command::new("qemu-io")
+        .args(&args)
+        .output()
+        .expect("qemu-io");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let good = out.status.success() && !stdout.contains("Pattern") && !stdout.contains("failed");
+    (good, stdout + &String::from_utf8_lossy(&out.stderr))
+}
+
+fn wait_for_socket(path: &Path, child: &mut Child) {
+    let deadline = Instant::now() + PATIENCE;
+    while !path.exists() {
+        assert!(child.try_wait().expect("wait").is_none(), "server exited");
+        assert!(Instant::now() < deadline, "no socket {}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A server of export `disk` (64 MiB) on `socket`, by kind.
+enum Backend {
+    Process(Child),
+    Storaged(TestDaemon),
+}
+
+impl Backend {
+    fn start(kind: &str, dir: &Path, socket: &Path) -> Backend {
+        let image = dir.join("backend.raw");
+        std::fs::File::create(&image)
+            .expect("image")
+            .set_len(64 << 20)
+            .expect("size");
+        let socket_str = socket.to_str().expect("UTF-8");
+        let image_str = image.to_str().expect("UTF-8");
+        let mut child = match kind {
+            "qemu-nbd" => Command::new("qemu-nbd")
+                .args(["-t", "-e", "0", "-f", "raw", "-x", "disk", "-k", socket_str])
+                .arg(&image)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("qemu-nbd"),
+            "nbdkit" => Command::new("nbdkit")
+                .args(["--foreground", "--unix", socket_str, "--exportname", "disk"])
+                .args(["memory", "64M"])
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nbdkit"),
+            _ => {
+                let daemon = TestDaemon::start(&[
+                    "--blockdev",
+                    &format!("driver=file,node-name=f,filename={image_str}"),
+                    "--nbd-server",
+                    &format!("addr.type=unix,addr.path={socket_str}"),
+                    "--export",
+                    "type=nbd,id=e,node-name=f,name=disk,writable=on",
+                ]);
+                return Backend::Storaged(daemon);
+            }
+        };
+        wait_for_socket(socket, &mut child);
+        Backend::Process(child)
+    }
+
+    fn stop(self) {
+        match self {
+            Backend::Process(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Backend::Storaged(daemon) => drop(daemon),
+        }
+    }
+}
+
+/// A storaged exporting an `nbd` node of `backend` as `proxy`.
+async fn proxy(backend: &Path) -> TestDaemon {
+    let blockdev = format!(
+        "driver=nbd,node-name=remote,server.type=unix,server.path={},export=disk",
+        backend.display()
+    );
+    TestDaemon::start_in(tempfile::tempdir().expect("dir"), move |dir| {
+        vec![
+            "--blockdev".into(),
+            blockdev,
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("proxy.sock").display()
+            ),
+            "--export".into(),
+            "type=nbd,id=p,node-name=remote,name=proxy,writable=on".into(),
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_over_each_server_reads_and_writes_its_data() {
+    for kind in ["storaged", "qemu-nbd", "nbdkit"] {
+        let dir = tempfile::tempdir().expect("dir");
+        let socket = dir.path().join("backend.sock");
+        let backend = Backend::start(kind, dir.path(), &socket);
+        let daemon = proxy(&socket).await;
+        let uri = format!(
+            "nbd+unix:///proxy?socket={}",
+            daemon.path("proxy.sock").display()
+        );
+        let direct = format!("nbd+unix:///disk?socket={}", socket.display());
+        let (good, out) = qemu_io(
+            &uri,
+            &[
+                "write -P 0x42 1M 3M",
+                "write -P 0x17 5000 70000",
+                "read -P 0x42 1M 3M",
+                "read -P 0x17 5000 70000",
+                "write -z 8M 1M",
+                "read -P 0 8M 1M",
+                "discard 12M 1M",
+                "flush",
+            ],
+        );
+        assert!(good, "{kind}: {out}");
+        // Straight from the server: the data is there.
+        let (good, out) = qemu_io(&direct, &["read -P 0x42 1M 3M", "read -P 0x17 5000 70000"]);
+        assert!(good, "{kind}: {out}");
+        // Block status passes through: the untouched start is not data
+        // wherever the server knows holes.
+        let map = Command::new("qemu-img")
+            .args(["map", "-f", "raw", "--output=json", &uri])
+            .output()
+            .expect("qemu-img map");
+        assert!(map.status.success(), "{kind}");
+        let map: serde_json::Value = serde_json::from_slice(&map.stdout).expect("map");
+        let first = &map[0];
+        assert_eq!(first["start"], 0);
+        if kind != "nbdkit" {
+            assert_eq!(first["data"], false, "{kind}: {first}");
+        }
+        let data_at_1m = map
+            .as_array()
+            .expect("extents")
+            .iter()
+            .find(|e| e["start"].as_u64() <= Some(1 << 20) && e["data"] == true);
+        assert!(data_at_1m.is_some(), "{kind}: {map}");
+
+        // The server goes away: requests fail, nothing hangs.
+        backend.stop();
+        let (good, _) = qemu_io(&uri, &["read 0 4k"]);
+        assert!(!good, "{kind}: a read through a dead connection succeeded");
+        drop(daemon);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_server_or_export_is_refused_clearly() {
+    let daemon = TestDaemon::start(&[]);
+    let mut client = daemon.connect().await;
+    let missing = daemon.path("nobody.sock");
+    let add = |path: &Path, export: &str| {
+        json!({"driver": "nbd", "node-name": "n", "export": export,
+               "server": {"type": "unix", "path": path}})
+    };
+    let (_, desc) = error(&mut client, "blockdev-add", add(&missing, "disk")).await;
+    assert_eq!(
+        desc,
+        format!(
+            "Failed to connect to '{}': No such file or directory",
+            missing.display()
+        )
+    );
+    // An export the server does not have.
+    let socket = daemon.path("backend.sock");
+    let mut nbdkit = Command::new("nbdkit")
+        .args(["--foreground", "--unix", socket.to_str().expect("UTF-8")])
+        .args(["--exportname", "disk", "memory", "1M"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nbdkit");
+    wait_for_socket(&socket, &mut nbdkit);
+    ok(&mut client, "blockdev-add", add(&socket, "disk")).await;
+    let nodes = ok(&mut client, "query-named-block-nodes", json!({})).await;
+    assert_eq!(nodes[0]["drv"], "nbd");
+    assert_eq!(nodes[0]["image"]["virtual-size"], 1 << 20);
+    let _ = nbdkit.kill();
+    let _ = nbdkit.wait();
+}
