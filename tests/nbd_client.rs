@@ -206,3 +206,85 @@ async fn a_missing_server_or_export_is_refused_clearly() {
     let _ = nbdkit.kill();
     let _ = nbdkit.wait();
 }
+
+fn slow_nbdkit(socket: &Path, image: &Path) -> Child {
+    let mut child = Command::new("nbdkit")
+        .args(["--foreground", "--unix", socket.to_str().expect("UTF-8")])
+        .args(["--exportname", "disk", "--filter=delay", "file"])
+        .arg(image)
+        .args(["delay-read=20ms", "delay-write=20ms"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nbdkit");
+    wait_for_socket(socket, &mut child);
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_survive_a_server_restart_within_reconnect_delay() {
+    let dir = tempfile::tempdir().expect("dir");
+    let image = dir.path().join("backend.raw");
+    std::fs::File::create(&image)
+        .expect("image")
+        .set_len(8 << 20)
+        .expect("size");
+    let socket = dir.path().join("backend.sock");
+    let mut server = slow_nbdkit(&socket, &image);
+    let blockdev = format!(
+        "driver=nbd,node-name=remote,server.type=unix,server.path={},export=disk,\
+         reconnect-delay=15",
+        socket.display()
+    );
+    let daemon = TestDaemon::start_in(tempfile::tempdir().expect("dir"), move |dir| {
+        vec![
+            "--blockdev".into(),
+            blockdev,
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("proxy.sock").display()
+            ),
+            "--export".into(),
+            "type=nbd,id=p,node-name=remote,name=proxy,writable=on".into(),
+        ]
+    });
+    let uri = format!(
+        "nbd+unix:///proxy?socket={}",
+        daemon.path("proxy.sock").display()
+    );
+    // About 100 requests of 20 ms each: the restart falls in the middle.
+    let mut args = vec!["-f".to_string(), "raw".to_string()];
+    for i in 0..50u64 {
+        args.extend(["-c".into(), format!("write -P {} {}k 64k", i + 1, i * 64)]);
+        args.extend(["-c".into(), format!("read -P {} {}k 64k", i + 1, i * 64)]);
+    }
+    args.push(uri);
+    let client = Command::new("qemu-io")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-io");
+    std::thread::sleep(Duration::from_millis(600));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let _ = server.wait();
+    let _ = std::fs::remove_file(&socket);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut server = slow_nbdkit(&socket, &image);
+    let out = client.wait_with_output().expect("qemu-io");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !stdout.contains("failed") && !stdout.contains("Pattern"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    // Everything written is in the image.
+    let data = std::fs::read(&image).expect("image");
+    for i in 0..50usize {
+        let chunk = &data[i * 65536..(i + 1) * 65536];
+        assert!(chunk.iter().all(|&b| b == i as u8 + 1), "chunk {i}");
+    }
+}

@@ -4,18 +4,22 @@
 //! chunks for structured and extended replies) and completes the request
 //! each belongs to. Many requests are in flight at once.
 //!
-//! When the connection breaks, every request in flight and every later
-//! one fails with `EIO`; nothing is retried.
+//! When the link breaks, a node with `reconnect-delay` dials again for
+//! that long; on the new link every request still in flight is sent again
+//! (and new ones wait meanwhile). Without it, or when the delay passes,
+//! every request in flight and every later one fails with `EIO`.
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use nbdwire::client::ReplyMode;
 use nbdwire::proto::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::driver::Extent;
 use crate::error::{BlockError, BlockResult, ErrorKind};
@@ -45,62 +49,96 @@ pub struct Completion {
 }
 
 struct Pending {
-    /// The read buffer, and the offset it starts at.
-    into: Option<(IoBuf, u64)>,
+    request: Request,
+    /// Sent on the current link (a request is sent again after a
+    /// reconnection).
+    sent: bool,
     completion: Completion,
     /// The first error chunk, if any.
     error: Option<BlockError>,
     done: oneshot::Sender<BlockResult<Completion>>,
 }
 
-/// The state shared by the requesters and the reader.
+impl Pending {
+    /// The read buffer, and the offset it starts at.
+    fn read_target(&self) -> Option<(&IoBuf, u64)> {
+        self.request
+            .into
+            .as_ref()
+            .map(|buf| (buf, self.request.offset))
+    }
+}
+
+/// A fresh link to the same export, made again after a break.
+pub struct Link {
+    pub read: Box<dyn AsyncRead + Send + Unpin>,
+    pub write: Box<dyn AsyncWrite + Send + Unpin>,
+}
+
+/// Makes a new link (connect and handshake), for reconnection.
+pub type Dialer = Arc<dyn Fn() -> BoxFuture<io::Result<Link>> + Send + Sync>;
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// How to come back after a break: dial again for up to `delay`.
+pub struct Redial {
+    pub dial: Dialer,
+    pub delay: Duration,
+}
+
+/// The state shared by the requesters and the link task.
 struct Shared {
     pending: Mutex<HashMap<u64, Pending>>,
-    /// Set once the connection is gone.
+    /// Set once the connection is gone for good.
     broken: Mutex<Option<String>>,
+    /// The link's writing half; `None` while it is down.
+    writer: tokio::sync::Mutex<Option<Box<dyn AsyncWrite + Send + Unpin>>>,
+    /// Requests the server refuses because it is shutting down wait for
+    /// the next link (only when the node reconnects).
+    retry_shutdown: bool,
+    /// Cancelled when the current link breaks, so that a write stuck on it
+    /// lets go of the writer.
+    link_alive: Mutex<CancellationToken>,
 }
 
 /// A connection in transmission.
 pub struct Connection {
-    writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
     shared: Arc<Shared>,
     next_cookie: AtomicU64,
     mode: ReplyMode,
     /// The `base:allocation` context id, if negotiated.
     allocation_context: Option<u32>,
-    reader: tokio::task::JoinHandle<()>,
+    link_task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.reader.abort();
+        self.link_task.abort();
     }
 }
 
 impl Connection {
-    /// Starts transmission on the two halves of a stream.
-    pub fn start<R, W>(
-        read: R,
-        write: W,
+    /// Starts transmission on `link`; after a break, `redial` (if any)
+    /// makes a new one and the requests in flight are sent again.
+    pub fn start(
+        link: Link,
         mode: ReplyMode,
         allocation_context: Option<u32>,
-    ) -> Connection
-    where
-        R: AsyncRead + Send + Unpin + 'static,
-        W: AsyncWrite + Send + Unpin + 'static,
-    {
+        redial: Option<Redial>,
+    ) -> Connection {
         let shared = Arc::new(Shared {
             pending: Mutex::default(),
             broken: Mutex::default(),
+            writer: tokio::sync::Mutex::new(Some(link.write)),
+            retry_shutdown: redial.is_some(),
+            link_alive: Mutex::new(CancellationToken::new()),
         });
-        let reader = tokio::spawn(read_replies(read, Arc::clone(&shared), mode));
+        let link_task = tokio::spawn(run_link(link.read, Arc::clone(&shared), mode, redial));
         Connection {
-            writer: tokio::sync::Mutex::new(Box::new(write)),
             shared,
             next_cookie: AtomicU64::new(1),
             mode,
             allocation_context,
-            reader,
+            link_task,
         }
     }
 
@@ -108,9 +146,10 @@ impl Connection {
         self.allocation_context
     }
 
-    /// Sends `request` and waits for its reply.
+    /// Sends `request` and waits for its reply (through reconnections).
     pub async fn call(&self, request: Request) -> BlockResult<Completion> {
         let cookie = self.next_cookie.fetch_add(1, Ordering::Relaxed);
+        let message = encode(self.mode, cookie, &request)?;
         let (done, completed) = oneshot::channel();
         {
             let mut pending = lock(&self.shared.pending);
@@ -120,51 +159,75 @@ impl Connection {
             pending.insert(
                 cookie,
                 Pending {
-                    into: request.into.clone().map(|buf| (buf, request.offset)),
+                    request,
+                    sent: false,
                     completion: Completion::default(),
                     error: None,
                     done,
                 },
             );
         }
-        if let Err(e) = self.send(cookie, &request).await {
-            lock(&self.shared.pending).remove(&cookie);
-            return Err(BlockError::from_io("NBD request", e));
+        {
+            // Sent now if the link is up and a reconnection has not sent
+            // it already; else the link task sends it when it is back.
+            let alive = lock(&self.shared.link_alive).clone();
+            let mut writer = tokio::select! {
+                writer = self.shared.writer.lock() => writer,
+                () = alive.cancelled() => self.shared.writer.lock().await,
+            };
+            if let Some(write) = writer.as_mut() {
+                let unsent = {
+                    let mut pending = lock(&self.shared.pending);
+                    match pending.get_mut(&cookie) {
+                        Some(p) if !p.sent => {
+                            p.sent = true;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                let failed = unsent
+                    && (write.write_all(&message).await.is_err() || write.flush().await.is_err());
+                if failed {
+                    // The link task sees the break and resends or fails it.
+                    *writer = None;
+                }
+            }
         }
         completed
             .await
             .unwrap_or_else(|_| Err(broken("the connection closed")))
     }
+}
 
-    async fn send(&self, cookie: u64, request: &Request) -> io::Result<()> {
-        let payload_len = request.payload.as_ref().map_or(0, IoBuf::len);
-        let mut message = Vec::with_capacity(EXTENDED_REQUEST_LEN + payload_len);
-        if self.mode == ReplyMode::Extended {
-            message.extend_from_slice(&EXTENDED_REQUEST_MAGIC.to_be_bytes());
-            message.extend_from_slice(&request.flags.to_be_bytes());
-            message.extend_from_slice(&request.command.to_be_bytes());
-            message.extend_from_slice(&cookie.to_be_bytes());
-            message.extend_from_slice(&request.offset.to_be_bytes());
-            message.extend_from_slice(&request.length.to_be_bytes());
-        } else {
-            let length = u32::try_from(request.length)
-                .map_err(|_| io::Error::other("request too long for compact headers"))?;
-            message.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-            message.extend_from_slice(&request.flags.to_be_bytes());
-            message.extend_from_slice(&request.command.to_be_bytes());
-            message.extend_from_slice(&cookie.to_be_bytes());
-            message.extend_from_slice(&request.offset.to_be_bytes());
-            message.extend_from_slice(&length.to_be_bytes());
-        }
-        if let Some(payload) = &request.payload {
-            let start = message.len();
-            message.resize(start + payload_len, 0);
-            payload.copy_to_slice(0, &mut message[start..]);
-        }
-        let mut writer = self.writer.lock().await;
-        writer.write_all(&message).await?;
-        writer.flush().await
+/// A request's bytes on the wire: its header, then a write's payload.
+fn encode(mode: ReplyMode, cookie: u64, request: &Request) -> BlockResult<Vec<u8>> {
+    let payload_len = request.payload.as_ref().map_or(0, IoBuf::len);
+    let mut message = Vec::with_capacity(EXTENDED_REQUEST_LEN + payload_len);
+    if mode == ReplyMode::Extended {
+        message.extend_from_slice(&EXTENDED_REQUEST_MAGIC.to_be_bytes());
+        message.extend_from_slice(&request.flags.to_be_bytes());
+        message.extend_from_slice(&request.command.to_be_bytes());
+        message.extend_from_slice(&cookie.to_be_bytes());
+        message.extend_from_slice(&request.offset.to_be_bytes());
+        message.extend_from_slice(&request.length.to_be_bytes());
+    } else {
+        let length = u32::try_from(request.length).map_err(|_| {
+            BlockError::new(ErrorKind::TooLarge, "request too long for compact headers")
+        })?;
+        message.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        message.extend_from_slice(&request.flags.to_be_bytes());
+        message.extend_from_slice(&request.command.to_be_bytes());
+        message.extend_from_slice(&cookie.to_be_bytes());
+        message.extend_from_slice(&request.offset.to_be_bytes());
+        message.extend_from_slice(&length.to_be_bytes());
     }
+    if let Some(payload) = &request.payload {
+        let start = message.len();
+        message.resize(start + payload_len, 0);
+        payload.copy_to_slice(0, &mut message[start..]);
+    }
+    Ok(message)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -195,21 +258,116 @@ fn nbd_error(code: u32, message: &str) -> BlockError {
     BlockError::new(kind, message).with_errno(errno)
 }
 
-/// The reader task: replies until the connection ends, then every
-/// request still waiting fails.
-async fn read_replies<R: AsyncRead + Unpin>(mut read: R, shared: Arc<Shared>, mode: ReplyMode) {
-    let reason = loop {
-        if let Err(e) = read_reply(&mut read, &shared, mode).await {
-            break e.to_string();
+/// Pause between two attempts to reconnect.
+const REDIAL_PAUSE: Duration = Duration::from_millis(200);
+
+/// The link task: replies until the link breaks; then, with `redial`, a
+/// new link within its delay, on which every request in flight is sent
+/// again; without, or past the delay, every request fails.
+async fn run_link(
+    mut read: Box<dyn AsyncRead + Send + Unpin>,
+    shared: Arc<Shared>,
+    mode: ReplyMode,
+    redial: Option<Redial>,
+) {
+    loop {
+        let reason = loop {
+            if let Err(e) = read_reply(&mut read, &shared, mode).await {
+                break e.to_string();
+            }
+        };
+        // Writers stuck on the dead link let go of it.
+        let dead = std::mem::take(&mut *lock(&shared.link_alive));
+        dead.cancel();
+        let mut writer = shared.writer.lock().await;
+        *writer = None;
+        // The old link is closed before a new one is dialed: a server that
+        // waits for its clients to leave before it exits does exit.
+        drop(read);
+        for pending in lock(&shared.pending).values_mut() {
+            pending.sent = false;
         }
+        let link = loop {
+            let Some(link) = reconnect(redial.as_ref()).await else {
+                drop(writer);
+                fail_all(&shared, &reason);
+                return;
+            };
+            let mut write = link.write;
+            if resend(&shared, mode, &mut write).await.is_ok() {
+                break Link {
+                    read: link.read,
+                    write,
+                };
+            }
+        };
+        tracing::info!("NBD connection re-established after: {reason}");
+        *writer = Some(link.write);
+        read = link.read;
+    }
+}
+
+/// A new link, if `redial` allows and one comes within its delay.
+async fn reconnect(redial: Option<&Redial>) -> Option<Link> {
+    let redial = redial?;
+    let deadline = tokio::time::Instant::now() + redial.delay;
+    loop {
+        let attempt = tokio::time::timeout_at(deadline, (redial.dial)());
+        match attempt.await.unwrap_or_else(|_| Err(io::Error::other("timed out"))) {
+            Ok(link) => return Some(link),
+            Err(e) if tokio::time::Instant::now() + REDIAL_PAUSE < deadline => {
+                tracing::debug!("NBD reconnection failed: {e}");
+                tokio::time::sleep(REDIAL_PAUSE).await;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Sends every request still in flight, oldest first, on a new link.
+async fn resend(
+    shared: &Shared,
+    mode: ReplyMode,
+    write: &mut Box<dyn AsyncWrite + Send + Unpin>,
+) -> io::Result<()> {
+    let messages: Vec<Vec<u8>> = {
+        let mut pending = lock(&shared.pending);
+        let mut cookies: Vec<u64> = pending.keys().copied().collect();
+        cookies.sort_unstable();
+        let mut messages = Vec::new();
+        for cookie in cookies {
+            let Some(p) = pending.get_mut(&cookie) else {
+                continue;
+            };
+            p.sent = true;
+            p.completion = Completion::default();
+            p.error = None;
+            match encode(mode, cookie, &p.request) {
+                Ok(message) => messages.push(message),
+                Err(e) => {
+                    if let Some(p) = pending.remove(&cookie) {
+                        let _ = p.done.send(Err(e));
+                    }
+                }
+            }
+        }
+        messages
     };
+    for message in messages {
+        write.write_all(&message).await?;
+    }
+    write.flush().await
+}
+
+/// Fails every request in flight, and every later one.
+fn fail_all(shared: &Shared, reason: &str) {
     let pending: Vec<Pending> = {
         let mut pending = lock(&shared.pending);
-        *lock(&shared.broken) = Some(reason.clone());
+        *lock(&shared.broken) = Some(reason.to_string());
         pending.drain().map(|(_, p)| p).collect()
     };
     for request in pending {
-        let _ = request.done.send(Err(broken(&reason)));
+        let _ = request.done.send(Err(broken(reason)));
     }
 }
 
@@ -218,8 +376,8 @@ fn invalid(what: &str) -> io::Error {
 }
 
 /// Reads one reply (simple) or chunk (structured, extended) and applies it.
-async fn read_reply<R: AsyncRead + Unpin>(
-    read: &mut R,
+async fn read_reply(
+    read: &mut Box<dyn AsyncRead + Send + Unpin>,
     shared: &Shared,
     mode: ReplyMode,
 ) -> io::Result<()> {
@@ -230,10 +388,9 @@ async fn read_reply<R: AsyncRead + Unpin>(
             let cookie = read.read_u64().await?;
             let mut pending = take(shared, cookie)?;
             if error != 0 {
-                let _ = pending.done.send(Err(nbd_error(error, "")));
-                return Ok(());
+                return finish(shared, cookie, pending, Err(nbd_error(error, "")));
             }
-            if let Some((buf, _)) = &pending.into {
+            if let Some((buf, _)) = pending.read_target() {
                 let mut data = vec![0; buf.len()];
                 read.read_exact(&mut data).await?;
                 buf.copy_from_slice(0, &data);
@@ -264,7 +421,7 @@ async fn read_reply<R: AsyncRead + Unpin>(
                     Some(error) => Err(error),
                     None => Ok(std::mem::take(&mut pending.completion)),
                 };
-                let _ = pending.done.send(result);
+                finish(shared, cookie, pending, result)?;
             } else {
                 lock(&shared.pending).insert(cookie, pending);
             }
@@ -272,6 +429,26 @@ async fn read_reply<R: AsyncRead + Unpin>(
         }
         _ => Err(invalid("bad reply magic")),
     }
+}
+
+/// Completes a request, unless the server refused it only because it is
+/// shutting down and the node reconnects: then it waits for the next link,
+/// and this one is given up (an error the link task takes as a break).
+fn finish(
+    shared: &Shared,
+    cookie: u64,
+    mut pending: Pending,
+    result: BlockResult<Completion>,
+) -> io::Result<()> {
+    let shutting_down = matches!(&result, Err(e) if e.errno() == libc::ESHUTDOWN);
+    if shutting_down && shared.retry_shutdown {
+        pending.sent = false;
+        pending.completion = Completion::default();
+        lock(&shared.pending).insert(cookie, pending);
+        return Err(io::Error::other("the server is shutting down"));
+    }
+    let _ = pending.done.send(result);
+    Ok(())
 }
 
 fn take(shared: &Shared, cookie: u64) -> io::Result<Pending> {
@@ -296,11 +473,10 @@ async fn apply_chunk<R: AsyncRead + Unpin>(
                 .checked_sub(8)
                 .ok_or_else(|| invalid("short data chunk"))?;
             let (buf, start) = pending
-                .into
-                .as_ref()
+                .read_target()
                 .ok_or_else(|| invalid("data for a request that reads nothing"))?;
             let at = offset
-                .checked_sub(*start)
+                .checked_sub(start)
                 .filter(|at| at + data_len <= buf.len() as u64)
                 .ok_or_else(|| invalid("data chunk outside the request"))?;
             let mut data = vec![0; data_len as usize];
@@ -312,11 +488,10 @@ async fn apply_chunk<R: AsyncRead + Unpin>(
             let offset = read.read_u64().await?;
             let hole = u64::from(read.read_u32().await?);
             let (buf, start) = pending
-                .into
-                .as_ref()
+                .read_target()
                 .ok_or_else(|| invalid("a hole for a request that reads nothing"))?;
             let at = offset
-                .checked_sub(*start)
+                .checked_sub(start)
                 .filter(|at| at + hole <= buf.len() as u64)
                 .ok_or_else(|| invalid("hole chunk outside the request"))?;
             buf.slice(at as usize..(at + hole) as usize).fill_zeroes();

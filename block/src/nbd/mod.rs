@@ -9,16 +9,21 @@
 //! Requests then share the one connection ([`connection`]), many in
 //! flight at once.
 //!
-//! Not yet: reconnection (`reconnect-delay` must be 0), TLS, the
-//! `x-dirty-bitmap` context, and `open-timeout` beyond one attempt.
+//! With `reconnect-delay`, a broken link is dialed again for that long and
+//! the requests in flight are sent again on the new one.
+//! Not yet: TLS, the `x-dirty-bitmap` context, and `open-timeout` beyond
+//! one attempt.
 
 mod connection;
 
 use async_trait::async_trait;
-use nbdwire::client::{Handshake, ReplyMode};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nbdwire::client::{ExportInfo, Handshake, ReplyMode};
 use nbdwire::proto::*;
 use schema::block::BlockdevOptionsNbd;
-use schema::sockets::SocketAddressKind;
+use schema::sockets::{SocketAddress, SocketAddressKind};
 use serde_json::{Map, Value as Json};
 
 use crate::driver::{BlockDriver, Extent, WriteFlags, ZeroFlags};
@@ -26,7 +31,7 @@ use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
 use crate::limits::Limits;
 use crate::open::OpenContext;
-use connection::{extent_of, Connection, Request};
+use connection::{extent_of, Connection, Dialer, Link, Redial, Request};
 
 /// The most one request moves when the server says nothing (32 MiB, the
 /// NBD default maximum).
@@ -58,28 +63,10 @@ impl NbdClient {
         if options.x_dirty_bitmap.is_some() {
             return Err(unsupported("x-dirty-bitmap"));
         }
-        if options.reconnect_delay.is_some_and(|d| d > 0) {
-            return Err(unsupported("reconnect-delay"));
-        }
         let export = options.export.clone().unwrap_or_default();
-        let (filename, stream) = connect(&options.server, &export).await?;
-        let fail = |e: std::io::Error| BlockError::from_io("NBD handshake", e);
-        let mut handshake = Handshake::start(stream).await.map_err(fail)?;
-        let mode = handshake.negotiate_mode().await.map_err(fail)?;
-        let allocation = if mode == ReplyMode::Simple {
-            None
-        } else {
-            let contexts = handshake
-                .set_meta_contexts(&export, &["base:allocation"])
-                .await
-                .map_err(fail)?;
-            contexts
-                .into_iter()
-                .find(|(_, name)| name == "base:allocation")
-                .map(|(id, _)| id)
-        };
-        let (stream, info) = handshake.go(&export).await.map_err(fail)?;
+        let dialed = dial(&options.server, &export).await?;
         let settings = cx.settings();
+        let info = dialed.info;
         if info.flags & FLAG_READ_ONLY != 0 && !settings.read_only && !settings.auto_read_only {
             return Err(BlockError::new(
                 ErrorKind::PermissionDenied,
@@ -93,13 +80,16 @@ impl NbdClient {
             opt_transfer: Some(preferred),
             ..Limits::default()
         };
-        let (read, write) = tokio::io::split(stream);
+        let redial = options
+            .reconnect_delay
+            .filter(|&seconds| seconds > 0)
+            .map(|seconds| redial(&options.server, &export, dialed.mode, seconds));
         Ok(NbdClient {
-            connection: Connection::start(read, write, mode, allocation),
+            connection: Connection::start(dialed.link, dialed.mode, dialed.allocation, redial),
             size: info.size,
             flags: info.flags,
             limits,
-            filename,
+            filename: dialed.filename,
         })
     }
 
@@ -122,14 +112,77 @@ impl NbdClient {
     }
 }
 
+/// A link in transmission and what the handshake said.
+struct Dialed {
+    link: Link,
+    mode: ReplyMode,
+    allocation: Option<u32>,
+    info: ExportInfo,
+    filename: String,
+}
+
+/// Connects to `server` and negotiates `export` (extended headers or
+/// structured replies, `base:allocation`, `GO`).
+async fn dial(server: &SocketAddress, export: &str) -> BlockResult<Dialed> {
+    let (filename, stream) = connect(server, export).await?;
+    let fail = |e: std::io::Error| BlockError::from_io("NBD handshake", e);
+    let mut handshake = Handshake::start(stream).await.map_err(fail)?;
+    let mode = handshake.negotiate_mode().await.map_err(fail)?;
+    let allocation = if mode == ReplyMode::Simple {
+        None
+    } else {
+        let contexts = handshake
+            .set_meta_contexts(export, &["base:allocation"])
+            .await
+            .map_err(fail)?;
+        contexts
+            .into_iter()
+            .find(|(_, name)| name == "base:allocation")
+            .map(|(id, _)| id)
+    };
+    let (stream, info) = handshake.go(export).await.map_err(fail)?;
+    let (read, write) = tokio::io::split(stream);
+    Ok(Dialed {
+        link: Link {
+            read: Box::new(read),
+            write: Box::new(write),
+        },
+        mode,
+        allocation,
+        info,
+        filename,
+    })
+}
+
+/// Dials `export` again after a break, for up to `seconds`; the new link
+/// must speak the same reply mode.
+fn redial(server: &SocketAddress, export: &str, mode: ReplyMode, seconds: u32) -> Redial {
+    let server = server.clone();
+    let export = export.to_string();
+    let dial: Dialer = Arc::new(move || {
+        let server = server.clone();
+        let export = export.clone();
+        Box::pin(async move {
+            let dialed = dial(&server, &export)
+                .await
+                .map_err(|e| std::io::Error::other(e.message))?;
+            if dialed.mode != mode {
+                return Err(std::io::Error::other("the server changed its reply mode"));
+            }
+            Ok(dialed.link)
+        })
+    });
+    Redial {
+        dial,
+        delay: Duration::from_secs(u64::from(seconds)),
+    }
+}
+
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Connects to `server`; gives the node's file name too.
-async fn connect(
-    server: &schema::sockets::SocketAddress,
-    export: &str,
-) -> BlockResult<(String, Box<dyn Stream>)> {
+async fn connect(server: &SocketAddress, export: &str) -> BlockResult<(String, Box<dyn Stream>)> {
     let failed = |shown: &str, e: std::io::Error| {
         BlockError::from_io(format!("Failed to connect to '{shown}'"), e)
     };
