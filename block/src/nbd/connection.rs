@@ -313,7 +313,10 @@ async fn reconnect(redial: Option<&Redial>) -> Option<Link> {
     let deadline = tokio::time::Instant::now() + redial.delay;
     loop {
         let attempt = tokio::time::timeout_at(deadline, (redial.dial)());
-        match attempt.await.unwrap_or_else(|_| Err(io::Error::other("timed out"))) {
+        match attempt
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("timed out")))
+        {
             Ok(link) => return Some(link),
             Err(e) if tokio::time::Instant::now() + REDIAL_PAUSE < deadline => {
                 tracing::debug!("NBD reconnection failed: {e}");
