@@ -79,7 +79,7 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
         Err(StartupEnd::Failed(message)) => Err(message),
         Err(StartupEnd::Stopped(name)) => {
             tracing::info!("{name} during startup; stopping");
-            return stop(&daemon, &monitors).await;
+            return stop_or_force(&daemon, &monitors, &mut signals, program).await;
         }
     };
     let pidfile = match announced {
@@ -100,9 +100,35 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
             tracing::info!("the last NBD client left; stopping")
         }
     }
-    let status = stop(&daemon, &monitors).await;
+    let status = stop_or_force(&daemon, &monitors, &mut signals, program).await;
     drop(pidfile);
     status
+}
+
+/// How long an orderly stop may take (requests that never complete, a
+/// server that stopped answering) before the daemon exits anyway.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`stop`], unless a second stop signal comes or it takes longer than
+/// [`STOP_GRACE`]: then the daemon exits at once with status 1 (what was
+/// flushed is flushed; what was not, QEMU would not have either).
+async fn stop_or_force(
+    daemon: &Daemon,
+    monitors: &qmp::Monitors,
+    signals: &mut StopSignals,
+    program: &str,
+) -> ExitCode {
+    tokio::select! {
+        status = stop(daemon, monitors) => status,
+        name = signals.recv() => {
+            eprintln!("{program}: {name} while stopping: exiting without waiting");
+            ExitCode::FAILURE
+        }
+        () = tokio::time::sleep(STOP_GRACE) => {
+            eprintln!("{program}: stopping took longer than {}s: exiting", STOP_GRACE.as_secs());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Completes when the NBD server's last client that got through its

@@ -161,3 +161,34 @@ fn data_written_over_nbd_is_on_disk_after_each_stop_signal() {
         assert!(bytes[4096 + 65536..].iter().all(|&b| b == 0));
     }
 }
+
+/// A request that never completes (the flush at exit of a `null-co` node
+/// that answers in about thirty years) holds an orderly stop; a second
+/// signal ends the daemon at once, with status 1.
+#[test]
+fn a_second_signal_ends_a_stop_that_waits() {
+    let mut daemon = TestDaemon::start(&[
+        "--blockdev",
+        "null-co,node-name=slow,latency-ns=1000000000000000000",
+    ]);
+    daemon.signal(libc::SIGTERM);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(daemon.is_running(), "the stop did not wait for the flush");
+    // Two signals close together may arrive as one: signal until it ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while daemon.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not end"
+        );
+        daemon.signal(libc::SIGTERM);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = daemon.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", daemon.stderr());
+    assert!(
+        daemon.stderr().contains("SIGTERM while stopping"),
+        "{}",
+        daemon.stderr()
+    );
+}

@@ -47,6 +47,19 @@ impl NullDriver {
                 )
             })?,
         };
+        if size > crate::graph::MAX_IMAGE_LENGTH {
+            return Err(BlockError::new(
+                ErrorKind::TooLarge,
+                "Could not refresh total sector count: File too large",
+            ));
+        }
+        // QEMU's limit: a delay must fit a signed 64-bit count.
+        if options.latency_ns.is_some_and(|ns| ns > i64::MAX as u64) {
+            return Err(BlockError::new(
+                ErrorKind::InvalidArgument,
+                "latency-ns is invalid",
+            ));
+        }
         Ok(NullDriver {
             name,
             size,

@@ -309,3 +309,31 @@ async fn detect_zeroes_turns_zero_writes_into_holes() {
         .unwrap();
     assert_eq!(&std::fs::read(&unmap).unwrap()[..3], &[0, 0, 5]);
 }
+
+#[tokio::test]
+async fn null_refuses_delays_and_sizes_qemu_refuses() {
+    // A negative delay wraps to a huge unsigned one, as in QEMU; both are
+    // refused rather than left to hang every request (and the exit).
+    for driver in ["null-co", "null-aio"] {
+        let graph = BlockGraph::new();
+        for latency in [json!(u64::MAX - 4), json!(1u64 << 63)] {
+            let err = add_err(
+                &graph,
+                json!({"driver": driver, "node-name": "n", "latency-ns": latency}),
+            )
+            .await;
+            assert_eq!(err, "latency-ns is invalid");
+        }
+        let err = add_err(
+            &graph,
+            json!({"driver": driver, "node-name": "n", "size": i64::MAX}),
+        )
+        .await;
+        assert_eq!(err, "Could not refresh total sector count: File too large");
+        add(
+            &graph,
+            json!({"driver": driver, "node-name": "n", "latency-ns": i64::MAX}),
+        )
+        .await;
+    }
+}
