@@ -990,3 +990,33 @@ async fn iothread_poll_max_ns_zero_turns_polling_off() {
     // and it finds its next request waiting without sleeping (0.7 seen).
     assert!(off > 0.3, "{off:.2} sleeps per request with polling off");
 }
+
+/// The NBD server's listen backlog is QSD's 4096 (capped by the kernel's
+/// `net.core.somaxconn`), as `ss` reports it for the listening socket.
+#[test]
+fn the_listen_backlog_is_deep() {
+    let daemon = TestDaemon::start_in(tempfile::tempdir().unwrap(), |dir| {
+        vec![
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+        ]
+    });
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let socket = daemon.path("nbd.sock").display().to_string();
+    let out = Command::new("ss").args(["-lxn"]).output().expect("ss");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&socket))
+        .unwrap_or_else(|| panic!("{socket} not listed: {listing}"));
+    // Netid State Recv-Q Send-Q (the backlog) Local ...
+    let backlog: u32 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(backlog, somaxconn.min(4096), "{line}");
+}

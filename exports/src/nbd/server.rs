@@ -285,9 +285,24 @@ fn bind_unix(path: &PathBuf, abstract_name: bool) -> Result<Listener, QmpError> 
         std::os::unix::net::UnixListener::bind(path).map_err(fail)?
     };
     listener.set_nonblocking(true).map_err(fail)?;
+    deepen_backlog(&listener).map_err(fail)?;
     Ok(Listener::Unix(
         UnixListener::from_std(listener).map_err(fail)?,
     ))
+}
+
+/// Connections the kernel queues before they are accepted: QSD's 4096
+/// (the kernel caps it at `net.core.somaxconn`), so that a burst of
+/// connects is not left to SYN retries.
+const LISTEN_BACKLOG: libc::c_int = 4096;
+
+/// Raises a listening socket's backlog (listening again only changes it).
+fn deepen_backlog(listener: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
+    // SAFETY: listen on a descriptor the listener owns; no memory is passed.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// QEMU replaces whatever is at a socket path; only a socket is removed
@@ -324,7 +339,13 @@ async fn bind_inet(inet: &InetListen) -> Result<Listener, QmpError> {
             let mut addr = *addr;
             addr.set_port(port);
             match TcpListener::bind(addr).await {
-                Ok(listener) => return Ok(Listener::Tcp(listener, inet.keep_alive)),
+                Ok(listener) => {
+                    if let Err(e) = deepen_backlog(&listener) {
+                        last_error = Some(e);
+                        continue;
+                    }
+                    return Ok(Listener::Tcp(listener, inet.keep_alive));
+                }
                 Err(e) => last_error = Some(e),
             }
         }
