@@ -276,3 +276,52 @@ print("ok")
     }
     h.wait_idle().await;
 }
+
+/// An error reply names what failed and why, never a server file: a write
+/// that runs out of space on a tiny tmpfs reaches the client as ENOSPC
+/// with the errno's text only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_messages_do_not_name_server_files() {
+    let h = Harness::start().await;
+    let small = h.dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .expect("mount");
+    assert!(
+        mounted.success(),
+        "mounting a small tmpfs (the tests run as root)"
+    );
+    let image = small.join("secret-name.raw");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    h.node("full", &image).await;
+    h.export(&ExportSpec::new("full"), "full");
+    let script = r#"
+import nbd, sys
+h = nbd.NBD()
+h.set_debug_callback(lambda context, message: print("debug:", message))
+h.set_debug(True)
+h.connect_uri(sys.argv[1])
+try:
+    h.pwrite(b"x" * (1 << 20), 0)
+    print("no error")
+except nbd.Error as e:
+    print(e.errnum, e.string)
+"#;
+    let out = common::nbdsh(&h.uri("full"), script).await;
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&small)
+        .status();
+    assert!(out.contains(&libc::ENOSPC.to_string()), "{out}");
+    assert!(
+        out.contains("write failed: No space left on device"),
+        "{out}"
+    );
+    assert!(!out.contains("secret-name"), "{out}");
+}

@@ -89,8 +89,14 @@ pub async fn execute(
     }
 }
 
+/// The error reply of a failed request. The client learns what failed and
+/// the errno's text, not the node's own message, which may name server
+/// files (that goes to the log).
 fn failure(cx: &Context, req: &Request, err: &BlockError) -> Reply {
-    let message = format!("{} failed: {}", command_name(req.command), err.message);
+    let command = command_name(req.command);
+    tracing::debug!("NBD {command} failed: {}", err.message);
+    let reason = std::io::Error::from_raw_os_error(err.errno());
+    let message = format!("{command} failed: {}", block::error::os_error_text(&reason));
     Reply::error(cx.mode, req, errno_to_nbd(err.errno()), &message)
 }
 
