@@ -36,6 +36,8 @@ use connection::{extent_of, Connection, Dialer, Link, Redial, Request};
 /// The most one request moves when the server says nothing (32 MiB, the
 /// NBD default maximum).
 const DEFAULT_MAX_BLOCK: u32 = 32 << 20;
+/// Read buffering of replies.
+const REPLY_BUFFER: usize = 256 << 10;
 
 /// An NBD export as a node.
 pub struct NbdClient {
@@ -144,7 +146,9 @@ async fn dial(server: &SocketAddress, export: &str) -> BlockResult<Dialed> {
     let (read, write) = tokio::io::split(stream);
     Ok(Dialed {
         link: Link {
-            read: Box::new(read),
+            // Replies are read a field at a time: buffered, that is not a
+            // system call each.
+            read: Box::new(tokio::io::BufReader::with_capacity(REPLY_BUFFER, read)),
             write: Box::new(write),
         },
         mode,
