@@ -113,6 +113,15 @@ impl FileDriver {
                 "'file' driver requires '{filename}' to be a regular file"
             )));
         }
+        // QEMU learns a file's length by seeking to its end; files that
+        // cannot be (procfs files such as /proc/self/mem) are refused.
+        // SAFETY: lseek on a descriptor this function owns; no memory is passed.
+        if unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_END) } < 0 {
+            return Err(BlockError::from_io(
+                "Could not refresh total sector count",
+                io::Error::last_os_error(),
+            ));
+        }
         let direct = if settings.cache_direct {
             Some(DirectIo::probe(fd.as_raw_fd())?)
         } else {

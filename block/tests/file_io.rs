@@ -637,3 +637,20 @@ async fn many_concurrent_requests_keep_their_data_apart() {
             .all(|(j, &b)| b == (i * 31 + j) as u8));
     }
 }
+
+#[tokio::test]
+async fn files_whose_length_cannot_be_learned_are_refused_as_qemu_does() {
+    // procfs files are regular files without a length: QSD refuses them.
+    let graph = BlockGraph::new();
+    for path in ["/proc/self/mem", "/proc/self/status"] {
+        let err = add_err(
+            &graph,
+            serde_json::json!({"driver": "file", "node-name": "p", "filename": path}),
+        )
+        .await;
+        assert_eq!(
+            err,
+            "Could not refresh total sector count: Invalid argument"
+        );
+    }
+}
