@@ -183,8 +183,16 @@ impl Haggle<'_> {
             self.error(option, REP_ERR_TOO_BIG, "option data too large");
             return Ok(Step::Continue);
         }
-        let mut data = vec![0; len as usize];
-        reader.read_exact(&mut data).await?;
+        // Read as it arrives: a client that announces a long option and
+        // stalls holds what it sent, not the length it announced.
+        let mut data = Vec::new();
+        (&mut *reader)
+            .take(u64::from(len))
+            .read_to_end(&mut data)
+            .await?;
+        if data.len() < len as usize {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
         Ok(self.buffered_option(option, &data))
     }
 
