@@ -5,15 +5,7 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use nbdwire::client::{Handshake, ReplyMode};
-use tokio::io::{AsyncRead, AsyncWrite};
-
-/// The server to ask.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListTarget {
-    Unix(String),
-    Tcp { host: String, port: String },
-}
+use nbdwire::client::{self, Handshake, ReplyMode, ServerAddress, Stream};
 
 /// The names qemu-nbd prints for transmission flags, by bit.
 const FLAG_NAMES: &[(u16, &str)] = &[
@@ -32,7 +24,7 @@ const FLAG_NAMES: &[(u16, &str)] = &[
 ];
 
 /// Lists the exports of `target`; the exit status of `qemu-nbd -L`.
-pub fn run(target: &ListTarget, program: &str) -> ExitCode {
+pub fn run(target: &ServerAddress, program: &str) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -55,33 +47,15 @@ pub fn run(target: &ListTarget, program: &str) -> ExitCode {
     }
 }
 
-async fn list(target: &ListTarget) -> Result<String, String> {
-    let (shown, connected) = match target {
-        ListTarget::Unix(path) => (
-            path.clone(),
-            tokio::net::UnixStream::connect(path)
-                .await
-                .map(|s| Box::new(s) as Box<dyn Stream>),
-        ),
-        ListTarget::Tcp { host, port } => {
-            let shown = format!("{host}:{port}");
-            let stream = tokio::net::TcpStream::connect(&shown)
-                .await
-                .map(|s| Box::new(s) as Box<dyn Stream>);
-            (shown, stream)
-        }
-    };
-    let stream = connected.map_err(|e| {
+async fn list(target: &ServerAddress) -> Result<String, String> {
+    let stream = client::connect(target).await.map_err(|e| {
         format!(
-            "Failed to connect to '{shown}': {}",
+            "Failed to connect to '{target}': {}",
             block::error::os_error_text(&e)
         )
     })?;
     describe(stream).await.map_err(|e| e.to_string())
 }
-
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// The listing, in qemu-nbd's layout.
 async fn describe(stream: Box<dyn Stream>) -> std::io::Result<String> {

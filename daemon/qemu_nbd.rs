@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::{Invocation, Report, Step, StepKind};
 use crate::getopt::{self, Item, Located, Options, Takes};
-use crate::nbd_list::ListTarget;
+use nbdwire::client::ServerAddress;
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -31,7 +31,7 @@ pub enum Action {
     Version,
     Run(Invocation),
     /// `--list`: print a server's exports.
-    List(ListTarget),
+    List(ServerAddress),
 }
 
 /// The longest export name or description (NBD's string limit).
@@ -332,7 +332,7 @@ impl Settings {
     }
 
     /// `--list`: what it asks, refusing what makes no sense with it.
-    fn list_target(&self) -> Result<ListTarget, String> {
+    fn list_target(&self) -> Result<ServerAddress, String> {
         if !self.operands.is_empty() {
             return Err("List mode is incompatible with a file name".into());
         }
@@ -355,8 +355,8 @@ impl Settings {
             return Err("List mode is incompatible with forking".into());
         }
         Ok(match &self.socket {
-            Some(path) => ListTarget::Unix(path.clone()),
-            None => ListTarget::Tcp {
+            Some(path) => ServerAddress::Unix(path.clone()),
+            None => ServerAddress::Tcp {
                 host: self.bind.clone().unwrap_or_else(|| "0.0.0.0".into()),
                 port: self.port.clone().unwrap_or_else(|| "10809".into()),
             },

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{error, ok, TestDaemon};
+use common::{error, is_mounted, ok, TestDaemon};
 use qmp::client::Client;
 use serde_json::{json, Value};
 
@@ -36,15 +36,6 @@ fn tool(program: &str, args: &[&str]) -> String {
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
-}
-
-/// Whether a file system is mounted at `path`.
-fn is_mounted(path: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let path = path_str(path);
-    mounts
-        .lines()
-        .any(|line| line.split(' ').nth(4) == Some(path))
 }
 
 /// A mountpoint file that is unmounted (lazily) when the test ends, even
@@ -239,6 +230,19 @@ async fn a_mounted_qcow2_image_is_its_raw_contents() {
     drop((file, daemon));
 }
 
+/// `qemu-io` command `verb` (`write` or `read`) of MiB number `i`
+/// (24 + i) with its own pattern byte (0x30 + i).
+fn numbered_mib(verb: &str, i: u64) -> String {
+    format!("{verb} -P {} {}M 1M", 0x30 + i, 24 + i)
+}
+
+/// `count` runs of `verb` on `target`, one MiB each (see [`numbered_mib`]).
+fn numbered_runs(verb: &str, count: u64, target: &str) -> Vec<(Vec<String>, String)> {
+    (0..count)
+        .map(|i| (vec![numbered_mib(verb, i)], target.to_string()))
+        .collect()
+}
+
 /// Runs `qemu-io` processes at once, one per command list, and checks
 /// each succeeded.
 fn qemu_io_at_once(runs: &[(Vec<String>, String)]) {
@@ -320,20 +324,11 @@ async fn nbd_writes_and_fuse_reads_of_one_node_at_once() {
     // then each range is read back the other way.
     let mut runs = Vec::new();
     for i in 0..4u64 {
-        let write = format!("write -P {} {}M 1M", 0x30 + i, 24 + i);
-        runs.push((vec![write], nbd.clone()));
+        runs.push((vec![numbered_mib("write", i)], nbd.clone()));
         runs.push((vec!["read -P 0x5a 1M 1M".to_string()], mount.clone()));
     }
     qemu_io_at_once(&runs);
-    let reads: Vec<_> = (0..4u64)
-        .map(|i| {
-            (
-                vec![format!("read -P {} {}M 1M", 0x30 + i, 24 + i)],
-                mount.clone(),
-            )
-        })
-        .collect();
-    qemu_io_at_once(&reads);
+    qemu_io_at_once(&numbered_runs("read", 4, &mount));
     drop(daemon);
 }
 
@@ -418,24 +413,8 @@ async fn writes_holes_and_growth_through_the_mount_reach_the_image() {
 
     // Many processes at once: eight writers, then eight readers.
     let mount = mnt.path().to_string();
-    let writes: Vec<_> = (0..8u64)
-        .map(|i| {
-            (
-                vec![format!("write -P {} {}M 1M", 0x30 + i, 24 + i)],
-                mount.clone(),
-            )
-        })
-        .collect();
-    qemu_io_at_once(&writes);
-    let reads: Vec<_> = (0..8u64)
-        .map(|i| {
-            (
-                vec![format!("read -P {} {}M 1M", 0x30 + i, 24 + i)],
-                mount.clone(),
-            )
-        })
-        .collect();
-    qemu_io_at_once(&reads);
+    qemu_io_at_once(&numbered_runs("write", 8, &mount));
+    qemu_io_at_once(&numbered_runs("read", 8, &mount));
 
     // Growth: truncate grows the image; a write past the end of a
     // non-growable export fails.

@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
-use common::{error, ok, TestDaemon};
+use common::{error, is_mounted, ok, TestDaemon};
 use serde_json::{json, Value};
 
 /// Nanoseconds thread `tid` of process `pid` has run.
@@ -37,12 +36,6 @@ fn tool(program: &str, args: &[&str]) {
         "{program} {args:?}: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let path = path.to_str().expect("UTF-8");
-    mounts.lines().any(|l| l.split(' ').nth(4) == Some(path))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

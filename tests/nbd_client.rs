@@ -95,10 +95,11 @@ impl Backend {
     }
 }
 
-/// A storaged exporting an `nbd` node of `backend` as `proxy`.
-async fn proxy(backend: &Path) -> TestDaemon {
+/// A storaged exporting an `nbd` node of `backend` as `proxy`; `extra`
+/// is appended to the node's options.
+fn proxy(backend: &Path, extra: &str) -> TestDaemon {
     let blockdev = format!(
-        "driver=nbd,node-name=remote,server.type=unix,server.path={},export=disk",
+        "driver=nbd,node-name=remote,server.type=unix,server.path={},export=disk{extra}",
         backend.display()
     );
     TestDaemon::start_in(tempfile::tempdir().expect("dir"), move |dir| {
@@ -122,7 +123,7 @@ async fn a_proxy_over_each_server_reads_and_writes_its_data() {
         let dir = tempfile::tempdir().expect("dir");
         let socket = dir.path().join("backend.sock");
         let backend = Backend::start(kind, dir.path(), &socket);
-        let daemon = proxy(&socket).await;
+        let daemon = proxy(&socket, "");
         let uri = format!(
             "nbd+unix:///proxy?socket={}",
             daemon.path("proxy.sock").display()
@@ -230,24 +231,7 @@ async fn requests_in_flight_survive_a_server_restart_within_reconnect_delay() {
         .expect("size");
     let socket = dir.path().join("backend.sock");
     let mut server = slow_nbdkit(&socket, &image);
-    let blockdev = format!(
-        "driver=nbd,node-name=remote,server.type=unix,server.path={},export=disk,\
-         reconnect-delay=15",
-        socket.display()
-    );
-    let daemon = TestDaemon::start_in(tempfile::tempdir().expect("dir"), move |dir| {
-        vec![
-            "--blockdev".into(),
-            blockdev,
-            "--nbd-server".into(),
-            format!(
-                "addr.type=unix,addr.path={}",
-                dir.join("proxy.sock").display()
-            ),
-            "--export".into(),
-            "type=nbd,id=p,node-name=remote,name=proxy,writable=on".into(),
-        ]
-    });
+    let daemon = proxy(&socket, ",reconnect-delay=15");
     let uri = format!(
         "nbd+unix:///proxy?socket={}",
         daemon.path("proxy.sock").display()

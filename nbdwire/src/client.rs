@@ -1,5 +1,5 @@
 //! The client side of the NBD handshake (fixed newstyle, `doc/proto.md`):
-//! the greeting, reply-mode negotiation (extended headers, else
+//! connecting to a server, the greeting, reply-mode negotiation (extended headers, else
 //! structured replies), the options that describe a server's exports
 //! without entering transmission (`LIST`, `INFO`, `LIST_META_CONTEXT`,
 //! `ABORT`), and those that enter it (`SET_META_CONTEXT`, `GO`).
@@ -16,6 +16,40 @@ use crate::proto::*;
 
 /// The longest option reply read (a name, a description, a context).
 pub const MAX_REPLY_LEN: usize = 64 << 10;
+
+/// Where an NBD server listens, as a client reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddress {
+    Unix(String),
+    Tcp { host: String, port: String },
+}
+
+impl std::fmt::Display for ServerAddress {
+    /// As QEMU names the address in its messages (`/path`, `host:port`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddress::Unix(path) => f.write_str(path),
+            ServerAddress::Tcp { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// A connected byte stream to a server, whatever its transport.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Connects to `address` (TCP without Nagle's delay: requests are small
+/// and must not wait).
+pub async fn connect(address: &ServerAddress) -> io::Result<Box<dyn Stream>> {
+    match address {
+        ServerAddress::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
+        ServerAddress::Tcp { .. } => {
+            let stream = tokio::net::TcpStream::connect(address.to_string()).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream))
+        }
+    }
+}
 
 /// How replies will be framed once in transmission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

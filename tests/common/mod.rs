@@ -241,3 +241,13 @@ pub async fn reply(client: &mut Client, command: &str, arguments: Value) -> Valu
         Err(e) => serde_json::json!({"error": {"class": e.class, "desc": e.desc}}),
     }
 }
+
+/// Whether a file system is mounted at `path` (as `/proc/self/mountinfo`
+/// lists mountpoints).
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let path = path.to_str().expect("UTF-8 path");
+    mounts
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(path))
+}

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nbdwire::client::{ExportInfo, Handshake, ReplyMode};
+use nbdwire::client::{self, ExportInfo, Handshake, ReplyMode, ServerAddress, Stream};
 use nbdwire::proto::*;
 use schema::block::BlockdevOptionsNbd;
 use schema::sockets::{SocketAddress, SocketAddressKind};
@@ -182,37 +182,31 @@ fn redial(server: &SocketAddress, export: &str, mode: ReplyMode, seconds: u32) -
     }
 }
 
-trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
-
 /// Connects to `server`; gives the node's file name too.
 async fn connect(server: &SocketAddress, export: &str) -> BlockResult<(String, Box<dyn Stream>)> {
-    let failed = |shown: &str, e: std::io::Error| {
-        BlockError::from_io(format!("Failed to connect to '{shown}'"), e)
+    let (address, filename) = match &server.addr {
+        SocketAddressKind::Unix(unix) => (
+            ServerAddress::Unix(unix.path.clone()),
+            format!("nbd+unix:///{export}?socket={}", unix.path),
+        ),
+        SocketAddressKind::Inet(inet) => (
+            ServerAddress::Tcp {
+                host: inet.host.clone(),
+                port: inet.port.clone(),
+            },
+            format!("nbd://{}:{}/{export}", inet.host, inet.port),
+        ),
+        SocketAddressKind::Vsock(_) | SocketAddressKind::Fd(_) => {
+            return Err(BlockError::new(
+                ErrorKind::NotSupported,
+                "the nbd driver connects to unix and inet addresses only",
+            ))
+        }
     };
-    match &server.addr {
-        SocketAddressKind::Unix(unix) => {
-            let stream = tokio::net::UnixStream::connect(&unix.path)
-                .await
-                .map_err(|e| failed(&unix.path, e))?;
-            let filename = format!("nbd+unix:///{export}?socket={}", unix.path);
-            Ok((filename, Box::new(stream)))
-        }
-        SocketAddressKind::Inet(inet) => {
-            let shown = format!("{}:{}", inet.host, inet.port);
-            let stream = tokio::net::TcpStream::connect(&shown)
-                .await
-                .map_err(|e| failed(&shown, e))?;
-            // Requests must not wait for Nagle's algorithm.
-            stream.set_nodelay(true).map_err(|e| failed(&shown, e))?;
-            let filename = format!("nbd://{shown}/{export}");
-            Ok((filename, Box::new(stream)))
-        }
-        SocketAddressKind::Vsock(_) | SocketAddressKind::Fd(_) => Err(BlockError::new(
-            ErrorKind::NotSupported,
-            "the nbd driver connects to unix and inet addresses only",
-        )),
-    }
+    let stream = client::connect(&address)
+        .await
+        .map_err(|e| BlockError::from_io(format!("Failed to connect to '{address}'"), e))?;
+    Ok((filename, stream))
 }
 
 #[async_trait]

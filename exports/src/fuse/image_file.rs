@@ -142,32 +142,41 @@ impl ImageShared {
 /// The filesystem the session serves.
 pub struct ImageFile(pub Arc<ImageShared>);
 
-/// A request admitted to the export: its hold, and the backend to use.
-struct Admitted {
-    guard: LifeGuard,
-    backend: BlockBackend,
+/// fuser's reply types, which have no common trait, as far as a request
+/// refused before it runs needs them.
+trait ErrorReply {
+    fn error(self, errno: Errno);
 }
 
-impl ImageFile {
-    /// Admits a request, or gives the error to reply once the export is
-    /// closed (`ENOTCONN`, as if the server were gone).
-    fn admit(&self) -> Result<Admitted, Errno> {
-        let (guard, backend) = self.0.enter().ok_or(Errno::from_i32(libc::ENOTCONN))?;
-        Ok(Admitted { guard, backend })
-    }
+macro_rules! error_reply {
+    ($($reply:ty),*) => {$(
+        impl ErrorReply for $reply {
+            fn error(self, errno: Errno) {
+                <$reply>::error(self, errno)
+            }
+        }
+    )*};
+}
 
-    /// Runs an admitted request; it replies when done. While few
-    /// requests run inline, this one runs inline too, on the session
-    /// thread that read it (no hand-over to another thread: the latency
-    /// of a lone request); past that it becomes a task of the export's
-    /// event loop, and the thread goes back to reading requests.
-    fn spawn<F, Fut>(&self, admitted: Admitted, work: F)
+error_reply!(ReplyAttr, ReplyData, ReplyWrite, ReplyEmpty, ReplyLseek);
+
+impl ImageFile {
+    /// Runs a request that replies with `reply` when done; once the export
+    /// is closed it is refused with `ENOTCONN` (as if the server were
+    /// gone). While few requests run inline, this one runs inline too, on
+    /// the session thread that read it (no hand-over to another thread:
+    /// the latency of a lone request); past that it becomes a task of the
+    /// export's event loop, and the thread goes back to reading requests.
+    fn serve<Rp, F, Fut>(&self, reply: Rp, work: F)
     where
-        F: FnOnce(Arc<ImageShared>, BlockBackend) -> Fut,
+        Rp: ErrorReply,
+        F: FnOnce(Arc<ImageShared>, BlockBackend, Rp) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let request = work(Arc::clone(&self.0), admitted.backend);
-        let guard = admitted.guard;
+        let Some((guard, backend)) = self.0.enter() else {
+            return reply.error(Errno::from_i32(libc::ENOTCONN));
+        };
+        let request = work(Arc::clone(&self.0), backend, reply);
         let shared = &self.0;
         let inline = shared.inline.fetch_add(1, Ordering::AcqRel) < shared.inline_limit;
         if inline {
@@ -261,11 +270,7 @@ impl Filesystem for ImageFile {
         if size.is_some() && !self.0.writable {
             return reply.error(Errno::EACCES);
         }
-        let admitted = match self.admit() {
-            Ok(admitted) => admitted,
-            Err(e) => return reply.error(e),
-        };
-        self.spawn(admitted, move |shared, backend| async move {
+        self.serve(reply, move |shared, backend, reply| async move {
             if let Some(size) = size {
                 if let Err(e) = backend.resize(size).await {
                     return reply.error(errno(&e));
@@ -294,11 +299,7 @@ impl Filesystem for ImageFile {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let admitted = match self.admit() {
-            Ok(admitted) => admitted,
-            Err(e) => return reply.error(e),
-        };
-        self.spawn(admitted, move |shared, backend| async move {
+        self.serve(reply, move |shared, backend, reply| async move {
             // Reads are cut at the end, as a file's are.
             let end = backend.size();
             let len = u64::from(size).min(end.saturating_sub(offset)) as usize;
@@ -327,15 +328,11 @@ impl Filesystem for ImageFile {
         if !self.0.writable {
             return reply.error(Errno::EACCES);
         }
-        let admitted = match self.admit() {
-            Ok(admitted) => admitted,
-            Err(e) => return reply.error(e),
-        };
         // The request buffer is the session thread's: the payload is
         // copied once, into a pooled buffer the write owns.
         let mut payload = self.0.buffers.get(data.len());
         payload.as_mut().copy_from_slice(data);
-        self.spawn(admitted, move |shared, backend| async move {
+        self.serve(reply, move |shared, backend, reply| async move {
             let mut len = payload.len();
             if !shared.growable {
                 // Past the end, a write is cut short.
@@ -388,11 +385,7 @@ impl Filesystem for ImageFile {
         if !self.0.writable {
             return reply.error(Errno::EACCES);
         }
-        let admitted = match self.admit() {
-            Ok(admitted) => admitted,
-            Err(e) => return reply.error(e),
-        };
-        self.spawn(admitted, move |_, backend| async move {
+        self.serve(reply, move |_, backend, reply| async move {
             let result = fallocate(&backend, offset, length, mode).await;
             reply_result(reply, result);
         });
@@ -413,11 +406,7 @@ impl Filesystem for ImageFile {
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(Errno::ENXIO);
         };
-        let admitted = match self.admit() {
-            Ok(admitted) => admitted,
-            Err(e) => return reply.error(e),
-        };
-        self.spawn(admitted, move |_, backend| async move {
+        self.serve(reply, move |_, backend, reply| async move {
             match seek(&backend, offset, whence == libc::SEEK_DATA).await {
                 Ok(found) => reply.offset(found as i64),
                 Err(e) => reply.error(e),
@@ -428,11 +417,7 @@ impl Filesystem for ImageFile {
 
 impl ImageFile {
     fn flush_node(&self, reply: ReplyEmpty) {
-        let admitted = match self.admit() {
-            Ok(admitted) => admitted,
-            Err(e) => return reply.error(e),
-        };
-        self.spawn(admitted, move |_, backend| async move {
+        self.serve(reply, move |_, backend, reply| async move {
             let result = backend.flush().await.map_err(|e| errno(&e));
             reply_result(reply, result);
         });
