@@ -14,25 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{error, is_mounted, ok, TestDaemon};
+use common::{error, is_mounted, ok, tool, TestDaemon};
 use qmp::client::Client;
 use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
 const EVENT_WAIT: Duration = Duration::from_secs(20);
-
-/// Runs a program and returns its standard output; fails the test if it
-/// fails or `qemu-io` reports a failed check.
-fn tool(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().expect(program);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && !stdout.contains("failed") && !stdout.contains("Pattern"),
-        "{program} {args:?}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")

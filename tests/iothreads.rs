@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{error, is_mounted, ok, TestDaemon};
+use common::{error, is_mounted, ok, tool, TestDaemon};
 use serde_json::{json, Value};
 
 /// Nanoseconds thread `tid` of process `pid` has run.
@@ -26,16 +24,6 @@ fn thread_name(pid: u32, tid: i64) -> String {
         .expect("comm of the iothread")
         .trim()
         .to_string()
-}
-
-fn tool(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().expect(program);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && !stdout.contains("Pattern") && !stdout.contains("failed"),
-        "{program} {args:?}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,25 +12,12 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{storaged, TestDaemon};
+use common::{storaged, tool, TestDaemon};
 use serde_json::Value;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const CLUSTER: u64 = 64 * KIB;
-
-/// Runs a QEMU tool and returns its standard output; fails the test if it
-/// fails or a `qemu-io` check ("Pattern verification failed") does.
-fn tool(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().expect(program);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && !stdout.contains("failed"),
-        "{program} {args:?}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 /// Runs `qemu-io` commands on `image` (read-only for NBD exports).
 fn qemu_io(format: &str, image: &str, commands: &[&str]) {

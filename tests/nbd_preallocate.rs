@@ -13,23 +13,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ok, storaged, TestDaemon};
+use common::{ok, storaged, tool, TestDaemon};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
-
-/// Runs a QEMU tool and returns its standard output; fails the test if it
-/// fails or a `qemu-io` check does.
-fn tool(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().expect(program);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && !stdout.contains("failed"),
-        "{program} {args:?}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 fn qemu_io(image: &str, format: &str, commands: &[&str]) {
     let mut args = vec!["-f", format];

@@ -251,3 +251,17 @@ pub fn is_mounted(path: &Path) -> bool {
         .lines()
         .any(|line| line.split(' ').nth(4) == Some(path))
 }
+
+/// Runs a program (a QEMU tool, `dd`, `fallocate`, ...) and returns its
+/// standard output; fails the test if it fails or a `qemu-io` check
+/// ("Pattern verification failed") does.
+pub fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().expect(program);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !stdout.contains("failed") && !stdout.contains("Pattern"),
+        "{program} {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
