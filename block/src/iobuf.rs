@@ -90,6 +90,27 @@ impl IoBuf {
         IoBuf { segments, len }
     }
 
+    /// A buffer over `len` bytes at `ptr` inside memory that `owner`
+    /// keeps mapped, such as a guest's RAM, which many requests share:
+    /// each segment clones the owner instead of allocating one.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid for reads and writes of `len` bytes for as long
+    /// as `owner` lives, and that memory must be I/O memory in the sense
+    /// of [`IoMemory`]: nothing in this process reads or writes it through
+    /// a Rust reference while `owner` lives (other parties, such as the
+    /// guest, may change it at any time).
+    pub unsafe fn from_shared(
+        owner: Arc<dyn Any + Send + Sync>,
+        ptr: *mut u8,
+        len: usize,
+    ) -> IoBuf {
+        let mut segments = SmallVec::new();
+        segments.push(Segment { ptr, len, owner });
+        IoBuf { segments, len }
+    }
+
     /// A buffer over `vec`'s bytes.
     pub fn from_vec(vec: Vec<u8>) -> IoBuf {
         IoBuf::from_owner(vec)

@@ -49,6 +49,10 @@ pub const EXPORT_DRIVERS: &[ExportDriver] = &[
         kind: BlockExportType::Fuse,
         create: crate::fuse::create_export,
     },
+    ExportDriver {
+        kind: BlockExportType::VhostUserBlk,
+        create: crate::vhost_user_blk::create_export,
+    },
 ];
 
 /// What an export type's `create` works with.

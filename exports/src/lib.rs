@@ -2,7 +2,7 @@
 //! export type provides and the table of types, `life` the clients and
 //! shutdown of one export, `registry` the daemon's exports, `buffers` payload buffer reuse,
 //! `event_loop` and `iothread` the threads exports run on; one module
-//! per type (the NBD server, FUSE).
+//! per type (the NBD server, FUSE, vhost-user-blk).
 
 mod buffers;
 pub mod event_loop;
@@ -12,6 +12,7 @@ pub mod iothread;
 pub mod life;
 pub mod nbd;
 pub mod registry;
+pub mod vhost_user_blk;
 
 pub use export::{BlockExport, ExportContext, ExportDriver, EXPORT_DRIVERS};
 pub use registry::BlockExports;
