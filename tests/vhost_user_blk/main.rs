@@ -369,3 +369,66 @@ async fn quit_with_a_connected_frontend_exits_cleanly() {
     let status = daemon.wait_exit();
     assert!(status.success(), "{status}: {}", daemon.stderr());
 }
+
+/// What a frontend learns from a device, for comparisons.
+#[derive(Debug, PartialEq)]
+struct DeviceView {
+    features: u64,
+    config: Vec<u8>,
+    get_id: (u8, u32, Vec<u8>),
+    read_used: u32,
+    unknown: (u8, u32),
+}
+
+fn look_at(socket: &Path) -> DeviceView {
+    let mut vu = TestFrontend::connect(socket, Setup {
+        queues: 2,
+        ..Setup::default()
+    });
+    DeviceView {
+        features: vu.offered_features(),
+        config: vu.config(0, 64),
+        get_id: vu.request(0, VIRTIO_BLK_T_GET_ID, 0, &[], 20),
+        read_used: vu.request(0, VIRTIO_BLK_T_IN, 0, &[], 512).1,
+        unknown: {
+            let (status, used, _) = vu.request(0, 99, 0, &[], 0);
+            (status, used)
+        },
+    }
+}
+
+#[test]
+fn the_device_is_qsds_except_where_it_improves_on_it() {
+    let export = ",writable=on,num-queues=2";
+    let qsd = TestDaemon::spawn(
+        std::process::Command::new("qemu-storage-daemon"),
+        tempfile::tempdir().expect("dir"),
+        |dir| {
+            let image = dir.join("disk.img");
+            common::sparse_file(&image, IMAGE_SIZE);
+            vec![
+                "--blockdev".into(),
+                format!("driver=file,node-name=file0,filename={}", image.display()),
+                "--export".into(),
+                format!(
+                    "type=vhost-user-blk,id=vu0,node-name=file0,addr.type=unix,addr.path={}{export}",
+                    dir.join("vhost.sock").display()
+                ),
+            ]
+        },
+    );
+    let (_ours, _, socket) = daemon(export);
+    let mut theirs = look_at(&qsd.path("vhost.sock"));
+    let ours = look_at(&socket);
+    // libvhost-user offers NOTIFY_ON_EMPTY (legacy) and LOG_ALL (dirty
+    // logging for migration, which storaged does not do).
+    theirs.features &= !((1 << 24) | (1 << 26));
+    // QSD tells the guest that there is no write cache while its node
+    // caches writes (the guest then never flushes); storaged says there
+    // is one. It also honors the unmap flag of write-zeroes and says so.
+    assert_eq!((theirs.config[32], ours.config[32]), (0, 1));
+    assert_eq!((theirs.config[56], ours.config[56]), (0, 1));
+    theirs.config[32] = 1;
+    theirs.config[56] = 1;
+    assert_eq!(theirs, ours);
+}
