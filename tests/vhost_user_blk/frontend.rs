@@ -432,6 +432,14 @@ impl TestFrontend {
         )
     }
 
+    /// Takes queue `queue` back (`GET_VRING_BASE`, which waits for its
+    /// requests in flight); the result is the next available index.
+    pub fn stop_queue(&self, queue: usize) -> std::io::Result<u32> {
+        self.frontend
+            .get_vring_base(queue)
+            .map_err(std::io::Error::other)
+    }
+
     /// Disconnects (the VM goes away).
     pub fn disconnect(self) {
         drop(self.frontend);

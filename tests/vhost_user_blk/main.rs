@@ -18,11 +18,17 @@ const IMAGE_SIZE: u64 = 64 << 20;
 
 /// A daemon exporting a raw image `disk.img` at `vhost.sock`.
 fn daemon(export_options: &str) -> (TestDaemon, PathBuf, PathBuf) {
+    daemon_with(&[], export_options)
+}
+
+/// As [`daemon`], with more options before the export.
+fn daemon_with(extra: &[&str], export_options: &str) -> (TestDaemon, PathBuf, PathBuf) {
     let options = export_options.to_string();
+    let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
     let daemon = TestDaemon::start_in(tempfile::tempdir().expect("dir"), move |dir| {
         let image = dir.join("disk.img");
         common::sparse_file(&image, IMAGE_SIZE);
-        vec![
+        args.extend([
             "--blockdev".into(),
             format!("driver=file,node-name=file0,filename={}", image.display()),
             "--export".into(),
@@ -30,7 +36,8 @@ fn daemon(export_options: &str) -> (TestDaemon, PathBuf, PathBuf) {
                 "type=vhost-user-blk,id=vu0,node-name=file0,addr.type=unix,addr.path={}{options}",
                 dir.join("vhost.sock").display()
             ),
-        ]
+        ]);
+        args
     });
     let image = daemon.path("disk.img");
     let socket = daemon.path("vhost.sock");
@@ -381,10 +388,13 @@ struct DeviceView {
 }
 
 fn look_at(socket: &Path) -> DeviceView {
-    let mut vu = TestFrontend::connect(socket, Setup {
-        queues: 2,
-        ..Setup::default()
-    });
+    let mut vu = TestFrontend::connect(
+        socket,
+        Setup {
+            queues: 2,
+            ..Setup::default()
+        },
+    );
     DeviceView {
         features: vu.offered_features(),
         config: vu.config(0, 64),
@@ -431,4 +441,74 @@ fn the_device_is_qsds_except_where_it_improves_on_it() {
     theirs.config[32] = 1;
     theirs.config[56] = 1;
     assert_eq!(theirs, ours);
+}
+
+#[test]
+fn an_iothread_serves_the_queues_and_sigterm_ends_the_session() {
+    let (mut daemon, image, socket) = daemon_with(
+        &["--object", "iothread,id=io0"],
+        ",writable=on,num-queues=2,iothread=io0",
+    );
+    let mut vu = TestFrontend::connect(
+        &socket,
+        Setup {
+            queues: 2,
+            ..Setup::default()
+        },
+    );
+    let data = pattern(65536, 3);
+    for queue in 0..2 {
+        let sector = 1024 * queue as u64;
+        let (status, _, _) = vu.request(queue, VIRTIO_BLK_T_OUT, sector, &[&data], 0);
+        assert_eq!(status, VIRTIO_BLK_S_OK);
+        assert_eq!(file_bytes(&image, sector * 512, data.len()), data);
+    }
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_exit();
+    assert!(status.success(), "{status}: {}", daemon.stderr());
+    assert!(!socket.exists(), "the socket is removed");
+}
+
+#[tokio::test]
+async fn quit_ends_a_request_that_never_finishes() {
+    // A node that reads 512 bytes a second: the first 1 MiB read passes
+    // (throttling accounts for it afterwards), the second takes half an
+    // hour. The frontend then takes the queue back, which waits for it.
+    let dir = tempfile::tempdir().expect("dir");
+    let mut daemon = TestDaemon::start_in(dir, |dir| {
+        vec![
+            "--object".into(),
+            "throttle-group,id=tg,limits.bps-read=512".into(),
+            "--blockdev".into(),
+            "driver=null-co,node-name=null0,size=67108864".into(),
+            "--blockdev".into(),
+            "driver=throttle,node-name=slow,throttle-group=tg,file=null0".into(),
+            "--export".into(),
+            format!(
+                "type=vhost-user-blk,id=vu0,node-name=slow,addr.type=unix,addr.path={}",
+                dir.join("vhost.sock").display()
+            ),
+        ]
+    });
+    let mut vu = TestFrontend::connect(&daemon.path("vhost.sock"), Setup::default());
+    let header = vu.header(VIRTIO_BLK_T_IN, 0);
+    for _ in 0..2 {
+        let buffer = vu.alloc(1 << 20, 0);
+        let status = vu.alloc(1, 0xff);
+        vu.submit(
+            0,
+            &[
+                Desc::readable(header, 16),
+                Desc::writable(buffer, 1 << 20),
+                Desc::writable(status, 1),
+            ],
+        );
+    }
+    vu.wait_used(0);
+    let stopping = std::thread::spawn(move || vu.stop_queue(0));
+    let mut qmp = daemon.connect().await;
+    ok(&mut qmp, "quit", json!({})).await;
+    let exit = daemon.wait_exit();
+    assert!(exit.success(), "{exit}: {}", daemon.stderr());
+    let _ = stopping.join();
 }

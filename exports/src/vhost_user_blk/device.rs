@@ -67,7 +67,8 @@ pub struct BlkDevice {
     in_flight: Vec<Arc<InFlight>>,
     /// How the crate's queue threads are told to end.
     exit_notifiers: Mutex<Vec<EventNotifier>>,
-    /// Cancelled when the frontend is gone: its requests stop.
+    /// Cancelled when the frontend is gone or the export is closed hard:
+    /// its requests stop (also one that the node would never finish).
     gone: CancellationToken,
     /// Where resizes are announced, and the frontend's request channel
     /// (kept open while the frontend is connected).
@@ -81,6 +82,7 @@ impl BlkDevice {
         disk: Arc<DiskSettings>,
         memory: AtomicGuestMemory,
         config_change: Arc<ConfigChangeNotifier>,
+        export_closed: &CancellationToken,
     ) -> BlkDevice {
         let queues = usize::from(disk.num_queues);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -89,7 +91,7 @@ impl BlkDevice {
             threads: queues.min(cpus).max(1),
             in_flight: (0..queues).map(|_| Arc::default()).collect(),
             exit_notifiers: Mutex::new(Vec::new()),
-            gone: CancellationToken::new(),
+            gone: export_closed.child_token(),
             config_change,
             backend_channel: Mutex::new(None),
             disk,

@@ -275,6 +275,7 @@ fn serve_one(
         Arc::clone(disk),
         memory.clone(),
         Arc::clone(&shared.config_change),
+        shared.life.disconnect_token(),
     ));
     let mut daemon = VhostUserDaemon::new("vhost-user-blk".into(), Arc::clone(&device), memory)
         .map_err(|e| ServeError::Accept(e.to_string()))?;
