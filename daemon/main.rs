@@ -11,6 +11,7 @@ mod chardev;
 mod cli;
 mod commands;
 mod daemonize;
+mod fd_limit;
 mod getopt;
 mod lifecycle;
 mod logging;
@@ -110,6 +111,7 @@ fn main() -> ExitCode {
         eprintln!("{program}: {message}");
         return ExitCode::FAILURE;
     }
+    fd_limit::raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1020,3 +1020,67 @@ fn the_listen_backlog_is_deep() {
     let backlog: u32 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
     assert_eq!(backlog, somaxconn.min(4096), "{line}");
 }
+
+/// The daemon's open-file limits from `/proc/PID/limits`: (soft, hard).
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    (fields[0], fields[1])
+}
+
+/// 400 idle clients that never finish their handshake (no time limit)
+/// against a daemon limited to 256 descriptors: the default
+/// `max-connections` (100, as QEMU since CVE-2024-7409) leaves
+/// the others in the backlog, so the monitor still opens files and takes
+/// new sessions. The soft open-file limit is raised to the hard one.
+#[tokio::test]
+async fn idle_clients_cannot_exhaust_descriptors() {
+    let mut prlimit = Command::new("prlimit");
+    prlimit.args(["--nofile=256:256", env!("CARGO_BIN_EXE_storaged")]);
+    let daemon = TestDaemon::spawn(prlimit, tempfile::tempdir().unwrap(), |dir| {
+        common::sparse_file(&dir.join("disk.img"), 1 << 20);
+        vec![
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={},handshake-max-seconds=0",
+                dir.join("nbd.sock").display()
+            ),
+        ]
+    });
+    let socket = daemon.path("nbd.sock");
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        idle.push(std::os::unix::net::UnixStream::connect(&socket).expect("connect"));
+    }
+    let image = daemon.path("disk.img");
+    let monitor_works = async {
+        let mut qmp = daemon.connect().await;
+        ok(
+            &mut qmp,
+            "blockdev-add",
+            json!({"driver": "file", "node-name": "f0", "filename": image}),
+        )
+        .await;
+        drop(qmp);
+        let mut next_session = daemon.connect().await;
+        ok(&mut next_session, "query-named-block-nodes", json!({})).await;
+    };
+    // Out of descriptors, the monitor cannot take the session at all: a
+    // generous bound turns that hang into a failure.
+    tokio::time::timeout(Duration::from_secs(60), monitor_works)
+        .await
+        .expect("the monitor answers");
+    drop(idle);
+
+    let mut raised = Command::new("prlimit");
+    raised.args(["--nofile=64:4096", env!("CARGO_BIN_EXE_storaged")]);
+    let daemon = TestDaemon::spawn(raised, tempfile::tempdir().unwrap(), |_| Vec::new());
+    assert_eq!(open_file_limits(daemon.pid()), (4096, 4096));
+}

@@ -21,7 +21,7 @@ pub struct NbdServerOptions {
     pub handshake_max_seconds: Option<u32>,
     pub tls_creds: Option<String>,
     pub tls_authz: Option<String>,
-    /// 0 means unlimited (the default).
+    /// 0 means unlimited (default 100).
     pub max_connections: Option<u32>,
     pub addr: SocketAddress,
 }

@@ -1,8 +1,8 @@
 //! The NBD server: listening sockets, the connection limit, and the
 //! export table its clients choose from.
 //!
-//! At most `max_connections` clients are served at once (0 means no
-//! limit); past that, new connections wait in the listen backlog, as with
+//! At most `max_connections` clients are served at once (QEMU's default
+//! 100 since CVE-2024-7409; 0 means no limit); past that, new connections wait in the listen backlog, as with
 //! QEMU. Stopping cancels every connection and waits until all of them,
 //! and every request they had in flight, are finished.
 
@@ -61,6 +61,11 @@ pub struct InetListen {
     pub keep_alive: bool,
 }
 
+/// Clients served at once when the options do not say (QEMU's
+/// `NBD_DEFAULT_MAX_CONNECTIONS`): a flood of idle connections waits in
+/// the backlog instead of taking the daemon's descriptors.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 100;
+
 /// `nbd-server-start` and `--nbd-server` options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NbdServerConfig {
@@ -81,7 +86,7 @@ impl NbdServerConfig {
     pub fn from_options(options: &NbdServerOptions) -> Result<NbdServerConfig, QmpError> {
         Ok(NbdServerConfig {
             address: ListenAddress::from_socket_address(&options.addr)?,
-            max_connections: options.max_connections.unwrap_or(0),
+            max_connections: options.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             handshake_max_seconds: options
                 .handshake_max_seconds
                 .unwrap_or(DEFAULT_HANDSHAKE_MAX_SECONDS),
