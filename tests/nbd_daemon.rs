@@ -57,6 +57,17 @@ async fn nbd_client(socket: &Path, export: &str) -> UnixStream {
     }
 }
 
+/// A simple request header (no payload).
+fn request(command: u16, cookie: u64, offset: u64, length: u32) -> Vec<u8> {
+    let mut header = 0x2560_9513u32.to_be_bytes().to_vec();
+    header.extend_from_slice(&0u16.to_be_bytes());
+    header.extend_from_slice(&command.to_be_bytes());
+    header.extend_from_slice(&cookie.to_be_bytes());
+    header.extend_from_slice(&offset.to_be_bytes());
+    header.extend_from_slice(&length.to_be_bytes());
+    header
+}
+
 /// Whether the server closed `s`.
 async fn closed(s: &mut UnixStream) -> bool {
     let mut byte = [0; 1];
@@ -657,22 +668,13 @@ async fn handshake_limit_and_prompt_stop() {
 
     // A write whose payload never comes, and a client that never reads.
     let mut stalled = nbd_client(&socket, "file0").await;
-    let mut header = 0x2560_9513u32.to_be_bytes().to_vec();
-    header.extend_from_slice(&0u16.to_be_bytes());
-    header.extend_from_slice(&1u16.to_be_bytes());
-    header.extend_from_slice(&1u64.to_be_bytes());
-    header.extend_from_slice(&0u64.to_be_bytes());
-    header.extend_from_slice(&(MIB as u32).to_be_bytes());
+    let mut header = request(1, 1, 0, MIB as u32);
     header.extend_from_slice(&[0x77; 1000]);
     stalled.write_all(&header).await.unwrap();
     let mut deaf = nbd_client(&socket, "file0").await;
     let mut reads = Vec::new();
     for cookie in 0..64u64 {
-        reads.extend_from_slice(&0x2560_9513u32.to_be_bytes());
-        reads.extend_from_slice(&[0, 0, 0, 0]);
-        reads.extend_from_slice(&cookie.to_be_bytes());
-        reads.extend_from_slice(&0u64.to_be_bytes());
-        reads.extend_from_slice(&(MIB as u32).to_be_bytes());
+        reads.extend_from_slice(&request(0, cookie, 0, MIB as u32));
     }
     deaf.write_all(&reads).await.unwrap();
 
@@ -1083,4 +1085,71 @@ async fn idle_clients_cannot_exhaust_descriptors() {
     raised.args(["--nofile=64:4096", env!("CARGO_BIN_EXE_storaged")]);
     let daemon = TestDaemon::spawn(raised, tempfile::tempdir().unwrap(), |_| Vec::new());
     assert_eq!(open_file_limits(daemon.pid()), (4096, 4096));
+}
+
+/// Bytes the daemon has read through system calls (`rchar`).
+fn bytes_read(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let line = io.lines().find(|l| l.starts_with("rchar:")).unwrap();
+    line[6..].trim().parse().unwrap()
+}
+
+/// `NBD_CMD_CACHE` is bounded as QSD's (32 MiB; more is `EINVAL`), and
+/// cache requests still running when their client goes away stop: 1 GiB
+/// of them on a node that reads 16 MiB a second, then a reset.
+#[tokio::test]
+async fn cache_requests_are_bounded_and_end_with_their_client() {
+    let daemon = TestDaemon::start_in(tempfile::tempdir().unwrap(), |dir| {
+        sparse_file(&dir.join("disk.img"), 1 << 30);
+        vec![
+            "--object".into(),
+            "throttle-group,id=tg,limits.bps-read=16777216".into(),
+            "--blockdev".into(),
+            format!(
+                "driver=file,node-name=file0,filename={}",
+                dir.join("disk.img").display()
+            ),
+            "--blockdev".into(),
+            "driver=throttle,node-name=slow,throttle-group=tg,file=file0".into(),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "type=nbd,id=e0,node-name=slow,name=disk".into(),
+        ]
+    });
+    let script = "import errno, nbd, sys\n\
+        h = nbd.NBD()\n\
+        h.connect_uri(sys.argv[1])\n\
+        h.cache(32 << 20, 0)\n\
+        try:\n    h.cache((32 << 20) + 512, 0)\nexcept nbd.Error as e:\n    print(e.errnum == errno.EINVAL)\n";
+    // The system Python has the libnbd bindings.
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script, &disk_uri(&daemon)])
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "True",
+        "{out:?}"
+    );
+
+    let mut client = nbd_client(&daemon.path("nbd.sock"), "disk").await;
+    let mut caches = Vec::new();
+    for cookie in 0..32u64 {
+        caches.extend_from_slice(&request(5, cookie, cookie << 25, 32 << 20));
+    }
+    client.write_all(&caches).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(client);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = bytes_read(daemon.pid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let read = bytes_read(daemon.pid()) - before;
+    assert!(
+        read < MIB,
+        "{read} bytes read in a second after the client left"
+    );
 }

@@ -33,6 +33,17 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the request only reads (and may be dropped halfway when
+    /// nobody waits for its reply); writes, flushes and the like finish.
+    pub fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            Command::Read { .. } | Command::Cache | Command::BlockStatus { .. }
+        )
+    }
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -164,6 +175,14 @@ pub fn check(req: &Request, limits: &Limits) -> Result<Command, Rejection> {
     match command {
         Command::Read { .. } if req.length > MAX_PAYLOAD => Err(reject(
             EOVERFLOW,
+            format!(
+                "len ({}) is larger than max len ({MAX_PAYLOAD})",
+                req.length
+            ),
+        )),
+        // QEMU's limit too: a cache request is a read nobody receives.
+        Command::Cache if req.length > MAX_PAYLOAD => Err(reject(
+            EINVAL,
             format!(
                 "len ({}) is larger than max len ({MAX_PAYLOAD})",
                 req.length

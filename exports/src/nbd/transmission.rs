@@ -24,6 +24,7 @@ use std::task::Poll;
 use tokio::io::AsyncRead;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::codec::Request;
@@ -116,7 +117,9 @@ pub async fn run<R, W>(
         over_budget: false,
         spawn_streak: 0,
         inline_count: 0,
+        gone: CancellationToken::new(),
     };
+    let _cancel_when_gone = requests.gone.clone().drop_guard();
     let mut poll = AdaptivePoll::new(placement, export.poll_limit());
     loop {
         if let Err(reason) = requests.take().await {
@@ -244,6 +247,10 @@ struct Requests {
     spawn_streak: u32,
     /// Inline requests so far (for sampling).
     inline_count: u32,
+    /// Cancelled when the client closes its end or the connection ends:
+    /// reads, block status and cache requests still running stop (nobody
+    /// will receive their replies); writes finish.
+    gone: CancellationToken,
 }
 
 impl Requests {
@@ -271,7 +278,10 @@ impl Requests {
     fn received(&mut self, read: std::io::Result<usize>) -> ControlFlow<()> {
         match read {
             Ok(0) if self.incoming.is_boundary() && self.input.is_empty() => {
+                // The client stopped talking without NBD_CMD_DISC: it will
+                // not read what its reads return either. Writes finish.
                 self.incoming = Incoming::Finished;
+                self.gone.cancel();
             }
             Ok(0) => {
                 tracing::info!("NBD client disconnected in the middle of a request");
@@ -411,9 +421,23 @@ impl Requests {
             self.spawn_streak = self.spawn_streak.saturating_sub(1);
         }
         let done = self.done.clone();
+        let gone = command.only_reads().then(|| self.gone.clone());
+        let mode = self.shared.limits.mode;
         let handler = async move {
+            let reply = match gone {
+                Some(gone) => tokio::select! {
+                    reply = running => reply,
+                    // Still answered, so that the request leaves the budget.
+                    () = gone.cancelled() => {
+                        let mut reply = Reply::error(mode, &req, ESHUTDOWN, "client gone");
+                        reply.set_cost(cost as u32);
+                        reply
+                    }
+                },
+                None => running.await,
+            };
             // A closed channel means the connection is gone.
-            let _ = done.send(running.await);
+            let _ = done.send(reply);
         };
         self.tasks.spawn_on(handler, &self.runtime);
     }
