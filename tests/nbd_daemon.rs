@@ -1153,3 +1153,70 @@ async fn cache_requests_are_bounded_and_end_with_their_client() {
         "{read} bytes read in a second after the client left"
     );
 }
+
+/// A value from `/proc/PID/status` (`VmRSS` in KiB, `Threads`).
+fn process_status(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+    line[key.len() + 1..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Pipelines 400 whole-disk block status requests and reads no reply.
+const DEAF_BLOCK_STATUS: &str = r#"
+import sys, nbd
+h = nbd.NBD()
+h.add_meta_context("base:allocation")
+h.connect_uri(sys.argv[1])
+size = h.get_size()
+for _ in range(400):
+    h.aio_block_status(size, 0, lambda *a: 0)
+print("sent", flush=True)
+sys.stdin.readline()
+"#;
+
+/// A client that pipelines whole-disk block status requests on a
+/// fragmented image and reads none of the replies holds a bounded amount
+/// of the daemon's memory and threads: every reply counts against the
+/// connection's in-flight budget by what it may take (issue 15 item 1).
+#[test]
+fn unread_block_status_replies_are_bounded() {
+    let daemon = TestDaemon::start_in(tempfile::tempdir().unwrap(), |dir| {
+        // 256 MiB with 4 KiB of data every 16 KiB: 32768 extents.
+        let image = std::fs::File::create(dir.join("disk.img")).unwrap();
+        image.set_len(256 * MIB).unwrap();
+        for at in (0..256 * MIB).step_by(16 << 10) {
+            std::os::unix::fs::FileExt::write_all_at(&image, &[1; 4096], at).unwrap();
+        }
+        vec![
+            "--blockdev".into(),
+            format!(
+                "file,node-name=file0,filename={}",
+                dir.join("disk.img").display()
+            ),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "type=nbd,id=e0,node-name=file0,name=disk".into(),
+        ]
+    });
+    let idle_rss = process_status(daemon.pid(), "VmRSS");
+    let mut client = ScriptClient::start(DEAF_BLOCK_STATUS, &disk_uri(&daemon));
+    assert_eq!(client.line(), "sent");
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_mib = (process_status(daemon.pid(), "VmRSS") - idle_rss) / 1024;
+    let threads = process_status(daemon.pid(), "Threads");
+    client.kill();
+    // The budget is 64 MiB per connection, replies and block status work
+    // included. Each seek for an extent used to take a blocking thread:
+    // the whole pool (516 threads) was seen here.
+    assert!(rss_mib < 128, "{rss_mib} MiB more than idle");
+    assert!(threads < 80, "{threads} threads");
+}

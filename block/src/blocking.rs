@@ -2,10 +2,10 @@
 //! `fallocate` on a slow file system) so that no event loop stalls on a
 //! disk.
 //!
-//! On a single-threaded event loop (an NBD connection's loop, an
-//! iothread) the call goes to tokio's blocking thread pool, at most
-//! [`MAX_BLOCKING_CALLS`] at a time across the daemon (more wait their
-//! turn), so a flood of slow requests cannot take hundreds of threads; it
+//! At most [`MAX_BLOCKING_CALLS`] run at a time across the daemon (more
+//! wait their turn), so a flood of slow requests cannot take hundreds of
+//! threads. On a single-threaded event loop (an NBD connection's loop, an
+//! iothread) the call goes to tokio's blocking thread pool; it
 //! owns what it uses (an [`crate::IoBuf`] view, a shared descriptor), so
 //! if the request is dropped meanwhile the call finishes on its own and
 //! its memory lives until then. On the daemon's multi-threaded runtime
@@ -49,14 +49,16 @@ pub(crate) async fn offload<T: Send + 'static>(
     let Ok(handle) = Handle::try_current() else {
         return f();
     };
-    if handle.runtime_flavor() == RuntimeFlavor::MultiThread {
-        return tokio::task::block_in_place(f);
-    }
-    HANDED_OVER.with(|n| n.set(n.get() + 1));
+    // Either way the call takes a thread of its own while it blocks (in
+    // place, tokio starts another worker): the slots bound them.
     let _slot = slots()
         .acquire()
         .await
         .map_err(|_| io::Error::other("blocking pool closed"))?;
+    if handle.runtime_flavor() == RuntimeFlavor::MultiThread {
+        return tokio::task::block_in_place(f);
+    }
+    HANDED_OVER.with(|n| n.set(n.get() + 1));
     match handle.spawn_blocking(f).await {
         Ok(result) => result,
         // The runtime is shutting down, or the call panicked.

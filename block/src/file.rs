@@ -398,7 +398,10 @@ impl BlockDriver for FileDriver {
     }
 
     /// Data or hole by `SEEK_DATA`/`SEEK_HOLE` (QEMU's `find_allocation`),
-    /// or the cached data range.
+    /// or the cached data range. The seeks run in place, as QEMU runs
+    /// them: they read file system metadata, not data, and a whole-disk
+    /// status of a fragmented file is one seek per extent, which a
+    /// thread hand-over each would make many times slower.
     async fn block_status(&self, offset: u64, len: u64) -> BlockResult<Extent> {
         let data = |length: u64| Extent {
             length,
@@ -415,10 +418,7 @@ impl BlockDriver for FileDriver {
         if let Some(end) = self.cached_data_range(offset) {
             return Ok(data((end - offset).min(len)));
         }
-        let found = self
-            .blocking(move |fd| Ok(find_allocation(fd, offset)))
-            .await
-            .unwrap_or(Allocation::Unknown);
+        let found = find_allocation(self.raw_fd(), offset);
         Ok(match found {
             Allocation::HoleUntil(next_data) => hole((next_data - offset).min(len)),
             Allocation::DataUntil(next_hole) => {

@@ -66,8 +66,8 @@ pub struct Limits {
     pub writable: bool,
     /// Minimum block size the client promised to honour (1 if none).
     pub alignment: u32,
-    /// Whether metadata contexts were selected for this export.
-    pub has_contexts: bool,
+    /// Metadata contexts selected for this export.
+    pub contexts: usize,
 }
 
 /// Bytes of payload that follow the header of `req` on the wire.
@@ -191,7 +191,7 @@ pub fn check(req: &Request, limits: &Limits) -> Result<Command, Rejection> {
         Command::BlockStatus { .. } if req.length == 0 => {
             Err(reject(EINVAL, "need non-zero length"))
         }
-        Command::BlockStatus { .. } if !limits.has_contexts => {
+        Command::BlockStatus { .. } if limits.contexts == 0 => {
             Err(reject(EINVAL, "CMD_BLOCK_STATUS not negotiated"))
         }
         _ => Ok(command),
@@ -207,7 +207,7 @@ mod tests {
         size: 1 << 20,
         writable: true,
         alignment: 1,
-        has_contexts: true,
+        contexts: 1,
     };
 
     fn req(command: u16, flags: u16, offset: u64, length: u64) -> Request {
@@ -298,7 +298,7 @@ mod tests {
     #[test]
     fn block_status_needs_contexts_and_length() {
         let none = Limits {
-            has_contexts: false,
+            contexts: 0,
             ..LIMITS
         };
         assert_eq!(

@@ -23,6 +23,18 @@ pub struct Descriptor {
     pub flags: u32,
 }
 
+/// The most memory one block status request may take while it runs and
+/// until its reply is sent, with `contexts` contexts selected: the
+/// extents found, and per context the descriptors and their encoding
+/// (16 bytes each at most, with extended headers). A request with
+/// `NBD_CMD_FLAG_REQ_ONE` takes a few hundred bytes.
+pub fn worst_case_bytes(contexts: usize, req_one: bool) -> u64 {
+    let descriptors = if req_one { 1 } else { MAX_DESCRIPTORS };
+    let per_descriptor =
+        std::mem::size_of::<Extent>() + contexts * (std::mem::size_of::<Descriptor>() + 16);
+    (descriptors * per_descriptor + contexts * 64) as u64
+}
+
 /// The allocation status of `[offset, offset + len)`, at most `max` extents,
 /// clamped to the range.
 pub async fn allocation(

@@ -39,6 +39,7 @@ use super::proto::*;
 use super::reply::Reply;
 use super::request::{self, Command, Limits, MAX_PAYLOAD};
 use super::splice::SpliceSink;
+use super::status;
 use super::writer::{ReplyQueue, Sent};
 use crate::buffers::{Buffer, BufferPool};
 
@@ -85,7 +86,7 @@ pub async fn run<R, W>(
     let export = Arc::clone(session.client.export());
     let stop = export.disconnect_token().child_token();
     let input = Input::new(leftover);
-    let has_contexts = !session.contexts.is_empty();
+    let contexts = session.contexts.len();
     let shared = Arc::new(Shared {
         cx: dispatch::Context {
             backend: export.backend().clone(),
@@ -99,7 +100,7 @@ pub async fn run<R, W>(
             size: export.size(),
             writable: export.writable(),
             alignment: session.alignment,
-            has_contexts,
+            contexts,
         },
         _client: session.client,
     });
@@ -327,7 +328,7 @@ impl Requests {
                             "payload of {payload_len} bytes is larger than the maximum ({MAX_PAYLOAD})"
                         ));
                     }
-                    let cost = cost(&req, payload_len);
+                    let cost = cost(&req, payload_len, self.shared.limits.contexts);
                     self.over_budget = !self.budget.fits(cost);
                     if self.over_budget {
                         return Ok(());
@@ -465,11 +466,13 @@ fn voluntary_context_switches() -> i64 {
     usage.ru_nvcsw
 }
 
-/// Payload bytes a request holds while in flight.
-fn cost(req: &Request, payload_len: u64) -> u64 {
+/// Bytes a request holds while in flight: its payload, its reply's data,
+/// or what block status may take with `contexts` contexts selected.
+fn cost(req: &Request, payload_len: u64, contexts: usize) -> u64 {
     let reply_len = match req.command {
         CMD_READ if req.length <= MAX_PAYLOAD => req.length,
         CMD_CACHE => req.length.min(CACHE_CHUNK),
+        CMD_BLOCK_STATUS => status::worst_case_bytes(contexts, req.flags & CMD_FLAG_REQ_ONE != 0),
         _ => 0,
     };
     payload_len.max(reply_len)
