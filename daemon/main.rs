@@ -112,6 +112,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     fd_limit::raise_open_file_limit();
+    exports::tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,9 +4,19 @@
 //! payload size per request. Allocating (and zeroing) those per request
 //! costs more than the I/O for small requests and page faults for large
 //! ones, so buffers return to a per-connection pool when their reply has
-//! been written. The pool is bounded per size class.
+//! been written.
+//!
+//! What pools keep idle is bounded three ways: per size class, per pool
+//! ([`MAX_IDLE_BYTES_PER_POOL`]) and for the whole daemon
+//! ([`MAX_IDLE_BYTES_TOTAL`]), whatever the number of connections. A
+//! pool that served nothing for a second gives its idle buffers back (a
+//! sweeper thread looks once a second), as does a pool that is dropped;
+//! large buffers are their own memory mappings (see [`tune_allocator`]),
+//! so what is given back leaves the process.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
+use std::time::Duration;
 
 use block::IoMemory;
 
@@ -15,30 +25,64 @@ const MIN_CLASS_SHIFT: u32 = 12;
 /// The largest pooled size class (32 MiB, the maximum payload).
 const MAX_CLASS_SHIFT: u32 = 25;
 const CLASS_COUNT: usize = (MAX_CLASS_SHIFT - MIN_CLASS_SHIFT + 1) as usize;
-/// Bytes a size class may keep idle.
-const MAX_IDLE_BYTES_PER_CLASS: usize = 16 << 20;
 /// Buffers a size class may keep idle, whatever their size.
 const MAX_IDLE_BUFFERS_PER_CLASS: usize = 256;
+/// Bytes one pool may keep idle, all classes together.
+pub const MAX_IDLE_BYTES_PER_POOL: usize = 16 << 20;
+/// Bytes all pools of the daemon may keep idle together.
+pub const MAX_IDLE_BYTES_TOTAL: usize = 64 << 20;
+/// A pool that served nothing for this long gives its idle buffers back.
+const IDLE_RELEASE_AFTER: Duration = Duration::from_secs(1);
+/// Allocations at least this large are memory mappings of their own,
+/// returned to the system when freed.
+const MMAP_THRESHOLD: usize = 256 << 10;
+
+/// Idle bytes in all pools.
+static IDLE_BYTES_TOTAL: AtomicUsize = AtomicUsize::new(0);
+
+/// Every live pool, for the sweeper.
+static POOLS: Mutex<Vec<Weak<BufferPool>>> = Mutex::new(Vec::new());
+
+/// Makes glibc serve large allocations (payload buffers) with memory
+/// mappings of their own, always: its default raises that threshold
+/// after the first large buffer is freed, and the memory of later ones
+/// then stays in the heap after they are freed. Called once at start.
+pub fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) };
+}
 
 /// A pool of zero-initialised byte buffers, one stack per power-of-two class.
 #[derive(Default)]
 pub struct BufferPool {
-    classes: Mutex<[Vec<Vec<u8>>; CLASS_COUNT]>,
+    idle: Mutex<Idle>,
+    /// Set by every loan; the sweeper clears it, and releases the idle
+    /// buffers of a pool it finds cleared.
+    used: AtomicBool,
+}
+
+#[derive(Default)]
+struct Idle {
+    classes: [Vec<Vec<u8>>; CLASS_COUNT],
+    bytes: usize,
 }
 
 impl BufferPool {
     pub fn new() -> Arc<BufferPool> {
-        Arc::new(BufferPool::default())
+        let pool = Arc::new(BufferPool::default());
+        lock(&POOLS).push(Arc::downgrade(&pool));
+        start_sweeper();
+        pool
     }
 
     /// A buffer whose `as_mut()` is exactly `len` bytes long. The contents
     /// are unspecified (old data of this connection or zeroes).
     pub fn get(self: &Arc<Self>, len: usize) -> Buffer {
+        self.used.store(true, Ordering::Relaxed);
         let vec = match class_of(len) {
-            Some(class) => {
-                let reused = self.lock()[class].pop();
-                reused.unwrap_or_else(|| vec![0; class_size(class)])
-            }
+            Some(class) => self
+                .take(class)
+                .unwrap_or_else(|| vec![0; class_size(class)]),
             None => vec![0; len],
         };
         Buffer {
@@ -48,21 +92,95 @@ impl BufferPool {
         }
     }
 
+    fn take(&self, class: usize) -> Option<Vec<u8>> {
+        let mut idle = lock(&self.idle);
+        let vec = idle.classes[class].pop()?;
+        idle.bytes -= vec.len();
+        IDLE_BYTES_TOTAL.fetch_sub(vec.len(), Ordering::Relaxed);
+        Some(vec)
+    }
+
     fn put(&self, vec: Vec<u8>) {
         let Some(class) = class_of(vec.len()).filter(|&c| class_size(c) == vec.len()) else {
             return;
         };
-        let limit = (MAX_IDLE_BYTES_PER_CLASS / vec.len()).clamp(1, MAX_IDLE_BUFFERS_PER_CLASS);
-        let mut classes = self.lock();
-        if classes[class].len() < limit {
-            classes[class].push(vec);
+        let len = vec.len();
+        let mut idle = lock(&self.idle);
+        if idle.classes[class].len() >= MAX_IDLE_BUFFERS_PER_CLASS
+            || idle.bytes + len > MAX_IDLE_BYTES_PER_POOL
+        {
+            return;
+        }
+        let reserved =
+            IDLE_BYTES_TOTAL.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                (total + len <= MAX_IDLE_BYTES_TOTAL).then_some(total + len)
+            });
+        if reserved.is_ok() {
+            idle.bytes += len;
+            idle.classes[class].push(vec);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, [Vec<Vec<u8>>; CLASS_COUNT]> {
-        // A panic while holding this lock cannot leave the stacks invalid.
-        self.classes.lock().unwrap_or_else(|e| e.into_inner())
+    /// Frees every idle buffer; returns how many bytes.
+    fn release_idle(&self) -> usize {
+        let released = std::mem::take(&mut *lock(&self.idle));
+        IDLE_BYTES_TOTAL.fetch_sub(released.bytes, Ordering::Relaxed);
+        released.bytes
     }
+
+    /// Bytes this pool keeps idle.
+    #[cfg(test)]
+    fn idle_bytes(&self) -> usize {
+        lock(&self.idle).bytes
+    }
+}
+
+impl Drop for BufferPool {
+    fn drop(&mut self) {
+        self.release_idle();
+    }
+}
+
+/// Starts the thread that gives back the idle buffers of unused pools.
+fn start_sweeper() {
+    static STARTED: Once = Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("buffer sweeper".into())
+            .spawn(|| loop {
+                std::thread::sleep(IDLE_RELEASE_AFTER);
+                sweep();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("idle buffers will not be released: {e}");
+        }
+    });
+}
+
+/// Releases the idle buffers of every pool unused since the last sweep,
+/// and forgets dropped pools.
+fn sweep() {
+    let pools: Vec<Arc<BufferPool>> = {
+        let mut pools = lock(&POOLS);
+        pools.retain(|pool| pool.strong_count() > 0);
+        pools.iter().filter_map(Weak::upgrade).collect()
+    };
+    let mut released = 0;
+    for pool in pools {
+        if !pool.used.swap(false, Ordering::Relaxed) {
+            released += pool.release_idle();
+        }
+    }
+    if released > 0 {
+        // Small buffers live in the heap: give its free top back too.
+        // SAFETY: malloc_trim only returns free heap memory to the system.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave their data invalid.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn class_of(len: usize) -> Option<usize> {
@@ -144,6 +262,30 @@ mod tests {
         let big = pool.get((32 << 20) + 1);
         assert_eq!(big.len(), (32 << 20) + 1);
         drop(big);
-        assert!(pool.lock().iter().all(|class| class.is_empty()));
+        assert_eq!(pool.idle_bytes(), 0);
+    }
+
+    #[test]
+    fn a_pool_keeps_a_bounded_amount_idle_and_gives_it_back() {
+        let pool = BufferPool::new();
+        let loans: Vec<Buffer> = (0..40).map(|_| pool.get(1 << 20)).collect();
+        drop(loans);
+        // Other tests' pools may hold some of the daemon-wide share.
+        let kept = pool.idle_bytes();
+        assert!(kept <= MAX_IDLE_BYTES_PER_POOL, "{kept}");
+        assert_eq!(pool.release_idle(), kept);
+        assert_eq!(pool.idle_bytes(), 0);
+    }
+
+    #[test]
+    fn all_pools_together_keep_a_bounded_amount_idle() {
+        let pools: Vec<_> = (0..8).map(|_| BufferPool::new()).collect();
+        for pool in &pools {
+            let loans: Vec<Buffer> = (0..16).map(|_| pool.get(1 << 20)).collect();
+            drop(loans);
+        }
+        let kept: usize = pools.iter().map(|p| p.idle_bytes()).sum();
+        assert!(kept <= MAX_IDLE_BYTES_TOTAL, "{kept}");
+        drop(pools);
     }
 }

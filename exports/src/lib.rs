@@ -14,5 +14,6 @@ pub mod nbd;
 pub mod registry;
 pub mod vhost_user_blk;
 
+pub use buffers::tune_allocator;
 pub use export::{BlockExport, ExportContext, ExportDriver, EXPORT_DRIVERS};
 pub use registry::BlockExports;
