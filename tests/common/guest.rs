@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// The guest kernel's tree (the unpacked Debian package, its `vmlinux`,
-/// `version` and `lib/modules/<version>`), written by `.ci/test-deps.sh`.
+/// `version` and `lib/modules/<version>`), written by `.ci/test-deps.sh`;
+/// removing this link and running the script again fetches the newest 6.12.
 pub const KERNEL_DIR: &str = "/var/cache/storaged-guest/kernel";
 
 /// How long a guest may take from boot to power-off unless the test says
