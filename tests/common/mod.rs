@@ -3,8 +3,11 @@
 //! ready (its pid file exists), talk to it, and kill it when the test ends.
 //!
 //! Every integration test file includes this module; not every file uses
-//! every helper.
+//! every helper. `guest` boots a small Linux guest under QEMU for tests
+//! that need a real guest kernel.
 #![allow(dead_code)]
+
+pub mod guest;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
