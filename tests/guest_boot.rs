@@ -204,3 +204,8 @@ fn read_write_verify(program: Command) {
 fn a_guest_reads_and_writes_a_qsd_vhost_user_blk_export() {
     read_write_verify(Command::new("qemu-storage-daemon"));
 }
+
+#[test]
+fn a_guest_reads_and_writes_a_storaged_vhost_user_blk_export() {
+    read_write_verify(common::storaged());
+}

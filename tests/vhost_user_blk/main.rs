@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod frontend;
+mod guest;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
