@@ -24,6 +24,20 @@ use tokio::sync::Semaphore;
 thread_local! {
     /// Calls this thread has handed to the blocking pool so far.
     static HANDED_OVER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Set while this thread polls requests that must not block it (see
+    /// [`polling_without_blocking`]).
+    static MUST_NOT_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `poll` (which polls request futures on a thread outside the
+/// runtime's workers, such as a virtqueue's thread) so that a call that
+/// would block goes to the blocking pool instead of running in place:
+/// the future then waits, and its caller hands it to the runtime.
+pub fn polling_without_blocking<R>(poll: impl FnOnce() -> R) -> R {
+    let before = MUST_NOT_BLOCK.with(|flag| flag.replace(true));
+    let result = poll();
+    MUST_NOT_BLOCK.with(|flag| flag.set(before));
+    result
 }
 
 /// How many blocking calls this thread has handed to the pool so far: a
@@ -55,7 +69,9 @@ pub(crate) async fn offload<T: Send + 'static>(
         .acquire()
         .await
         .map_err(|_| io::Error::other("blocking pool closed"))?;
-    if handle.runtime_flavor() == RuntimeFlavor::MultiThread {
+    let in_place = handle.runtime_flavor() == RuntimeFlavor::MultiThread
+        && !MUST_NOT_BLOCK.with(|flag| flag.get());
+    if in_place {
         return tokio::task::block_in_place(f);
     }
     HANDED_OVER.with(|n| n.set(n.get() + 1));

@@ -14,8 +14,12 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 pub const SECTOR_SIZE: u64 = 512;
 
 /// Segments of data a request may have besides its header and status
-/// (`seg_max`, QEMU's 128 - 2).
-pub const SEG_MAX: u32 = 126;
+/// (`seg_max`): the most a chain may have in all
+/// ([`super::guest_memory::MAX_DESCRIPTORS`]) less those two. QSD offers
+/// 126, which splits a guest's 1 MiB request of scattered pages into
+/// three; with this many it stays one (the guest puts long chains in an
+/// indirect table).
+pub const SEG_MAX: u32 = super::guest_memory::MAX_DESCRIPTORS as u32 - 2;
 
 /// The most sectors one discard or write-zeroes request may cover
 /// (QEMU's 32768: 16 MiB).
@@ -127,7 +131,7 @@ mod tests {
         };
         let bytes = config.to_bytes();
         assert_eq!(bytes[0..8], 0x1122_3344_5566_7788u64.to_le_bytes());
-        assert_eq!(bytes[12..16], 126u32.to_le_bytes());
+        assert_eq!(bytes[12..16], 1022u32.to_le_bytes());
         assert_eq!(bytes[20..24], 4096u32.to_le_bytes());
         assert_eq!(bytes[32], 1);
         assert_eq!(bytes[34..36], 3u16.to_le_bytes());

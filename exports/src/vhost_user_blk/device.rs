@@ -5,16 +5,21 @@
 //!
 //! The crate runs one thread per group of queues; on a kick that thread
 //! takes every available chain off its queue, maps it into guest memory
-//! and starts it on the export's event loop (its iothread, or the
-//! daemon's loops), so many requests of many queues run at once. A
-//! finished request goes into the used ring and the guest is interrupted
-//! only when the event index asks for it. Each queue counts its requests
+//! and starts it: right there until it would wait (a page-cache hit
+//! completes with no thread hand-over), then on the export's event loop
+//! (its iothread, or the daemon's loops), so many requests of many
+//! queues run at once. A finished request goes into the used ring, and
+//! the guest is interrupted once per batch, and only when the event
+//! index asks for it. Each queue counts its requests
 //! in flight: stopping a queue (`GET_VRING_BASE`) waits until they are
 //! done, so the frontend never sees a completion after it took the ring
 //! back. A new device is made for each frontend connection.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use block::BlockBackend;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +36,7 @@ use vmm_sys_util::event::{
 
 use super::config::{self, BlkConfig, SECTOR_SIZE, WRITEBACK_OFFSET};
 use super::config_change::{BackendChannel, ConfigChangeNotifier};
-use super::guest_memory::{map_chain, GuestMemory};
+use super::guest_memory::{map_chain, GuestMemory, MappedChain};
 use super::request::{self, Completion, Disk};
 
 /// The guest memory as the crate shares it with the device.
@@ -53,7 +58,17 @@ pub struct DiskSettings {
     pub runtime: tokio::runtime::Handle,
     /// What `GET_ID` answers.
     pub serial: String,
+    /// How long a queue's thread watches the ring for more requests after
+    /// a batch (the iothread's `poll-max-ns`, or [`DEFAULT_POLL`]).
+    pub poll: Duration,
 }
+
+/// How long a queue is polled after a batch without an iothread that
+/// says otherwise. Measured in a TCG guest (bench/vhost_user_blk.rs):
+/// 10 µs turns most of the guest's kicks into requests found by polling
+/// (4 KiB random IOPS 1.2x, fewer server CPU per request); 30 µs gains
+/// more IOPS but costs more CPU per request than it saves.
+pub const DEFAULT_POLL: Duration = Duration::from_micros(10);
 
 /// The device of one frontend connection.
 pub struct BlkDevice {
@@ -129,10 +144,12 @@ impl BlkDevice {
         thread + local * self.threads
     }
 
-    /// Takes every available chain off `vring` and starts it.
+    /// Takes every available chain off `vring` and starts it; the guest
+    /// is interrupted once for the requests that finished meanwhile.
     fn drain_queue(&self, vring: &Vring, queue: usize) -> std::io::Result<()> {
         let memory = self.memory.memory().into_inner();
-        loop {
+        let mut finished = false;
+        let drained = loop {
             vring
                 .disable_notification()
                 .map_err(std::io::Error::other)?;
@@ -142,55 +159,119 @@ impl BlkDevice {
                     .get_queue_mut()
                     .pop_descriptor_chain(Arc::clone(&memory));
                 let Some(chain) = chain else { break };
-                self.start(vring, queue, map_chain(chain, &memory));
+                finished |= self.start(vring, queue, map_chain(chain, &memory));
             }
-            if !vring.enable_notification().map_err(std::io::Error::other)? {
-                return Ok(());
+            if self.poll_avail(vring, &memory) {
+                continue;
             }
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(std::io::Error::other(e)),
+            }
+        };
+        if finished {
+            interrupt(vring);
+        }
+        drained
+    }
+
+    /// Watches the available ring for a moment ([`DiskSettings::poll`])
+    /// before asking the guest to kick again: a request that comes
+    /// meanwhile saves the guest a kick, which costs it a trap to its VMM
+    /// and this thread a wake-up.
+    fn poll_avail(&self, vring: &Vring, memory: &GuestMemory) -> bool {
+        if self.disk.poll.is_zero() {
+            return false;
+        }
+        let deadline = Instant::now() + self.disk.poll;
+        loop {
+            {
+                let state = vring.get_ref();
+                let queue = state.get_queue();
+                if queue
+                    .avail_idx(memory, Ordering::Acquire)
+                    .is_ok_and(|idx| idx.0 != queue.next_avail())
+                {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::hint::spin_loop();
         }
     }
 
-    /// Starts one mapped chain on the export's event loop.
-    fn start(&self, vring: &Vring, queue: usize, chain: super::guest_memory::MappedChain) {
+    /// Starts one mapped chain. It runs right here until it would wait
+    /// (a page-cache hit finishes without a thread hand-over; nothing
+    /// blocks this thread), then on the export's event loop. Says whether
+    /// it already finished (its interrupt is the caller's to send).
+    fn start(&self, vring: &Vring, queue: usize, chain: MappedChain) -> bool {
         if let Some(fault) = chain.fault {
             tracing::warn!("vhost-user-blk: refusing a request: {fault}");
-            complete(vring, chain.head, request::fail(&chain.writable));
-            return;
+            put_used(vring, chain.head, request::fail(&chain.writable));
+            return true;
         }
         let in_flight = InFlight::enter(&self.in_flight[queue]);
         let disk = Arc::clone(&self.disk);
         let writeback = self.writeback.load(Ordering::Relaxed);
         let gone = self.gone.clone();
-        let vring = vring.clone();
-        self.disk.runtime.spawn(async move {
-            let served = {
-                let disk = Disk {
-                    backend: &disk.backend,
-                    logical_block_size: disk.logical_block_size,
-                    writeback,
-                    serial: &disk.serial,
-                };
-                tokio::select! {
-                    completion = request::serve(&disk, chain.readable, chain.writable) => Some(completion),
-                    () = gone.cancelled() => None,
-                }
+        let MappedChain {
+            head,
+            readable,
+            writable,
+            ..
+        } = chain;
+        let served = async move {
+            let disk = Disk {
+                backend: &disk.backend,
+                logical_block_size: disk.logical_block_size,
+                writeback,
+                serial: &disk.serial,
             };
-            if let Some(completion) = served {
-                complete(&vring, chain.head, completion);
-            }
+            let served = tokio::select! {
+                completion = request::serve(&disk, readable, writable) => Some(completion),
+                () = gone.cancelled() => None,
+            };
             drop(in_flight);
-        });
+            served
+        };
+        let mut served = Box::pin(served);
+        let _runtime = self.disk.runtime.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let polled = block::blocking::polling_without_blocking(|| served.as_mut().poll(&mut cx));
+        match polled {
+            Poll::Ready(Some(completion)) => {
+                put_used(vring, head, completion);
+                true
+            }
+            Poll::Ready(None) => false,
+            Poll::Pending => {
+                let vring = vring.clone();
+                self.disk.runtime.spawn(async move {
+                    if let Some(completion) = served.await {
+                        put_used(&vring, head, completion);
+                        interrupt(&vring);
+                    }
+                });
+                false
+            }
+        }
     }
 }
 
-/// Puts a finished chain into the used ring and interrupts the guest if
-/// it asked to be.
-fn complete(vring: &Vring, head: u16, completion: Option<Completion>) {
+/// Puts a finished chain into the used ring.
+fn put_used(vring: &Vring, head: u16, completion: Option<Completion>) {
     let used_len = completion.map_or(0, |c| c.used_len);
     if let Err(e) = vring.add_used(head, used_len) {
         tracing::warn!("vhost-user-blk: cannot complete a request: {e}");
-        return;
     }
+}
+
+/// Interrupts the guest if it asked to be (the event index says whether
+/// it waits for the completions put so far).
+fn interrupt(vring: &Vring) {
     if vring.needs_notification().unwrap_or(true) {
         if let Err(e) = vring.signal_used_queue() {
             tracing::debug!("vhost-user-blk: cannot interrupt the guest: {e}");

@@ -118,6 +118,10 @@ pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, Qmp
         )));
     }
     let (listener, socket_path) = listen(options)?;
+    let poll = cx
+        .iothread
+        .as_ref()
+        .map_or(device::DEFAULT_POLL, |iothread| iothread.poll_limit());
     let runtime = match &cx.iothread {
         Some(iothread) => iothread.event_loop().handle().clone(),
         None => tokio::runtime::Handle::try_current().map_err(|_| {
@@ -130,6 +134,7 @@ pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, Qmp
         num_queues,
         runtime,
         serial: SERIAL.to_string(),
+        poll,
     });
     let shared = Arc::new(Shared {
         life: ExportLife::new(None),
