@@ -130,21 +130,62 @@ fn guest_script(scratch: &Path, runtime_s: u32) -> String {
     script
 }
 
-/// Runs every workload against `program`'s export of `image`.
-fn measure(program: Command, image: &Path, runtime_s: u32) -> Vec<Cell> {
+/// A configuration measured: its column title, its program and what it
+/// adds to the command line (before the export) and to the export.
+struct Server {
+    title: &'static str,
+    program: fn() -> Command,
+    objects: &'static [&'static str],
+    export_options: &'static str,
+}
+
+const SERVERS: &[Server] = &[
+    Server {
+        title: "storaged",
+        program: common::storaged,
+        objects: &[],
+        export_options: "",
+    },
+    Server {
+        title: "storaged, iothread polling 10 µs",
+        program: common::storaged,
+        objects: &["--object", "iothread,id=io0,poll-max-ns=10000"],
+        export_options: ",iothread=io0",
+    },
+    Server {
+        title: "QSD",
+        program: qemu_storage_daemon,
+        objects: &[],
+        export_options: "",
+    },
+];
+
+fn qemu_storage_daemon() -> Command {
+    Command::new("qemu-storage-daemon")
+}
+
+/// Runs every workload against `server`'s export of `image`.
+fn measure(server: &Server, image: &Path, runtime_s: u32) -> Vec<Cell> {
     let image = image.to_owned();
-    let daemon = TestDaemon::spawn(program, tempfile::tempdir().expect("dir"), |dir| {
-        vec![
-            "--blockdev".into(),
-            format!("driver=file,node-name=disk,filename={}", image.display()),
-            "--export".into(),
-            format!(
-                "type=vhost-user-blk,id=vu0,node-name=disk,writable=on,num-queues=1,\
-                 addr.type=unix,addr.path={}",
-                dir.join("vhost.sock").display()
-            ),
-        ]
-    });
+    let daemon = TestDaemon::spawn(
+        (server.program)(),
+        tempfile::tempdir().expect("dir"),
+        |dir| {
+            let mut args: Vec<String> = server.objects.iter().map(|a| a.to_string()).collect();
+            args.extend([
+                "--blockdev".into(),
+                format!("driver=file,node-name=disk,filename={}", image.display()),
+                "--export".into(),
+                format!(
+                    "type=vhost-user-blk,id=vu0,node-name=disk,writable=on,num-queues=1,\
+                 addr.type=unix,addr.path={}{}",
+                    dir.join("vhost.sock").display(),
+                    server.export_options
+                ),
+            ]);
+            args
+        },
+    );
     let scratch = tempfile::tempdir().expect("scratch");
     let mut guest = GuestConfig::new(&guest_script(scratch.path(), runtime_s))
         .scratch(scratch.path())
@@ -214,8 +255,11 @@ fn main() {
     let image = scratch.path().join("disk.raw");
     std::fs::write(&image, vec![0x5a; IMAGE_SIZE]).expect("image");
 
-    let storaged = measure(common::storaged(), &image, runtime_s);
-    let qsd = measure(Command::new("qemu-storage-daemon"), &image, runtime_s);
+    let cells: Vec<Vec<Cell>> = SERVERS
+        .iter()
+        .map(|server| measure(server, &image, runtime_s))
+        .collect();
+    let qsd = cells.len() - 1;
 
     let mut text = String::new();
     text += &format!(
@@ -232,25 +276,44 @@ fn main() {
     );
     text += &format!(
         "- fio in the guest: `direct=1`, libaio, depth 16, {runtime_s} s per row; \
-         1 GiB raw image on tmpfs, page cache on the host\n\n"
+         1 GiB raw image on tmpfs, page cache on the host\n"
     );
-    text += "| workload | unit | storaged | QSD | ratio | storaged µs/op | QSD µs/op \
-             | guest interrupts/op, storaged | QSD |\n";
-    text += "|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
-    for ((w, ours), theirs) in WORKLOADS.iter().zip(&storaged).zip(&qsd) {
-        text += &format!(
-            "| {} | {} | {:.0} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.2} | {:.2} |\n",
-            w.name,
-            w.unit(),
-            ours.value,
-            theirs.value,
-            ours.value / theirs.value,
-            ours.server_us_per_op,
-            theirs.server_us_per_op,
-            ours.interrupts_per_op,
-            theirs.interrupts_per_op,
-        );
-    }
+    let titles: Vec<&str> = SERVERS.iter().map(|s| s.title).collect();
+    let table = |title: &str, cell: &dyn Fn(&Cell) -> String, ratios: bool| {
+        let mut head = format!("\n{title}\n\n| workload | {} |", titles.join(" | "));
+        let mut rule = "|---|".to_string() + &"---:|".repeat(titles.len());
+        if ratios {
+            for t in &titles[..qsd] {
+                head += &format!(" {t} / QSD |");
+                rule += "---:|";
+            }
+        }
+        let mut out = format!("{head}\n{rule}\n");
+        for (row, w) in WORKLOADS.iter().enumerate() {
+            out += &format!("| {} ({}) |", w.name, w.unit());
+            for server in &cells {
+                out += &format!(" {} |", cell(&server[row]));
+            }
+            if ratios {
+                for server in &cells[..qsd] {
+                    out += &format!(" {:.2}x |", server[row].value / cells[qsd][row].value);
+                }
+            }
+            out += "\n";
+        }
+        out
+    };
+    text += &table("Throughput:", &|c| format!("{:.0}", c.value), true);
+    text += &table(
+        "Server CPU per operation (µs; lower is better):",
+        &|c| format!("{:.1}", c.server_us_per_op),
+        false,
+    );
+    text += &table(
+        "Interrupts the guest took from the disk per operation:",
+        &|c| format!("{:.2}", c.interrupts_per_op),
+        false,
+    );
     print!("{text}");
     if update_doc {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");

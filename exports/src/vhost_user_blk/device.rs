@@ -59,16 +59,10 @@ pub struct DiskSettings {
     /// What `GET_ID` answers.
     pub serial: String,
     /// How long a queue's thread watches the ring for more requests after
-    /// a batch (the iothread's `poll-max-ns`, or [`DEFAULT_POLL`]).
+    /// a batch: the iothread's `poll-max-ns`; nothing without an iothread
+    /// (as QSD's main loop, which does not poll).
     pub poll: Duration,
 }
-
-/// How long a queue is polled after a batch without an iothread that
-/// says otherwise. Measured in a TCG guest (bench/vhost_user_blk.rs):
-/// 10 µs turns most of the guest's kicks into requests found by polling
-/// (4 KiB random IOPS 1.2x, fewer server CPU per request); 30 µs gains
-/// more IOPS but costs more CPU per request than it saves.
-pub const DEFAULT_POLL: Duration = Duration::from_micros(10);
 
 /// The device of one frontend connection.
 pub struct BlkDevice {

@@ -23,6 +23,7 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use block::{BackendPerms, Perm};
 use schema::export::{BlockExportKind, BlockExportOptionsVhostUserBlk};
@@ -121,7 +122,7 @@ pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, Qmp
     let poll = cx
         .iothread
         .as_ref()
-        .map_or(device::DEFAULT_POLL, |iothread| iothread.poll_limit());
+        .map_or(Duration::ZERO, |iothread| iothread.poll_limit());
     let runtime = match &cx.iothread {
         Some(iothread) => iothread.event_loop().handle().clone(),
         None => tokio::runtime::Handle::try_current().map_err(|_| {
