@@ -81,6 +81,16 @@ struct Cell {
     server_us_per_op: f64,
     /// Interrupts the guest took from the disk per operation.
     interrupts_per_op: f64,
+    /// CPUs QEMU kept busy (the emulated guest and its devices): 1.00 is
+    /// one CPU all the time.
+    qemu_cpus: f64,
+}
+
+/// The newest QEMU process (the guest just booted).
+fn qemu_pid() -> u32 {
+    first_line("pgrep", &["-n", "qemu-system-x86"])
+        .parse()
+        .expect("a running QEMU")
 }
 
 /// The disk's interrupt count from `/proc/interrupts` lines: its
@@ -192,19 +202,27 @@ fn measure(server: &Server, image: &Path, runtime_s: u32) -> Vec<Cell> {
         .vhost_user_blk(&daemon.path("vhost.sock"), 1)
         .timeout(Duration::from_secs(120 + 8 * u64::from(runtime_s)))
         .boot();
+    let qemu = qemu_pid();
     let mut cpu = Vec::new();
     for w in WORKLOADS {
         guest.wait_for_file(&format!("start-{}", w.name));
-        let before = cpu_seconds(daemon.pid());
+        let (server, emulator, started) = (
+            cpu_seconds(daemon.pid()),
+            cpu_seconds(qemu),
+            std::time::Instant::now(),
+        );
         guest.wait_for_file(&format!("end-{}", w.name));
-        cpu.push(cpu_seconds(daemon.pid()) - before);
+        cpu.push((
+            cpu_seconds(daemon.pid()) - server,
+            (cpu_seconds(qemu) - emulator) / started.elapsed().as_secs_f64(),
+        ));
     }
     let output = guest.wait();
     assert_eq!(output.status, 0, "{}", output.console);
     WORKLOADS
         .iter()
         .zip(cpu)
-        .map(|(w, server_s)| {
+        .map(|(w, (server_s, qemu_cpus))| {
             let report = std::fs::read_to_string(scratch.path().join(format!("{}.json", w.name)))
                 .expect("fio report");
             let report: Value = serde_json::from_str(&report).expect("fio JSON");
@@ -227,6 +245,7 @@ fn measure(server: &Server, image: &Path, runtime_s: u32) -> Vec<Cell> {
                 value,
                 server_us_per_op: server_s * 1e6 / ops,
                 interrupts_per_op: (interrupts("after") - interrupts("before")) / ops,
+                qemu_cpus,
             }
         })
         .collect()
@@ -312,6 +331,11 @@ fn main() {
     text += &table(
         "Interrupts the guest took from the disk per operation:",
         &|c| format!("{:.2}", c.interrupts_per_op),
+        false,
+    );
+    text += &table(
+        "CPUs QEMU kept busy (the emulated guest and its devices; 1.00 is one CPU):",
+        &|c| format!("{:.2}", c.qemu_cpus),
         false,
     );
     print!("{text}");
