@@ -125,6 +125,44 @@ pub enum Qcow2OverlapCheckMode {
     All,
 }
 
+/// The structures of `overlap-check` in its object form
+/// (`Qcow2OverlapCheckFlags`): a template mode, and structures turned on
+/// or off on top of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Qcow2OverlapCheckFlags {
+    pub template: Option<Qcow2OverlapCheckMode>,
+    pub main_header: Option<bool>,
+    pub active_l1: Option<bool>,
+    pub active_l2: Option<bool>,
+    pub refcount_table: Option<bool>,
+    pub refcount_block: Option<bool>,
+    pub snapshot_table: Option<bool>,
+    pub inactive_l1: Option<bool>,
+    pub inactive_l2: Option<bool>,
+    pub bitmap_directory: Option<bool>,
+}
+
+/// `overlap-check`: a mode, or a template with changes
+/// (`Qcow2OverlapChecks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qcow2OverlapChecks {
+    Flags(Qcow2OverlapCheckFlags),
+    Mode(Qcow2OverlapCheckMode),
+}
+
+impl<'de> Deserialize<'de> for Qcow2OverlapChecks {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let captured = Captured::deserialize(deserializer)?;
+        let result = match captured.shape() {
+            Shape::String => captured.read().map(Self::Mode),
+            Shape::Object => captured.read().map(Self::Flags),
+            Shape::Null | Shape::Other => Err(captured.no_branch("Qcow2OverlapChecks")),
+        };
+        result.map_err(de::Error::custom)
+    }
+}
+
 /// Options of the `qcow2` format driver (`BlockdevOptionsQcow2`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -138,7 +176,7 @@ pub struct BlockdevOptionsQcow2 {
     pub pass_discard_snapshot: Option<bool>,
     pub pass_discard_other: Option<bool>,
     pub discard_no_unref: Option<bool>,
-    pub overlap_check: Option<Qcow2OverlapCheckMode>,
+    pub overlap_check: Option<Qcow2OverlapChecks>,
     pub cache_size: Option<i64>,
     pub l2_cache_size: Option<i64>,
     pub l2_cache_entry_size: Option<i64>,

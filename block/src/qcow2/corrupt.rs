@@ -15,12 +15,18 @@ impl Qcow2 {
     /// Passes `result` through, signalling corruption if it reports some.
     pub(super) async fn check_corruption<T>(&self, result: BlockResult<T>) -> BlockResult<T> {
         match result {
-            Err(e) if e.kind == ErrorKind::Corrupt => Err(self.signal_corruption(e).await),
+            Err(e) if e.kind == ErrorKind::Corrupt => Err(self.signal_corruption(e, None).await),
             other => other,
         }
     }
 
-    async fn signal_corruption(&self, error: BlockError) -> BlockError {
+    /// Marks the image corrupt (if writable) and reports it the first
+    /// time, with the host range concerned if known.
+    pub(super) async fn signal_corruption(
+        &self,
+        error: BlockError,
+        range: Option<(u64, u64)>,
+    ) -> BlockError {
         let fatal = self.facts.writable;
         if fatal && !self.corrupt.swap(true, Ordering::AcqRel) {
             // Best effort: the image is unusable for writing either way.
@@ -47,8 +53,8 @@ impl Qcow2 {
             if let Some(hook) = &self.facts.on_corruption {
                 hook(&CorruptionEvent {
                     message: error.message.clone(),
-                    offset: None,
-                    size: None,
+                    offset: range.map(|(offset, _)| offset),
+                    size: range.map(|(_, size)| size),
                     fatal,
                 });
             }

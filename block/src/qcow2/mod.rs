@@ -31,6 +31,7 @@ mod layout;
 mod mapping;
 mod open;
 mod options;
+mod overlap;
 
 mod read;
 mod refcount;
@@ -90,6 +91,10 @@ struct Facts {
     discard_no_unref: bool,
     backing: BackingInfo,
     on_corruption: Option<CorruptionHook>,
+    /// Metadata that guest writes are checked against (`overlap-check`).
+    overlap_checks: overlap::OverlapChecks,
+    /// The snapshot table: its offset and (at least) its length.
+    snapshot_table: (u64, u64),
 }
 
 /// An open qcow2 image.
@@ -238,6 +243,11 @@ impl Qcow2 {
                 format: image.backing_format.clone(),
             },
             on_corruption: options.on_corruption.clone(),
+            overlap_checks: options.overlap_checks,
+            snapshot_table: (
+                h.snapshots_offset,
+                u64::from(h.nb_snapshots) * header::SNAPSHOT_HEADER_SIZE,
+            ),
         };
         let image_dirty = h.incompatible_features & incompat::DIRTY != 0;
         let qcow2 = Qcow2 {

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use schema::block::BlockdevOptionsQcow2;
 
+use super::overlap::OverlapChecks;
+
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::node::NodeSettings;
 
@@ -61,6 +63,8 @@ pub struct Qcow2Options {
     pub discard_no_unref: bool,
     /// Reports corruption (`BLOCK_IMAGE_CORRUPTED`).
     pub on_corruption: Option<CorruptionHook>,
+    /// `overlap-check`: metadata guest writes are checked against.
+    pub overlap_checks: OverlapChecks,
 }
 
 impl std::fmt::Debug for Qcow2Options {
@@ -96,9 +100,8 @@ impl Qcow2Options {
     /// `data-file` is refused: external data files are not supported.
     /// `pass-discard-request` defaults to the node's `discard=unmap`, as in
     /// QEMU. The cache tuning options QEMU has beyond the sizes
-    /// (`l2-cache-entry-size`, `cache-clean-interval`) and `overlap-check`
-    /// are accepted and have no effect: whole tables are cached, and the
-    /// header, L1 and refcount table are always protected.
+    /// (`l2-cache-entry-size`, `cache-clean-interval`) are accepted and
+    /// have no effect: whole tables are cached.
     pub fn from_schema(
         options: &BlockdevOptionsQcow2,
         settings: &NodeSettings,
@@ -123,6 +126,10 @@ impl Qcow2Options {
             pass_discard_other: options.pass_discard_other,
             discard_no_unref: options.discard_no_unref.unwrap_or(false),
             on_corruption: None,
+            overlap_checks: options
+                .overlap_check
+                .map(OverlapChecks::from)
+                .unwrap_or_default(),
         })
     }
 

@@ -74,6 +74,7 @@ impl Qcow2 {
             match mapping.kind {
                 ClusterKind::Normal { host, copied: true } => {
                     let at = host + geo.offset_in_cluster(guest);
+                    self.check_overlap(at, part.len() as u64).await?;
                     self.file.debug_event(BlkdebugEvent::WriteAio);
                     self.file.write(at, &part, WriteFlags::default()).await?;
                 }
@@ -103,6 +104,7 @@ impl Qcow2 {
         let table = self.l2_for_write(geo.l1_index(guest)).await?;
         let old_entries = self.l2_entries(first, count).await?;
         let allocation = self.alloc_clusters(count).await?;
+        self.check_overlap(allocation.offset, count * cs).await?;
         let cluster_start = first * cs;
         let zero_source = match kind {
             ClusterKind::ZeroPlain | ClusterKind::ZeroAlloc { .. } => true,

@@ -201,6 +201,7 @@ impl Qcow2 {
                 }
                 for host in kept {
                     // The entry now says zero whatever the file holds.
+                    self.check_overlap(host, cs).await?;
                     self.file.discard(host, cs).await?;
                 }
             }
