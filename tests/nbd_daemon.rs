@@ -1289,3 +1289,49 @@ fn idle_connections_give_their_buffers_back() {
         "{left} MiB after they left (idle: {idle} MiB)"
     );
 }
+
+/// Reads past the new end of an image shrunk behind the daemon's back,
+/// then before it, and prints what came back.
+const READ_PAST_SHRUNK_END: &str = r#"
+import sys, nbd
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+print(h.pread(1 << 20, 2 << 20) == bytes(1 << 20), flush=True)
+print(h.pread(4096, 0) == b"\x5a" * 4096, flush=True)
+"#;
+
+/// A raw image on tmpfs shrunk behind the daemon's back: a large read
+/// past its new end (which the zero-copy path serves, having sent the
+/// reply's header before it finds the file short) reads as zeroes, as a
+/// buffered read and QSD give, and the connection goes on (issue 15
+/// item 7: it was dropped mid-reply).
+#[test]
+fn a_large_read_past_the_end_of_a_shrunk_file_gets_zeroes() {
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let image = shm.path().join("disk.img");
+    std::fs::write(&image, vec![0x5a; 4 << 20]).unwrap();
+    let path = image.clone();
+    let daemon = TestDaemon::start_in(tempfile::tempdir().unwrap(), move |dir| {
+        vec![
+            "--blockdev".into(),
+            format!("file,node-name=file0,filename={}", path.display()),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "type=nbd,id=e0,node-name=file0,name=disk".into(),
+        ]
+    });
+    std::fs::File::options()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let mut client = ScriptClient::start(READ_PAST_SHRUNK_END, &disk_uri(&daemon));
+    assert_eq!(client.line(), "True", "zeroes past the new end");
+    assert_eq!(client.line(), "True", "the connection goes on");
+    assert!(client.finish());
+}

@@ -41,6 +41,9 @@ enum Next {
     File(RawFd, u64, usize),
 }
 
+/// What a file segment past the end of its file is sent as.
+static ZEROES: [u8; 64 << 10] = [0; 64 << 10];
+
 impl ReplyQueue {
     pub fn push(&mut self, reply: Reply) {
         self.queue.push_back(reply);
@@ -61,16 +64,26 @@ impl ReplyQueue {
                     Some(pipe) => pipe,
                     none => none.insert(Pipe::new()?),
                 };
-                if pipe.held == 0 {
-                    pipe.fill(fd, offset, len)?;
-                }
-                loop {
-                    writer.writable().await?;
-                    let socket = writer.socket_fd();
-                    match writer.try_write_op(|| pipe.drain_into(socket)) {
-                        Ok(n) => break n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                let past_end = pipe.held == 0
+                    && match pipe.fill(fd, offset, len) {
+                        Ok(_) => false,
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => true,
                         Err(e) => return Err(e),
+                    };
+                if past_end {
+                    // The file was shrunk behind the node's back: the rest
+                    // reads as zeroes, as a buffered read gives them (the
+                    // reply's header is out, the reply must be complete).
+                    writer.write(&ZEROES[..len.min(ZEROES.len())]).await?
+                } else {
+                    loop {
+                        writer.writable().await?;
+                        let socket = writer.socket_fd();
+                        match writer.try_write_op(|| pipe.drain_into(socket)) {
+                            Ok(n) => break n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
             }
