@@ -18,6 +18,7 @@
 use std::future::{poll_fn, Future};
 use std::ops::ControlFlow;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -48,6 +49,13 @@ use crate::buffers::{Buffer, BufferPool};
 pub const MAX_IN_FLIGHT_REQUESTS: u32 = 256;
 /// Payload bytes (write data and read replies) one connection may hold.
 pub const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
+/// Payload bytes all connections together may hold beyond each one's
+/// first request (which is always let through, so that every connection
+/// goes on).
+pub const MAX_IN_FLIGHT_BYTES_TOTAL: u64 = 512 << 20;
+
+/// Payload bytes in flight on all connections.
+static IN_FLIGHT_BYTES_TOTAL: AtomicU64 = AtomicU64::new(0);
 /// Reads and writes at most this long are tried inline.
 const INLINE_MAX_LEN: u64 = 64 << 10;
 /// Writes at least this long are read without buffering what follows
@@ -203,27 +211,54 @@ impl Incoming {
     }
 }
 
-/// Requests in flight and the payload bytes they hold.
-#[derive(Default)]
+/// Requests in flight and the payload bytes they hold, on this connection
+/// and (through `total`) on all of them.
 struct Budget {
     requests: u32,
     bytes: u64,
+    total: &'static AtomicU64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            requests: 0,
+            bytes: 0,
+            total: &IN_FLIGHT_BYTES_TOTAL,
+        }
+    }
 }
 
 impl Budget {
+    /// Whether a request costing `cost` may start: always the first one
+    /// (a connection waits for its own replies to go out, so it must have
+    /// one), others within this connection's and the daemon's bounds.
     fn fits(&self, cost: u64) -> bool {
+        if self.bytes == 0 {
+            return self.requests < MAX_IN_FLIGHT_REQUESTS;
+        }
         self.requests < MAX_IN_FLIGHT_REQUESTS
-            && (self.bytes == 0 || self.bytes + cost <= MAX_IN_FLIGHT_BYTES)
+            && self.bytes + cost <= MAX_IN_FLIGHT_BYTES
+            && self.total.load(Ordering::Relaxed) + cost <= MAX_IN_FLIGHT_BYTES_TOTAL
     }
 
     fn take(&mut self, cost: u64) {
         self.requests += 1;
         self.bytes += cost;
+        self.total.fetch_add(cost, Ordering::Relaxed);
     }
 
     fn release(&mut self, sent: Sent) {
         self.requests -= sent.replies;
         self.bytes -= sent.cost;
+        self.total.fetch_sub(sent.cost, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        // What a connection that ends still held (replies never sent).
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -508,4 +543,41 @@ async fn read_more<R: AsyncRead + Unpin>(
         _ => usize::MAX,
     };
     input.fill(reader, max).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemon_wide_bound_holds_back_all_but_each_connections_first_request() {
+        static TOTAL: AtomicU64 = AtomicU64::new(0);
+        let budget = || Budget {
+            requests: 0,
+            bytes: 0,
+            total: &TOTAL,
+        };
+        let mut connections: Vec<Budget> = (0..32).map(|_| budget()).collect();
+        let payload = 32 << 20;
+        for connection in &mut connections {
+            while connection.fits(payload) {
+                connection.take(payload);
+            }
+        }
+        // Each connection got its first request; past that, the daemon's
+        // bound, not 32 connections' 64 MiB each.
+        let total = TOTAL.load(Ordering::Relaxed);
+        assert!(total <= MAX_IN_FLIGHT_BYTES_TOTAL + 32 * payload, "{total}");
+        assert!(
+            total < 32 * MAX_IN_FLIGHT_BYTES,
+            "{total}: only per-connection bounds"
+        );
+        assert!(connections.iter().all(|c| c.requests >= 1));
+        drop(connections);
+        assert_eq!(
+            TOTAL.load(Ordering::Relaxed),
+            0,
+            "ended connections give theirs back"
+        );
+    }
 }
