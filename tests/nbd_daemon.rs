@@ -1335,3 +1335,64 @@ fn a_large_read_past_the_end_of_a_shrunk_file_gets_zeroes() {
     assert_eq!(client.line(), "True", "the connection goes on");
     assert!(client.finish());
 }
+
+/// Writes 1 MiB, then zeroes it (with or without `NO_HOLE`: the flag is
+/// the argument), trims it and flushes, and prints the block status
+/// flags seen before, after the zeroing and after the trim.
+const ZERO_THEN_TRIM: &str = r#"
+import sys, nbd
+h = nbd.NBD()
+h.add_meta_context("base:allocation")
+h.connect_uri(sys.argv[1])
+def flags():
+    seen = []
+    h.block_status(1 << 20, 0, lambda ctx, off, entries, err: seen.extend(entries[1::2]))
+    return seen
+h.pwrite(b"\x11" * (1 << 20), 0)
+h.flush()
+before = flags()
+h.zero(1 << 20, 0, int(sys.argv[2]))
+zeroed = flags()
+h.trim(1 << 20, 0)
+h.flush()
+print(before, zeroed, flags(), flush=True)
+"#;
+
+/// Block status of a range of a file (on the test directory's file
+/// system, ext4 here) that was written, zeroed, trimmed and flushed: a
+/// hole that reads as zeroes, as QSD reports, so that sparse-aware
+/// clients skip it (issue 15 item 9).
+#[test]
+fn a_zeroed_then_trimmed_range_is_a_hole_as_qsd_reports() {
+    let run = |program: Command, no_hole: bool| {
+        let daemon = TestDaemon::spawn(program, tempfile::tempdir().unwrap(), |dir| {
+            sparse_file(&dir.join("disk.img"), 4 * MIB);
+            vec![
+                "--blockdev".into(),
+                format!(
+                    "driver=file,node-name=file0,filename={}",
+                    dir.join("disk.img").display()
+                ),
+                "--nbd-server".into(),
+                format!(
+                    "addr.type=unix,addr.path={}",
+                    dir.join("nbd.sock").display()
+                ),
+                "--export".into(),
+                "type=nbd,id=e0,node-name=file0,name=disk,writable=on".into(),
+            ]
+        });
+        let flag = if no_hole { "2" } else { "0" };
+        let out = Command::new("/usr/bin/python3")
+            .args(["-c", ZERO_THEN_TRIM, &disk_uri(&daemon), flag])
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for no_hole in [false, true] {
+        let ours = run(storaged(), no_hole);
+        assert_eq!(ours, "[0] [3] [3]", "NO_HOLE {no_hole}");
+        assert_eq!(ours, run(Command::new("qemu-storage-daemon"), no_hole));
+    }
+}
