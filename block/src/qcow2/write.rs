@@ -13,6 +13,7 @@
 use schema::block::BlkdebugEvent;
 
 use super::layout::{set_entry, ClusterKind, OFLAG_COPIED};
+use super::refcount::Allocation;
 use super::Qcow2;
 use crate::driver::WriteFlags;
 use crate::error::BlockResult;
@@ -97,13 +98,63 @@ impl Qcow2 {
         let geo = *self.geo();
         let cs = geo.cluster_size();
         let first = geo.cluster_index(guest);
-        let head = geo.offset_in_cluster(guest) as usize;
-        let end = head + data.len();
+        let end = geo.offset_in_cluster(guest) as usize + data.len();
         let count = (end as u64).div_ceil(cs);
-        let tail = (count * cs) as usize - end;
         let table = self.l2_for_write(geo.l1_index(guest)).await?;
         let old_entries = self.l2_entries(first, count).await?;
         let allocation = self.alloc_clusters(count).await?;
+        let written = self
+            .write_allocation(&allocation, count, guest, data, kind, &old_entries)
+            .await;
+        if let Err(e) = written {
+            // Nothing references the clusters: give them back (a full
+            // disk would otherwise leak one allocation per failed write).
+            let mut refs = self.refs.lock().await;
+            refs.schedule_free(geo.cluster_index(allocation.offset), count, false);
+            return Err(e);
+        }
+        let index = geo.l2_index(guest);
+        {
+            let mut t = table.lock();
+            for i in 0..count {
+                set_entry(
+                    &mut t.bytes,
+                    index + i as usize,
+                    (allocation.offset + i * cs) | OFLAG_COPIED,
+                );
+            }
+            t.dirty = true;
+        }
+        let mut freed = Vec::new();
+        for (i, &entry) in old_entries.iter().enumerate() {
+            let old = self.decode(entry, first + i as u64)?;
+            freed.extend(geo.host_clusters(old));
+        }
+        if !freed.is_empty() {
+            let mut refs = self.refs.lock().await;
+            for (cluster, n) in freed {
+                refs.schedule_free(cluster, n, self.facts.pass_discard_other);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` (and the old contents around it) into a fresh
+    /// allocation of `count` clusters for guest offset `guest`.
+    async fn write_allocation(
+        &self,
+        allocation: &Allocation,
+        count: u64,
+        guest: u64,
+        data: &IoBuf,
+        kind: ClusterKind,
+        old_entries: &[u64],
+    ) -> BlockResult<()> {
+        let geo = *self.geo();
+        let cs = geo.cluster_size();
+        let first = geo.cluster_index(guest);
+        let head = geo.offset_in_cluster(guest) as usize;
+        let tail = (count * cs) as usize - head - data.len();
         self.check_overlap(allocation.offset, count * cs).await?;
         let cluster_start = first * cs;
         let zero_source = match kind {
@@ -145,29 +196,6 @@ impl Qcow2 {
             self.file
                 .write(allocation.offset, &clusters, WriteFlags::default())
                 .await?;
-        }
-        let index = geo.l2_index(guest);
-        {
-            let mut t = table.lock();
-            for i in 0..count {
-                set_entry(
-                    &mut t.bytes,
-                    index + i as usize,
-                    (allocation.offset + i * cs) | OFLAG_COPIED,
-                );
-            }
-            t.dirty = true;
-        }
-        let mut freed = Vec::new();
-        for (i, &entry) in old_entries.iter().enumerate() {
-            let old = self.decode(entry, first + i as u64)?;
-            freed.extend(geo.host_clusters(old));
-        }
-        if !freed.is_empty() {
-            let mut refs = self.refs.lock().await;
-            for (cluster, n) in freed {
-                refs.schedule_free(cluster, n, self.facts.pass_discard_other);
-            }
         }
         Ok(())
     }
