@@ -1396,3 +1396,45 @@ fn a_zeroed_then_trimmed_range_is_a_hole_as_qsd_reports() {
         assert_eq!(ours, run(Command::new("qemu-storage-daemon"), no_hole));
     }
 }
+
+/// Out of descriptors (no connection limit, 400 idle clients, 256
+/// descriptors), a monitor client is still accepted, on the descriptor
+/// the monitors keep in reserve, and told why opening a file fails.
+#[tokio::test]
+async fn the_monitor_keeps_a_descriptor_for_when_none_is_left() {
+    let mut prlimit = Command::new("prlimit");
+    prlimit.args(["--nofile=256:256", env!("CARGO_BIN_EXE_storaged")]);
+    let daemon = TestDaemon::spawn(prlimit, tempfile::tempdir().unwrap(), |dir| {
+        sparse_file(&dir.join("disk.img"), 1 << 20);
+        vec![
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={},max-connections=0,handshake-max-seconds=0",
+                dir.join("nbd.sock").display()
+            ),
+        ]
+    });
+    let socket = daemon.path("nbd.sock");
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        idle.push(std::os::unix::net::UnixStream::connect(&socket).expect("connect"));
+    }
+    let image = daemon.path("disk.img");
+    let monitor_answers = async {
+        let mut qmp = daemon.connect().await;
+        ok(&mut qmp, "query-version", json!({})).await;
+        let (class, desc) = error(
+            &mut qmp,
+            "blockdev-add",
+            json!({"driver": "file", "node-name": "f0", "filename": image}),
+        )
+        .await;
+        (class, desc)
+    };
+    let (class, desc) = tokio::time::timeout(Duration::from_secs(60), monitor_answers)
+        .await
+        .expect("the monitor answers");
+    assert_eq!(class, "GenericError");
+    assert!(desc.contains("Too many open files"), "{desc}");
+    drop(idle);
+}

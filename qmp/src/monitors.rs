@@ -248,6 +248,43 @@ impl Listener {
     }
 }
 
+/// A descriptor kept open for the monitors' use when the process has run
+/// out: closed to accept a monitor client that could not be accepted
+/// otherwise, opened again once that client leaves. An operator can then
+/// still reach the daemon (and be told why commands fail).
+static SPARE_DESCRIPTOR: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+/// Opens the spare descriptor if it is not open.
+fn keep_spare_descriptor() {
+    let mut spare = SPARE_DESCRIPTOR.lock().unwrap_or_else(|e| e.into_inner());
+    if spare.is_none() {
+        *spare = std::fs::File::open("/dev/null").ok();
+    }
+}
+
+/// Whether `error` says the process (or system) has no descriptor left.
+fn out_of_descriptors(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Accepts a client, using the spare descriptor if none is left.
+async fn accept_with_spare(listener: &Listener) -> io::Result<Connection> {
+    match listener.accept().await {
+        Err(error) if out_of_descriptors(&error) => {
+            let spare = SPARE_DESCRIPTOR
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if spare.is_none() {
+                return Err(error);
+            }
+            drop(spare);
+            listener.accept().await
+        }
+        other => other,
+    }
+}
+
 /// Serves clients one after the other until shutdown.
 async fn accept_clients(
     shared: Arc<Shared>,
@@ -259,9 +296,10 @@ async fn accept_clients(
         serve_connection(shared.clone(), connection, options).await;
     }
     loop {
+        keep_spare_descriptor();
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
+            accepted = accept_with_spare(&listener) => accepted,
         };
         match accepted {
             Ok(connection) => serve_connection(shared.clone(), connection, options).await,
