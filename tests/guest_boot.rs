@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::guest::GuestConfig;
-use common::{ok, TestDaemon};
+use common::{md5sum, ok, pseudo_random, TestDaemon};
 use serde_json::json;
 
 #[test]
@@ -135,26 +134,6 @@ fn vhost_user_blk_export(program: Command, image: &[u8]) -> TestDaemon {
             ),
         ]
     })
-}
-
-/// Deterministic bytes that differ at every 8-byte word (xorshift64).
-fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed;
-    let mut bytes = Vec::with_capacity(len);
-    while bytes.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(len);
-    bytes
-}
-
-/// The MD5 sum of `file` as `md5sum` prints it.
-fn md5sum(file: &Path) -> String {
-    let out = common::tool("md5sum", &[file.to_str().expect("UTF-8 path")]);
-    out.split_whitespace().next().expect("a sum").to_owned()
 }
 
 /// The guest reads the whole disk with O_DIRECT and prints its MD5 sum,

@@ -113,6 +113,22 @@ fn disk_uri(daemon: &TestDaemon) -> String {
     )
 }
 
+/// A `file0` node on `image`, the NBD server on `nbd.sock` in `dir`, and
+/// export `disk` of the node with `export_options` appended.
+fn file_export(dir: &Path, image: &Path, export_options: &str) -> Vec<String> {
+    vec![
+        "--blockdev".into(),
+        format!("driver=file,node-name=file0,filename={}", image.display()),
+        "--nbd-server".into(),
+        format!(
+            "addr.type=unix,addr.path={}",
+            dir.join("nbd.sock").display()
+        ),
+        "--export".into(),
+        format!("type=nbd,id=e0,node-name=file0,name=disk{export_options}"),
+    ]
+}
+
 /// A Python libnbd script (run with the system Python, which has the
 /// bindings) that takes the export URI as its argument, prints lines to
 /// report progress and reads lines to be told to go on.
@@ -1192,20 +1208,7 @@ fn unread_block_status_replies_are_bounded() {
         for at in (0..256 * MIB).step_by(16 << 10) {
             std::os::unix::fs::FileExt::write_all_at(&image, &[1; 4096], at).unwrap();
         }
-        vec![
-            "--blockdev".into(),
-            format!(
-                "file,node-name=file0,filename={}",
-                dir.join("disk.img").display()
-            ),
-            "--nbd-server".into(),
-            format!(
-                "addr.type=unix,addr.path={}",
-                dir.join("nbd.sock").display()
-            ),
-            "--export".into(),
-            "type=nbd,id=e0,node-name=file0,name=disk".into(),
-        ]
+        file_export(dir, &dir.join("disk.img"), "")
     });
     let idle_rss = process_status(daemon.pid(), "VmRSS");
     let mut client = ScriptClient::start(DEAF_BLOCK_STATUS, &disk_uri(&daemon));
@@ -1252,20 +1255,7 @@ sys.stdin.readline()
 fn idle_connections_give_their_buffers_back() {
     let daemon = TestDaemon::start_in(tempfile::tempdir().unwrap(), |dir| {
         sparse_file(&dir.join("disk.img"), 64 * MIB);
-        vec![
-            "--blockdev".into(),
-            format!(
-                "file,node-name=file0,filename={}",
-                dir.join("disk.img").display()
-            ),
-            "--nbd-server".into(),
-            format!(
-                "addr.type=unix,addr.path={}",
-                dir.join("nbd.sock").display()
-            ),
-            "--export".into(),
-            "type=nbd,id=e0,node-name=file0,name=disk,writable=on".into(),
-        ]
+        file_export(dir, &dir.join("disk.img"), ",writable=on")
     });
     let rss_mib = || process_status(daemon.pid(), "VmRSS") / 1024;
     let idle = rss_mib();
@@ -1312,17 +1302,7 @@ fn a_large_read_past_the_end_of_a_shrunk_file_gets_zeroes() {
     std::fs::write(&image, vec![0x5a; 4 << 20]).unwrap();
     let path = image.clone();
     let daemon = TestDaemon::start_in(tempfile::tempdir().unwrap(), move |dir| {
-        vec![
-            "--blockdev".into(),
-            format!("file,node-name=file0,filename={}", path.display()),
-            "--nbd-server".into(),
-            format!(
-                "addr.type=unix,addr.path={}",
-                dir.join("nbd.sock").display()
-            ),
-            "--export".into(),
-            "type=nbd,id=e0,node-name=file0,name=disk".into(),
-        ]
+        file_export(dir, &path, "")
     });
     std::fs::File::options()
         .write(true)
@@ -1367,20 +1347,7 @@ fn a_zeroed_then_trimmed_range_is_a_hole_as_qsd_reports() {
     let run = |program: Command, no_hole: bool| {
         let daemon = TestDaemon::spawn(program, tempfile::tempdir().unwrap(), |dir| {
             sparse_file(&dir.join("disk.img"), 4 * MIB);
-            vec![
-                "--blockdev".into(),
-                format!(
-                    "driver=file,node-name=file0,filename={}",
-                    dir.join("disk.img").display()
-                ),
-                "--nbd-server".into(),
-                format!(
-                    "addr.type=unix,addr.path={}",
-                    dir.join("nbd.sock").display()
-                ),
-                "--export".into(),
-                "type=nbd,id=e0,node-name=file0,name=disk,writable=on".into(),
-            ]
+            file_export(dir, &dir.join("disk.img"), ",writable=on")
         });
         let flag = if no_hole { "2" } else { "0" };
         let out = Command::new("/usr/bin/python3")

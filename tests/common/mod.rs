@@ -268,3 +268,23 @@ pub fn tool(program: &str, args: &[&str]) -> String {
     );
     stdout
 }
+
+/// Deterministic bytes that differ at every 8-byte word (xorshift64).
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
+/// The MD5 sum of `file` as `md5sum` prints it.
+pub fn md5sum(file: &Path) -> String {
+    let out = tool("md5sum", &[file.to_str().expect("UTF-8 path")]);
+    out.split_whitespace().next().expect("a sum").to_owned()
+}

@@ -6,12 +6,11 @@
 //! then waits for a back end to come back, as QEMU's device does).
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use serde_json::json;
 
 use crate::common::guest::GuestConfig;
-use crate::common::{ok, TestDaemon};
+use crate::common::{md5sum, ok, pseudo_random, TestDaemon};
 
 const MIB: u64 = 1 << 20;
 /// The image before and after the resize.
@@ -22,25 +21,6 @@ const GROWN: u64 = 128 * MIB;
 const PATTERN_AT: u64 = 5 * MIB;
 const DISCARD_AT: u64 = 8 * MIB;
 const GROWN_PATTERN_AT: u64 = 96 * MIB;
-
-/// Deterministic bytes that differ at every 8-byte word (xorshift64).
-fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed;
-    let mut bytes = Vec::with_capacity(len);
-    while bytes.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(len);
-    bytes
-}
-
-fn md5sum(file: &Path) -> String {
-    let out = crate::common::tool("md5sum", &[file.to_str().expect("UTF-8 path")]);
-    out.split_whitespace().next().expect("a sum").to_owned()
-}
 
 /// The guest's side, step by step; `/scratch` is shared with the host.
 fn script() -> String {

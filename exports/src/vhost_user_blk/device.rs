@@ -37,6 +37,7 @@ use vmm_sys_util::event::{
 use super::config::{self, BlkConfig, SECTOR_SIZE, WRITEBACK_OFFSET};
 use super::config_change::{BackendChannel, ConfigChangeNotifier};
 use super::guest_memory::{map_chain, GuestMemory, MappedChain};
+use super::lock;
 use super::request::{self, Completion, Disk};
 
 /// The guest memory as the crate shares it with the device.
@@ -426,8 +427,4 @@ impl InFlight {
             .wait_while(count, |count| *count > 0)
             .unwrap_or_else(PoisonError::into_inner);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -35,6 +35,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::export::{BlockExport, ExportContext};
 use crate::life::{ExportLife, LifeGuard};
+use crate::nbd::server::remove_stale_socket;
 use config_change::ConfigChangeNotifier;
 use device::{BlkDevice, DiskSettings};
 
@@ -222,15 +223,6 @@ fn adopt_listener(name: &str) -> Result<UnixListener, QmpError> {
     Ok(unsafe { UnixListener::from_raw_fd(fd) })
 }
 
-/// QEMU replaces whatever socket is at the path; only a socket is
-/// removed, so a mistyped path cannot delete a file.
-fn remove_stale_socket(path: &PathBuf) {
-    use std::os::unix::fs::FileTypeExt;
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
 /// The socket thread: serves one frontend after the other until the
 /// export shuts down, then lets go of `hold`.
 fn serve_frontends(shared: &Shared, disk: &Arc<DiskSettings>, hold: LifeGuard) {
@@ -308,6 +300,7 @@ fn serve_one(
     ended
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `mutex`; a panic while holding these locks leaves their data valid.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
