@@ -179,13 +179,14 @@ async fn start(
 }
 
 /// Stops serving, closes the exports (as QSD's `blk_exp_close_all`),
-/// flushes every node and closes them (as QSD's `bdrv_close_all`: drivers
+/// cancels the jobs and waits for them (`job_cancel_sync_all`), flushes every node and closes them (as QSD's `bdrv_close_all`: drivers
 /// write out what they cache, `preallocate` gives its preallocation
 /// back). A failed flush makes the exit status 1: acknowledged writes may
 /// not be on disk.
 async fn stop(daemon: &Daemon, monitors: &qmp::Monitors) -> ExitCode {
     monitors.shutdown().await;
     daemon.exports.close_all().await;
+    daemon.jobs.cancel_all().await;
     let flushed = daemon.graph.flush_all().await;
     daemon.graph.close_all().await;
     match flushed {

@@ -1,10 +1,20 @@
-//! Job commands: `blockdev-create`, which runs as a job, and the commands
-//! that watch and manage jobs: `query-jobs`, `job-dismiss`, `job-cancel`.
-//! The registry ([`block::job`]) keeps the state machine and words the
-//! errors; image creation is [`block::create`]'s.
+//! Job commands: `blockdev-create`, which runs as a job; the generic job
+//! verbs (`job-*`, `query-jobs`) and their block-job forms (`block-job-*`,
+//! `query-block-jobs`), which name a job by `device` and answer
+//! `DeviceNotActive` for anything that is not a block job. The registry
+//! ([`block::job`]) keeps the state machine and words the errors; image
+//! creation is [`block::create`]'s, the block jobs (mirror, stream, commit) start in their own modules.
+
+use std::sync::Arc;
 
 use schema::create::{BlockdevCreateArgs, JobIdArgs, JobType};
+use schema::job::{
+    BlockJobCancelArgs, BlockJobChangeOptions, BlockJobDeviceArgs, BlockJobSetSpeedArgs,
+};
+use schema::{ErrorClass, QmpError};
 use serde_json::{Map, Value};
+
+use block::job::{JobSpec, NoHooks};
 
 use super::{arguments, command, returning, Command, CommandResult, NoArguments};
 use crate::state::Daemon;
@@ -12,22 +22,38 @@ use crate::state::Daemon;
 pub const COMMANDS: &[Command] = &[
     command!("blockdev-create", blockdev_create),
     command!("query-jobs", query_jobs),
-    command!("job-dismiss", job_dismiss),
+    command!("job-pause", job_pause),
+    command!("job-resume", job_resume),
     command!("job-cancel", job_cancel),
+    command!("job-complete", job_complete),
+    command!("job-finalize", job_finalize),
+    command!("job-dismiss", job_dismiss),
+    command!("query-block-jobs", query_block_jobs),
+    command!("block-job-set-speed", block_job_set_speed),
+    command!("block-job-pause", block_job_pause),
+    command!("block-job-resume", block_job_resume),
+    command!("block-job-cancel", block_job_cancel),
+    command!("block-job-complete", block_job_complete),
+    command!("block-job-finalize", block_job_finalize),
+    command!("block-job-dismiss", block_job_dismiss),
+    command!("block-job-change", block_job_change),
 ];
 
 /// Starts a `create` job; the reply comes once it runs, its outcome
-/// through `JOB_STATUS_CHANGE` events and `query-jobs`.
+/// through `JOB_STATUS_CHANGE` events and `query-jobs`. Such jobs are
+/// dismissed by hand (QEMU's `JOB_MANUAL_DISMISS`).
 async fn blockdev_create(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let BlockdevCreateArgs { job_id, options } = arguments(args)?;
     let graph = daemon.graph.clone();
-    daemon.jobs.start(&job_id, JobType::Create, |progress| {
+    let mut spec = JobSpec::new(&job_id, JobType::Create);
+    spec.auto_dismiss = false;
+    daemon.jobs.start(spec, Arc::new(NoHooks), |context| {
         // One unit of work, done when creation ends, whatever its outcome
         // (QEMU's `blockdev_create_run`).
-        progress.set_remaining(1);
+        context.set_remaining(1);
         async move {
             let result = block::create::create_image(&graph, options).await;
-            progress.advance(1);
+            context.advance(1);
             result
         }
     })?;
@@ -39,14 +65,112 @@ async fn query_jobs(daemon: &Daemon, args: Map<String, Value>) -> CommandResult 
     returning(daemon.jobs.query())
 }
 
+async fn job_pause(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let JobIdArgs { id } = arguments(args)?;
+    daemon.jobs.pause(&id)?;
+    Ok(Value::Null)
+}
+
+async fn job_resume(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let JobIdArgs { id } = arguments(args)?;
+    daemon.jobs.resume(&id)?;
+    Ok(Value::Null)
+}
+
+/// QMP's `job-cancel` always forces.
+async fn job_cancel(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let JobIdArgs { id } = arguments(args)?;
+    daemon.jobs.cancel(&id, true).await?;
+    Ok(Value::Null)
+}
+
+async fn job_complete(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let JobIdArgs { id } = arguments(args)?;
+    daemon.jobs.complete(&id)?;
+    Ok(Value::Null)
+}
+
+async fn job_finalize(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let JobIdArgs { id } = arguments(args)?;
+    daemon.jobs.finalize(&id).await?;
+    Ok(Value::Null)
+}
+
 async fn job_dismiss(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let JobIdArgs { id } = arguments(args)?;
     daemon.jobs.dismiss(&id)?;
     Ok(Value::Null)
 }
 
-async fn job_cancel(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+async fn query_block_jobs(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let NoArguments {} = arguments(args)?;
+    Ok(Value::Array(daemon.jobs.query_block()))
+}
+
+/// QEMU's `find_block_job_locked`: the `device` of a block-job command
+/// names a block job, or the command fails with `DeviceNotActive`.
+fn block_job(daemon: &Daemon, device: &str) -> Result<(), QmpError> {
+    if daemon.jobs.is_block_job(device) {
+        return Ok(());
+    }
+    Err(QmpError::new(
+        ErrorClass::DeviceNotActive,
+        format!("Block job '{device}' not found"),
+    ))
+}
+
+async fn block_job_set_speed(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let BlockJobSetSpeedArgs { device, speed } = arguments(args)?;
+    block_job(daemon, &device)?;
+    daemon.jobs.set_speed(&device, speed)?;
+    Ok(Value::Null)
+}
+
+async fn block_job_pause(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let BlockJobDeviceArgs { device } = arguments(args)?;
+    block_job(daemon, &device)?;
+    daemon.jobs.pause(&device)?;
+    Ok(Value::Null)
+}
+
+async fn block_job_resume(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let BlockJobDeviceArgs { device } = arguments(args)?;
+    block_job(daemon, &device)?;
+    daemon.jobs.resume(&device)?;
+    Ok(Value::Null)
+}
+
+async fn block_job_cancel(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let BlockJobCancelArgs { device, force } = arguments(args)?;
+    block_job(daemon, &device)?;
+    daemon.jobs.cancel(&device, force.unwrap_or(false)).await?;
+    Ok(Value::Null)
+}
+
+async fn block_job_complete(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let BlockJobDeviceArgs { device } = arguments(args)?;
+    block_job(daemon, &device)?;
+    daemon.jobs.complete(&device)?;
+    Ok(Value::Null)
+}
+
+async fn block_job_finalize(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let JobIdArgs { id } = arguments(args)?;
-    daemon.jobs.cancel(&id)?;
+    block_job(daemon, &id)?;
+    daemon.jobs.finalize(&id).await?;
+    Ok(Value::Null)
+}
+
+async fn block_job_dismiss(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let JobIdArgs { id } = arguments(args)?;
+    block_job(daemon, &id)?;
+    daemon.jobs.dismiss(&id)?;
+    Ok(Value::Null)
+}
+
+async fn block_job_change(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let options: BlockJobChangeOptions = arguments(args)?;
+    block_job(daemon, &options.id)?;
+    daemon.jobs.change(&options.id, &options)?;
     Ok(Value::Null)
 }

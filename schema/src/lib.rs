@@ -13,6 +13,7 @@ pub mod error;
 pub mod event;
 pub mod export;
 pub mod info;
+pub mod job;
 mod json;
 pub mod keyval;
 pub mod object;

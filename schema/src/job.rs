@@ -1,0 +1,183 @@
+//! The block job commands and what they report, as in QEMU's
+//! `qapi/block-core.json` and `qapi/job.json`: `block-job-*`,
+//! `blockdev-mirror`, `block-stream`, `block-commit`, the error policies
+//! and `query-block-jobs`. (`query-jobs` and the job status and type live
+//! with `blockdev-create` in [`crate::create`].)
+
+use serde::{Deserialize, Serialize};
+
+use crate::create::{JobStatus, JobType};
+use crate::de::union::qapi_union;
+
+/// What a job does when an I/O request fails (`BlockdevOnError`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockdevOnError {
+    #[default]
+    Report,
+    Ignore,
+    Enospc,
+    Stop,
+    Auto,
+}
+
+/// A block job's I/O status (`BlockDeviceIoStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoStatus {
+    Ok,
+    Failed,
+    Nospace,
+}
+
+/// What a mirror copies (`MirrorSyncMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MirrorSyncMode {
+    Top,
+    Full,
+    None,
+    Incremental,
+    Bitmap,
+}
+
+/// How a mirror treats guest writes (`MirrorCopyMode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MirrorCopyMode {
+    #[default]
+    Background,
+    WriteBlocking,
+}
+
+/// One element of `query-block-jobs` (`BlockJobInfo`), without the
+/// members a job type adds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockJobInfo {
+    #[serde(rename = "type")]
+    pub job_type: JobType,
+    pub device: String,
+    pub len: i64,
+    pub offset: i64,
+    pub busy: bool,
+    pub paused: bool,
+    pub speed: i64,
+    pub io_status: IoStatus,
+    pub ready: bool,
+    pub status: JobStatus,
+    pub auto_finalize: bool,
+    pub auto_dismiss: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `block-job-pause`, `block-job-resume`, `block-job-complete`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockJobDeviceArgs {
+    pub device: String,
+}
+
+/// `block-job-cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockJobCancelArgs {
+    pub device: String,
+    pub force: Option<bool>,
+}
+
+/// `block-job-set-speed`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockJobSetSpeedArgs {
+    pub device: String,
+    pub speed: i64,
+}
+
+/// `block-job-change` options of a mirror.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockJobChangeOptionsMirror {
+    pub copy_mode: MirrorCopyMode,
+}
+
+/// A job type whose options cannot change: no members.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct NoJobOptions {}
+
+qapi_union! {
+    /// `block-job-change`: the job and its type's new options.
+    pub struct BlockJobChangeOptions {
+        pub id: String,
+    }
+    /// The job's type.
+    discriminator "type" => pub options: BlockJobChangeType {
+        "commit" => Commit(NoJobOptions),
+        "stream" => Stream(NoJobOptions),
+        "mirror" => Mirror(BlockJobChangeOptionsMirror),
+        "backup" => Backup(NoJobOptions),
+        "create" => Create(NoJobOptions),
+        "amend" => Amend(NoJobOptions),
+        "snapshot-load" => SnapshotLoad(NoJobOptions),
+        "snapshot-save" => SnapshotSave(NoJobOptions),
+        "snapshot-delete" => SnapshotDelete(NoJobOptions),
+    }
+}
+
+/// `blockdev-mirror`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevMirrorArgs {
+    pub job_id: Option<String>,
+    pub device: String,
+    pub target: String,
+    pub replaces: Option<String>,
+    pub sync: MirrorSyncMode,
+    pub speed: Option<i64>,
+    pub granularity: Option<u32>,
+    pub buf_size: Option<i64>,
+    pub on_source_error: Option<BlockdevOnError>,
+    pub on_target_error: Option<BlockdevOnError>,
+    pub filter_node_name: Option<String>,
+    pub copy_mode: Option<MirrorCopyMode>,
+    pub auto_finalize: Option<bool>,
+    pub auto_dismiss: Option<bool>,
+}
+
+/// `block-stream`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockStreamArgs {
+    pub job_id: Option<String>,
+    pub device: String,
+    pub base: Option<String>,
+    pub base_node: Option<String>,
+    pub backing_file: Option<String>,
+    pub backing_mask_protocol: Option<bool>,
+    pub bottom: Option<String>,
+    pub speed: Option<i64>,
+    pub on_error: Option<BlockdevOnError>,
+    pub filter_node_name: Option<String>,
+    pub auto_finalize: Option<bool>,
+    pub auto_dismiss: Option<bool>,
+}
+
+/// `block-commit`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockCommitArgs {
+    pub job_id: Option<String>,
+    pub device: String,
+    pub base_node: Option<String>,
+    pub base: Option<String>,
+    pub top_node: Option<String>,
+    pub top: Option<String>,
+    pub backing_file: Option<String>,
+    pub backing_mask_protocol: Option<bool>,
+    pub speed: Option<i64>,
+    pub on_error: Option<BlockdevOnError>,
+    pub filter_node_name: Option<String>,
+    pub auto_finalize: Option<bool>,
+    pub auto_dismiss: Option<bool>,
+}
