@@ -79,7 +79,7 @@ async fn writethrough_forces_writes_to_the_medium() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
     graph
-        .add_filter("rec", "f", move |child| {
+        .add_filter(Some("rec"), "f", move |child| {
             Ok(Box::new(FuaRecorder {
                 child,
                 seen: record,

@@ -80,7 +80,7 @@ async fn setup(dir: &Path) -> (BlockGraph, std::path::PathBuf) {
     )
     .await;
     graph
-        .add_filter("grow", "p", |child| Ok(Box::new(Growing(child))))
+        .add_filter(Some("grow"), "p", |child| Ok(Box::new(Growing(child))))
         .await
         .expect("user added");
     (graph, image)

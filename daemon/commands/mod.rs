@@ -12,6 +12,7 @@
 //! function the command line calls directly.
 
 mod block;
+mod blockjob;
 mod export;
 mod job;
 mod misc;
@@ -57,6 +58,7 @@ const GROUPS: &[&[Command]] = &[
     object::COMMANDS,
     qom::COMMANDS,
     job::COMMANDS,
+    blockjob::COMMANDS,
 ];
 
 /// Makes a [`Command`] of an `async fn(&Daemon, Map<String, Value>)`.

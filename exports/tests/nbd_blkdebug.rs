@@ -346,7 +346,7 @@ async fn recorded_blkdebug(
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
     h.graph
-        .add_filter("rec", "file", move |child| {
+        .add_filter(Some("rec"), "file", move |child| {
             Ok(Box::new(Recorder {
                 child,
                 seen: record,

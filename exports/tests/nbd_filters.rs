@@ -68,7 +68,9 @@ async fn a_filter_inserted_above_an_exported_node_changes_only_what_it_filters()
     assert_eq!(map(&uri).await, holes);
 
     h.graph
-        .add_filter("hide", "file0", |child| Ok(Box::new(NoExtents(child))))
+        .add_filter(Some("hide"), "file0", |child| {
+            Ok(Box::new(NoExtents(child)))
+        })
         .await
         .unwrap();
     h.graph.replace_node("file0", "hide").await.unwrap();

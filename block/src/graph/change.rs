@@ -81,19 +81,20 @@ impl BlockGraph {
     }
 
     /// Opens a filter made by the caller over `child`: a node named
-    /// `node_name` (owned by the monitor, as if added by `blockdev-add`)
-    /// whose driver `make` builds over the edge to `child`. Inserting it
-    /// above the child's users is then [`BlockGraph::replace_node`].
+    /// `node_name` (an automatic `#block` name if `None`; owned by the
+    /// monitor, as if added by `blockdev-add`) whose driver `make` builds
+    /// over the edge to `child`. Inserting it above the child's users is
+    /// then [`BlockGraph::replace_node`].
     pub async fn add_filter(
         &self,
-        node_name: &str,
+        node_name: Option<&str>,
         child: &str,
         make: impl FnOnce(Arc<NodeChild>) -> BlockResult<Box<dyn BlockDriver>>,
     ) -> BlockResult<Arc<Node>> {
         let _control = self.shared.control.lock().await;
         let child = self.lookup(None, Some(child))?;
         let mut state = self.state();
-        let name = state.new_name(Some(node_name))?;
+        let name = state.new_name(node_name)?;
         let flags = ChildRoleFlags::FILTERED.union(ChildRoleFlags::PRIMARY);
         let edge = NodeChild::new(ChildRole::File, flags, child.clone());
         let driver = make(edge.clone())?;
@@ -127,6 +128,19 @@ impl BlockGraph {
         }
         let _drained = self.drained(&[from.clone(), to.clone()]).await;
         self.state().replace_node(&from, &to)
+    }
+
+    /// Takes a filter out of the graph: its users use its child again
+    /// (under a drained section), then the filter closes.
+    pub async fn remove_filter(&self, filter: &str) -> BlockResult<()> {
+        let child = self
+            .lookup(None, Some(filter))?
+            .driver()
+            .filtered()
+            .map(|edge| edge.node())
+            .ok_or_else(|| generic(format!("'{filter}' is not a filter")))?;
+        self.replace_node(filter, child.name()).await?;
+        self.blockdev_del(filter).await
     }
 
     /// Points `parent`'s `role` edge at `child` (a node that exists).

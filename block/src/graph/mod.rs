@@ -21,10 +21,12 @@ use crate::open::{self, ObjectLookup};
 use crate::perm_update::{BackendLink, Holder, Use};
 use crate::permissions::Perm;
 
+mod blockers;
 mod change;
 mod reopen;
 mod state;
 
+pub use blockers::NodeBlocker;
 pub use change::Drained;
 pub(crate) use state::{GraphState, NewNode};
 
@@ -420,6 +422,6 @@ impl GraphShared {
 }
 
 /// A `GenericError` for QMP.
-pub(crate) fn generic(message: impl Into<String>) -> BlockError {
+pub fn generic(message: impl Into<String>) -> BlockError {
     BlockError::new(ErrorKind::InvalidArgument, message)
 }

@@ -44,6 +44,9 @@ pub(crate) struct GraphState {
     next_seq: u64,
     /// Counter of automatic node names (QEMU's `id_generate`).
     auto_names: u64,
+    /// Nodes held by jobs.
+    pub(super) blocked: Vec<super::blockers::Blocked>,
+    pub(super) next_blocker: u64,
 }
 
 impl GraphState {
@@ -86,6 +89,7 @@ impl GraphState {
         if self.uses.iter().any(|u| u.node_id == node.id()) {
             return Err(generic(format!("Node {node_name} is in use")));
         }
+        self.check_not_blocked(&node)?;
         if !self.monitor_owned.contains(&node.id()) {
             return Err(generic(format!(
                 "Node {node_name} is not owned by the monitor"

@@ -118,33 +118,18 @@ impl JobContext {
     /// is not cancelled, it waits here as `paused` (or `standby` if
     /// ready), then goes back to what it was.
     pub async fn pause_point(&self) {
-        let mut resume_to = None;
         loop {
             let kicked = self.kick.notified();
-            let pause = self.with(|job, shared| {
+            let wait = self.with(|job, shared| {
                 if job.pause_count == 0 || job.is_cancelled() {
-                    if let Some(status) = resume_to {
-                        job.paused = false;
-                        job.busy = true;
-                        shared.transition(job, status);
-                    }
+                    shared.leave_pause(job);
+                    job.busy = true;
                     return false;
                 }
-                if resume_to.is_none() {
-                    let status = job.status;
-                    resume_to = Some(status);
-                    job.paused = true;
-                    job.busy = false;
-                    let paused = if status == JobStatus::Ready {
-                        JobStatus::Standby
-                    } else {
-                        JobStatus::Paused
-                    };
-                    shared.transition(job, paused);
-                }
+                shared.enter_pause(job);
                 true
             });
-            if pause != Some(true) {
+            if wait != Some(true) {
                 return;
             }
             kicked.await;
@@ -171,9 +156,13 @@ impl JobContext {
             self.pause_point().await;
             return;
         }
-        self.set_busy(false);
-        self.kick.notified().await;
-        self.set_busy(true);
+        let kicked = self.kick.notified();
+        self.with(|job, _| {
+            job.busy = false;
+            job.idle = true;
+        });
+        kicked.await;
+        self.with(|job, _| job.idle = false);
         self.pause_point().await;
     }
 

@@ -174,8 +174,11 @@ struct Job {
     /// Pause requests: the user's, and an error's with `stop`.
     pause_count: u32,
     user_paused: bool,
-    /// The body sits at a pause point.
-    paused: bool,
+    /// While paused (`paused` or `standby`): the status to go back to.
+    resume_status: Option<JobStatus>,
+    /// The body waits to be kicked: a pause takes effect at once, as it
+    /// does in QEMU, where such a job is entered right away.
+    idle: bool,
     /// The body is working (not waiting at a pause point or asleep).
     busy: bool,
     /// A cancel was asked for (`job_cancel_requested`) ...
@@ -211,6 +214,19 @@ pub struct CreatedJob {
 }
 
 impl CreatedJob {
+    /// Sets the job's speed before it starts, with `block-job-set-speed`'s
+    /// check.
+    pub fn set_speed(&self, speed: i64) -> BlockResult<()> {
+        let mut state = self.shared.state();
+        let job = state
+            .get_mut(self.serial)
+            .ok_or_else(|| generic("Job not found"))?;
+        let speed = u64::try_from(speed)
+            .map_err(|_| generic("Parameter 'speed' expects a non-negative value"))?;
+        job.rate.set_speed(speed);
+        Ok(())
+    }
+
     /// Starts the body as a task (`running`). Must be called within a
     /// tokio runtime.
     pub fn start<F, Fut>(mut self, body: F)
@@ -310,7 +326,8 @@ impl JobRegistry {
             auto_dismiss: spec.auto_dismiss,
             pause_count: 0,
             user_paused: false,
-            paused: false,
+            resume_status: None,
+            idle: false,
             busy: false,
             cancelled: false,
             force_cancel: false,
@@ -406,6 +423,9 @@ impl JobRegistry {
             }
             job.user_paused = true;
             job.pause_count += 1;
+            if job.idle {
+                self.shared.enter_pause(job);
+            }
             job.kick.notify_one();
             Ok(())
         })
@@ -424,6 +444,9 @@ impl JobRegistry {
         job.io_status = IoStatus::Ok;
         job.user_paused = false;
         job.pause_count -= 1;
+        if job.pause_count == 0 {
+            self.shared.leave_pause(job);
+        }
         job.kick.notify_one();
         Ok(())
     }
@@ -605,6 +628,28 @@ impl Shared {
             "JOB_STATUS_CHANGE",
             json!({ "id": job.id, "status": status_name(to) }),
         ));
+    }
+
+    /// The job stops at a pause point: `paused`, or `standby` if ready.
+    fn enter_pause(&self, job: &mut Job) {
+        if job.resume_status.is_some() {
+            return;
+        }
+        job.resume_status = Some(job.status);
+        job.busy = false;
+        let paused = if job.status == JobStatus::Ready {
+            JobStatus::Standby
+        } else {
+            JobStatus::Paused
+        };
+        self.transition(job, paused);
+    }
+
+    /// The job goes back to what it was before its pause.
+    fn leave_pause(&self, job: &mut Job) {
+        if let Some(status) = job.resume_status.take() {
+            self.transition(job, status);
+        }
     }
 
     /// A `BLOCK_JOB_*` event of a block job with its usual members

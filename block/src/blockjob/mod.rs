@@ -1,0 +1,59 @@
+//! The block jobs: what each one copies and how it changes the graph when
+//! it ends, on top of the generic life cycle of [`crate::job`]. Checks
+//! and messages are QEMU 10's.
+
+pub mod mirror;
+mod mirror_top;
+
+use std::sync::Arc;
+
+use schema::create::JobType;
+
+use crate::error::BlockResult;
+use crate::graph::BlockGraph;
+use crate::job::{CreatedJob, JobDriver, JobRegistry, JobSpec};
+use crate::node::Node;
+
+/// What every block job command takes besides its own arguments.
+pub struct CommonOptions {
+    pub job_id: Option<String>,
+    pub speed: Option<i64>,
+    pub auto_finalize: Option<bool>,
+    pub auto_dismiss: Option<bool>,
+}
+
+/// QEMU's `block_job_create`: the job id (a node's name has no device
+/// name here, so without `job-id` the id is empty and refused as QEMU
+/// refuses it), then the speed, checked after the job exists (a bad speed
+/// announces `created` and `null`, as QEMU's does).
+pub(crate) fn create_block_job(
+    jobs: &JobRegistry,
+    job_type: JobType,
+    common: &CommonOptions,
+    driver: Arc<dyn JobDriver>,
+) -> BlockResult<CreatedJob> {
+    let mut spec = JobSpec::new(common.job_id.as_deref().unwrap_or(""), job_type);
+    spec.auto_finalize = common.auto_finalize.unwrap_or(true);
+    spec.auto_dismiss = common.auto_dismiss.unwrap_or(true);
+    let speed = common.speed.unwrap_or(0);
+    let created = jobs.create(spec, driver)?;
+    created.set_speed(speed)?;
+    Ok(created)
+}
+
+/// Why a job's nodes are busy (QEMU's blocker message).
+pub(crate) fn busy_reason(job_type: &str) -> String {
+    format!("block device is in use by block job: {job_type}")
+}
+
+/// QEMU's "Need a root block node": no other node uses `node`.
+pub(crate) fn check_root(graph: &BlockGraph, node: &Arc<Node>) -> BlockResult<()> {
+    let has_parent = graph
+        .nodes()
+        .iter()
+        .any(|parent| parent.children().iter().any(|edge| edge.points_to(node)));
+    if has_parent {
+        return Err(crate::graph::generic("Need a root block node"));
+    }
+    Ok(())
+}

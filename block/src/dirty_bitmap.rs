@@ -1,0 +1,183 @@
+//! A dirty bitmap: which parts of a node were written, one bit per
+//! `granularity` bytes (a power of two), as QEMU's `BdrvDirtyBitmap`.
+//! Bits are set from many requests at once without a lock (atomic words)
+//! and the number of dirty bits is kept as they change, so `count` is
+//! cheap. Mirror uses one to know what to copy again; named bitmaps
+//! (`block-dirty-bitmap-add`) are the same thing with a name.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+const WORD_BITS: u64 = 64;
+
+/// A bitmap over `size` bytes.
+pub struct DirtyBitmap {
+    size: u64,
+    granularity: u64,
+    words: Vec<AtomicU64>,
+    /// Bits set.
+    count: AtomicU64,
+}
+
+impl DirtyBitmap {
+    /// A clean bitmap over `size` bytes; `granularity` must be a power of
+    /// two.
+    pub fn new(size: u64, granularity: u64) -> Self {
+        debug_assert!(granularity.is_power_of_two());
+        let bits = size.div_ceil(granularity);
+        let words = (0..bits.div_ceil(WORD_BITS))
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        DirtyBitmap {
+            size,
+            granularity,
+            words,
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn granularity(&self) -> u64 {
+        self.granularity
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Dirty bytes (whole granules, the last one cut at the end).
+    pub fn dirty_bytes(&self) -> u64 {
+        (self.count.load(Relaxed) * self.granularity).min(self.size)
+    }
+
+    /// Marks every granule that `offset..offset+len` touches.
+    pub fn set(&self, offset: u64, len: u64) {
+        for (word, mask) in self.masks(self.bits(offset, len)) {
+            let old = self.words[word].fetch_or(mask, Relaxed);
+            self.count
+                .fetch_add(u64::from((mask & !old).count_ones()), Relaxed);
+        }
+    }
+
+    /// Clears every granule that `offset..offset+len` touches.
+    pub fn reset(&self, offset: u64, len: u64) {
+        for (word, mask) in self.masks(self.bits(offset, len)) {
+            let old = self.words[word].fetch_and(!mask, Relaxed);
+            self.count
+                .fetch_sub(u64::from((mask & old).count_ones()), Relaxed);
+        }
+    }
+
+    /// Marks the whole bitmap.
+    pub fn set_all(&self) {
+        self.set(0, self.size);
+    }
+
+    /// The first dirty range at or after `from`: whole granules, at most
+    /// `max_len` bytes, cut at the end of the bitmap.
+    pub fn next_dirty(&self, from: u64, max_len: u64) -> Option<Range<u64>> {
+        let total_bits = self.size.div_ceil(self.granularity);
+        let mut bit = from / self.granularity;
+        // Skip to the first set bit.
+        while bit < total_bits {
+            let word = self.words[(bit / WORD_BITS) as usize].load(Relaxed) >> (bit % WORD_BITS);
+            if word == 0 {
+                bit = (bit / WORD_BITS + 1) * WORD_BITS;
+                continue;
+            }
+            bit += u64::from(word.trailing_zeros());
+            break;
+        }
+        if bit >= total_bits {
+            return None;
+        }
+        let start = bit * self.granularity;
+        let limit = start
+            .saturating_add(max_len.max(self.granularity))
+            .min(self.size);
+        let mut end = start;
+        while end < limit && self.is_set(end / self.granularity) {
+            end = (end + self.granularity).min(self.size);
+        }
+        Some(start..end.min(limit))
+    }
+
+    fn is_set(&self, bit: u64) -> bool {
+        let word = self.words[(bit / WORD_BITS) as usize].load(Relaxed);
+        word & (1 << (bit % WORD_BITS)) != 0
+    }
+
+    /// The bits `offset..offset+len` touches, cut at the end.
+    fn bits(&self, offset: u64, len: u64) -> Range<u64> {
+        let end = offset.saturating_add(len).min(self.size);
+        if len == 0 || offset >= end {
+            return 0..0;
+        }
+        offset / self.granularity..end.div_ceil(self.granularity)
+    }
+
+    /// `bits` as (word index, mask) pairs.
+    fn masks(&self, bits: Range<u64>) -> impl Iterator<Item = (usize, u64)> {
+        let mut bit = bits.start;
+        std::iter::from_fn(move || {
+            if bit >= bits.end {
+                return None;
+            }
+            let word = bit / WORD_BITS;
+            let first = bit % WORD_BITS;
+            let last = (bits.end - word * WORD_BITS).min(WORD_BITS);
+            let width = last - first;
+            let mask = if width == WORD_BITS {
+                u64::MAX
+            } else {
+                ((1u64 << width) - 1) << first
+            };
+            bit = (word + 1) * WORD_BITS;
+            Some((word as usize, mask))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_rounded_out_to_granules_and_counted_once() {
+        let bitmap = DirtyBitmap::new(1 << 20, 4096);
+        bitmap.set(100, 10);
+        bitmap.set(0, 4096);
+        assert_eq!(bitmap.dirty_bytes(), 4096);
+        bitmap.set(4095, 2);
+        assert_eq!(bitmap.dirty_bytes(), 8192);
+        assert_eq!(bitmap.next_dirty(0, u64::MAX), Some(0..8192));
+        assert_eq!(bitmap.next_dirty(0, 4096), Some(0..4096));
+        assert_eq!(bitmap.next_dirty(8192, u64::MAX), None);
+        bitmap.reset(0, 4096);
+        assert_eq!(bitmap.next_dirty(0, u64::MAX), Some(4096..8192));
+        bitmap.reset(0, 1 << 20);
+        assert_eq!(bitmap.dirty_bytes(), 0);
+    }
+
+    #[test]
+    fn long_ranges_cross_words_and_the_end_is_cut() {
+        // 200 granules of 512 bytes, the last one short.
+        let size = 200 * 512 - 100;
+        let bitmap = DirtyBitmap::new(size, 512);
+        bitmap.set(60 * 512, 80 * 512);
+        assert_eq!(bitmap.dirty_bytes(), 80 * 512);
+        assert_eq!(bitmap.next_dirty(0, u64::MAX), Some(60 * 512..140 * 512));
+        assert_eq!(
+            bitmap.next_dirty(130 * 512, u64::MAX),
+            Some(130 * 512..140 * 512)
+        );
+        bitmap.set_all();
+        assert_eq!(bitmap.dirty_bytes(), size);
+        assert_eq!(
+            bitmap.next_dirty(199 * 512, u64::MAX),
+            Some(199 * 512..size)
+        );
+        // Past the end: nothing.
+        bitmap.set(size, 4096);
+        assert_eq!(bitmap.dirty_bytes(), size);
+    }
+}
