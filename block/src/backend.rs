@@ -41,6 +41,18 @@ pub struct BlockBackend {
     inner: Arc<Inner>,
 }
 
+/// Which node a backend uses now (the graph may replace it), without
+/// holding the backend's permissions: for listings of exports.
+#[derive(Clone)]
+pub struct BackendRoot(Arc<arc_swap::ArcSwap<Node>>);
+
+impl BackendRoot {
+    /// The name of the node the backend uses now.
+    pub fn node_name(&self) -> String {
+        self.0.load().name().to_owned()
+    }
+}
+
 /// How a backend treats writes, beyond its permissions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackendMode {
@@ -90,6 +102,11 @@ impl BlockBackend {
                 graph,
             }),
         }
+    }
+
+    /// A handle on which node the backend uses, for listings.
+    pub fn root(&self) -> BackendRoot {
+        BackendRoot(self.inner.link.root.clone())
     }
 
     /// The root node.

@@ -63,6 +63,8 @@ pub struct ExportContext<'a> {
     pub exports: &'a BlockExports,
     /// The iothread the export runs its requests in, if it names one.
     pub iothread: Option<Arc<IoThread>>,
+    /// The backend's root once attached, for `query-block-exports`.
+    pub(crate) attached: std::sync::Mutex<Option<block::backend::BackendRoot>>,
 }
 
 impl ExportContext<'_> {
@@ -99,6 +101,7 @@ impl ExportContext<'_> {
                 growable,
             },
         })?;
+        *self.attached.lock().unwrap_or_else(|e| e.into_inner()) = Some(backend.root());
         Ok(backend)
     }
 }

@@ -11,6 +11,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use block::backend::BackendRoot;
 use block::BlockGraph;
 use schema::event::{Event, EventSink};
 use schema::export::{BlockExportInfo, BlockExportOptions, BlockExportRemoveMode, BlockExportType};
@@ -50,6 +51,8 @@ struct Entry {
     serial: u64,
     id: String,
     node_name: String,
+    /// Which node the export uses now (a mirror's pivot changes it).
+    root: Option<BackendRoot>,
     kind: BlockExportType,
     export: Arc<dyn BlockExport>,
     shutting_down: bool,
@@ -104,12 +107,18 @@ impl BlockExports {
         if self.find(&options.id) {
             return Err(id_in_use(&options.id));
         }
-        let export = (driver.create)(&ExportContext {
+        let context = ExportContext {
             options,
             graph,
             exports: self,
             iothread,
-        })?;
+            attached: Default::default(),
+        };
+        let export = (driver.create)(&context)?;
+        let root = context
+            .attached
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
         let mut state = self.inner.state();
         if state.exports.iter().any(|e| e.id == options.id) {
             // Another add took the id while this one was created.
@@ -123,6 +132,7 @@ impl BlockExports {
             serial,
             id: options.id.clone(),
             node_name: options.node_name.clone(),
+            root,
             kind,
             export,
             shutting_down: false,
@@ -170,7 +180,10 @@ impl BlockExports {
         let rows = state.exports.iter().rev().map(|e| BlockExportInfo {
             id: e.id.clone(),
             r#type: e.kind,
-            node_name: e.node_name.clone(),
+            node_name: e
+                .root
+                .as_ref()
+                .map_or_else(|| e.node_name.clone(), BackendRoot::node_name),
             shutting_down: e.shutting_down,
         });
         rows.collect()

@@ -57,6 +57,9 @@ pub async fn start(
 ) -> BlockResult<()> {
     let source = graph.lookup(Some(&args.device), Some(&args.device))?;
     let target = graph.lookup(Some(&args.target), Some(&args.target))?;
+    // A source under a running mirror has its filter above it: QEMU
+    // finds it is not a root before it finds it busy.
+    check_root(graph, &source)?;
     graph.check_not_blocked(&source)?;
     graph.check_not_blocked(&target)?;
     if matches!(
@@ -79,7 +82,6 @@ pub async fn start(
             ));
         }
     }
-    check_root(graph, &source)?;
     let granularity = check_granularity(args.granularity, &target)?;
     let buf_size = match args.buf_size {
         None | Some(0) => DEFAULT_BUF_SIZE,
@@ -226,9 +228,10 @@ impl Mirror {
             return Err(error);
         }
         let reason = busy_reason("mirror");
-        let blocker = self
-            .graph
-            .block_nodes(&[self.source.clone(), filter.clone()], &reason)?;
+        let blocker = self.graph.block_nodes(
+            &[self.source.clone(), filter.clone(), self.target.clone()],
+            &reason,
+        )?;
         *lock(&self.filter) = Some(filter.name().to_owned());
         *lock(&self.target_backend) = Some(target_backend);
         *lock(&self.blocker) = Some(blocker);

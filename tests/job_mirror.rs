@@ -1,0 +1,335 @@
+//! `blockdev-mirror` with real clients: a qcow2 image exported over NBD
+//! is mirrored to a new qcow2 while a libnbd client writes and verifies
+//! continuously; `job-complete` moves the export to the target, the
+//! client never sees an error, and the target holds exactly what the
+//! client wrote (`qemu-img compare`). Also: the job's life cycle over QMP
+//! (pause, resume, speed, cancel before and after ready), the source back
+//! in place after a cancel, and QEMU's refusals.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{error, ok, tool, TestDaemon};
+use qmp::client::Client;
+use serde_json::{json, Value};
+
+const SIZE: &str = "64M";
+
+/// A source qcow2 with data in its first 8 MiB and an empty target qcow2
+/// of the same size, opened as `src` and `dst`; `src` exported writable
+/// over NBD as `disk`.
+fn mirror_daemon() -> TestDaemon {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.qcow2");
+    let dst = dir.path().join("dst.qcow2");
+    for image in [&src, &dst] {
+        tool(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", path(image), SIZE],
+        );
+    }
+    tool("qemu-io", &["-c", "write -P 0x5a 0 8M", path(&src)]);
+    TestDaemon::start_in(dir, |dir| {
+        vec![
+            "--blockdev".into(),
+            format!(
+                "qcow2,node-name=src,file.driver=file,file.filename={}",
+                dir.join("src.qcow2").display()
+            ),
+            "--blockdev".into(),
+            format!(
+                "qcow2,node-name=dst,file.driver=file,file.filename={}",
+                dir.join("dst.qcow2").display()
+            ),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "nbd,id=e0,node-name=src,name=disk,writable=on".into(),
+        ]
+    })
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Waits for the event `name` (of job `id` where the event names one);
+/// other events are skipped.
+async fn wait_event(client: &mut Client, name: &str) -> Value {
+    for _ in 0..600 {
+        if let Some(event) = client.next_event(Duration::from_millis(500)).await.unwrap() {
+            if event["event"] == name {
+                return event;
+            }
+        }
+    }
+    panic!("no {name} event");
+}
+
+async fn job_status(client: &mut Client, id: &str) -> Option<String> {
+    let jobs = ok(client, "query-jobs", json!({})).await;
+    jobs.as_array()
+        .unwrap()
+        .iter()
+        .find(|job| job["id"] == id)
+        .map(|job| job["status"].as_str().unwrap().to_owned())
+}
+
+async fn wait_status(client: &mut Client, id: &str, status: &str) {
+    for _ in 0..3000 {
+        if job_status(client, id).await.as_deref() == Some(status) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} never {status}");
+}
+
+fn start_writer(daemon: &TestDaemon) -> Child {
+    let mut writer = Command::new("/usr/bin/python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/nbd_pattern_writer.py"
+        ))
+        .args([
+            path(&daemon.path("nbd.sock")),
+            "disk",
+            "65536",
+            path(&daemon.path("stop")),
+            path(&daemon.path("model.raw")),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with libnbd");
+    let started = daemon.path("stop.started");
+    for _ in 0..3000 {
+        if started.exists() {
+            // Let it write a while before the test goes on.
+            std::thread::sleep(Duration::from_millis(200));
+            return writer;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = writer.kill();
+    let _ = writer.wait();
+    panic!("the NBD writer never started");
+}
+
+fn stop_writer(daemon: &TestDaemon, writer: Child) -> u64 {
+    std::fs::write(daemon.path("stop"), b"").unwrap();
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the NBD writer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+async fn export_node(client: &mut Client) -> String {
+    let exports = ok(client, "query-block-exports", json!({})).await;
+    exports[0]["node-name"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_mirror_under_writes_pivots_the_export_without_losing_one() {
+    let mut daemon = mirror_daemon();
+    let mut qmp = daemon.connect().await;
+    let writer = start_writer(&daemon);
+    // Slow enough that the writer works while the bulk copy runs.
+    ok(
+        &mut qmp,
+        "blockdev-mirror",
+        json!({"job-id": "m0", "device": "src", "target": "dst", "sync": "full",
+               "speed": 16 << 20, "filter-node-name": "mtop"}),
+    )
+    .await;
+    // The filter is above the source, and the export goes through it.
+    assert_eq!(export_node(&mut qmp).await, "mtop");
+    let (_, busy) = error(&mut qmp, "blockdev-del", json!({"node-name": "src"})).await;
+    assert_eq!(
+        busy,
+        "Node 'src' is busy: block device is in use by block job: mirror"
+    );
+    ok(
+        &mut qmp,
+        "block-job-set-speed",
+        json!({"device": "m0", "speed": 0}),
+    )
+    .await;
+    let ready = wait_event(&mut qmp, "BLOCK_JOB_READY").await;
+    assert_eq!(ready["data"]["len"], ready["data"]["offset"]);
+    // Writes go on while ready; then the pivot.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ok(&mut qmp, "job-complete", json!({"id": "m0"})).await;
+    let completed = wait_event(&mut qmp, "BLOCK_JOB_COMPLETED").await;
+    assert!(completed["data"].get("error").is_none(), "{completed}");
+    assert_eq!(export_node(&mut qmp).await, "dst");
+    // More writes land on the target only.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = stop_writer(&daemon, writer);
+    assert!(writes > 0);
+    let nodes = ok(&mut qmp, "query-named-block-nodes", json!({"flat": true})).await;
+    assert!(!nodes.to_string().contains("mirror_top"), "{nodes}");
+    // The source can go now; the target holds what the client wrote.
+    ok(&mut qmp, "blockdev-del", json!({"node-name": "src"})).await;
+    ok(&mut qmp, "quit", json!({})).await;
+    assert!(daemon.wait_exit().success());
+    let compare = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2"])
+        .args([daemon.path("model.raw"), daemon.path("dst.qcow2")])
+        .output()
+        .unwrap();
+    assert!(
+        compare.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compare.stdout)
+    );
+    tool(
+        "qemu-img",
+        &["check", "-q", path(&daemon.path("dst.qcow2"))],
+    );
+}
+
+#[tokio::test]
+async fn cancel_puts_the_source_back_and_keeps_it_whole() {
+    let mut daemon = mirror_daemon();
+    let mut qmp = daemon.connect().await;
+    let writer = start_writer(&daemon);
+    ok(
+        &mut qmp,
+        "blockdev-mirror",
+        json!({"job-id": "m1", "device": "src", "target": "dst", "sync": "full",
+               "speed": 1 << 20}),
+    )
+    .await;
+    ok(&mut qmp, "job-pause", json!({"id": "m1"})).await;
+    wait_status(&mut qmp, "m1", "paused").await;
+    let jobs = ok(&mut qmp, "query-block-jobs", json!({})).await;
+    assert_eq!(jobs[0]["paused"], true);
+    assert_eq!(jobs[0]["status"], "paused");
+    ok(&mut qmp, "job-resume", json!({"id": "m1"})).await;
+    let (_, message) = error(&mut qmp, "job-complete", json!({"id": "m1"})).await;
+    assert_eq!(
+        message,
+        "Job 'm1' in state 'running' cannot accept command verb 'complete'"
+    );
+    // Cancelled before it is ready: a forced cancel, whatever `force` says.
+    ok(&mut qmp, "block-job-cancel", json!({"device": "m1"})).await;
+    let cancelled = wait_event(&mut qmp, "BLOCK_JOB_CANCELLED").await;
+    assert_eq!(cancelled["data"]["device"], "m1");
+    wait_event(&mut qmp, "JOB_STATUS_CHANGE").await;
+    assert_eq!(export_node(&mut qmp).await, "src");
+    let writes = stop_writer(&daemon, writer);
+    assert!(writes > 0);
+    ok(&mut qmp, "quit", json!({})).await;
+    assert!(daemon.wait_exit().success());
+    let compare = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2"])
+        .args([daemon.path("model.raw"), daemon.path("src.qcow2")])
+        .output()
+        .unwrap();
+    assert!(
+        compare.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compare.stdout)
+    );
+}
+
+#[tokio::test]
+async fn a_soft_cancel_when_ready_leaves_a_synced_copy_and_the_source_in_use() {
+    let mut daemon = mirror_daemon();
+    let mut qmp = daemon.connect().await;
+    ok(
+        &mut qmp,
+        "blockdev-mirror",
+        json!({"job-id": "m2", "device": "src", "target": "dst", "sync": "full",
+               "auto-dismiss": false}),
+    )
+    .await;
+    wait_event(&mut qmp, "BLOCK_JOB_READY").await;
+    ok(&mut qmp, "block-job-cancel", json!({"device": "m2"})).await;
+    let completed = wait_event(&mut qmp, "BLOCK_JOB_COMPLETED").await;
+    assert!(completed["data"].get("error").is_none(), "{completed}");
+    wait_status(&mut qmp, "m2", "concluded").await;
+    ok(&mut qmp, "job-dismiss", json!({"id": "m2"})).await;
+    assert_eq!(export_node(&mut qmp).await, "src");
+    ok(&mut qmp, "quit", json!({})).await;
+    assert!(daemon.wait_exit().success());
+    tool(
+        "qemu-img",
+        &[
+            "compare",
+            "-q",
+            path(&daemon.path("src.qcow2")),
+            path(&daemon.path("dst.qcow2")),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn refusals_are_qemus() {
+    let daemon = mirror_daemon();
+    let mut qmp = daemon.connect().await;
+    let cases = [
+        (
+            json!({"device": "src", "target": "dst", "sync": "full"}),
+            "Invalid job ID ''",
+        ),
+        (
+            json!({"job-id": "j", "device": "nosuch", "target": "dst", "sync": "full"}),
+            "Cannot find device='nosuch' nor node-name='nosuch'",
+        ),
+        (
+            json!({"job-id": "j", "device": "src", "target": "src", "sync": "full"}),
+            "Can't mirror node into itself",
+        ),
+        (
+            json!({"job-id": "j", "device": "src", "target": "dst", "sync": "full", "granularity": 1000}),
+            "Parameter 'granularity' expects a power of 2",
+        ),
+        (
+            json!({"job-id": "j", "device": "src", "target": "dst", "sync": "full", "granularity": 256}),
+            "Parameter 'granularity' expects a value in range [512B, 64MB]",
+        ),
+        (
+            json!({"job-id": "j", "device": "src", "target": "dst", "sync": "full", "buf-size": -5}),
+            "Invalid parameter 'buf-size'",
+        ),
+        (
+            json!({"job-id": "j", "device": "src", "target": "dst", "sync": "bitmap"}),
+            "Sync mode 'bitmap' not supported",
+        ),
+        (
+            json!({"job-id": "j", "device": "src", "target": "dst", "sync": "full", "speed": -1}),
+            "Parameter 'speed' expects a non-negative value",
+        ),
+        (
+            json!({"job-id": "j", "device": "src", "target": "dst", "sync": "full", "filter-node-name": "src"}),
+            "Duplicate nodes with node-name='src'",
+        ),
+    ];
+    for (arguments, message) in cases {
+        let (class, desc) = error(&mut qmp, "blockdev-mirror", arguments).await;
+        assert_eq!((class.as_str(), desc.as_str()), ("GenericError", message));
+    }
+    // Nothing was left behind.
+    assert!(ok(&mut qmp, "query-jobs", json!({}))
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(export_node(&mut qmp).await, "src");
+    let (class, desc) = error(&mut qmp, "block-job-pause", json!({"device": "j"})).await;
+    assert_eq!(
+        (class.as_str(), desc.as_str()),
+        ("DeviceNotActive", "Block job 'j' not found")
+    );
+}
