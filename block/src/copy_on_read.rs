@@ -47,6 +47,9 @@ pub struct CopyOnRead {
     /// An inactive node takes no write permission on its child.
     active: AtomicBool,
     copies: RangeLocks,
+    /// Ranges that read as zeroes are copied too (as zeroes): a stream
+    /// must keep them when the layers below go.
+    copy_zeroes: bool,
 }
 
 impl CopyOnRead {
@@ -80,14 +83,28 @@ impl CopyOnRead {
             bottom,
             active: AtomicBool::new(!cx.settings().inactive),
             copies: RangeLocks::default(),
+            copy_zeroes: false,
         })
+    }
+
+    /// The filter a stream job puts above the image it fills (QEMU's
+    /// implicit `copy-on-read` of `block-stream`): it copies everything
+    /// found in the chain down to `bottom`, zeroes included.
+    pub fn for_stream(file: Arc<NodeChild>, bottom: Option<Arc<Node>>) -> Self {
+        CopyOnRead {
+            file,
+            bottom,
+            active: AtomicBool::new(true),
+            copies: RangeLocks::default(),
+            copy_zeroes: true,
+        }
     }
 
     /// Whether data with this status is copied up: found in the backing
     /// chain (not in the top image), at or above `bottom`, and not known
     /// to read as zeroes.
     fn copies(&self, extent: &Extent) -> bool {
-        if extent.zero || extent.depth < 2 {
+        if (extent.zero && !self.copy_zeroes) || extent.depth < 2 {
             return false;
         }
         match &self.bottom {
@@ -171,7 +188,7 @@ impl CopyOnRead {
 /// How deep `wanted` is below `top` in its backing chain, as block status
 /// counts depth: 1 for `top` (or a filter above it), one more for each
 /// backing edge.
-fn chain_depth(top: &Arc<Node>, wanted: &Arc<Node>) -> Option<u32> {
+pub(crate) fn chain_depth(top: &Arc<Node>, wanted: &Arc<Node>) -> Option<u32> {
     let mut current = Some(top.clone());
     let mut depth = 1;
     while let Some(node) = current {

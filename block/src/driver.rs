@@ -257,6 +257,20 @@ pub trait BlockDriver: Send + Sync + 'static {
         None
     }
 
+    /// Names another backing file (and format) in the image's metadata,
+    /// or none (QEMU's `bdrv_change_backing_file`); for formats that name
+    /// one. Written and made durable before it returns.
+    async fn change_backing_file(
+        &self,
+        _file: Option<&str>,
+        _format: Option<&str>,
+    ) -> BlockResult<()> {
+        Err(BlockError::new(
+            ErrorKind::NotSupported,
+            "The image format does not name a backing file",
+        ))
+    }
+
     /// `bdrv_get_info`, for drivers that implement it; a filter's is its
     /// child's, as in QEMU.
     fn driver_info(&self) -> Option<DriverInfo> {

@@ -482,6 +482,17 @@ impl Node {
         self.write_hooks.run(self, request, op).await
     }
 
+    /// Names another backing file (and format) in the image's metadata,
+    /// or none, for formats that have one (QEMU's
+    /// `bdrv_change_backing_file`).
+    pub async fn change_backing_file(
+        &self,
+        file: Option<&str>,
+        format: Option<&str>,
+    ) -> BlockResult<()> {
+        self.driver.change_backing_file(file, format).await
+    }
+
     /// Attaches an observer of the node's writes.
     pub fn attach_write_observer(&self, observer: Arc<dyn WriteObserver>) {
         self.write_hooks.attach(observer);

@@ -28,7 +28,7 @@ use schema::job::{
 use serde_json::{json, Map, Value};
 
 use super::mirror_top::{ActiveWrites, MirrorTop};
-use super::{busy_reason, check_root, create_block_job, CommonOptions};
+use super::{busy_reason, check_root, create_block_job, lock, CommonOptions};
 use crate::backend::BlockBackend;
 use crate::dirty_bitmap::DirtyBitmap;
 use crate::driver::{WriteFlags, ZeroFlags};
@@ -193,10 +193,6 @@ impl WriteObserver for DirtyRecorder {
 
 /// One copy's outcome: the range, and which side failed.
 type CopyResult = (Range<u64>, Result<(), (bool, BlockError)>);
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl Mirror {
     /// Inserts the filter above the source, takes the target, holds the

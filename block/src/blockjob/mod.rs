@@ -4,6 +4,7 @@
 
 pub mod mirror;
 mod mirror_top;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -56,4 +57,8 @@ pub(crate) fn check_root(graph: &BlockGraph, node: &Arc<Node>) -> BlockResult<()
         return Err(crate::graph::generic("Need a root block node"));
     }
     Ok(())
+}
+
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

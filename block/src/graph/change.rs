@@ -143,7 +143,9 @@ impl BlockGraph {
         self.blockdev_del(filter).await
     }
 
-    /// Points `parent`'s `role` edge at `child` (a node that exists).
+    /// Points `parent`'s `role` edge at `child` (a node that exists). Nodes
+    /// that nobody uses any more (the old child, if only `parent` used it
+    /// and the monitor did not add it) close.
     pub async fn set_child(&self, parent: &str, role: ChildRole, child: &str) -> BlockResult<()> {
         let _control = self.shared.control.lock().await;
         let parent = self.lookup(None, Some(parent))?;
@@ -160,8 +162,14 @@ impl BlockGraph {
                     role.name()
                 ))
             })?;
-        let _drained = self.drained(std::slice::from_ref(&parent)).await;
-        self.state().set_edge(&parent, &edge, &child)
+        let closed = {
+            let _drained = self.drained(std::slice::from_ref(&parent)).await;
+            let mut state = self.state();
+            state.set_edge(&parent, &edge, &child)?;
+            state.remove_unreferenced()
+        };
+        self.shared.close_nodes(closed).await;
+        Ok(())
     }
 }
 

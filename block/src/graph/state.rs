@@ -316,7 +316,7 @@ impl GraphState {
     /// no parent, no use), repeatedly, since a removed node no longer
     /// references its children. Returns them, parents first; they keep
     /// their permissions until [`GraphShared::close_nodes`].
-    fn remove_unreferenced(&mut self) -> Vec<Arc<Node>> {
+    pub(super) fn remove_unreferenced(&mut self) -> Vec<Arc<Node>> {
         let mut removed = Vec::new();
         loop {
             let unused: Vec<u64> = self

@@ -454,6 +454,73 @@ impl ImageHeader {
         Ok(())
     }
 
+    /// The first cluster with another backing file name and format (QEMU's
+    /// `qcow2_change_backing_file`): the fixed fields, the backing format
+    /// extension if there is a format, every other extension as it was,
+    /// the end marker, then the name. `None` removes both.
+    pub fn with_backing(
+        &self,
+        backing_file: Option<&str>,
+        backing_format: Option<&str>,
+    ) -> BlockResult<Vec<u8>> {
+        let mut header = self.header.clone();
+        let cluster_size = self.raw.len();
+        let ext_end = if header.backing_file_offset != 0 {
+            header.backing_file_offset as usize
+        } else {
+            cluster_size
+        };
+        let mut extensions: Vec<(u32, &[u8])> = Vec::new();
+        if let Some(format) = backing_format {
+            if format.len() > MAX_BACKING_FORMAT_LEN {
+                return Err(invalid(format!("Backing format name too long: {format}")));
+            }
+            extensions.push((ext::BACKING_FORMAT, format.as_bytes()));
+        }
+        let mut offset = header.header_length as usize;
+        while offset + 8 <= ext_end {
+            let kind = be32(&self.raw, offset);
+            let len = be32(&self.raw, offset + 4) as usize;
+            if kind == ext::END || offset + 8 + len > ext_end {
+                break;
+            }
+            if kind != ext::BACKING_FORMAT {
+                extensions.push((kind, &self.raw[offset + 8..offset + 8 + len]));
+            }
+            offset += 8 + len.div_ceil(8) * 8;
+        }
+        let mut raw = vec![0u8; cluster_size];
+        let mut at = header.header_length as usize;
+        for (kind, data) in extensions.into_iter().chain([(ext::END, &[][..])]) {
+            let padded = data.len().div_ceil(8) * 8;
+            if at + 8 + padded > cluster_size {
+                return Err(invalid(
+                    "Header extensions do not fit into the first cluster",
+                ));
+            }
+            put32(&mut raw, at, kind);
+            put32(&mut raw, at + 4, data.len() as u32);
+            raw[at + 8..at + 8 + data.len()].copy_from_slice(data);
+            at += 8 + padded;
+        }
+        match backing_file {
+            Some(name) => {
+                if name.len() > MAX_BACKING_FILE_NAME || at + name.len() > cluster_size {
+                    return Err(invalid("Backing file name too long"));
+                }
+                raw[at..at + name.len()].copy_from_slice(name.as_bytes());
+                header.backing_file_offset = at as u64;
+                header.backing_file_size = name.len() as u32;
+            }
+            None => {
+                header.backing_file_offset = 0;
+                header.backing_file_size = 0;
+            }
+        }
+        header.encode_into(&mut raw);
+        Ok(raw)
+    }
+
     /// The bytes to write at offset 0 after `header` changed: the fixed
     /// fields (rounded up to a sector) with the rest as on disk.
     pub fn encoded_prefix(&mut self) -> &[u8] {

@@ -51,4 +51,19 @@ impl HeaderStore {
         }
         written
     }
+
+    /// Names another backing file (and format) in the header, or none;
+    /// written and flushed before this returns.
+    pub async fn change_backing_file(
+        &self,
+        backing_file: Option<&str>,
+        backing_format: Option<&str>,
+    ) -> BlockResult<()> {
+        let mut image = self.image.lock().await;
+        let raw = image.with_backing(backing_file, backing_format)?;
+        self.file.write_slice(0, &raw).await?;
+        self.file.flush().await?;
+        *image = ImageHeader::parse(raw)?;
+        Ok(())
+    }
 }

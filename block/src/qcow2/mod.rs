@@ -89,7 +89,8 @@ struct Facts {
     pass_discard_request: bool,
     pass_discard_other: bool,
     discard_no_unref: bool,
-    backing: BackingInfo,
+    /// What the header names (a stream or commit may change it).
+    backing: std::sync::Mutex<BackingInfo>,
     on_corruption: Option<CorruptionHook>,
     /// Metadata that guest writes are checked against (`overlap-check`).
     overlap_checks: overlap::OverlapChecks,
@@ -238,10 +239,10 @@ impl Qcow2 {
             pass_discard_request: options.pass_discard_request.unwrap_or(true),
             pass_discard_other: options.pass_discard_other.unwrap_or(false),
             discard_no_unref: options.discard_no_unref,
-            backing: BackingInfo {
+            backing: std::sync::Mutex::new(BackingInfo {
                 file: image.backing_file.clone(),
                 format: image.backing_format.clone(),
-            },
+            }),
             on_corruption: options.on_corruption.clone(),
             overlap_checks: options.overlap_checks,
             snapshot_table: (
@@ -365,8 +366,12 @@ impl Qcow2 {
     }
 
     /// The backing file named in the header.
-    pub fn backing_file(&self) -> &BackingInfo {
-        &self.facts.backing
+    pub fn backing_file(&self) -> BackingInfo {
+        self.facts
+            .backing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Runs a writeback if a cache grew past its capacity.
@@ -439,6 +444,25 @@ impl BlockDriver for Qcow2 {
     async fn close(&self) -> BlockResult<()> {
         // The inherent `close`: write back the caches and mark the image clean.
         Qcow2::close(self).await
+    }
+
+    async fn change_backing_file(
+        &self,
+        file: Option<&str>,
+        format: Option<&str>,
+    ) -> BlockResult<()> {
+        if !self.facts.writable {
+            return Err(BlockError::new(
+                ErrorKind::PermissionDenied,
+                "Cannot change the backing file of a read-only image",
+            ));
+        }
+        self.header.change_backing_file(file, format).await?;
+        *self.facts.backing.lock().unwrap_or_else(|e| e.into_inner()) = BackingInfo {
+            file: file.map(str::to_owned),
+            format: file.and(format).map(str::to_owned),
+        };
+        Ok(())
     }
 
     fn backing_file_name(&self) -> Option<BackingFileName> {
