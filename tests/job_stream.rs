@@ -26,28 +26,75 @@ fn path(p: &Path) -> &str {
 fn chain_daemon() -> TestDaemon {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (base, mid, top) = (d.join("base.qcow2"), d.join("mid.qcow2"), d.join("top.qcow2"));
-    tool("qemu-img", &["create", "-q", "-f", "qcow2", path(&base), "16M"]);
+    let (base, mid, top) = (
+        d.join("base.qcow2"),
+        d.join("mid.qcow2"),
+        d.join("top.qcow2"),
+    );
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", path(&base), "16M"],
+    );
     tool("qemu-io", &["-c", "write -P 0x11 0 4M", path(&base)]);
     for (image, backing) in [(&mid, &base), (&top, &mid)] {
         tool(
             "qemu-img",
-            &["create", "-q", "-f", "qcow2", "-b", path(backing), "-F", "qcow2", path(image)],
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                path(backing),
+                "-F",
+                "qcow2",
+                path(image),
+            ],
         );
     }
-    tool("qemu-io", &["-c", "write -P 0x22 4M 4M", "-c", "write -z 0 1M", path(&mid)]);
+    tool(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x22 4M 4M",
+            "-c",
+            "write -z 0 1M",
+            path(&mid),
+        ],
+    );
     tool("qemu-io", &["-c", "write -P 0x33 8M 4M", path(&top)]);
-    tool("qemu-img", &["convert", "-O", "raw", path(&top), path(&d.join("before.raw"))]);
+    tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            path(&top),
+            path(&d.join("before.raw")),
+        ],
+    );
     TestDaemon::start_in(dir, |dir| {
         vec![
             "--blockdev".into(),
-            format!("qcow2,node-name=base,file.driver=file,file.filename={}", dir.join("base.qcow2").display()),
+            format!(
+                "qcow2,node-name=base,file.driver=file,file.filename={}",
+                dir.join("base.qcow2").display()
+            ),
             "--blockdev".into(),
-            format!("qcow2,node-name=mid,backing=base,file.driver=file,file.filename={}", dir.join("mid.qcow2").display()),
+            format!(
+                "qcow2,node-name=mid,backing=base,file.driver=file,file.filename={}",
+                dir.join("mid.qcow2").display()
+            ),
             "--blockdev".into(),
-            format!("qcow2,node-name=top,backing=mid,file.driver=file,file.filename={}", dir.join("top.qcow2").display()),
+            format!(
+                "qcow2,node-name=top,backing=mid,file.driver=file,file.filename={}",
+                dir.join("top.qcow2").display()
+            ),
             "--nbd-server".into(),
-            format!("addr.type=unix,addr.path={}", dir.join("nbd.sock").display()),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
             "--export".into(),
             "nbd,id=e0,node-name=top,name=disk,writable=on".into(),
         ]
@@ -79,7 +126,11 @@ fn compare(a: &Path, a_format: &str, b: &Path) {
         .args(["compare", "-f", a_format, "-F", "qcow2", path(a), path(b)])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[tokio::test]
@@ -87,7 +138,10 @@ async fn a_stream_to_the_base_under_writes_keeps_every_byte() {
     let mut daemon = chain_daemon();
     let mut qmp = daemon.connect().await;
     let mut writer = Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/nbd_pattern_writer.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/nbd_pattern_writer.py"
+        ))
         .args([
             path(&daemon.path("nbd.sock")),
             "disk",
@@ -113,7 +167,10 @@ async fn a_stream_to_the_base_under_writes_keeps_every_byte() {
     .await;
     // The layers being streamed are busy.
     let (_, busy) = error(&mut qmp, "blockdev-del", json!({"node-name": "mid"})).await;
-    assert!(busy.contains("is in use") || busy.contains("busy"), "{busy}");
+    assert!(
+        busy.contains("is in use") || busy.contains("busy"),
+        "{busy}"
+    );
     let completed = wait_event(&mut qmp, "BLOCK_JOB_COMPLETED").await;
     assert!(completed["data"].get("error").is_none(), "{completed}");
     assert_eq!(completed["data"]["offset"], completed["data"]["len"]);
@@ -121,11 +178,18 @@ async fn a_stream_to_the_base_under_writes_keeps_every_byte() {
     ok(&mut qmp, "blockdev-del", json!({"node-name": "mid"})).await;
     std::fs::write(daemon.path("stop"), b"").unwrap();
     let out = writer.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ok(&mut qmp, "quit", json!({})).await;
     assert!(daemon.wait_exit().success());
     let top = daemon.path("top.qcow2");
-    assert_eq!(header_backing(&top), Some(path(&daemon.path("base.qcow2")).to_owned()));
+    assert_eq!(
+        header_backing(&top),
+        Some(path(&daemon.path("base.qcow2")).to_owned())
+    );
     compare(&daemon.path("model.raw"), "raw", &top);
     tool("qemu-img", &["check", "-q", path(&top)]);
 }
@@ -160,20 +224,34 @@ async fn refusals_are_qemus() {
     let base_file = daemon.path("base.qcow2").display().to_string();
     let cases = [
         (json!({"device": "top"}), "Invalid job ID ''"),
-        (json!({"job-id": "s", "device": "top", "base": "x", "base-node": "y"}),
-         "'base' and 'base-node' cannot be specified at the same time"),
-        (json!({"job-id": "s", "device": "top", "base": "x", "bottom": "y"}),
-         "'base' and 'bottom' cannot be specified at the same time"),
-        (json!({"job-id": "s", "device": "top", "base-node": "x", "bottom": "y"}),
-         "'bottom' and 'base-node' cannot be specified at the same time"),
-        (json!({"job-id": "s", "device": "top", "base": "/nope.qcow2"}),
-         "Can't find '/nope.qcow2' in the backing chain"),
-        (json!({"job-id": "s", "device": "top", "base-node": "top"}),
-         "Node 'top' is not a backing image of 'top'"),
-        (json!({"job-id": "s", "device": "top", "backing-file": "foo"}),
-         "backing file specified, but streaming the entire chain"),
-        (json!({"job-id": "s", "device": "top", "base": base_file, "speed": -1}),
-         "Parameter 'speed' expects a non-negative value"),
+        (
+            json!({"job-id": "s", "device": "top", "base": "x", "base-node": "y"}),
+            "'base' and 'base-node' cannot be specified at the same time",
+        ),
+        (
+            json!({"job-id": "s", "device": "top", "base": "x", "bottom": "y"}),
+            "'base' and 'bottom' cannot be specified at the same time",
+        ),
+        (
+            json!({"job-id": "s", "device": "top", "base-node": "x", "bottom": "y"}),
+            "'bottom' and 'base-node' cannot be specified at the same time",
+        ),
+        (
+            json!({"job-id": "s", "device": "top", "base": "/nope.qcow2"}),
+            "Can't find '/nope.qcow2' in the backing chain",
+        ),
+        (
+            json!({"job-id": "s", "device": "top", "base-node": "top"}),
+            "Node 'top' is not a backing image of 'top'",
+        ),
+        (
+            json!({"job-id": "s", "device": "top", "backing-file": "foo"}),
+            "backing file specified, but streaming the entire chain",
+        ),
+        (
+            json!({"job-id": "s", "device": "top", "base": base_file, "speed": -1}),
+            "Parameter 'speed' expects a non-negative value",
+        ),
     ];
     for (arguments, message) in cases {
         let (class, desc) = error(&mut qmp, "block-stream", arguments).await;
@@ -181,5 +259,9 @@ async fn refusals_are_qemus() {
     }
     let nodes = ok(&mut qmp, "query-named-block-nodes", json!({"flat": true})).await;
     assert!(!nodes.to_string().contains("copy-on-read"), "{nodes}");
-    assert!(ok(&mut qmp, "query-jobs", json!({})).await.as_array().unwrap().is_empty());
+    assert!(ok(&mut qmp, "query-jobs", json!({}))
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
 }

@@ -1,8 +1,10 @@
-//! The commands that start block jobs: `blockdev-mirror`, `block-stream`. Each reads its
+//! The commands that start block jobs: `blockdev-mirror`, `block-stream`,
+//! `block-commit`. Each reads its
 //! arguments and hands them to the job's module in [`block::blockjob`];
 //! the job's life is then the registry's ([`super::job`]).
 
-use schema::job::{BlockStreamArgs, BlockdevMirrorArgs};
+use schema::job::{BlockCommitArgs, BlockStreamArgs, BlockdevMirrorArgs};
+use schema::{ErrorClass, QmpError};
 use serde_json::{Map, Value};
 
 use super::{arguments, command, Command, CommandResult};
@@ -11,6 +13,7 @@ use crate::state::Daemon;
 pub const COMMANDS: &[Command] = &[
     command!("blockdev-mirror", blockdev_mirror),
     command!("block-stream", block_stream),
+    command!("block-commit", block_commit),
 ];
 
 async fn blockdev_mirror(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
@@ -22,5 +25,18 @@ async fn blockdev_mirror(daemon: &Daemon, args: Map<String, Value>) -> CommandRe
 async fn block_stream(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let args: BlockStreamArgs = arguments(args)?;
     block::blockjob::stream::start(&daemon.graph, &daemon.jobs, args).await?;
+    Ok(Value::Null)
+}
+
+/// QEMU's `qmp_block_commit` names a missing device with its own class.
+async fn block_commit(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let args: BlockCommitArgs = arguments(args)?;
+    let device = daemon.graph.node(&args.device).ok_or_else(|| {
+        QmpError::new(
+            ErrorClass::DeviceNotFound,
+            format!("Device '{}' not found", args.device),
+        )
+    })?;
+    block::blockjob::commit::start(&daemon.graph, &daemon.jobs, device, args).await?;
     Ok(Value::Null)
 }

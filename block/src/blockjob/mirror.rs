@@ -44,7 +44,7 @@ use crate::write_hooks::{WriteKind, WriteObserver, WriteRequest};
 const MAX_CHUNK: u64 = 1 << 20;
 
 /// Bytes in flight by default (QEMU's `DEFAULT_MIRROR_BUF_SIZE`).
-const DEFAULT_BUF_SIZE: u64 = 16 << 20;
+pub(crate) const DEFAULT_BUF_SIZE: u64 = 16 << 20;
 
 /// The most copies in flight (QEMU's `MAX_IN_FLIGHT`).
 const MAX_IN_FLIGHT: usize = 16;
@@ -95,19 +95,91 @@ pub async fn start(
             return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
         }
     }
-    let active = Arc::new(ActiveWrites {
-        target: target.clone(),
-        enabled: AtomicBool::new(args.copy_mode == Some(MirrorCopyMode::WriteBlocking)),
-    });
-    let mirror = Arc::new(Mirror {
-        graph: graph.clone(),
-        source: source.clone(),
-        target: target.clone(),
-        sync: args.sync,
+    let initial = match args.sync {
+        MirrorSyncMode::Full => InitialDirt::All,
+        MirrorSyncMode::Top => InitialDirt::AboveDepth(2),
+        _ => InitialDirt::Nothing,
+    };
+    let setup = MirrorSetup {
+        job_type: JobType::Mirror,
+        common: CommonOptions {
+            job_id: args.job_id.clone(),
+            speed: args.speed,
+            auto_finalize: args.auto_finalize,
+            auto_dismiss: args.auto_dismiss,
+        },
+        source,
+        target,
+        initial,
         granularity,
         buf_size,
         on_source_error: args.on_source_error.unwrap_or_default(),
         on_target_error: args.on_target_error.unwrap_or_default(),
+        copy_mode: args.copy_mode.unwrap_or_default(),
+        filter_node_name: args.filter_node_name,
+    };
+    start_with(graph, jobs, setup).await
+}
+
+/// What the copy starts from.
+pub(crate) enum InitialDirt {
+    /// The whole source (`sync=full`).
+    All,
+    /// What the source's chain holds above this depth (1 is the source's
+    /// own layer): `sync=top` is depth 2, an active commit the base's.
+    AboveDepth(u32),
+    /// Only what is written from now on (`sync=none`).
+    Nothing,
+}
+
+/// A mirror to start, checked: `blockdev-mirror`'s, or an active commit's.
+pub(crate) struct MirrorSetup {
+    pub job_type: JobType,
+    pub common: CommonOptions,
+    pub source: Arc<Node>,
+    pub target: Arc<Node>,
+    pub initial: InitialDirt,
+    pub granularity: u64,
+    pub buf_size: u64,
+    pub on_source_error: BlockdevOnError,
+    pub on_target_error: BlockdevOnError,
+    pub copy_mode: MirrorCopyMode,
+    pub filter_node_name: Option<String>,
+}
+
+/// Creates the job, inserts the filter and starts copying.
+pub(crate) async fn start_with(
+    graph: &BlockGraph,
+    jobs: &JobRegistry,
+    setup: MirrorSetup,
+) -> BlockResult<()> {
+    let MirrorSetup {
+        job_type,
+        common,
+        source,
+        target,
+        initial,
+        granularity,
+        buf_size,
+        on_source_error,
+        on_target_error,
+        copy_mode,
+        filter_node_name,
+    } = setup;
+    let active = Arc::new(ActiveWrites {
+        target: target.clone(),
+        enabled: AtomicBool::new(copy_mode == MirrorCopyMode::WriteBlocking),
+    });
+    let mirror = Arc::new(Mirror {
+        graph: graph.clone(),
+        job_type,
+        source: source.clone(),
+        target: target.clone(),
+        initial,
+        granularity,
+        buf_size,
+        on_source_error,
+        on_target_error,
         active: active.clone(),
         bitmap: Arc::new(DirtyBitmap::new(source.size(), granularity)),
         filter: Mutex::default(),
@@ -117,29 +189,16 @@ pub async fn start(
         pivot: Mutex::default(),
         ready: AtomicBool::new(false),
     });
-    let common = CommonOptions {
-        job_id: args.job_id.clone(),
-        speed: args.speed,
-        auto_finalize: args.auto_finalize,
-        auto_dismiss: args.auto_dismiss,
-    };
-    let created = create_block_job(jobs, JobType::Mirror, &common, mirror.clone())?;
-    mirror
-        .attach(args.filter_node_name.as_deref(), active)
-        .await?;
+    let created = create_block_job(jobs, job_type, &common, mirror.clone())?;
+    mirror.attach(filter_node_name.as_deref(), active).await?;
     created.start(move |context| async move { mirror.run(context).await });
     Ok(())
 }
 
-/// QEMU's checks of `granularity`; the default is the target's cluster
-/// size within 4 KiB..64 KiB (QEMU's `bdrv_get_default_bitmap_granularity`).
+/// QEMU's checks of `granularity`; the default is [`default_granularity`].
 fn check_granularity(granularity: Option<u32>, target: &Node) -> BlockResult<u64> {
     let Some(granularity) = granularity.filter(|&g| g != 0) else {
-        let cluster = target
-            .driver_info()
-            .and_then(|info| info.cluster_size)
-            .unwrap_or(0);
-        return Ok(cluster.clamp(4096, 64 << 10).next_power_of_two());
+        return Ok(default_granularity(target));
     };
     if !(512..=64 << 20).contains(&granularity) {
         return Err(generic(
@@ -152,12 +211,24 @@ fn check_granularity(granularity: Option<u32>, target: &Node) -> BlockResult<u64
     Ok(u64::from(granularity))
 }
 
+/// The target's cluster size within 4 KiB..64 KiB (QEMU's
+/// `bdrv_get_default_bitmap_granularity`).
+pub(crate) fn default_granularity(target: &Node) -> u64 {
+    let cluster = target
+        .driver_info()
+        .and_then(|info| info.cluster_size)
+        .unwrap_or(0);
+    cluster.clamp(4096, 64 << 10).next_power_of_two()
+}
+
 /// A running mirror.
 struct Mirror {
     graph: BlockGraph,
+    /// `mirror`, or `commit` for an active commit.
+    job_type: JobType,
     source: Arc<Node>,
     target: Arc<Node>,
-    sync: MirrorSyncMode,
+    initial: InitialDirt,
     granularity: u64,
     buf_size: u64,
     on_source_error: BlockdevOnError,
@@ -223,7 +294,7 @@ impl Mirror {
             let _ = self.graph.blockdev_del(filter.name()).await;
             return Err(error);
         }
-        let reason = busy_reason("mirror");
+        let reason = busy_reason(&crate::job::job_type_name(self.job_type));
         let blocker = self.graph.block_nodes(
             &[self.source.clone(), filter.clone(), self.target.clone()],
             &reason,
@@ -275,23 +346,22 @@ impl Mirror {
         Ok(())
     }
 
-    /// The ranges `sync` copies at the start: everything (`full`), what
-    /// the source's own layer holds (`top`), or nothing (`none`).
+    /// The ranges to copy at the start (see [`InitialDirt`]).
     async fn mark_initial_dirt(&self) -> BlockResult<()> {
-        match self.sync {
-            MirrorSyncMode::Full => self.bitmap.set_all(),
-            MirrorSyncMode::Top => {
+        match self.initial {
+            InitialDirt::All => self.bitmap.set_all(),
+            InitialDirt::AboveDepth(depth) => {
                 let size = self.source.size();
                 let mut offset = 0;
                 while offset < size {
                     let extent = self.source.block_status(offset, size - offset).await?;
-                    if extent.depth == 1 {
+                    if (1..depth).contains(&extent.depth) {
                         self.bitmap.set(offset, extent.length);
                     }
                     offset += extent.length.max(1);
                 }
             }
-            _ => {}
+            InitialDirt::Nothing => {}
         }
         Ok(())
     }
@@ -461,6 +531,9 @@ impl JobDriver for Mirror {
     }
 
     fn extra_info(&self) -> Map<String, Value> {
+        if self.job_type != JobType::Mirror {
+            return Map::new();
+        }
         let synced = self.active.enabled.load(Ordering::Acquire)
             && self.ready.load(Ordering::Acquire)
             && self.bitmap.dirty_bytes() == 0;

@@ -115,7 +115,7 @@ pub async fn start(
 }
 
 /// `top` and the nodes below it through backing edges (and filters).
-fn backing_chain(top: &Arc<Node>) -> Vec<Arc<Node>> {
+pub(crate) fn backing_chain(top: &Arc<Node>) -> Vec<Arc<Node>> {
     let mut chain = Vec::new();
     let mut current = Some(top.clone());
     while let Some(node) = current {
@@ -130,7 +130,7 @@ fn backing_chain(top: &Arc<Node>) -> Vec<Arc<Node>> {
 
 /// QEMU's `bdrv_find_backing_image`: a node below the top whose file name,
 /// or the name its parent's header stores for it, is `name`.
-fn find_by_filename(chain: &[Arc<Node>], name: &str) -> Option<Arc<Node>> {
+pub(crate) fn find_by_filename(chain: &[Arc<Node>], name: &str) -> Option<Arc<Node>> {
     chain.windows(2).find_map(|pair| {
         let (parent, node) = (&pair[0], &pair[1]);
         let stored = parent.driver().backing_file_name().map(|b| b.name);
@@ -241,14 +241,11 @@ impl Stream {
     /// The base becomes the image's backing file, named in its header as
     /// `backing-file` says or by the base's own file name.
     async fn change_backing(&self) -> BlockResult<()> {
-        let name = match &self.base {
-            Some(base) => Some(
-                self.backing_file
-                    .clone()
-                    .unwrap_or_else(|| display_filename(base)),
-            ),
-            None => None,
-        };
+        let name = self.base.as_ref().map(|base| {
+            self.backing_file
+                .clone()
+                .unwrap_or_else(|| display_filename(base))
+        });
         let format = self.base.as_ref().map(|base| base.driver().format_name());
         self.top
             .change_backing_file(name.as_deref(), format)

@@ -716,6 +716,14 @@ impl RegistryState {
     }
 }
 
+/// A job type as QAPI spells it (`mirror`, `commit`, ...).
+pub fn job_type_name(job_type: JobType) -> String {
+    serde_json::to_value(job_type)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }

@@ -1,0 +1,299 @@
+//! `block-commit` over a three-deep qcow2 chain (base <- mid <- top) with
+//! real clients: the middle layer committed into the base while a libnbd
+//! client writes and verifies through an export of the top, and the top
+//! itself committed (an active commit that becomes ready and moves the
+//! export to the base on `job-complete`). Afterwards the images read
+//! exactly as the client's model (`qemu-img compare`), the headers name
+//! the new backing files, and `qemu-img check` finds nothing.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{error, ok, tool, TestDaemon};
+use qmp::client::Client;
+use serde_json::{json, Value};
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// base (0x11 in 0..4M), mid (0x22 in 4M..8M, zeroes over the base's
+/// first MiB), top (0x33 in 8M..12M); the chain opened node by node and
+/// `top` exported writable as `disk`.
+fn chain_daemon() -> TestDaemon {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (base, mid, top) = (
+        d.join("base.qcow2"),
+        d.join("mid.qcow2"),
+        d.join("top.qcow2"),
+    );
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", path(&base), "16M"],
+    );
+    tool("qemu-io", &["-c", "write -P 0x11 0 4M", path(&base)]);
+    for (image, backing) in [(&mid, &base), (&top, &mid)] {
+        tool(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                path(backing),
+                "-F",
+                "qcow2",
+                path(image),
+            ],
+        );
+    }
+    tool(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x22 4M 4M",
+            "-c",
+            "write -z 0 1M",
+            path(&mid),
+        ],
+    );
+    tool("qemu-io", &["-c", "write -P 0x33 8M 4M", path(&top)]);
+    TestDaemon::start_in(dir, |dir| {
+        vec![
+            "--blockdev".into(),
+            format!(
+                "qcow2,node-name=base,file.driver=file,file.filename={}",
+                dir.join("base.qcow2").display()
+            ),
+            "--blockdev".into(),
+            format!(
+                "qcow2,node-name=mid,backing=base,file.driver=file,file.filename={}",
+                dir.join("mid.qcow2").display()
+            ),
+            "--blockdev".into(),
+            format!(
+                "qcow2,node-name=top,backing=mid,file.driver=file,file.filename={}",
+                dir.join("top.qcow2").display()
+            ),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "nbd,id=e0,node-name=top,name=disk,writable=on".into(),
+        ]
+    })
+}
+
+async fn wait_event(client: &mut Client, name: &str) -> Value {
+    for _ in 0..600 {
+        if let Some(event) = client.next_event(Duration::from_millis(500)).await.unwrap() {
+            if event["event"] == name {
+                return event;
+            }
+        }
+    }
+    panic!("no {name} event");
+}
+
+async fn start_writer(daemon: &TestDaemon) -> Child {
+    let mut writer = Command::new("/usr/bin/python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/nbd_pattern_writer.py"
+        ))
+        .args([
+            path(&daemon.path("nbd.sock")),
+            "disk",
+            "65536",
+            path(&daemon.path("stop")),
+            path(&daemon.path("model.raw")),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with libnbd");
+    while !daemon.path("stop.started").exists() {
+        if let Some(status) = writer.try_wait().unwrap() {
+            panic!("writer ended early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    writer
+}
+
+fn stop_writer(daemon: &TestDaemon, writer: Child) {
+    std::fs::write(daemon.path("stop"), b"").unwrap();
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn header_backing(image: &Path) -> Option<String> {
+    let info: Value = serde_json::from_str(&tool(
+        "qemu-img",
+        &["info", "-U", "--output=json", path(image)],
+    ))
+    .unwrap();
+    info["backing-filename"].as_str().map(str::to_owned)
+}
+
+fn compare_with_model(daemon: &TestDaemon, image: &str) {
+    let out = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2"])
+        .args([daemon.path("model.raw"), daemon.path(image)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test]
+async fn the_middle_layer_commits_into_the_base_under_writes() {
+    let mut daemon = chain_daemon();
+    let mut qmp = daemon.connect().await;
+    let writer = start_writer(&daemon).await;
+    ok(
+        &mut qmp,
+        "block-commit",
+        json!({"job-id": "c0", "device": "top", "top-node": "mid", "base-node": "base",
+               "filter-node-name": "ctop"}),
+    )
+    .await;
+    let completed = wait_event(&mut qmp, "BLOCK_JOB_COMPLETED").await;
+    assert!(completed["data"].get("error").is_none(), "{completed}");
+    assert_eq!(completed["data"]["type"], "commit");
+    // The top now sits on the base; mid is nobody's child.
+    ok(&mut qmp, "blockdev-del", json!({"node-name": "mid"})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_writer(&daemon, writer);
+    ok(&mut qmp, "quit", json!({})).await;
+    assert!(daemon.wait_exit().success());
+    let top = daemon.path("top.qcow2");
+    assert_eq!(
+        header_backing(&top),
+        Some(path(&daemon.path("base.qcow2")).to_owned())
+    );
+    // mid's file is no longer needed to read the top.
+    std::fs::remove_file(daemon.path("mid.qcow2")).unwrap();
+    compare_with_model(&daemon, "top.qcow2");
+    tool("qemu-img", &["check", "-q", path(&top)]);
+    tool(
+        "qemu-img",
+        &["check", "-q", path(&daemon.path("base.qcow2"))],
+    );
+}
+
+#[tokio::test]
+async fn an_active_commit_moves_the_export_to_the_base() {
+    let mut daemon = chain_daemon();
+    let mut qmp = daemon.connect().await;
+    let writer = start_writer(&daemon).await;
+    ok(
+        &mut qmp,
+        "block-commit",
+        json!({"job-id": "c1", "device": "top"}),
+    )
+    .await;
+    let ready = wait_event(&mut qmp, "BLOCK_JOB_READY").await;
+    assert_eq!(ready["data"]["type"], "commit");
+    let jobs = ok(&mut qmp, "query-block-jobs", json!({})).await;
+    assert!(jobs[0].get("actively-synced").is_none(), "{jobs}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ok(&mut qmp, "job-complete", json!({"id": "c1"})).await;
+    wait_event(&mut qmp, "BLOCK_JOB_COMPLETED").await;
+    let exports = ok(&mut qmp, "query-block-exports", json!({})).await;
+    assert_eq!(exports[0]["node-name"], "base");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_writer(&daemon, writer);
+    ok(&mut qmp, "quit", json!({})).await;
+    assert!(daemon.wait_exit().success());
+    // Everything, the client's writes after the pivot included, is in
+    // the base alone.
+    compare_with_model(&daemon, "base.qcow2");
+    tool(
+        "qemu-img",
+        &["check", "-q", path(&daemon.path("base.qcow2"))],
+    );
+}
+
+#[tokio::test]
+async fn refusals_are_qemus() {
+    let daemon = chain_daemon();
+    let mut qmp = daemon.connect().await;
+    let cases = [
+        (
+            json!({"device": "top"}),
+            "GenericError",
+            "Invalid job ID ''",
+        ),
+        (
+            json!({"job-id": "c", "device": "nosuch"}),
+            "DeviceNotFound",
+            "Device 'nosuch' not found",
+        ),
+        (
+            json!({"job-id": "c", "device": "top", "top": "a", "top-node": "b"}),
+            "GenericError",
+            "'top-node' and 'top' are mutually exclusive",
+        ),
+        (
+            json!({"job-id": "c", "device": "top", "base": "a", "base-node": "b"}),
+            "GenericError",
+            "'base-node' and 'base' are mutually exclusive",
+        ),
+        (
+            json!({"job-id": "c", "device": "top", "top": "/nope"}),
+            "GenericError",
+            "Top image file /nope not found",
+        ),
+        (
+            json!({"job-id": "c", "device": "top", "base": "/nope"}),
+            "GenericError",
+            "Can't find '/nope' in the backing chain",
+        ),
+        (
+            json!({"job-id": "c", "device": "top", "base-node": "top"}),
+            "GenericError",
+            "cannot commit an image into itself",
+        ),
+        (
+            json!({"job-id": "c", "device": "top", "top-node": "base", "base-node": "mid"}),
+            "GenericError",
+            "'mid' is not in this backing file chain",
+        ),
+        (
+            json!({"job-id": "c", "device": "top", "backing-file": "x"}),
+            "GenericError",
+            "'backing-file' specified, but 'top' is the active layer",
+        ),
+        (
+            json!({"job-id": "c", "device": "mid"}),
+            "GenericError",
+            "Need a root block node",
+        ),
+        (
+            json!({"job-id": "c", "device": "top", "top-node": "mid", "speed": -1}),
+            "GenericError",
+            "Parameter 'speed' expects a non-negative value",
+        ),
+    ];
+    for (arguments, class, message) in cases {
+        let (got_class, desc) = error(&mut qmp, "block-commit", arguments).await;
+        assert_eq!((got_class.as_str(), desc.as_str()), (class, message));
+    }
+    let nodes = ok(&mut qmp, "query-named-block-nodes", json!({"flat": true})).await;
+    assert!(!nodes.to_string().contains("commit_top"), "{nodes}");
+}
