@@ -44,9 +44,33 @@ impl DirtyBitmap {
         self.size
     }
 
-    /// Dirty bytes (whole granules, the last one cut at the end).
+    /// Dirty bytes, in whole granules (QEMU's count: the last granule
+    /// counts whole even where it passes the end).
     pub fn dirty_bytes(&self) -> u64 {
-        (self.count.load(Relaxed) * self.granularity).min(self.size)
+        self.count.load(Relaxed).saturating_mul(self.granularity)
+    }
+
+    /// Marks everything `other` (of the same size, any granularity) marks.
+    pub fn merge_from(&self, other: &DirtyBitmap) {
+        let mut from = 0;
+        while let Some(range) = other.next_dirty(from, u64::MAX) {
+            self.set(range.start, range.end - range.start);
+            from = range.end;
+        }
+    }
+
+    /// SHA-256 of the bits, one per granule in 64-bit little-endian words,
+    /// as QEMU's `hbitmap_sha256` hashes its last level.
+    pub fn sha256_hex(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for word in &self.words {
+            hash.update(word.load(Relaxed).to_le_bytes());
+        }
+        hash.finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
     }
 
     /// Marks every granule that `offset..offset+len` touches.
@@ -171,13 +195,13 @@ mod tests {
             Some(130 * 512..140 * 512)
         );
         bitmap.set_all();
-        assert_eq!(bitmap.dirty_bytes(), size);
+        assert_eq!(bitmap.dirty_bytes(), 200 * 512);
         assert_eq!(
             bitmap.next_dirty(199 * 512, u64::MAX),
             Some(199 * 512..size)
         );
         // Past the end: nothing.
         bitmap.set(size, 4096);
-        assert_eq!(bitmap.dirty_bytes(), size);
+        assert_eq!(bitmap.dirty_bytes(), 200 * 512);
     }
 }

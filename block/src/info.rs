@@ -84,7 +84,7 @@ fn block_device_info(node: &Arc<Node>, flat: bool) -> BlockDeviceInfo {
             no_flush: settings.cache_no_flush,
         },
         write_threshold: 0,
-        dirty_bitmaps: None,
+        dirty_bitmaps: node.bitmaps().info(),
     }
 }
 

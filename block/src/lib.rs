@@ -10,6 +10,7 @@
 
 mod aligned;
 pub mod backend;
+pub mod bitmaps;
 pub mod blkdebug;
 pub mod blocking;
 pub mod blockjob;

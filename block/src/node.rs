@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 
 use schema::block::{BlockdevDetectZeroesOptions, BlockdevDriver};
 
+use crate::bitmaps::NodeBitmaps;
 use crate::drain::InFlight;
 use crate::driver::{BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::BlockResult;
@@ -203,6 +204,8 @@ pub struct Node {
     in_flight: InFlight,
     /// What every write-side request passes.
     write_hooks: WriteHooks,
+    /// Named dirty bitmaps (`block-dirty-bitmap-add`).
+    bitmaps: NodeBitmaps,
     /// Blocks under a read-modify-write, for drivers that need alignment.
     partial_blocks: RangeLocks,
     /// Whether the node is active (QEMU clears `BDRV_O_INACTIVE` when an
@@ -232,6 +235,7 @@ impl Node {
             children,
             in_flight: InFlight::default(),
             write_hooks: WriteHooks::default(),
+            bitmaps: NodeBitmaps::default(),
             partial_blocks: RangeLocks::default(),
             active: AtomicBool::new(!settings.inactive),
             applied: PermCell::unused(),
@@ -491,6 +495,11 @@ impl Node {
         format: Option<&str>,
     ) -> BlockResult<()> {
         self.driver.change_backing_file(file, format).await
+    }
+
+    /// The node's named dirty bitmaps.
+    pub(crate) fn bitmaps(&self) -> &NodeBitmaps {
+        &self.bitmaps
     }
 
     /// Attaches an observer of the node's writes.

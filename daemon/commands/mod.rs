@@ -11,6 +11,7 @@
 //! shares (`--blockdev` is `blockdev-add`) keep their work in a typed
 //! function the command line calls directly.
 
+mod bitmap;
 mod block;
 mod blockjob;
 mod export;
@@ -59,6 +60,7 @@ const GROUPS: &[&[Command]] = &[
     qom::COMMANDS,
     job::COMMANDS,
     blockjob::COMMANDS,
+    bitmap::COMMANDS,
 ];
 
 /// Makes a [`Command`] of an `async fn(&Daemon, Map<String, Value>)`.

@@ -5,6 +5,7 @@
 //! Entry points: [`from_json`] for QMP arguments, [`parse_option`] for a
 //! command-line option, [`keyval::parse`] for the keyval syntax alone.
 
+pub mod bitmap;
 pub mod block;
 pub mod char;
 pub mod create;

@@ -111,7 +111,7 @@ pub async fn start(
         let setup = MirrorSetup {
             job_type: JobType::Commit,
             common,
-            granularity: mirror::default_granularity(&base),
+            granularity: crate::bitmaps::default_granularity(&base),
             source: top,
             target: base,
             initial: InitialDirt::AboveDepth(base_depth),

@@ -195,10 +195,11 @@ pub(crate) async fn start_with(
     Ok(())
 }
 
-/// QEMU's checks of `granularity`; the default is [`default_granularity`].
+/// QEMU's checks of `granularity`; the default is the target's
+/// ([`crate::bitmaps::default_granularity`]).
 fn check_granularity(granularity: Option<u32>, target: &Node) -> BlockResult<u64> {
     let Some(granularity) = granularity.filter(|&g| g != 0) else {
-        return Ok(default_granularity(target));
+        return Ok(crate::bitmaps::default_granularity(target));
     };
     if !(512..=64 << 20).contains(&granularity) {
         return Err(generic(
@@ -209,16 +210,6 @@ fn check_granularity(granularity: Option<u32>, target: &Node) -> BlockResult<u64
         return Err(generic("Parameter 'granularity' expects a power of 2"));
     }
     Ok(u64::from(granularity))
-}
-
-/// The target's cluster size within 4 KiB..64 KiB (QEMU's
-/// `bdrv_get_default_bitmap_granularity`).
-pub(crate) fn default_granularity(target: &Node) -> u64 {
-    let cluster = target
-        .driver_info()
-        .and_then(|info| info.cluster_size)
-        .unwrap_or(0);
-    cluster.clamp(4096, 64 << 10).next_power_of_two()
 }
 
 /// A running mirror.

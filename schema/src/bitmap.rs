@@ -1,0 +1,56 @@
+//! The dirty bitmap commands (`block-dirty-bitmap-*`), as in QEMU's
+//! `qapi/block-core.json`.
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use crate::de::union::{Captured, Shape};
+
+/// `block-dirty-bitmap-add`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockDirtyBitmapAdd {
+    pub node: String,
+    pub name: String,
+    pub granularity: Option<u32>,
+    pub persistent: Option<bool>,
+    pub disabled: Option<bool>,
+}
+
+/// `block-dirty-bitmap-remove`, `-clear`, `-enable`, `-disable`, and
+/// `x-debug-block-dirty-bitmap-sha256`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockDirtyBitmap {
+    pub node: String,
+    pub name: String,
+}
+
+/// A source of `block-dirty-bitmap-merge`: a bitmap of the target's node
+/// by name, or of any node (`BlockDirtyBitmapOrStr`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockDirtyBitmapOrStr {
+    Local(String),
+    External(BlockDirtyBitmap),
+}
+
+impl<'de> Deserialize<'de> for BlockDirtyBitmapOrStr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let captured = Captured::deserialize(deserializer)?;
+        let result = match captured.shape() {
+            Shape::String => captured.read().map(Self::Local),
+            Shape::Object => captured.read().map(Self::External),
+            Shape::Null | Shape::Other => Err(captured.no_branch("BlockDirtyBitmapOrStr")),
+        };
+        result.map_err(de::Error::custom)
+    }
+}
+
+/// `block-dirty-bitmap-merge`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockDirtyBitmapMerge {
+    pub node: String,
+    pub target: String,
+    pub bitmaps: Vec<BlockDirtyBitmapOrStr>,
+}
