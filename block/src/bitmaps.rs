@@ -29,6 +29,10 @@ pub struct NamedBitmap {
     recording: AtomicBool,
     persistent: bool,
     busy: AtomicBool,
+    /// While a backup uses the bitmap: where new writes go meanwhile
+    /// (QEMU's successor), so that the bitmap itself stays as it was when
+    /// the backup began.
+    successor: Mutex<Option<DirtyBitmap>>,
 }
 
 impl NamedBitmap {
@@ -40,9 +44,46 @@ impl NamedBitmap {
         &self.bitmap
     }
 
-    /// Held by a job: it may not be changed or removed meanwhile.
-    pub fn set_busy(&self, busy: bool) {
-        self.busy.store(busy, Ordering::Release);
+    fn successor(&self) -> std::sync::MutexGuard<'_, Option<DirtyBitmap>> {
+        self.successor.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A backup takes the bitmap (QEMU's `bdrv_dirty_bitmap_create_successor`):
+    /// it is busy, and new writes go to a successor until the backup ends.
+    pub fn freeze(&self) -> BlockResult<()> {
+        self.check_not_busy()?;
+        let mut successor = self.successor();
+        *successor = Some(DirtyBitmap::new(
+            self.bitmap.size(),
+            self.bitmap.granularity(),
+        ));
+        self.busy.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The backup succeeded (QEMU's `abdicate`): the bitmap now holds only
+    /// what was written while it ran.
+    pub fn abdicate(&self) {
+        let mut successor = self.successor();
+        if let Some(newer) = successor.take() {
+            self.bitmap.reset(0, self.bitmap.size());
+            self.bitmap.merge_from(&newer);
+        }
+        self.busy.store(false, Ordering::Release);
+    }
+
+    /// The backup ended otherwise (QEMU's `reclaim`): what was written
+    /// meanwhile is added back. With `remaining`, the bitmap first keeps
+    /// only what the backup had not copied (`bitmap-mode=always`).
+    pub fn reclaim(&self, remaining: Option<&DirtyBitmap>) {
+        let mut successor = self.successor();
+        if let Some(remaining) = remaining {
+            self.bitmap.retain_overlapping(remaining);
+        }
+        if let Some(newer) = successor.take() {
+            self.bitmap.merge_from(&newer);
+        }
+        self.busy.store(false, Ordering::Release);
     }
 
     fn is_busy(&self) -> bool {
@@ -75,8 +116,12 @@ impl NamedBitmap {
 
 impl WriteObserver for NamedBitmap {
     fn after_write(&self, _node: &Node, request: &WriteRequest, _result: &BlockResult<()>) {
-        if request.kind != WriteKind::Resize && self.recording.load(Ordering::Acquire) {
-            self.bitmap.set(request.offset, request.len);
+        if request.kind == WriteKind::Resize || !self.recording.load(Ordering::Acquire) {
+            return;
+        }
+        match &*self.successor() {
+            Some(successor) => successor.set(request.offset, request.len),
+            None => self.bitmap.set(request.offset, request.len),
         }
     }
 }
@@ -159,6 +204,7 @@ impl BlockGraph {
             recording: AtomicBool::new(!new.disabled),
             persistent: new.persistent,
             busy: AtomicBool::new(false),
+            successor: Mutex::default(),
         });
         node.attach_write_observer(bitmap.clone());
         list.insert(0, bitmap);

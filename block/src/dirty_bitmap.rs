@@ -59,6 +59,21 @@ impl DirtyBitmap {
         }
     }
 
+    /// Keeps only the dirty granules that `other` (of the same size, any
+    /// granularity) also marks somewhere.
+    pub fn retain_overlapping(&self, other: &DirtyBitmap) {
+        let mut from = 0;
+        while let Some(range) = self.next_dirty(from, self.granularity) {
+            let overlaps = other
+                .next_dirty(range.start, u64::MAX)
+                .is_some_and(|theirs| theirs.start < range.end);
+            if !overlaps {
+                self.reset(range.start, range.end - range.start);
+            }
+            from = range.end;
+        }
+    }
+
     /// SHA-256 of the bits, one per granule in 64-bit little-endian words,
     /// as QEMU's `hbitmap_sha256` hashes its last level.
     pub fn sha256_hex(&self) -> String {

@@ -1,9 +1,9 @@
 //! The commands that start block jobs: `blockdev-mirror`, `block-stream`,
-//! `block-commit`. Each reads its
+//! `block-commit`, `blockdev-backup`. Each reads its
 //! arguments and hands them to the job's module in [`block::blockjob`];
 //! the job's life is then the registry's ([`super::job`]).
 
-use schema::job::{BlockCommitArgs, BlockStreamArgs, BlockdevMirrorArgs};
+use schema::job::{BlockCommitArgs, BlockStreamArgs, BlockdevBackupArgs, BlockdevMirrorArgs};
 use schema::{ErrorClass, QmpError};
 use serde_json::{Map, Value};
 
@@ -14,6 +14,7 @@ pub const COMMANDS: &[Command] = &[
     command!("blockdev-mirror", blockdev_mirror),
     command!("block-stream", block_stream),
     command!("block-commit", block_commit),
+    command!("blockdev-backup", blockdev_backup),
 ];
 
 async fn blockdev_mirror(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
@@ -38,5 +39,11 @@ async fn block_commit(daemon: &Daemon, args: Map<String, Value>) -> CommandResul
         )
     })?;
     block::blockjob::commit::start(&daemon.graph, &daemon.jobs, device, args).await?;
+    Ok(Value::Null)
+}
+
+async fn blockdev_backup(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let args: BlockdevBackupArgs = arguments(args)?;
+    block::blockjob::backup::start(&daemon.graph, &daemon.jobs, args).await?;
     Ok(Value::Null)
 }

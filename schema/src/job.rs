@@ -181,3 +181,43 @@ pub struct BlockCommitArgs {
     pub auto_finalize: Option<bool>,
     pub auto_dismiss: Option<bool>,
 }
+
+/// What a backup with a bitmap does to the bitmap when it ends
+/// (`BitmapSyncMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BitmapSyncMode {
+    OnSuccess,
+    Never,
+    Always,
+}
+
+/// `x-perf` of a backup (`BackupPerf`): accepted and bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BackupPerf {
+    pub use_copy_range: Option<bool>,
+    pub max_workers: Option<i64>,
+    pub max_chunk: Option<i64>,
+}
+
+/// `blockdev-backup`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevBackupArgs {
+    pub job_id: Option<String>,
+    pub device: String,
+    pub target: String,
+    pub sync: MirrorSyncMode,
+    pub speed: Option<i64>,
+    pub bitmap: Option<String>,
+    pub bitmap_mode: Option<BitmapSyncMode>,
+    pub compress: Option<bool>,
+    pub on_source_error: Option<BlockdevOnError>,
+    pub on_target_error: Option<BlockdevOnError>,
+    pub auto_finalize: Option<bool>,
+    pub auto_dismiss: Option<bool>,
+    pub filter_node_name: Option<String>,
+    pub discard_source: Option<bool>,
+    pub x_perf: Option<BackupPerf>,
+}

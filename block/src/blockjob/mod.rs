@@ -2,6 +2,7 @@
 //! it ends, on top of the generic life cycle of [`crate::job`]. Checks
 //! and messages are QEMU 10's.
 
+pub mod backup;
 pub mod commit;
 pub mod mirror;
 mod mirror_top;
