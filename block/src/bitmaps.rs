@@ -44,6 +44,10 @@ impl NamedBitmap {
         &self.bitmap
     }
 
+    pub fn is_recording(&self) -> bool {
+        self.recording.load(Ordering::Acquire)
+    }
+
     fn successor(&self) -> std::sync::MutexGuard<'_, Option<DirtyBitmap>> {
         self.successor.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -91,7 +95,7 @@ impl NamedBitmap {
     }
 
     /// QEMU's `bdrv_dirty_bitmap_check` for what may change a bitmap.
-    fn check_not_busy(&self) -> BlockResult<()> {
+    pub fn check_not_busy(&self) -> BlockResult<()> {
         if self.is_busy() {
             return Err(generic(format!(
                 "Bitmap '{}' is currently in use by another operation and cannot be used",

@@ -59,6 +59,19 @@ impl DirtyBitmap {
         }
     }
 
+    /// A copy of the bits as they are now.
+    pub fn duplicate(&self) -> DirtyBitmap {
+        let copy = DirtyBitmap::new(self.size, self.granularity);
+        copy.merge_from(self);
+        copy
+    }
+
+    /// Makes the bits those of `saved` (a [`DirtyBitmap::duplicate`]).
+    pub fn restore(&self, saved: &DirtyBitmap) {
+        self.reset(0, self.size);
+        self.merge_from(saved);
+    }
+
     /// Keeps only the dirty granules that `other` (of the same size, any
     /// granularity) also marks somewhere.
     pub fn retain_overlapping(&self, other: &DirtyBitmap) {

@@ -257,6 +257,15 @@ pub trait BlockDriver: Send + Sync + 'static {
         None
     }
 
+    /// Reads through another backing edge from now on, or none (the graph
+    /// added or removed the node's backing edge); for formats with one.
+    fn set_backing(&self, _backing: Option<Arc<NodeChild>>) -> BlockResult<()> {
+        Err(BlockError::new(
+            ErrorKind::NotSupported,
+            "The image format does not support backing files",
+        ))
+    }
+
     /// Names another backing file (and format) in the image's metadata,
     /// or none (QEMU's `bdrv_change_backing_file`); for formats that name
     /// one. Written and made durable before it returns.

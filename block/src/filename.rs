@@ -57,7 +57,7 @@ fn full_options(node: &Node) -> Map<String, Json> {
         Json::String(node.driver().format_name().to_string()),
     );
     options.extend(node.driver().strong_options());
-    for child in node.children() {
+    for child in node.children().iter() {
         if child.role() != ChildRole::Backing {
             options.insert(
                 child.role().name().to_string(),

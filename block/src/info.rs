@@ -129,7 +129,7 @@ pub fn allocated_file_size(node: &Node) -> Option<u64> {
         .union(ChildRoleFlags::METADATA)
         .union(ChildRoleFlags::FILTERED);
     let mut total = 0u64;
-    for child in node.children() {
+    for child in node.children().iter() {
         if child.flags().intersects(holders) {
             total = total.saturating_add(allocated_file_size(&child.node())?);
         }

@@ -41,6 +41,7 @@ pub mod preallocate;
 pub mod qcow2;
 mod range_lock;
 pub mod raw;
+mod snapshot;
 pub mod throttle;
 pub mod write_hooks;
 

@@ -199,7 +199,9 @@ pub struct Node {
     /// The driver's options as opened or last reopened (`None` for nodes
     /// made in code, such as filters a job inserts).
     options: Mutex<Option<BlockdevDriver>>,
-    children: Vec<Arc<NodeChild>>,
+    /// Replaced whole (under the graph's lock) when a backing edge is added
+    /// or removed.
+    children: ArcSwap<Vec<Arc<NodeChild>>>,
     /// Requests inside the node.
     in_flight: InFlight,
     /// What every write-side request passes.
@@ -232,7 +234,7 @@ impl Node {
             driver,
             settings: ArcSwap::from_pointee(settings),
             options: Mutex::new(options),
-            children,
+            children: ArcSwap::from_pointee(children),
             in_flight: InFlight::default(),
             write_hooks: WriteHooks::default(),
             bitmaps: NodeBitmaps::default(),
@@ -281,13 +283,20 @@ impl Node {
     }
 
     /// The node's children, oldest edge first.
-    pub fn children(&self) -> &[Arc<NodeChild>] {
-        &self.children
+    pub fn children(&self) -> Arc<Vec<Arc<NodeChild>>> {
+        self.children.load_full()
+    }
+
+    /// Replaces the list of edges (the graph adds or removes a backing
+    /// edge).
+    pub(crate) fn set_children(&self, children: Vec<Arc<NodeChild>>) {
+        self.children.store(Arc::new(children));
     }
 
     /// The child with this role, if any.
     pub fn child(&self, role: ChildRole) -> Option<Arc<Node>> {
         self.children
+            .load()
             .iter()
             .find(|c| c.role == role)
             .map(|c| c.node())
@@ -462,7 +471,7 @@ impl Node {
         if !self.settings.load().cache_no_flush {
             return self.driver.flush().await;
         }
-        for child in &self.children {
+        for child in self.children().iter() {
             Box::pin(child.flush()).await?;
         }
         Ok(())

@@ -19,6 +19,8 @@ mod job;
 mod misc;
 mod object;
 mod qom;
+mod snapshot;
+mod transaction;
 
 pub use block::blockdev_add;
 pub use export::{block_export_add, nbd_server_start};
@@ -61,6 +63,8 @@ const GROUPS: &[&[Command]] = &[
     job::COMMANDS,
     blockjob::COMMANDS,
     bitmap::COMMANDS,
+    snapshot::COMMANDS,
+    transaction::COMMANDS,
 ];
 
 /// Makes a [`Command`] of an `async fn(&Daemon, Map<String, Value>)`.

@@ -221,3 +221,34 @@ pub struct BlockdevBackupArgs {
     pub discard_source: Option<bool>,
     pub x_perf: Option<BackupPerf>,
 }
+
+/// `blockdev-snapshot`: `overlay` (a node without a backing image) goes
+/// above `node` for all its users.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevSnapshot {
+    pub node: String,
+    pub overlay: String,
+}
+
+/// How `blockdev-snapshot-sync` finds the overlay's image
+/// (`NewImageMode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NewImageMode {
+    Existing,
+    #[default]
+    AbsolutePaths,
+}
+
+/// `blockdev-snapshot-sync`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevSnapshotSync {
+    pub device: Option<String>,
+    pub node_name: Option<String>,
+    pub snapshot_file: String,
+    pub snapshot_node_name: Option<String>,
+    pub format: Option<String>,
+    pub mode: Option<NewImageMode>,
+}

@@ -18,7 +18,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use schema::create::JobType;
 use schema::job::{BitmapSyncMode, BlockdevBackupArgs, BlockdevOnError, MirrorSyncMode};
 
-use super::{busy_reason, create_block_job, lock, CommonOptions};
+use super::{busy_reason, create_block_job_in, lock, CommonOptions};
 use crate::backend::BlockBackend;
 use crate::bitmaps::NamedBitmap;
 use crate::dirty_bitmap::DirtyBitmap;
@@ -26,7 +26,7 @@ use crate::driver::{BlockDriver, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult};
 use crate::graph::{generic, BackendPerms, BlockGraph, NodeBlocker};
 use crate::iobuf::IoBuf;
-use crate::job::{ErrorAction, JobContext, JobDriver, JobRegistry};
+use crate::job::{CreatedJob, ErrorAction, JobContext, JobDriver, JobRegistry, TxnId};
 use crate::node::{Node, NodeChild};
 use crate::permissions::Perm;
 use crate::range_lock::RangeLocks;
@@ -46,6 +46,42 @@ pub async fn start(
     jobs: &JobRegistry,
     args: BlockdevBackupArgs,
 ) -> BlockResult<()> {
+    prepare(graph, jobs, args, None).await?.start();
+    Ok(())
+}
+
+/// A backup whose job exists and whose point in time is fixed, not yet
+/// running: a transaction starts it with the others, or abandons it.
+pub struct PreparedBackup {
+    created: CreatedJob,
+    backup: Arc<Backup>,
+}
+
+impl PreparedBackup {
+    /// Starts the job.
+    pub fn start(self) {
+        let backup = self.backup;
+        self.created
+            .start(move |context| async move { backup.run(context).await });
+    }
+
+    /// Gives everything back: the filter, the bitmap, the job.
+    pub async fn abandon(self) {
+        if let Some(bitmap) = &self.backup.bitmap {
+            bitmap.reclaim(None);
+        }
+        self.backup.detach().await;
+    }
+}
+
+/// Checks a backup, creates its job (in `txn`, if any) and fixes its
+/// point in time.
+pub async fn prepare(
+    graph: &BlockGraph,
+    jobs: &JobRegistry,
+    args: BlockdevBackupArgs,
+    txn: Option<TxnId>,
+) -> BlockResult<PreparedBackup> {
     let source = graph.lookup(Some(&args.device), Some(&args.device))?;
     let target = graph.lookup(Some(&args.target), Some(&args.target))?;
     if Arc::ptr_eq(&source, &target) {
@@ -95,10 +131,9 @@ pub async fn start(
         auto_finalize: args.auto_finalize,
         auto_dismiss: args.auto_dismiss,
     };
-    let created = create_block_job(jobs, JobType::Backup, &common, backup.clone())?;
+    let created = create_block_job_in(jobs, JobType::Backup, &common, backup.clone(), txn)?;
     backup.attach(args.filter_node_name.as_deref()).await?;
-    created.start(move |context| async move { backup.run(context).await });
-    Ok(())
+    Ok(PreparedBackup { created, backup })
 }
 
 /// QEMU's checks of `sync`, `bitmap` and `bitmap-mode`: the sync mode
@@ -271,7 +306,7 @@ impl BlockDriver for CopyBeforeWrite {
 }
 
 /// A running backup.
-struct Backup {
+pub struct Backup {
     graph: BlockGraph,
     copy: Arc<BlockCopy>,
     sync: MirrorSyncMode,

@@ -14,7 +14,7 @@ use schema::create::JobType;
 
 use crate::error::BlockResult;
 use crate::graph::BlockGraph;
-use crate::job::{CreatedJob, JobDriver, JobRegistry, JobSpec};
+use crate::job::{CreatedJob, JobDriver, JobRegistry, JobSpec, TxnId};
 use crate::node::Node;
 
 /// What every block job command takes besides its own arguments.
@@ -35,9 +35,21 @@ pub(crate) fn create_block_job(
     common: &CommonOptions,
     driver: Arc<dyn JobDriver>,
 ) -> BlockResult<CreatedJob> {
+    create_block_job_in(jobs, job_type, common, driver, None)
+}
+
+/// As [`create_block_job`], in the transaction `txn` if there is one.
+pub(crate) fn create_block_job_in(
+    jobs: &JobRegistry,
+    job_type: JobType,
+    common: &CommonOptions,
+    driver: Arc<dyn JobDriver>,
+    txn: Option<TxnId>,
+) -> BlockResult<CreatedJob> {
     let mut spec = JobSpec::new(common.job_id.as_deref().unwrap_or(""), job_type);
     spec.auto_finalize = common.auto_finalize.unwrap_or(true);
     spec.auto_dismiss = common.auto_dismiss.unwrap_or(true);
+    spec.txn = txn;
     let speed = common.speed.unwrap_or(0);
     let created = jobs.create(spec, driver)?;
     created.set_speed(speed)?;

@@ -143,6 +143,24 @@ impl BlockGraph {
         self.blockdev_del(filter).await
     }
 
+    /// Gives `parent` (a format that can have one) the backing node
+    /// `child`, or none: the backing edge is pointed at it, added, or
+    /// removed, and the driver reads through it from then on. Nodes that
+    /// nobody uses any more close.
+    pub async fn set_backing(&self, parent: &str, child: Option<&str>) -> BlockResult<()> {
+        let _control = self.shared.control.lock().await;
+        let parent = self.lookup(None, Some(parent))?;
+        let child = child.map(|c| self.lookup(None, Some(c))).transpose()?;
+        let closed = {
+            let _drained = self.drained(std::slice::from_ref(&parent)).await;
+            let mut state = self.state();
+            state.set_backing(&parent, child.as_ref())?;
+            state.remove_unreferenced()
+        };
+        self.shared.close_nodes(closed).await;
+        Ok(())
+    }
+
     /// Points `parent`'s `role` edge at `child` (a node that exists). Nodes
     /// that nobody uses any more (the old child, if only `parent` used it
     /// and the monitor did not add it) close.
@@ -241,6 +259,56 @@ impl GraphState {
         }
         let old = edge.replace(child.clone());
         self.commit_moves(vec![Moved::Edge(edge.clone(), old)])
+    }
+
+    fn set_backing(&mut self, parent: &Arc<Node>, child: Option<&Arc<Node>>) -> BlockResult<()> {
+        let old = parent.children();
+        let existing = old.iter().find(|c| c.role() == ChildRole::Backing).cloned();
+        match (existing, child) {
+            (Some(edge), Some(child)) => self.set_edge(parent, &edge, child),
+            (None, None) => Ok(()),
+            (None, Some(child)) => {
+                if Self::subtree_ids(child).contains(&parent.id()) {
+                    return Err(generic(format!(
+                        "Making '{}' a backing child of '{}' would create a cycle",
+                        child.name(),
+                        parent.name()
+                    )));
+                }
+                let edge = NodeChild::new(ChildRole::Backing, ChildRoleFlags::COW, child.clone());
+                edge.set_seq(self.take_seq());
+                parent.driver().set_backing(Some(edge.clone()))?;
+                let mut children = (*old).clone();
+                children.push(edge);
+                parent.set_children(children);
+                let too_deep = self.nodes().iter().any(|n| depth(n) > MAX_DEPTH);
+                let result = if too_deep {
+                    Err(generic(format!(
+                        "Block graph too deep (at most {MAX_DEPTH} levels)"
+                    )))
+                } else {
+                    self.refresh_perms()
+                };
+                if result.is_err() {
+                    parent.set_children((*old).clone());
+                    let _ = parent.driver().set_backing(None);
+                    let _ = self.refresh_perms();
+                }
+                result
+            }
+            (Some(edge), None) => {
+                parent.driver().set_backing(None)?;
+                let children = old
+                    .iter()
+                    .filter(|c| !Arc::ptr_eq(c, &edge))
+                    .cloned()
+                    .collect();
+                parent.set_children(children);
+                // Dropping an edge only loosens permissions.
+                let _ = self.refresh_perms();
+                Ok(())
+            }
+        }
     }
 
     /// Applies the permissions of the moved shape; moves everything back

@@ -136,6 +136,20 @@ impl BlockGraph {
         Ok(node)
     }
 
+    /// As [`BlockGraph::blockdev_add`] for a node the daemon opens for its
+    /// own work: without a `node-name` it gets an automatic one.
+    pub async fn blockdev_add_unnamed(&self, options: &BlockdevOptions) -> BlockResult<Arc<Node>> {
+        let _control = self.shared.control.lock().await;
+        let node = open::open_tree(&self.shared, options).await?;
+        self.state().give_to_monitor(&node);
+        Ok(node)
+    }
+
+    /// Whether a backend (an export, a job) uses `node`.
+    pub fn has_users(&self, node: &Node) -> bool {
+        self.state().uses().iter().any(|u| u.node_id == node.id())
+    }
+
     /// `blockdev-del`: closes a node the monitor created, if nothing uses
     /// it. Inline children (and backing chains) nobody else uses close with
     /// it; drivers write out what they cache before the files close.

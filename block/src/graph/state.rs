@@ -130,7 +130,7 @@ impl GraphState {
         self.next_id
     }
 
-    fn take_seq(&mut self) -> u64 {
+    pub(super) fn take_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
     }
@@ -147,9 +147,8 @@ impl GraphState {
     fn parent_count(&self, id: u64) -> usize {
         self.nodes
             .iter()
-            .flat_map(|n| n.children())
-            .filter(|c| c.node().id() == id)
-            .count()
+            .map(|n| n.children().iter().filter(|c| c.node().id() == id).count())
+            .sum()
     }
 
     pub(super) fn refresh_perms(&self) -> BlockResult<()> {

@@ -69,7 +69,7 @@ use refcount::Refcounts;
 use crate::driver::{BackingFileName, BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
-use crate::node::NodeSettings;
+use crate::node::{NodeChild, NodeSettings};
 
 /// What the header says about the backing file, for whoever opens it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -79,6 +79,9 @@ pub struct BackingInfo {
     /// The backing format from the header extension.
     pub format: Option<String>,
 }
+
+/// The backing image, as the driver reads it.
+pub(crate) struct Backing(Arc<dyn BlockChild>);
 
 /// Facts about the image that do not change while it is open.
 struct Facts {
@@ -101,7 +104,8 @@ struct Facts {
 /// An open qcow2 image.
 pub struct Qcow2 {
     file: Arc<dyn BlockChild>,
-    backing: Option<Arc<dyn BlockChild>>,
+    /// The backing image; a snapshot or a stream may set or clear it.
+    backing: arc_swap::ArcSwapOption<Backing>,
     facts: Facts,
     header: HeaderStore,
     size: AtomicU64,
@@ -254,7 +258,7 @@ impl Qcow2 {
         let qcow2 = Qcow2 {
             header: HeaderStore::new(file.clone(), image),
             file,
-            backing,
+            backing: arc_swap::ArcSwapOption::from(backing.map(|child| Arc::new(Backing(child)))),
             facts,
             size: AtomicU64::new(h.size),
             l1: RwLock::new(l1),
@@ -365,6 +369,14 @@ impl Qcow2 {
         self.l1.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The backing image now, if any.
+    pub(crate) fn backing(&self) -> Option<Arc<dyn BlockChild>> {
+        self.backing
+            .load()
+            .as_ref()
+            .map(|backing| backing.0.clone())
+    }
+
     /// The backing file named in the header.
     pub fn backing_file(&self) -> BackingInfo {
         self.facts
@@ -387,6 +399,12 @@ impl Qcow2 {
 impl BlockDriver for Qcow2 {
     fn format_name(&self) -> &'static str {
         "qcow2"
+    }
+
+    fn set_backing(&self, backing: Option<Arc<NodeChild>>) -> BlockResult<()> {
+        let backing = backing.map(|edge| Arc::new(Backing(edge as Arc<dyn BlockChild>)));
+        self.backing.store(backing);
+        Ok(())
     }
 
     fn size(&self) -> u64 {

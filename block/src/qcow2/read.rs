@@ -33,7 +33,7 @@ impl Qcow2 {
                 }
                 ClusterKind::ZeroPlain | ClusterKind::ZeroAlloc { .. } => part.fill_zeroes(),
                 ClusterKind::Unallocated => {
-                    if self.backing.is_some() {
+                    if self.backing.load().is_some() {
                         self.file.debug_event(BlkdebugEvent::ReadBackingAio);
                     }
                     self.read_backing(guest, &part).await?
@@ -53,7 +53,7 @@ impl Qcow2 {
     /// Reads what the backing image has at `guest`: zeroes without one or
     /// past its end.
     pub(super) async fn read_backing(&self, guest: u64, buf: &IoBuf) -> BlockResult<()> {
-        let Some(backing) = &self.backing else {
+        let Some(backing) = self.backing() else {
             buf.fill_zeroes();
             return Ok(());
         };
@@ -69,7 +69,7 @@ impl Qcow2 {
     /// Whether the backing image reads as zeroes (without asking it) at
     /// `[guest, guest + len)`: there is none, or it ends before.
     pub(super) fn backing_is_absent(&self, guest: u64) -> bool {
-        self.backing.as_ref().is_none_or(|b| guest >= b.size())
+        self.backing().is_none_or(|b| guest >= b.size())
     }
 
     /// One compressed cluster, decompressed.

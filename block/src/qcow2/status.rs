@@ -19,7 +19,7 @@ impl Qcow2 {
         Ok(match mapping.kind {
             ClusterKind::Normal { .. } | ClusterKind::Compressed { .. } => here(true),
             ClusterKind::ZeroPlain | ClusterKind::ZeroAlloc { .. } => here(false),
-            ClusterKind::Unallocated => match &self.backing {
+            ClusterKind::Unallocated => match self.backing() {
                 Some(backing) if offset < backing.size() => {
                     let available = mapping.bytes.min(backing.size() - offset);
                     let below = backing.block_status(offset, available).await?;

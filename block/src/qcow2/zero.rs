@@ -143,7 +143,7 @@ impl Qcow2 {
         };
         self.mark_dirty().await?;
         let v3 = self.geo().version >= 3;
-        let has_backing = self.backing.is_some();
+        let has_backing = self.backing.load().is_some();
         let keep = self.facts.discard_no_unref;
         self.rewrite_entries(first, count, |kind| {
             discard_change(kind, v3, has_backing, keep)
