@@ -24,7 +24,7 @@ use crate::bitmaps::NamedBitmap;
 use crate::dirty_bitmap::DirtyBitmap;
 use crate::driver::{BlockDriver, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult};
-use crate::graph::{generic, BackendPerms, BlockGraph, NodeBlocker};
+use crate::graph::{generic, BackendPerms, BlockGraph, Drained, NodeBlocker};
 use crate::iobuf::IoBuf;
 use crate::job::{CreatedJob, ErrorAction, JobContext, JobDriver, JobRegistry, TxnId};
 use crate::node::{Node, NodeChild};
@@ -55,14 +55,23 @@ pub async fn start(
 pub struct PreparedBackup {
     created: CreatedJob,
     backup: Arc<Backup>,
+    /// The source stays drained from the point in time until the job has
+    /// started, as in QEMU (whose job therefore starts paused).
+    drained: Drained,
 }
 
 impl PreparedBackup {
-    /// Starts the job.
+    /// Starts the job, then ends the drained section.
     pub fn start(self) {
-        let backup = self.backup;
-        self.created
-            .start(move |context| async move { backup.run(context).await });
+        let PreparedBackup {
+            created,
+            backup,
+            drained,
+        } = self;
+        let pause = created.hold_for_drain();
+        created.start(move |context| async move { backup.run(context).await });
+        drop(drained);
+        drop(pause);
     }
 
     /// Gives everything back: the filter, the bitmap, the job.
@@ -132,8 +141,12 @@ pub async fn prepare(
         auto_dismiss: args.auto_dismiss,
     };
     let created = create_block_job_in(jobs, JobType::Backup, &common, backup.clone(), txn)?;
-    backup.attach(args.filter_node_name.as_deref()).await?;
-    Ok(PreparedBackup { created, backup })
+    let drained = backup.attach(args.filter_node_name.as_deref()).await?;
+    Ok(PreparedBackup {
+        created,
+        backup,
+        drained,
+    })
 }
 
 /// QEMU's checks of `sync`, `bitmap` and `bitmap-mode`: the sync mode
@@ -321,8 +334,9 @@ pub struct Backup {
 
 impl Backup {
     /// Fixes what to copy and inserts the filter, in one drained section:
-    /// that is the backup's point in time.
-    async fn attach(&self, filter_name: Option<&str>) -> BlockResult<()> {
+    /// that is the backup's point in time. The section is returned: it
+    /// ends once the job has started.
+    async fn attach(&self, filter_name: Option<&str>) -> BlockResult<Drained> {
         let source = &self.copy.source;
         let target_backend = self.graph.attach_backend_with(
             self.copy.target.name(),
@@ -331,7 +345,7 @@ impl Backup {
                 shared: Perm::WRITE_UNCHANGED | Perm::CONSISTENT_READ,
             },
         )?;
-        let _drained = self.graph.drained(std::slice::from_ref(source)).await;
+        let drained = self.graph.drained(std::slice::from_ref(source)).await;
         self.mark_clusters().await?;
         if let Some(bitmap) = &self.bitmap {
             bitmap.freeze()?;
@@ -365,7 +379,7 @@ impl Backup {
         *lock(&self.filter) = Some(filter);
         *lock(&self.target_backend) = Some(target_backend);
         *lock(&self.blocker) = Some(blocker);
-        Ok(())
+        Ok(drained)
     }
 
     /// The clusters to copy, per `sync`; `none` copies only what the

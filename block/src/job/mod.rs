@@ -242,6 +242,10 @@ impl CreatedJob {
             };
             job.busy = true;
             self.shared.transition(job, JobStatus::Running);
+            // The body begins at a pause point (QEMU's `job_co_entry`).
+            if job.pause_count > 0 {
+                self.shared.enter_pause(job);
+            }
             job.kick.clone()
         };
         let context = JobContext::new(self.shared.clone(), self.serial, kick);
@@ -258,6 +262,40 @@ impl CreatedJob {
             });
             shared.body_ended(serial, result).await;
         });
+    }
+}
+
+/// A pause held on a job while nodes it works on are drained (QEMU pauses
+/// the jobs of drained nodes); dropping it lets the job go on.
+pub struct DrainPause {
+    shared: Arc<Shared>,
+    serial: u64,
+}
+
+impl CreatedJob {
+    /// Holds the job paused from its start until the returned guard is
+    /// dropped (the caller's drained section ends).
+    pub fn hold_for_drain(&self) -> DrainPause {
+        if let Some(job) = self.shared.state().get_mut(self.serial) {
+            job.pause_count += 1;
+        }
+        DrainPause {
+            shared: self.shared.clone(),
+            serial: self.serial,
+        }
+    }
+}
+
+impl Drop for DrainPause {
+    fn drop(&mut self) {
+        let mut state = self.shared.state();
+        if let Some(job) = state.get_mut(self.serial) {
+            job.pause_count = job.pause_count.saturating_sub(1);
+            if job.pause_count == 0 {
+                self.shared.leave_pause(job);
+            }
+            job.kick.notify_one();
+        }
     }
 }
 
@@ -476,7 +514,7 @@ impl JobRegistry {
     pub fn complete(&self, id: &str) -> BlockResult<()> {
         self.with_job(id, |job| {
             Verb::Complete.check(&job.id, job.status)?;
-            if job.pause_count > 0 || job.cancelled || !job.driver.can_complete() {
+            if job.cancelled || !job.driver.can_complete() {
                 return Err(generic(format!(
                     "The active block job '{}' cannot be completed",
                     job.id

@@ -44,7 +44,7 @@ impl Verb {
             Verb::Pause | Verb::Resume | Verb::SetSpeed | Verb::Change => {
                 matches!(status, Created | Running | Paused | Ready | Standby)
             }
-            Verb::Complete => status == Ready,
+            Verb::Complete => matches!(status, Ready | Standby),
             Verb::Finalize => status == Pending,
             Verb::Dismiss => status == Concluded,
         }

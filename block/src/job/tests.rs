@@ -218,10 +218,6 @@ async fn pause_resume_ready_and_complete_follow_qemu() {
     // Paused when ready: standby.
     registry.pause("m").unwrap();
     wait_status(&registry, "m", JobStatus::Standby).await;
-    assert_eq!(
-        registry.complete("m").unwrap_err().message,
-        "Job 'm' in state 'standby' cannot accept command verb 'complete'"
-    );
     registry.resume("m").unwrap();
     wait_status(&registry, "m", JobStatus::Ready).await;
     registry.complete("m").unwrap();
