@@ -4,7 +4,8 @@
 //! the prepared ones are undone in reverse order and the command fails
 //! with that action's error; otherwise each is committed (jobs start).
 //! With `completion-mode=grouped` the jobs started share one job
-//! transaction: they finalize or abort together.
+//! transaction: they finalize or abort together. The whole graph is held
+//! drained meanwhile, so the actions share one point in time.
 
 use std::sync::Arc;
 
@@ -69,6 +70,9 @@ async fn transaction(daemon: &Daemon, args: Map<String, Value>) -> CommandResult
         }
     }
     let txn = grouped.then(|| daemon.jobs.new_txn());
+    // No request runs between the actions: they share one point in time
+    // (QEMU drains everything first).
+    let _drained = daemon.graph.drained(&daemon.graph.nodes()).await;
     let mut prepared = Vec::with_capacity(actions.len());
     for action in actions {
         match prepare(daemon, action.action, txn).await {
