@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -201,7 +202,16 @@ def start_writer(daemon: Daemon, runtime_s: int) -> subprocess.Popen:
         ["fio", "--name=writer", "--ioengine=nbd", f"--uri=nbd+unix:///disk?socket={daemon.nbd_path}",
          "--rw=randwrite", "--bs=4k", "--iodepth=4", f"--rate={WRITER_RATE}", "--time_based",
          f"--runtime={runtime_s}", "--size=64m"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_writer(writer: subprocess.Popen) -> None:
+    # fio runs its job in a child process: stop the whole group.
+    try:
+        os.killpg(writer.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    writer.wait()
 
 
 def measure(program: str, workload: Workload, scratch: Path, size: str, half: str,
@@ -222,8 +232,7 @@ def measure(program: str, workload: Workload, scratch: Path, size: str, half: st
             cpu = daemon.cpu_s() - before
         finally:
             if writer:
-                writer.kill()
-                writer.wait()
+                stop_writer(writer)
             daemon.stop()
         copied = float(1 << 30) if workload.name != "commit" else float(1 << 29)
         if size != "1G":

@@ -18,6 +18,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use schema::create::JobType;
 use schema::job::{BitmapSyncMode, BlockdevBackupArgs, BlockdevOnError, MirrorSyncMode};
 
+use super::buffers::CopyBuffers;
 use super::{busy_reason, create_block_job_in, lock, CommonOptions};
 use crate::backend::BlockBackend;
 use crate::bitmaps::NamedBitmap;
@@ -121,6 +122,7 @@ pub async fn prepare(
         cluster,
         to_copy: DirtyBitmap::new(source.size(), cluster),
         locks: RangeLocks::default(),
+        buffers: CopyBuffers::default(),
     });
     let backup = Arc::new(Backup {
         graph: graph.clone(),
@@ -204,6 +206,7 @@ pub(super) struct BlockCopy {
     cluster: u64,
     to_copy: DirtyBitmap,
     locks: RangeLocks,
+    buffers: CopyBuffers,
 }
 
 impl BlockCopy {
@@ -254,15 +257,20 @@ impl BlockCopy {
                     .await
                     .map_err(|e| (false, e))?;
             } else {
-                let buf = IoBuf::zeroed(len as usize);
-                self.source
-                    .read(offset, &buf)
-                    .await
-                    .map_err(|e| (true, e))?;
-                self.target
-                    .write(offset, &buf, WriteFlags::default())
-                    .await
-                    .map_err(|e| (false, e))?;
+                let buf = self.buffers.take(len as usize);
+                let copied = async {
+                    self.source
+                        .read(offset, &buf)
+                        .await
+                        .map_err(|e| (true, e))?;
+                    self.target
+                        .write(offset, &buf, WriteFlags::default())
+                        .await
+                        .map_err(|e| (false, e))
+                }
+                .await;
+                self.buffers.give(buf);
+                copied?;
             }
             offset += len;
         }

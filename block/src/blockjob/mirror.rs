@@ -27,6 +27,7 @@ use schema::job::{
 };
 use serde_json::{json, Map, Value};
 
+use super::buffers::CopyBuffers;
 use super::mirror_top::{ActiveWrites, MirrorTop};
 use super::{busy_reason, check_root, create_block_job, lock, CommonOptions};
 use crate::backend::BlockBackend;
@@ -34,7 +35,6 @@ use crate::dirty_bitmap::DirtyBitmap;
 use crate::driver::{WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult};
 use crate::graph::{generic, BackendPerms, BlockGraph, Drained, NodeBlocker};
-use crate::iobuf::IoBuf;
 use crate::job::{ErrorAction, JobContext, JobDriver, JobRegistry};
 use crate::node::Node;
 use crate::permissions::Perm;
@@ -182,6 +182,7 @@ pub(crate) async fn start_with(
         on_target_error,
         active: active.clone(),
         bitmap: Arc::new(DirtyBitmap::new(source.size(), granularity)),
+        buffers: CopyBuffers::default(),
         filter: Mutex::default(),
         target_backend: Mutex::default(),
         blocker: Mutex::default(),
@@ -226,6 +227,7 @@ struct Mirror {
     on_target_error: BlockdevOnError,
     active: Arc<ActiveWrites>,
     bitmap: Arc<DirtyBitmap>,
+    buffers: CopyBuffers,
     /// The `mirror_top` node's name while it is in the graph.
     filter: Mutex<Option<String>>,
     /// The job's write access to the target, until the pivot.
@@ -449,15 +451,17 @@ impl Mirror {
                     .await
                     .map_err(|e| (false, e))
             } else {
-                let buf = IoBuf::zeroed(len as usize);
-                match self.source.read(offset, &buf).await {
+                let buf = self.buffers.take(len as usize);
+                let copied = match self.source.read(offset, &buf).await {
                     Err(error) => Err((true, error)),
                     Ok(()) => self
                         .target
                         .write(offset, &buf, WriteFlags::default())
                         .await
                         .map_err(|e| (false, e)),
-                }
+                };
+                self.buffers.give(buf);
+                copied
             };
             if let Err(error) = result {
                 return (range, Err(error));

@@ -3,6 +3,7 @@
 //! and messages are QEMU 10's.
 
 pub mod backup;
+mod buffers;
 pub mod commit;
 pub mod mirror;
 mod mirror_top;
