@@ -18,11 +18,7 @@ impl CopyBuffers {
     /// A buffer of `len` bytes; its contents are whatever a previous copy
     /// left (the copy reads over all of it).
     pub(crate) fn take(&self, len: usize) -> IoBuf {
-        let reused = self
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
+        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut vec = reused.unwrap_or_default();
         vec.resize(len, 0);
         IoBuf::from_vec(vec)

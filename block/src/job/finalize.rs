@@ -15,7 +15,7 @@ use schema::create::JobStatus;
 use serde_json::{json, Map};
 
 use super::{is_completed, JobDriver, RegistryState, Shared, TxnId, CANCELLED_MESSAGE};
-use crate::error::BlockResult;
+use crate::error::{os_error_text, BlockResult};
 
 /// What follows a body's end.
 enum Next {
@@ -49,7 +49,15 @@ impl Shared {
         job.body_ended = true;
         job.busy = false;
         if let Err(error) = result {
-            job.error.get_or_insert(error.message);
+            // A block job fails with the errno's text, as QEMU's do (their
+            // run returns a negative errno); other errors keep their words.
+            let message = match error.errno {
+                Some(errno) if job.block_job => {
+                    os_error_text(&std::io::Error::from_raw_os_error(errno))
+                }
+                _ => error.message,
+            };
+            job.error.get_or_insert(message);
         }
         self.update_rc(job);
         let txn = job.txn;
