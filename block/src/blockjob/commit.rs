@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use schema::create::JobType;
 use schema::job::{BlockCommitArgs, BlockdevOnError, MirrorCopyMode};
 
+use super::buffers::CopyBuffers;
 use super::mirror::{self, InitialDirt, MirrorSetup};
 use super::stream::{backing_chain, find_by_filename};
 use super::{busy_reason, check_root, create_block_job, lock, CommonOptions};
@@ -22,7 +23,6 @@ use crate::driver::{BlockDriver, ChildRole, WriteFlags, ZeroFlags};
 use crate::error::BlockResult;
 use crate::filename::display_filename;
 use crate::graph::{generic, BackendPerms, BlockGraph, NodeBlocker};
-use crate::iobuf::IoBuf;
 use crate::job::{ErrorAction, JobContext, JobDriver, JobRegistry};
 use crate::node::{Node, NodeChild};
 use crate::permissions::Perm;
@@ -148,6 +148,7 @@ pub async fn start(
         base_depth,
         backing_file: args.backing_file.clone(),
         on_error,
+        buffers: CopyBuffers::default(),
         filter: Mutex::default(),
         base_backend: Mutex::default(),
         blocker: Mutex::default(),
@@ -185,6 +186,7 @@ struct Commit {
     base_depth: u32,
     backing_file: Option<String>,
     on_error: BlockdevOnError,
+    buffers: CopyBuffers,
     filter: Mutex<Option<Arc<Node>>>,
     base_backend: Mutex<Option<BlockBackend>>,
     blocker: Mutex<Option<NodeBlocker>>,
@@ -283,12 +285,17 @@ impl Commit {
                 .await
                 .map_err(|e| (false, e))?;
         } else {
-            let buf = IoBuf::zeroed(len as usize);
-            self.top.read(offset, &buf).await.map_err(|e| (true, e))?;
-            self.base
-                .write(offset, &buf, WriteFlags::default())
-                .await
-                .map_err(|e| (false, e))?;
+            let buf = self.buffers.take(len as usize);
+            let copied = async {
+                self.top.read(offset, &buf).await.map_err(|e| (true, e))?;
+                self.base
+                    .write(offset, &buf, WriteFlags::default())
+                    .await
+                    .map_err(|e| (false, e))
+            }
+            .await;
+            self.buffers.give(buf);
+            copied?;
         }
         Ok((len, true))
     }

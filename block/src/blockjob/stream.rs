@@ -12,13 +12,13 @@ use async_trait::async_trait;
 use schema::create::JobType;
 use schema::job::{BlockStreamArgs, BlockdevOnError};
 
+use super::buffers::CopyBuffers;
 use super::{busy_reason, create_block_job, lock, CommonOptions};
 use crate::copy_on_read::{chain_depth, CopyOnRead};
 use crate::driver::ChildRole;
 use crate::error::BlockResult;
 use crate::filename::display_filename;
 use crate::graph::{generic, BlockGraph, NodeBlocker};
-use crate::iobuf::IoBuf;
 use crate::job::{ErrorAction, JobContext, JobDriver, JobRegistry};
 use crate::node::Node;
 
@@ -97,6 +97,7 @@ pub async fn start(
         bottom: streamed.last().cloned(),
         backing_file: args.backing_file.clone(),
         on_error: args.on_error.unwrap_or_default(),
+        buffers: CopyBuffers::default(),
         filter: Mutex::default(),
         blocker: Mutex::default(),
     });
@@ -160,6 +161,7 @@ struct Stream {
     bottom: Option<Arc<Node>>,
     backing_file: Option<String>,
     on_error: BlockdevOnError,
+    buffers: CopyBuffers,
     filter: Mutex<Option<Arc<Node>>>,
     blocker: Mutex<Option<NodeBlocker>>,
 }
@@ -212,7 +214,10 @@ impl Stream {
                 let copies = (2..=bottom_depth).contains(&extent.depth);
                 if copies {
                     // Reading through the filter copies the range up.
-                    filter.read(offset, &IoBuf::zeroed(len as usize)).await?;
+                    let buf = self.buffers.take(len as usize);
+                    let read = filter.read(offset, &buf).await;
+                    self.buffers.give(buf);
+                    read?;
                 }
                 Ok((len, copies))
             }
