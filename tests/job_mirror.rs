@@ -333,3 +333,39 @@ async fn refusals_are_qemus() {
         ("DeviceNotActive", "Block job 'j' not found")
     );
 }
+
+#[tokio::test]
+async fn speed_holds_the_copy_back() {
+    // 64 MiB at 32 MiB/s: after the first 16 MiB in flight, at least
+    // 1.5 s (a loaded machine only makes it slower).
+    let daemon = mirror_daemon();
+    let mut qmp = daemon.connect().await;
+    let started = std::time::Instant::now();
+    ok(
+        &mut qmp,
+        "blockdev-mirror",
+        json!({"job-id": "s", "device": "src", "target": "dst", "sync": "full", "speed": 32 << 20}),
+    )
+    .await;
+    let jobs = ok(&mut qmp, "query-block-jobs", json!({})).await;
+    assert_eq!(jobs[0]["speed"], 32 << 20);
+    wait_event(&mut qmp, "BLOCK_JOB_READY").await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1400), "ready after {took:?}");
+    // Speed 0 lifts the limit; a negative one is refused.
+    ok(
+        &mut qmp,
+        "block-job-set-speed",
+        json!({"device": "s", "speed": 0}),
+    )
+    .await;
+    let (_, message) = error(
+        &mut qmp,
+        "block-job-set-speed",
+        json!({"device": "s", "speed": -1}),
+    )
+    .await;
+    assert_eq!(message, "Parameter 'speed' expects a non-negative value");
+    ok(&mut qmp, "job-cancel", json!({"id": "s"})).await;
+    wait_event(&mut qmp, "BLOCK_JOB_CANCELLED").await;
+}
