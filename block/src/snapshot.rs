@@ -9,7 +9,7 @@ use schema::job::{BlockdevSnapshot, BlockdevSnapshotSync, NewImageMode};
 use serde_json::json;
 
 use crate::driver::ChildRole;
-use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::error::{BlockResult, ErrorKind};
 use crate::filename::display_filename;
 use crate::graph::{generic, BlockGraph};
 
@@ -78,8 +78,16 @@ impl BlockGraph {
             )));
         }
         if args.mode.unwrap_or_default() == NewImageMode::AbsolutePaths {
-            self.create_overlay_image(&args.snapshot_file, &node)
-                .await?;
+            let backing = display_filename(&node);
+            let backing_format = node.driver().format_name();
+            crate::create::create_image_file(
+                self,
+                &args.snapshot_file,
+                "qcow2",
+                node.size(),
+                Some((&backing, backing_format)),
+            )
+            .await?;
         }
         let options: BlockdevOptions = schema::from_json(json!({
             "driver": format,
@@ -98,40 +106,5 @@ impl BlockGraph {
             return Err(error);
         }
         Ok(snapshot)
-    }
-
-    /// A new qcow2 image at `filename` the size of `backing`, naming it
-    /// (its file name and format) as backing file.
-    async fn create_overlay_image(
-        &self,
-        filename: &str,
-        backing: &crate::node::Node,
-    ) -> BlockResult<()> {
-        let create = |options: serde_json::Value| {
-            schema::from_json(options).map_err(|error| generic(error.desc))
-        };
-        crate::create::create_image(
-            self,
-            create(json!({"driver": "file", "filename": filename, "size": 0}))?,
-        )
-        .await?;
-        let file: BlockdevOptions = schema::from_json(json!({
-            "driver": "file", "filename": filename,
-        }))
-        .map_err(|error| generic(error.desc))?;
-        let file = self.blockdev_add_unnamed(&file).await?;
-        let created = crate::create::create_image(
-            self,
-            create(json!({
-                "driver": "qcow2",
-                "file": file.name(),
-                "size": backing.size(),
-                "backing-file": display_filename(backing),
-                "backing-fmt": backing.driver().format_name(),
-            }))?,
-        )
-        .await;
-        self.blockdev_del(file.name()).await?;
-        created.map_err(|error| BlockError::new(error.kind, error.message))
     }
 }

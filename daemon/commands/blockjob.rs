@@ -1,9 +1,13 @@
 //! The commands that start block jobs: `blockdev-mirror`, `block-stream`,
-//! `block-commit`, `blockdev-backup`. Each reads its
+//! `block-commit`, `blockdev-backup`, and the older `drive-backup` and
+//! `drive-mirror`, which create their target image. Each reads its
 //! arguments and hands them to the job's module in [`block::blockjob`];
 //! the job's life is then the registry's ([`super::job`]).
 
-use schema::job::{BlockCommitArgs, BlockStreamArgs, BlockdevBackupArgs, BlockdevMirrorArgs};
+use schema::job::{
+    BlockCommitArgs, BlockStreamArgs, BlockdevBackupArgs, BlockdevMirrorArgs, DriveMirror,
+};
+use schema::transaction::DriveBackup;
 use schema::{ErrorClass, QmpError};
 use serde_json::{Map, Value};
 
@@ -15,6 +19,8 @@ pub const COMMANDS: &[Command] = &[
     command!("block-stream", block_stream),
     command!("block-commit", block_commit),
     command!("blockdev-backup", blockdev_backup),
+    command!("drive-backup", drive_backup),
+    command!("drive-mirror", drive_mirror),
 ];
 
 async fn blockdev_mirror(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
@@ -45,5 +51,17 @@ async fn block_commit(daemon: &Daemon, args: Map<String, Value>) -> CommandResul
 async fn blockdev_backup(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let args: BlockdevBackupArgs = arguments(args)?;
     block::blockjob::backup::start(&daemon.graph, &daemon.jobs, args).await?;
+    Ok(Value::Null)
+}
+
+async fn drive_backup(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let args: DriveBackup = arguments(args)?;
+    block::blockjob::drive::start_backup(&daemon.graph, &daemon.jobs, args).await?;
+    Ok(Value::Null)
+}
+
+async fn drive_mirror(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
+    let args: DriveMirror = arguments(args)?;
+    block::blockjob::drive::start_mirror(&daemon.graph, &daemon.jobs, args).await?;
     Ok(Value::Null)
 }

@@ -169,12 +169,9 @@ async fn prepare(
                 "Internal snapshots are not supported by storaged",
             ))
         }
-        TransactionActionKind::DriveBackup(_) => {
-            return Err(QmpError::generic(
-                "drive-backup is not supported by storaged: create the target with \
-                 blockdev-create, open it with blockdev-add and use blockdev-backup",
-            ))
-        }
+        TransactionActionKind::DriveBackup(args) => Prepared::Backup(
+            block::blockjob::drive::prepare_backup(graph, &daemon.jobs, args.data, txn).await?,
+        ),
     })
 }
 

@@ -252,3 +252,27 @@ pub struct BlockdevSnapshotSync {
     pub format: Option<String>,
     pub mode: Option<NewImageMode>,
 }
+
+/// `drive-mirror`: a mirror to an image it creates (or opens, with
+/// `mode=existing`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DriveMirror {
+    pub job_id: Option<String>,
+    pub device: String,
+    pub target: String,
+    pub format: Option<String>,
+    pub node_name: Option<String>,
+    pub replaces: Option<String>,
+    pub sync: MirrorSyncMode,
+    pub mode: Option<NewImageMode>,
+    pub speed: Option<i64>,
+    pub granularity: Option<u32>,
+    pub buf_size: Option<i64>,
+    pub on_source_error: Option<BlockdevOnError>,
+    pub on_target_error: Option<BlockdevOnError>,
+    pub unmap: Option<bool>,
+    pub copy_mode: Option<MirrorCopyMode>,
+    pub auto_finalize: Option<bool>,
+    pub auto_dismiss: Option<bool>,
+}

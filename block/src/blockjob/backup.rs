@@ -75,12 +75,26 @@ impl PreparedBackup {
         drop(pause);
     }
 
+    /// The target was opened for this backup: it closes when the job ends.
+    pub fn own_target(&self) {
+        self.backup
+            .owns_target
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Gives everything back: the filter, the bitmap, the job.
     pub async fn abandon(self) {
         if let Some(bitmap) = &self.backup.bitmap {
             bitmap.reclaim(None);
         }
         self.backup.detach().await;
+        if self
+            .backup
+            .owns_target
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            super::close_owned_target(&self.backup.graph, &self.backup.copy.target).await;
+        }
     }
 }
 
@@ -135,6 +149,7 @@ pub async fn prepare(
         filter: Mutex::default(),
         target_backend: Mutex::default(),
         blocker: Mutex::default(),
+        owns_target: Default::default(),
     });
     let common = CommonOptions {
         job_id: args.job_id.clone(),
@@ -338,6 +353,8 @@ pub struct Backup {
     filter: Mutex<Option<Arc<Node>>>,
     target_backend: Mutex<Option<BlockBackend>>,
     blocker: Mutex<Option<NodeBlocker>>,
+    /// The target was opened for the job (`drive-backup`): it closes with it.
+    owns_target: std::sync::atomic::AtomicBool,
 }
 
 impl Backup {
@@ -517,5 +534,8 @@ impl JobDriver for Backup {
 
     async fn clean(&self) {
         self.detach().await;
+        if self.owns_target.load(std::sync::atomic::Ordering::Acquire) {
+            super::close_owned_target(&self.graph, &self.copy.target).await;
+        }
     }
 }

@@ -120,6 +120,7 @@ pub async fn start(
             on_target_error: on_error,
             copy_mode: MirrorCopyMode::Background,
             filter_node_name: args.filter_node_name,
+            owns_target: false,
         };
         return mirror::start_with(graph, jobs, setup).await;
     }

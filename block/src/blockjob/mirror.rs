@@ -66,10 +66,9 @@ pub async fn start(
         args.sync,
         MirrorSyncMode::Incremental | MirrorSyncMode::Bitmap
     ) {
-        let name = serde_json::to_value(args.sync).unwrap_or_default();
         return Err(generic(format!(
             "Sync mode '{}' not supported",
-            name.as_str().unwrap_or_default()
+            crate::job::job_type_name_of(&args.sync)
         )));
     }
     if let Some(replaces) = &args.replaces {
@@ -83,10 +82,7 @@ pub async fn start(
         }
     }
     let granularity = check_granularity(args.granularity, &target)?;
-    let buf_size = match args.buf_size {
-        None | Some(0) => DEFAULT_BUF_SIZE,
-        Some(size) => u64::try_from(size).map_err(|_| generic("Invalid parameter 'buf-size'"))?,
-    };
+    let buf_size = buf_size(args.buf_size)?;
     if Arc::ptr_eq(&source, &target) {
         return Err(generic("Can't mirror node into itself"));
     }
@@ -117,8 +113,17 @@ pub async fn start(
         on_target_error: args.on_target_error.unwrap_or_default(),
         copy_mode: args.copy_mode.unwrap_or_default(),
         filter_node_name: args.filter_node_name,
+        owns_target: false,
     };
     start_with(graph, jobs, setup).await
+}
+
+/// `buf-size`, checked as QEMU does (0 or absent: the default).
+pub(crate) fn buf_size(buf_size: Option<i64>) -> BlockResult<u64> {
+    match buf_size {
+        None | Some(0) => Ok(DEFAULT_BUF_SIZE),
+        Some(size) => u64::try_from(size).map_err(|_| generic("Invalid parameter 'buf-size'")),
+    }
 }
 
 /// What the copy starts from.
@@ -128,6 +133,9 @@ pub(crate) enum InitialDirt {
     /// What the source's chain holds above this depth (1 is the source's
     /// own layer): `sync=top` is depth 2, an active commit the base's.
     AboveDepth(u32),
+    /// What reads as anything but zeroes (`sync=full` into a target that
+    /// was just created, so reads as zeroes already: `drive-mirror`).
+    Data,
     /// Only what is written from now on (`sync=none`).
     Nothing,
 }
@@ -145,6 +153,9 @@ pub(crate) struct MirrorSetup {
     pub on_target_error: BlockdevOnError,
     pub copy_mode: MirrorCopyMode,
     pub filter_node_name: Option<String>,
+    /// The target was opened for the job (`drive-mirror`): it closes with
+    /// the job unless the pivot gave it users.
+    pub owns_target: bool,
 }
 
 /// Creates the job, inserts the filter and starts copying.
@@ -165,6 +176,7 @@ pub(crate) async fn start_with(
         on_target_error,
         copy_mode,
         filter_node_name,
+        owns_target,
     } = setup;
     let active = Arc::new(ActiveWrites {
         target: target.clone(),
@@ -189,6 +201,7 @@ pub(crate) async fn start_with(
         recorder: Mutex::default(),
         pivot: Mutex::default(),
         ready: AtomicBool::new(false),
+        owns_target,
     });
     let created = create_block_job(jobs, job_type, &common, mirror.clone())?;
     mirror.attach(filter_node_name.as_deref(), active).await?;
@@ -198,7 +211,7 @@ pub(crate) async fn start_with(
 
 /// QEMU's checks of `granularity`; the default is the target's
 /// ([`crate::bitmaps::default_granularity`]).
-fn check_granularity(granularity: Option<u32>, target: &Node) -> BlockResult<u64> {
+pub(crate) fn check_granularity(granularity: Option<u32>, target: &Node) -> BlockResult<u64> {
     let Some(granularity) = granularity.filter(|&g| g != 0) else {
         return Ok(crate::bitmaps::default_granularity(target));
     };
@@ -237,6 +250,7 @@ struct Mirror {
     /// The drained section a completing mirror holds until its pivot.
     pivot: Mutex<Option<Drained>>,
     ready: AtomicBool,
+    owns_target: bool,
 }
 
 /// Marks what is written to the source, and wakes the job.
@@ -343,12 +357,16 @@ impl Mirror {
     async fn mark_initial_dirt(&self) -> BlockResult<()> {
         match self.initial {
             InitialDirt::All => self.bitmap.set_all(),
-            InitialDirt::AboveDepth(depth) => {
+            InitialDirt::AboveDepth(_) | InitialDirt::Data => {
                 let size = self.source.size();
                 let mut offset = 0;
                 while offset < size {
                     let extent = self.source.block_status(offset, size - offset).await?;
-                    if (1..depth).contains(&extent.depth) {
+                    let copy = match self.initial {
+                        InitialDirt::AboveDepth(depth) => (1..depth).contains(&extent.depth),
+                        _ => extent.data && !extent.zero,
+                    };
+                    if copy {
                         self.bitmap.set(offset, extent.length);
                     }
                     offset += extent.length.max(1);
@@ -553,5 +571,8 @@ impl JobDriver for Mirror {
     async fn clean(&self) {
         lock(&self.blocker).take();
         lock(&self.target_backend).take();
+        if self.owns_target {
+            super::close_owned_target(&self.graph, &self.target).await;
+        }
     }
 }

@@ -5,6 +5,7 @@
 pub mod backup;
 mod buffers;
 pub mod commit;
+pub mod drive;
 pub mod mirror;
 mod mirror_top;
 pub mod stream;
@@ -76,4 +77,19 @@ pub(crate) fn check_root(graph: &BlockGraph, node: &Arc<Node>) -> BlockResult<()
 
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Closes a target the job opened itself (`drive-backup`, `drive-mirror`),
+/// unless something uses it now (a mirror's pivot gave it the source's
+/// users).
+pub(crate) async fn close_owned_target(graph: &BlockGraph, target: &Node) {
+    if graph.has_users(target) || graph.node(target.name()).is_none() {
+        return;
+    }
+    if let Err(error) = graph.blockdev_del(target.name()).await {
+        tracing::warn!(
+            "closing the job's target '{}' failed: {error}",
+            target.name()
+        );
+    }
 }

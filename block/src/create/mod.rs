@@ -25,6 +25,47 @@ pub async fn create_image(graph: &BlockGraph, options: BlockdevCreateOptions) ->
     }
 }
 
+/// A new image file (QEMU's `bdrv_img_create`, for `blockdev-snapshot-sync`
+/// and the `drive-*` jobs): `format` `qcow2` (naming `backing`, a file
+/// name and its format, if given) or `raw`, of `size` bytes.
+pub async fn create_image_file(
+    graph: &BlockGraph,
+    filename: &str,
+    format: &str,
+    size: u64,
+    backing: Option<(&str, &str)>,
+) -> BlockResult<()> {
+    let options = |json: serde_json::Value| {
+        schema::from_json::<BlockdevCreateOptions>(json).map_err(|error| {
+            crate::error::BlockError::new(crate::error::ErrorKind::InvalidArgument, error.desc)
+        })
+    };
+    let file_size = if format == "raw" { size } else { 0 };
+    create_image(
+        graph,
+        options(serde_json::json!({"driver": "file", "filename": filename, "size": file_size}))?,
+    )
+    .await?;
+    if format == "raw" {
+        return Ok(());
+    }
+    let file: schema::block::BlockdevOptions = schema::from_json(
+        serde_json::json!({"driver": "file", "filename": filename}),
+    )
+    .map_err(|error| {
+        crate::error::BlockError::new(crate::error::ErrorKind::InvalidArgument, error.desc)
+    })?;
+    let file = graph.blockdev_add_unnamed(&file).await?;
+    let mut qcow2 = serde_json::json!({"driver": "qcow2", "file": file.name(), "size": size});
+    if let Some((name, backing_format)) = backing {
+        qcow2["backing-file"] = serde_json::json!(name);
+        qcow2["backing-fmt"] = serde_json::json!(backing_format);
+    }
+    let created = create_image(graph, options(qcow2)?).await;
+    graph.blockdev_del(file.name()).await?;
+    created
+}
+
 /// QEMU's `qcow2_co_create`: the node first, then the options, then the
 /// permissions.
 async fn create_qcow2(graph: &BlockGraph, options: &BlockdevCreateOptionsQcow2) -> BlockResult<()> {

@@ -756,7 +756,12 @@ impl RegistryState {
 
 /// A job type as QAPI spells it (`mirror`, `commit`, ...).
 pub fn job_type_name(job_type: JobType) -> String {
-    serde_json::to_value(job_type)
+    job_type_name_of(&job_type)
+}
+
+/// Any QAPI enum value as QAPI spells it.
+pub fn job_type_name_of<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
         .ok()
         .and_then(|value| value.as_str().map(str::to_owned))
         .unwrap_or_default()
