@@ -1,7 +1,8 @@
 //! `blockdev-reopen` over QMP: a recorded session (read-only refused
 //! while a writable export uses the node, accepted otherwise and undone;
 //! a `file` child moved; options that cannot change; bad node names;
-//! a throttle node moved to another group) compared with
+//! a throttle node moved to another group; a qcow2 node given a backing
+//! node it did not have, then none) compared with
 //! qemu-storage-daemon's answers; and a throttle filter inserted below an
 //! exported format and removed again, then deleted, while an NBD client
 //! writes and verifies without pause.
@@ -33,6 +34,23 @@ async fn nodes(client: &mut qmp::client::Client) -> Value {
     Value::Array(shown)
 }
 
+/// The backing file `query-named-block-nodes` shows for `node`, as a
+/// name without the directory.
+async fn backing_of(client: &mut qmp::client::Client, node: &str) -> Value {
+    let list = ok(client, "query-named-block-nodes", json!({"flat": true})).await;
+    let entry = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|n| n["node-name"] == node)
+        .cloned()
+        .unwrap_or_default();
+    let backing = entry["backing_file"]
+        .as_str()
+        .map(|b| b.rsplit('/').next().unwrap_or_default().to_owned());
+    json!([node, backing])
+}
+
 fn writes(uri: &str, command: &str) -> bool {
     let out = Command::new("qemu-io")
         .args(["-f", "raw", "-c", command, uri])
@@ -47,6 +65,15 @@ fn writes(uri: &str, command: &str) -> bool {
 async fn reopen_session(daemon: &TestDaemon) -> (Vec<Value>, Vec<Value>, bool) {
     sparse_file(&daemon.path("a.img"), MIB);
     sparse_file(&daemon.path("b.img"), MIB);
+    for image in ["c.qcow2", "d.qcow2"] {
+        let created = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(daemon.path(image))
+            .arg("1M")
+            .status()
+            .expect("qemu-img is installed");
+        assert!(created.success());
+    }
     let socket = daemon.path("nbd.sock");
     let mut client = daemon.connect().await;
     let raw_over = |file: &str| json!({"driver": "raw", "node-name": "r0", "file": file});
@@ -150,6 +177,30 @@ async fn reopen_session(daemon: &TestDaemon) -> (Vec<Value>, Vec<Value>, bool) {
         ),
         ("object-del", json!({"id": "t1"})),
         ("object-del", json!({"id": "t2"})),
+        // A qcow2 node opened without a backing image gets one, loses it,
+        // and cannot be its own.
+        (
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": "qb",
+                   "file": {"driver": "file", "filename": daemon.path("d.qcow2")}}),
+        ),
+        (
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": "q0", "backing": null,
+                   "file": {"driver": "file", "node-name": "q0f", "filename": daemon.path("c.qcow2")}}),
+        ),
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "qcow2", "node-name": "q0", "backing": "qb", "file": "q0f"}]}),
+        ),
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "qcow2", "node-name": "q0", "backing": null, "file": "q0f"}]}),
+        ),
+        (
+            "blockdev-reopen",
+            json!({"options": [{"driver": "qcow2", "node-name": "q0", "backing": "q0", "file": "q0f"}]}),
+        ),
     ];
     let mut replies = Vec::new();
     let mut listings = Vec::new();
@@ -157,6 +208,9 @@ async fn reopen_session(daemon: &TestDaemon) -> (Vec<Value>, Vec<Value>, bool) {
         replies.push(reply(&mut client, command, arguments).await);
         if i == 6 || i == 13 {
             listings.push(nodes(&mut client).await);
+        }
+        if i == 29 || i == 30 {
+            listings.push(backing_of(&mut client, "q0").await);
         }
     }
     let uri = format!("nbd+unix:///disk?socket={}", socket.display());

@@ -32,12 +32,23 @@ struct Reopen {
     prepared: Option<Arc<dyn Any + Send + Sync>>,
     /// Edges to move, and where.
     edges: Vec<(Arc<NodeChild>, Arc<Node>)>,
+    /// A backing edge to add (the node had none) or to drop (`null`).
+    backing: BackingChange,
 }
 
-/// A child option as a reopen names it: a node, or "keep what it has".
+/// A backing edge that appears or goes with a reopen.
+enum BackingChange {
+    Keep,
+    Add(Arc<Node>),
+    Drop(Arc<NodeChild>),
+}
+
+/// A child option as a reopen names it: a node, none (`null`), or "keep
+/// what it has".
 enum ChildChange<'a> {
     Keep,
     To(&'a str),
+    Null,
 }
 
 impl BlockGraph {
@@ -49,8 +60,15 @@ impl BlockGraph {
             .map(|options| self.plan_reopen(options))
             .collect::<BlockResult<Vec<_>>>()?;
         let nodes: Vec<Arc<Node>> = plans.iter().map(|p| p.node.clone()).collect();
-        let _drained = self.drained(&nodes).await;
-        self.state().apply_reopen(&plans)
+        let closed = {
+            let _drained = self.drained(&nodes).await;
+            let mut state = self.state();
+            state.apply_reopen(&plans)?;
+            // A backing node dropped and held by nobody else closes.
+            state.remove_unreferenced()
+        };
+        self.shared.close_nodes(closed).await;
+        Ok(())
     }
 
     fn plan_reopen(&self, options: &BlockdevOptions) -> BlockResult<Reopen> {
@@ -74,19 +92,30 @@ impl BlockGraph {
         // Activation is `blockdev-set-active`'s business, not a reopen's.
         settings.inactive = node.settings().inactive;
         let mut edges = Vec::new();
+        let mut backing = BackingChange::Keep;
         for (role, change) in child_changes(&old, &options.driver)? {
-            let ChildChange::To(target) = change else {
-                continue;
-            };
-            let target = self.lookup(None, Some(target))?;
-            let edge = node
-                .children()
-                .iter()
-                .find(|c| c.role() == role)
-                .cloned()
-                .ok_or_else(|| cannot_change(role.name()))?;
-            if !edge.points_to(&target) {
-                edges.push((edge, target));
+            let edge = node.children().iter().find(|c| c.role() == role).cloned();
+            match (change, edge) {
+                (ChildChange::Keep, _) | (ChildChange::Null, None) => {}
+                (ChildChange::Null, Some(edge)) => backing = BackingChange::Drop(edge),
+                (ChildChange::To(target), edge) => {
+                    let target = self.lookup(None, Some(target))?;
+                    match edge {
+                        Some(edge) if !edge.points_to(&target) => edges.push((edge, target)),
+                        Some(_) => {}
+                        None if role == ChildRole::Backing => {
+                            if GraphState::subtree_ids(&target).contains(&node.id()) {
+                                return Err(generic(format!(
+                                    "Making '{}' a backing child of '{}' would create a cycle",
+                                    target.name(),
+                                    node.name()
+                                )));
+                            }
+                            backing = BackingChange::Add(target);
+                        }
+                        None => return Err(cannot_change(role.name())),
+                    }
+                }
             }
         }
         let prepared = node
@@ -98,6 +127,7 @@ impl BlockGraph {
             options: options.driver.clone(),
             prepared,
             edges,
+            backing,
         })
     }
 }
@@ -119,10 +149,15 @@ impl GraphState {
         }
         let mut undo: Vec<(Arc<Node>, NodeSettings)> = Vec::new();
         let mut moved: Vec<(Arc<NodeChild>, Arc<Node>)> = Vec::new();
+        let mut relinked: Vec<(Arc<Node>, Arc<Vec<Arc<NodeChild>>>)> = Vec::new();
         for plan in plans {
             undo.push((plan.node.clone(), plan.node.replace_settings(plan.settings)));
             for (edge, target) in &plan.edges {
                 moved.push((edge.clone(), edge.replace(target.clone())));
+            }
+            if let Err(error) = self.change_backing_edge(plan, &mut relinked) {
+                self.undo_reopen(moved, undo, relinked);
+                return Err(error);
             }
         }
         let cycle = plans.iter().any(|plan| {
@@ -136,14 +171,7 @@ impl GraphState {
             self.refresh_perms()
         };
         if let Err(e) = result {
-            for (edge, old) in moved.into_iter().rev() {
-                edge.replace(old);
-            }
-            for (node, old) in undo.into_iter().rev() {
-                node.replace_settings(old);
-            }
-            // The old shape's permissions held before; they hold again.
-            let _ = self.refresh_perms();
+            self.undo_reopen(moved, undo, relinked);
             return Err(e);
         }
         for plan in plans {
@@ -153,6 +181,67 @@ impl GraphState {
             plan.node.set_driver_options(plan.options.clone());
         }
         Ok(())
+    }
+}
+
+impl GraphState {
+    /// Adds or drops `plan`'s backing edge; what it changed is recorded in
+    /// `relinked` (the node and its old list of edges) for an undo.
+    fn change_backing_edge(
+        &mut self,
+        plan: &Reopen,
+        relinked: &mut Vec<(Arc<Node>, Arc<Vec<Arc<NodeChild>>>)>,
+    ) -> BlockResult<()> {
+        let node = &plan.node;
+        let old = node.children();
+        match &plan.backing {
+            BackingChange::Keep => return Ok(()),
+            BackingChange::Add(target) => {
+                let edge = NodeChild::new(
+                    ChildRole::Backing,
+                    crate::permissions::ChildRoleFlags::COW,
+                    target.clone(),
+                );
+                edge.set_seq(self.take_seq());
+                node.driver().set_backing(Some(edge.clone()))?;
+                let mut children = (*old).clone();
+                children.push(edge);
+                node.set_children(children);
+            }
+            BackingChange::Drop(edge) => {
+                node.driver().set_backing(None)?;
+                let children = old
+                    .iter()
+                    .filter(|c| !Arc::ptr_eq(c, edge))
+                    .cloned()
+                    .collect();
+                node.set_children(children);
+            }
+        }
+        relinked.push((node.clone(), old));
+        Ok(())
+    }
+
+    /// Puts every moved edge, relinked edge list and setting back.
+    fn undo_reopen(
+        &mut self,
+        moved: Vec<(Arc<NodeChild>, Arc<Node>)>,
+        undo: Vec<(Arc<Node>, NodeSettings)>,
+        relinked: Vec<(Arc<Node>, Arc<Vec<Arc<NodeChild>>>)>,
+    ) {
+        for (node, old) in relinked.into_iter().rev() {
+            let backing = old.iter().find(|c| c.role() == ChildRole::Backing).cloned();
+            let _ = node.driver().set_backing(backing);
+            node.set_children((*old).clone());
+        }
+        for (edge, old) in moved.into_iter().rev() {
+            edge.replace(old);
+        }
+        for (node, old) in undo.into_iter().rev() {
+            node.replace_settings(old);
+        }
+        // The old shape's permissions held before; they hold again.
+        let _ = self.refresh_perms();
     }
 }
 
@@ -194,7 +283,8 @@ fn child_changes<'a>(
             let backing = match &new.backing {
                 None => ChildChange::Keep,
                 Some(BlockdevRefOrNull::Reference(name)) => ChildChange::To(name),
-                Some(_) => return Err(cannot_change("backing")),
+                Some(BlockdevRefOrNull::Null) => ChildChange::Null,
+                Some(BlockdevRefOrNull::Definition(_)) => return Err(cannot_change("backing")),
             };
             Ok(vec![
                 (ChildRole::File, by_name("file", &new.file)?),
