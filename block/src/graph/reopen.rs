@@ -36,6 +36,9 @@ struct Reopen {
     backing: BackingChange,
 }
 
+/// A node whose list of edges a reopen replaced, with the old list.
+type Relinked = (Arc<Node>, Arc<Vec<Arc<NodeChild>>>);
+
 /// A backing edge that appears or goes with a reopen.
 enum BackingChange {
     Keep,
@@ -149,7 +152,7 @@ impl GraphState {
         }
         let mut undo: Vec<(Arc<Node>, NodeSettings)> = Vec::new();
         let mut moved: Vec<(Arc<NodeChild>, Arc<Node>)> = Vec::new();
-        let mut relinked: Vec<(Arc<Node>, Arc<Vec<Arc<NodeChild>>>)> = Vec::new();
+        let mut relinked: Vec<Relinked> = Vec::new();
         for plan in plans {
             undo.push((plan.node.clone(), plan.node.replace_settings(plan.settings)));
             for (edge, target) in &plan.edges {
@@ -190,7 +193,7 @@ impl GraphState {
     fn change_backing_edge(
         &mut self,
         plan: &Reopen,
-        relinked: &mut Vec<(Arc<Node>, Arc<Vec<Arc<NodeChild>>>)>,
+        relinked: &mut Vec<Relinked>,
     ) -> BlockResult<()> {
         let node = &plan.node;
         let old = node.children();
@@ -227,7 +230,7 @@ impl GraphState {
         &mut self,
         moved: Vec<(Arc<NodeChild>, Arc<Node>)>,
         undo: Vec<(Arc<Node>, NodeSettings)>,
-        relinked: Vec<(Arc<Node>, Arc<Vec<Arc<NodeChild>>>)>,
+        relinked: Vec<Relinked>,
     ) {
         for (node, old) in relinked.into_iter().rev() {
             let backing = old.iter().find(|c| c.role() == ChildRole::Backing).cloned();
