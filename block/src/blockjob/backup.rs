@@ -272,7 +272,7 @@ impl BlockCopy {
                     .await
                     .map_err(|e| (false, e))?;
             } else {
-                let buf = self.buffers.take(len as usize);
+                let buf = self.buffers.take(len as usize).map_err(|e| (true, e))?;
                 let copied = async {
                     self.source
                         .read(offset, &buf)

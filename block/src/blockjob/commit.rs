@@ -286,7 +286,7 @@ impl Commit {
                 .await
                 .map_err(|e| (false, e))?;
         } else {
-            let buf = self.buffers.take(len as usize);
+            let buf = self.buffers.take(len as usize).map_err(|e| (true, e))?;
             let copied = async {
                 self.top.read(offset, &buf).await.map_err(|e| (true, e))?;
                 self.base

@@ -469,17 +469,21 @@ impl Mirror {
                     .await
                     .map_err(|e| (false, e))
             } else {
-                let buf = self.buffers.take(len as usize);
-                let copied = match self.source.read(offset, &buf).await {
+                match self.buffers.take(len as usize) {
                     Err(error) => Err((true, error)),
-                    Ok(()) => self
-                        .target
-                        .write(offset, &buf, WriteFlags::default())
-                        .await
-                        .map_err(|e| (false, e)),
-                };
-                self.buffers.give(buf);
-                copied
+                    Ok(buf) => {
+                        let copied = match self.source.read(offset, &buf).await {
+                            Err(error) => Err((true, error)),
+                            Ok(()) => self
+                                .target
+                                .write(offset, &buf, WriteFlags::default())
+                                .await
+                                .map_err(|e| (false, e)),
+                        };
+                        self.buffers.give(buf);
+                        copied
+                    }
+                }
             };
             if let Err(error) = result {
                 return (range, Err(error));

@@ -214,7 +214,7 @@ impl Stream {
                 let copies = (2..=bottom_depth).contains(&extent.depth);
                 if copies {
                     // Reading through the filter copies the range up.
-                    let buf = self.buffers.take(len as usize);
+                    let buf = self.buffers.take(len as usize)?;
                     let read = filter.read(offset, &buf).await;
                     self.buffers.give(buf);
                     read?;
