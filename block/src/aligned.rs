@@ -1,5 +1,7 @@
 //! Zero-filled heap buffers with a chosen alignment, for `O_DIRECT`
-//! bounce buffers (as the memory of an [`crate::IoBuf`]).
+//! bounce buffers and for payloads that the kernel copies into and out of
+//! the page cache (as the memory of an [`crate::IoBuf`]): a copy between
+//! a page and a buffer that starts off a page boundary is slower.
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
@@ -8,7 +10,7 @@ use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoMemory;
 
 /// A zeroed buffer whose start is aligned to a power of two.
-pub(crate) struct AlignedBuf {
+pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
     layout: Layout,
@@ -30,7 +32,7 @@ unsafe impl IoMemory for AlignedBuf {
 impl AlignedBuf {
     /// `len` zero bytes aligned to `align` (a power of two). Fails with
     /// `TooLarge` if the memory cannot be had.
-    pub(crate) fn zeroed(len: usize, align: usize) -> BlockResult<Self> {
+    pub fn zeroed(len: usize, align: usize) -> BlockResult<Self> {
         let too_large = || {
             BlockError::new(
                 ErrorKind::TooLarge,

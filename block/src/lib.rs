@@ -45,6 +45,7 @@ mod snapshot;
 pub mod throttle;
 pub mod write_hooks;
 
+pub use aligned::AlignedBuf;
 pub use backend::{BackendMode, BlockBackend, HeldReadSource};
 pub use driver::{
     BackingFileName, BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags,
