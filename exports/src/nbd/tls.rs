@@ -288,10 +288,12 @@ pub async fn negotiate(
     }
     let (stream, identity) = tls.creds.accept(socket).await?;
     if let Some(authz) = &tls.authz {
-        authz.check(identity.as_deref()).map_err(|reason| {
-            let who = identity.as_deref().unwrap_or("a client without identity");
-            protocol(format!("TLS client {who} not authorized: {reason}"))
-        })?;
+        if let Err(reason) = authz.check(identity.as_deref()) {
+            // Refusals are for the administrator to see, at warning level.
+            let who = identity.as_deref().unwrap_or("without identity");
+            tracing::warn!(peer, "NBD TLS client {who} not authorized: {reason}");
+            return Err(protocol(format!("TLS client {who} not authorized")));
+        }
     }
     tracing::debug!(peer, identity, "NBD client completed the TLS handshake");
     let (read, write) = tokio::io::split(stream);
