@@ -423,3 +423,156 @@ async fn credentials_deleted_while_the_server_runs_stay_with_it() {
     let uri = format!("nbds+unix:///disk?socket={}&{certs}", socket.display());
     assert_eq!(nbdinfo_size(&uri), Ok(DISK_LEN.to_string()));
 }
+
+/// A server (`program` with `args`) run until dropped.
+struct Peer(std::process::Child);
+
+impl Peer {
+    /// Starts `program` and waits until `socket` exists.
+    fn start(program: &str, args: &[&str], socket: &Path) -> Peer {
+        let child = Command::new(program)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect(program);
+        let deadline = std::time::Instant::now() + common::PATIENCE;
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{program} did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Peer(child)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// storaged as the client of `server` (its NBD socket) with the TLS
+/// credentials `object` (id `tlsc`), re-exported in plain text: qemu-io
+/// reads through it what the peer serves (`0x5a` in the first MiB).
+fn read_through_storaged(dir: &Path, object: &str, socket: &Path) {
+    let plain = dir.join("plain.sock");
+    let node = format!(
+        "driver=nbd,node-name=n,server.type=unix,server.path={},tls-creds=tlsc,tls-hostname=localhost",
+        socket.display()
+    );
+    let daemon = TestDaemon::start(&[
+        "--object",
+        object,
+        "--blockdev",
+        &node,
+        "--nbd-server",
+        &format!("addr.type=unix,addr.path={}", plain.display()),
+        "--export",
+        "type=nbd,id=e,node-name=n,name=n",
+    ]);
+    let image = format!("nbd+unix:///n?socket={}", plain.display());
+    tool(
+        "qemu-io",
+        &["-r", "-f", "raw", &image, "-c", "read -P 0x5a 0 1M"],
+    );
+    drop(daemon);
+}
+
+#[test]
+fn storaged_connects_over_tls_to_qemu_nbd_and_nbdkit() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let disk = root.join("peer.raw");
+    let mut content = vec![0x5a; 1 << 20];
+    content.resize(DISK_LEN, 0);
+    std::fs::write(&disk, content).unwrap();
+    let disk = disk.to_str().unwrap();
+    let ca = Ca::new("Test CA");
+    ca.server_dir(&root.join("server"));
+    ca.client_dir(&root.join("client"), "storaged", 30);
+    let x509 = format!(
+        "tls-creds-x509,id=tlsc,endpoint=client,dir={}",
+        root.join("client").display()
+    );
+    let keys = root.join("psk/keys.psk");
+    psk_file(&keys, &["alice"]);
+    let psk = format!(
+        "tls-creds-psk,id=tlsc,endpoint=client,username=alice,dir={}",
+        root.join("psk").display()
+    );
+
+    let socket = root.join("qemu-nbd.sock");
+    let object = format!(
+        "tls-creds-x509,id=tls0,endpoint=server,dir={}",
+        root.join("server").display()
+    );
+    let sock = socket.to_str().unwrap();
+    let peer = Peer::start(
+        "qemu-nbd",
+        &[
+            "-k",
+            sock,
+            "--object",
+            &object,
+            "--tls-creds",
+            "tls0",
+            "-f",
+            "raw",
+            "-t",
+            disk,
+        ],
+        &socket,
+    );
+    read_through_storaged(root, &x509, &socket);
+    drop(peer);
+
+    let socket = root.join("qemu-nbd-psk.sock");
+    let object = format!(
+        "tls-creds-psk,id=tls0,endpoint=server,dir={}",
+        root.join("psk").display()
+    );
+    let sock = socket.to_str().unwrap();
+    let peer = Peer::start(
+        "qemu-nbd",
+        &[
+            "-k",
+            sock,
+            "--object",
+            &object,
+            "--tls-creds",
+            "tls0",
+            "-f",
+            "raw",
+            "-t",
+            disk,
+        ],
+        &socket,
+    );
+    read_through_storaged(root, &psk, &socket);
+    drop(peer);
+
+    let socket = root.join("nbdkit.sock");
+    let certs = format!("--tls-certificates={}", root.join("server").display());
+    let sock = socket.to_str().unwrap();
+    let peer = Peer::start(
+        "nbdkit",
+        &["-f", "-U", sock, "--tls=require", &certs, "file", disk],
+        &socket,
+    );
+    read_through_storaged(root, &x509, &socket);
+    drop(peer);
+
+    let socket = root.join("nbdkit-psk.sock");
+    let psk_arg = format!("--tls-psk={}", keys.display());
+    let sock = socket.to_str().unwrap();
+    let peer = Peer::start(
+        "nbdkit",
+        &["-f", "-U", sock, "--tls=require", &psk_arg, "file", disk],
+        &socket,
+    );
+    read_through_storaged(root, &psk, &socket);
+    drop(peer);
+}

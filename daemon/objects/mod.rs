@@ -171,11 +171,16 @@ impl Objects {
     }
 }
 
-/// Drivers find throttle groups here by id (the objects they use).
+/// Drivers find throttle groups and TLS credentials here by id (the
+/// objects they use).
 impl ObjectLookup for Objects {
     fn object(&self, id: &str) -> Option<Arc<dyn Any + Send + Sync>> {
         match self.get(id)? {
             Object::ThrottleGroup(group) => Some(group),
+            Object::TlsCreds(TlsCreds {
+                sessions: Some(sessions),
+                ..
+            }) => Some(sessions),
             _ => None,
         }
     }
