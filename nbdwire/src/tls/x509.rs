@@ -85,12 +85,15 @@ pub fn creds(files: &X509Files) -> Result<TlsCreds, String> {
                 .add_extra_chain_cert(intermediate)
                 .map_err(|e| cannot_load(e.to_string()))?;
         }
+        let mismatch = || cannot_load("The certificate and the given key do not match.".to_owned());
+        let public = leaf.public_key().map_err(|e| cannot_load(e.to_string()))?;
+        if !public.public_eq(&private) {
+            return Err(mismatch());
+        }
         builder
             .set_private_key(&private)
             .map_err(|e| cannot_load(e.to_string()))?;
-        builder.check_private_key().map_err(|_| {
-            cannot_load("The certificate and the given key do not match.".to_owned())
-        })?;
+        builder.check_private_key().map_err(|_| mismatch())?;
         if files.sanity_check {
             validate(&leaf, &cas, files)?;
         }
