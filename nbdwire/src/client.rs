@@ -296,10 +296,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     }
 
     /// `NBD_OPT_ABORT`, then the end of the connection (the server's ack
-    /// is optional and not waited for).
+    /// is optional and not waited for). The server may close first: a
+    /// failed shutdown (a TLS close_notify into a closed socket) is no
+    /// error.
     pub async fn abort(mut self) -> io::Result<()> {
         self.send(OPT_ABORT, &[]).await?;
-        self.stream.shutdown().await
+        let _ = self.stream.shutdown().await;
+        Ok(())
     }
 
     async fn send(&mut self, option: u32, data: &[u8]) -> io::Result<()> {
