@@ -5,7 +5,9 @@
 //! text: `NBD_REP_ERR_TLS_REQD` and never the export list, data sent
 //! after `NBD_OPT_STARTTLS` before the TLS handshake); `tls-authz` with
 //! `authz-simple` and an `authz-listfile` changed while the server runs;
-//! credentials deleted while the server holds them.
+//! credentials deleted while the server holds them; a session moved to an
+//! export's iothread (nbdsh, nbdcopy); storaged as the client of qemu-nbd
+//! and nbdkit (x509, PSK), and refusing servers it cannot trust.
 
 mod common;
 
@@ -575,4 +577,92 @@ fn storaged_connects_over_tls_to_qemu_nbd_and_nbdkit() {
     );
     read_through_storaged(root, &psk, &socket);
     drop(peer);
+}
+
+#[test]
+fn a_tls_session_moves_to_the_exports_iothread_and_nbdsh_reads_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("Test CA");
+    ca.server_dir(&dir.path().join("server"));
+    let client = dir.path().join("client");
+    ca.client_dir(&client, "client", 30);
+    let server_dir = dir.path().join("server");
+    std::fs::write(dir.path().join("disk.raw"), pseudo_random(5, DISK_LEN)).unwrap();
+    let daemon = TestDaemon::start_in(dir, |path| {
+        vec![
+            "--object".into(),
+            "iothread,id=io0".into(),
+            "--object".into(),
+            format!(
+                "tls-creds-x509,id=tls0,endpoint=server,dir={}",
+                server_dir.display()
+            ),
+            "--blockdev".into(),
+            format!(
+                "driver=file,node-name=f,filename={}",
+                path.join("disk.raw").display()
+            ),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={},tls-creds=tls0",
+                path.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "type=nbd,id=e,node-name=f,name=disk,writable=on,iothread=io0".into(),
+        ]
+    });
+    let uri = uri(&daemon, &format!("tls-certificates={}", client.display()));
+    // Writes and reads back, a whole copy, through a session that moved.
+    // (libnbd reads certificate files named in a URI only when allowed.)
+    let script = format!(
+        "h.set_uri_allow_local_file(True)\n\
+         h.connect_uri('{uri}')\n\
+         h.pwrite(b'\\x42' * 65536, 131072)\n\
+         assert h.pread(65536, 131072) == b'\\x42' * 65536\n\
+         h.flush()"
+    );
+    // nbdsh is `python3 -m nbd`; Debian's python3 has the module.
+    tool("/usr/bin/python3", &["-m", "nbd", "-c", &script]);
+    let copy = daemon.path("copy.raw");
+    tool("nbdcopy", &[&uri, copy.to_str().unwrap()]);
+    let expected = std::fs::read(daemon.path("disk.raw")).unwrap();
+    assert_eq!(&expected[131072..196608], &[0x42; 65536][..]);
+    assert_eq!(std::fs::read(&copy).unwrap(), expected);
+}
+
+#[tokio::test]
+async fn storaged_as_a_client_refuses_a_server_it_cannot_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("Test CA");
+    let server = x509_server(dir.path(), &ca);
+    let stranger = dir.path().join("stranger");
+    Ca::new("Other CA").client_dir(&stranger, "client", 30);
+    let client = dir.path().join("client");
+    ca.client_dir(&client, "client", 30);
+    let daemon = serve(dir, &[server], "tls-creds=tls0");
+    let socket = daemon.path("nbd.sock");
+    let mut qmp = daemon.connect().await;
+    let creds = |id: &str, dir: &Path| json!({"qom-type": "tls-creds-x509", "id": id, "endpoint": "client", "dir": dir});
+    ok(&mut qmp, "object-add", creds("good", &client)).await;
+    ok(&mut qmp, "object-add", creds("bad", &stranger)).await;
+    let node = |name: &str, creds: &str, host: &str| {
+        json!({"driver": "nbd", "node-name": name, "export": "disk", "tls-creds": creds,
+               "tls-hostname": host, "server": {"type": "unix", "path": socket}})
+    };
+    // Another CA's server certificate, or another name than the
+    // certificate's: refused. The right CA and name: the node opens.
+    let (_, desc) = common::error(&mut qmp, "blockdev-add", node("n1", "bad", "localhost")).await;
+    assert!(desc.contains("certificate"), "{desc}");
+    let (_, desc) =
+        common::error(&mut qmp, "blockdev-add", node("n2", "good", "example.com")).await;
+    assert!(desc.contains("certificate"), "{desc}");
+    ok(&mut qmp, "blockdev-add", node("n3", "good", "localhost")).await;
+    let (_, desc) = common::error(
+        &mut qmp,
+        "blockdev-add",
+        json!({"driver": "nbd", "node-name": "n4", "tls-creds": "nope",
+               "server": {"type": "unix", "path": socket}}),
+    )
+    .await;
+    assert_eq!(desc, "No TLS credentials with id 'nope'");
 }
