@@ -552,8 +552,8 @@ impl Stream {
         placement: Placement,
     ) -> std::io::Result<bool> {
         let (socket, peer) = match self {
-            Stream::Unix(s, peer) => (Socket::Unix(tokio::net::UnixStream::from_std(s)?), peer),
-            Stream::Tcp(s, peer) => (Socket::Tcp(tokio::net::TcpStream::from_std(s)?), peer),
+            Stream::Unix(s, peer) => (Socket::unix(tokio::net::UnixStream::from_std(s)?), peer),
+            Stream::Tcp(s, peer) => (Socket::tcp(tokio::net::TcpStream::from_std(s)?), peer),
             Stream::Tls(_) => return Err(std::io::Error::other("TLS negotiated twice")),
         };
         let negotiation = tls::negotiate(socket, &tls, &config.handshake, &peer);

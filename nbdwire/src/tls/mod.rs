@@ -8,7 +8,8 @@
 //! X.509 and TLS-PSK (QEMU's `tls-creds-psk`; rustls has no PSK) and
 //! interoperate with GnuTLS, which QEMU, libnbd and nbdkit use. This
 //! module reads no files: the daemon hands it their bytes, with their
-//! paths for messages.
+//! paths for messages. Sessions read ahead (one system call takes in as
+//! many records as have arrived: a client's requests are small records).
 
 pub mod identity;
 pub mod psk;

@@ -84,6 +84,7 @@ fn builder(side: Side) -> Result<SslContextBuilder, ErrorStack> {
     let mut builder = SslContextBuilder::new(method)?;
     builder.set_min_proto_version(Some(SslVersion::TLS1_2))?;
     builder.set_cipher_list(TLS12_PSK_CIPHERS)?;
+    builder.set_read_ahead(true);
     Ok(builder)
 }
 

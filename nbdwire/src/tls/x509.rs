@@ -62,6 +62,7 @@ pub fn creds(files: &X509Files) -> Result<TlsCreds, String> {
     builder
         .set_min_proto_version(Some(SslVersion::TLS1_2))
         .map_err(fail)?;
+    builder.set_read_ahead(true);
     if let Some((cert, key)) = &files.cert {
         let chain = own_certificate(files, cert)?;
         let cannot_load = |reason: String| {

@@ -9,16 +9,20 @@
 //! unbuffered before TLS, so bytes sent after `NBD_OPT_STARTTLS` reach
 //! OpenSSL as the client's hello, which fails. Under TLS the connection
 //! has no raw socket (`Transport::raw` is `None`): no splicing, no
-//! polling beneath the TLS layer. A session moves to an export's
-//! iothread with its socket parked (`Socket::park`, `Socket::attach`).
+//! polling beneath the TLS layer. The socket beneath (`socket`) gathers
+//! TLS records into few system calls and can move to an export's
+//! iothread; `writer` gathers replies into few TLS writes.
 
-use std::io::{self, IoSlice};
-use std::pin::Pin;
+mod socket;
+mod writer;
+
+pub use socket::Socket;
+pub use writer::TlsWriter;
+
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use nbdwire::tls::{TlsCreds, TlsStream};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, BufReader, ReadHalf};
 
 use super::codec::push_option_reply;
 use super::connection::{Negotiated, HANDSHAKE_BUFFER_LEN};
@@ -27,12 +31,6 @@ use super::handshake::{
     Outcome, MAX_OPTIONS,
 };
 use super::proto::*;
-use super::splice::{NoSocket, Transport};
-
-/// Bytes of replies gathered into one TLS write (a few records), so that
-/// a reply's header and payload do not each cost a record and a system
-/// call.
-const TLS_WRITE_GATHER: usize = 256 << 10;
 
 /// Decides whether a client's identity may connect (`tls-authz`).
 pub trait Authorizer: Send + Sync + std::fmt::Debug {
@@ -61,163 +59,10 @@ impl PartialEq for ServerTls {
 
 impl Eq for ServerTls {}
 
-/// A connection's socket beneath TLS: registered with the event loop it
-/// runs on, or parked between two loops.
-pub enum Socket {
-    Unix(tokio::net::UnixStream),
-    Tcp(tokio::net::TcpStream),
-    ParkedUnix(std::os::unix::net::UnixStream),
-    ParkedTcp(std::net::TcpStream),
-    /// Only while `park` or `attach` swaps the socket (or after one
-    /// failed).
-    Gone,
-}
-
-impl Socket {
-    /// Leaves the event loop the socket is registered with.
-    pub fn park(&mut self) -> io::Result<()> {
-        *self = match std::mem::replace(self, Socket::Gone) {
-            Socket::Unix(s) => Socket::ParkedUnix(s.into_std()?),
-            Socket::Tcp(s) => Socket::ParkedTcp(s.into_std()?),
-            other => other,
-        };
-        Ok(())
-    }
-
-    /// Joins the event loop this runs on.
-    pub fn attach(&mut self) -> io::Result<()> {
-        *self = match std::mem::replace(self, Socket::Gone) {
-            Socket::ParkedUnix(s) => Socket::Unix(tokio::net::UnixStream::from_std(s)?),
-            Socket::ParkedTcp(s) => Socket::Tcp(tokio::net::TcpStream::from_std(s)?),
-            other => other,
-        };
-        Ok(())
-    }
-}
-
-fn parked() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "socket parked between loops")
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            _ => Poll::Ready(Err(parked())),
-        }
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            _ => Poll::Ready(Err(parked())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
-            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
-            _ => Poll::Ready(Err(parked())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            _ => Poll::Ready(Err(parked())),
-        }
-    }
-}
-
 /// A TLS session on a connection's socket.
 pub type Tls = TlsStream<Socket>;
 /// The receiving half of a TLS session.
 pub type TlsReader = ReadHalf<Tls>;
-
-/// The sending half of a TLS session, which gathers a vectored write's
-/// slices into one TLS write.
-pub struct TlsWriter {
-    half: WriteHalf<Tls>,
-    gather: Vec<u8>,
-}
-
-impl TlsWriter {
-    pub fn new(half: WriteHalf<Tls>) -> TlsWriter {
-        TlsWriter {
-            half,
-            gather: Vec::new(),
-        }
-    }
-
-    pub fn into_inner(self) -> WriteHalf<Tls> {
-        self.half
-    }
-}
-
-impl AsyncWrite for TlsWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().half).poll_write(cx, buf)
-    }
-
-    /// The slices gathered, up to [`TLS_WRITE_GATHER`] bytes. A write that
-    /// has to wait is retried with the same slices (or more after them),
-    /// so the bytes OpenSSL has already taken are the same again.
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.gather.clear();
-        for buf in bufs {
-            let room = TLS_WRITE_GATHER - this.gather.len();
-            this.gather.extend_from_slice(&buf[..buf.len().min(room)]);
-            if this.gather.len() == TLS_WRITE_GATHER {
-                break;
-            }
-        }
-        Pin::new(&mut this.half).poll_write(cx, &this.gather)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().half).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().half).poll_shutdown(cx)
-    }
-}
-
-/// Under TLS there is no raw socket to splice into or poll.
-impl Transport for TlsWriter {
-    type Raw = NoSocket;
-
-    fn raw(&self) -> Option<&NoSocket> {
-        None
-    }
-}
 
 /// How the options before TLS ended.
 enum BeforeTls {
@@ -263,6 +108,7 @@ async fn until_starttls(
             }
         };
         socket.write_all(&out).await?;
+        socket.flush().await?;
         if let Some(step) = step {
             return Ok(step);
         }
