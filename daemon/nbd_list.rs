@@ -83,9 +83,7 @@ fn client_creds(request: &ListRequest, id: &str) -> Result<Arc<TlsCreds>, String
         Some(Object::TlsCreds(creds)) if creds.endpoint != QCryptoTlsCredsEndpoint::Client => {
             Err("Expected TLS credentials for a client endpoint".into())
         }
-        Some(Object::TlsCreds(creds)) => creds.sessions.ok_or_else(|| {
-            format!("TLS credentials '{id}' are anonymous (tls-creds-anon), which storaged does not support")
-        }),
+        Some(Object::TlsCreds(creds)) => Ok(creds.sessions),
         Some(_) => Err(format!("Object with id '{id}' is not TLS credentials")),
     };
     creds.map_err(|reason| format!("Failed to get TLS creds: {reason}"))

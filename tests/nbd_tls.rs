@@ -666,3 +666,58 @@ async fn storaged_as_a_client_refuses_a_server_it_cannot_trust() {
     .await;
     assert_eq!(desc, "No TLS credentials with id 'nope'");
 }
+
+#[test]
+fn anonymous_tls_works_with_qemu_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let daemon = serve(
+        dir,
+        &["tls-creds-anon,id=tls0,endpoint=server".to_owned()],
+        "tls-creds=tls0",
+    );
+    let image = format!(
+        "driver=nbd,server.type=unix,server.path={},export=disk,tls-creds=tls0",
+        daemon.path("nbd.sock").display()
+    );
+    let disk = std::fs::read(daemon.path("disk.raw")).unwrap();
+    let pattern = format!("read -P {} 0 1", disk[0]);
+    let object = "tls-creds-anon,id=tls0,endpoint=client";
+    tool(
+        "qemu-io",
+        &[
+            "-r",
+            "--object",
+            object,
+            "--image-opts",
+            &image,
+            "-c",
+            &pattern,
+        ],
+    );
+    // storaged as the client of qemu-nbd with anonymous credentials.
+    let peer_disk = root.join("peer.raw");
+    let mut content = vec![0x5a; 1 << 20];
+    content.resize(DISK_LEN, 0);
+    std::fs::write(&peer_disk, content).unwrap();
+    let socket = root.join("qemu-nbd-anon.sock");
+    let sock = socket.to_str().unwrap();
+    let peer = Peer::start(
+        "qemu-nbd",
+        &[
+            "-k",
+            sock,
+            "--object",
+            "tls-creds-anon,id=tls0,endpoint=server",
+            "--tls-creds",
+            "tls0",
+            "-f",
+            "raw",
+            "-t",
+            peer_disk.to_str().unwrap(),
+        ],
+        &socket,
+    );
+    read_through_storaged(&root, "tls-creds-anon,id=tlsc,endpoint=client", &socket);
+    drop(peer);
+}

@@ -57,11 +57,7 @@ fn server_tls(daemon: &Daemon, id: &str, authz: Option<&str>) -> Result<ServerTl
                 "Expected TLS credentials for a server endpoint",
             ))
         }
-        Some(Object::TlsCreds(creds)) => creds.sessions.ok_or_else(|| {
-            QmpError::generic(format!(
-                "TLS credentials '{id}' are anonymous (tls-creds-anon), which storaged does not support"
-            ))
-        })?,
+        Some(Object::TlsCreds(creds)) => creds.sessions,
         Some(_) => {
             return Err(QmpError::generic(format!(
                 "Object with id '{id}' is not TLS credentials"

@@ -177,10 +177,7 @@ impl ObjectLookup for Objects {
     fn object(&self, id: &str) -> Option<Arc<dyn Any + Send + Sync>> {
         match self.get(id)? {
             Object::ThrottleGroup(group) => Some(group),
-            Object::TlsCreds(TlsCreds {
-                sessions: Some(sessions),
-                ..
-            }) => Some(sessions),
+            Object::TlsCreds(TlsCreds { sessions, .. }) => Some(sessions),
             _ => None,
         }
     }

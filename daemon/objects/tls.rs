@@ -1,8 +1,8 @@
 //! TLS credential objects (`tls-creds-anon`, `-psk`, `-x509`): the files
 //! QEMU loads when it creates them are read here, with QEMU's messages,
 //! and made into sessions' credentials by `nbdwire::tls`, which checks
-//! their content. `priority` (a GnuTLS priority string) and anonymous
-//! sessions are refused: OpenSSL has no equivalent of either.
+//! their content. `priority` (a GnuTLS priority string) is refused:
+//! OpenSSL has no equivalent.
 
 use std::sync::Arc;
 
@@ -20,32 +20,35 @@ use super::read_small_file;
 /// The user name a PSK client presents when none is given.
 const DEFAULT_PSK_USERNAME: &str = "qemu";
 
-/// TLS credentials: which side they serve, and the sessions' credentials
-/// (none for anonymous ones, which nothing can use).
+/// TLS credentials: which side they serve, and the sessions'
+/// credentials.
 #[derive(Debug, Clone)]
 pub struct TlsCreds {
     pub endpoint: QCryptoTlsCredsEndpoint,
-    pub sessions: Option<Arc<tls::TlsCreds>>,
+    pub sessions: Arc<tls::TlsCreds>,
 }
 
 impl PartialEq for TlsCreds {
     fn eq(&self, other: &Self) -> bool {
-        let same = match (&self.sessions, &other.sessions) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (a, b) => a.is_none() && b.is_none(),
-        };
-        self.endpoint == other.endpoint && same
+        self.endpoint == other.endpoint && Arc::ptr_eq(&self.sessions, &other.sessions)
     }
 }
 
 impl Eq for TlsCreds {}
 
-/// `tls-creds-anon`: accepted as QEMU does; nothing can use it.
+/// `tls-creds-anon`: a server's `dir` may hold `dh-params.pem`.
 pub fn anon(anon: TlsCredsAnonProperties) -> Result<TlsCreds, QmpError> {
     refuse_priority(anon.priority.as_deref())?;
+    let endpoint = anon.endpoint.unwrap_or(QCryptoTlsCredsEndpoint::Client);
+    let dh_params = match (&anon.dir, endpoint) {
+        (Some(dir), QCryptoTlsCredsEndpoint::Server) => optional_file(dir, "dh-params.pem")?,
+        _ => None,
+    };
+    let sessions = tls::anon::creds(side(endpoint), dh_params.as_ref().map(Loaded::pem))
+        .map_err(QmpError::generic)?;
     Ok(TlsCreds {
-        endpoint: anon.endpoint.unwrap_or(QCryptoTlsCredsEndpoint::Client),
-        sessions: None,
+        endpoint,
+        sessions: Arc::new(sessions),
     })
 }
 
@@ -133,7 +136,7 @@ pub fn psk(psk: TlsCredsPskProperties) -> Result<TlsCreds, QmpError> {
     .map_err(QmpError::generic)?;
     Ok(TlsCreds {
         endpoint,
-        sessions: Some(Arc::new(sessions)),
+        sessions: Arc::new(sessions),
     })
 }
 
@@ -176,6 +179,6 @@ pub fn x509(
     let sessions = tls::x509::creds(&files).map_err(QmpError::generic)?;
     Ok(TlsCreds {
         endpoint,
-        sessions: Some(Arc::new(sessions)),
+        sessions: Arc::new(sessions),
     })
 }

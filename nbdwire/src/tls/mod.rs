@@ -1,5 +1,5 @@
 //! TLS for NBD (`NBD_OPT_STARTTLS`): credentials made once from QEMU's
-//! files (`x509`, `psk`) into an OpenSSL context, and sessions started
+//! files (`x509`, `psk`, `anon`) into an OpenSSL context, and sessions started
 //! from it on a connection that has agreed to TLS (`accept` on a server,
 //! `connect` on a client), with the peer's identity for authorization
 //! (`identity`).
@@ -11,6 +11,7 @@
 //! paths for messages. Sessions read ahead (one system call takes in as
 //! many records as have arrived: a client's requests are small records).
 
+pub mod anon;
 pub mod identity;
 pub mod psk;
 pub mod x509;
@@ -44,6 +45,8 @@ enum Kind {
         verify_peer: bool,
     },
     Psk,
+    /// Nobody authenticated (no identity to authorize).
+    Anon,
 }
 
 impl std::fmt::Debug for TlsCreds {
@@ -51,6 +54,7 @@ impl std::fmt::Debug for TlsCreds {
         let kind = match self.kind {
             Kind::X509 { .. } => "x509",
             Kind::Psk => "psk",
+            Kind::Anon => "anon",
         };
         write!(f, "TlsCreds({kind}, {:?})", self.side)
     }
@@ -80,6 +84,7 @@ impl TlsCreds {
                 .peer_certificate()
                 .map(|cert| identity::distinguished_name(cert.subject_name())),
             Kind::Psk => psk::identity(stream.ssl()),
+            Kind::Anon => None,
         };
         Ok((stream, identity))
     }
