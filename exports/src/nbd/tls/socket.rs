@@ -2,9 +2,11 @@
 //! record of at most 16 KiB) is gathered and sent when OpenSSL's caller
 //! flushes, or when [`OUTPUT_BUFFER_LEN`] is reached, so that a large
 //! reply costs a few system calls and wake-ups of the client, not one per
-//! record. Reads go straight to the socket. The socket can leave its
-//! event loop (`park`) and join another (`attach`), which moves a session
-//! to an export's iothread.
+//! record; and what OpenSSL reads (a record's header, then its body) is
+//! served from up to [`INPUT_BUFFER_LEN`] bytes taken in by one system
+//! call, so that a burst of small requests costs one. The socket can
+//! leave its event loop (`park`) and join another (`attach`), which moves
+//! a session to an export's iothread.
 
 use std::io;
 use std::pin::Pin;
@@ -14,13 +16,21 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes of TLS records gathered before they are sent.
 pub const OUTPUT_BUFFER_LEN: usize = 512 << 10;
+/// Bytes read from the socket at most by one system call.
+pub const INPUT_BUFFER_LEN: usize = 64 << 10;
 
-/// A connection's socket, with the TLS records not yet sent.
+/// A connection's socket, with the TLS records not yet sent and those
+/// received and not yet read.
 pub struct Socket {
     io: Io,
     out: Vec<u8>,
     /// Bytes of `out` already sent.
     sent: usize,
+    /// Allocated at the first read.
+    input: Vec<u8>,
+    /// `input[consumed..received]` is received and not yet read.
+    consumed: usize,
+    received: usize,
 }
 
 enum Io {
@@ -39,6 +49,9 @@ impl Socket {
             io,
             out: Vec::new(),
             sent: 0,
+            input: Vec::new(),
+            consumed: 0,
+            received: 0,
         }
     }
 
@@ -51,7 +64,7 @@ impl Socket {
     }
 
     /// Leaves the event loop the socket is registered with (everything
-    /// written must have been flushed).
+    /// written must have been flushed; what was received stays).
     pub fn park(&mut self) -> io::Result<()> {
         if self.sent < self.out.len() {
             return Err(io::Error::other("a socket parked with records unsent"));
@@ -103,17 +116,41 @@ impl Io {
     }
 }
 
+impl Io {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Io::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            _ => Poll::Ready(Err(parked())),
+        }
+    }
+}
+
 impl AsyncRead for Socket {
+    /// From the bytes received, taking in more first if there are none
+    /// (straight into `buf` if it holds as many).
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            _ => Poll::Ready(Err(parked())),
+        let this = self.get_mut();
+        if this.consumed == this.received {
+            if buf.remaining() >= INPUT_BUFFER_LEN {
+                return this.io.poll_read(cx, buf);
+            }
+            if this.input.is_empty() {
+                this.input = vec![0; INPUT_BUFFER_LEN];
+            }
+            let mut fill = ReadBuf::new(&mut this.input);
+            ready!(this.io.poll_read(cx, &mut fill))?;
+            this.received = fill.filled().len();
+            this.consumed = 0;
         }
+        let n = buf.remaining().min(this.received - this.consumed);
+        buf.put_slice(&this.input[this.consumed..this.consumed + n]);
+        this.consumed += n;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -192,5 +229,20 @@ mod tests {
         let mut rest = [0; 7];
         theirs.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"unsent!");
+    }
+
+    #[tokio::test]
+    async fn small_reads_come_from_one_receive() {
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let mut socket = Socket::unix(ours);
+        theirs.write_all(b"headerbody").await.unwrap();
+        let mut header = [0; 6];
+        socket.read_exact(&mut header).await.unwrap();
+        assert_eq!(&header, b"header");
+        // The rest was taken in with the header: the peer may be gone.
+        drop(theirs);
+        let mut body = Vec::new();
+        socket.read_to_end(&mut body).await.unwrap();
+        assert_eq!(body, b"body");
     }
 }
