@@ -391,7 +391,7 @@ fn authz_listfile_changes_apply_without_a_restart() {
 }
 
 #[tokio::test]
-async fn credentials_deleted_while_the_server_runs_stay_with_it() {
+async fn deleted_credentials_stay_with_the_server_and_a_deleted_authz_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("Test CA");
     ca.server_dir(&dir.path().join("server"));
@@ -407,11 +407,18 @@ async fn credentials_deleted_while_the_server_runs_stay_with_it() {
         json!({"qom-type": "tls-creds-x509", "id": "tls1", "endpoint": "server", "dir": server_dir}),
     )
     .await;
+    ok(
+        &mut qmp,
+        "object-add",
+        json!({"qom-type": "authz-simple", "id": "authz1", "identity": dn("alice")}),
+    )
+    .await;
     let socket = daemon.path("tls.sock");
     ok(
         &mut qmp,
         "nbd-server-start",
-        json!({"addr": {"type": "unix", "data": {"path": socket}}, "tls-creds": "tls1"}),
+        json!({"addr": {"type": "unix", "data": {"path": socket}}, "tls-creds": "tls1",
+               "tls-authz": "authz1"}),
     )
     .await;
     ok(
@@ -423,6 +430,17 @@ async fn credentials_deleted_while_the_server_runs_stay_with_it() {
     ok(&mut qmp, "object-del", json!({"id": "tls1"})).await;
     let certs = format!("tls-certificates={}", client.display());
     let uri = format!("nbds+unix:///disk?socket={}&{certs}", socket.display());
+    assert_eq!(nbdinfo_size(&uri), Ok(DISK_LEN.to_string()));
+    // The authorization object is looked up at each connection (as in
+    // QEMU): deleted, it refuses everyone; added again, it decides again.
+    ok(&mut qmp, "object-del", json!({"id": "authz1"})).await;
+    assert!(nbdinfo_size(&uri).is_err(), "connected without its authz");
+    ok(
+        &mut qmp,
+        "object-add",
+        json!({"qom-type": "authz-simple", "id": "authz1", "identity": dn("alice")}),
+    )
+    .await;
     assert_eq!(nbdinfo_size(&uri), Ok(DISK_LEN.to_string()));
 }
 

@@ -5,9 +5,10 @@
 //! the rest of the handshake and the transmission over TLS.
 //!
 //! Nothing the client sends before the TLS handshake is processed after
-//! it (the STARTTLS injection of CVE-2021-3716): options are read
-//! unbuffered before TLS, so bytes sent after `NBD_OPT_STARTTLS` reach
-//! OpenSSL as the client's hello, which fails. Under TLS the connection
+//! it (the STARTTLS injection of CVE-2021-3716): a client that has sent
+//! anything after `NBD_OPT_STARTTLS` by the time it is answered is
+//! dropped, and bytes that arrive later reach OpenSSL as the client's
+//! hello, which fails. Under TLS the connection
 //! has no raw socket (`Transport::raw` is `None`): no splicing, no
 //! polling beneath the TLS layer. The socket beneath (`socket`) gathers
 //! TLS records into few system calls and can move to an export's
@@ -131,6 +132,11 @@ pub async fn negotiate(
     };
     if let BeforeTls::Aborted = until_starttls(&mut socket, flags).await? {
         return Ok(None);
+    }
+    if socket.has_unread() {
+        return Err(protocol(
+            "data sent after NBD_OPT_STARTTLS before the TLS handshake",
+        ));
     }
     let (stream, identity) = tls.creds.accept(socket).await?;
     if let Some(authz) = &tls.authz {

@@ -87,6 +87,11 @@ impl Socket {
         Ok(())
     }
 
+    /// Whether bytes were received that nobody has read yet.
+    pub fn has_unread(&self) -> bool {
+        self.consumed < self.received
+    }
+
     /// Sends every gathered byte.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.out.len() {
@@ -239,6 +244,7 @@ mod tests {
         let mut header = [0; 6];
         socket.read_exact(&mut header).await.unwrap();
         assert_eq!(&header, b"header");
+        assert!(socket.has_unread());
         // The rest was taken in with the header: the peer may be gone.
         drop(theirs);
         let mut body = Vec::new();
