@@ -11,6 +11,8 @@ docs/benchmarks.md.  A server that fails to build, start or serve shows "n/a".
     bench/run.py              # full run (about 12 minutes)
     bench/run.py --quick      # smoke run (about 3 minutes): not for comparison
     bench/run.py --list       # the workloads and servers
+    bench/run.py --transports unix-tls,tcp-tls --servers storaged,qemu-nbd,nbdkit \
+        --workloads seq-read,seq-write,randread-qd32,randwrite-qd32   # TLS rows
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from nbdbench import machine, report
 from nbdbench.images import GIB, MIB, ImageKind, ImageStore
 from nbdbench.report import Results
 from nbdbench.servers import (
+    DEFAULT_TRANSPORTS,
     PEERS,
     TRANSPORTS,
     RunningServer,
@@ -138,7 +141,9 @@ def parse_arguments() -> argparse.Namespace:
                         help="which servers, of storaged,qsd,qemu-nbd,nbdkit (default all), "
                              "and storaged-nbd (storaged with qemu-nbd's command line)")
     parser.add_argument("--transports", type=comma_list, metavar="LIST",
-                        default=list(TRANSPORTS), help="unix,tcp (default both)")
+                        default=list(DEFAULT_TRANSPORTS),
+                        help="unix,tcp (default both), and unix-tls,tcp-tls: the same "
+                        "over TLS with X.509 certificates made with openssl")
     parser.add_argument("--workloads", type=comma_list, metavar="LIST", default=["raw", "qcow2"],
                         help="workload names (see --list) or suites raw,qcow2 (default both)")
     parser.add_argument("--storaged", type=Path, metavar="BINARY",

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             Ok(qemu_nbd::Action::Run(invocation)) => invocation,
-            Ok(qemu_nbd::Action::List(target)) => return nbd_list::run(&target, &program),
+            Ok(qemu_nbd::Action::List(request)) => return nbd_list::run(&request, &program),
             Err(error) => {
                 eprintln!("{program}: {error}");
                 return ExitCode::FAILURE;

@@ -31,7 +31,17 @@ pub enum Action {
     Version,
     Run(Invocation),
     /// `--list`: print a server's exports.
-    List(ServerAddress),
+    List(ListRequest),
+}
+
+/// What `--list` asks: the server, and TLS (`--tls-creds` naming one of
+/// `objects`, the client credentials; `--tls-hostname`).
+#[derive(Debug)]
+pub struct ListRequest {
+    pub target: ServerAddress,
+    pub objects: Vec<Located>,
+    pub tls_creds: Option<String>,
+    pub tls_hostname: Option<String>,
 }
 
 /// The longest export name or description (NBD's string limit).
@@ -185,6 +195,7 @@ struct Settings {
     objects: Vec<Located>,
     tls_creds: Option<String>,
     tls_authz: Option<String>,
+    tls_hostname: Option<String>,
     image_opts: bool,
     traces: Vec<Located>,
     fork: bool,
@@ -218,7 +229,7 @@ pub fn parse(args: &[String], program: &str, argv0: &str) -> Result<Action, Stri
         return Ok(action);
     }
     if settings.list {
-        return settings.list_target().map(Action::List);
+        return settings.list_request().map(Action::List);
     }
     settings.into_invocation(argv0).map(Action::Run)
 }
@@ -313,7 +324,7 @@ impl Settings {
             Meaning::Verbose => {}
             Meaning::Object => self.objects.extend(value),
             Meaning::TlsCreds => self.tls_creds = Some(text),
-            Meaning::TlsHostname => {}
+            Meaning::TlsHostname => self.tls_hostname = Some(text),
             Meaning::TlsAuthz => self.tls_authz = Some(text),
             Meaning::ImageOpts => self.image_opts = true,
             Meaning::Trace => self.traces.extend(value),
@@ -332,6 +343,26 @@ impl Settings {
     }
 
     /// `--list`: what it asks, refusing what makes no sense with it.
+    fn list_request(self) -> Result<ListRequest, String> {
+        let target = self.list_target()?;
+        match (&self.tls_creds, &self.tls_authz, &self.tls_hostname) {
+            (Some(_), Some(_), _) => return Err("--tls-authz is not supported with --list".into()),
+            (None, Some(_), _) => {
+                return Err("--tls-authz is not permitted without --tls-creds".into())
+            }
+            (None, _, Some(_)) => {
+                return Err("--tls-hostname is not permitted without --tls-creds".into())
+            }
+            _ => {}
+        }
+        Ok(ListRequest {
+            target,
+            objects: self.objects,
+            tls_creds: self.tls_creds,
+            tls_hostname: self.tls_hostname,
+        })
+    }
+
     fn list_target(&self) -> Result<ServerAddress, String> {
         if !self.operands.is_empty() {
             return Err("List mode is incompatible with a file name".into());

@@ -468,3 +468,97 @@ fn list_mode_prints_what_qemu_nbd_prints() {
         assert!(String::from_utf8_lossy(&ours.stdout).contains("qemu:allocation-depth"));
     }
 }
+
+#[test]
+fn tls_serving_and_list_mode_match_qemu_nbd() {
+    let setup = Setup::new();
+    let sock = setup.path("tls.sock");
+    let ca = common::tls::Ca::new("Test CA");
+    ca.server_dir(&setup.dir.path().join("server"));
+    ca.client_dir(&setup.dir.path().join("client"), "client", 30);
+    let server_object = format!(
+        "tls-creds-x509,id=tls0,endpoint=server,dir={}",
+        setup.path("server")
+    );
+    let client_object = format!(
+        "tls-creds-x509,id=tls0,endpoint=client,dir={}",
+        setup.path("client")
+    );
+    for bad in [
+        strings(&["-L", "-k", &sock, "--tls-hostname", "localhost"]),
+        strings(&["-L", "-k", &sock, "--tls-authz", "a"]),
+        strings(&[
+            "-L",
+            "-k",
+            &sock,
+            "--object",
+            &client_object,
+            "--tls-creds",
+            "nope",
+        ]),
+        strings(&[
+            "-L",
+            "-k",
+            &sock,
+            "--object",
+            &server_object,
+            "--tls-creds",
+            "tls0",
+        ]),
+    ] {
+        let theirs = setup.run(false, &bad);
+        let ours = setup.run(true, &bad);
+        assert_eq!(ours.status.code(), theirs.status.code(), "{bad:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stderr),
+            String::from_utf8_lossy(&theirs.stderr),
+            "{bad:?}"
+        );
+    }
+    let serve_args = strings(&[
+        "-t",
+        "-k",
+        &sock,
+        "-f",
+        "qcow2",
+        "-x",
+        "disk",
+        "--object",
+        &server_object,
+        "--tls-creds",
+        "tls0",
+        "d.qcow2",
+    ]);
+    let uri = format!(
+        "nbds+unix:///disk?socket={sock}&tls-certificates={}",
+        setup.path("client")
+    );
+    let list = strings(&[
+        "-L",
+        "-k",
+        &sock,
+        "--object",
+        &client_object,
+        "--tls-creds",
+        "tls0",
+        "--tls-hostname",
+        "localhost",
+    ]);
+    for ours_serving in [false, true] {
+        let (mut server, _) = serve(&setup, ours_serving, &serve_args, &uri);
+        let theirs = setup.run(false, &list);
+        let ours = setup.run(true, &list);
+        let plain = setup.run(true, &strings(&["-L", "-k", &sock]));
+        let _ = server.kill();
+        let _ = server.wait();
+        assert_eq!(theirs.status.code(), Some(0), "{theirs:?}");
+        assert_eq!(ours.status.code(), Some(0), "{ours:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout),
+            String::from_utf8_lossy(&theirs.stdout),
+            "listing the TLS server (ours: {ours_serving})"
+        );
+        assert!(String::from_utf8_lossy(&ours.stdout).contains("export: 'disk'"));
+        assert_ne!(plain.status.code(), Some(0), "a plain-text list succeeded");
+    }
+}

@@ -1,5 +1,6 @@
 //! `object-add` and `object-del` over QMP for every object type, with
-//! QEMU's checks and messages, and `--object` on the command line.
+//! QEMU's checks and messages, and `--object` on the command line;
+//! TLS credentials with bad files are refused with QSD's messages.
 
 mod common;
 
@@ -14,11 +15,8 @@ fn generic(desc: &str) -> (String, String) {
 async fn every_object_type_can_be_added_and_deleted() {
     let daemon = TestDaemon::start(&[]);
     let creds = daemon.path("creds");
-    std::fs::create_dir(&creds).expect("creds dir");
+    common::tls::Ca::new("Test CA").server_dir(&creds);
     std::fs::write(creds.join("keys.psk"), "alice:0123456789abcdef\n").expect("keys");
-    for name in ["ca-cert.pem", "server-cert.pem", "server-key.pem"] {
-        std::fs::write(creds.join(name), "not checked beyond being readable\n").expect("pem");
-    }
     let secret_file = daemon.path("secret.txt");
     std::fs::write(&secret_file, "hunter2").expect("secret");
     let authz_file = daemon.path("authz.json");
@@ -150,4 +148,69 @@ async fn object_add_errors_read_as_qemu() {
     );
     // The command-line secret is there: deleting it works once.
     ok(&mut client, "object-del", json!({"id": "s0"})).await;
+}
+
+/// TLS credentials and the NBD server that uses them: the same requests
+/// to storaged and to qemu-storage-daemon get the same replies (GnuTLS's
+/// and OpenSSL's reasons differ after QEMU's own words: those are
+/// compared up to the reason).
+#[tokio::test]
+async fn tls_credentials_and_nbd_server_start_as_qsd() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = common::tls::Ca::new("Test CA");
+    let good = dir.path().join("good");
+    ca.server_dir(&good);
+    let only_ca = dir.path().join("only-ca");
+    std::fs::create_dir(&only_ca).unwrap();
+    std::fs::copy(good.join("ca-cert.pem"), only_ca.join("ca-cert.pem")).unwrap();
+    let mismatch = dir.path().join("mismatch");
+    ca.server_dir(&mismatch);
+    std::fs::copy(good.join("server-key.pem"), mismatch.join("server-key.pem")).unwrap();
+    let wrong_ca = dir.path().join("wrong-ca");
+    ca.server_dir(&wrong_ca);
+    common::tls::Ca::new("Other CA").server_dir(&dir.path().join("other"));
+    std::fs::copy(
+        dir.path().join("other/ca-cert.pem"),
+        wrong_ca.join("ca-cert.pem"),
+    )
+    .unwrap();
+    let client = dir.path().join("client");
+    ca.client_dir(&client, "c", 30);
+    let socket = dir.path().join("nbd.sock");
+    let x509 = |id: &str, path: &std::path::Path, endpoint: &str| json!({"qom-type": "tls-creds-x509", "id": id, "dir": path, "endpoint": endpoint});
+    let start = |creds: &str| json!({"addr": {"type": "unix", "data": {"path": socket}}, "tls-creds": creds});
+    let steps: Vec<(&str, Value)> = vec![
+        ("object-add", x509("t1", &only_ca, "server")),
+        ("object-add", x509("t2", &mismatch, "server")),
+        ("object-add", x509("t3", &wrong_ca, "server")),
+        ("object-add", x509("tc", &client, "client")),
+        ("object-add", x509("ts", &good, "server")),
+        ("nbd-server-start", start("nope")),
+        ("nbd-server-start", start("tc")),
+        ("nbd-server-start", start("ts")),
+        ("object-del", json!({"id": "ts"})),
+        ("nbd-server-stop", json!({})),
+        ("object-del", json!({"id": "tc"})),
+    ];
+    let mut replies = Vec::new();
+    for program in [
+        common::storaged(),
+        std::process::Command::new("qemu-storage-daemon"),
+    ] {
+        let daemon = TestDaemon::spawn(program, tempfile::tempdir().unwrap(), |_| Vec::new());
+        let mut qmp = daemon.connect().await;
+        let mut these = Vec::new();
+        for (command, arguments) in &steps {
+            let reply = common::reply(&mut qmp, command, arguments.clone()).await;
+            // QEMU's words, without the TLS library's reason after them.
+            let text = reply.to_string();
+            let text = match text.find(" against").or(text.find(": The certificate")) {
+                Some(at) => text[..at].to_owned(),
+                None => text,
+            };
+            these.push(text);
+        }
+        replies.push(these);
+    }
+    assert_eq!(replies[0], replies[1]);
 }

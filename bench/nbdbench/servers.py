@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .tls import ensure_pki
+
 EXPORT_NAME = "disk"
 TCP_HOST = "127.0.0.1"
 START_TIMEOUT_S = 20.0
@@ -33,28 +35,48 @@ QEMU_NBD_MAX_CLIENTS = 8
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a server listens: a Unix socket path or a TCP port on loopback."""
+    """Where a server listens: a Unix socket path or a TCP port on loopback; with `pki`
+    (tls.ensure_pki's directory), over TLS with X.509 certificates."""
 
     transport: str
     path: Path | None = None
     port: int | None = None
+    pki: Path | None = None
 
     def uri(self) -> str:
+        if self.pki is None:
+            if self.transport == "unix":
+                return f"nbd+unix:///{EXPORT_NAME}?socket={self.path}"
+            return f"nbd://{TCP_HOST}:{self.port}/{EXPORT_NAME}"
+        # No certificate check either way (see tls.py), the same for every server.
         if self.transport == "unix":
-            return f"nbd+unix:///{EXPORT_NAME}?socket={self.path}"
-        return f"nbd://{TCP_HOST}:{self.port}/{EXPORT_NAME}"
+            return f"nbds+unix:///{EXPORT_NAME}?socket={self.path}&tls-verify-peer=false"
+        return f"nbds://{TCP_HOST}:{self.port}/{EXPORT_NAME}?tls-verify-peer=false"
+
+    def qemu_tls_object(self) -> str:
+        """QEMU's (and storaged's) server credentials for this endpoint."""
+        return (f"tls-creds-x509,id=tls0,endpoint=server,verify-peer=off,"
+                f"dir={self.server_creds()}")
+
+    def server_creds(self) -> Path:
+        assert self.pki is not None, "a TLS endpoint"
+        return self.pki / "server"
 
 
-TRANSPORTS = ("unix", "tcp")
+# The "-tls" transports are the same sockets with TLS (not run unless asked for).
+TRANSPORTS = ("unix", "tcp", "unix-tls", "tcp-tls")
+DEFAULT_TRANSPORTS = ("unix", "tcp")
 
 
 def make_endpoint(transport: str, directory: Path) -> Endpoint:
-    if transport == "unix":
+    base, tls = transport.removesuffix("-tls"), transport.endswith("-tls")
+    pki = ensure_pki(directory) if tls else None
+    if base == "unix":
         path = directory / "nbd.sock"
         path.unlink(missing_ok=True)
-        return Endpoint("unix", path=path)
-    if transport == "tcp":
-        return Endpoint("tcp", port=_free_tcp_port())
+        return Endpoint("unix", path=path, pki=pki)
+    if base == "tcp":
+        return Endpoint("tcp", port=_free_tcp_port(), pki=pki)
     raise ValueError(f"unknown transport {transport}")
 
 
@@ -90,6 +112,9 @@ def qsd_syntax(program: str) -> CommandLine:
         else:
             addr = f"addr.type=inet,addr.host={TCP_HOST},addr.port={endpoint.port}"
         argv = [program]
+        if endpoint.pki is not None:
+            argv += ["--object", endpoint.qemu_tls_object()]
+            addr += ",tls-creds=tls0"
         for blockdev in blockdevs:
             argv += ["--blockdev", blockdev]
         return argv + [
@@ -116,6 +141,8 @@ def qemu_nbd_options(image: Path, fmt: str, endpoint: Endpoint) -> list[str]:
         listen = [f"--socket={endpoint.path}"]
     else:
         listen = [f"--bind={TCP_HOST}", f"--port={endpoint.port}"]
+    if endpoint.pki is not None:
+        listen += ["--object", endpoint.qemu_tls_object(), "--tls-creds=tls0"]
     return [
         f"--format={fmt}",
         f"--export-name={EXPORT_NAME}",
@@ -135,6 +162,8 @@ def nbdkit_command(image: Path, fmt: str, endpoint: Endpoint) -> list[str]:
         listen = [f"--unix={endpoint.path}"]
     else:
         listen = [f"--ipaddr={TCP_HOST}", f"--port={endpoint.port}"]
+    if endpoint.pki is not None:
+        listen += ["--tls=require", f"--tls-certificates={endpoint.server_creds()}"]
     return ["nbdkit", "--foreground", *listen, f"--exportname={EXPORT_NAME}", "file", str(image)]
 
 

@@ -12,9 +12,12 @@ use schema::object::QCryptoTlsCredsEndpoint;
 use schema::sockets::SocketAddressKind;
 use schema::QmpError;
 use serde_json::{Map, Value};
+use std::sync::Arc;
+
+use exports::nbd::tls::{Authorizer, ServerTls};
 
 use super::{arguments, command, returning, Command, CommandResult, NoArguments};
-use crate::objects::Object;
+use crate::objects::{Object, Objects};
 use crate::state::Daemon;
 
 pub const COMMANDS: &[Command] = &[
@@ -32,27 +35,66 @@ pub const COMMANDS: &[Command] = &[
 /// inherited from the parent); `nbd-server-start` refuses it first.
 pub async fn nbd_server_start(daemon: &Daemon, options: &NbdServerOptions) -> Result<(), QmpError> {
     daemon.exports.check_nbd_server_stopped()?;
-    if let Some(id) = &options.tls_creds {
-        match daemon.objects.get(id) {
-            None => {
-                return Err(QmpError::generic(format!(
-                    "No TLS credentials with id '{id}'"
-                )))
-            }
-            Some(Object::TlsCreds(creds)) if creds.endpoint != QCryptoTlsCredsEndpoint::Server => {
-                return Err(QmpError::generic(
-                    "Expected TLS credentials for a server endpoint",
-                ))
-            }
-            Some(Object::TlsCreds(_)) => {}
-            Some(_) => {
-                return Err(QmpError::generic(format!(
-                    "Object with id '{id}' is not TLS credentials"
-                )))
-            }
+    let tls = match &options.tls_creds {
+        Some(id) => Some(server_tls(daemon, id, options.tls_authz.as_deref())?),
+        None => None,
+    };
+    daemon.exports.nbd_server_start(options, tls).await
+}
+
+/// The server's TLS: the credentials `id` names (held by the server even
+/// if the object is deleted, as in QEMU), and the authorization object
+/// `authz` names, looked up at each connection (as QEMU does).
+fn server_tls(daemon: &Daemon, id: &str, authz: Option<&str>) -> Result<ServerTls, QmpError> {
+    let creds = match daemon.objects.get(id) {
+        None => {
+            return Err(QmpError::generic(format!(
+                "No TLS credentials with id '{id}'"
+            )))
+        }
+        Some(Object::TlsCreds(creds)) if creds.endpoint != QCryptoTlsCredsEndpoint::Server => {
+            return Err(QmpError::generic(
+                "Expected TLS credentials for a server endpoint",
+            ))
+        }
+        Some(Object::TlsCreds(creds)) => creds.sessions,
+        Some(_) => {
+            return Err(QmpError::generic(format!(
+                "Object with id '{id}' is not TLS credentials"
+            )))
+        }
+    };
+    let authz = authz.map(|authz| {
+        Arc::new(AuthzById {
+            objects: Arc::clone(&daemon.objects),
+            id: authz.to_owned(),
+        }) as Arc<dyn Authorizer>
+    });
+    Ok(ServerTls { creds, authz })
+}
+
+/// `tls-authz`: the object is found by id at each check, so that a
+/// replaced object takes effect and a deleted one refuses everyone.
+#[derive(Debug)]
+struct AuthzById {
+    objects: Arc<Objects>,
+    id: String,
+}
+
+impl Authorizer for AuthzById {
+    fn check(&self, identity: Option<&str>) -> Result<(), String> {
+        let id = &self.id;
+        let authz = match self.objects.get(id) {
+            Some(Object::Authz(authz)) => authz,
+            Some(_) => return Err(format!("Object '{id}' is not a QAuthZ subclass")),
+            None => return Err(format!("Cannot find QAuthZ object ID {id}")),
+        };
+        let identity = identity.ok_or("the client gave no identity (no certificate)")?;
+        match authz.is_allowed(identity)? {
+            true => Ok(()),
+            false => Err(format!("authorization object '{id}' denies it")),
         }
     }
-    daemon.exports.nbd_server_start(options).await
 }
 
 /// A monitor names descriptors by the names `getfd`/`add-fd` gave them;

@@ -14,20 +14,19 @@
 //! through [`ObjectLookup`] when a `throttle` node opens, and a group
 //! that nodes use cannot be deleted.
 
+mod authz;
 pub mod qom;
 mod secret;
 mod tls;
 
-use tls::TlsCreds;
+pub use authz::Authz;
+pub use tls::TlsCreds;
 
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use schema::object::{
-    AuthZListFileProperties, AuthZListProperties, IothreadProperties, ObjectKind, ObjectOptions,
-};
+use schema::object::{IothreadProperties, ObjectKind, ObjectOptions};
 use schema::QmpError;
 
 use block::error::os_error_text;
@@ -54,9 +53,8 @@ pub enum Object {
     /// The group the `throttle` nodes that name it share.
     ThrottleGroup(Arc<ThrottleGroup>),
     TlsCreds(TlsCreds),
-    Authz(AuthZListProperties),
-    /// `authz-simple`: the one identity allowed.
-    AuthzSimple(String),
+    /// `authz-simple`, `authz-list` or `authz-listfile`.
+    Authz(Arc<Authz>),
 }
 
 /// An object and the type it was created as (`qom-type`).
@@ -142,29 +140,44 @@ impl Objects {
     }
 
     fn create(&self, id: &str, kind: ObjectKind) -> Result<Object, QmpError> {
-        let is_secret = |id: &str| matches!(self.get(id), Some(Object::Secret(_)));
+        let secret_bytes = |id: &str| match self.get(id) {
+            Some(Object::Secret(bytes)) => Some(bytes),
+            _ => None,
+        };
         Ok(match kind {
-            ObjectKind::Secret(properties) => Object::Secret(secret::load(&properties, is_secret)?),
+            ObjectKind::Secret(properties) => {
+                Object::Secret(secret::load(&properties, secret_bytes)?)
+            }
             ObjectKind::Iothread(iothread) => Object::Iothread(start_iothread(id, iothread)?),
             ObjectKind::ThrottleGroup(group) => {
                 let config = ThrottleConfig::from_properties(&group)?;
                 Object::ThrottleGroup(ThrottleGroup::new(id, config))
             }
-            ObjectKind::TlsCredsAnon(anon) => Object::TlsCreds(tls::anon(anon)),
+            ObjectKind::TlsCredsAnon(anon) => Object::TlsCreds(tls::anon(anon)?),
             ObjectKind::TlsCredsPsk(psk) => Object::TlsCreds(tls::psk(psk)?),
-            ObjectKind::TlsCredsX509(x509) => Object::TlsCreds(tls::x509(x509)?),
-            ObjectKind::AuthzSimple(simple) => Object::AuthzSimple(simple.identity),
-            ObjectKind::AuthzList(list) => Object::Authz(list),
-            ObjectKind::AuthzListfile(file) => Object::Authz(load_authz_file(&file)?),
+            ObjectKind::TlsCredsX509(x509) => {
+                let password = |id: &str| {
+                    secret_bytes(id)
+                        .ok_or_else(|| QmpError::generic(format!("No secret with id '{id}'")))
+                };
+                Object::TlsCreds(tls::x509(x509, password)?)
+            }
+            ObjectKind::AuthzSimple(simple) => {
+                Object::Authz(Arc::new(Authz::Simple(simple.identity)))
+            }
+            ObjectKind::AuthzList(list) => Object::Authz(Arc::new(Authz::List(list))),
+            ObjectKind::AuthzListfile(file) => Object::Authz(Arc::new(Authz::list_file(file)?)),
         })
     }
 }
 
-/// Drivers find throttle groups here by id (the objects they use).
+/// Drivers find throttle groups and TLS credentials here by id (the
+/// objects they use).
 impl ObjectLookup for Objects {
     fn object(&self, id: &str) -> Option<Arc<dyn Any + Send + Sync>> {
         match self.get(id)? {
             Object::ThrottleGroup(group) => Some(group),
+            Object::TlsCreds(TlsCreds { sessions, .. }) => Some(sessions),
             _ => None,
         }
     }
@@ -252,20 +265,6 @@ fn check_iothread(iothread: IothreadProperties) -> Result<IothreadProperties, Qm
         ));
     }
     Ok(iothread)
-}
-
-/// `authz-listfile`: the rules come from a JSON file holding an
-/// `authz-list`'s properties.
-fn load_authz_file(file: &AuthZListFileProperties) -> Result<AuthZListProperties, QmpError> {
-    let path = &file.filename;
-    let bytes = read_small_file(path).map_err(|reason| {
-        QmpError::generic(format!(
-            "Failed to open file \u{201c}{path}\u{201d}: {reason}"
-        ))
-    })?;
-    let json: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|error| QmpError::generic(format!("{}: {error}", Path::new(path).display())))?;
-    schema::from_json(json)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! `secret` objects: the data, inline or from a file, decoded as QEMU's
-//! `qcrypto_secret_load_data` does.
+//! `qcrypto_secret_load_data` does, and decrypted when `keyid` names the
+//! secret holding its AES-256-CBC key (QEMU's `qcrypto_secret_decrypt`).
 
 use schema::object::{QCryptoSecretFormat, SecretProperties};
 use schema::QmpError;
@@ -9,11 +10,15 @@ use super::read_small_file;
 const BASE64_ALPHABET: &[u8; 64] =
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-/// The secret's bytes. `is_secret` tells whether an id names an existing
-/// secret (for `keyid`).
+/// AES-256's key and block lengths.
+const AES_256_KEY_LEN: usize = 32;
+const AES_BLOCK_LEN: usize = 16;
+
+/// The secret's bytes. `secret_bytes` gives those of an existing secret
+/// (the key that `keyid` names).
 pub fn load(
     secret: &SecretProperties,
-    is_secret: impl Fn(&str) -> bool,
+    secret_bytes: impl Fn(&str) -> Option<Vec<u8>>,
 ) -> Result<Vec<u8>, QmpError> {
     let raw = match (&secret.data, &secret.file) {
         (Some(_), Some(_)) => {
@@ -33,18 +38,71 @@ pub fn load(
             ))
         }
     };
+    let format = secret.format.unwrap_or_default();
     if let Some(keyid) = &secret.keyid {
-        if !is_secret(keyid) {
-            return Err(QmpError::generic(format!("No secret with id '{keyid}'")));
-        }
-        return Err(QmpError::generic(
-            "Encrypted secrets ('keyid') are not supported by storaged",
-        ));
+        let key = secret_bytes(keyid)
+            .ok_or_else(|| QmpError::generic(format!("No secret with id '{keyid}'")))?;
+        return decrypt(&key, secret.iv.as_deref(), format, &raw);
     }
-    match secret.format.unwrap_or_default() {
+    match format {
         QCryptoSecretFormat::Raw => Ok(raw),
         QCryptoSecretFormat::Base64 => decode_base64(&raw),
     }
+}
+
+/// QEMU's decryption of a secret: `input` is the ciphertext (base64 if
+/// `format` says so), `iv` base64; the plaintext ends with its padding
+/// length as its last byte.
+fn decrypt(
+    key: &[u8],
+    iv: Option<&str>,
+    format: QCryptoSecretFormat,
+    input: &[u8],
+) -> Result<Vec<u8>, QmpError> {
+    if key.len() != AES_256_KEY_LEN {
+        return Err(QmpError::generic(format!(
+            "Key should be {AES_256_KEY_LEN} bytes in length"
+        )));
+    }
+    let iv = iv.ok_or_else(|| QmpError::generic("IV is required to decrypt secret"))?;
+    let iv = decode_base64(iv.as_bytes())?;
+    if iv.len() != AES_BLOCK_LEN {
+        return Err(QmpError::generic(format!(
+            "IV should be {AES_BLOCK_LEN} bytes in length not {}",
+            iv.len()
+        )));
+    }
+    let ciphertext = match format {
+        QCryptoSecretFormat::Raw => input.to_vec(),
+        QCryptoSecretFormat::Base64 => decode_base64(input)?,
+    };
+    if !ciphertext.len().is_multiple_of(AES_BLOCK_LEN) {
+        return Err(QmpError::generic(format!(
+            "Length {} must be a multiple of block size {AES_BLOCK_LEN}",
+            ciphertext.len()
+        )));
+    }
+    let cipher = openssl::symm::Cipher::aes_256_cbc();
+    let mut crypter =
+        openssl::symm::Crypter::new(cipher, openssl::symm::Mode::Decrypt, key, Some(&iv))
+            .map_err(|e| QmpError::generic(e.to_string()))?;
+    crypter.pad(false);
+    let mut plaintext = vec![0; ciphertext.len() + AES_BLOCK_LEN];
+    let mut len = crypter
+        .update(&ciphertext, &mut plaintext)
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    len += crypter
+        .finalize(&mut plaintext[len..])
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    plaintext.truncate(len);
+    let padding = plaintext.last().map_or(0, |&pad| usize::from(pad));
+    if padding > plaintext.len() {
+        return Err(QmpError::generic(format!(
+            "Incorrect number of padding bytes ({padding}) found on decrypted data"
+        )));
+    }
+    plaintext.truncate(plaintext.len() - padding);
+    Ok(plaintext)
 }
 
 /// QEMU's `qbase64_decode`: only alphabet characters and `=` are allowed;
@@ -80,6 +138,37 @@ fn decode_base64(input: &[u8]) -> Result<Vec<u8>, QmpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encrypted_secrets_are_decrypted_as_qemu_does() {
+        // openssl enc -aes-256-cbc -K 00..1f -iv 00..0f of "letmein".
+        let key: Vec<u8> = (0..32).collect();
+        let iv = "AAECAwQFBgcICQoLDA0ODw==";
+        let cipher = openssl::symm::Cipher::aes_256_cbc();
+        let iv_bytes: Vec<u8> = (0..16).collect();
+        let ciphertext = openssl::symm::encrypt(cipher, &key, Some(&iv_bytes), b"letmein").unwrap();
+        let format = QCryptoSecretFormat::Raw;
+        assert_eq!(
+            decrypt(&key, Some(iv), format, &ciphertext).map_err(|e| e.desc),
+            Ok(b"letmein".to_vec())
+        );
+        assert_eq!(
+            decrypt(&key, None, format, &ciphertext).map_err(|e| e.desc),
+            Err("IV is required to decrypt secret".to_owned())
+        );
+        assert_eq!(
+            decrypt(&key, Some("AAAA"), format, &ciphertext).map_err(|e| e.desc),
+            Err("IV should be 16 bytes in length not 3".to_owned())
+        );
+        assert_eq!(
+            decrypt(&key[..5], Some(iv), format, &ciphertext).map_err(|e| e.desc),
+            Err("Key should be 32 bytes in length".to_owned())
+        );
+        assert_eq!(
+            decrypt(&key, Some(iv), format, &ciphertext[..5]).map_err(|e| e.desc),
+            Err("Length 5 must be a multiple of block size 16".to_owned())
+        );
+    }
 
     #[test]
     fn base64_is_lenient_about_padding() {

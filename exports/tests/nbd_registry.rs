@@ -237,12 +237,12 @@ async fn server_start_and_stop() {
     );
     let mut tls = server_options(&socket, 0, 10);
     tls.tls_creds = Some("tls0".into());
-    assert!(desc(exports.nbd_server_start(&tls).await).contains("TLS"));
+    assert!(desc(exports.nbd_server_start(&tls, None).await).contains("TLS"));
     assert!(!socket.exists(), "no plain-text listener for a TLS server");
     let options = server_options(&socket, 0, 10);
-    exports.nbd_server_start(&options).await.unwrap();
+    exports.nbd_server_start(&options, None).await.unwrap();
     assert_eq!(
-        desc(exports.nbd_server_start(&options).await),
+        desc(exports.nbd_server_start(&options, None).await),
         "NBD server already running"
     );
     exports.add(&graph, &export("e0", "a"), None).unwrap();
@@ -255,7 +255,7 @@ async fn server_start_and_stop() {
     assert!(client.closed().await);
     assert!(!socket.exists(), "socket file removed");
     // It can start again, on the same path, and the node is free again.
-    exports.nbd_server_start(&options).await.unwrap();
+    exports.nbd_server_start(&options, None).await.unwrap();
     exports.add(&graph, &export("e0", "a"), None).unwrap();
     let mut client = Raw::connect(&socket).await;
     client.go("a").await;
@@ -272,7 +272,7 @@ async fn tcp_listen_options() {
                  "to": port + 20, "ipv4": true, "keep-alive": true},
     }))
     .unwrap();
-    exports.nbd_server_start(&options).await.unwrap();
+    exports.nbd_server_start(&options, None).await.unwrap();
     let bound = exports.nbd_server().unwrap().local_addr().unwrap();
     assert!(bound.port() > port && bound.port() <= port + 20, "{bound}");
     let mut stream = tokio::net::TcpStream::connect(bound).await.unwrap();
@@ -286,5 +286,5 @@ async fn tcp_listen_options() {
         "addr": {"type": "inet", "host": "127.0.0.1", "port": "0", "ipv6": true},
     }))
     .unwrap();
-    assert!(desc(exports.nbd_server_start(&v6).await).starts_with("Failed to bind socket"));
+    assert!(desc(exports.nbd_server_start(&v6, None).await).starts_with("Failed to bind socket"));
 }

@@ -13,6 +13,7 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::proto::*;
+use crate::tls::TlsCreds;
 
 /// The longest option reply read (a name, a description, a context).
 pub const MAX_REPLY_LEN: usize = 64 << 10;
@@ -128,6 +129,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
         }
         stream.write_u32(client).await?;
         Ok(Handshake { stream })
+    }
+
+    /// `NBD_OPT_STARTTLS`, then the TLS handshake with `creds`: the rest
+    /// of the handshake and the transmission run over TLS. `hostname` is
+    /// what the server's certificate must name (with X.509).
+    pub async fn starttls(
+        mut self,
+        creds: &TlsCreds,
+        hostname: Option<&str>,
+    ) -> io::Result<Handshake<Box<dyn Stream>>>
+    where
+        S: Stream + 'static,
+    {
+        self.send(OPT_STARTTLS, &[]).await?;
+        let reply = self.reply(OPT_STARTTLS).await?;
+        if reply.kind != REP_ACK {
+            return Err(refused(OPT_STARTTLS, reply.kind, &reply.data));
+        }
+        let stream = creds.connect(self.stream, hostname).await?;
+        Ok(Handshake {
+            stream: Box::new(stream),
+        })
     }
 
     /// Asks for extended headers, else structured replies (as QEMU's
@@ -273,10 +296,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     }
 
     /// `NBD_OPT_ABORT`, then the end of the connection (the server's ack
-    /// is optional and not waited for).
+    /// is optional and not waited for). The server may close first: a
+    /// failed shutdown (a TLS close_notify into a closed socket) is no
+    /// error.
     pub async fn abort(mut self) -> io::Result<()> {
         self.send(OPT_ABORT, &[]).await?;
-        self.stream.shutdown().await
+        let _ = self.stream.shutdown().await;
+        Ok(())
     }
 
     async fn send(&mut self, option: u32, data: &[u8]) -> io::Result<()> {

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

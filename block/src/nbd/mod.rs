@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use nbdwire::client::{self, ExportInfo, Handshake, ReplyMode, ServerAddress, Stream};
 use nbdwire::proto::*;
+use nbdwire::tls::{Side, TlsCreds};
 use schema::block::BlockdevOptionsNbd;
 use schema::sockets::{SocketAddress, SocketAddressKind};
 use serde_json::{Map, Value as Json};
@@ -59,14 +60,15 @@ fn unsupported(option: &str) -> BlockError {
 impl NbdClient {
     /// Connects and enters transmission.
     pub async fn open(cx: &OpenContext<'_>, options: &BlockdevOptionsNbd) -> BlockResult<Self> {
-        if options.tls_creds.is_some() {
-            return Err(unsupported("tls-creds"));
-        }
+        let tls = match &options.tls_creds {
+            Some(id) => Some(ClientTls::find(cx, id, options)?),
+            None => None,
+        };
         if options.x_dirty_bitmap.is_some() {
             return Err(unsupported("x-dirty-bitmap"));
         }
         let export = options.export.clone().unwrap_or_default();
-        let dialed = dial(&options.server, &export).await?;
+        let dialed = dial(&options.server, &export, tls.as_ref()).await?;
         let settings = cx.settings();
         let info = dialed.info;
         if info.flags & FLAG_READ_ONLY != 0 && !settings.read_only && !settings.auto_read_only {
@@ -85,7 +87,7 @@ impl NbdClient {
         let redial = options
             .reconnect_delay
             .filter(|&seconds| seconds > 0)
-            .map(|seconds| redial(&options.server, &export, dialed.mode, seconds));
+            .map(|seconds| redial(&options.server, &export, tls, dialed.mode, seconds));
         Ok(NbdClient {
             connection: Connection::start(dialed.link, dialed.mode, dialed.allocation, redial),
             size: info.size,
@@ -123,12 +125,56 @@ struct Dialed {
     filename: String,
 }
 
-/// Connects to `server` and negotiates `export` (extended headers or
-/// structured replies, `base:allocation`, `GO`).
-async fn dial(server: &SocketAddress, export: &str) -> BlockResult<Dialed> {
+/// TLS for the connection: the credentials, and the name the server's
+/// certificate must show (`tls-hostname`, else the TCP host).
+#[derive(Clone)]
+struct ClientTls {
+    creds: Arc<TlsCreds>,
+    hostname: Option<String>,
+}
+
+impl ClientTls {
+    /// The client credentials `id` names, with QEMU's messages.
+    fn find(cx: &OpenContext<'_>, id: &str, options: &BlockdevOptionsNbd) -> BlockResult<Self> {
+        let creds = cx
+            .object(id)
+            .and_then(|object| object.downcast::<TlsCreds>().ok())
+            .ok_or_else(|| {
+                BlockError::new(
+                    ErrorKind::InvalidArgument,
+                    format!("No TLS credentials with id '{id}'"),
+                )
+            })?;
+        if creds.side() != Side::Client {
+            return Err(BlockError::new(
+                ErrorKind::InvalidArgument,
+                "Expected TLS credentials for a client endpoint",
+            ));
+        }
+        let hostname = options.tls_hostname.clone().or(match &options.server.addr {
+            SocketAddressKind::Inet(inet) => Some(inet.host.clone()),
+            _ => None,
+        });
+        Ok(ClientTls { creds, hostname })
+    }
+}
+
+/// Connects to `server` and negotiates `export` (TLS if asked, extended
+/// headers or structured replies, `base:allocation`, `GO`).
+async fn dial(
+    server: &SocketAddress,
+    export: &str,
+    tls: Option<&ClientTls>,
+) -> BlockResult<Dialed> {
     let (filename, stream) = connect(server, export).await?;
     let fail = |e: std::io::Error| BlockError::from_io("NBD handshake", e);
     let mut handshake = Handshake::start(stream).await.map_err(fail)?;
+    if let Some(tls) = tls {
+        handshake = handshake
+            .starttls(&tls.creds, tls.hostname.as_deref())
+            .await
+            .map_err(fail)?;
+    }
     let mode = handshake.negotiate_mode().await.map_err(fail)?;
     let allocation = if mode == ReplyMode::Simple {
         None
@@ -160,14 +206,21 @@ async fn dial(server: &SocketAddress, export: &str) -> BlockResult<Dialed> {
 
 /// Dials `export` again after a break, for up to `seconds`; the new link
 /// must speak the same reply mode.
-fn redial(server: &SocketAddress, export: &str, mode: ReplyMode, seconds: u32) -> Redial {
+fn redial(
+    server: &SocketAddress,
+    export: &str,
+    tls: Option<ClientTls>,
+    mode: ReplyMode,
+    seconds: u32,
+) -> Redial {
     let server = server.clone();
     let export = export.to_string();
     let dial: Dialer = Arc::new(move || {
         let server = server.clone();
         let export = export.clone();
+        let tls = tls.clone();
         Box::pin(async move {
-            let dialed = dial(&server, &export)
+            let dialed = dial(&server, &export, tls.as_ref())
                 .await
                 .map_err(|e| std::io::Error::other(e.message))?;
             if dialed.mode != mode {

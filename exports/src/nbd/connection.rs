@@ -2,6 +2,7 @@
 //! transmission phase (`transmission`), which may run on another event
 //! loop than the handshake (the export's iothread).
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, BufReader};
@@ -9,14 +10,15 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::handshake::{negotiate, HandshakeConfig, Outcome, Session};
+use super::handshake::{negotiate, HandshakeConfig, HandshakeError, Outcome, Session};
 use super::placement::Placement;
-use super::splice::SpliceSink;
+use super::splice::Transport;
+use super::tls::ServerTls;
 use super::transmission;
 
 /// Read buffering during the handshake (options are small); whatever it
 /// holds when transmission starts moves to the transmission's buffer.
-const HANDSHAKE_BUFFER_LEN: usize = 16 << 10;
+pub const HANDSHAKE_BUFFER_LEN: usize = 16 << 10;
 
 /// What a connection needs from its server.
 pub struct ConnectionConfig {
@@ -29,6 +31,8 @@ pub struct ConnectionConfig {
     pub tasks: TaskTracker,
     /// The daemon's runtime, where request handlers that may wait run.
     pub runtime: Handle,
+    /// Set when clients must use TLS.
+    pub tls: Option<ServerTls>,
 }
 
 /// A client through the handshake, ready for transmission.
@@ -40,8 +44,8 @@ pub struct Negotiated<R, W> {
     pub session: Session,
 }
 
-/// Runs the handshake under its time limit; `None` if the client left,
-/// broke the protocol, aborted, or the server stopped.
+/// Runs the handshake (without TLS) under its time limit; `None` if
+/// the client left, broke the protocol, aborted, or the server stopped.
 pub async fn handshake<R, W>(
     read: R,
     mut write: W,
@@ -50,14 +54,36 @@ pub async fn handshake<R, W>(
 ) -> Option<Negotiated<R, W>>
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: SpliceSink + 'static,
+    W: Transport + 'static,
 {
-    let mut reader = BufReader::with_capacity(HANDSHAKE_BUFFER_LEN, read);
-    let handshake = negotiate(&mut reader, &mut write, &config.handshake);
+    let negotiation = async {
+        let mut reader = BufReader::with_capacity(HANDSHAKE_BUFFER_LEN, read);
+        Ok(
+            match negotiate(&mut reader, &mut write, &config.handshake).await? {
+                Outcome::Aborted => None,
+                Outcome::Transmission(session) => Some(Negotiated {
+                    leftover: reader.buffer().to_vec(),
+                    reader: reader.into_inner(),
+                    writer: write,
+                    session,
+                }),
+            },
+        )
+    };
+    within_limits(config, peer, negotiation).await
+}
+
+/// Runs a handshake under its time limit until the server stops; logs
+/// how it failed.
+pub async fn within_limits<T>(
+    config: &ConnectionConfig,
+    peer: &str,
+    negotiation: impl Future<Output = Result<Option<T>, HandshakeError>>,
+) -> Option<T> {
     let limited = async {
         match config.handshake_limit {
-            Some(limit) => tokio::time::timeout(limit, handshake).await.ok(),
-            None => Some(handshake.await),
+            Some(limit) => tokio::time::timeout(limit, negotiation).await.ok(),
+            None => Some(negotiation.await),
         }
     };
     let outcome = tokio::select! {
@@ -67,15 +93,8 @@ where
     match outcome {
         None => tracing::info!(peer, "NBD client dropped: handshake took too long"),
         Some(Err(e)) => tracing::info!(peer, "NBD client dropped: {e}"),
-        Some(Ok(Outcome::Aborted)) => tracing::debug!(peer, "NBD client aborted the handshake"),
-        Some(Ok(Outcome::Transmission(session))) => {
-            return Some(Negotiated {
-                leftover: reader.buffer().to_vec(),
-                reader: reader.into_inner(),
-                writer: write,
-                session,
-            })
-        }
+        Some(Ok(None)) => tracing::debug!(peer, "NBD client aborted the handshake"),
+        Some(Ok(Some(negotiated))) => return Some(negotiated),
     }
     None
 }
@@ -89,7 +108,7 @@ pub async fn transmit<R, W>(
     peer: &str,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
-    W: SpliceSink + 'static,
+    W: Transport + 'static,
 {
     let export = client.session.client.export().name().to_string();
     tracing::debug!(peer, export, "NBD client entered transmission");

@@ -43,6 +43,9 @@ pub struct Context {
     /// Contexts selected with `NBD_OPT_SET_META_CONTEXT`, in id order.
     pub contexts: Vec<MetaContext>,
     pub buffers: Arc<BufferPool>,
+    /// Whether reads may be answered by splicing file pages into the
+    /// socket (not under TLS, which must see every byte).
+    pub splice: bool,
 }
 
 /// Executes `command`; `payload` is the write data, if any.
@@ -106,7 +109,7 @@ async fn read(cx: &Context, req: &Request, df: bool) -> Reply {
     if len == 0 {
         return Reply::ok(cx.mode, req);
     }
-    if len >= SPLICE_MIN_LEN {
+    if cx.splice && len >= SPLICE_MIN_LEN {
         if let Some(range) = FileRange::of(&cx.backend, req.offset, len) {
             return Reply::read_file(cx.mode, req, range);
         }

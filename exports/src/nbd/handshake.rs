@@ -56,7 +56,7 @@ pub enum HandshakeError {
     Protocol(String),
 }
 
-fn protocol(message: impl Into<String>) -> HandshakeError {
+pub fn protocol(message: impl Into<String>) -> HandshakeError {
     HandshakeError::Protocol(message.into())
 }
 
@@ -65,7 +65,22 @@ pub struct HandshakeConfig {
     pub exports: Arc<ExportTable>,
 }
 
-/// Runs the handshake on `reader`/`writer`.
+/// What the client said in answer to the greeting.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientFlags {
+    fixed: bool,
+    no_zeroes: bool,
+}
+
+impl ClientFlags {
+    /// Whether the client speaks fixed newstyle (without it, only
+    /// `NBD_OPT_EXPORT_NAME` is possible, and no option can be refused).
+    pub fn fixed(&self) -> bool {
+        self.fixed
+    }
+}
+
+/// Runs the handshake on `reader`/`writer`, without TLS.
 pub async fn negotiate<R, W>(
     reader: &mut R,
     writer: &mut W,
@@ -75,41 +90,80 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let flags = greet(reader, writer).await?;
+    haggle(reader, writer, config, flags, false).await
+}
+
+/// Sends the greeting and reads the client's flags.
+pub async fn greet<R, W>(reader: &mut R, writer: &mut W) -> Result<ClientFlags, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut greeting = Vec::with_capacity(18);
     greeting.extend_from_slice(&NBD_MAGIC.to_be_bytes());
     greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
     greeting.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
     writer.write_all(&greeting).await?;
-
+    writer.flush().await?;
     let client_flags = reader.read_u32().await?;
     if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
         return Err(protocol(format!(
             "Unknown client flags {client_flags:#x} received"
         )));
     }
-    let mut haggle = Haggle {
-        config,
+    Ok(ClientFlags {
         fixed: client_flags & FLAG_C_FIXED_NEWSTYLE != 0,
         no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
+    })
+}
+
+/// Reads an option's header: its number and data length (not yet read).
+pub async fn option_header<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<(u32, u32), HandshakeError> {
+    let mut header = [0; 16];
+    reader.read_exact(&mut header).await?;
+    if be64(&header, 0) != IHAVEOPT {
+        return Err(protocol("Bad magic received"));
+    }
+    let option = be32(&header, 8);
+    let len = be32(&header, 12);
+    if len > MAX_OPTION_LEN {
+        return Err(protocol(format!(
+            "len ({len}) is larger than max len ({MAX_OPTION_LEN})"
+        )));
+    }
+    Ok((option, len))
+}
+
+/// The option haggling after the greeting (and after `NBD_OPT_STARTTLS`
+/// when `tls` says the connection runs over TLS).
+pub async fn haggle<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    config: &HandshakeConfig,
+    flags: ClientFlags,
+    tls: bool,
+) -> Result<Outcome, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut haggle = Haggle {
+        config,
+        fixed: flags.fixed,
+        no_zeroes: flags.no_zeroes,
+        tls,
         mode: ReplyMode::Simple,
         selection: None,
         out: Vec::new(),
     };
     for _ in 0..MAX_OPTIONS {
-        let mut header = [0; 16];
-        reader.read_exact(&mut header).await?;
-        if be64(&header, 0) != IHAVEOPT {
-            return Err(protocol("Bad magic received"));
-        }
-        let option = be32(&header, 8);
-        let len = be32(&header, 12);
-        if len > MAX_OPTION_LEN {
-            return Err(protocol(format!(
-                "len ({len}) is larger than max len ({MAX_OPTION_LEN})"
-            )));
-        }
+        let (option, len) = option_header(reader).await?;
         let step = haggle.option(reader, option, len).await?;
         writer.write_all(&haggle.out).await?;
+        writer.flush().await?;
         haggle.out.clear();
         match step {
             Step::Continue => {}
@@ -137,6 +191,8 @@ struct Haggle<'a> {
     config: &'a HandshakeConfig,
     fixed: bool,
     no_zeroes: bool,
+    /// Whether the connection runs over TLS already.
+    tls: bool,
     mode: ReplyMode,
     selection: Option<Selection>,
     /// Replies to the current option, written in one go.
@@ -208,6 +264,9 @@ impl Haggle<'_> {
             OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => self.meta_context(option, data),
             _ if !no_data => self.unexpected_length(option),
             OPT_LIST => self.list(),
+            OPT_STARTTLS if self.tls => {
+                self.error(option, REP_ERR_INVALID, "TLS already negotiated")
+            }
             OPT_STARTTLS => self.error(option, REP_ERR_POLICY, "TLS not configured"),
             OPT_STRUCTURED_REPLY => match self.mode {
                 ReplyMode::Simple => {
@@ -502,7 +561,7 @@ fn quote_name(name: &str) -> String {
 }
 
 /// Reads and drops `len` bytes of option data.
-async fn skip<R: AsyncRead + Unpin>(reader: &mut R, len: u32) -> io::Result<()> {
+pub async fn skip<R: AsyncRead + Unpin>(reader: &mut R, len: u32) -> io::Result<()> {
     let copied = tokio::io::copy(&mut reader.take(u64::from(len)), &mut tokio::io::sink()).await?;
     if copied < u64::from(len) {
         return Err(io::ErrorKind::UnexpectedEof.into());

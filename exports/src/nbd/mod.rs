@@ -8,7 +8,8 @@
 //! `transmission` (its request loop), `poll` (socket polling between
 //! requests), `input` (receive buffering), `request` (checks), `dispatch` (running a
 //! request), `status` (block status), `reply` and `writer` (batched
-//! vectored writes), `splice` (file data sent without copies);
+//! vectored writes), `splice` (file data sent without copies); `tls` (STARTTLS and the
+//! session beneath the rest);
 //! `export` (exports and their clients), `server` (listeners and
 //! limits) and `service` (the server and the export type as the registry
 //! sees them).
@@ -29,6 +30,7 @@ pub mod server;
 pub mod service;
 mod splice;
 mod status;
+pub mod tls;
 mod transmission;
 mod writer;
 

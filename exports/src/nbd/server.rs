@@ -22,11 +22,12 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::connection::{handshake, transmit, ConnectionConfig, Negotiated};
+use super::connection::{handshake, transmit, within_limits, ConnectionConfig, Negotiated};
 use super::export::{ExportTable, NbdExport, NbdExportConfig};
 use super::handshake::HandshakeConfig;
 use super::placement::{spawn_connection, spawn_on, Placement};
-use super::splice::SpliceSink;
+use super::splice::Transport;
+use super::tls::{self, ServerTls, Socket, Tls, TlsWriter};
 
 /// QEMU's default for `handshake-max-seconds`.
 pub const DEFAULT_HANDSHAKE_MAX_SECONDS: u32 = 10;
@@ -78,6 +79,9 @@ pub struct NbdServerConfig {
     pub tls_creds: Option<String>,
     /// The id of an authorization object checked after the TLS handshake.
     pub tls_authz: Option<String>,
+    /// What `tls_creds` and `tls_authz` name, resolved by the caller: a
+    /// server asked for TLS refuses to start without it.
+    pub tls: Option<ServerTls>,
 }
 
 impl NbdServerConfig {
@@ -92,6 +96,7 @@ impl NbdServerConfig {
                 .unwrap_or(DEFAULT_HANDSHAKE_MAX_SECONDS),
             tls_creds: options.tls_creds.clone(),
             tls_authz: options.tls_authz.clone(),
+            tls: None,
         })
     }
 }
@@ -149,11 +154,11 @@ impl NbdServer {
     /// Binds the listening socket and starts accepting clients. Must be
     /// called inside a tokio runtime.
     pub async fn start(config: NbdServerConfig) -> Result<NbdServer, QmpError> {
-        if let Some(creds) = &config.tls_creds {
+        if let (Some(creds), None) = (&config.tls_creds, &config.tls) {
             // Serving plain text when TLS was asked for would be a silent
-            // downgrade: refuse until TLS is implemented.
+            // downgrade.
             return Err(QmpError::generic(format!(
-                "TLS for the NBD server is not supported yet (tls-creds '{creds}')"
+                "TLS credentials '{creds}' were not resolved"
             )));
         }
         let listener = Listener::bind(&config.address).await?;
@@ -189,6 +194,7 @@ impl NbdServer {
             stop: server.stop.clone(),
             tasks: server.tasks.clone(),
             runtime: tokio::runtime::Handle::current(),
+            tls: server.config.tls.clone(),
         });
         let slots = match server.config.max_connections {
             0 => None,
@@ -470,6 +476,8 @@ impl Acceptor {
 enum Stream {
     Unix(std::os::unix::net::UnixStream, String),
     Tcp(std::net::TcpStream, String),
+    /// A TLS session with its socket parked.
+    Tls(Box<Tls>),
 }
 
 /// A negotiated client on its way to another loop.
@@ -484,7 +492,11 @@ impl Stream {
         config: Arc<ConnectionConfig>,
         placement: Placement,
     ) -> std::io::Result<bool> {
+        if let Some(tls) = config.tls.clone() {
+            return self.serve_tls(tls, config, placement).await;
+        }
         match self {
+            Stream::Tls(_) => Err(std::io::Error::other("a TLS session without TLS")),
             Stream::Unix(s, peer) => {
                 let (r, w) = tokio::net::UnixStream::from_std(s)?.into_split();
                 let reunite = |r: unix::OwnedReadHalf, w| -> std::io::Result<Stream> {
@@ -521,8 +533,39 @@ impl Stream {
                 let (reader, writer) = tokio::net::TcpStream::from_std(s)?.into_split();
                 transmit(client.with_halves(reader, writer), &config, placement, peer).await;
             }
+            Stream::Tls(mut session) => {
+                session.get_mut().attach()?;
+                let (reader, writer) = tokio::io::split(*session);
+                let writer = TlsWriter::new(writer);
+                transmit(client.with_halves(reader, writer), &config, placement, peer).await;
+            }
         }
         Ok(())
+    }
+
+    /// The TLS handshake path (`tls`), then the transmission here or on
+    /// the export's iothread, as `serve_halves` does.
+    async fn serve_tls(
+        self,
+        tls: ServerTls,
+        config: Arc<ConnectionConfig>,
+        placement: Placement,
+    ) -> std::io::Result<bool> {
+        let (socket, peer) = match self {
+            Stream::Unix(s, peer) => (Socket::unix(tokio::net::UnixStream::from_std(s)?), peer),
+            Stream::Tcp(s, peer) => (Socket::tcp(tokio::net::TcpStream::from_std(s)?), peer),
+            Stream::Tls(_) => return Err(std::io::Error::other("TLS negotiated twice")),
+        };
+        let negotiation = tls::negotiate(socket, &tls, &config.handshake, &peer);
+        let Some(client) = within_limits(&config, &peer, negotiation).await else {
+            return Ok(false);
+        };
+        let reunite = |reader: tls::TlsReader, writer: TlsWriter| -> std::io::Result<Stream> {
+            let mut session = reader.unsplit(writer.into_inner());
+            session.get_mut().park()?;
+            Ok(Stream::Tls(Box::new(session)))
+        };
+        place(client, config, placement, peer, reunite).await
     }
 }
 
@@ -538,10 +581,8 @@ impl Moving {
     }
 }
 
-/// The handshake on this loop, then the transmission: here, or moved to
-/// the loop of the export's iothread (the connection stays counted here
-/// until it ends there). Says whether the client got through its
-/// handshake.
+/// The handshake on this loop, then the transmission (`place`). Says
+/// whether the client got through its handshake.
 async fn serve_halves<R, W>(
     read: R,
     write: W,
@@ -552,11 +593,28 @@ async fn serve_halves<R, W>(
 ) -> std::io::Result<bool>
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: SpliceSink + 'static,
+    W: Transport + 'static,
 {
     let Some(client) = handshake(read, write, &config, &peer).await else {
         return Ok(false);
     };
+    place(client, config, placement, peer, reunite).await
+}
+
+/// A negotiated client's transmission: here, or moved to the loop of the
+/// export's iothread (the connection stays counted here until it ends
+/// there).
+async fn place<R, W>(
+    client: Negotiated<R, W>,
+    config: Arc<ConnectionConfig>,
+    placement: Placement,
+    peer: String,
+    reunite: impl FnOnce(R, W) -> std::io::Result<Stream>,
+) -> std::io::Result<bool>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: Transport + 'static,
+{
     let target = client.session.client.export().event_loop().cloned();
     let Some(target) = target.filter(|t| !placement.is_on(t)) else {
         transmit(client, &config, placement, &peer).await;

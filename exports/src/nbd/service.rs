@@ -16,6 +16,7 @@ use schema::export::{
 };
 use schema::QmpError;
 
+use super::tls::ServerTls;
 use super::{
     ExportMeta, ExportedBitmap, NbdExportConfig, NbdServer, NbdServerConfig, DEFAULT_POLL_LIMIT,
 };
@@ -53,10 +54,16 @@ impl BlockExports {
 
     /// `nbd-server-start` / `--nbd-server`. Must run inside the tokio
     /// runtime that will serve the clients.
-    pub async fn nbd_server_start(&self, options: &NbdServerOptions) -> Result<(), QmpError> {
+    /// `tls` is what `options.tls_creds` and `tls_authz` name.
+    pub async fn nbd_server_start(
+        &self,
+        options: &NbdServerOptions,
+        tls: Option<ServerTls>,
+    ) -> Result<(), QmpError> {
         let _control = self.nbd().control.lock().await;
         self.check_nbd_server_stopped()?;
-        let config = NbdServerConfig::from_options(options)?;
+        let mut config = NbdServerConfig::from_options(options)?;
+        config.tls = tls;
         let server = NbdServer::start(config).await?;
         *self.nbd().server() = Some(Arc::new(server));
         Ok(())

@@ -40,8 +40,17 @@ impl FileRange {
     }
 }
 
+/// What a connection writes its replies to: its socket, or a layer
+/// above one (TLS). Splicing and polling need the socket itself: `raw`
+/// gives it only when nothing sits between it and the connection.
+pub trait Transport: AsyncWrite + Unpin + Send {
+    type Raw: SpliceSink;
+
+    fn raw(&self) -> Option<&Self::Raw>;
+}
+
 /// A socket that can take spliced pages.
-pub trait SpliceSink: AsyncWrite + Unpin + Send {
+pub trait SpliceSink: Send + Sync {
     /// The socket's descriptor.
     fn socket_fd(&self) -> BorrowedFd<'_>;
 
@@ -73,6 +82,39 @@ macro_rules! splice_sink {
 
 splice_sink!(tokio::net::unix::OwnedWriteHalf);
 splice_sink!(tokio::net::tcp::OwnedWriteHalf);
+
+macro_rules! raw_transport {
+    ($half:ty) => {
+        impl Transport for $half {
+            type Raw = Self;
+
+            fn raw(&self) -> Option<&Self> {
+                Some(self)
+            }
+        }
+    };
+}
+
+raw_transport!(tokio::net::unix::OwnedWriteHalf);
+raw_transport!(tokio::net::tcp::OwnedWriteHalf);
+
+/// The socket of a transport that has none to give (no value exists).
+pub enum NoSocket {}
+
+impl SpliceSink for NoSocket {
+    fn socket_fd(&self) -> BorrowedFd<'_> {
+        match *self {}
+    }
+
+    fn try_write_op(&self, _: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+        match *self {}
+    }
+
+    #[allow(clippy::manual_async_fn)]
+    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        async { match *self {} }
+    }
+}
 
 /// A connection's pipe, and how many bytes wait in it.
 pub struct Pipe {

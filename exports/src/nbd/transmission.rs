@@ -39,7 +39,7 @@ use super::poll::{poll_now, AdaptivePoll, NonBlocking};
 use super::proto::*;
 use super::reply::Reply;
 use super::request::{self, Command, Limits, MAX_PAYLOAD};
-use super::splice::SpliceSink;
+use super::splice::{SpliceSink, Transport};
 use super::status;
 use super::writer::{ReplyQueue, Sent};
 use crate::buffers::{Buffer, BufferPool};
@@ -89,7 +89,7 @@ pub async fn run<R, W>(
     placement: Placement,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
-    W: SpliceSink + 'static,
+    W: Transport + 'static,
 {
     let export = Arc::clone(session.client.export());
     let stop = export.disconnect_token().child_token();
@@ -102,6 +102,7 @@ pub async fn run<R, W>(
             mode: session.mode,
             contexts: session.contexts,
             buffers: BufferPool::new(),
+            splice: writer.raw().is_some(),
         },
         limits: Limits {
             mode: session.mode,
@@ -142,8 +143,12 @@ pub async fn run<R, W>(
         let streaming = requests
             .large_write_last
             .then(|| requests.shared.limits.mode.request_len());
-        if can_read && requests.waits_for_client() {
-            let socket = writer.socket_fd();
+        // Polling reads the socket itself: only without a layer above it.
+        let raw = writer
+            .raw()
+            .filter(|_| can_read && requests.waits_for_client());
+        if let Some(raw) = raw {
+            let socket = raw.socket_fd();
             let polled = poll.poll(|| {
                 let mut source = NonBlocking(socket);
                 poll_now(read_more(

@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 use tokio::io::AsyncWriteExt;
 
 use super::reply::{Reply, Segment};
-use super::splice::{Pipe, SpliceSink};
+use super::splice::{Pipe, SpliceSink, Transport};
 
 /// Slices gathered into one `writev` (well under the kernel's `IOV_MAX`).
 const MAX_IOVECS: usize = 64;
@@ -55,7 +55,7 @@ impl ReplyQueue {
 
     /// One write (vectored, or a splice) of as much as is queued.
     /// Cancel-safe: if the future is dropped, nothing was lost.
-    pub async fn write_some<W: SpliceSink>(&mut self, writer: &mut W) -> io::Result<Sent> {
+    pub async fn write_some<W: Transport>(&mut self, writer: &mut W) -> io::Result<Sent> {
         let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
         let written = match self.next(&mut iov) {
             Next::Slices(count) => writer.write_vectored(&iov[..count]).await?,
@@ -76,10 +76,14 @@ impl ReplyQueue {
                     // reply's header is out, the reply must be complete).
                     writer.write(&ZEROES[..len.min(ZEROES.len())]).await?
                 } else {
+                    // Only a transport with a raw socket gets file replies.
+                    let raw = writer.raw().ok_or_else(|| {
+                        io::Error::other("a file reply on a transport without a raw socket")
+                    })?;
                     loop {
-                        writer.writable().await?;
-                        let socket = writer.socket_fd();
-                        match writer.try_write_op(|| pipe.drain_into(socket)) {
+                        raw.writable().await?;
+                        let socket = raw.socket_fd();
+                        match raw.try_write_op(|| pipe.drain_into(socket)) {
                             Ok(n) => break n,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                             Err(e) => return Err(e),

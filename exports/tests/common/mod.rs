@@ -83,11 +83,10 @@ impl Harness {
         let socket = dir.path().join("nbd.sock");
         let (exports, deleted) = registry();
         exports
-            .nbd_server_start(&server_options(
-                &socket,
-                max_connections,
-                handshake_max_seconds,
-            ))
+            .nbd_server_start(
+                &server_options(&socket, max_connections, handshake_max_seconds),
+                None,
+            )
             .await
             .expect("server starts");
         Harness {
