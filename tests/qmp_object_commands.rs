@@ -150,7 +150,8 @@ async fn object_add_errors_read_as_qemu() {
     ok(&mut client, "object-del", json!({"id": "s0"})).await;
 }
 
-/// TLS credentials and the NBD server that uses them: the same requests
+/// TLS credentials, authorization objects and the NBD server that uses
+/// them: the same requests
 /// to storaged and to qemu-storage-daemon get the same replies (GnuTLS's
 /// and OpenSSL's reasons differ after QEMU's own words: those are
 /// compared up to the reason).
@@ -176,6 +177,8 @@ async fn tls_credentials_and_nbd_server_start_as_qsd() {
     .unwrap();
     let client = dir.path().join("client");
     ca.client_dir(&client, "c", 30);
+    let psk = dir.path().join("psk");
+    common::tls::psk_file(&psk.join("keys.psk"), &["alice"]);
     let socket = dir.path().join("nbd.sock");
     let x509 = |id: &str, path: &std::path::Path, endpoint: &str| json!({"qom-type": "tls-creds-x509", "id": id, "dir": path, "endpoint": endpoint});
     let start = |creds: &str| json!({"addr": {"type": "unix", "data": {"path": socket}}, "tls-creds": creds});
@@ -191,6 +194,40 @@ async fn tls_credentials_and_nbd_server_start_as_qsd() {
         ("object-del", json!({"id": "ts"})),
         ("nbd-server-stop", json!({})),
         ("object-del", json!({"id": "tc"})),
+        (
+            "object-add",
+            json!({"qom-type": "tls-creds-psk", "id": "p1", "dir": psk, "endpoint": "server"}),
+        ),
+        (
+            "object-add",
+            json!({"qom-type": "tls-creds-psk", "id": "p2", "dir": psk, "username": "bob"}),
+        ),
+        (
+            "object-add",
+            json!({"qom-type": "tls-creds-psk", "id": "p3", "dir": psk, "username": "alice"}),
+        ),
+        (
+            "object-add",
+            json!({"qom-type": "authz-simple", "id": "a1", "identity": "CN=c"}),
+        ),
+        (
+            "object-add",
+            json!({"qom-type": "authz-list", "id": "a2", "policy": "allow",
+                   "rules": [{"match": "CN=*", "policy": "deny", "format": "glob"}]}),
+        ),
+        (
+            "object-add",
+            json!({"qom-type": "authz-list", "id": "a3", "rules": [{"match": "x"}]}),
+        ),
+        (
+            "nbd-server-start",
+            json!({"addr": {"type": "unix", "data": {"path": socket}},
+                   "tls-creds": "p1", "tls-authz": "a1"}),
+        ),
+        ("object-del", json!({"id": "a1"})),
+        ("object-del", json!({"id": "p1"})),
+        ("nbd-server-stop", json!({})),
+        ("object-del", json!({"id": "a2"})),
     ];
     let mut replies = Vec::new();
     for program in [
