@@ -251,3 +251,47 @@ async fn tls_credentials_and_nbd_server_start_as_qsd() {
     }
     assert_eq!(replies[0], replies[1]);
 }
+
+/// An encrypted server key takes its password from the secret that
+/// `passwordid` names; storaged and QSD accept the right one and refuse
+/// a wrong or missing one alike (up to the TLS library's reason).
+#[tokio::test]
+async fn encrypted_keys_take_their_password_from_a_secret_as_in_qsd() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("creds");
+    common::tls::Ca::new("Test CA").server_dir(&creds);
+    common::tls::encrypt_key(&creds.join("server-key.pem"), b"hunter2");
+    let x509 = |id: &str, secret: &str| {
+        json!({"qom-type": "tls-creds-x509", "id": id, "dir": creds, "endpoint": "server",
+               "passwordid": secret})
+    };
+    let steps = [
+        json!({"qom-type": "secret", "id": "good", "data": "hunter2"}),
+        json!({"qom-type": "secret", "id": "bad", "data": "letmein"}),
+        x509("t1", "good"),
+        x509("t2", "bad"),
+        x509("t3", "nope"),
+    ];
+    let mut replies = Vec::new();
+    for program in [
+        common::storaged(),
+        std::process::Command::new("qemu-storage-daemon"),
+    ] {
+        let daemon = TestDaemon::spawn(program, tempfile::tempdir().unwrap(), |_| Vec::new());
+        let mut qmp = daemon.connect().await;
+        let mut these = Vec::new();
+        for arguments in &steps {
+            let reply = common::reply(&mut qmp, "object-add", arguments.clone()).await;
+            // QEMU's words, up to the TLS library's reason.
+            let text = reply.to_string();
+            let text = match text.find("server-key.pem': ") {
+                Some(at) => text[..at].to_owned(),
+                None => text,
+            };
+            these.push(text);
+        }
+        replies.push(these);
+    }
+    assert_eq!(replies[0], replies[1]);
+    assert_eq!(replies[0][2], json!({"return": {}}).to_string());
+}
