@@ -150,7 +150,8 @@ async fn object_add_errors_read_as_qemu() {
     ok(&mut client, "object-del", json!({"id": "s0"})).await;
 }
 
-/// TLS credentials and the NBD server that uses them: the same requests
+/// TLS credentials, authorization objects and the NBD server that uses
+/// them: the same requests
 /// to storaged and to qemu-storage-daemon get the same replies (GnuTLS's
 /// and OpenSSL's reasons differ after QEMU's own words: those are
 /// compared up to the reason).
@@ -176,6 +177,8 @@ async fn tls_credentials_and_nbd_server_start_as_qsd() {
     .unwrap();
     let client = dir.path().join("client");
     ca.client_dir(&client, "c", 30);
+    let psk = dir.path().join("psk");
+    common::tls::psk_file(&psk.join("keys.psk"), &["alice"]);
     let socket = dir.path().join("nbd.sock");
     let x509 = |id: &str, path: &std::path::Path, endpoint: &str| json!({"qom-type": "tls-creds-x509", "id": id, "dir": path, "endpoint": endpoint});
     let start = |creds: &str| json!({"addr": {"type": "unix", "data": {"path": socket}}, "tls-creds": creds});
@@ -191,6 +194,40 @@ async fn tls_credentials_and_nbd_server_start_as_qsd() {
         ("object-del", json!({"id": "ts"})),
         ("nbd-server-stop", json!({})),
         ("object-del", json!({"id": "tc"})),
+        (
+            "object-add",
+            json!({"qom-type": "tls-creds-psk", "id": "p1", "dir": psk, "endpoint": "server"}),
+        ),
+        (
+            "object-add",
+            json!({"qom-type": "tls-creds-psk", "id": "p2", "dir": psk, "username": "bob"}),
+        ),
+        (
+            "object-add",
+            json!({"qom-type": "tls-creds-psk", "id": "p3", "dir": psk, "username": "alice"}),
+        ),
+        (
+            "object-add",
+            json!({"qom-type": "authz-simple", "id": "a1", "identity": "CN=c"}),
+        ),
+        (
+            "object-add",
+            json!({"qom-type": "authz-list", "id": "a2", "policy": "allow",
+                   "rules": [{"match": "CN=*", "policy": "deny", "format": "glob"}]}),
+        ),
+        (
+            "object-add",
+            json!({"qom-type": "authz-list", "id": "a3", "rules": [{"match": "x"}]}),
+        ),
+        (
+            "nbd-server-start",
+            json!({"addr": {"type": "unix", "data": {"path": socket}},
+                   "tls-creds": "p1", "tls-authz": "a1"}),
+        ),
+        ("object-del", json!({"id": "a1"})),
+        ("object-del", json!({"id": "p1"})),
+        ("nbd-server-stop", json!({})),
+        ("object-del", json!({"id": "a2"})),
     ];
     let mut replies = Vec::new();
     for program in [
@@ -213,4 +250,48 @@ async fn tls_credentials_and_nbd_server_start_as_qsd() {
         replies.push(these);
     }
     assert_eq!(replies[0], replies[1]);
+}
+
+/// An encrypted server key takes its password from the secret that
+/// `passwordid` names; storaged and QSD accept the right one and refuse
+/// a wrong or missing one alike (up to the TLS library's reason).
+#[tokio::test]
+async fn encrypted_keys_take_their_password_from_a_secret_as_in_qsd() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("creds");
+    common::tls::Ca::new("Test CA").server_dir(&creds);
+    common::tls::encrypt_key(&creds.join("server-key.pem"), b"hunter2");
+    let x509 = |id: &str, secret: &str| {
+        json!({"qom-type": "tls-creds-x509", "id": id, "dir": creds, "endpoint": "server",
+               "passwordid": secret})
+    };
+    let steps = [
+        json!({"qom-type": "secret", "id": "good", "data": "hunter2"}),
+        json!({"qom-type": "secret", "id": "bad", "data": "letmein"}),
+        x509("t1", "good"),
+        x509("t2", "bad"),
+        x509("t3", "nope"),
+    ];
+    let mut replies = Vec::new();
+    for program in [
+        common::storaged(),
+        std::process::Command::new("qemu-storage-daemon"),
+    ] {
+        let daemon = TestDaemon::spawn(program, tempfile::tempdir().unwrap(), |_| Vec::new());
+        let mut qmp = daemon.connect().await;
+        let mut these = Vec::new();
+        for arguments in &steps {
+            let reply = common::reply(&mut qmp, "object-add", arguments.clone()).await;
+            // QEMU's words, up to the TLS library's reason.
+            let text = reply.to_string();
+            let text = match text.find("server-key.pem': ") {
+                Some(at) => text[..at].to_owned(),
+                None => text,
+            };
+            these.push(text);
+        }
+        replies.push(these);
+    }
+    assert_eq!(replies[0], replies[1]);
+    assert_eq!(replies[0][2], json!({"return": {}}).to_string());
 }

@@ -173,3 +173,14 @@ pub fn psk_file(path: &Path, users: &[&str]) {
     }
     std::fs::write(path, text).unwrap();
 }
+
+/// Rewrites the PEM private key at `path` encrypted with `password`
+/// (PKCS#8, AES-256-CBC), as `passwordid` expects.
+pub fn encrypt_key(path: &Path, password: &[u8]) {
+    let key = PKey::private_key_from_pem(&std::fs::read(path).unwrap()).unwrap();
+    let cipher = openssl::symm::Cipher::aes_256_cbc();
+    let pem = key
+        .private_key_to_pem_pkcs8_passphrase(cipher, password)
+        .unwrap();
+    std::fs::write(path, pem).unwrap();
+}
