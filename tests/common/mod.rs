@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod jobs;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

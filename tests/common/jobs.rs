@@ -1,0 +1,190 @@
+//! What the job tests share: waiting for an event, a path as text, the
+//! libnbd client of tests/python/nbd_pattern_writer.py that writes and
+//! verifies while a job runs (and pauses at the instants a test chooses),
+//! and comparing an image with a raw copy.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use qmp::client::Client;
+use serde_json::Value;
+
+use super::TestDaemon;
+
+/// Waits for the event `name`; other events are skipped.
+pub async fn wait_event(client: &mut Client, name: &str) -> Value {
+    for _ in 0..600 {
+        if let Some(event) = client.next_event(Duration::from_millis(500)).await.unwrap() {
+            if event["event"] == name {
+                return event;
+            }
+        }
+    }
+    panic!("no {name} event");
+}
+
+pub fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Asserts that the raw file `raw` and the qcow2 image `image` read the
+/// same (`qemu-img compare`).
+pub fn compare_raw(raw: &Path, image: &Path) {
+    let out = Command::new("qemu-img")
+        .args([
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "qcow2",
+            path(raw),
+            path(image),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// The writer on the export `disk` of the daemon's `nbd.sock`. Its model
+/// of the disk goes to `model.raw` when it stops.
+pub struct Writer {
+    child: Child,
+    pause: PathBuf,
+}
+
+impl Writer {
+    /// Starts it and returns once it writes.
+    pub async fn start(daemon: &TestDaemon) -> Writer {
+        let pause = daemon.path("pause");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/nbd_pattern_writer.py"
+            ))
+            .args([
+                path(&daemon.path("nbd.sock")),
+                "disk",
+                "65536",
+                path(&daemon.path("stop")),
+                path(&daemon.path("model.raw")),
+                path(&pause),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 with libnbd");
+        while !daemon.path("stop.started").exists() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the writer ended early: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Let it write a while before the test goes on.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Writer { child, pause }
+    }
+
+    /// Pauses it; the disk's contents at that instant are saved as `saved`.
+    pub async fn pause(&mut self, saved: &Path) {
+        std::fs::write(&self.pause, b"").unwrap();
+        let acked = self.pause.with_extension("acked");
+        while !acked.exists() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the writer ended early: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::fs::rename(self.pause.with_extension("model"), saved).unwrap();
+    }
+
+    /// Lets it go on, and write a while.
+    pub async fn resume(&mut self) {
+        std::fs::remove_file(&self.pause).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Stops it; it checks the whole disk first, and must have seen no
+    /// failed request and no wrong data. Returns how many writes it made.
+    pub fn stop(self, daemon: &TestDaemon) -> u64 {
+        std::fs::write(daemon.path("stop"), b"").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "the NBD writer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+}
+
+/// base.qcow2 (16 MiB; 0x11 in 0..4M) <- mid.qcow2 (0x22 in 4M..8M,
+/// zeroes over the base's first MiB) <- top.qcow2 (0x33 in 8M..12M) in
+/// `dir`, and the options that open them as `base`, `mid` and `top` with
+/// `top` exported writable as `disk`.
+pub fn three_deep_chain(dir: &Path) -> impl FnOnce(&Path) -> Vec<String> {
+    let (base, mid, top) = (
+        dir.join("base.qcow2"),
+        dir.join("mid.qcow2"),
+        dir.join("top.qcow2"),
+    );
+    super::tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", path(&base), "16M"],
+    );
+    super::tool("qemu-io", &["-c", "write -P 0x11 0 4M", path(&base)]);
+    for (image, backing) in [(&mid, &base), (&top, &mid)] {
+        super::tool(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                path(backing),
+                "-F",
+                "qcow2",
+                path(image),
+            ],
+        );
+    }
+    super::tool(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x22 4M 4M",
+            "-c",
+            "write -z 0 1M",
+            path(&mid),
+        ],
+    );
+    super::tool("qemu-io", &["-c", "write -P 0x33 8M 4M", path(&top)]);
+    |dir: &Path| {
+        let node = |name: &str, extra: &str| {
+            format!(
+                "qcow2,node-name={name}{extra},file.driver=file,file.filename={}",
+                dir.join(format!("{name}.qcow2")).display()
+            )
+        };
+        vec![
+            "--blockdev".into(),
+            node("base", ""),
+            "--blockdev".into(),
+            node("mid", ",backing=base"),
+            "--blockdev".into(),
+            node("top", ",backing=mid"),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "nbd,id=e0,node-name=top,name=disk,writable=on".into(),
+        ]
+    }
+}
