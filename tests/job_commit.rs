@@ -9,133 +9,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::jobs::{compare_raw, path, three_deep_chain, wait_event, Writer};
 use common::{error, ok, tool, TestDaemon};
-use qmp::client::Client;
 use serde_json::{json, Value};
 
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// base (0x11 in 0..4M), mid (0x22 in 4M..8M, zeroes over the base's
-/// first MiB), top (0x33 in 8M..12M); the chain opened node by node and
-/// `top` exported writable as `disk`.
+/// The chain of [`three_deep_chain`], `top` exported as `disk`.
 fn chain_daemon() -> TestDaemon {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (base, mid, top) = (
-        d.join("base.qcow2"),
-        d.join("mid.qcow2"),
-        d.join("top.qcow2"),
-    );
-    tool(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", path(&base), "16M"],
-    );
-    tool("qemu-io", &["-c", "write -P 0x11 0 4M", path(&base)]);
-    for (image, backing) in [(&mid, &base), (&top, &mid)] {
-        tool(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-b",
-                path(backing),
-                "-F",
-                "qcow2",
-                path(image),
-            ],
-        );
-    }
-    tool(
-        "qemu-io",
-        &[
-            "-c",
-            "write -P 0x22 4M 4M",
-            "-c",
-            "write -z 0 1M",
-            path(&mid),
-        ],
-    );
-    tool("qemu-io", &["-c", "write -P 0x33 8M 4M", path(&top)]);
-    TestDaemon::start_in(dir, |dir| {
-        vec![
-            "--blockdev".into(),
-            format!(
-                "qcow2,node-name=base,file.driver=file,file.filename={}",
-                dir.join("base.qcow2").display()
-            ),
-            "--blockdev".into(),
-            format!(
-                "qcow2,node-name=mid,backing=base,file.driver=file,file.filename={}",
-                dir.join("mid.qcow2").display()
-            ),
-            "--blockdev".into(),
-            format!(
-                "qcow2,node-name=top,backing=mid,file.driver=file,file.filename={}",
-                dir.join("top.qcow2").display()
-            ),
-            "--nbd-server".into(),
-            format!(
-                "addr.type=unix,addr.path={}",
-                dir.join("nbd.sock").display()
-            ),
-            "--export".into(),
-            "nbd,id=e0,node-name=top,name=disk,writable=on".into(),
-        ]
-    })
-}
-
-async fn wait_event(client: &mut Client, name: &str) -> Value {
-    for _ in 0..600 {
-        if let Some(event) = client.next_event(Duration::from_millis(500)).await.unwrap() {
-            if event["event"] == name {
-                return event;
-            }
-        }
-    }
-    panic!("no {name} event");
-}
-
-async fn start_writer(daemon: &TestDaemon) -> Child {
-    let mut writer = Command::new("/usr/bin/python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/nbd_pattern_writer.py"
-        ))
-        .args([
-            path(&daemon.path("nbd.sock")),
-            "disk",
-            "65536",
-            path(&daemon.path("stop")),
-            path(&daemon.path("model.raw")),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 with libnbd");
-    while !daemon.path("stop.started").exists() {
-        if let Some(status) = writer.try_wait().unwrap() {
-            panic!("writer ended early: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    writer
-}
-
-fn stop_writer(daemon: &TestDaemon, writer: Child) {
-    std::fs::write(daemon.path("stop"), b"").unwrap();
-    let out = writer.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let options = three_deep_chain(dir.path());
+    TestDaemon::start_in(dir, options)
 }
 
 fn header_backing(image: &Path) -> Option<String> {
@@ -148,23 +32,14 @@ fn header_backing(image: &Path) -> Option<String> {
 }
 
 fn compare_with_model(daemon: &TestDaemon, image: &str) {
-    let out = Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "qcow2"])
-        .args([daemon.path("model.raw"), daemon.path(image)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    compare_raw(&daemon.path("model.raw"), &daemon.path(image));
 }
 
 #[tokio::test]
 async fn the_middle_layer_commits_into_the_base_under_writes() {
     let mut daemon = chain_daemon();
     let mut qmp = daemon.connect().await;
-    let writer = start_writer(&daemon).await;
+    let writer = Writer::start(&daemon).await;
     ok(
         &mut qmp,
         "block-commit",
@@ -178,7 +53,7 @@ async fn the_middle_layer_commits_into_the_base_under_writes() {
     // The top now sits on the base; mid is nobody's child.
     ok(&mut qmp, "blockdev-del", json!({"node-name": "mid"})).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop_writer(&daemon, writer);
+    writer.stop(&daemon);
     ok(&mut qmp, "quit", json!({})).await;
     assert!(daemon.wait_exit().success());
     let top = daemon.path("top.qcow2");
@@ -200,7 +75,7 @@ async fn the_middle_layer_commits_into_the_base_under_writes() {
 async fn an_active_commit_moves_the_export_to_the_base() {
     let mut daemon = chain_daemon();
     let mut qmp = daemon.connect().await;
-    let writer = start_writer(&daemon).await;
+    let writer = Writer::start(&daemon).await;
     ok(
         &mut qmp,
         "block-commit",
@@ -217,7 +92,7 @@ async fn an_active_commit_moves_the_export_to_the_base() {
     let exports = ok(&mut qmp, "query-block-exports", json!({})).await;
     assert_eq!(exports[0]["node-name"], "base");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop_writer(&daemon, writer);
+    writer.stop(&daemon);
     ok(&mut qmp, "quit", json!({})).await;
     assert!(daemon.wait_exit().success());
     // Everything, the client's writes after the pivot included, is in
