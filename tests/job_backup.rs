@@ -10,17 +10,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
+use common::jobs::{compare_raw, path, wait_event, Writer};
 use common::{error, ok, tool, TestDaemon};
 use qmp::client::Client;
-use serde_json::{json, Value};
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use serde_json::json;
 
 /// src.qcow2 (64 MiB, data in its first 8 MiB) exported writable as
 /// `disk`; full.qcow2 (node `full`) and inc.qcow2 (node `inc`, whose
@@ -77,102 +70,6 @@ fn backup_daemon() -> TestDaemon {
             "nbd,id=e0,node-name=src,name=disk,writable=on".into(),
         ]
     })
-}
-
-async fn wait_event(client: &mut Client, name: &str) -> Value {
-    for _ in 0..600 {
-        if let Some(event) = client.next_event(Duration::from_millis(500)).await.unwrap() {
-            if event["event"] == name {
-                return event;
-            }
-        }
-    }
-    panic!("no {name} event");
-}
-
-struct Writer {
-    child: Child,
-    pause: PathBuf,
-}
-
-impl Writer {
-    async fn start(daemon: &TestDaemon) -> Writer {
-        let pause = daemon.path("pause");
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/python/nbd_pattern_writer.py"
-            ))
-            .args([
-                path(&daemon.path("nbd.sock")),
-                "disk",
-                "65536",
-                path(&daemon.path("stop")),
-                path(&daemon.path("model.raw")),
-                path(&pause),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 with libnbd");
-        while !daemon.path("stop.started").exists() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("writer ended early: {status}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        Writer { child, pause }
-    }
-
-    /// Pauses the writer; the disk's contents then are saved as `saved`.
-    async fn pause(&mut self, saved: &Path) {
-        std::fs::write(&self.pause, b"").unwrap();
-        let acked = self.pause.with_extension("acked");
-        while !acked.exists() {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("writer ended early: {status}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        std::fs::rename(self.pause.with_extension("model"), saved).unwrap();
-    }
-
-    async fn resume(&mut self) {
-        std::fs::remove_file(&self.pause).unwrap();
-        // Let it write a while.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    fn stop(self, daemon: &TestDaemon) {
-        std::fs::write(daemon.path("stop"), b"").unwrap();
-        let out = self.child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-fn compare(raw: &Path, image: &Path) {
-    let out = Command::new("qemu-img")
-        .args([
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "qcow2",
-            path(raw),
-            path(image),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
 }
 
 async fn bitmap_count(qmp: &mut Client) -> u64 {
@@ -243,10 +140,10 @@ async fn full_then_incremental_backups_are_points_in_time() {
     ok(&mut qmp, "quit", json!({})).await;
     assert!(daemon.wait_exit().success());
 
-    compare(&daemon.path("at-full.raw"), &daemon.path("full.qcow2"));
+    compare_raw(&daemon.path("at-full.raw"), &daemon.path("full.qcow2"));
     // The incremental image over the full one is the second point in time.
-    compare(&daemon.path("at-inc.raw"), &daemon.path("inc.qcow2"));
-    compare(&daemon.path("model.raw"), &daemon.path("src.qcow2"));
+    compare_raw(&daemon.path("at-inc.raw"), &daemon.path("inc.qcow2"));
+    compare_raw(&daemon.path("model.raw"), &daemon.path("src.qcow2"));
     for image in ["src.qcow2", "full.qcow2", "inc.qcow2"] {
         tool("qemu-img", &["check", "-q", path(&daemon.path(image))]);
     }
