@@ -11,47 +11,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
+use common::jobs::{compare_raw, path, wait_event, Writer};
 use common::{error, ok, tool, TestDaemon};
-use qmp::client::Client;
 use serde_json::{json, Value};
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-async fn wait_event(client: &mut Client, name: &str) -> Value {
-    for _ in 0..600 {
-        if let Some(event) = client.next_event(Duration::from_millis(500)).await.unwrap() {
-            if event["event"] == name {
-                return event;
-            }
-        }
-    }
-    panic!("no {name} event");
-}
-
-fn compare(raw: &Path, image: &Path) {
-    let out = Command::new("qemu-img")
-        .args([
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "qcow2",
-            path(raw),
-            path(image),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
 
 fn qcow2(dir: &Path, name: &str, backing: Option<&str>) {
     let file = dir.join(name);
@@ -69,61 +32,6 @@ fn node(dir: &Path, name: &str, file: &str, extra: &str) -> String {
         "qcow2,node-name={name}{extra},file.driver=file,file.filename={}",
         dir.join(file).display()
     )
-}
-
-/// The writer of tests/python/nbd_pattern_writer.py with its pause file.
-struct Writer(Child);
-
-impl Writer {
-    async fn start(daemon: &TestDaemon) -> Writer {
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/python/nbd_pattern_writer.py"
-            ))
-            .args([
-                path(&daemon.path("nbd.sock")),
-                "disk",
-                "65536",
-                path(&daemon.path("stop")),
-                path(&daemon.path("model.raw")),
-                path(&daemon.path("pause")),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 with libnbd");
-        while !daemon.path("stop.started").exists() {
-            assert!(child.try_wait().unwrap().is_none(), "writer ended early");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        Writer(child)
-    }
-
-    async fn pause(&mut self, daemon: &TestDaemon, saved: &str) {
-        std::fs::write(daemon.path("pause"), b"").unwrap();
-        while !daemon.path("pause.acked").exists() {
-            assert!(self.0.try_wait().unwrap().is_none(), "writer ended early");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        std::fs::rename(daemon.path("pause.model"), daemon.path(saved)).unwrap();
-    }
-
-    async fn resume(&mut self, daemon: &TestDaemon) {
-        std::fs::remove_file(daemon.path("pause")).unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    fn stop(self, daemon: &TestDaemon) {
-        std::fs::write(daemon.path("stop"), b"").unwrap();
-        let out = self.0.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 }
 
 #[tokio::test]
@@ -153,14 +61,14 @@ async fn a_snapshot_under_writes_freezes_the_image_at_that_moment() {
     });
     let mut qmp = daemon.connect().await;
     let mut writer = Writer::start(&daemon).await;
-    writer.pause(&daemon, "at-snapshot.raw").await;
+    writer.pause(&daemon.path("at-snapshot.raw")).await;
     ok(
         &mut qmp,
         "blockdev-snapshot",
         json!({"node": "src", "overlay": "ov"}),
     )
     .await;
-    writer.resume(&daemon).await;
+    writer.resume().await;
     let exports = ok(&mut qmp, "query-block-exports", json!({})).await;
     assert_eq!(exports[0]["node-name"], "ov");
     let (_, busy) = error(
@@ -176,8 +84,8 @@ async fn a_snapshot_under_writes_freezes_the_image_at_that_moment() {
     writer.stop(&daemon);
     ok(&mut qmp, "quit", json!({})).await;
     assert!(daemon.wait_exit().success());
-    compare(&daemon.path("at-snapshot.raw"), &daemon.path("src.qcow2"));
-    compare(&daemon.path("model.raw"), &daemon.path("ov.qcow2"));
+    compare_raw(&daemon.path("at-snapshot.raw"), &daemon.path("src.qcow2"));
+    compare_raw(&daemon.path("model.raw"), &daemon.path("ov.qcow2"));
     tool("qemu-img", &["check", "-q", path(&daemon.path("ov.qcow2"))]);
 }
 
