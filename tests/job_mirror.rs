@@ -8,13 +8,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::jobs::{path, wait_event, Writer};
 use common::{error, ok, tool, TestDaemon};
 use qmp::client::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const SIZE: &str = "64M";
 
@@ -55,23 +55,6 @@ fn mirror_daemon() -> TestDaemon {
     })
 }
 
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Waits for the event `name` (of job `id` where the event names one);
-/// other events are skipped.
-async fn wait_event(client: &mut Client, name: &str) -> Value {
-    for _ in 0..600 {
-        if let Some(event) = client.next_event(Duration::from_millis(500)).await.unwrap() {
-            if event["event"] == name {
-                return event;
-            }
-        }
-    }
-    panic!("no {name} event");
-}
-
 async fn job_status(client: &mut Client, id: &str) -> Option<String> {
     let jobs = ok(client, "query-jobs", json!({})).await;
     jobs.as_array()
@@ -91,48 +74,6 @@ async fn wait_status(client: &mut Client, id: &str, status: &str) {
     panic!("job {id} never {status}");
 }
 
-fn start_writer(daemon: &TestDaemon) -> Child {
-    let mut writer = Command::new("/usr/bin/python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/nbd_pattern_writer.py"
-        ))
-        .args([
-            path(&daemon.path("nbd.sock")),
-            "disk",
-            "65536",
-            path(&daemon.path("stop")),
-            path(&daemon.path("model.raw")),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 with libnbd");
-    let started = daemon.path("stop.started");
-    for _ in 0..3000 {
-        if started.exists() {
-            // Let it write a while before the test goes on.
-            std::thread::sleep(Duration::from_millis(200));
-            return writer;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = writer.kill();
-    let _ = writer.wait();
-    panic!("the NBD writer never started");
-}
-
-fn stop_writer(daemon: &TestDaemon, writer: Child) -> u64 {
-    std::fs::write(daemon.path("stop"), b"").unwrap();
-    let out = writer.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the NBD writer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
 async fn export_node(client: &mut Client) -> String {
     let exports = ok(client, "query-block-exports", json!({})).await;
     exports[0]["node-name"].as_str().unwrap().to_owned()
@@ -142,7 +83,7 @@ async fn export_node(client: &mut Client) -> String {
 async fn a_mirror_under_writes_pivots_the_export_without_losing_one() {
     let mut daemon = mirror_daemon();
     let mut qmp = daemon.connect().await;
-    let writer = start_writer(&daemon);
+    let writer = Writer::start(&daemon).await;
     // Slow enough that the writer works while the bulk copy runs.
     ok(
         &mut qmp,
@@ -174,7 +115,7 @@ async fn a_mirror_under_writes_pivots_the_export_without_losing_one() {
     assert_eq!(export_node(&mut qmp).await, "dst");
     // More writes land on the target only.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let writes = stop_writer(&daemon, writer);
+    let writes = writer.stop(&daemon);
     assert!(writes > 0);
     let nodes = ok(&mut qmp, "query-named-block-nodes", json!({"flat": true})).await;
     assert!(!nodes.to_string().contains("mirror_top"), "{nodes}");
@@ -202,7 +143,7 @@ async fn a_mirror_under_writes_pivots_the_export_without_losing_one() {
 async fn cancel_puts_the_source_back_and_keeps_it_whole() {
     let mut daemon = mirror_daemon();
     let mut qmp = daemon.connect().await;
-    let writer = start_writer(&daemon);
+    let writer = Writer::start(&daemon).await;
     ok(
         &mut qmp,
         "blockdev-mirror",
@@ -227,7 +168,7 @@ async fn cancel_puts_the_source_back_and_keeps_it_whole() {
     assert_eq!(cancelled["data"]["device"], "m1");
     wait_event(&mut qmp, "JOB_STATUS_CHANGE").await;
     assert_eq!(export_node(&mut qmp).await, "src");
-    let writes = stop_writer(&daemon, writer);
+    let writes = writer.stop(&daemon);
     assert!(writes > 0);
     ok(&mut qmp, "quit", json!({})).await;
     assert!(daemon.wait_exit().success());
