@@ -376,20 +376,12 @@ impl Backup {
             bitmap.freeze()?;
         }
         let copy = self.copy.clone();
-        let inserted = async {
-            let filter = self
-                .graph
-                .add_filter(filter_name, source.name(), move |source| {
-                    Ok(Box::new(CopyBeforeWrite { source, copy }))
-                })
-                .await?;
-            if let Err(error) = self.graph.replace_node(source.name(), filter.name()).await {
-                let _ = self.graph.blockdev_del(filter.name()).await;
-                return Err(error);
-            }
-            Ok(filter)
-        }
-        .await;
+        let inserted = self
+            .graph
+            .insert_filter(filter_name, source.name(), move |source| {
+                Ok(Box::new(CopyBeforeWrite { source, copy }))
+            })
+            .await;
         let filter = match inserted {
             Ok(filter) => filter,
             Err(error) => {
@@ -505,11 +497,7 @@ impl Backup {
         lock(&self.blocker).take();
         lock(&self.target_backend).take();
         let filter = lock(&self.filter).take();
-        if let Some(filter) = filter {
-            if let Err(error) = self.graph.remove_filter(filter.name()).await {
-                tracing::warn!("backup: removing its filter failed: {error}");
-            }
-        }
+        super::remove_job_filter(&self.graph, filter, "backup").await;
     }
 }
 

@@ -204,18 +204,10 @@ impl Commit {
         )?;
         let filter = self
             .graph
-            .add_filter(filter_name, self.top.name(), |file| {
+            .insert_filter(filter_name, self.top.name(), |file| {
                 Ok(Box::new(CommitTop(file)))
             })
             .await?;
-        if let Err(error) = self
-            .graph
-            .replace_node(self.top.name(), filter.name())
-            .await
-        {
-            let _ = self.graph.blockdev_del(filter.name()).await;
-            return Err(error);
-        }
         let mut held = committed.to_vec();
         held.push(filter.clone());
         let blocker = self.graph.block_nodes(&held, &busy_reason("commit"))?;
@@ -306,11 +298,7 @@ impl Commit {
         lock(&self.blocker).take();
         lock(&self.base_backend).take();
         let filter = lock(&self.filter).take();
-        if let Some(filter) = filter {
-            if let Err(error) = self.graph.remove_filter(filter.name()).await {
-                tracing::warn!("commit: removing its filter failed: {error}");
-            }
-        }
+        super::remove_job_filter(&self.graph, filter, "commit").await;
     }
 }
 

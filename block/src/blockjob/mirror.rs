@@ -289,18 +289,10 @@ impl Mirror {
         )?;
         let filter = self
             .graph
-            .add_filter(filter_name, self.source.name(), move |source| {
+            .insert_filter(filter_name, self.source.name(), move |source| {
                 Ok(Box::new(MirrorTop { source, active }))
             })
             .await?;
-        if let Err(error) = self
-            .graph
-            .replace_node(self.source.name(), filter.name())
-            .await
-        {
-            let _ = self.graph.blockdev_del(filter.name()).await;
-            return Err(error);
-        }
         let reason = busy_reason(&crate::job::job_type_name(self.job_type));
         let blocker = self.graph.block_nodes(
             &[self.source.clone(), filter.clone(), self.target.clone()],

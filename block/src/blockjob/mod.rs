@@ -79,6 +79,16 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Takes a job's filter out of the graph (its users go back to the node
+/// below it); a failure is logged, as the job's end cannot fail.
+pub(crate) async fn remove_job_filter(graph: &BlockGraph, filter: Option<Arc<Node>>, job: &str) {
+    if let Some(filter) = filter {
+        if let Err(error) = graph.remove_filter(filter.name()).await {
+            tracing::warn!("{job}: removing its filter failed: {error}");
+        }
+    }
+}
+
 /// Closes a target the job opened itself (`drive-backup`, `drive-mirror`),
 /// unless something uses it now (a mirror's pivot gave it the source's
 /// users).

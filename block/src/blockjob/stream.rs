@@ -171,18 +171,10 @@ impl Stream {
         let bottom = self.bottom.clone();
         let filter = self
             .graph
-            .add_filter(filter_name, self.top.name(), move |file| {
+            .insert_filter(filter_name, self.top.name(), move |file| {
                 Ok(Box::new(CopyOnRead::for_stream(file, bottom)))
             })
             .await?;
-        if let Err(error) = self
-            .graph
-            .replace_node(self.top.name(), filter.name())
-            .await
-        {
-            let _ = self.graph.blockdev_del(filter.name()).await;
-            return Err(error);
-        }
         let mut held = streamed.to_vec();
         held.push(filter.clone());
         let blocker = self.graph.block_nodes(&held, &busy_reason("stream"))?;
@@ -267,11 +259,7 @@ impl Stream {
     async fn detach(&self) {
         lock(&self.blocker).take();
         let filter = lock(&self.filter).take();
-        if let Some(filter) = filter {
-            if let Err(error) = self.graph.remove_filter(filter.name()).await {
-                tracing::warn!("stream: removing its filter failed: {error}");
-            }
-        }
+        super::remove_job_filter(&self.graph, filter, "stream").await;
     }
 }
 

@@ -130,6 +130,23 @@ impl BlockGraph {
         self.state().replace_node(&from, &to)
     }
 
+    /// Opens a filter over `child` (as [`BlockGraph::add_filter`]) and puts
+    /// it above `child` for all its users (as [`BlockGraph::replace_node`]);
+    /// if that fails the filter closes again.
+    pub async fn insert_filter(
+        &self,
+        node_name: Option<&str>,
+        child: &str,
+        make: impl FnOnce(Arc<NodeChild>) -> BlockResult<Box<dyn BlockDriver>>,
+    ) -> BlockResult<Arc<Node>> {
+        let filter = self.add_filter(node_name, child, make).await?;
+        if let Err(error) = self.replace_node(child, filter.name()).await {
+            let _ = self.blockdev_del(filter.name()).await;
+            return Err(error);
+        }
+        Ok(filter)
+    }
+
     /// Takes a filter out of the graph: its users use its child again
     /// (under a drained section), then the filter closes.
     pub async fn remove_filter(&self, filter: &str) -> BlockResult<()> {
