@@ -16,6 +16,7 @@ use schema::object::{ObjectOptions, OBJECT_IMPLIED_KEY};
 use crate::chardev::{Backend, Chardevs};
 use crate::cli::{Step, StepKind};
 use crate::commands;
+use crate::objects::qom_types::object_help;
 use crate::state::Daemon;
 use crate::temp_overlay::{self, TempOverlay};
 
@@ -40,6 +41,15 @@ impl Startup {
             chardevs: Chardevs::new(),
             daemonize,
             warnings: Vec::new(),
+        }
+    }
+
+    /// The help an option asks for instead of applying (`--object help`,
+    /// `--object TYPE,help`), as QSD prints it when it reaches the option.
+    pub fn help(step: &Step) -> Option<String> {
+        match step.kind {
+            StepKind::Object => object_help(&step.arg.value),
+            _ => None,
         }
     }
 

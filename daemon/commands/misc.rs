@@ -1,8 +1,9 @@
 //! The daemon's own commands: `query-version` and `quit`.
 
-use serde_json::{Map, Value};
+use schema::info::VersionInfo;
+use schema::QmpError;
 
-use super::{arguments, command, returning, Command, CommandResult, NoArguments};
+use super::{command, Command, NoArguments};
 use crate::state::Daemon;
 use crate::version;
 
@@ -11,15 +12,13 @@ pub const COMMANDS: &[Command] = &[
     command!("quit", quit),
 ];
 
-async fn query_version(_daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let NoArguments {} = arguments(args)?;
-    returning(version::version_info())
+async fn query_version(_daemon: &Daemon, _: NoArguments) -> Result<VersionInfo, QmpError> {
+    Ok(version::version_info())
 }
 
 /// Replies at once; the daemon then stops as on SIGTERM (the monitor
 /// writes this reply before it closes).
-async fn quit(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let NoArguments {} = arguments(args)?;
+async fn quit(daemon: &Daemon, _: NoArguments) -> Result<(), QmpError> {
     daemon.request_quit();
-    Ok(Value::Null)
+    Ok(())
 }

@@ -16,6 +16,7 @@
 
 mod authz;
 pub mod qom;
+pub mod qom_types;
 mod secret;
 mod tls;
 
