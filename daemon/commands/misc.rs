@@ -16,9 +16,11 @@ async fn query_version(_daemon: &Daemon, _: NoArguments) -> Result<VersionInfo, 
     Ok(version::version_info())
 }
 
-/// Replies at once; the daemon then stops as on SIGTERM (the monitor
-/// writes this reply before it closes).
+/// Closes the exports first, so that their `BLOCK_EXPORT_DELETED` events
+/// (newest export first) precede the reply, as in QSD; the daemon then
+/// stops as on SIGTERM (the monitor writes this reply before it closes).
 async fn quit(daemon: &Daemon, _: NoArguments) -> Result<(), QmpError> {
+    daemon.exports.close_all().await;
     daemon.request_quit();
     Ok(())
 }
