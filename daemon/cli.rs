@@ -152,9 +152,8 @@ where
                 arg,
                 report: Report::Located,
             }),
-            // getopt stops at `--`; QSD then ignores the rest, storaged
-            // reports it rather than silently dropping configuration.
-            Item::EndOfOptions => {}
+            // getopt stops at `--`, and QSD ignores what follows.
+            Item::EndOfOptions => return ControlFlow::Break(()),
             Item::Operand(arg) => invocation.steps.push(Step {
                 kind: StepKind::Unexpected,
                 arg: Located::new(&arg, &arg),
@@ -323,8 +322,8 @@ mod tests {
     }
 
     #[test]
-    fn stray_arguments_become_steps_in_order() {
-        let got = invocation(&["--blockdev", "null-co", "foo", "-", "--", "--bar"]);
+    fn stray_arguments_become_steps_in_order_and_the_rest_after_dashes_is_ignored() {
+        let got = invocation(&["--blockdev", "null-co", "foo", "-", "--", "--bar", "baz"]);
         let spelled: Vec<_> = got
             .steps
             .iter()
@@ -336,7 +335,6 @@ mod tests {
                 (StepKind::Blockdev, "--blockdev null-co"),
                 (StepKind::Unexpected, "foo"),
                 (StepKind::Unexpected, "-"),
-                (StepKind::Unexpected, "--bar"),
             ]
         );
     }

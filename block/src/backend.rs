@@ -25,6 +25,7 @@ use crate::limits::Limits;
 use crate::node::{Node, NodeBusy, ReadSource};
 use crate::perm_update::BackendLink;
 use crate::permissions::Perm;
+use crate::trace::{BLK_CO_PREADV, BLK_CO_PWRITEV};
 
 /// Bytes of a node that live in a file, held in flight until dropped (a
 /// zero-copy read stays counted until its data is on the wire).
@@ -166,6 +167,13 @@ impl BlockBackend {
     pub async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         let busy = self.enter().await;
         let root = busy.node();
+        schema::trace!(
+            BLK_CO_PREADV,
+            "blk {:p} bs {:p} offset {offset} bytes {} flags 0x0",
+            Arc::as_ptr(&self.inner),
+            Arc::as_ptr(root),
+            buf.len()
+        );
         self.check_range(root, offset, buf.len() as u64, ErrorKind::InvalidArgument)?;
         root.read(offset, buf).await
     }
@@ -179,8 +187,15 @@ impl BlockBackend {
         self.grow_for(offset, len).await?;
         let busy = self.enter().await;
         let root = busy.node();
-        self.check_range(root, offset, len, ErrorKind::NoSpace)?;
         let fua = flags.fua || self.inner.mode.writethrough;
+        schema::trace!(
+            BLK_CO_PWRITEV,
+            "blk {:p} bs {:p} offset {offset} bytes {len} flags {:#x}",
+            Arc::as_ptr(&self.inner),
+            Arc::as_ptr(root),
+            if fua { 0x10 } else { 0 }
+        );
+        self.check_range(root, offset, len, ErrorKind::NoSpace)?;
         root.write(offset, buf, WriteFlags { fua }).await
     }
 

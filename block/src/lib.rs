@@ -43,6 +43,7 @@ mod range_lock;
 pub mod raw;
 mod snapshot;
 pub mod throttle;
+pub mod trace;
 pub mod write_hooks;
 
 pub use aligned::AlignedBuf;

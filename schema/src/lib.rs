@@ -23,6 +23,7 @@ pub mod object;
 pub mod qemuopts;
 pub mod size;
 pub mod sockets;
+pub mod trace;
 pub mod transaction;
 pub mod value;
 

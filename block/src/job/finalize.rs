@@ -16,6 +16,7 @@ use schema::event::{BlockJobCompletedData, BlockJobPendingData, QmpEvent};
 
 use super::{is_completed, JobDriver, RegistryState, Shared, TxnId, CANCELLED_MESSAGE};
 use crate::error::{os_error_text, BlockResult};
+use crate::trace::JOB_COMPLETED;
 
 /// What follows a body's end.
 enum Next {
@@ -48,6 +49,16 @@ impl Shared {
         };
         job.body_ended = true;
         job.busy = false;
+        schema::trace!(
+            JOB_COMPLETED,
+            "job {} ret {}",
+            job.id,
+            result
+                .as_ref()
+                .err()
+                .and_then(|e| e.errno)
+                .map_or(0, |errno| -errno)
+        );
         if let Err(error) = result {
             // A block job fails with the errno's text, as QEMU's do (their
             // run returns a negative errno); other errors keep their words.

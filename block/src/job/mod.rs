@@ -43,9 +43,10 @@ mod finalize;
 mod rate;
 mod status;
 
+use crate::trace::JOB_STATE_TRANSITION;
 pub use context::{ErrorAction, JobContext};
 use rate::RateLimit;
-use status::{generic, is_completed, is_ready, is_well_formed_id, Verb};
+use status::{generic, is_completed, is_ready, is_well_formed_id, status_name, Verb};
 
 /// The most jobs the registry holds at once, concluded ones included (they
 /// stay until dismissed).
@@ -657,6 +658,19 @@ impl Shared {
             "job {}: {:?} -> {to:?}",
             job.id,
             job.status
+        );
+        schema::trace!(
+            JOB_STATE_TRANSITION,
+            "job {} (ret: {}) attempting {} transition ({}-->{})",
+            job.id,
+            if job.error.is_some() { -1 } else { 0 },
+            if status::may_transition(job.status, to) {
+                "allowed"
+            } else {
+                "disallowed"
+            },
+            status_name(job.status),
+            status_name(to)
         );
         if job.status == to {
             return;
