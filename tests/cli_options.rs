@@ -201,7 +201,7 @@ fn help_and_version_exit_0_on_stdout() {
         assert_eq!(
             String::from_utf8_lossy(&output.stdout),
             format!(
-                "storaged version {} (qemu-storage-daemon 10.0.0 compatible)\n",
+                "storaged version {} (qemu-storage-daemon 10.0.2 compatible)\n",
                 env!("CARGO_PKG_VERSION")
             )
         );
