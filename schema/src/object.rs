@@ -45,6 +45,26 @@ pub struct IothreadProperties {
     pub poll_shrink: Option<i64>,
 }
 
+/// Properties of QEMU's `main-loop` object (`MainLoopProperties`): read,
+/// then refused, since storaged's loops are not QEMU's main loop.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct MainLoopProperties {
+    pub aio_max_batch: Option<i64>,
+    pub thread_pool_min: Option<i64>,
+    pub thread_pool_max: Option<i64>,
+}
+
+/// Properties of QEMU's `thread-context` object
+/// (`ThreadContextProperties`): read, then refused, since storaged
+/// creates no threads on another's behalf.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct ThreadContextProperties {
+    pub cpu_affinity: Option<Vec<u16>>,
+    pub node_affinity: Option<Vec<u16>>,
+}
+
 /// Defines [`ThrottleLimits`] and [`ThrottleGroupProperties`] from one
 /// list of limits, each with its QAPI name and the unstable flat `x-`
 /// member that sets it.
@@ -237,7 +257,9 @@ qapi_union! {
         "authz-listfile" => AuthzListfile(AuthZListFileProperties),
         "authz-simple" => AuthzSimple(AuthZSimpleProperties),
         "iothread" => Iothread(IothreadProperties),
+        "main-loop" => MainLoop(MainLoopProperties),
         "secret" => Secret(SecretProperties),
+        "thread-context" => ThreadContext(ThreadContextProperties),
         "throttle-group" => ThrottleGroup(Box<ThrottleGroupProperties>),
         "tls-creds-anon" => TlsCredsAnon(TlsCredsAnonProperties),
         "tls-creds-psk" => TlsCredsPsk(TlsCredsPskProperties),
