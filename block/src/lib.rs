@@ -10,6 +10,7 @@
 
 mod aligned;
 pub mod backend;
+mod backing_file;
 pub mod bitmaps;
 pub mod blkdebug;
 pub mod blocking;

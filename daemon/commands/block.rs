@@ -1,10 +1,12 @@
 //! Block node commands: `blockdev-add`, `blockdev-del`, `blockdev-reopen`,
-//! `block_resize`, `query-named-block-nodes`, `x-debug-query-block-graph`.
+//! `block_resize`, `change-backing-file`, `query-named-block-nodes`,
+//! `x-debug-query-block-graph`.
 //! The graph does the work and words the errors; these handlers read the
 //! arguments.
 
 use schema::block::{
-    BlockResizeArgs, BlockdevDelArgs, BlockdevOptions, BlockdevReopenArgs, QueryNamedBlockNodesArgs,
+    BlockResizeArgs, BlockdevDelArgs, BlockdevOptions, BlockdevReopenArgs, ChangeBackingFileArgs,
+    QueryNamedBlockNodesArgs,
 };
 use schema::info::{BlockDeviceInfo, XDbgBlockGraph};
 use schema::QmpError;
@@ -17,6 +19,7 @@ pub const COMMANDS: &[Command] = &[
     command!("blockdev-del", blockdev_del),
     command!("blockdev-reopen", blockdev_reopen),
     command!("block_resize", block_resize),
+    command!("change-backing-file", change_backing_file),
     command!("query-named-block-nodes", query_named_block_nodes),
     command!("x-debug-query-block-graph", debug_query_block_graph, features: ["unstable"]),
 ];
@@ -77,4 +80,12 @@ async fn debug_query_block_graph(
     _: NoArguments,
 ) -> Result<XDbgBlockGraph, QmpError> {
     Ok(daemon.graph.debug_block_graph())
+}
+
+async fn change_backing_file(daemon: &Daemon, args: ChangeBackingFileArgs) -> Result<(), QmpError> {
+    daemon
+        .graph
+        .change_backing_file(&args.device, &args.image_node_name, &args.backing_file)
+        .await?;
+    Ok(())
 }

@@ -446,6 +446,15 @@ pub struct BlockResizeArgs {
     pub size: i64,
 }
 
+/// `change-backing-file`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChangeBackingFileArgs {
+    pub device: String,
+    pub image_node_name: String,
+    pub backing_file: String,
+}
+
 /// `query-named-block-nodes`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
