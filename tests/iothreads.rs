@@ -133,3 +133,30 @@ async fn exports_run_their_requests_in_their_iothreads() {
     let listed: Value = ok(&mut client, "query-block-exports", json!({})).await;
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
 }
+
+/// `qom-set` changes an iothread's polling while it runs: `qom-get` and
+/// `query-iothreads` show the new values, and a bad one changes nothing.
+#[tokio::test]
+async fn qom_set_changes_an_iothreads_polling() {
+    let daemon = TestDaemon::start(&["--object", "iothread,id=io0,poll-max-ns=1000"]);
+    let mut client = daemon.connect().await;
+    let set = |property: &str, value: serde_json::Value| json!({"path": "/objects/io0", "property": property, "value": value});
+    ok(&mut client, "qom-set", set("poll-max-ns", json!(5000))).await;
+    ok(&mut client, "qom-set", set("poll-grow", json!(2))).await;
+    let (_, desc) = error(&mut client, "qom-set", set("poll-shrink", json!(-1))).await;
+    assert_eq!(
+        desc,
+        "poll-shrink value must be in range [0, 9223372036854775807]"
+    );
+    let rows = ok(&mut client, "query-iothreads", json!({})).await;
+    assert_eq!(rows[0]["poll-max-ns"], 5000);
+    assert_eq!(rows[0]["poll-grow"], 2);
+    assert_eq!(rows[0]["poll-shrink"], 0);
+    let value = ok(
+        &mut client,
+        "qom-get",
+        json!({"path": "io0", "property": "poll-max-ns"}),
+    )
+    .await;
+    assert_eq!(value, 5000);
+}

@@ -295,6 +295,41 @@ fn psk_users_connect_with_their_key_and_no_other() {
     );
 }
 
+/// `qom-set` of the server's `authz-simple` identity takes effect for the
+/// next connection: the user it names gets in, the one it named before
+/// no longer does.
+#[tokio::test]
+async fn an_authz_identity_set_at_run_time_decides_the_next_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("server/keys.psk");
+    psk_file(&keys, &["alice", "bob"]);
+    let server = format!(
+        "tls-creds-psk,id=tls0,endpoint=server,dir={}",
+        dir.path().join("server").display()
+    );
+    let authz = "authz-simple,id=authz0,identity=alice".to_owned();
+    let daemon = serve(dir, &[server, authz], "tls-creds=tls0,tls-authz=authz0");
+    let socket = daemon.path("nbd.sock");
+    let with = |user: &str| {
+        nbdinfo_size(&format!(
+            "nbds+unix://{user}@/disk?socket={}&tls-psk-file={}",
+            socket.display(),
+            keys.display()
+        ))
+    };
+    assert!(with("alice").is_ok());
+    assert!(with("bob").is_err(), "bob connected before he was allowed");
+    let mut client = daemon.connect().await;
+    ok(
+        &mut client,
+        "qom-set",
+        json!({"path": "/objects/authz0", "property": "identity", "value": "bob"}),
+    )
+    .await;
+    assert!(with("bob").is_ok(), "bob refused once allowed");
+    assert!(with("alice").is_err(), "alice still connected");
+}
+
 /// Sends an option and reads its replies' types until a final one.
 async fn option(s: &mut UnixStream, option: u32, data: &[u8]) -> Vec<u32> {
     let mut message = IHAVEOPT.to_be_bytes().to_vec();

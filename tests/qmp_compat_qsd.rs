@@ -5,7 +5,8 @@
 //! shape, error classes and messages, `query-named-block-nodes` members
 //! for file, raw, null-co, blkdebug, throttle, copy-on-read and
 //! preallocate nodes, the block graph, throttle groups through
-//! `object-add`/`object-del` and the QOM commands.
+//! `object-add`/`object-del` and the QOM commands (`qom-get`/`qom-set` of
+//! iothreads, secrets and authorization objects too).
 
 mod common;
 
@@ -18,6 +19,7 @@ const SESSION: &str = include_str!("compat/qmp_session.txt");
 const BLKDEBUG_SESSION: &str = include_str!("compat/blkdebug_session.txt");
 const THROTTLE_SESSION: &str = include_str!("compat/throttle_session.txt");
 const FILTERS_SESSION: &str = include_str!("compat/filters_session.txt");
+const QOM_SESSION: &str = include_str!("compat/qom_session.txt");
 
 /// The rules files `blkdebug_session.txt` opens: one QEMU accepts, one
 /// whose second group it refuses (the file is checked before the child).
@@ -196,4 +198,9 @@ async fn storaged_answers_the_throttle_session_as_qemu_storage_daemon() {
 #[tokio::test]
 async fn storaged_answers_the_filters_session_as_qemu_storage_daemon() {
     compare("filters", FILTERS_SESSION).await;
+}
+
+#[tokio::test]
+async fn storaged_answers_the_qom_session_as_qemu_storage_daemon() {
+    compare("qom", QOM_SESSION).await;
 }

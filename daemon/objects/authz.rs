@@ -7,7 +7,7 @@
 
 use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use schema::object::{
     AuthZListFileProperties, AuthZListProperties, QAuthZListFormat, QAuthZListPolicy,
@@ -19,9 +19,10 @@ use super::read_small_file;
 /// An authorization object.
 #[derive(Debug)]
 pub enum Authz {
-    /// The one identity allowed.
-    Simple(String),
-    List(AuthZListProperties),
+    /// The one identity allowed (`qom-set` may change it).
+    Simple(RwLock<String>),
+    /// The rules (`qom-set` may change the policy and the rules).
+    List(RwLock<AuthZListProperties>),
     ListFile(ListFile),
 }
 
@@ -69,8 +70,8 @@ impl Authz {
     /// decided (a list file that does not load).
     pub fn is_allowed(&self, identity: &str) -> Result<bool, String> {
         match self {
-            Authz::Simple(allowed) => Ok(allowed == identity),
-            Authz::List(list) => Ok(list_allows(list, identity)),
+            Authz::Simple(allowed) => Ok(*read(allowed) == identity),
+            Authz::List(list) => Ok(list_allows(&read(list), identity)),
             Authz::ListFile(file) => {
                 let loaded = file.current();
                 match &loaded.rules {
@@ -80,6 +81,72 @@ impl Authz {
             }
         }
     }
+}
+
+/// A changeable part of an authorization object (every change replaces
+/// it whole).
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Authz {
+    pub fn simple(identity: String) -> Authz {
+        Authz::Simple(RwLock::new(identity))
+    }
+
+    pub fn list(list: AuthZListProperties) -> Authz {
+        Authz::List(RwLock::new(list))
+    }
+
+    /// `qom-get` of an `authz-simple`'s identity or an `authz-list`'s
+    /// policy or rules as they are now; `None` for any other property.
+    pub fn get(&self, property: &str) -> Option<serde_json::Value> {
+        Some(match (self, property) {
+            (Authz::Simple(identity), "identity") => serde_json::json!(*read(identity)),
+            (Authz::List(list), "policy") => {
+                serde_json::json!(read(list).policy.unwrap_or_default())
+            }
+            (Authz::List(list), "rules") => {
+                serde_json::json!(read(list).rules.clone().unwrap_or_default())
+            }
+            _ => return None,
+        })
+    }
+
+    /// `qom-set` of an `authz-simple`'s identity or an `authz-list`'s
+    /// policy or rules, in force for the next check; `false` for any
+    /// other property.
+    pub fn set(&self, property: &str, value: &serde_json::Value) -> Result<bool, QmpError> {
+        match (self, property) {
+            (Authz::Simple(identity), "identity") => {
+                let text: String = property_value(property, value)?;
+                *identity.write().unwrap_or_else(|e| e.into_inner()) = text;
+            }
+            (Authz::List(list), "policy") => {
+                let policy = property_value(property, value)?;
+                list.write().unwrap_or_else(|e| e.into_inner()).policy = Some(policy);
+            }
+            (Authz::List(list), "rules") => {
+                let rules = property_value(property, value)?;
+                list.write().unwrap_or_else(|e| e.into_inner()).rules = Some(rules);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Reads `value` as property `name` of its type, with QEMU's messages.
+fn property_value<T: serde::de::DeserializeOwned>(
+    name: &str,
+    value: &serde_json::Value,
+) -> Result<T, QmpError> {
+    let mut wrapped = serde_json::Map::new();
+    wrapped.insert(name.to_owned(), value.clone());
+    let mut map: std::collections::BTreeMap<String, T> =
+        schema::from_json(serde_json::Value::Object(wrapped))?;
+    map.remove(name)
+        .ok_or_else(|| QmpError::generic(format!("Parameter '{name}' is missing")))
 }
 
 impl ListFile {
@@ -156,7 +223,7 @@ mod tests {
 
     #[test]
     fn the_first_matching_rule_decides() {
-        let list = Authz::List(AuthZListProperties {
+        let list = Authz::list(AuthZListProperties {
             policy: Some(QAuthZListPolicy::Allow),
             rules: Some(vec![
                 rule("CN=bob,O=Acme", QAuthZListPolicy::Deny, false),
@@ -167,14 +234,14 @@ mod tests {
         assert_eq!(list.is_allowed("CN=bob,O=Acme"), Ok(false));
         assert_eq!(list.is_allowed("CN=eve,O=Evil"), Ok(false));
         // Exact rules do not glob.
-        let exact = Authz::List(AuthZListProperties {
+        let exact = Authz::list(AuthZListProperties {
             policy: None,
             rules: Some(vec![rule("CN=*", QAuthZListPolicy::Allow, false)]),
         });
         assert_eq!(exact.is_allowed("CN=x"), Ok(false));
         assert_eq!(exact.is_allowed("CN=*"), Ok(true));
-        assert_eq!(Authz::Simple("u".into()).is_allowed("u"), Ok(true));
-        assert_eq!(Authz::Simple("u".into()).is_allowed("v"), Ok(false));
+        assert_eq!(Authz::simple("u".into()).is_allowed("u"), Ok(true));
+        assert_eq!(Authz::simple("u".into()).is_allowed("v"), Ok(false));
     }
 
     #[test]

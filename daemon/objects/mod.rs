@@ -16,6 +16,7 @@
 
 mod authz;
 pub mod qom;
+mod qom_properties;
 pub mod qom_types;
 mod secret;
 mod tls;
@@ -58,11 +59,13 @@ pub enum Object {
     Authz(Arc<Authz>),
 }
 
-/// An object and the type it was created as (`qom-type`).
+/// An object, the type it was created as (`qom-type`) and its
+/// properties (as `qom-get` reads them; `qom-set` changes some).
 #[derive(Debug, Clone)]
 struct Entry {
     qom_type: &'static str,
     object: Object,
+    properties: ObjectKind,
 }
 
 /// Every object, by id.
@@ -93,6 +96,7 @@ impl Objects {
             return Err(duplicate(&id));
         }
         let qom_type = options.kind.name();
+        let properties = options.kind.clone();
         let object = self.create(&id, options.kind)?;
         let mut objects = self.lock();
         if objects.contains_key(&id) {
@@ -103,7 +107,14 @@ impl Objects {
                 "Too many objects (at most {MAX_OBJECTS})"
             )));
         }
-        objects.insert(id, Entry { qom_type, object });
+        objects.insert(
+            id,
+            Entry {
+                qom_type,
+                object,
+                properties,
+            },
+        );
         Ok(())
     }
 
@@ -125,6 +136,27 @@ impl Objects {
         }
         objects.remove(id);
         Ok(())
+    }
+
+    /// `qom-get` of `property` of object `id`: `None` when storaged does
+    /// not read it.
+    pub fn read_property(&self, id: &str, property: &str) -> Option<serde_json::Value> {
+        let objects = self.lock();
+        let entry = objects.get(id)?;
+        qom_properties::read(&entry.object, &entry.properties, property)
+    }
+
+    /// `qom-set` of `property` of object `id`: `None` when storaged cannot
+    /// set it.
+    pub fn write_property(
+        &self,
+        id: &str,
+        property: &str,
+        value: serde_json::Value,
+    ) -> Option<Result<(), QmpError>> {
+        let mut objects = self.lock();
+        let entry = objects.get_mut(id)?;
+        qom_properties::write(&entry.object, &mut entry.properties, property, value)
     }
 
     /// The object with this id.
@@ -176,9 +208,9 @@ impl Objects {
                 Object::TlsCreds(tls::x509(x509, password)?)
             }
             ObjectKind::AuthzSimple(simple) => {
-                Object::Authz(Arc::new(Authz::Simple(simple.identity)))
+                Object::Authz(Arc::new(Authz::simple(simple.identity)))
             }
-            ObjectKind::AuthzList(list) => Object::Authz(Arc::new(Authz::List(list))),
+            ObjectKind::AuthzList(list) => Object::Authz(Arc::new(Authz::list(list))),
             ObjectKind::AuthzListfile(file) => Object::Authz(Arc::new(Authz::list_file(file)?)),
         })
     }
@@ -226,15 +258,7 @@ fn read_small_file(path: &str) -> Result<Vec<u8>, String> {
 
 /// Checks an iothread's properties and starts its thread.
 fn start_iothread(id: &str, properties: IothreadProperties) -> Result<Arc<IoThread>, QmpError> {
-    let properties = check_iothread(properties)?;
-    let unsigned = |value: Option<i64>, default: u64| value.map_or(default, i64::unsigned_abs);
-    let defaults = IoThreadPoll::default();
-    let poll = IoThreadPoll {
-        poll_max_ns: unsigned(properties.poll_max_ns, defaults.poll_max_ns),
-        poll_grow: unsigned(properties.poll_grow, defaults.poll_grow),
-        poll_shrink: unsigned(properties.poll_shrink, defaults.poll_shrink),
-        aio_max_batch: unsigned(properties.aio_max_batch, defaults.aio_max_batch),
-    };
+    let poll = iothread_poll(properties)?;
     IoThread::start(id, poll)
         .map_err(|e| QmpError::generic(format!("Failed to create iothread: {}", os_error_text(&e))))
 }
@@ -249,6 +273,19 @@ impl Objects {
         });
         threads.collect()
     }
+}
+
+/// An iothread's polling properties, checked as QEMU checks them.
+fn iothread_poll(properties: IothreadProperties) -> Result<IoThreadPoll, QmpError> {
+    let properties = check_iothread(properties)?;
+    let unsigned = |value: Option<i64>, default: u64| value.map_or(default, i64::unsigned_abs);
+    let defaults = IoThreadPoll::default();
+    Ok(IoThreadPoll {
+        poll_max_ns: unsigned(properties.poll_max_ns, defaults.poll_max_ns),
+        poll_grow: unsigned(properties.poll_grow, defaults.poll_grow),
+        poll_shrink: unsigned(properties.poll_shrink, defaults.poll_shrink),
+        aio_max_batch: unsigned(properties.aio_max_batch, defaults.aio_max_batch),
+    })
 }
 
 /// QEMU's iothread property checks.

@@ -167,6 +167,12 @@ impl Qom<'_> {
             return Ok(Json::from(canonical_path(&child)));
         }
         self.check_property(qom_type, property)?;
+        if let Some(value) = self
+            .object_id(&node)
+            .and_then(|id| self.objects.read_property(id, property))
+        {
+            return Ok(value);
+        }
         let Some(group) = self.throttle_group(&node) else {
             return Err(QmpError::generic(format!(
                 "Property '{qom_type}.{property}' cannot be read in storaged"
@@ -197,6 +203,12 @@ impl Qom<'_> {
             )));
         }
         self.check_property(qom_type, property)?;
+        if let Some(written) = self
+            .object_id(&node)
+            .and_then(|id| self.objects.write_property(id, property, value.clone()))
+        {
+            return written;
+        }
         match self.throttle_group(&node) {
             Some(group) if property == "limits" => {
                 let mut wrapped = serde_json::Map::new();
@@ -223,6 +235,18 @@ impl Qom<'_> {
             Err(QmpError::generic(format!(
                 "Property '{qom_type}.{property}' not found"
             )))
+        }
+    }
+
+    /// The id of the object at `node`, if it is one.
+    fn object_id<'n>(&self, node: &'n Node) -> Option<&'n str> {
+        match node {
+            Node::Leaf {
+                id,
+                parent: Container::Objects,
+                ..
+            } => Some(id),
+            _ => None,
         }
     }
 

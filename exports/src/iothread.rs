@@ -6,8 +6,10 @@
 //! The polling properties keep QEMU's meaning where storaged polls: an
 //! NBD connection alone on the iothread polls its socket for at most
 //! `poll-max-ns` between requests. `poll-grow`, `poll-shrink` and
-//! `aio-max-batch` are kept and reported.
+//! `aio-max-batch` are kept and reported. `qom-set` changes them while the
+//! thread runs; a connection takes the limit in force when it starts.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +57,7 @@ pub struct IoThreadInfo {
 pub struct IoThread {
     id: String,
     event_loop: Arc<EventLoop>,
-    poll: IoThreadPoll,
+    poll: [AtomicU64; 4],
 }
 
 impl IoThread {
@@ -66,7 +68,12 @@ impl IoThread {
         Ok(Arc::new(IoThread {
             id: id.to_string(),
             event_loop: EventLoop::start(&name)?,
-            poll,
+            poll: [
+                AtomicU64::new(poll.poll_max_ns),
+                AtomicU64::new(poll.poll_grow),
+                AtomicU64::new(poll.poll_shrink),
+                AtomicU64::new(poll.aio_max_batch),
+            ],
         }))
     }
 
@@ -80,17 +87,38 @@ impl IoThread {
 
     /// The longest an NBD connection alone here polls between requests.
     pub fn poll_limit(&self) -> Duration {
-        Duration::from_nanos(self.poll.poll_max_ns)
+        Duration::from_nanos(self.poll().poll_max_ns)
+    }
+
+    /// The polling properties in force.
+    pub fn poll(&self) -> IoThreadPoll {
+        let [max, grow, shrink, batch] = &self.poll;
+        IoThreadPoll {
+            poll_max_ns: max.load(Ordering::Relaxed),
+            poll_grow: grow.load(Ordering::Relaxed),
+            poll_shrink: shrink.load(Ordering::Relaxed),
+            aio_max_batch: batch.load(Ordering::Relaxed),
+        }
+    }
+
+    /// New polling properties (`qom-set`).
+    pub fn set_poll(&self, poll: IoThreadPoll) {
+        let [max, grow, shrink, batch] = &self.poll;
+        max.store(poll.poll_max_ns, Ordering::Relaxed);
+        grow.store(poll.poll_grow, Ordering::Relaxed);
+        shrink.store(poll.poll_shrink, Ordering::Relaxed);
+        batch.store(poll.aio_max_batch, Ordering::Relaxed);
     }
 
     pub fn info(&self) -> IoThreadInfo {
+        let poll = self.poll();
         IoThreadInfo {
             id: self.id.clone(),
             thread_id: self.event_loop.thread_id(),
-            poll_max_ns: self.poll.poll_max_ns,
-            poll_grow: self.poll.poll_grow,
-            poll_shrink: self.poll.poll_shrink,
-            aio_max_batch: self.poll.aio_max_batch,
+            poll_max_ns: poll.poll_max_ns,
+            poll_grow: poll.poll_grow,
+            poll_shrink: poll.poll_shrink,
+            aio_max_batch: poll.aio_max_batch,
         }
     }
 }

@@ -215,11 +215,12 @@ pub enum QAuthZListFormat {
 }
 
 /// One rule of an `authz-list`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct QAuthZListRule {
     pub r#match: String,
     pub policy: QAuthZListPolicy,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<QAuthZListFormat>,
 }
 

@@ -14,6 +14,7 @@ use super::meta::ExportMeta;
 use super::proto::*;
 use crate::event_loop::EventLoop;
 use crate::export::BlockExport;
+use crate::iothread::IoThread;
 use crate::life::{ExportLife, LifeGuard};
 
 /// What an export publishes, besides its node.
@@ -25,11 +26,25 @@ pub struct NbdExportConfig {
     pub writable: bool,
     pub meta: ExportMeta,
     /// The longest a connection polls its socket between requests
-    /// (`poll`); zero for never.
-    pub poll_limit: Duration,
+    /// (`poll`): fixed, or its iothread's `poll-max-ns` when it starts.
+    pub poll_limit: PollLimit,
     /// The loop of the export's iothread, where its connections move
     /// after the handshake; `None` to stay on the NBD server's loops.
     pub event_loop: Option<Arc<EventLoop>>,
+}
+
+/// How long an export's connections poll between requests.
+#[derive(Clone)]
+pub enum PollLimit {
+    Fixed(Duration),
+    /// What the iothread's `poll-max-ns` says when a connection starts.
+    Iothread(Arc<IoThread>),
+}
+
+impl Default for PollLimit {
+    fn default() -> Self {
+        PollLimit::Fixed(Duration::ZERO)
+    }
 }
 
 /// One export of the NBD server.
@@ -106,7 +121,10 @@ impl NbdExport {
     }
 
     pub fn poll_limit(&self) -> Duration {
-        self.config.poll_limit
+        match &self.config.poll_limit {
+            PollLimit::Fixed(limit) => *limit,
+            PollLimit::Iothread(iothread) => iothread.poll_limit(),
+        }
     }
 
     pub fn event_loop(&self) -> Option<&Arc<EventLoop>> {

@@ -34,7 +34,7 @@ pub mod tls;
 mod transmission;
 mod writer;
 
-pub use export::{NbdExport, NbdExportConfig};
+pub use export::{NbdExport, NbdExportConfig, PollLimit};
 pub use meta::{ExportMeta, ExportedBitmap};
 pub use poll::DEFAULT_POLL_LIMIT;
 pub use server::{

@@ -18,7 +18,8 @@ use schema::QmpError;
 
 use super::tls::ServerTls;
 use super::{
-    ExportMeta, ExportedBitmap, NbdExportConfig, NbdServer, NbdServerConfig, DEFAULT_POLL_LIMIT,
+    ExportMeta, ExportedBitmap, NbdExportConfig, NbdServer, NbdServerConfig, PollLimit,
+    DEFAULT_POLL_LIMIT,
 };
 use crate::export::{BlockExport, ExportContext};
 use crate::registry::BlockExports;
@@ -152,7 +153,9 @@ pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, Qmp
         poll_limit: cx
             .iothread
             .as_ref()
-            .map_or(DEFAULT_POLL_LIMIT, |t| t.poll_limit()),
+            .map_or(PollLimit::Fixed(DEFAULT_POLL_LIMIT), |t| {
+                PollLimit::Iothread(Arc::clone(t))
+            }),
         event_loop: cx.iothread.as_ref().map(|t| Arc::clone(t.event_loop())),
     };
     let export = server.add_export(config, backend)?;
