@@ -84,7 +84,9 @@ impl Startup {
             StepKind::Export => {
                 let options: BlockExportOptions =
                     schema::parse_option(value, Some(EXPORT_IMPLIED_KEY)).map_err(|e| e.desc)?;
-                commands::block_export_add(&self.daemon, &options).map_err(|e| e.desc)
+                commands::block_export_add(&self.daemon, &options)
+                    .await
+                    .map_err(|e| e.desc)
             }
             StepKind::TempOverlay => {
                 let overlay: TempOverlay =

@@ -193,6 +193,22 @@ pub trait BlockDriver: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The node is handed over to another process (QEMU's
+    /// `bdrv_inactivate`): write out whatever the driver caches, leave the
+    /// image clean and stop writing it. Runs with nothing in flight.
+    async fn inactivate(&self) -> BlockResult<()> {
+        Ok(())
+    }
+
+    /// The node was taken back from another process (after
+    /// [`BlockDriver::set_active`]`(true)`; QEMU's
+    /// `bdrv_co_invalidate_cache`): forget what the driver cached of the
+    /// image, which the other process may have changed. Runs with nothing
+    /// in flight.
+    async fn activate(&self) -> BlockResult<()> {
+        Ok(())
+    }
+
     /// Changes the virtual size.
     async fn resize(&self, new_size: u64) -> BlockResult<()> {
         match self.filtered() {

@@ -125,7 +125,10 @@ async fn nbd_server_stop(daemon: &Daemon, args: Map<String, Value>) -> CommandRe
 /// export then runs its requests in it (NBD connections move there after
 /// their handshake). `fixed-iothread` asks that the node not move to
 /// another thread, which nothing here does: it is accepted either way.
-pub fn block_export_add(daemon: &Daemon, options: &BlockExportOptions) -> Result<(), QmpError> {
+pub async fn block_export_add(
+    daemon: &Daemon,
+    options: &BlockExportOptions,
+) -> Result<(), QmpError> {
     let iothread = match &options.iothread {
         Some(id) => match daemon.objects.get(id) {
             Some(Object::Iothread(iothread)) => Some(iothread),
@@ -133,12 +136,16 @@ pub fn block_export_add(daemon: &Daemon, options: &BlockExportOptions) -> Result
         },
         None => None,
     };
+    daemon.exports.check_new(options)?;
+    if !options.allow_inactive.unwrap_or(false) {
+        daemon.graph.activate_for_export(&options.node_name).await;
+    }
     daemon.exports.add(&daemon.graph, options, iothread)
 }
 
 async fn qmp_block_export_add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let options: BlockExportOptions = arguments(args)?;
-    block_export_add(daemon, &options)?;
+    block_export_add(daemon, &options).await?;
     Ok(Value::Null)
 }
 
@@ -155,6 +162,8 @@ async fn query_block_exports(daemon: &Daemon, args: Map<String, Value>) -> Comma
 
 async fn nbd_server_add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let args: NbdServerAddArgs = arguments(args)?;
+    // The export it makes activates its node, as `block-export-add`.
+    daemon.graph.activate_for_export(&args.device).await;
     daemon.exports.nbd_server_add(&daemon.graph, &args)?;
     Ok(Value::Null)
 }
