@@ -1,0 +1,306 @@
+//! A live-migration style hand-off of one qcow2 image between two daemon
+//! processes, as a migration's source and destination storage daemons do:
+//! the source serves the image over NBD and writes it, the destination
+//! opens it with `active=off` and an `allow-inactive` export, then the
+//! source gives it up (`blockdev-set-active false`) and the destination
+//! takes it (`blockdev-set-active true`).
+//!
+//! At each step QEMU's own tools probe the image locks (`qemu-img info -U`
+//! always opens it, `qemu-img info` only if nobody writes it, `qemu-io`
+//! read-write only if nobody holds it) and NBD clients use both exports.
+//! The whole session, with paths blanked, is run with two storaged
+//! processes and with two qemu-storage-daemon processes and must be the
+//! same; the data the source's client wrote is then read through the
+//! destination.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{reply, storaged, TestDaemon};
+use serde_json::{json, Value};
+
+/// Runs a QEMU tool; its outcome with the directory blanked and timing
+/// lines dropped.
+fn outcome(dir: &Path, program: &str, args: &[&str]) -> Value {
+    let out = Command::new(program).args(args).output().expect(program);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|line| !line.contains(" ops; "))
+        .map(|line| line.replace(dir.to_str().unwrap(), "DIR"))
+        .collect();
+    json!({"ok": out.status.success(), "output": lines})
+}
+
+/// What QEMU's tools can open of the image now.
+fn locks(dir: &Path, image: &Path) -> Value {
+    let image = image.to_str().unwrap();
+    json!({
+        "info -U": outcome(dir, "qemu-img", &["info", "-U", "--output=json", image])["ok"],
+        "info": outcome(dir, "qemu-img", &["info", image])["ok"],
+        "info error": first_error(outcome(dir, "qemu-img", &["info", image])),
+        "qemu-io read-write": outcome(dir, "qemu-io", &["-f", "qcow2", "-c", "read 0 512", image]),
+    })
+}
+
+fn first_error(outcome: Value) -> Value {
+    match outcome["ok"].as_bool() {
+        Some(true) => Value::Null,
+        _ => outcome["output"][0].clone(),
+    }
+}
+
+/// Runs `command` through qemu-io on the export `name` of `daemon`.
+fn nbd_io(dir: &Path, daemon: &TestDaemon, name: &str, command: &str) -> Value {
+    let uri = format!(
+        "nbd+unix:///{name}?socket={}",
+        daemon.path("nbd.sock").display()
+    );
+    let mut result = outcome(dir, "qemu-io", &["-f", "raw", "-c", command, &uri]);
+    for line in result["output"].as_array_mut().unwrap() {
+        *line = json!(line
+            .as_str()
+            .unwrap()
+            .replace(daemon.dir.path().to_str().unwrap(), "DAEMON"));
+    }
+    result
+}
+
+/// The `active` flag of every named node.
+async fn active(client: &mut qmp::client::Client) -> Value {
+    let nodes = reply(client, "query-named-block-nodes", json!({"flat": true})).await;
+    let flags = nodes["return"].as_array().unwrap().iter().map(|n| {
+        (
+            n["node-name"].as_str().unwrap().to_string(),
+            n["active"].clone(),
+        )
+    });
+    Value::Object(flags.collect())
+}
+
+fn nodes(image: &Path, active: &str, export: &str) -> Vec<String> {
+    vec![
+        "--blockdev".into(),
+        format!(
+            "file,node-name=file,filename={},active={active}",
+            image.display()
+        ),
+        "--blockdev".into(),
+        format!("qcow2,node-name=disk,file=file,active={active}"),
+        "--nbd-server".into(),
+        String::new(),
+        "--export".into(),
+        export.into(),
+    ]
+}
+
+fn start(program: fn() -> Command, image: &Path, active: &str, export: &str) -> TestDaemon {
+    TestDaemon::spawn(program(), tempfile::tempdir().unwrap(), |dir| {
+        let mut args = nodes(image, active, export);
+        args[5] = format!(
+            "addr.type=unix,addr.path={}",
+            dir.join("nbd.sock").display()
+        );
+        args
+    })
+}
+
+/// The hand-off, step by step; returns the transcript.
+async fn handoff(program: fn() -> Command) -> Vec<Value> {
+    let shared = tempfile::tempdir().unwrap();
+    let dir = shared.path();
+    let image = dir.join("disk.qcow2");
+    common::tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            image.to_str().unwrap(),
+            "16M",
+        ],
+    );
+    let mut log = Vec::new();
+
+    // The source serves the image and writes it.
+    let source = start(
+        program,
+        &image,
+        "on",
+        "nbd,id=src,name=src,node-name=disk,writable=on,allow-inactive=on",
+    );
+    let mut src = source.connect().await;
+    log.push(nbd_io(dir, &source, "src", "write -P 0xab 0 1M"));
+    log.push(locks(dir, &image));
+    // A writer that does not allow inactive nodes holds the image.
+    let blocker = json!({"type": "nbd", "id": "blocker", "node-name": "disk", "writable": true});
+    log.push(reply(&mut src, "block-export-add", blocker).await);
+    log.push(reply(&mut src, "blockdev-set-active", json!({"active": false})).await);
+    let one = json!({"active": false, "node-name": "disk"});
+    log.push(reply(&mut src, "blockdev-set-active", one).await);
+    let child = json!({"active": false, "node-name": "file"});
+    log.push(reply(&mut src, "blockdev-set-active", child).await);
+    log.push(reply(&mut src, "block-export-del", json!({"id": "blocker"})).await);
+    log.push(active(&mut src).await);
+
+    // The destination opens the image inactive, next to the writing
+    // source, and serves it read-only until activated.
+    let destination = start(
+        program,
+        &image,
+        "off",
+        "nbd,id=dst,name=dst,node-name=disk,writable=on,allow-inactive=on",
+    );
+    let mut dst = destination.connect().await;
+    log.push(active(&mut dst).await);
+    log.push(locks(dir, &image));
+    log.push(nbd_io(dir, &destination, "dst", "write -P 0xcd 1M 64k"));
+    let resize = json!({"node-name": "disk", "size": 32 << 20});
+    log.push(reply(&mut dst, "block_resize", resize).await);
+    // What the destination reads now it caches (an L2 table); the source
+    // then allocates clusters there.
+    log.push(nbd_io(dir, &destination, "dst", "read -P 0 4M 64k"));
+    log.push(nbd_io(dir, &source, "src", "write -P 0x5a 4M 64k"));
+
+    // The source hands the image over: it writes out its metadata, marks
+    // the image clean, drops its locks and refuses writes.
+    log.push(reply(&mut src, "blockdev-set-active", json!({"active": false})).await);
+    log.push(active(&mut src).await);
+    log.push(locks(dir, &image));
+    log.push(outcome(
+        dir,
+        "qemu-img",
+        &["check", "-U", image.to_str().unwrap()],
+    ));
+    log.push(nbd_io(dir, &source, "src", "write -P 0xef 0 64k"));
+    log.push(nbd_io(dir, &source, "src", "read -P 0xab 0 1M"));
+
+    // The destination takes the image and serves what the source wrote.
+    log.push(reply(&mut dst, "blockdev-set-active", json!({"active": true})).await);
+    log.push(active(&mut dst).await);
+    log.push(locks(dir, &image));
+    log.push(nbd_io(dir, &destination, "dst", "read -P 0xab 0 1M"));
+    log.push(nbd_io(dir, &destination, "dst", "read -P 0x5a 4M 64k"));
+    log.push(nbd_io(dir, &destination, "dst", "write -P 0xcd 1M 64k"));
+    // The source cannot take it back while the destination writes.
+    let back = json!({"active": true, "node-name": "disk"});
+    log.push(reply(&mut src, "blockdev-set-active", back).await);
+    log.push(active(&mut src).await);
+
+    // Both processes quit; what the destination wrote is in the image.
+    let mut source = source;
+    let mut destination = destination;
+    for (client, daemon) in [(&mut src, &mut source), (&mut dst, &mut destination)] {
+        let _ = client.execute("quit", json!({})).await;
+        assert!(daemon.wait_exit().success());
+    }
+    log.push(outcome(
+        dir,
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "qcow2",
+            "-c",
+            "read -P 0xab 0 1M",
+            "-c",
+            "read -P 0xcd 1M 64k",
+            image.to_str().unwrap(),
+        ],
+    ));
+    log
+}
+
+fn qsd() -> Command {
+    Command::new("qemu-storage-daemon")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_storaged_processes_hand_an_image_over_as_qemu_storage_daemons_do() {
+    let expected = handoff(qsd).await;
+    let got = handoff(storaged).await;
+    for (step, (got, expected)) in got.iter().zip(&expected).enumerate() {
+        assert_eq!(got, expected, "step {step}");
+    }
+    assert_eq!(got.len(), expected.len());
+
+    // What the transcript shows, step by step.
+    let done = json!({"return": {}});
+    let refused = |desc: &str| json!({"error": {"class": "GenericError", "desc": desc}});
+    let writer_holds = |locks: &Value| {
+        locks["info -U"] == true
+            && locks["info"] == false
+            && locks["qemu-io read-write"]["ok"] == false
+    };
+    assert!(writer_holds(&got[1]), "the active source locks: {}", got[1]);
+    assert_eq!(
+        got[1]["info error"],
+        "qemu-img: Could not open 'DIR/disk.qcow2': Failed to get shared \"write\" lock"
+    );
+    assert_eq!(
+        got[3],
+        refused("Failed to inactivate all nodes: Operation not permitted")
+    );
+    assert_eq!(
+        got[4],
+        refused("Failed to inactivate node: Operation not permitted")
+    );
+    assert_eq!(got[5], refused("Node has active parent node"));
+    assert_eq!(got[7], json!({"disk": true, "file": true}));
+    assert_eq!(got[8], json!({"disk": false, "file": false}));
+    assert!(
+        writer_holds(&got[9]),
+        "the inactive destination opened the image without conflict"
+    );
+    assert!(got[10]["output"][0]
+        .as_str()
+        .unwrap()
+        .contains("Operation not permitted"));
+    assert_eq!(
+        got[11],
+        refused("Permission 'resize' unavailable on inactive node")
+    );
+    assert_eq!(got[12]["ok"], true, "{}", got[12]);
+    assert_eq!(got[13]["ok"], true, "{}", got[13]);
+    assert_eq!(got[14], done);
+    assert_eq!(got[15], json!({"disk": false, "file": false}));
+    let free = &got[16];
+    assert!(
+        free["info"] == true && free["qemu-io read-write"]["ok"] == true,
+        "nobody holds the image: {free}"
+    );
+    assert!(got[17]["output"][0]
+        .as_str()
+        .unwrap()
+        .contains("No errors were found"));
+    assert!(got[18]["output"][0]
+        .as_str()
+        .unwrap()
+        .contains("Operation not permitted"));
+    assert_eq!(got[19]["ok"], true);
+    assert_eq!(got[20], done);
+    assert_eq!(got[21], json!({"disk": true, "file": true}));
+    assert!(writer_holds(&got[22]), "the destination locks: {}", got[22]);
+    assert_eq!(
+        got[23]["output"][0],
+        "read 1048576/1048576 bytes at offset 0"
+    );
+    assert_eq!(
+        got[24]["output"][0], "read 65536/65536 bytes at offset 4194304",
+        "the destination read the metadata again when activated"
+    );
+    assert_eq!(
+        got[25]["output"][0],
+        "wrote 65536/65536 bytes at offset 1048576"
+    );
+    assert_eq!(got[26], refused("Failed to get \"write\" lock"));
+    assert_eq!(got[27], json!({"disk": false, "file": true}));
+    assert_eq!(got[28]["ok"], true, "{}", got[28]);
+}
