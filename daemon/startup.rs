@@ -137,5 +137,7 @@ fn bind_error(address: &qmp::ListenAddress, error: &std::io::Error) -> String {
             "Failed to bind socket to {host}:{port}: {}",
             os_error_text(error)
         ),
+        // QEMU's words when the descriptor is no socket.
+        qmp::ListenAddress::Fd(fd) => format!("File descriptor '{fd}' is not a socket"),
     }
 }

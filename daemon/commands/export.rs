@@ -18,6 +18,7 @@ use exports::nbd::tls::{Authorizer, ServerTls};
 
 use super::{arguments, command, returning, Command, CommandResult, NoArguments};
 use crate::objects::{Object, Objects};
+use crate::socket_activation;
 use crate::state::Daemon;
 
 pub const COMMANDS: &[Command] = &[
@@ -30,16 +31,23 @@ pub const COMMANDS: &[Command] = &[
     command!("nbd-server-remove", nbd_server_remove),
 ];
 
-/// `nbd-server-start` and `--nbd-server`. An `addr.type=fd` is a
-/// descriptor number, which only the command line may name (it is
-/// inherited from the parent); `nbd-server-start` refuses it first.
+/// `nbd-server-start` and `--nbd-server`. An `addr.type=fd` is a socket
+/// inherited from the parent, which only the command line may name: by
+/// its systemd socket-activation name or its number
+/// ([`crate::socket_activation`]); `nbd-server-start` refuses it first.
 pub async fn nbd_server_start(daemon: &Daemon, options: &NbdServerOptions) -> Result<(), QmpError> {
     daemon.exports.check_nbd_server_stopped()?;
     let tls = match &options.tls_creds {
         Some(id) => Some(server_tls(daemon, id, options.tls_authz.as_deref())?),
         None => None,
     };
-    daemon.exports.nbd_server_start(options, tls).await
+    let mut options = options.clone();
+    if let SocketAddressKind::Fd(fd) = &mut options.addr.addr {
+        fd.str = socket_activation::resolve(&fd.str)
+            .map_err(QmpError::generic)?
+            .to_string();
+    }
+    daemon.exports.nbd_server_start(&options, tls).await
 }
 
 /// The server's TLS: the credentials `id` names (held by the server even
