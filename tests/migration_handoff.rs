@@ -84,6 +84,21 @@ async fn active(client: &mut qmp::client::Client) -> Value {
     Value::Object(flags.collect())
 }
 
+/// The length of the `file` node, and of the file on disk.
+async fn file_length(client: &mut qmp::client::Client) -> Value {
+    let nodes = reply(client, "query-named-block-nodes", json!({"flat": true})).await;
+    let file = nodes["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node-name"] == "file")
+        .unwrap();
+    let on_disk = std::fs::metadata(file["image"]["filename"].as_str().unwrap())
+        .unwrap()
+        .len();
+    json!({"node": file["image"]["virtual-size"], "on disk": on_disk})
+}
+
 fn nodes(image: &Path, active: &str, export: &str) -> Vec<String> {
     vec![
         "--blockdev".into(),
@@ -185,6 +200,8 @@ async fn handoff(program: fn() -> Command) -> Vec<Value> {
     // The destination takes the image and serves what the source wrote.
     log.push(reply(&mut dst, "blockdev-set-active", json!({"active": true})).await);
     log.push(active(&mut dst).await);
+    // The destination knows how far the source grew the file.
+    log.push(file_length(&mut dst).await);
     log.push(locks(dir, &image));
     log.push(nbd_io(dir, &destination, "dst", "read -P 0xab 0 1M"));
     log.push(nbd_io(dir, &destination, "dst", "read -P 0x5a 4M 64k"));
@@ -287,20 +304,24 @@ async fn two_storaged_processes_hand_an_image_over_as_qemu_storage_daemons_do() 
     assert_eq!(got[19]["ok"], true);
     assert_eq!(got[20], done);
     assert_eq!(got[21], json!({"disk": true, "file": true}));
-    assert!(writer_holds(&got[22]), "the destination locks: {}", got[22]);
     assert_eq!(
-        got[23]["output"][0],
+        got[22]["node"], got[22]["on disk"],
+        "the file's length read again"
+    );
+    assert!(writer_holds(&got[23]), "the destination locks: {}", got[23]);
+    assert_eq!(
+        got[24]["output"][0],
         "read 1048576/1048576 bytes at offset 0"
     );
     assert_eq!(
-        got[24]["output"][0], "read 65536/65536 bytes at offset 4194304",
+        got[25]["output"][0], "read 65536/65536 bytes at offset 4194304",
         "the destination read the metadata again when activated"
     );
     assert_eq!(
-        got[25]["output"][0],
+        got[26]["output"][0],
         "wrote 65536/65536 bytes at offset 1048576"
     );
-    assert_eq!(got[26], refused("Failed to get \"write\" lock"));
-    assert_eq!(got[27], json!({"disk": false, "file": true}));
-    assert_eq!(got[28]["ok"], true, "{}", got[28]);
+    assert_eq!(got[27], refused("Failed to get \"write\" lock"));
+    assert_eq!(got[28], json!({"disk": false, "file": true}));
+    assert_eq!(got[29]["ok"], true, "{}", got[29]);
 }
