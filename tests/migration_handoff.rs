@@ -325,3 +325,60 @@ async fn two_storaged_processes_hand_an_image_over_as_qemu_storage_daemons_do() 
     assert_eq!(got[28], json!({"disk": false, "file": true}));
     assert_eq!(got[29]["ok"], true, "{}", got[29]);
 }
+
+/// A `preallocate` filter gives its preallocation back before the image is
+/// handed over (storaged does it before `blockdev-set-active` answers;
+/// QSD's filter does it shortly after, when its permissions drop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inactivation_gives_a_preallocation_back() {
+    let daemon = TestDaemon::start_in(tempfile::tempdir().unwrap(), |dir| {
+        let image = dir.join("disk.qcow2");
+        common::tool(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                image.to_str().unwrap(),
+                "16M",
+            ],
+        );
+        [
+            "--blockdev".to_string(),
+            format!("file,node-name=file,filename={}", image.display()),
+            "--blockdev".into(),
+            "preallocate,node-name=prealloc,file=file".into(),
+            "--blockdev".into(),
+            "qcow2,node-name=disk,file=prealloc".into(),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "nbd,id=e,name=e,node-name=disk,writable=on,allow-inactive=on".into(),
+        ]
+        .to_vec()
+    });
+    let dir = daemon.dir.path();
+    let image = dir.join("disk.qcow2");
+    let out = nbd_io(dir, &daemon, "e", "write -P 0x11 0 4M");
+    assert_eq!(out["ok"], true, "{out}");
+    let preallocated = std::fs::metadata(&image).unwrap().len();
+    let mut qmp = daemon.connect().await;
+    assert_eq!(
+        reply(&mut qmp, "blockdev-set-active", json!({"active": false})).await,
+        json!({"return": {}})
+    );
+    let handed_over = std::fs::metadata(&image).unwrap().len();
+    let check = common::tool("qemu-img", &["check", "-U", image.to_str().unwrap()]);
+    let end: u64 = check
+        .lines()
+        .find_map(|l| l.strip_prefix("Image end offset: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(preallocated > end, "{preallocated} > {end}: preallocated");
+    assert_eq!(handed_over, end, "the file ends where its data ends");
+}
