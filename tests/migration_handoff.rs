@@ -72,15 +72,19 @@ fn nbd_io(dir: &Path, daemon: &TestDaemon, name: &str, command: &str) -> Value {
     result
 }
 
-/// The `active` flag of every named node.
+/// The `active` flag of every node named by the user (automatic
+/// `#block` names differ between daemons).
 async fn active(client: &mut qmp::client::Client) -> Value {
     let nodes = reply(client, "query-named-block-nodes", json!({"flat": true})).await;
-    let flags = nodes["return"].as_array().unwrap().iter().map(|n| {
-        (
-            n["node-name"].as_str().unwrap().to_string(),
-            n["active"].clone(),
-        )
-    });
+    let named = nodes["return"].as_array().unwrap().iter();
+    let flags = named
+        .filter(|n| !n["node-name"].as_str().unwrap().starts_with('#'))
+        .map(|n| {
+            (
+                n["node-name"].as_str().unwrap().to_string(),
+                n["active"].clone(),
+            )
+        });
     Value::Object(flags.collect())
 }
 
@@ -381,4 +385,147 @@ async fn inactivation_gives_a_preallocation_back() {
         .unwrap();
     assert!(preallocated > end, "{preallocated} > {end}: preallocated");
     assert_eq!(handed_over, end, "the file ends where its data ends");
+}
+
+/// The graph around inactive nodes and `x-blockdev-set-iothread`, step by
+/// step as QSD answers: an active parent cannot take an inactive child,
+/// activating an overlay activates its backing chain, and the checks and
+/// argument errors of both commands.
+async fn graph_session(daemon: &TestDaemon) -> Vec<Value> {
+    let mut qmp = daemon.connect().await;
+    let steps = [
+        (
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "filter", "file": "q"}),
+        ),
+        (
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "filter", "file": "q", "read-only": true}),
+        ),
+        (
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "filter", "file": "q", "active": false}),
+        ),
+        ("blockdev-del", json!({"node-name": "filter"})),
+        (
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": "snap", "active": false, "backing": "q",
+            "file": {"driver": "file", "filename": daemon.path("snap.qcow2")}}),
+        ),
+        (
+            "blockdev-set-active",
+            json!({"active": true, "node-name": "snap"}),
+        ),
+        (
+            "blockdev-set-active",
+            json!({"active": false, "node-name": "q"}),
+        ),
+        (
+            "blockdev-set-active",
+            json!({"active": false, "node-name": "snap"}),
+        ),
+        (
+            "blockdev-set-active",
+            json!({"active": false, "node-name": "snap"}),
+        ),
+        (
+            "blockdev-set-active",
+            json!({"active": false, "node-name": "nope"}),
+        ),
+        ("blockdev-set-active", json!({})),
+        ("blockdev-set-active", json!({"active": "yes"})),
+        ("blockdev-set-active", json!({"active": true, "bogus": 1})),
+        (
+            "block-export-add",
+            json!({"type": "nbd", "id": "e0", "node-name": "r", "writable": true}),
+        ),
+        (
+            "x-blockdev-set-iothread",
+            json!({"node-name": "nope", "iothread": "io0"}),
+        ),
+        (
+            "x-blockdev-set-iothread",
+            json!({"node-name": "r", "iothread": "io0"}),
+        ),
+        (
+            "x-blockdev-set-iothread",
+            json!({"node-name": "r", "iothread": "nope"}),
+        ),
+        (
+            "x-blockdev-set-iothread",
+            json!({"node-name": "r", "iothread": "nope", "force": true}),
+        ),
+        (
+            "x-blockdev-set-iothread",
+            json!({"node-name": "r", "iothread": "io0", "force": true}),
+        ),
+        (
+            "x-blockdev-set-iothread",
+            json!({"node-name": "file", "iothread": null}),
+        ),
+        (
+            "x-blockdev-set-iothread",
+            json!({"node-name": "file", "iothread": 5}),
+        ),
+        ("x-blockdev-set-iothread", json!({"node-name": "file"})),
+        (
+            "blockdev-set-active",
+            json!({"active": false, "node-name": "r"}),
+        ),
+        ("block-export-del", json!({"id": "e0"})),
+        ("blockdev-set-active", json!({"active": false})),
+    ];
+    let mut log = Vec::new();
+    for (command, arguments) in steps {
+        log.push(reply(&mut qmp, command, arguments).await);
+        log.push(active(&mut qmp).await);
+    }
+    log
+}
+
+fn graph_nodes(dir: &Path) -> Vec<String> {
+    let image = dir.join("disk.qcow2");
+    for path in [&image, &dir.join("snap.qcow2")] {
+        common::tool(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", path.to_str().unwrap(), "16M"],
+        );
+    }
+    let mut args = nodes(&image, "off", "nbd,id=x,node-name=disk,allow-inactive=on");
+    args[5] = format!(
+        "addr.type=unix,addr.path={}",
+        dir.join("nbd.sock").display()
+    );
+    args.extend([
+        "--blockdev".into(),
+        "raw,node-name=q,file=disk,active=off".into(),
+        "--blockdev".into(),
+        "null-co,node-name=r".into(),
+        "--object".into(),
+        "iothread,id=io0".into(),
+    ]);
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inactive_nodes_in_the_graph_as_qemu_storage_daemon() {
+    let qsd = TestDaemon::spawn(qsd(), tempfile::tempdir().unwrap(), graph_nodes);
+    let expected = graph_session(&qsd).await;
+    drop(qsd);
+    let ours = TestDaemon::start_in(tempfile::tempdir().unwrap(), graph_nodes);
+    let got = graph_session(&ours).await;
+    for (step, (got, expected)) in got.iter().zip(&expected).enumerate() {
+        assert_eq!(got, expected, "step {step}");
+    }
+    assert_eq!(got.len(), expected.len());
+    let refused = |desc: &str| json!({"error": {"class": "GenericError", "desc": desc}});
+    assert_eq!(
+        got[0],
+        refused("Inactive 'q' can't be a file child of active 'filter'")
+    );
+    // Activating the overlay activated its backing chain.
+    assert_eq!(
+        got[11],
+        json!({"snap": true, "q": true, "disk": true, "file": true, "r": true})
+    );
 }

@@ -247,6 +247,16 @@ impl GraphState {
             // An inline child took the name meanwhile.
             return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
         }
+        if !settings.inactive {
+            let inactive = children.iter().find(|c| !c.node().is_active());
+            if let Some(child) = inactive {
+                return Err(generic(format!(
+                    "Inactive '{}' can't be a {} child of active '{name}'",
+                    child.node().name(),
+                    child.role().name()
+                )));
+            }
+        }
         for child in &children {
             child.set_seq(self.take_seq());
         }
