@@ -474,6 +474,11 @@ async fn graph_session(daemon: &TestDaemon) -> Vec<Value> {
         ),
         ("block-export-del", json!({"id": "e0"})),
         ("blockdev-set-active", json!({"active": false})),
+        // A writer that opens an image refuses an inactive file first.
+        (
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": "q2", "file": "file"}),
+        ),
     ];
     let mut log = Vec::new();
     for (command, arguments) in steps {
@@ -522,6 +527,10 @@ async fn inactive_nodes_in_the_graph_as_qemu_storage_daemon() {
     assert_eq!(
         got[0],
         refused("Inactive 'q' can't be a file child of active 'filter'")
+    );
+    assert_eq!(
+        got[got.len() - 2],
+        refused("Inactive 'file' can't be a file child of active 'q2'")
     );
     // Activating the overlay activated its backing chain.
     assert_eq!(

@@ -117,6 +117,7 @@ impl<'a> OpenContext<'a> {
         perms: BackendPerms,
         edge: &'static str,
     ) -> BlockResult<()> {
+        crate::graph::check_child_active(&self.name, self.settings.inactive, node, edge)?;
         let claim = self.graph.claim(node, perms, &self.name, edge)?;
         self.claims.push(claim);
         Ok(())

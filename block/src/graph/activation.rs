@@ -196,6 +196,23 @@ impl GraphState {
     }
 }
 
+/// QEMU's check when a node gets a child: an active node cannot use an
+/// inactive one (it would write an image another process owns).
+pub(crate) fn check_child_active(
+    parent: &str,
+    parent_inactive: bool,
+    child: &Node,
+    edge: &str,
+) -> BlockResult<()> {
+    if parent_inactive || child.is_active() {
+        return Ok(());
+    }
+    Err(generic(format!(
+        "Inactive '{}' can't be a {edge} child of active '{parent}'",
+        child.name()
+    )))
+}
+
 /// `top` and everything below it, children before their parents, each
 /// once.
 fn children_first(top: &Arc<Node>) -> Vec<Arc<Node>> {

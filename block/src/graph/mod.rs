@@ -27,6 +27,7 @@ mod change;
 mod reopen;
 mod state;
 
+pub(crate) use activation::check_child_active;
 pub use blockers::NodeBlocker;
 pub use change::Drained;
 pub(crate) use state::{GraphState, NewNode};

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::activation::check_child_active;
 use super::{generic, BackendPerms, MAX_DEPTH, MAX_NODES};
 use schema::block::BlockdevDriver;
 
@@ -247,15 +248,8 @@ impl GraphState {
             // An inline child took the name meanwhile.
             return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
         }
-        if !settings.inactive {
-            let inactive = children.iter().find(|c| !c.node().is_active());
-            if let Some(child) = inactive {
-                return Err(generic(format!(
-                    "Inactive '{}' can't be a {} child of active '{name}'",
-                    child.node().name(),
-                    child.role().name()
-                )));
-            }
+        for child in &children {
+            check_child_active(&name, settings.inactive, &child.node(), child.role().name())?;
         }
         for child in &children {
             child.set_seq(self.take_seq());
