@@ -159,22 +159,27 @@ daemon = subprocess.Popen([exe,
     "--export", "nbd,id=e1,name=e1,node-name=n1"], env=env)
 result = {"pid": daemon.pid}
 try:
-    qmp = socket.socket(socket.AF_UNIX)
     deadline = time.monotonic() + 20
-    while True:
-        try:
-            qmp.connect(d + "/qmp.sock")
-            break
-        except OSError:
-            assert daemon.poll() is None, "storaged exited"
-            assert time.monotonic() < deadline, "the monitor never listened"
-            time.sleep(0.02)
-    # Startup waits for this monitor client; e1 does not exist yet.
+    while not os.path.exists(d + "/qmp.sock"):
+        assert daemon.poll() is None, "storaged exited"
+        assert time.monotonic() < deadline, "the monitor never listened"
+        time.sleep(0.02)
+    # The monitor's socket exists: startup waits for its first client,
+    # and e1 does not exist yet.
     note.setblocking(False)
     try:
         result["early"] = note.recv(4096).decode()
     except BlockingIOError:
         result["early"] = None
+    qmp = socket.socket(socket.AF_UNIX)
+    while True:
+        try:
+            qmp.connect(d + "/qmp.sock")
+            break
+        except OSError:
+            # Bound, not yet listening.
+            assert time.monotonic() < deadline, "the monitor never listened"
+            time.sleep(0.02)
     monitor = qmp.makefile("rw")
     result["greeting"] = "QMP" in json.loads(monitor.readline())
     note.setblocking(True)
@@ -243,5 +248,72 @@ fn socket_names_are_checked() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim_end(),
         "storaged: --chardev socket,id=m,fd=qmp,server=on,wait=off: Unable to parse FD number qmp"
+    );
+}
+
+/// Passes two listening TCP sockets the way systemd does (descriptors 3
+/// and 4, `LISTEN_PID` set by the shell that becomes storaged), naming
+/// only the first; the NBD server takes it by name and the monitor the
+/// second by number. Prints what clients got through each.
+const TCP_SOCKETS: &str = r#"
+import json, os, socket, subprocess, sys, time
+exe = sys.argv[1]
+nbd = socket.socket(); nbd.bind(("127.0.0.1", 0)); nbd.listen(16)
+qmp = socket.socket(); qmp.bind(("127.0.0.1", 0)); qmp.listen(16)
+ports = (nbd.getsockname()[1], qmp.getsockname()[1])
+def place():
+    # Copies first: the sockets may be descriptors 3 and 4 already.
+    copies = os.dup(nbd.fileno()), os.dup(qmp.fileno())
+    os.dup2(copies[0], 3)
+    os.dup2(copies[1], 4)
+env = dict(os.environ, LISTEN_FDS="2", LISTEN_FDNAMES="nbd")
+daemon = subprocess.Popen(["sh", "-c", 'export LISTEN_PID=$$; exec "$0" "$@"', exe,
+    "--blockdev", "null-co,node-name=n0,size=1048576",
+    "--nbd-server", "addr.type=fd,addr.str=nbd",
+    "--export", "nbd,id=e0,name=e0,node-name=n0",
+    "--chardev", "socket,id=m,fd=4,server=on,wait=on",
+    "--monitor", "m"], env=env, preexec_fn=place, close_fds=False)
+nbd.close(); qmp.close()
+result = {}
+try:
+    client = socket.create_connection(("127.0.0.1", ports[1]), timeout=20)
+    monitor = client.makefile("rw")
+    result["greeting"] = "QMP" in json.loads(monitor.readline())
+    size = subprocess.run(["nbdinfo", "--size", "nbd://127.0.0.1:%d/e0" % ports[0]],
+                          capture_output=True, text=True, timeout=20)
+    result["size"] = size.stdout.strip() or size.stderr
+    for command in ("qmp_capabilities", "quit"):
+        monitor.write(json.dumps({"execute": command}) + "\n")
+        monitor.flush()
+        result[command] = json.loads(monitor.readline())
+    result["status"] = daemon.wait(timeout=20)
+finally:
+    if daemon.poll() is None:
+        daemon.kill()
+        daemon.wait()
+print(json.dumps(result))
+"#;
+
+#[test]
+fn tcp_sockets_are_taken_by_name_and_by_number() {
+    let out = Command::new("python3")
+        .args(["-c", TCP_SOCKETS, env!("CARGO_BIN_EXE_storaged")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        result,
+        json!({
+            "greeting": true,
+            "size": "1048576",
+            "qmp_capabilities": {"return": {}},
+            "quit": {"return": {}},
+            "status": 0
+        })
     );
 }
