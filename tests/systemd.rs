@@ -14,7 +14,6 @@ mod common;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::{tool, PATIENCE};
 use serde_json::{json, Value};
@@ -95,15 +94,15 @@ async fn the_example_units_run_under_systemd_socket_activate() {
         .stderr(Stdio::piped());
     let mut service = activate.spawn().unwrap();
     let (nbd, qmp) = (&paths[0], &paths[1]);
+    // It says so once each socket listens.
+    let mut log = std::io::BufReader::new(service.stderr.take().unwrap());
     for path in &paths {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while !Path::new(path).exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{path} never listened"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut log, &mut line).unwrap();
+        assert!(
+            line.starts_with(&format!("Listening on {path} as ")),
+            "{line}"
+        );
     }
 
     // The first client's connection starts storaged, which answers it.
