@@ -538,3 +538,65 @@ async fn inactive_nodes_in_the_graph_as_qemu_storage_daemon() {
         json!({"snap": true, "q": true, "disk": true, "file": true, "r": true})
     );
 }
+
+/// An export without `allow-inactive` activates its node first, so it is
+/// refused while another process writes the image, with the error of the
+/// activation (as QSD). The file node below stays active then (as in QSD)
+/// while the other process goes on growing the file; once the image is
+/// handed over, the destination knows the file's new length. Returns the
+/// transcript compared with QSD's, and what follows the hand-off.
+async fn refused_export(program: fn() -> Command) -> (Vec<Value>, Vec<Value>) {
+    let shared = tempfile::tempdir().unwrap();
+    let dir = shared.path();
+    let image = dir.join("disk.qcow2");
+    common::tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            image.to_str().unwrap(),
+            "16M",
+        ],
+    );
+    let writable = "nbd,id=src,name=src,node-name=disk,writable=on,allow-inactive=on";
+    let source = start(program, &image, "on", writable);
+    let mut src = source.connect().await;
+    let later = "nbd,id=dst,name=dst,node-name=disk,writable=on,allow-inactive=on";
+    let destination = start(program, &image, "off", later);
+    let mut dst = destination.connect().await;
+    let mut log = Vec::new();
+    for writable in [false, true] {
+        let export = json!({"type": "nbd", "id": "e", "node-name": "disk", "writable": writable});
+        log.push(reply(&mut dst, "block-export-add", export).await);
+    }
+    log.push(active(&mut dst).await);
+    log.push(reply(&mut dst, "query-block-exports", json!({})).await);
+    log.push(nbd_io(dir, &source, "src", "write -P 0x77 8M 64k"));
+    log.push(reply(&mut src, "blockdev-set-active", json!({"active": false})).await);
+    log.push(reply(&mut dst, "blockdev-set-active", json!({"active": true})).await);
+    let after = vec![
+        file_length(&mut dst).await,
+        nbd_io(dir, &destination, "dst", "read -P 0x77 8M 64k"),
+    ];
+    (log, after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_cannot_activate_an_image_another_process_writes() {
+    let (expected, _) = refused_export(qsd).await;
+    let (got, after) = refused_export(storaged).await;
+    assert_eq!(got, expected);
+    let refused =
+        json!({"error": {"class": "GenericError", "desc": "Failed to get \"write\" lock"}});
+    assert_eq!(got[..2], [refused.clone(), refused]);
+    assert_eq!(got[2], json!({"disk": false, "file": true}));
+    assert_eq!(got[3]["return"].as_array().unwrap().len(), 1, "only dst");
+    assert_eq!(got[6], json!({"return": {}}));
+    // QSD 10 keeps the file's old length here (the file node was already
+    // active), so it reads the cluster the source allocated past it as
+    // zeroes; storaged reads the length again.
+    assert_eq!(after[0]["node"], after[0]["on disk"], "{}", after[0]);
+    assert_eq!(after[1]["ok"], true, "{}", after[1]);
+}

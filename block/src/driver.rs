@@ -209,6 +209,16 @@ pub trait BlockDriver: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Something at or above this node was taken back from another
+    /// process, which may have grown or shrunk the image meanwhile (also
+    /// under a node that stayed active while its parent was inactive): a
+    /// protocol driver reads its length again (QEMU's
+    /// `bdrv_refresh_total_sectors`). Runs with nothing in flight, before
+    /// the parents' [`BlockDriver::activate`].
+    async fn refresh_length(&self) -> BlockResult<()> {
+        Ok(())
+    }
+
     /// Changes the virtual size.
     async fn resize(&self, new_size: u64) -> BlockResult<()> {
         match self.filtered() {

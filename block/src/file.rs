@@ -520,9 +520,7 @@ impl BlockDriver for FileDriver {
         self.active.store(active, Ordering::Release);
     }
 
-    /// The other process may have grown the file (QEMU refreshes every
-    /// node's length when it takes an image back).
-    async fn activate(&self) -> BlockResult<()> {
+    async fn refresh_length(&self) -> BlockResult<()> {
         let st = posix_io::fstat(self.raw_fd())
             .map_err(|e| BlockError::from_io("Could not refresh total sector count", e))?;
         self.size

@@ -146,7 +146,7 @@ pub async fn block_export_add(
     };
     daemon.exports.check_new(options)?;
     if !options.allow_inactive.unwrap_or(false) {
-        daemon.graph.activate_for_export(&options.node_name).await;
+        daemon.graph.activate_for_export(&options.node_name).await?;
     }
     daemon.exports.add(&daemon.graph, options, iothread)
 }
@@ -171,7 +171,7 @@ async fn query_block_exports(daemon: &Daemon, args: Map<String, Value>) -> Comma
 async fn nbd_server_add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
     let args: NbdServerAddArgs = arguments(args)?;
     // The export it makes activates its node, as `block-export-add`.
-    daemon.graph.activate_for_export(&args.device).await;
+    daemon.graph.activate_for_export(&args.device).await?;
     daemon.exports.nbd_server_add(&daemon.graph, &args)?;
     Ok(Value::Null)
 }

@@ -40,20 +40,35 @@ impl BlockGraph {
     }
 
     /// What an export without `allow-inactive` does first (QEMU's
-    /// `blk_exp_add`): activates the node, ignoring failures (attaching
-    /// the export then reports what the inactive node refuses).
-    pub async fn activate_for_export(&self, node_name: &str) {
-        let _ = self.set_active(Some(node_name), true).await;
+    /// `blk_exp_add`): activates the node, and fails as activating it
+    /// does (another process holds the image). An unknown name is left
+    /// for attaching the export to report.
+    pub async fn activate_for_export(&self, node_name: &str) -> BlockResult<()> {
+        if self.node(node_name).is_none() {
+            return Ok(());
+        }
+        self.set_active(Some(node_name), true).await
     }
 
     async fn activate_nodes(&self, tops: &[Arc<Node>]) -> BlockResult<()> {
         for top in tops {
-            for node in children_first(top) {
+            let subtree = children_first(top);
+            if subtree.iter().all(|n| n.is_active()) {
+                continue;
+            }
+            for node in subtree {
                 if node.is_active() {
+                    // It stayed active under an inactive parent while
+                    // another process may have written the image.
+                    node.driver().refresh_length().await?;
                     continue;
                 }
                 self.state().activate_one(&node)?;
-                if let Err(e) = node.driver().activate().await {
+                let taken_back = async {
+                    node.driver().refresh_length().await?;
+                    node.driver().activate().await
+                };
+                if let Err(e) = taken_back.await {
                     self.state().deactivate_one(&node);
                     return Err(e);
                 }
