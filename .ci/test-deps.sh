@@ -5,7 +5,8 @@
 # bookworm-backports, the NBD clients (libnbd-bin, python3-libnbd), nbdkit,
 # fio, fuse3, busybox-static, kmod, zstd and xz-utils (the guests' kernel
 # and initramfs), libssl-dev and pkg-config (the openssl crate builds
-# against OpenSSL 3 for NBD over TLS), and QEMU's Python QMP client
+# against OpenSSL 3 for NBD over TLS), systemd (systemd-socket-activate, for
+# tests/systemd.rs; it runs without systemd as PID 1), and QEMU's Python QMP client
 # (qemu.qmp from PyPI) for the `python3` on PATH.
 # The guests' kernel: Debian 12's newest 6.12 kernel from bookworm-security
 # (the 6.1 default kernel lacks VDUSE and ublk), downloaded with
@@ -18,7 +19,7 @@
 # (cargo >= 1.80) must already be installed.
 set -euo pipefail
 
-APT_PACKAGES=(libnbd-bin python3-libnbd nbdkit fio fuse3 busybox-static kmod zstd xz-utils libssl-dev pkg-config)
+APT_PACKAGES=(libnbd-bin python3-libnbd nbdkit fio fuse3 busybox-static kmod zstd xz-utils libssl-dev pkg-config systemd)
 QEMU_PACKAGES=(qemu-utils)
 # Without its recommends (a GUI, SPICE, OpenGL, UEFI firmware: 150 packages).
 GUEST_QEMU_PACKAGES=(qemu-system-x86)

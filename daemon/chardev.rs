@@ -166,7 +166,6 @@ fn socket_backend(options: &ChardevOptions) -> Result<Backend, String> {
         ("tls-creds", options.tls_creds.is_some()),
         ("reconnect", options.reconnect.is_some()),
         ("reconnect-ms", options.reconnect_ms.is_some()),
-        ("fd", options.fd.is_some()),
     ];
     if let Some((name, _)) = unsupported.iter().find(|(_, set)| *set) {
         return Err(format!(
@@ -174,6 +173,14 @@ fn socket_backend(options: &ChardevOptions) -> Result<Backend, String> {
         ));
     }
     let wait = options.wait.unwrap_or(true);
+    if let Some(name) = &options.fd {
+        // A listening socket inherited by name (systemd) or number.
+        let fd = crate::socket_activation::resolve(name)?;
+        return Ok(Backend::Listen {
+            address: qmp::ListenAddress::Fd(fd),
+            wait,
+        });
+    }
     if let Some(path) = &options.path {
         return Ok(Backend::Listen {
             address: qmp::ListenAddress::Unix(path.into()),

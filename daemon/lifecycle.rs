@@ -1,7 +1,7 @@
 //! The daemon's life: start everything the command line asks for, in
-//! order; announce readiness (pid file, the `--daemonize` parent); serve
-//! until `quit`, SIGINT, SIGTERM or SIGHUP; then stop the monitors, flush
-//! every node and exit.
+//! order; announce readiness (pid file, the `--daemonize` parent, systemd's
+//! `READY=1`); serve until `quit`, SIGINT, SIGTERM or SIGHUP; then stop the
+//! monitors, flush every node and exit.
 //!
 //! A failure during startup prints the option and the reason, undoes what
 //! was started (socket files) and exits 1 before anything was announced.
@@ -16,6 +16,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::cli::Invocation;
 use crate::daemonize::ReadyNotifier;
 use crate::pidfile::PidFile;
+use crate::sd_notify;
 use crate::startup::Startup;
 use crate::state::Daemon;
 use crate::version;
@@ -92,12 +93,14 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
         Ok(pidfile) => pidfile,
         Err(message) => {
             eprintln!("{program}: {message}");
+            sd_notify::failed(&message);
             // Undo what started: monitor and NBD sockets go away.
             let _ = stop(&daemon, &monitors).await;
             return ExitCode::FAILURE;
         }
     };
     tracing::info!("ready");
+    sd_notify::ready(&serving(&daemon));
 
     tokio::select! {
         name = signals.recv() => tracing::info!("{name} received; stopping"),
@@ -144,6 +147,13 @@ async fn last_client_gone(daemon: &Daemon) {
         Some(server) => server.emptied().await,
         None => std::future::pending().await,
     }
+}
+
+/// What the daemon does, for systemd's `STATUS=`.
+fn serving(daemon: &Daemon) -> String {
+    let exports = daemon.exports.query().len();
+    let plural = if exports == 1 { "" } else { "s" };
+    format!("Serving {exports} block export{plural}")
 }
 
 /// Tells the world the daemon is ready: the pid file, then the waiting
@@ -194,6 +204,7 @@ async fn start(
 /// back). A failed flush makes the exit status 1: acknowledged writes may
 /// not be on disk.
 async fn stop(daemon: &Daemon, monitors: &qmp::Monitors) -> ExitCode {
+    sd_notify::stopping();
     monitors.shutdown().await;
     daemon.exports.close_all().await;
     daemon.jobs.cancel_all().await;

@@ -19,6 +19,8 @@ mod nbd_list;
 mod objects;
 mod pidfile;
 mod qemu_nbd;
+mod sd_notify;
+mod socket_activation;
 mod startup;
 mod state;
 mod temp_overlay;
@@ -45,6 +47,9 @@ fn program_name() -> String {
 }
 
 fn main() -> ExitCode {
+    // While only this thread exists: the environment changes here.
+    socket_activation::adopt_from_environment();
+    sd_notify::adopt_from_environment();
     let program = program_name();
     let mut args: Vec<String> = std::env::args_os()
         .skip(1)

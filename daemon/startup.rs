@@ -94,7 +94,9 @@ impl Startup {
             StepKind::Export => {
                 let options: BlockExportOptions =
                     schema::parse_option(value, Some(EXPORT_IMPLIED_KEY)).map_err(|e| e.desc)?;
-                commands::block_export_add(&self.daemon, &options).map_err(|e| e.desc)
+                commands::block_export_add(&self.daemon, &options)
+                    .await
+                    .map_err(|e| e.desc)
             }
             StepKind::TempOverlay => {
                 let overlay: TempOverlay =
@@ -145,5 +147,7 @@ fn bind_error(address: &qmp::ListenAddress, error: &std::io::Error) -> String {
             "Failed to bind socket to {host}:{port}: {}",
             os_error_text(error)
         ),
+        // QEMU's words when the descriptor is no socket.
+        qmp::ListenAddress::Fd(fd) => format!("File descriptor '{fd}' is not a socket"),
     }
 }

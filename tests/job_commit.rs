@@ -172,3 +172,107 @@ async fn refusals_are_qemus() {
     let nodes = ok(&mut qmp, "query-named-block-nodes", json!({"flat": true})).await;
     assert!(!nodes.to_string().contains("commit_top"), "{nodes}");
 }
+
+/// A chain opened the usual way (one `blockdev-add` with inline backing
+/// images, which are read-only): a lower commit and then an active commit
+/// write into the read-only base, which is read-write for the job's time
+/// and read-only again after, as in QEMU.
+#[tokio::test]
+async fn commits_write_into_a_read_only_base_for_their_time() {
+    let images = tempfile::tempdir().expect("temp dir");
+    let at = |name: &str| images.path().join(name);
+    let (base, mid, top) = (at("base.qcow2"), at("mid.qcow2"), at("top.qcow2"));
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", path(&base), "1M"],
+    );
+    for (image, backing) in [(&mid, &base), (&top, &mid)] {
+        tool(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                path(backing),
+                "-F",
+                "qcow2",
+                path(image),
+                "1M",
+            ],
+        );
+    }
+    tool("qemu-io", &["-c", "write -P 5 0 64k", path(&mid)]);
+    tool("qemu-io", &["-c", "write -P 6 64k 64k", path(&top)]);
+    let mut daemon = TestDaemon::start(&[]);
+    let mut client = daemon.connect().await;
+    let file = |image: &Path| json!({"driver": "file", "filename": path(image)});
+    ok(
+        &mut client,
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "top", "file": file(&top),
+               "backing": {"driver": "qcow2", "node-name": "mid", "file": file(&mid),
+                           "backing": {"driver": "qcow2", "node-name": "base", "file": file(&base)}}}),
+    )
+    .await;
+    let read_only = |nodes: &Value, name: &str| {
+        nodes
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|n| n["node-name"] == name)
+            .map(|n| n["ro"].clone())
+    };
+    let nodes = ok(
+        &mut client,
+        "query-named-block-nodes",
+        json!({"flat": true}),
+    )
+    .await;
+    assert_eq!(read_only(&nodes, "base"), Some(json!(true)));
+
+    ok(
+        &mut client,
+        "block-commit",
+        json!({"job-id": "lower", "device": "top", "top-node": "mid", "base-node": "base"}),
+    )
+    .await;
+    wait_event(&mut client, "BLOCK_JOB_COMPLETED").await;
+    ok(
+        &mut client,
+        "block-commit",
+        json!({"job-id": "active", "device": "top"}),
+    )
+    .await;
+    wait_event(&mut client, "BLOCK_JOB_READY").await;
+    ok(&mut client, "job-complete", json!({"id": "active"})).await;
+    let completed = wait_event(&mut client, "BLOCK_JOB_COMPLETED").await;
+    assert!(completed["data"].get("error").is_none(), "{completed}");
+    let nodes = ok(
+        &mut client,
+        "query-named-block-nodes",
+        json!({"flat": true}),
+    )
+    .await;
+    assert_eq!(
+        read_only(&nodes, "base"),
+        Some(json!(false)),
+        "the base is the active layer now"
+    );
+    ok(&mut client, "quit", json!({})).await;
+    assert!(daemon.wait_exit().success());
+
+    let check = tool("qemu-img", &["check", path(&base)]);
+    assert!(check.contains("No errors were found"), "{check}");
+    tool(
+        "qemu-io",
+        &[
+            "-c",
+            "read -P 5 0 64k",
+            "-c",
+            "read -P 6 64k 64k",
+            path(&base),
+        ],
+    );
+}

@@ -520,8 +520,7 @@ async fn active_nodes(qmp: &mut qmp::client::Client) -> Value {
 
 /// `allow-inactive` and `fixed-iothread` on `block-export-add`: the
 /// transcript of what both daemons answer alike, and the replies where
-/// they may differ (storaged refuses a writable export of an inactive
-/// node, which QSD accepts).
+/// they may differ.
 async fn export_option_session(daemon: &TestDaemon) -> (Vec<Value>, Vec<Value>) {
     let mut qmp = daemon.connect().await;
     let mut transcript = Vec::new();
@@ -568,19 +567,23 @@ async fn export_option_session(daemon: &TestDaemon) -> (Vec<Value>, Vec<Value>) 
     transcript.push(serde_json::from_str(&client.line()).unwrap());
     assert!(client.finish());
 
+    // A writable export of an inactive node waits for its write
+    // permission until the node is activated.
+    let arguments = add(
+        "inactive-rw",
+        "g",
+        json!({"allow-inactive": true, "writable": true}),
+    );
+    let result = qmp.execute("block-export-add", arguments).await.unwrap();
+    transcript.push(reply(result));
+    transcript.push(active_nodes(&mut qmp).await);
+
     let mut divergent = Vec::new();
-    let steps = [
-        add(
-            "pinned",
-            "m",
-            json!({"fixed-iothread": true, "iothread": "io0"}),
-        ),
-        add(
-            "inactive-rw",
-            "g",
-            json!({"allow-inactive": true, "writable": true}),
-        ),
-    ];
+    let steps = [add(
+        "pinned",
+        "m",
+        json!({"fixed-iothread": true, "iothread": "io0"}),
+    )];
     for arguments in steps {
         let result = qmp.execute("block-export-add", arguments).await.unwrap();
         divergent.push(reply(result));
@@ -617,24 +620,14 @@ async fn allow_inactive_and_fixed_iothread_as_qemu_storage_daemon() {
         json!({"read": "aaaa", "flush": "ok", "cache": "ok", "block-status": "ok"})
     );
 
-    // QSD accepts both. storaged too runs the export in its iothread with
-    // fixed-iothread (nothing moves nodes between threads), but refuses a
-    // writable export of an inactive node, naming the option, and changes
-    // nothing.
-    assert_eq!(qsd_divergent, [done.clone(), done.clone()]);
-    let refused = |desc: &str| json!({"error": {"class": "GenericError", "desc": desc}});
-    assert_eq!(
-        divergent,
-        [
-            done,
-            refused(
-                "Parameter 'allow-inactive' is not supported for a writable export of \
-                 inactive node 'g'"
-            ),
-        ]
-    );
+    assert_eq!(got[9], done);
+    assert_eq!(got[10]["g"], false);
+
+    // QSD accepts it; storaged too runs the export in its iothread with
+    // fixed-iothread (nothing moves nodes between threads).
+    assert_eq!(qsd_divergent, std::slice::from_ref(&done));
+    assert_eq!(divergent, [done]);
     let mut qmp = ours.connect().await;
-    assert_eq!(active_nodes(&mut qmp).await["g"], false);
     let exports = ok(&mut qmp, "query-block-exports", json!({})).await;
     let ids: Vec<&str> = exports
         .as_array()
@@ -646,6 +639,7 @@ async fn allow_inactive_and_fixed_iothread_as_qemu_storage_daemon() {
         ids,
         [
             "pinned",
+            "inactive-rw",
             "activating",
             "best-effort",
             "fixed",

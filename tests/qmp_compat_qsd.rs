@@ -20,6 +20,7 @@ const BLKDEBUG_SESSION: &str = include_str!("compat/blkdebug_session.txt");
 const THROTTLE_SESSION: &str = include_str!("compat/throttle_session.txt");
 const FILTERS_SESSION: &str = include_str!("compat/filters_session.txt");
 const QOM_SESSION: &str = include_str!("compat/qom_session.txt");
+const BACKING_SESSION: &str = include_str!("compat/backing_session.txt");
 
 /// The rules files `blkdebug_session.txt` opens: one QEMU accepts, one
 /// whose second group it refuses (the file is checked before the child).
@@ -203,4 +204,9 @@ async fn storaged_answers_the_filters_session_as_qemu_storage_daemon() {
 #[tokio::test]
 async fn storaged_answers_the_qom_session_as_qemu_storage_daemon() {
     compare("qom", QOM_SESSION).await;
+}
+
+#[tokio::test]
+async fn storaged_answers_the_backing_file_session_as_qemu_storage_daemon() {
+    compare("backing", BACKING_SESSION).await;
 }

@@ -1,7 +1,8 @@
 //! `change-backing-file`: another backing file name in the metadata of an
 //! image of a chain, leaving the graph as it is (QEMU's
 //! `qmp_change_backing_file`). The image's format is written with it, as
-//! QEMU does.
+//! QEMU does; a read-only image is made writable for the change, as QEMU
+//! reopens it.
 
 use std::sync::Arc;
 
@@ -36,8 +37,10 @@ impl BlockGraph {
                 "'{device}' and image file are not in the same chain"
             )));
         }
+        // A read-only image (a backing image) is written for the change.
+        let reopened = self.set_read_only(&image, false).await?;
         let format = image.driver().format_name();
-        image
+        let changed = image
             .change_backing_file(Some(backing_file), Some(format))
             .await
             .map_err(|error| {
@@ -45,7 +48,11 @@ impl BlockGraph {
                     "Could not change backing file to '{backing_file}': {}",
                     error.message
                 ))
-            })
+            });
+        if let Some(top) = reopened.first() {
+            self.set_read_only(top, true).await?;
+        }
+        changed
     }
 }
 

@@ -193,6 +193,41 @@ pub trait BlockDriver: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The node's `read-only` setting changes (a reopen, or a job that
+    /// writes to a backing image for its time): a format that caches
+    /// metadata writes it out before it stops writing, and prepares the
+    /// image as an open for writing would before it starts. Runs with
+    /// nothing in flight.
+    async fn set_read_only(&self, _read_only: bool) -> BlockResult<()> {
+        Ok(())
+    }
+
+    /// The node is handed over to another process (QEMU's
+    /// `bdrv_inactivate`): write out whatever the driver caches, leave the
+    /// image clean and stop writing it. Runs with nothing in flight.
+    async fn inactivate(&self) -> BlockResult<()> {
+        Ok(())
+    }
+
+    /// The node was taken back from another process (after
+    /// [`BlockDriver::set_active`]`(true)`; QEMU's
+    /// `bdrv_co_invalidate_cache`): forget what the driver cached of the
+    /// image, which the other process may have changed. Runs with nothing
+    /// in flight.
+    async fn activate(&self) -> BlockResult<()> {
+        Ok(())
+    }
+
+    /// Something at or above this node was taken back from another
+    /// process, which may have grown or shrunk the image meanwhile (also
+    /// under a node that stayed active while its parent was inactive): a
+    /// protocol driver reads its length again (QEMU's
+    /// `bdrv_refresh_total_sectors`). Runs with nothing in flight, before
+    /// the parents' [`BlockDriver::activate`].
+    async fn refresh_length(&self) -> BlockResult<()> {
+        Ok(())
+    }
+
     /// Changes the virtual size.
     async fn resize(&self, new_size: u64) -> BlockResult<()> {
         match self.filtered() {

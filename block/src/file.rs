@@ -519,6 +519,14 @@ impl BlockDriver for FileDriver {
     fn set_active(&self, active: bool) {
         self.active.store(active, Ordering::Release);
     }
+
+    async fn refresh_length(&self) -> BlockResult<()> {
+        let st = posix_io::fstat(self.raw_fd())
+            .map_err(|e| BlockError::from_io("Could not refresh total sector count", e))?;
+        self.size
+            .store(u64::try_from(st.st_size).unwrap_or(0), Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// The space-management calls a file system may lack (learnt by trying;

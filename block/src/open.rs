@@ -117,6 +117,7 @@ impl<'a> OpenContext<'a> {
         perms: BackendPerms,
         edge: &'static str,
     ) -> BlockResult<()> {
+        crate::graph::check_child_active(&self.name, self.settings.inactive, node, edge)?;
         let claim = self.graph.claim(node, perms, &self.name, edge)?;
         self.claims.push(claim);
         Ok(())
@@ -307,7 +308,8 @@ pub(crate) fn node_settings(
         } else {
             inherited(options.auto_read_only, |p| p.auto_read_only)
         },
-        inactive: inherited(options.active.map(|active| !active), |p| p.inactive),
+        // Not inherited: QEMU opens inline children active.
+        inactive: options.active == Some(false),
         force_share: inherited(options.force_share, |p| p.force_share),
         discard_unmap: match options.discard {
             Some(discard) => discard == BlockdevDiscardOptions::Unmap,

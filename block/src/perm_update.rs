@@ -49,6 +49,10 @@ pub(crate) enum Holder {
 pub(crate) struct BackendLink {
     pub gate: Arc<Gate>,
     pub root: Arc<ArcSwap<Node>>,
+    /// The backend may stay on an inactive node (an export with
+    /// `allow-inactive`, QEMU's `force_allow_inactivate`): while the node
+    /// is inactive its permissions wait for the node to be activated.
+    pub allow_inactive: bool,
 }
 
 impl std::fmt::Debug for BackendLink {
@@ -107,9 +111,16 @@ pub(crate) fn refresh(nodes: &[Arc<Node>], uses: &[Use]) -> BlockResult<()> {
             .children()
             .iter()
             .map(|child| {
-                let (perm, shared) =
+                let (perm, shared) = if node.is_active() {
                     node.driver()
-                        .child_perm(child, node.is_writable(), cumulative.0, cumulative.1);
+                        .child_perm(child, node.is_writable(), cumulative.0, cumulative.1)
+                } else {
+                    // The image belongs to another process, which writes it.
+                    let (perm, _) =
+                        node.driver()
+                            .child_perm(child, false, cumulative.0, cumulative.1);
+                    (perm & Perm::CONSISTENT_READ, Perm::ALL)
+                };
                 let shared = if child.node().settings().force_share {
                     Perm::ALL
                 } else {
@@ -178,9 +189,16 @@ fn users_of(
                 Holder::Backend(_) => ("an unnamed block device".to_string(), "root"),
                 Holder::OpeningParent { name, edge } => (format!("node '{name}'"), *edge),
             };
+            let waiting = !node.is_active()
+                && matches!(&u.holder, Holder::Backend(link) if link.allow_inactive);
+            let (perm, shared) = if waiting {
+                (Perm::NONE, Perm::ALL)
+            } else {
+                (u.perm, u.shared)
+            };
             User {
-                perm: u.perm,
-                shared: u.shared,
+                perm,
+                shared,
                 seq: u.seq,
                 description,
                 edge,
@@ -208,6 +226,21 @@ fn users_of(
 /// QEMU's `bdrv_parent_perms_conflict` and read-only check; returns the
 /// cumulative (taken, shared) permissions of the users.
 fn check_users(node: &Node, users: &[User]) -> BlockResult<(Perm, Perm)> {
+    if !node.is_active() {
+        // QEMU checks this when a user attaches; here, on every update.
+        let beyond_read = users
+            .iter()
+            .find(|u| !(u.perm & !Perm::CONSISTENT_READ).is_empty());
+        if let Some(user) = beyond_read {
+            return Err(BlockError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "Permission '{}' unavailable on inactive node",
+                    user.perm.human_names()
+                ),
+            ));
+        }
+    }
     for (i, a) in users.iter().enumerate() {
         for (j, b) in users.iter().enumerate() {
             let conflict = b.perm & !a.shared;

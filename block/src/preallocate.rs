@@ -379,6 +379,13 @@ impl BlockDriver for Preallocate {
         cut.map(drop)
     }
 
+    /// As QEMU's `preallocate_inactivate`: the file goes back to its data
+    /// before another process takes it; activation starts afresh from the
+    /// file's length then.
+    async fn inactivate(&self) -> BlockResult<()> {
+        self.close().await
+    }
+
     /// QEMU's `preallocate_child_perm`: the default, plus write and resize
     /// taken and not shared while the users may write and resize, or while
     /// a preallocation is still to be dropped.

@@ -3,14 +3,16 @@
 //! the node serves. An observer sees a request before it reaches the
 //! driver (and can fail it, so that nothing is written: copy-before-write
 //! needs this) and after it, with its result (dirty bitmaps record the
-//! ranges written). With no observer attached the cost is one load.
+//! ranges written). With no observer attached the cost is one load (and
+//! one for the node's activity: an inactive node, whose image another
+//! process owns, refuses every write-side request with `EPERM`).
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 
-use crate::error::BlockResult;
+use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::node::Node;
 
 /// What a write-side request does.
@@ -83,6 +85,14 @@ impl WriteHooks {
         request: WriteRequest,
         op: impl std::future::Future<Output = BlockResult<()>>,
     ) -> BlockResult<()> {
+        if !node.is_active() {
+            // The image belongs to another process now; a request that
+            // waited out the hand-off must not reach it.
+            return Err(BlockError::new(
+                ErrorKind::PermissionDenied,
+                "Operation not permitted",
+            ));
+        }
         let observers = self.observers.load();
         if observers.is_empty() {
             return op.await;

@@ -60,7 +60,7 @@ fn attach(graph: &BlockGraph, node: &str, perm: Perm, mode: BackendMode) -> bloc
                 perm,
                 shared: Perm::ALL,
             },
-            activate: true,
+            allow_inactive: false,
             mode,
         })
         .unwrap()

@@ -281,35 +281,59 @@ async fn qsd_and_storaged_see_each_other() {
 }
 
 #[tokio::test]
-async fn an_inactive_node_takes_locks_when_exported() {
+async fn an_inactive_node_takes_locks_once_activated() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "disk.img", 1 << 20, pattern);
     let graph = BlockGraph::new();
     add(
         &graph,
-        json!({"driver": "raw", "node-name": "r0", "active": false,
-               "file": {"driver": "file", "filename": path}}),
+        json!({"driver": "file", "node-name": "f0", "active": false, "filename": path}),
+    )
+    .await;
+    add(
+        &graph,
+        json!({"driver": "raw", "node-name": "r0", "active": false, "file": "f0"}),
     )
     .await;
     let r0 = graph.node("r0").unwrap();
     assert!(!r0.is_active() && !r0.is_writable());
-    let info = graph.query_named_block_nodes(true);
-    assert!(
-        info.iter().all(|n| !n.active),
-        "the inline file is inactive too"
+    let err = graph.attach_backend("r0", true).err().unwrap();
+    assert_eq!(
+        err.message,
+        "Permission 'consistent read, write' unavailable on inactive node"
     );
-
-    let export = graph.attach_backend("r0", true).unwrap();
-    assert!(r0.is_active());
-    assert!(graph.query_named_block_nodes(true).iter().all(|n| n.active));
+    let reader = graph.attach_backend("r0", false).unwrap();
     let resize = run(
         "qemu-img",
         &["resize", "-f", "raw", path.to_str().unwrap(), "2M"],
+    );
+    assert!(resize.status.success(), "no locks: {}", text(&resize));
+
+    // Inline children are opened active, as in QEMU.
+    add(
+        &graph,
+        json!({"driver": "raw", "node-name": "r1", "active": false,
+               "file": {"driver": "file", "filename": path}}),
+    )
+    .await;
+    let active: Vec<bool> = graph
+        .query_named_block_nodes(true)
+        .iter()
+        .map(|n| n.active)
+        .collect();
+    assert_eq!(active, [false, true, false, false]);
+
+    graph.set_active(Some("r0"), true).await.unwrap();
+    assert!(r0.is_active() && graph.node("f0").unwrap().is_active());
+    let export = graph.attach_backend("r0", true).unwrap();
+    let resize = run(
+        "qemu-img",
+        &["resize", "-f", "raw", path.to_str().unwrap(), "1M"],
     );
     assert!(
         text(&resize).contains("Failed to get \"resize\" lock"),
         "the export's locks are in place: {}",
         text(&resize)
     );
-    drop(export);
+    drop((export, reader));
 }

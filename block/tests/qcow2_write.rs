@@ -270,7 +270,7 @@ async fn concurrent_writes_into_shared_clusters_all_land() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn resize_grows_the_l1_table() {
+async fn resize_grows_the_l1_table_and_shrinks() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.qcow2");
     create_qcow2(&image, &["-o", "cluster_size=512"], "64k");
@@ -286,14 +286,20 @@ async fn resize_grows_the_l1_table() {
         .write_from(new_size - 4096, &[9u8; 4096], WriteFlags::default())
         .await
         .unwrap();
-    let err = qcow2.resize(1 << 20).await.unwrap_err();
-    assert!(err.message.contains("shrunk"), "{}", err.message);
     qcow2.close().await.unwrap();
-    drop(qcow2);
     let raw = raw_contents(&image, dir.path());
     assert_eq!(raw.len() as u64, new_size);
     assert!(raw[1000..4000].iter().all(|&b| b == 7));
     assert!(raw[(new_size - 4096) as usize..].iter().all(|&b| b == 9));
+    assert_check_clean(&image);
+    // Shrinking frees what lies past the new end and keeps the rest.
+    qcow2.resize(1 << 20).await.unwrap();
+    assert_eq!(qcow2.size(), 1 << 20);
+    qcow2.close().await.unwrap();
+    drop(qcow2);
+    let raw = raw_contents(&image, dir.path());
+    assert_eq!(raw.len() as u64, 1 << 20);
+    assert!(raw[1000..4000].iter().all(|&b| b == 7));
     assert_check_clean(&image);
 }
 

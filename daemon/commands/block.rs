@@ -1,17 +1,19 @@
 //! Block node commands: `blockdev-add`, `blockdev-del`, `blockdev-reopen`,
-//! `block_resize`, `change-backing-file`, `query-named-block-nodes`,
+//! `block_resize`, `change-backing-file`, `blockdev-set-active`,
+//! `x-blockdev-set-iothread`, `query-named-block-nodes`,
 //! `x-debug-query-block-graph`.
 //! The graph does the work and words the errors; these handlers read the
 //! arguments.
 
 use schema::block::{
-    BlockResizeArgs, BlockdevDelArgs, BlockdevOptions, BlockdevReopenArgs, ChangeBackingFileArgs,
-    QueryNamedBlockNodesArgs,
+    BlockResizeArgs, BlockdevDelArgs, BlockdevOptions, BlockdevReopenArgs, BlockdevSetActiveArgs,
+    ChangeBackingFileArgs, QueryNamedBlockNodesArgs, StrOrNull, XBlockdevSetIothreadArgs,
 };
 use schema::info::{BlockDeviceInfo, XDbgBlockGraph};
 use schema::QmpError;
 
 use super::{command, Command, NoArguments};
+use crate::objects::Object;
 use crate::state::Daemon;
 
 pub const COMMANDS: &[Command] = &[
@@ -20,6 +22,8 @@ pub const COMMANDS: &[Command] = &[
     command!("blockdev-reopen", blockdev_reopen),
     command!("block_resize", block_resize),
     command!("change-backing-file", change_backing_file),
+    command!("blockdev-set-active", blockdev_set_active),
+    command!("x-blockdev-set-iothread", x_blockdev_set_iothread, features: ["unstable"]),
     command!("query-named-block-nodes", query_named_block_nodes),
     command!("x-debug-query-block-graph", debug_query_block_graph, features: ["unstable"]),
 ];
@@ -65,6 +69,46 @@ async fn block_resize(
         .graph
         .resize(device.as_deref(), node_name.as_deref(), size)
         .await?;
+    Ok(())
+}
+
+/// Hands nodes over to another process or takes them back (migration).
+async fn blockdev_set_active(
+    daemon: &Daemon,
+    BlockdevSetActiveArgs { node_name, active }: BlockdevSetActiveArgs,
+) -> Result<(), QmpError> {
+    daemon
+        .graph
+        .set_active(node_name.as_deref(), active)
+        .await?;
+    Ok(())
+}
+
+/// QEMU's checks, in its order. Nodes here have no home thread (an
+/// export's `iothread` decides where its requests run), so once the
+/// arguments pass there is nothing to move.
+async fn x_blockdev_set_iothread(
+    daemon: &Daemon,
+    XBlockdevSetIothreadArgs {
+        node_name,
+        iothread,
+        force,
+    }: XBlockdevSetIothreadArgs,
+) -> Result<(), QmpError> {
+    let node = daemon.graph.node(&node_name).ok_or_else(|| {
+        QmpError::generic(format!("Failed to find node with node-name='{node_name}'"))
+    })?;
+    if !force.unwrap_or(false) && daemon.graph.has_users(&node) {
+        return Err(QmpError::generic(format!(
+            "Node {node_name} is associated with a BlockBackend and could be in use \
+             (use force=true to override this check)"
+        )));
+    }
+    if let StrOrNull::Str(id) = iothread {
+        if !matches!(daemon.objects.get(&id), Some(Object::Iothread(_))) {
+            return Err(QmpError::generic(format!("Cannot find iothread {id}")));
+        }
+    }
     Ok(())
 }
 

@@ -17,6 +17,7 @@ use exports::nbd::tls::{Authorizer, ServerTls};
 
 use super::{command, Command, NoArguments};
 use crate::objects::{Object, Objects};
+use crate::socket_activation;
 use crate::state::Daemon;
 
 pub const COMMANDS: &[Command] = &[
@@ -29,16 +30,23 @@ pub const COMMANDS: &[Command] = &[
     command!("nbd-server-remove", nbd_server_remove, features: ["deprecated"]),
 ];
 
-/// `nbd-server-start` and `--nbd-server`. An `addr.type=fd` is a
-/// descriptor number, which only the command line may name (it is
-/// inherited from the parent); `nbd-server-start` refuses it first.
+/// `nbd-server-start` and `--nbd-server`. An `addr.type=fd` is a socket
+/// inherited from the parent, which only the command line may name: by
+/// its systemd socket-activation name or its number
+/// ([`crate::socket_activation`]); `nbd-server-start` refuses it first.
 pub async fn nbd_server_start(daemon: &Daemon, options: &NbdServerOptions) -> Result<(), QmpError> {
     daemon.exports.check_nbd_server_stopped()?;
     let tls = match &options.tls_creds {
         Some(id) => Some(server_tls(daemon, id, options.tls_authz.as_deref())?),
         None => None,
     };
-    daemon.exports.nbd_server_start(options, tls).await
+    let mut options = options.clone();
+    if let SocketAddressKind::Fd(fd) = &mut options.addr.addr {
+        fd.str = socket_activation::resolve(&fd.str)
+            .map_err(QmpError::generic)?
+            .to_string();
+    }
+    daemon.exports.nbd_server_start(&options, tls).await
 }
 
 /// The server's TLS: the credentials `id` names (held by the server even
@@ -122,7 +130,10 @@ async fn nbd_server_stop(daemon: &Daemon, _: NoArguments) -> Result<(), QmpError
 /// export then runs its requests in it (NBD connections move there after
 /// their handshake). `fixed-iothread` asks that the node not move to
 /// another thread, which nothing here does: it is accepted either way.
-pub fn block_export_add(daemon: &Daemon, options: &BlockExportOptions) -> Result<(), QmpError> {
+pub async fn block_export_add(
+    daemon: &Daemon,
+    options: &BlockExportOptions,
+) -> Result<(), QmpError> {
     let iothread = match &options.iothread {
         Some(id) => match daemon.objects.get(id) {
             Some(Object::Iothread(iothread)) => Some(iothread),
@@ -130,6 +141,10 @@ pub fn block_export_add(daemon: &Daemon, options: &BlockExportOptions) -> Result
         },
         None => None,
     };
+    daemon.exports.check_new(options)?;
+    if !options.allow_inactive.unwrap_or(false) {
+        daemon.graph.activate_for_export(&options.node_name).await?;
+    }
     daemon.exports.add(&daemon.graph, options, iothread)
 }
 
@@ -137,7 +152,7 @@ async fn qmp_block_export_add(
     daemon: &Daemon,
     options: BlockExportOptions,
 ) -> Result<(), QmpError> {
-    block_export_add(daemon, &options)?;
+    block_export_add(daemon, &options).await?;
     Ok(())
 }
 
@@ -157,6 +172,8 @@ async fn query_block_exports(
 }
 
 async fn nbd_server_add(daemon: &Daemon, args: NbdServerAddArgs) -> Result<(), QmpError> {
+    // The export it makes activates its node, as `block-export-add`.
+    daemon.graph.activate_for_export(&args.device).await?;
     daemon.exports.nbd_server_add(&daemon.graph, &args)?;
     Ok(())
 }

@@ -74,28 +74,15 @@ impl ExportContext<'_> {
     }
 
     /// Attaches the export's backend with `perms`: the node named by the
-    /// options, activated unless `allow-inactive`, with writethrough from
-    /// the options and `growable` as the type decides.
+    /// options (activated first by [`crate::BlockExports::add`] unless
+    /// `allow-inactive`), with writethrough from the options and
+    /// `growable` as the type decides.
     pub fn attach(&self, perms: BackendPerms, growable: bool) -> Result<BlockBackend, QmpError> {
         let options = self.options;
-        let node_name = options.node_name.as_str();
-        let allow_inactive = options.allow_inactive.unwrap_or(false);
-        let writable = perms.perm.contains(block::Perm::WRITE);
-        if allow_inactive && writable {
-            let inactive = self.graph.node(node_name).is_some_and(|n| !n.is_active());
-            if inactive {
-                // QEMU defers the export's write permission until the node
-                // is activated; the graph here has no deferred permissions.
-                return Err(QmpError::generic(format!(
-                    "Parameter 'allow-inactive' is not supported for a writable export of \
-                     inactive node '{node_name}'"
-                )));
-            }
-        }
         let backend = self.graph.attach_export_backend(&ExportAttach {
-            node_name,
+            node_name: options.node_name.as_str(),
             perms,
-            activate: !allow_inactive,
+            allow_inactive: options.allow_inactive.unwrap_or(false),
             mode: BackendMode {
                 writethrough: options.writethrough.unwrap_or(false),
                 growable,

@@ -78,22 +78,9 @@ impl BlockExports {
         }
     }
 
-    /// The NBD server's slot.
-    pub(crate) fn nbd(&self) -> &NbdService {
-        &self.inner.nbd
-    }
-
-    /// `block-export-add` / `--export`. The caller has found the
-    /// `iothread` object the options name, if any. Like QEMU's `blk_exp_add`, the type must exist and
-    /// the id be well formed and free; the type's `create` then attaches
-    /// the node (activating it unless `allow-inactive`) and starts the
-    /// export.
-    pub fn add(
-        &self,
-        graph: &BlockGraph,
-        options: &BlockExportOptions,
-        iothread: Option<Arc<IoThread>>,
-    ) -> Result<(), QmpError> {
+    /// QEMU's first checks of a new export: the type exists, the id is
+    /// well formed and free. Returns the type.
+    pub fn check_new(&self, options: &BlockExportOptions) -> Result<&ExportDriver, QmpError> {
         let kind = options.kind.export_type();
         let driver = self
             .inner
@@ -107,6 +94,27 @@ impl BlockExports {
         if self.find(&options.id) {
             return Err(id_in_use(&options.id));
         }
+        Ok(driver)
+    }
+
+    /// The NBD server's slot.
+    pub(crate) fn nbd(&self) -> &NbdService {
+        &self.inner.nbd
+    }
+
+    /// `block-export-add` / `--export`. The caller has found the
+    /// `iothread` object the options name, if any, and (unless
+    /// `allow-inactive`) activated the node after [`BlockExports::check_new`]
+    /// passed, as QEMU's `blk_exp_add` does. The type's `create` then
+    /// attaches the node and starts the export.
+    pub fn add(
+        &self,
+        graph: &BlockGraph,
+        options: &BlockExportOptions,
+        iothread: Option<Arc<IoThread>>,
+    ) -> Result<(), QmpError> {
+        let driver = self.check_new(options)?;
+        let kind = driver.kind;
         let context = ExportContext {
             options,
             graph,

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,6 +50,9 @@ pub enum ListenAddress {
         /// Port number; 0 for any free port.
         port: u16,
     },
+    /// A listening socket the daemon inherited (`fd=`, e.g. from systemd
+    /// socket activation), Unix or TCP; the monitor takes it over.
+    Fd(RawFd),
 }
 
 /// Where a monitor actually listens.
@@ -123,6 +127,7 @@ impl Monitors {
                 let bound = BoundAddress::Tcp(listener.local_addr()?);
                 (Listener::Tcp(listener), bound)
             }
+            ListenAddress::Fd(fd) => adopt_listener(*fd)?,
         };
         let first = if wait_for_client {
             tokio::select! {
@@ -204,6 +209,38 @@ impl std::fmt::Debug for Monitors {
             .field("socket_files", &*self.lock_socket_files())
             .field("tasks", &self.tasks.len())
             .finish()
+    }
+}
+
+/// Takes over an inherited listening socket. Its path, if any, belongs to
+/// whoever made it (systemd removes it), so it is not removed at exit.
+fn adopt_listener(fd: RawFd) -> io::Result<(Listener, BoundAddress)> {
+    // SAFETY: an all-zero sockaddr_storage is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most `len` bytes into `storage`.
+    if unsafe { libc::getsockname(fd, (&raw mut storage).cast(), &mut len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if storage.ss_family == libc::AF_UNIX as libc::sa_family_t {
+        // SAFETY: getsockname proved `fd` is a socket; the caller hands
+        // it over and nothing else closes it.
+        let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+        listener.set_nonblocking(true)?;
+        let path = listener
+            .local_addr()?
+            .as_pathname()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let listener = UnixListener::from_std(listener)?;
+        Ok((Listener::Unix(listener), BoundAddress::Unix(path)))
+    } else {
+        // SAFETY: as above.
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        let bound = BoundAddress::Tcp(listener.local_addr()?);
+        Ok((Listener::Tcp(listener), bound))
     }
 }
 

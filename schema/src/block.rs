@@ -423,6 +423,43 @@ fn read_ref<E: de::Error>(captured: Captured, type_name: &str) -> Result<Blockde
     result.map_err(E::custom)
 }
 
+/// QAPI's `StrOrNull`: a string, or an explicit JSON null.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StrOrNull {
+    Str(String),
+    Null,
+}
+
+impl<'de> Deserialize<'de> for StrOrNull {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let captured = Captured::deserialize(deserializer)?;
+        match captured.shape() {
+            Shape::Null => Ok(Self::Null),
+            Shape::String => captured.read().map(Self::Str).map_err(de::Error::custom),
+            Shape::Object | Shape::Other => Err(de::Error::custom(captured.no_branch("StrOrNull"))),
+        }
+    }
+}
+
+crate::introspect::alternate!(StrOrNull: String, crate::introspect::Null);
+
+/// `blockdev-set-active`: one node and what it needs, or every node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevSetActiveArgs {
+    pub node_name: Option<String>,
+    pub active: bool,
+}
+
+/// `x-blockdev-set-iothread`: `null` is the main loop.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct XBlockdevSetIothreadArgs {
+    pub node_name: String,
+    pub iothread: StrOrNull,
+    pub force: Option<bool>,
+}
+
 /// `blockdev-reopen`: the nodes to reopen, each with all its options.
 #[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]

@@ -16,7 +16,7 @@ use schema::job::{BlockCommitArgs, BlockdevOnError, MirrorCopyMode};
 use super::buffers::CopyBuffers;
 use super::mirror::{self, InitialDirt, MirrorSetup};
 use super::stream::{backing_chain, find_by_filename};
-use super::{busy_reason, check_root, create_block_job, lock, CommonOptions};
+use super::{busy_reason, check_root, create_block_job, lock, CommonOptions, MadeWritable};
 use crate::backend::BlockBackend;
 use crate::copy_on_read::chain_depth;
 use crate::driver::{BlockDriver, ChildRole, WriteFlags, ZeroFlags};
@@ -153,6 +153,7 @@ pub async fn start(
         filter: Mutex::default(),
         base_backend: Mutex::default(),
         blocker: Mutex::default(),
+        made_writable: MadeWritable::default(),
     });
     let created = create_block_job(jobs, JobType::Commit, &common, commit.clone())?;
     commit
@@ -191,10 +192,29 @@ struct Commit {
     filter: Mutex<Option<Arc<Node>>>,
     base_backend: Mutex<Option<BlockBackend>>,
     blocker: Mutex<Option<NodeBlocker>>,
+    /// The base and the image above the top, if they were read-only.
+    made_writable: MadeWritable,
 }
 
 impl Commit {
     async fn attach(&self, filter_name: Option<&str>, committed: &[Arc<Node>]) -> BlockResult<()> {
+        let attached = async {
+            self.made_writable.add(&self.graph, &self.base).await?;
+            self.made_writable.add(&self.graph, &self.overlay).await?;
+            self.attach_nodes(filter_name, committed).await
+        }
+        .await;
+        if attached.is_err() {
+            self.made_writable.restore(&self.graph, "commit").await;
+        }
+        attached
+    }
+
+    async fn attach_nodes(
+        &self,
+        filter_name: Option<&str>,
+        committed: &[Arc<Node>],
+    ) -> BlockResult<()> {
         let base_backend = self.graph.attach_backend_with(
             self.base.name(),
             BackendPerms {
@@ -323,5 +343,9 @@ impl JobDriver for Commit {
 
     async fn abort(&self) {
         self.detach().await;
+    }
+
+    async fn clean(&self) {
+        self.made_writable.restore(&self.graph, "commit").await;
     }
 }

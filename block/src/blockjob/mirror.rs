@@ -29,7 +29,7 @@ use schema::job::{
 
 use super::buffers::CopyBuffers;
 use super::mirror_top::{ActiveWrites, MirrorTop};
-use super::{busy_reason, check_root, create_block_job, lock, CommonOptions};
+use super::{busy_reason, check_root, create_block_job, lock, CommonOptions, MadeWritable};
 use crate::backend::BlockBackend;
 use crate::dirty_bitmap::DirtyBitmap;
 use crate::driver::{WriteFlags, ZeroFlags};
@@ -202,6 +202,7 @@ pub(crate) async fn start_with(
         pivot: Mutex::default(),
         ready: AtomicBool::new(false),
         owns_target,
+        made_writable: MadeWritable::default(),
     });
     let created = create_block_job(jobs, job_type, &common, mirror.clone())?;
     mirror.attach(filter_node_name.as_deref(), active).await?;
@@ -251,6 +252,8 @@ struct Mirror {
     pivot: Mutex<Option<Drained>>,
     ready: AtomicBool,
     owns_target: bool,
+    /// An active commit's base, if it was read-only.
+    made_writable: MadeWritable,
 }
 
 /// Marks what is written to the source, and wakes the job.
@@ -276,6 +279,25 @@ impl Mirror {
     /// Inserts the filter above the source, takes the target, holds the
     /// nodes (QEMU's blockers).
     async fn attach(
+        &self,
+        filter_name: Option<&str>,
+        active: Arc<ActiveWrites>,
+    ) -> BlockResult<()> {
+        let attached = async {
+            if self.job_type == JobType::Commit {
+                // An active commit writes into the (read-only) base.
+                self.made_writable.add(&self.graph, &self.target).await?;
+            }
+            self.attach_nodes(filter_name, active).await
+        }
+        .await;
+        if attached.is_err() {
+            self.made_writable.restore(&self.graph, "commit").await;
+        }
+        attached
+    }
+
+    async fn attach_nodes(
         &self,
         filter_name: Option<&str>,
         active: Arc<ActiveWrites>,
@@ -552,7 +574,13 @@ impl JobDriver for Mirror {
     /// The pivot, when the job completed; otherwise the source goes back.
     async fn prepare(&self) -> BlockResult<()> {
         let pivot = lock(&self.pivot).take();
-        self.exit(pivot).await
+        let pivoted = pivot.is_some();
+        self.exit(pivot).await?;
+        if pivoted {
+            // The target took the place of the (writable) source.
+            self.made_writable.keep();
+        }
+        Ok(())
     }
 
     async fn abort(&self) {
@@ -565,6 +593,7 @@ impl JobDriver for Mirror {
     async fn clean(&self) {
         lock(&self.blocker).take();
         lock(&self.target_backend).take();
+        self.made_writable.restore(&self.graph, "commit").await;
         if self.owns_target {
             super::close_owned_target(&self.graph, &self.target).await;
         }

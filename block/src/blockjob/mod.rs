@@ -75,6 +75,43 @@ pub(crate) fn check_root(graph: &BlockGraph, node: &Arc<Node>) -> BlockResult<()
     Ok(())
 }
 
+/// Read-only nodes a job writes to for its time (a commit's base and the
+/// image above its top), made writable when it starts and read-only
+/// again when it ends, as QEMU's jobs reopen them.
+#[derive(Default)]
+pub(crate) struct MadeWritable(std::sync::Mutex<Vec<Arc<Node>>>);
+
+impl MadeWritable {
+    /// Makes `node` writable for the job, if it is read-only.
+    pub(crate) async fn add(&self, graph: &BlockGraph, node: &Arc<Node>) -> BlockResult<()> {
+        let changed = graph.set_read_only(node, false).await?;
+        if let Some(top) = changed.into_iter().next() {
+            lock(&self.0).push(top);
+        }
+        Ok(())
+    }
+
+    /// Keeps them writable: they took the place of a writable node (an
+    /// active commit's pivot makes the base the active layer).
+    pub(crate) fn keep(&self) {
+        lock(&self.0).clear();
+    }
+
+    /// Makes them read-only again; a failure is logged, as a job's end
+    /// cannot fail.
+    pub(crate) async fn restore(&self, graph: &BlockGraph, job: &str) {
+        let nodes = std::mem::take(&mut *lock(&self.0));
+        for node in nodes {
+            if let Err(error) = graph.set_read_only(&node, true).await {
+                tracing::warn!(
+                    "{job}: making '{}' read-only again failed: {error}",
+                    node.name()
+                );
+            }
+        }
+    }
+}
+
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -21,11 +21,13 @@ use crate::open::{self, ObjectLookup};
 use crate::perm_update::{BackendLink, Holder, Use};
 use crate::permissions::Perm;
 
+mod activation;
 mod blockers;
 mod change;
 mod reopen;
 mod state;
 
+pub(crate) use activation::check_child_active;
 pub use blockers::NodeBlocker;
 pub use change::Drained;
 pub(crate) use state::{GraphState, NewNode};
@@ -72,8 +74,9 @@ pub struct BackendPerms {
 pub struct ExportAttach<'a> {
     pub node_name: &'a str,
     pub perms: BackendPerms,
-    /// Activate an inactive node first (off for `allow-inactive`).
-    pub activate: bool,
+    /// The backend may stay on an inactive node (`allow-inactive`); its
+    /// permissions then wait for the node's activation.
+    pub allow_inactive: bool,
     pub mode: BackendMode,
 }
 
@@ -205,6 +208,7 @@ impl BlockGraph {
                 shared: Perm::ALL,
             },
             BackendMode::default(),
+            false,
         )?;
         if size > MAX_IMAGE_LENGTH {
             return Err(BlockError::new(
@@ -244,65 +248,40 @@ impl BlockGraph {
     }
 
     /// Attaches an export's backend to a node: consistent read, plus write
-    /// if `writable`, sharing everything but resize (as QSD's exports).
-    /// Like QEMU's `blk_exp_add`, it first activates the node and what is
-    /// below it (nodes opened with `active=off`).
+    /// if `writable`, sharing everything but resize (as QSD's exports). An
+    /// inactive node refuses it unless it only reads (the caller activates
+    /// the node first, see [`BlockGraph::activate_for_export`]).
     pub fn attach_backend(&self, node_name: &str, writable: bool) -> BlockResult<BlockBackend> {
-        self.attach_export(node_name, writable, true)
-    }
-
-    /// As [`BlockGraph::attach_backend`], but an inactive node stays
-    /// inactive (QEMU's `allow-inactive`): the export may only read it
-    /// until something activates it.
-    pub fn attach_backend_allow_inactive(
-        &self,
-        node_name: &str,
-        writable: bool,
-    ) -> BlockResult<BlockBackend> {
-        self.attach_export(node_name, writable, false)
-    }
-
-    fn attach_export(
-        &self,
-        node_name: &str,
-        writable: bool,
-        activate: bool,
-    ) -> BlockResult<BlockBackend> {
         self.attach_export_backend(&ExportAttach {
             node_name,
             perms: BackendPerms::export(writable),
-            activate,
+            allow_inactive: false,
             mode: BackendMode::default(),
         })
     }
 
-    /// Attaches the backend of an export of any type: the node is
-    /// activated first unless `activate` is off (QEMU's `allow-inactive`),
-    /// and a writable backend needs a writable node.
+    /// Attaches the backend of an export of any type; a writable backend
+    /// needs a writable node.
     pub fn attach_export_backend(&self, attach: &ExportAttach<'_>) -> BlockResult<BlockBackend> {
         let node = self.lookup(None, Some(attach.node_name))?;
-        if attach.activate {
-            self.state().activate(&node)?;
-        }
         if attach.perms.perm.contains(Perm::WRITE) && node.is_read_only() {
             return Err(BlockError::new(
                 ErrorKind::PermissionDenied,
                 "Cannot export read-only node as writable",
             ));
         }
-        self.attach_mode(&node, attach.perms, attach.mode)
+        self.attach_mode(&node, attach.perms, attach.mode, attach.allow_inactive)
     }
 
-    /// Attaches an export's backend with explicit permissions (e.g. a
-    /// growable export that needs resize); activates the node first.
+    /// Attaches a backend with explicit permissions (a job's, a growable
+    /// export's).
     pub fn attach_backend_with(
         &self,
         node_name: &str,
         perms: BackendPerms,
     ) -> BlockResult<BlockBackend> {
         let node = self.lookup(None, Some(node_name))?;
-        self.state().activate(&node)?;
-        self.attach_mode(&node, perms, BackendMode::default())
+        self.attach_mode(&node, perms, BackendMode::default(), false)
     }
 
     fn attach_mode(
@@ -310,10 +289,12 @@ impl BlockGraph {
         node: &Arc<Node>,
         perms: BackendPerms,
         mode: BackendMode,
+        allow_inactive: bool,
     ) -> BlockResult<BlockBackend> {
         let link = BackendLink {
             gate: Arc::default(),
             root: Arc::new(ArcSwap::new(node.clone())),
+            allow_inactive,
         };
         let seq = self
             .state()

@@ -63,15 +63,95 @@ impl BlockGraph {
             .map(|options| self.plan_reopen(options))
             .collect::<BlockResult<Vec<_>>>()?;
         let nodes: Vec<Arc<Node>> = plans.iter().map(|p| p.node.clone()).collect();
+        let turning = |read_only: bool| -> Vec<Arc<Node>> {
+            plans
+                .iter()
+                .filter(|p| {
+                    p.node.settings().read_only != read_only && p.settings.read_only == read_only
+                })
+                .map(|p| p.node.clone())
+                .collect()
+        };
+        let (to_write, to_read_only) = (turning(false), turning(true));
         let closed = {
             let _drained = self.drained(&nodes).await;
-            let mut state = self.state();
-            state.apply_reopen(&plans)?;
-            // A backing node dropped and held by nobody else closes.
-            state.remove_unreferenced()
+            // Drivers of nodes that start writing get ready first; those
+            // that stop write out once nothing may write any more.
+            let ready = set_drivers_read_only(&to_write, false).await;
+            let applied = ready.and_then(|()| {
+                let mut state = self.state();
+                state.apply_reopen(&plans)?;
+                // A backing node dropped and held by nobody else closes.
+                Ok(state.remove_unreferenced())
+            });
+            match applied {
+                Ok(closed) => {
+                    set_drivers_read_only(&to_read_only, true).await?;
+                    closed
+                }
+                Err(error) => {
+                    let _ = set_drivers_read_only(&to_write, true).await;
+                    return Err(error);
+                }
+            }
         };
         self.shared.close_nodes(closed).await;
         Ok(())
+    }
+
+    /// Makes `node` (and the nodes under it that hold its image, the way
+    /// a reopen's children inherit) read-write or read-only again, as
+    /// QEMU's `bdrv_reopen_set_read_only`: for a job or command that
+    /// writes to a backing image for its time. Returns the nodes it
+    /// changed, to give to the opposite call afterwards.
+    pub async fn set_read_only(
+        &self,
+        node: &Arc<Node>,
+        read_only: bool,
+    ) -> BlockResult<Vec<Arc<Node>>> {
+        let _control = self.shared.control.lock().await;
+        let mut nodes = Vec::new();
+        let mut current = Some(node.clone());
+        while let Some(next) = current {
+            if next.settings().read_only == read_only {
+                break;
+            }
+            current = next.child(ChildRole::File);
+            nodes.push(next);
+        }
+        if nodes.is_empty() {
+            return Ok(nodes);
+        }
+        let _drained = self.drained(&nodes).await;
+        let switch = |nodes: &[Arc<Node>], read_only: bool| -> BlockResult<()> {
+            let state = self.state();
+            let mut old = Vec::new();
+            for node in nodes {
+                let mut settings = node.settings();
+                settings.read_only = read_only;
+                old.push((node.clone(), node.replace_settings(settings)));
+            }
+            state.refresh_perms().inspect_err(|_| {
+                for (node, settings) in old {
+                    node.replace_settings(settings);
+                }
+            })
+        };
+        if read_only {
+            // The format writes out while its file still takes writes.
+            set_drivers_read_only(&nodes, true).await?;
+            switch(&nodes, true)?;
+        } else {
+            // The file takes writes before the format starts writing.
+            switch(&nodes, false)?;
+            let mut bottom_up = nodes.clone();
+            bottom_up.reverse();
+            if let Err(error) = set_drivers_read_only(&bottom_up, false).await {
+                let _ = switch(&nodes, true);
+                return Err(error);
+            }
+        }
+        Ok(nodes)
     }
 
     fn plan_reopen(&self, options: &BlockdevOptions) -> BlockResult<Reopen> {
@@ -133,6 +213,14 @@ impl BlockGraph {
             backing,
         })
     }
+}
+
+/// Tells each driver of `nodes`, in order, its node's new read-only state.
+async fn set_drivers_read_only(nodes: &[Arc<Node>], read_only: bool) -> BlockResult<()> {
+    for node in nodes {
+        node.driver().set_read_only(read_only).await?;
+    }
+    Ok(())
 }
 
 impl GraphState {

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::activation::check_child_active;
 use super::{generic, BackendPerms, MAX_DEPTH, MAX_NODES};
 use schema::block::BlockdevDriver;
 
@@ -14,7 +15,6 @@ use crate::driver::BlockDriver;
 use crate::error::BlockResult;
 use crate::node::{Node, NodeChild, NodeSettings};
 use crate::perm_update::{self, Holder, Use};
-use crate::permissions::Perm;
 
 /// The longest node name QEMU accepts (its `node_name` array is 32 bytes).
 const MAX_NODE_NAME_LEN: usize = 31;
@@ -155,43 +155,6 @@ impl GraphState {
         perm_update::refresh(&self.nodes, &self.uses)
     }
 
-    /// Activates `node` and everything below it (QEMU's `bdrv_activate`):
-    /// the permissions they kept while inactive now take effect (image
-    /// locks). On failure they are all inactive again.
-    pub(super) fn activate(&mut self, node: &Arc<Node>) -> BlockResult<()> {
-        let mut subtree = vec![node.clone()];
-        let mut activated: Vec<Arc<Node>> = Vec::new();
-        while let Some(next) = subtree.pop() {
-            subtree.extend(next.children().iter().map(|c| c.node().clone()));
-            if next.is_active() || activated.iter().any(|a| Arc::ptr_eq(a, &next)) {
-                continue;
-            }
-            next.set_active(true);
-            next.driver().set_active(true);
-            let (perm, shared) = next.applied.get();
-            if let Err(e) = next.driver().check_perm(perm, shared) {
-                next.driver().set_active(false);
-                next.set_active(false);
-                for node in &activated {
-                    // Drop the locks taken; the node keeps its recorded
-                    // permissions for when it is activated again.
-                    if node.driver().check_perm(Perm::NONE, Perm::ALL).is_ok() {
-                        node.driver().set_perm(Perm::NONE, Perm::ALL);
-                    }
-                    node.driver().set_active(false);
-                    node.set_active(false);
-                }
-                return Err(e);
-            }
-            next.driver().set_perm(perm, shared);
-            activated.push(next);
-        }
-        if activated.is_empty() {
-            return Ok(());
-        }
-        self.refresh_perms()
-    }
-
     /// Records a use of `node` and applies permissions; nothing is
     /// recorded if they conflict. Returns the use's key.
     pub(super) fn add_use(
@@ -284,6 +247,9 @@ impl GraphState {
         if self.find(&name).is_some() {
             // An inline child took the name meanwhile.
             return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
+        }
+        for child in &children {
+            check_child_active(&name, settings.inactive, &child.node(), child.role().name())?;
         }
         for child in &children {
             child.set_seq(self.take_seq());

@@ -239,6 +239,17 @@ impl TableCache {
         }
     }
 
+    /// Forgets every table (another process may have changed them; the
+    /// caller wrote back what was dirty and nothing uses the cache).
+    pub fn clear(&self) {
+        *self.state() = CacheState::default();
+    }
+
+    /// The most tables the cache keeps.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Number of cached tables.
     #[cfg(test)]
     pub fn len(&self) -> usize {

@@ -27,7 +27,7 @@ impl Qcow2 {
         error: BlockError,
         range: Option<(u64, u64)>,
     ) -> BlockError {
-        let fatal = self.facts.writable;
+        let fatal = self.writable();
         if fatal && !self.corrupt.swap(true, Ordering::AcqRel) {
             // Best effort: the image is unusable for writing either way.
             let marked = self

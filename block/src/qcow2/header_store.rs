@@ -23,6 +23,12 @@ impl HeaderStore {
         }
     }
 
+    /// Takes the header just read from the disk (another process may have
+    /// changed it, see [`super::activation`]).
+    pub async fn replace(&self, image: ImageHeader) {
+        *self.image.lock().await = image;
+    }
+
     /// A copy of the current fields.
     pub async fn get(&self) -> Header {
         self.image.lock().await.header.clone()

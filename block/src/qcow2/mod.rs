@@ -18,6 +18,7 @@
 //! short locks that are never held across I/O, except the allocation lock
 //! (refcounts) and the L2-allocation lock, which serialize allocations.
 
+mod activation;
 mod cache;
 mod child;
 mod compress;
@@ -70,7 +71,7 @@ use refcount::Refcounts;
 use crate::driver::{BackingFileName, BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
-use crate::node::{NodeChild, NodeSettings};
+use crate::node::NodeChild;
 
 /// What the header says about the backing file, for whoever opens it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -88,7 +89,6 @@ pub(crate) struct Backing(Arc<dyn BlockChild>);
 struct Facts {
     geo: Geometry,
     compression: CompressionType,
-    writable: bool,
     lazy_refcounts: bool,
     pass_discard_request: bool,
     pass_discard_other: bool,
@@ -135,6 +135,14 @@ pub struct Qcow2 {
     corruption_reported: AtomicBool,
     /// The snapshot table the header names, with its snapshots.
     snapshot_table: arc_swap::ArcSwap<snapshot::SnapshotTable>,
+    /// The image may be written: read-write and active (an inactive
+    /// image belongs to another process, see [`activation`]).
+    writable: AtomicBool,
+    /// The node is read-write (when active): set at open, changed by a
+    /// reopen ([`BlockDriver::set_read_only`]).
+    read_write: AtomicBool,
+    /// The image is this process's (not handed over, see [`activation`]).
+    active: AtomicBool,
 }
 
 fn invalid(message: impl Into<String>) -> BlockError {
@@ -155,6 +163,65 @@ async fn read_image_header(file: &dyn BlockChild) -> BlockResult<ImageHeader> {
     ImageHeader::parse(raw)
 }
 
+/// Checks where the header puts the tables and reads the L1 and refcount
+/// tables: what opening an image reads, and activation reads again.
+async fn load_tables(
+    file: &Arc<dyn BlockChild>,
+    h: &header::Header,
+    geo: Geometry,
+    refcount_tables: u64,
+) -> BlockResult<(FlatTable, Refcounts)> {
+    let cs = geo.cluster_size();
+    if h.refcount_table_clusters == 0 {
+        return Err(invalid("Image does not contain a reference count table"));
+    }
+    validate_table(
+        h.refcount_table_offset,
+        u64::from(h.refcount_table_clusters),
+        cs,
+        header::MAX_REFTABLE_BYTES,
+        cs,
+        "Reference count table",
+    )?;
+    validate_table(
+        h.snapshots_offset,
+        u64::from(h.nb_snapshots),
+        header::SNAPSHOT_HEADER_SIZE,
+        header::SNAPSHOT_HEADER_SIZE * header::MAX_SNAPSHOTS,
+        cs,
+        "Snapshot table",
+    )?;
+    validate_table(
+        h.l1_table_offset,
+        u64::from(h.l1_size),
+        8,
+        header::MAX_L1_BYTES,
+        cs,
+        "Active L1 table",
+    )?;
+    let needed_l1 = geo.l1_entries_for(h.size);
+    if needed_l1 > i32::MAX as u64 {
+        return Err(BlockError::new(ErrorKind::TooLarge, "Image is too big"));
+    }
+    if u64::from(h.l1_size) < needed_l1 {
+        return Err(invalid("L1 table is too small"));
+    }
+    let l1_bytes = file
+        .read_vec(h.l1_table_offset, h.l1_size as usize * 8)
+        .await
+        .map_err(|e| BlockError::new(e.kind, format!("Could not read L1 table: {e}")))?;
+    let l1 = FlatTable::from_bytes(h.l1_table_offset, &l1_bytes, h.l1_size as usize, cs);
+    let refs = Refcounts::open(
+        geo,
+        file.clone(),
+        h.refcount_table_offset,
+        h.refcount_table_clusters,
+        refcount_tables,
+    )
+    .await?;
+    Ok((l1, refs))
+}
+
 impl Qcow2 {
     /// The backing file the image's header names, so that the caller can
     /// open it before [`Qcow2::open`].
@@ -173,45 +240,12 @@ impl Qcow2 {
         backing: Option<Arc<dyn BlockChild>>,
         options: Qcow2Options,
     ) -> BlockResult<Qcow2> {
+        let writable = options.writable && !options.inactive;
         let image = read_image_header(file.as_ref()).await?;
         let h = image.header.clone();
-        h.check_features(options.writable, &image.feature_names)?;
+        h.check_features(writable, &image.feature_names)?;
         let geo = Geometry::new(h.cluster_bits, h.refcount_order, h.version);
         let cs = geo.cluster_size();
-        if h.refcount_table_clusters == 0 {
-            return Err(invalid("Image does not contain a reference count table"));
-        }
-        validate_table(
-            h.refcount_table_offset,
-            u64::from(h.refcount_table_clusters),
-            cs,
-            header::MAX_REFTABLE_BYTES,
-            cs,
-            "Reference count table",
-        )?;
-        validate_table(
-            h.snapshots_offset,
-            u64::from(h.nb_snapshots),
-            header::SNAPSHOT_HEADER_SIZE,
-            header::SNAPSHOT_HEADER_SIZE * header::MAX_SNAPSHOTS,
-            cs,
-            "Snapshot table",
-        )?;
-        validate_table(
-            h.l1_table_offset,
-            u64::from(h.l1_size),
-            8,
-            header::MAX_L1_BYTES,
-            cs,
-            "Active L1 table",
-        )?;
-        let needed_l1 = geo.l1_entries_for(h.size);
-        if needed_l1 > i32::MAX as u64 {
-            return Err(BlockError::new(ErrorKind::TooLarge, "Image is too big"));
-        }
-        if u64::from(h.l1_size) < needed_l1 {
-            return Err(invalid("L1 table is too small"));
-        }
         let lazy_refcounts = options
             .lazy_refcounts
             .unwrap_or(h.compatible_features & compat::LAZY_REFCOUNTS != 0);
@@ -225,24 +259,11 @@ impl Qcow2 {
                 "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level",
             ));
         }
-        let l1_bytes = file
-            .read_vec(h.l1_table_offset, h.l1_size as usize * 8)
-            .await
-            .map_err(|e| BlockError::new(e.kind, format!("Could not read L1 table: {e}")))?;
-        let l1 = FlatTable::from_bytes(h.l1_table_offset, &l1_bytes, h.l1_size as usize, cs);
         let (l2_tables, refcount_tables) = options.cache_tables(h.size, cs)?;
-        let refs = Refcounts::open(
-            geo,
-            file.clone(),
-            h.refcount_table_offset,
-            h.refcount_table_clusters,
-            refcount_tables,
-        )
-        .await?;
+        let (l1, refs) = load_tables(&file, &h, geo, refcount_tables).await?;
         let facts = Facts {
             geo,
             compression: h.compression_type,
-            writable: options.writable,
             lazy_refcounts,
             pass_discard_request: options.pass_discard_request.unwrap_or(true),
             pass_discard_other: options.pass_discard_other.unwrap_or(false),
@@ -276,8 +297,11 @@ impl Qcow2 {
             corrupt: AtomicBool::new(h.incompatible_features & incompat::CORRUPT != 0),
             corruption_reported: AtomicBool::new(false),
             snapshot_table: arc_swap::ArcSwap::from_pointee(snapshot_table),
+            writable: AtomicBool::new(writable),
+            read_write: AtomicBool::new(options.writable),
+            active: AtomicBool::new(!options.inactive),
         };
-        if options.writable {
+        if writable {
             qcow2.prepare_for_writing(image_dirty).await?;
         }
         Ok(qcow2)
@@ -308,7 +332,7 @@ impl Qcow2 {
     /// it closes an image). The image stays usable.
     pub async fn close(&self) -> BlockResult<()> {
         self.writeback().await?;
-        if self.facts.writable && !self.corrupt.load(Ordering::Acquire) {
+        if self.writable() && !self.corrupt.load(Ordering::Acquire) {
             self.mark_clean().await?;
         }
         Ok(())
@@ -340,7 +364,7 @@ impl Qcow2 {
 
     /// Refuses writes to a read-only or corrupt image.
     fn check_writable(&self) -> BlockResult<()> {
-        if !self.facts.writable {
+        if !self.writable() {
             return Err(BlockError::new(
                 ErrorKind::PermissionDenied,
                 "qcow2 image is opened read-only",
@@ -354,6 +378,11 @@ impl Qcow2 {
             });
         }
         Ok(())
+    }
+
+    /// Whether the image may be written now.
+    fn writable(&self) -> bool {
+        self.writable.load(Ordering::Acquire)
     }
 
     /// The current virtual size.
@@ -468,12 +497,20 @@ impl BlockDriver for Qcow2 {
         Qcow2::close(self).await
     }
 
+    async fn inactivate(&self) -> BlockResult<()> {
+        Qcow2::inactivate(self).await
+    }
+
+    async fn activate(&self) -> BlockResult<()> {
+        Qcow2::activate(self).await
+    }
+
     async fn change_backing_file(
         &self,
         file: Option<&str>,
         format: Option<&str>,
     ) -> BlockResult<()> {
-        if !self.facts.writable {
+        if !self.writable() {
             return Err(BlockError::new(
                 ErrorKind::PermissionDenied,
                 "Cannot change the backing file of a read-only image",
@@ -495,13 +532,20 @@ impl BlockDriver for Qcow2 {
         })
     }
 
-    /// The image's metadata handling is fixed when it opens (a writable
-    /// image marks itself dirty and repairs): its read-only state stays.
-    fn check_reopen(&self, old: &NodeSettings, new: &NodeSettings) -> BlockResult<()> {
-        if old.read_only != new.read_only {
-            return Err(invalid(
-                "Cannot change the option 'read-only' of a qcow2 node: reopen it with the same setting",
-            ));
+    /// Going read-only writes everything out and leaves the image clean;
+    /// going read-write prepares the image as an open for writing does.
+    async fn set_read_only(&self, read_only: bool) -> BlockResult<()> {
+        if read_only {
+            self.close().await?;
+            self.writable.store(false, Ordering::Release);
+            self.read_write.store(false, Ordering::Release);
+            return Ok(());
+        }
+        self.read_write.store(true, Ordering::Release);
+        if self.active.load(Ordering::Acquire) {
+            let dirty = self.dirty.load(Ordering::Acquire);
+            self.prepare_for_writing(dirty).await?;
+            self.writable.store(true, Ordering::Release);
         }
         Ok(())
     }

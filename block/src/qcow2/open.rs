@@ -35,6 +35,8 @@ impl Qcow2 {
         let writable = !settings.read_only && !settings.inactive;
         let (perm, shared) =
             default_child_perms(ChildRoleFlags::IMAGE, writable, Perm::NONE, Perm::ALL);
+        // An inactive image belongs to another process, which may write it.
+        let shared = if settings.inactive { Perm::ALL } else { shared };
         cx.claim(&file, BackendPerms { perm, shared }, "file")?;
         cx.place_here();
         let mut qcow2_options = Qcow2Options::from_schema(options, &settings)?;

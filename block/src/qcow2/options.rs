@@ -45,6 +45,9 @@ pub type CorruptionHook = Arc<dyn Fn(&CorruptionEvent) + Send + Sync>;
 pub struct Qcow2Options {
     /// The node is opened read-write.
     pub writable: bool,
+    /// The node is opened inactive (`active=off`): not written until it
+    /// is activated.
+    pub inactive: bool,
     /// `cache-size`: L2 plus refcount cache, in bytes.
     pub cache_size: Option<u64>,
     /// `l2-cache-size`.
@@ -74,6 +77,7 @@ impl std::fmt::Debug for Qcow2Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Qcow2Options")
             .field("writable", &self.writable)
+            .field("inactive", &self.inactive)
             .field("cache_size", &self.cache_size)
             .field("l2_cache_size", &self.l2_cache_size)
             .field("refcount_cache_size", &self.refcount_cache_size)
@@ -116,7 +120,8 @@ impl Qcow2Options {
             ));
         }
         Ok(Qcow2Options {
-            writable: !settings.read_only && !settings.inactive,
+            writable: !settings.read_only,
+            inactive: settings.inactive,
             cache_size: size_option("cache-size", options.cache_size)?,
             l2_cache_size: size_option("l2-cache-size", options.l2_cache_size)?,
             refcount_cache_size: size_option("refcount-cache-size", options.refcount_cache_size)?,

@@ -90,6 +90,11 @@ impl Refcounts {
         })
     }
 
+    /// How many refcount blocks the cache keeps.
+    pub fn cache_tables(&self) -> u64 {
+        self.blocks.capacity() as u64
+    }
+
     /// Host offset and clusters of the refcount table.
     pub fn table_location(&self) -> (u64, u64) {
         let cs = self.geo.cluster_size();
