@@ -10,6 +10,9 @@
 //! replaced by the graph (inside a drained section); requests then go to
 //! the new root.
 //!
+//! Every request is counted in the backend's [`IoStats`] (an export's
+//! counters, apart from the nodes'): refused ones as invalid.
+//!
 //! Two properties of an export live here, whatever its type
 //! ([`BackendMode`]): writethrough (every write is durable before it
 //! completes, QEMU's disabled write cache) and growable (a write past the
@@ -25,6 +28,7 @@ use crate::limits::Limits;
 use crate::node::{Node, NodeBusy, ReadSource};
 use crate::perm_update::BackendLink;
 use crate::permissions::Perm;
+use crate::stats::{IoKind, IoStats};
 
 /// Bytes of a node that live in a file, held in flight until dropped (a
 /// zero-copy read stays counted until its data is on the wire).
@@ -76,6 +80,7 @@ struct Inner {
     /// The backend's attach sequence number: its key in the graph.
     seq: u64,
     graph: Arc<GraphShared>,
+    stats: IoStats,
 }
 
 impl Drop for Inner {
@@ -100,6 +105,7 @@ impl BlockBackend {
                 grow: tokio::sync::Mutex::new(()),
                 seq,
                 graph,
+                stats: IoStats::default(),
             }),
         }
     }
@@ -129,6 +135,11 @@ impl BlockBackend {
         !self.inner.writable
     }
 
+    /// What the backend's requests have done.
+    pub fn stats(&self) -> &IoStats {
+        &self.inner.stats
+    }
+
     /// Its writethrough and growable settings.
     pub fn mode(&self) -> BackendMode {
         self.inner.mode
@@ -156,6 +167,7 @@ impl BlockBackend {
         self.check_range(busy.node(), offset, len, ErrorKind::InvalidArgument)
             .ok()?;
         let source = busy.node().read_source(offset, len)?;
+        self.inner.stats.count_deferred_read(len);
         Some(HeldReadSource {
             source,
             _busy: busy,
@@ -164,51 +176,73 @@ impl BlockBackend {
 
     /// Fills `buf` from `offset`. A range past the end is `InvalidArgument`.
     pub async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
+        let len = buf.len() as u64;
         let busy = self.enter().await;
         let root = busy.node();
-        self.check_range(root, offset, buf.len() as u64, ErrorKind::InvalidArgument)?;
-        root.read(offset, buf).await
+        self.check_range(root, offset, len, ErrorKind::InvalidArgument)
+            .inspect_err(|_| self.inner.stats.count_invalid(IoKind::Read))?;
+        let request = root.read(offset, buf);
+        self.inner.stats.account(IoKind::Read, len, request).await
     }
 
     /// Writes `buf` at `offset`. A read-only backend gives
     /// `PermissionDenied`, a range past the end `NoSpace` (unless the
     /// backend is growable).
     pub async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
-        self.check_writable()?;
         let len = buf.len() as u64;
-        self.grow_for(offset, len).await?;
-        let busy = self.enter().await;
-        let root = busy.node();
-        self.check_range(root, offset, len, ErrorKind::NoSpace)?;
+        let busy = self.enter_write(offset, len).await?;
         let fua = flags.fua || self.inner.mode.writethrough;
-        root.write(offset, buf, WriteFlags { fua }).await
+        let request = busy.node().write(offset, buf, WriteFlags { fua });
+        self.inner.stats.account(IoKind::Write, len, request).await
+    }
+
+    /// What a write or write-zeroes of `[offset, offset + len)` passes
+    /// before it is counted: the backend must be writable, a growable one
+    /// grows (a failure counts as a failed write), the range must fit
+    /// (else the request is invalid).
+    async fn enter_write(&self, offset: u64, len: u64) -> BlockResult<NodeBusy> {
+        let stats = &self.inner.stats;
+        self.check_writable()
+            .inspect_err(|_| stats.count_invalid(IoKind::Write))?;
+        self.grow_for(offset, len)
+            .await
+            .inspect_err(|_| stats.count_failed(IoKind::Write))?;
+        let busy = self.enter().await;
+        self.check_range(busy.node(), offset, len, ErrorKind::NoSpace)
+            .inspect_err(|_| stats.count_invalid(IoKind::Write))?;
+        stats.wrote_up_to(offset + len);
+        Ok(busy)
     }
 
     /// Makes the range read as zeroes; refusals as [`BlockBackend::write`].
     pub async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
-        self.check_writable()?;
-        self.grow_for(offset, len).await?;
-        let busy = self.enter().await;
-        let root = busy.node();
-        self.check_range(root, offset, len, ErrorKind::NoSpace)?;
+        let busy = self.enter_write(offset, len).await?;
         let fua = flags.fua || self.inner.mode.writethrough;
-        root.write_zeroes(offset, len, ZeroFlags { fua, ..flags })
-            .await
+        let request = busy
+            .node()
+            .write_zeroes(offset, len, ZeroFlags { fua, ..flags });
+        self.inner.stats.account(IoKind::Write, len, request).await
     }
 
     /// Discards the range (a no-op unless the node has `discard=unmap`).
     /// A read-only backend gives `PermissionDenied`, a range past the end
     /// `InvalidArgument`.
     pub async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
-        self.check_writable()?;
+        let stats = &self.inner.stats;
+        self.check_writable()
+            .inspect_err(|_| stats.count_invalid(IoKind::Unmap))?;
         let busy = self.enter().await;
         let root = busy.node();
-        self.check_range(root, offset, len, ErrorKind::InvalidArgument)?;
-        root.discard(offset, len).await?;
-        if self.inner.mode.writethrough {
-            root.flush().await?;
-        }
-        Ok(())
+        self.check_range(root, offset, len, ErrorKind::InvalidArgument)
+            .inspect_err(|_| stats.count_invalid(IoKind::Unmap))?;
+        let request = async {
+            root.discard(offset, len).await?;
+            if self.inner.mode.writethrough {
+                root.flush().await?;
+            }
+            Ok(())
+        };
+        stats.account(IoKind::Unmap, len, request).await
     }
 
     /// Changes the node's size (the backend needs the resize permission,
@@ -243,7 +277,8 @@ impl BlockBackend {
     /// Makes every completed write durable.
     pub async fn flush(&self) -> BlockResult<()> {
         let busy = self.enter().await;
-        busy.node().flush().await
+        let request = busy.node().flush();
+        self.inner.stats.account(IoKind::Flush, 0, request).await
     }
 
     /// The status at `offset`, for at most `len` bytes; an empty range or

@@ -42,8 +42,10 @@ pub mod qcow2;
 mod range_lock;
 pub mod raw;
 mod snapshot;
+pub mod stats;
 pub mod throttle;
 pub mod write_hooks;
+mod write_threshold;
 
 pub use aligned::AlignedBuf;
 pub use backend::{BackendMode, BlockBackend, HeldReadSource};

@@ -243,6 +243,7 @@ fn open_node<'a>(
             settings,
             options: Some(options.driver.clone()),
             children,
+            events: graph.events().cloned(),
         };
         let node = state.register(position, new, &retire)?;
         drop(state);

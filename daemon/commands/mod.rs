@@ -20,6 +20,7 @@ mod misc;
 mod object;
 mod qom;
 mod snapshot;
+mod stats;
 mod transaction;
 
 pub use block::blockdev_add;
@@ -65,6 +66,7 @@ const GROUPS: &[&[Command]] = &[
     bitmap::COMMANDS,
     snapshot::COMMANDS,
     transaction::COMMANDS,
+    stats::COMMANDS,
 ];
 
 /// Makes a [`Command`] of an `async fn(&Daemon, Map<String, Value>)`.

@@ -21,6 +21,7 @@ pub mod object;
 pub mod qemuopts;
 pub mod size;
 pub mod sockets;
+pub mod stats;
 pub mod transaction;
 pub mod value;
 
