@@ -11,11 +11,13 @@ use std::sync::Arc;
 use block::error::os_error_text;
 use schema::block::BlockdevOptions;
 use schema::export::{BlockExportOptions, NbdServerOptions, EXPORT_IMPLIED_KEY};
+use schema::metrics::MetricsOptions;
 use schema::object::{ObjectOptions, OBJECT_IMPLIED_KEY};
 
 use crate::chardev::{Backend, Chardevs};
 use crate::cli::{Step, StepKind};
 use crate::commands;
+use crate::metrics;
 use crate::state::Daemon;
 use crate::temp_overlay::{self, TempOverlay};
 
@@ -72,6 +74,11 @@ impl Startup {
                         .map(|warning| format!("{}: warning: {warning}", step.arg.location)),
                 );
                 Ok(())
+            }
+            StepKind::Metrics => {
+                let options: MetricsOptions =
+                    schema::parse_option(value, None).map_err(|e| e.desc)?;
+                metrics::start(self.daemon.clone(), &options).await
             }
             StepKind::Monitor => self.start_monitor(value).await,
             StepKind::NbdServer => {

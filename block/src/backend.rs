@@ -45,15 +45,24 @@ pub struct BlockBackend {
     inner: Arc<Inner>,
 }
 
-/// Which node a backend uses now (the graph may replace it), without
-/// holding the backend's permissions: for listings of exports.
+/// Which node a backend uses now (the graph may replace it) and its
+/// counters, without holding the backend's permissions: for listings of
+/// exports.
 #[derive(Clone)]
-pub struct BackendRoot(Arc<arc_swap::ArcSwap<Node>>);
+pub struct BackendRoot {
+    root: Arc<arc_swap::ArcSwap<Node>>,
+    stats: Arc<IoStats>,
+}
 
 impl BackendRoot {
     /// The name of the node the backend uses now.
     pub fn node_name(&self) -> String {
-        self.0.load().name().to_owned()
+        self.root.load().name().to_owned()
+    }
+
+    /// What the backend's requests have done.
+    pub fn stats(&self) -> &IoStats {
+        &self.stats
     }
 }
 
@@ -80,7 +89,7 @@ struct Inner {
     /// The backend's attach sequence number: its key in the graph.
     seq: u64,
     graph: Arc<GraphShared>,
-    stats: IoStats,
+    stats: Arc<IoStats>,
 }
 
 impl Drop for Inner {
@@ -105,14 +114,17 @@ impl BlockBackend {
                 grow: tokio::sync::Mutex::new(()),
                 seq,
                 graph,
-                stats: IoStats::default(),
+                stats: Arc::default(),
             }),
         }
     }
 
     /// A handle on which node the backend uses, for listings.
     pub fn root(&self) -> BackendRoot {
-        BackendRoot(self.inner.link.root.clone())
+        BackendRoot {
+            root: self.inner.link.root.clone(),
+            stats: self.inner.stats.clone(),
+        }
     }
 
     /// The root node.

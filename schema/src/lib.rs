@@ -17,6 +17,7 @@ pub mod info;
 pub mod job;
 mod json;
 pub mod keyval;
+pub mod metrics;
 pub mod object;
 pub mod qemuopts;
 pub mod size;
