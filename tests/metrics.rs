@@ -3,8 +3,9 @@
 //! (tests/python/metrics_scrape.py): while `fio --ioengine=nbd` writes
 //! over NBD the scrapes parse and the counters never go back; afterwards
 //! the export's and the node's written bytes and requests are at least
-//! what fio reports, the latency histograms count every request, an NBD
-//! client held open shows as a client of its export, a finished backup
+//! what fio reports, the latency histograms count every request, requests
+//! past the end count as invalid, an NBD client held open shows as a
+//! client of its export, a finished backup
 //! job shows its progress, and the process's memory and descriptors are
 //! there. Bad requests get HTTP errors, and a bad option a clear message.
 
@@ -243,6 +244,30 @@ async fn scrapes_during_fio_count_what_fio_did() {
     assert!(value(&after, "process_resident_memory_bytes", &[]) > 0.0);
     assert!(value(&after, "process_open_fds", &[]) >= 3.0);
     assert_eq!(value(&after, "storaged_export_clients", &EXPORT), 0.0);
+
+    // Requests past the end, sent by a client that does not check them
+    // itself, are refused and counted as invalid (not as failed).
+    let script = format!(
+        "import nbd\n\
+         h = nbd.NBD()\n\
+         h.set_strict_mode(0)\n\
+         h.connect_uri({uri:?})\n\
+         for request in (lambda: h.pread(512, {DISK_SIZE}), lambda: h.pwrite(b'x' * 512, {DISK_SIZE}), lambda: h.trim(512, {DISK_SIZE})):\n\
+         \x20   try:\n\
+         \x20       request()\n\
+         \x20       raise SystemExit('accepted')\n\
+         \x20   except nbd.Error:\n\
+         \x20       pass\n\
+         h.shutdown()\n"
+    );
+    common::tool("/usr/bin/python3", &["-c", &script]);
+    let (refused, _) = scrape(port);
+    for op in ["read", "write", "unmap"] {
+        let invalid = export_value(&refused, "storaged_export_invalid_requests_total", op);
+        assert_eq!(invalid, 1.0, "{op}");
+        let failed = export_value(&refused, "storaged_export_failed_requests_total", op);
+        assert_eq!(failed, 0.0, "{op}");
+    }
 
     // A client that stays connected counts, and stops counting when gone.
     let mut held = Command::new("/usr/bin/python3")

@@ -172,8 +172,9 @@ async fn blockstats_match_qsd_and_count_what_the_client_did() {
     assert!(file["rd_operations"].as_i64().unwrap() >= 1);
 }
 
-/// The threshold scenario: refusals, a threshold set on the exported
-/// node, two writes past it (only the first reports), what is left.
+/// The threshold scenario: refusals, thresholds as `query-named-block-nodes`
+/// shows them (-1 included), a threshold set on the exported node, two
+/// writes past it (only the first reports), what is left.
 async fn threshold_session(daemon: &TestDaemon) -> (Vec<Value>, Vec<Value>) {
     let mut client = connect(daemon).await;
     let mut replies = Vec::new();
@@ -181,8 +182,10 @@ async fn threshold_session(daemon: &TestDaemon) -> (Vec<Value>, Vec<Value>) {
         json!({"node-name": "nope", "write-threshold": 1}),
         json!({"node-name": "disk"}),
         json!({"node-name": "disk", "write-threshold": "x"}),
+        json!({"node-name": "disk", "write-threshold": 1.5}),
         json!({"node-name": "disk", "write-threshold": 1 << 20, "x": 1}),
-        json!({"node-name": "disk", "write-threshold": 1 << 20}),
+        // Accepted, as QEMU's uint64 parameters take negative numbers.
+        json!({"node-name": "disk", "write-threshold": -1}),
         json!({"node-name": "file0", "write-threshold": 48 << 20}),
     ] {
         replies.push(reply(&mut client, "block-set-write-threshold", arguments).await);
@@ -195,6 +198,14 @@ async fn threshold_session(daemon: &TestDaemon) -> (Vec<Value>, Vec<Value>) {
     };
     let nodes = reply(&mut client, "query-named-block-nodes", json!({})).await;
     replies.push(thresholds(nodes));
+    replies.push(
+        reply(
+            &mut client,
+            "block-set-write-threshold",
+            json!({"node-name": "disk", "write-threshold": 1 << 20}),
+        )
+        .await,
+    );
     // Below the threshold, then past it twice.
     qemu_io(daemon, &["write 0 64k", "write 1020k 64k", "write 2M 4k"]);
     let nodes = reply(&mut client, "query-named-block-nodes", json!({})).await;
