@@ -135,7 +135,7 @@ impl IoStats {
         let start = Instant::now();
         let result = request.await;
         match result {
-            Ok(_) => self.done(kind, bytes, start.elapsed()),
+            Ok(_) => self.done(kind, bytes, start),
             Err(_) => self.count_failed(kind),
         }
         result
@@ -146,16 +146,17 @@ impl IoStats {
         self.counters(kind).failed.fetch_add(1, Relaxed);
     }
 
-    /// Counts a successful request that took `elapsed`.
-    fn done(&self, kind: IoKind, bytes: u64, elapsed: Duration) {
+    /// Counts a successful request that started at `start` and ends now.
+    fn done(&self, kind: IoKind, bytes: u64, start: Instant) {
+        let end = Instant::now();
         let counters = self.counters(kind);
-        let ns = nanos(elapsed);
+        let ns = nanos(end.saturating_duration_since(start));
         counters.operations.fetch_add(1, Relaxed);
         counters.bytes.fetch_add(bytes, Relaxed);
         counters.total_ns.fetch_add(ns, Relaxed);
         let bucket = LATENCY_BOUNDS_NS.partition_point(|&bound| bound < ns);
         counters.latency[bucket].fetch_add(1, Relaxed);
-        self.touch();
+        self.touch(end);
     }
 
     /// Counts a read whose data is sent later, straight from a file (a
@@ -164,7 +165,7 @@ impl IoStats {
         let counters = self.counters(IoKind::Read);
         counters.operations.fetch_add(1, Relaxed);
         counters.bytes.fetch_add(bytes, Relaxed);
-        self.touch();
+        self.touch(Instant::now());
     }
 
     /// Counts a request refused before it started.
@@ -175,12 +176,19 @@ impl IoStats {
     /// Records a write (or write-zeroes) reaching up to `end`, whether or
     /// not it succeeds, as QEMU's `wr_highest_offset`.
     pub fn wrote_up_to(&self, end: u64) {
-        self.wr_highest_offset.fetch_max(end, Relaxed);
+        // Most writes are below the mark: a load spares them a locked
+        // read-modify-write on a line every request shares.
+        if end > self.wr_highest_offset.load(Relaxed) {
+            self.wr_highest_offset.fetch_max(end, Relaxed);
+        }
     }
 
-    fn touch(&self) {
-        let now = nanos(epoch().elapsed()).saturating_add(1);
-        self.last_access.fetch_max(now, Relaxed);
+    /// Records `end` as the last access. A plain store: two requests that
+    /// end together may leave the earlier time, which moves the idle time
+    /// by their difference.
+    fn touch(&self, end: Instant) {
+        let at = nanos(end.saturating_duration_since(epoch())).saturating_add(1);
+        self.last_access.store(at, Relaxed);
     }
 
     /// What requests of `kind` have done so far.
