@@ -7,7 +7,8 @@
 //! past the end count as invalid, an NBD client held open shows as a
 //! client of its export, a finished backup
 //! job shows its progress, and the process's memory and descriptors are
-//! there. Bad requests get HTTP errors, and a bad option a clear message.
+//! there. Bad requests get HTTP errors, a silent client is dropped, and a
+//! bad option gets a clear message.
 
 mod common;
 
@@ -340,6 +341,21 @@ fn refuses_what_is_not_a_scrape() {
         status_of(port, huge.as_bytes()),
         "HTTP/1.1 431 Request Header Fields Too Large"
     );
+    assert_eq!(
+        status_of(port, b"GET /metrics HTTP/1.1\r\n\r\n"),
+        "HTTP/1.1 200 OK"
+    );
+}
+
+#[test]
+fn a_client_that_sends_nothing_is_dropped() {
+    let port = free_port();
+    let _daemon = start(port);
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // The server's 10 s connection timeout, well within PATIENCE.
+    idle.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(idle.read(&mut byte).unwrap(), 0, "closed without an answer");
     assert_eq!(
         status_of(port, b"GET /metrics HTTP/1.1\r\n\r\n"),
         "HTTP/1.1 200 OK"

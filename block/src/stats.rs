@@ -29,7 +29,7 @@ pub enum IoKind {
 }
 
 impl IoKind {
-    /// Every kind, in the order of [`IoKind::name`]'s listing.
+    /// Every kind, in the order reports list them.
     pub const ALL: [IoKind; 4] = [IoKind::Read, IoKind::Write, IoKind::Flush, IoKind::Unmap];
 
     /// A lower-case name (`read`, `write`, `flush`, `unmap`).

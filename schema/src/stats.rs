@@ -96,7 +96,7 @@ pub struct BlockDeviceStats {
     pub flush_latency_histogram: Option<BlockLatencyHistogramInfo>,
 }
 
-/// Discard counters of the `file` and `host_device` drivers.
+/// Discard counters of the `file` driver.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockStatsSpecificFile {
@@ -105,15 +105,14 @@ pub struct BlockStatsSpecificFile {
     pub discard_bytes_ok: i64,
 }
 
-/// Driver-specific counters, tagged by `driver`; QEMU's other drivers
-/// report none (the member is then absent).
+/// Driver-specific counters, tagged by `driver`. Of storaged's drivers
+/// only `file` has some (QEMU's `host_device` and `nvme`, which storaged
+/// lacks, have too); for the others the member is absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "driver")]
 pub enum BlockStatsSpecific {
     #[serde(rename = "file")]
     File(BlockStatsSpecificFile),
-    #[serde(rename = "host_device")]
-    HostDevice(BlockStatsSpecificFile),
 }
 
 /// One entry of `query-blockstats`: a backend (`device`, `qdev`) or a
