@@ -210,15 +210,20 @@ impl BlockBackend {
 
     /// What a write or write-zeroes of `[offset, offset + len)` passes
     /// before it is counted: the backend must be writable, a growable one
-    /// grows (a failure counts as a failed write), the range must fit
-    /// (else the request is invalid).
+    /// grows (a failure to grow counts as a failed write, a range whose
+    /// end overflows as an invalid one), the range must fit (else the
+    /// request is invalid).
     async fn enter_write(&self, offset: u64, len: u64) -> BlockResult<NodeBusy> {
         let stats = &self.inner.stats;
         self.check_writable()
             .inspect_err(|_| stats.count_invalid(IoKind::Write))?;
-        self.grow_for(offset, len)
-            .await
-            .inspect_err(|_| stats.count_failed(IoKind::Write))?;
+        self.grow_for(offset, len).await.inspect_err(|e| {
+            if e.kind == ErrorKind::InvalidArgument {
+                stats.count_invalid(IoKind::Write)
+            } else {
+                stats.count_failed(IoKind::Write)
+            }
+        })?;
         let busy = self.enter().await;
         self.check_range(busy.node(), offset, len, ErrorKind::NoSpace)
             .inspect_err(|_| stats.count_invalid(IoKind::Write))?;

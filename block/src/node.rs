@@ -7,8 +7,9 @@
 //! write-zeroes, `cache.no-flush` skips the flush to disk) and then call
 //! the driver. Bounds and permissions are checked by the caller (the
 //! backend); nothing here takes a lock. Each request is counted in the
-//! node's [`IoStats`] and write-side ones pass its write threshold. The graph owns the bookkeeping
-//! (names, references, permissions) and is the only one to build nodes.
+//! node's [`IoStats`], and write-side ones pass its write threshold. The
+//! graph owns the bookkeeping (names, references, permissions) and is the
+//! only one to build nodes.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
