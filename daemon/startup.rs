@@ -32,6 +32,8 @@ pub struct Startup {
     daemonize: bool,
     /// Warnings to print, with the option they concern.
     warnings: Vec<String>,
+    /// The metrics endpoints, serving until this is dropped.
+    metrics: Vec<metrics::Endpoint>,
 }
 
 impl Startup {
@@ -42,6 +44,7 @@ impl Startup {
             chardevs: Chardevs::new(),
             daemonize,
             warnings: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 
@@ -78,7 +81,9 @@ impl Startup {
             StepKind::Metrics => {
                 let options: MetricsOptions =
                     schema::parse_option(value, None).map_err(|e| e.desc)?;
-                metrics::start(self.daemon.clone(), &options).await
+                let endpoint = metrics::start(self.daemon.clone(), &options).await?;
+                self.metrics.push(endpoint);
+                Ok(())
             }
             StepKind::Monitor => self.start_monitor(value).await,
             StepKind::NbdServer => {

@@ -362,6 +362,26 @@ fn a_client_that_sends_nothing_is_dropped() {
     );
 }
 
+#[tokio::test]
+async fn a_unix_socket_endpoint_serves_and_goes_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("metrics.sock");
+    let option = format!("--metrics=addr.type=unix,addr.path={}", socket.display());
+    let mut daemon = TestDaemon::start_in(dir, |_| vec![option]);
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.contains("\nprocess_open_fds "), "{reply}");
+
+    let mut client = daemon.connect().await;
+    ok(&mut client, "quit", json!({})).await;
+    assert!(daemon.wait_exit().success());
+    assert!(!socket.exists());
+}
+
 #[test]
 fn bad_options_are_refused_clearly() {
     for (option, message) in [

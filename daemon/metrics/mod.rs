@@ -4,7 +4,8 @@
 //! ([`collect`]). Bounded: at most `max-connections` connections are
 //! served at once (more wait in the listen backlog), a request head is at
 //! most [`http::MAX_REQUEST_BYTES`], and a connection that has not been
-//! answered within [`CONNECTION_TIMEOUT`] is dropped.
+//! answered within [`CONNECTION_TIMEOUT`] is dropped. The endpoint stops
+//! listening (and its Unix socket goes) when its [`Endpoint`] is dropped.
 
 mod collect;
 mod exposition;
@@ -19,6 +20,7 @@ use schema::metrics::MetricsOptions;
 use schema::sockets::SocketAddressKind;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::state::Daemon;
 
@@ -36,16 +38,44 @@ enum Listener {
     Unix(UnixListener),
 }
 
-/// Binds the endpoint's socket and serves it until the process ends.
-/// Errors are worded as QEMU words a failed listen.
-pub async fn start(daemon: Arc<Daemon>, options: &MetricsOptions) -> Result<(), String> {
+/// A listening endpoint; dropping it stops the listening and removes its
+/// Unix socket (answers under way finish).
+pub struct Endpoint {
+    stop: CancellationToken,
+    socket_path: Option<PathBuf>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(path) = &self.socket_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Binds the endpoint's socket and serves it until the [`Endpoint`] is
+/// dropped. Errors are worded as QEMU words a failed listen.
+pub async fn start(daemon: Arc<Daemon>, options: &MetricsOptions) -> Result<Endpoint, String> {
     let slots = match options.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) {
         0 => return Err("Parameter 'max-connections' expects a value of at least 1".into()),
         n => Arc::new(Semaphore::new(n as usize)),
     };
     let listener = bind(&options.addr.addr).await?;
-    tokio::spawn(accept_loop(daemon, listener, slots));
-    Ok(())
+    let socket_path = match &options.addr.addr {
+        SocketAddressKind::Unix(unix) => Some(PathBuf::from(&unix.path)),
+        _ => None,
+    };
+    let stop = CancellationToken::new();
+    let accepting = accept_loop(daemon, listener, slots);
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = accepting => {}
+            () = stopped.cancelled() => {}
+        }
+    });
+    Ok(Endpoint { stop, socket_path })
 }
 
 async fn bind(addr: &SocketAddressKind) -> Result<Listener, String> {
