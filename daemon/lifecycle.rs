@@ -50,6 +50,8 @@ impl StopSignals {
 enum StartupEnd {
     Failed(String),
     Stopped(&'static str),
+    /// An option asked for help, which was printed.
+    Helped,
 }
 
 /// Runs the daemon to its end; the exit status is the process's.
@@ -80,6 +82,10 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
         Err(StartupEnd::Stopped(name)) => {
             tracing::info!("{name} during startup; stopping");
             return stop_or_force(&daemon, &monitors, &mut signals, program).await;
+        }
+        Err(StartupEnd::Helped) => {
+            let _ = stop(&daemon, &monitors).await;
+            return ExitCode::SUCCESS;
         }
     };
     let pidfile = match announced {
@@ -166,6 +172,10 @@ async fn start(
     program: &str,
 ) -> Result<(), StartupEnd> {
     for step in &invocation.steps {
+        if let Some(help) = Startup::help(step) {
+            print!("{help}");
+            return Err(StartupEnd::Helped);
+        }
         let applied = startup.apply(step).await;
         for warning in startup.take_warnings() {
             eprintln!("{program}: {warning}");

@@ -1,19 +1,18 @@
-//! Logs: `tracing` to stderr (or to the file `-T file=` names), filtered by
-//! `RUST_LOG` and by QSD's `-T` trace patterns.
-//!
-//! QEMU names its trace events `<subsystem>_<event>` (`nbd_negotiate_begin`,
-//! `blk_co_preadv`, `qmp_enter`); storaged's events are `tracing` events
-//! whose target is the Rust module that emits them (`exports::nbd::server`).
-//! A `-T` pattern is mapped onto the targets of the subsystems it can
-//! match, at level `trace`; a pattern starting with `-` turns them off
-//! instead. The table [`SUBSYSTEMS`] is the whole mapping, and
-//! docs/command-line.md shows it. A pattern that is already a Rust target
-//! (`block::graph`, `exports`) is used as it is.
+//! Logs and trace points: `tracing` logs to stderr (or to the file `-T
+//! file=` names), filtered by `RUST_LOG`; and QSD's `-T` trace patterns,
+//! which turn on trace points with QEMU's names (`nbd_negotiate_begin`,
+//! `blk_co_preadv`, `job_state_transition`, `handle_qmp_command`, ...),
+//! printed one line per event as QEMU's log backend prints them (see
+//! [`schema::trace`]). `-T help` lists them. A pattern starting with `-`
+//! turns points off; a pattern that names a Rust crate or module
+//! (`block::graph`, `exports`) is a `tracing` target, logged at level
+//! `trace` (storaged's own addition).
 
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use schema::trace::{glob_matches, TracePoint};
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 
@@ -25,25 +24,24 @@ const DEFAULT_FILTER: &str = "warn";
 /// The environment variable holding `tracing` filter directives.
 const FILTER_ENV: &str = "RUST_LOG";
 
-/// QEMU trace-event prefixes and the `tracing` targets that emit the
-/// matching events in storaged.
-pub const SUBSYSTEMS: &[(&str, &str)] = &[
-    ("nbd_", "exports::nbd"),
-    ("vhost_user_blk_", "exports::vhost_user_blk"),
-    ("fuse_", "exports::fuse"),
-    ("vduse_", "exports::vduse"),
-    ("bdrv_", "block"),
-    ("blk_", "block"),
-    ("file_", "block"),
-    ("raw_", "block"),
-    ("null_", "block"),
-    ("qcow2_", "block"),
-    ("throttle_", "block"),
-    ("job_", "block"),
-    ("monitor_", "qmp"),
-    ("qmp_", "qmp"),
-    ("handle_qmp_command", "qmp"),
-];
+/// Every trace point storaged has.
+pub fn trace_points() -> impl Iterator<Item = &'static TracePoint> {
+    [
+        exports::trace::POINTS,
+        block::trace::POINTS,
+        qmp::trace::POINTS,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+}
+
+/// `-T help`: the trace points, one per line.
+pub fn trace_help() -> String {
+    trace_points()
+        .map(|point| format!("{}\n", point.name))
+        .collect()
+}
 
 /// The Rust crates whose names may be given as patterns directly.
 const RUST_TARGETS: &[&str] = &["storaged", "block", "exports", "qmp", "schema"];
@@ -64,6 +62,10 @@ struct TraceOptions {
 pub struct LogConfig {
     /// `tracing` directives added to `RUST_LOG`'s.
     directives: Vec<String>,
+    /// Trace points to turn on (`true`) or off, in the order asked.
+    points: Vec<(&'static TracePoint, bool)>,
+    /// Whether a pattern was `help`.
+    pub help: bool,
     file: Option<PathBuf>,
     /// Patterns that match nothing, reported as QSD does once logging is
     /// up.
@@ -114,58 +116,31 @@ impl LogConfig {
     }
 
     fn add_pattern(&mut self, pattern: &str, location: &str) {
+        if pattern == "help" || pattern == "?" {
+            self.help = true;
+            return;
+        }
         let (enabled, pattern) = match pattern.strip_prefix('-') {
             Some(rest) => (false, rest),
             None => (true, pattern),
         };
-        let level = if enabled { "trace" } else { "off" };
-        let targets = targets_for(pattern);
-        if targets.is_empty() {
+        if RUST_TARGETS.contains(&pattern.split("::").next().unwrap_or(pattern)) {
+            let level = if enabled { "trace" } else { "off" };
+            self.directives.push(format!("{pattern}={level}"));
+            return;
+        }
+        let before = self.points.len();
+        self.points.extend(
+            trace_points()
+                .filter(|point| glob_matches(pattern, point.name))
+                .map(|point| (point, enabled)),
+        );
+        if self.points.len() == before {
             self.warnings.push(format!(
                 "{location}: warning: trace event '{pattern}' does not exist"
             ));
         }
-        self.directives
-            .extend(targets.into_iter().map(|target| match target {
-                Target::All => level.to_owned(),
-                Target::Named(name) => format!("{name}={level}"),
-            }));
     }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Target {
-    All,
-    Named(String),
-}
-
-/// The targets a pattern (QEMU glob syntax: `*` and `?`) stands for.
-fn targets_for(pattern: &str) -> Vec<Target> {
-    if RUST_TARGETS.contains(&pattern.split("::").next().unwrap_or(pattern))
-        && !pattern.contains(['*', '?'])
-    {
-        return vec![Target::Named(pattern.to_owned())];
-    }
-    let literal_end = pattern.find(['*', '?']);
-    let literal = &pattern[..literal_end.unwrap_or(pattern.len())];
-    if literal_end.is_some() && literal.is_empty() {
-        return vec![Target::All];
-    }
-    let mut targets: Vec<Target> = Vec::new();
-    for (prefix, target) in SUBSYSTEMS {
-        let matches = match literal_end {
-            // An event name: it belongs to the subsystem it starts with.
-            None => literal.starts_with(prefix),
-            // A glob: it may match events of every subsystem whose prefix
-            // agrees with its literal start.
-            Some(_) => literal.starts_with(prefix) || prefix.starts_with(literal),
-        };
-        let target = Target::Named((*target).to_owned());
-        if matches && !targets.contains(&target) {
-            targets.push(target);
-        }
-    }
-    targets
 }
 
 fn io_text(error: &std::io::Error) -> String {
@@ -191,6 +166,9 @@ pub fn init(config: LogConfig, program: &str) -> Result<(), String> {
     for warning in &config.warnings {
         eprintln!("{program}: {warning}");
     }
+    for (point, on) in &config.points {
+        point.set_enabled(*on);
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.file {
         Some(path) => {
@@ -199,6 +177,10 @@ pub fn init(config: LogConfig, program: &str) -> Result<(), String> {
                 .append(true)
                 .open(&path)
                 .map_err(|error| format!("cannot open {}: {}", path.display(), io_text(&error)))?;
+            let traces = file
+                .try_clone()
+                .map_err(|error| format!("cannot open {}: {}", path.display(), io_text(&error)))?;
+            schema::trace::set_output(Box::new(traces));
             builder
                 .with_ansi(false)
                 .with_writer(Mutex::new(file))
@@ -213,32 +195,35 @@ pub fn init(config: LogConfig, program: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn named(names: &[&str]) -> Vec<Target> {
-        names
-            .iter()
-            .map(|name| Target::Named((*name).to_owned()))
-            .collect()
+    #[test]
+    fn patterns_turn_on_the_trace_points_they_match() {
+        let mut config = LogConfig::default();
+        config.add_pattern("nbd_negotiate_*", "-T nbd_negotiate_*");
+        let names: Vec<&str> = config.points.iter().map(|(p, _)| p.name).collect();
+        assert!(names.contains(&"nbd_negotiate_begin"), "{names:?}");
+        assert!(names.iter().all(|name| name.starts_with("nbd_negotiate_")));
+        config.add_pattern("-blk_co_preadv", "-T -blk_co_preadv");
+        let last = config.points.last().map(|(p, on)| (p.name, *on));
+        assert_eq!(last, Some(("blk_co_preadv", false)));
+        assert!(config.warnings.is_empty());
     }
 
     #[test]
-    fn qemu_patterns_map_to_subsystem_targets() {
-        assert_eq!(targets_for("nbd_*"), named(&["exports::nbd"]));
-        assert_eq!(targets_for("nbd_negotiate_begin"), named(&["exports::nbd"]));
-        assert_eq!(targets_for("bdrv_co_*"), named(&["block"]));
-        assert_eq!(targets_for("*"), vec![Target::All]);
-        assert_eq!(targets_for("qmp_*"), named(&["qmp"]));
-        assert!(targets_for("nosuch_event").is_empty());
-    }
-
-    #[test]
-    fn a_glob_may_span_several_subsystems() {
-        assert_eq!(targets_for("f*"), named(&["exports::fuse", "block"]));
+    fn help_is_asked_for_by_its_pattern() {
+        let mut config = LogConfig::default();
+        config.add_pattern("help", "-T help");
+        assert!(config.help);
+        assert!(trace_help()
+            .lines()
+            .any(|name| name == "job_state_transition"));
     }
 
     #[test]
     fn rust_targets_pass_through() {
-        assert_eq!(targets_for("block::graph"), named(&["block::graph"]));
-        assert_eq!(targets_for("exports"), named(&["exports"]));
+        let mut config = LogConfig::default();
+        config.add_pattern("block::graph", "-T block::graph");
+        config.add_pattern("-exports", "-T -exports");
+        assert_eq!(config.directives, ["block::graph=trace", "exports=off"]);
     }
 
     #[test]
@@ -249,8 +234,8 @@ mod tests {
                 location: "-Tnbd_*".into(),
             },
             Located {
-                value: "enable=-qmp_*".into(),
-                location: "-T enable=-qmp_*".into(),
+                value: "enable=-handle_qmp_*".into(),
+                location: "-T enable=-handle_qmp_*".into(),
             },
             Located {
                 value: "bogus_event".into(),
@@ -258,7 +243,15 @@ mod tests {
             },
         ];
         let config = LogConfig::from_traces(&traces).expect("valid options");
-        assert_eq!(config.directives, ["exports::nbd=trace", "qmp=off"]);
+        let state = |name: &str| {
+            config
+                .points
+                .iter()
+                .find(|(p, _)| p.name == name)
+                .map(|(_, on)| *on)
+        };
+        assert_eq!(state("nbd_negotiate_begin"), Some(true));
+        assert_eq!(state("handle_qmp_command"), Some(false));
         assert_eq!(
             config.warnings,
             ["-T bogus_event: warning: trace event 'bogus_event' does not exist"]

@@ -91,6 +91,10 @@ fn main() -> ExitCode {
         }
     };
     let log_config = match logging::LogConfig::from_traces(&invocation.traces) {
+        Ok(config) if config.help => {
+            print!("{}", logging::trace_help());
+            return ExitCode::SUCCESS;
+        }
         Ok(config) => config,
         Err(error) => {
             eprintln!("{program}: {}: {}", error.location, error.message);

@@ -18,6 +18,7 @@ use crate::chardev::{Backend, Chardevs};
 use crate::cli::{Step, StepKind};
 use crate::commands;
 use crate::metrics;
+use crate::objects::qom_types::object_help;
 use crate::state::Daemon;
 use crate::temp_overlay::{self, TempOverlay};
 
@@ -45,6 +46,15 @@ impl Startup {
             daemonize,
             warnings: Vec::new(),
             metrics: Vec::new(),
+        }
+    }
+
+    /// The help an option asks for instead of applying (`--object help`,
+    /// `--object TYPE,help`), as QSD prints it when it reaches the option.
+    pub fn help(step: &Step) -> Option<String> {
+        match step.kind {
+            StepKind::Object => object_help(&step.arg.value),
+            _ => None,
         }
     }
 

@@ -1,8 +1,9 @@
 //! The version storaged reports: the QEMU release whose QMP it mirrors, and
 //! its own package name and version.
 
-/// The QEMU release whose qemu-storage-daemon storaged mirrors.
-pub const QEMU: (i64, i64, i64) = (10, 0, 0);
+/// The QEMU release whose qemu-storage-daemon storaged mirrors: the one
+/// its behaviour is compared with (QSD 10.0.2, the tests' reference).
+pub const QEMU: (i64, i64, i64) = (10, 0, 2);
 
 /// `package` of `query-version` and of the QMP greeting.
 pub fn package() -> String {

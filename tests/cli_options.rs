@@ -201,7 +201,7 @@ fn help_and_version_exit_0_on_stdout() {
         assert_eq!(
             String::from_utf8_lossy(&output.stdout),
             format!(
-                "storaged version {} (qemu-storage-daemon 10.0.0 compatible)\n",
+                "storaged version {} (qemu-storage-daemon 10.0.2 compatible)\n",
                 env!("CARGO_PKG_VERSION")
             )
         );
@@ -303,4 +303,81 @@ async fn keyval_and_json_forms_on_the_real_command_line() {
     // The objects exist: deleting them works.
     ok(&mut client, "object-del", json!({"id": "sec0"})).await;
     ok(&mut client, "object-del", json!({"id": "tg0"})).await;
+}
+
+/// `-T help` lists QEMU-named trace points; `-T` patterns turn them on,
+/// and each event is one `name message` line in the `file=`.
+#[tokio::test]
+async fn trace_points_have_qemu_names_and_lines() {
+    let help = run(&["-T", "help"]);
+    assert!(help.status.success());
+    let names = String::from_utf8_lossy(&help.stdout).into_owned();
+    for name in [
+        "nbd_negotiate_begin",
+        "blk_co_preadv",
+        "job_state_transition",
+    ] {
+        assert!(names.lines().any(|line| line == name), "{names}");
+    }
+
+    let log = tempfile::NamedTempFile::new().expect("temp file");
+    let log_path = log.path().to_owned();
+    let daemon = TestDaemon::start_in(tempfile::tempdir().expect("temp dir"), |dir| {
+        vec![
+            "-T".into(),
+            "nbd_negotiate_begin".into(),
+            "-T".into(),
+            format!("enable=job_*,file={}", log_path.display()),
+            "-T".into(),
+            "handle_qmp_command".into(),
+            "--blockdev".into(),
+            "null-co,node-name=n0".into(),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "nbd,id=e0,node-name=n0".into(),
+        ]
+    });
+    let uri = format!(
+        "nbd+unix:///n0?socket={}",
+        daemon.path("nbd.sock").display()
+    );
+    common::tool("nbdinfo", &[&uri]);
+    let mut client = daemon.connect().await;
+    let path = daemon.path("new.img");
+    ok(
+        &mut client,
+        "blockdev-create",
+        json!({"job-id": "j0", "options": {"driver": "file", "filename": path, "size": 1048576}}),
+    )
+    .await;
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&log_path).expect("trace file");
+        if text.contains("(concluded-->null)") || text.contains("-->concluded)") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.contains(&"nbd_negotiate_begin Beginning negotiation"),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.starts_with("handle_qmp_command mon 0x")
+                && line.contains(r#"req: {"execute":"blockdev-create","#)),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"job_state_transition job j0 (ret: 0) attempting allowed transition (undefined-->created)"),
+        "{text}"
+    );
+    // Points not asked for stay off.
+    assert!(!text.contains("blk_co_preadv"), "{text}");
 }

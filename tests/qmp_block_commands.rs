@@ -193,6 +193,55 @@ async fn block_resize_grows_the_file_on_disk() {
     assert_eq!(node(&nodes, "f0")["image"]["virtual-size"], 8 * MIB);
 }
 
+/// A qcow2 image shrinks as in QSD: the clusters past the new end are
+/// freed, and growing it again shows zeroes there, not the old data.
+#[tokio::test]
+async fn block_resize_shrinks_a_qcow2_image() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = dir.path().join("disk.qcow2");
+    let path = image.to_str().expect("UTF-8 path");
+    common::tool("qemu-img", &["create", "-q", "-f", "qcow2", path, "4M"]);
+    common::tool("qemu-io", &["-c", "write -P 7 0 4M", path]);
+    let image_arg = format!(
+        "driver=qcow2,node-name=q0,file.driver=file,file.filename={}",
+        image.display()
+    );
+    let daemon = TestDaemon::start_in(dir, |_| vec!["--blockdev".into(), image_arg]);
+    let mut client = daemon.connect().await;
+    // 1 MiB and a half cluster: the cluster holding the new end stays.
+    let small = MIB + 32 * 1024;
+    ok(
+        &mut client,
+        "block_resize",
+        json!({"node-name": "q0", "size": small}),
+    )
+    .await;
+    let nodes = ok(&mut client, "query-named-block-nodes", json!({})).await;
+    assert_eq!(node(&nodes, "q0")["image"]["virtual-size"], small);
+    ok(
+        &mut client,
+        "block_resize",
+        json!({"node-name": "q0", "size": 8 * MIB}),
+    )
+    .await;
+    ok(&mut client, "blockdev-del", json!({"node-name": "q0"})).await;
+
+    let check = common::tool("qemu-img", &["check", path]);
+    assert!(check.contains("No errors were found"), "{check}");
+    // 1 MiB of data and its cluster past it: 17 data clusters.
+    assert!(check.contains("17/128 = "), "{check}");
+    common::tool(
+        "qemu-io",
+        &[
+            "-c",
+            "read -P 7 0 1M",
+            "-c",
+            &format!("read -P 0 {} {}", MIB + 64 * 1024, 7 * MIB - 64 * 1024),
+            path,
+        ],
+    );
+}
+
 #[tokio::test]
 async fn block_resize_errors() {
     let daemon = TestDaemon::start(&[

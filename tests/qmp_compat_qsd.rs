@@ -1,7 +1,7 @@
 //! The same QMP sessions (tests/compat/*_session.txt) are sent to
 //! qemu-storage-daemon and to storaged, both started with the same options
 //! and the same images; the replies must be equal once the version numbers
-//! (QSD 10.0.x vs "10.0.0" and "storaged X.Y.Z") are blanked: greeting
+//! (QSD 10.0.x vs "10.0.2" and "storaged X.Y.Z") are blanked: greeting
 //! shape, error classes and messages, `query-named-block-nodes` members
 //! for file, raw, null-co, blkdebug, throttle, copy-on-read and
 //! preallocate nodes, the block graph, throttle groups through

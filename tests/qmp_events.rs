@@ -228,3 +228,36 @@ async fn a_corrupt_qcow2_written_over_nbd_reports_block_image_corrupted() {
         "reported once"
     );
 }
+
+/// `quit` closes the exports before it answers, as QSD: one
+/// `BLOCK_EXPORT_DELETED` per export, newest first, then the reply.
+#[tokio::test]
+async fn quit_announces_every_export_before_its_reply() {
+    let mut daemon = TestDaemon::start_in(tempfile::tempdir().expect("temp dir"), |dir| {
+        vec![
+            "--blockdev".into(),
+            "null-co,node-name=n0".into(),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "nbd,id=e0,node-name=n0".into(),
+            "--export".into(),
+            "nbd,id=e1,node-name=n0,name=second".into(),
+        ]
+    });
+    let mut client = daemon.connect().await;
+    client
+        .send_raw(b"{\"execute\": \"quit\"}\n")
+        .await
+        .expect("send");
+    let first = client.receive().await.expect("first message");
+    let second = client.receive().await.expect("second message");
+    let third = client.receive().await.expect("third message");
+    assert_export_deleted(&first, "e1");
+    assert_export_deleted(&second, "e0");
+    assert_eq!(third, json!({"return": {}}));
+    assert!(daemon.wait_exit().success());
+}

@@ -32,7 +32,7 @@ async fn greeting_names_qemu_10_and_storaged() {
     let greeting = client.greeting();
     assert_eq!(
         greeting["QMP"]["version"]["qemu"],
-        json!({"major": 10, "minor": 0, "micro": 0})
+        json!({"major": 10, "minor": 0, "micro": 2})
     );
     assert_eq!(
         greeting["QMP"]["version"]["package"],
@@ -70,7 +70,7 @@ async fn query_version_mirrors_qsd_shape() {
     assert_eq!(
         ok(&mut client, "query-version", json!({})).await,
         json!({
-            "qemu": {"major": 10, "minor": 0, "micro": 0},
+            "qemu": {"major": 10, "minor": 0, "micro": 2},
             "package": format!("storaged {}", env!("CARGO_PKG_VERSION")),
         })
     );

@@ -93,6 +93,16 @@ async fn object_add_errors_read_as_qemu() {
             "Parameter 'qom-type' does not accept value 'bogus'",
         ),
         (json!({"id": "x"}), "Parameter 'qom-type' is missing"),
+        (
+            json!({"qom-type": "main-loop", "id": "m", "thread-pool-max": 4}),
+            "Object type 'main-loop' is not supported by storaged: its event loops are \
+             tokio's, tuned by iothread objects",
+        ),
+        (
+            json!({"qom-type": "thread-context", "id": "t", "cpu-affinity": [0]}),
+            "Object type 'thread-context' is not supported by storaged: nothing in it \
+             creates threads on an object's behalf",
+        ),
         (json!({"qom-type": "secret"}), "Parameter 'id' is missing"),
         (
             json!({"qom-type": "iothread", "id": "io", "poll-max-ns": -1}),

@@ -29,6 +29,7 @@ use crate::node::{Node, NodeBusy, ReadSource};
 use crate::perm_update::BackendLink;
 use crate::permissions::Perm;
 use crate::stats::{IoKind, IoStats};
+use crate::trace::{BLK_CO_PREADV, BLK_CO_PWRITEV};
 
 /// Bytes of a node that live in a file, held in flight until dropped (a
 /// zero-copy read stays counted until its data is on the wire).
@@ -191,6 +192,12 @@ impl BlockBackend {
         let len = buf.len() as u64;
         let busy = self.enter().await;
         let root = busy.node();
+        schema::trace!(
+            BLK_CO_PREADV,
+            "blk {:p} bs {:p} offset {offset} bytes {len} flags 0x0",
+            Arc::as_ptr(&self.inner),
+            Arc::as_ptr(root),
+        );
         self.check_range(root, offset, len, ErrorKind::InvalidArgument)
             .inspect_err(|_| self.inner.stats.count_invalid(IoKind::Read))?;
         let request = root.read(offset, buf);
@@ -203,16 +210,24 @@ impl BlockBackend {
     pub async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
         let len = buf.len() as u64;
         let busy = self.enter_write(offset, len).await?;
+        let root = busy.node();
         let fua = flags.fua || self.inner.mode.writethrough;
-        let request = busy.node().write(offset, buf, WriteFlags { fua });
+        schema::trace!(
+            BLK_CO_PWRITEV,
+            "blk {:p} bs {:p} offset {offset} bytes {len} flags {:#x}",
+            Arc::as_ptr(&self.inner),
+            Arc::as_ptr(root),
+            if fua { 0x10 } else { 0 }
+        );
+        self.check_write_range(root, offset, len)?;
+        let request = root.write(offset, buf, WriteFlags { fua });
         self.inner.stats.account(IoKind::Write, len, request).await
     }
 
     /// What a write or write-zeroes of `[offset, offset + len)` passes
-    /// before it is counted: the backend must be writable, a growable one
-    /// grows (a failure to grow counts as a failed write, a range whose
-    /// end overflows as an invalid one), the range must fit (else the
-    /// request is invalid).
+    /// first: the backend must be writable (else the request is invalid),
+    /// and a growable one grows (a failure to grow counts as a failed
+    /// write, a range whose end overflows as an invalid one).
     async fn enter_write(&self, offset: u64, len: u64) -> BlockResult<NodeBusy> {
         let stats = &self.inner.stats;
         self.check_writable()
@@ -224,20 +239,26 @@ impl BlockBackend {
                 stats.count_failed(IoKind::Write)
             }
         })?;
-        let busy = self.enter().await;
-        self.check_range(busy.node(), offset, len, ErrorKind::NoSpace)
+        Ok(self.enter().await)
+    }
+
+    /// A write's range must fit in `root` (else it is invalid); it then
+    /// counts for `wr_highest_offset`.
+    fn check_write_range(&self, root: &Node, offset: u64, len: u64) -> BlockResult<()> {
+        let stats = &self.inner.stats;
+        self.check_range(root, offset, len, ErrorKind::NoSpace)
             .inspect_err(|_| stats.count_invalid(IoKind::Write))?;
         stats.wrote_up_to(offset + len);
-        Ok(busy)
+        Ok(())
     }
 
     /// Makes the range read as zeroes; refusals as [`BlockBackend::write`].
     pub async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
         let busy = self.enter_write(offset, len).await?;
+        let root = busy.node();
+        self.check_write_range(root, offset, len)?;
         let fua = flags.fua || self.inner.mode.writethrough;
-        let request = busy
-            .node()
-            .write_zeroes(offset, len, ZeroFlags { fua, ..flags });
+        let request = root.write_zeroes(offset, len, ZeroFlags { fua, ..flags });
         self.inner.stats.account(IoKind::Write, len, request).await
     }
 

@@ -265,6 +265,6 @@ fn edge(parent: u64, child: u64, name: &str, (perm, shared): (Perm, Perm)) -> XD
 }
 
 /// QAPI sizes are `int`; no real size comes near `i64::MAX`.
-fn saturating_i64(value: u64) -> i64 {
+pub(crate) fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }

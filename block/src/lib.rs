@@ -10,6 +10,7 @@
 
 mod aligned;
 pub mod backend;
+mod backing_file;
 pub mod bitmaps;
 pub mod blkdebug;
 pub mod blocking;
@@ -44,6 +45,7 @@ pub mod raw;
 mod snapshot;
 pub mod stats;
 pub mod throttle;
+pub mod trace;
 pub mod write_hooks;
 mod write_threshold;
 

@@ -196,6 +196,19 @@ pub(crate) async fn open_tree(
     Ok(node)
 }
 
+/// QEMU's leftover-option error for `"cache": {}`: an empty group names
+/// no cache option, so the flattened `cache` key is left for the driver,
+/// which knows no such option. It comes once the driver has opened, as in
+/// QEMU.
+fn empty_cache_refused(is_protocol: bool, driver: &str) -> BlockError {
+    let message = if is_protocol {
+        format!("Block protocol '{driver}' doesn't support the option 'cache'")
+    } else {
+        format!("Block format '{driver}' does not support the option 'cache'")
+    };
+    BlockError::new(ErrorKind::InvalidArgument, message)
+}
+
 /// Closes the nodes of a failed or abandoned open.
 struct Unwind<'a> {
     graph: &'a Arc<GraphShared>,
@@ -226,6 +239,16 @@ fn open_node<'a>(
             position: None,
         };
         let driver = factory::open_driver(&mut cx, &options.driver).await?;
+        if options
+            .cache
+            .as_ref()
+            .is_some_and(|cache| *cache == Default::default())
+        {
+            return Err(empty_cache_refused(
+                driver.is_protocol(),
+                options.driver.name(),
+            ));
+        }
         let OpenContext {
             name,
             settings,

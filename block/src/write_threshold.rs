@@ -7,8 +7,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use schema::event::{Event, EventSink};
-use schema::stats::BlockWriteThresholdEvent;
+use schema::event::{EventSink, QmpEvent};
+use schema::stats::BlockWriteThresholdData;
 
 /// The threshold of one node, and where its event goes.
 pub(crate) struct WriteThreshold {
@@ -58,20 +58,20 @@ impl WriteThreshold {
 
     fn report(&self, node_name: &str, amount_exceeded: u64, write_threshold: u64) {
         let Some(events) = &self.events else { return };
-        let data = BlockWriteThresholdEvent {
+        let data = BlockWriteThresholdData {
             node_name: node_name.to_string(),
             amount_exceeded,
             write_threshold,
         };
-        if let Ok(data) = serde_json::to_value(data) {
-            events(Event::new("BLOCK_WRITE_THRESHOLD", data));
-        }
+        events(QmpEvent::BlockWriteThreshold(data).into());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
+
+    use schema::event::Event;
 
     use super::*;
 

@@ -3,12 +3,13 @@
 //! The bitmaps and their checks are [`block::bitmaps`]'.
 
 use block::bitmaps::NewBitmap;
+use schema::bitmap::BlockDirtyBitmapSha256;
 use schema::bitmap::{
     BlockDirtyBitmap, BlockDirtyBitmapAdd, BlockDirtyBitmapMerge, BlockDirtyBitmapOrStr,
 };
-use serde_json::{json, Map, Value};
+use schema::QmpError;
 
-use super::{arguments, command, Command, CommandResult};
+use super::{command, Command};
 use crate::state::Daemon;
 
 pub const COMMANDS: &[Command] = &[
@@ -18,11 +19,10 @@ pub const COMMANDS: &[Command] = &[
     command!("block-dirty-bitmap-enable", enable),
     command!("block-dirty-bitmap-disable", disable),
     command!("block-dirty-bitmap-merge", merge),
-    command!("x-debug-block-dirty-bitmap-sha256", sha256),
+    command!("x-debug-block-dirty-bitmap-sha256", sha256, features: ["unstable"]),
 ];
 
-async fn add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let args: BlockDirtyBitmapAdd = arguments(args)?;
+async fn add(daemon: &Daemon, args: BlockDirtyBitmapAdd) -> Result<(), QmpError> {
     daemon.graph.bitmap_add(&NewBitmap {
         node: &args.node,
         name: &args.name,
@@ -30,39 +30,49 @@ async fn add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
         persistent: args.persistent.unwrap_or(false),
         disabled: args.disabled.unwrap_or(false),
     })?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn remove(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockDirtyBitmap { node, name } = arguments(args)?;
+async fn remove(
+    daemon: &Daemon,
+    BlockDirtyBitmap { node, name }: BlockDirtyBitmap,
+) -> Result<(), QmpError> {
     daemon.graph.bitmap_remove(&node, &name)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn clear(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockDirtyBitmap { node, name } = arguments(args)?;
+async fn clear(
+    daemon: &Daemon,
+    BlockDirtyBitmap { node, name }: BlockDirtyBitmap,
+) -> Result<(), QmpError> {
     daemon.graph.bitmap_clear(&node, &name)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn enable(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockDirtyBitmap { node, name } = arguments(args)?;
+async fn enable(
+    daemon: &Daemon,
+    BlockDirtyBitmap { node, name }: BlockDirtyBitmap,
+) -> Result<(), QmpError> {
     daemon.graph.bitmap_set_recording(&node, &name, true)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn disable(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockDirtyBitmap { node, name } = arguments(args)?;
+async fn disable(
+    daemon: &Daemon,
+    BlockDirtyBitmap { node, name }: BlockDirtyBitmap,
+) -> Result<(), QmpError> {
     daemon.graph.bitmap_set_recording(&node, &name, false)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn merge(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockDirtyBitmapMerge {
+async fn merge(
+    daemon: &Daemon,
+    BlockDirtyBitmapMerge {
         node,
         target,
         bitmaps,
-    } = arguments(args)?;
+    }: BlockDirtyBitmapMerge,
+) -> Result<(), QmpError> {
     let sources: Vec<(Option<String>, String)> = bitmaps
         .into_iter()
         .map(|source| match source {
@@ -71,11 +81,13 @@ async fn merge(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
         })
         .collect();
     daemon.graph.bitmap_merge(&node, &target, &sources)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn sha256(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockDirtyBitmap { node, name } = arguments(args)?;
+async fn sha256(
+    daemon: &Daemon,
+    BlockDirtyBitmap { node, name }: BlockDirtyBitmap,
+) -> Result<BlockDirtyBitmapSha256, QmpError> {
     let sha256 = daemon.graph.bitmap_sha256(&node, &name)?;
-    Ok(json!({ "sha256": sha256 }))
+    Ok(BlockDirtyBitmapSha256 { sha256 })
 }

@@ -9,9 +9,8 @@ use schema::job::{
 };
 use schema::transaction::DriveBackup;
 use schema::{ErrorClass, QmpError};
-use serde_json::{Map, Value};
 
-use super::{arguments, command, Command, CommandResult};
+use super::{command, Command};
 use crate::state::Daemon;
 
 pub const COMMANDS: &[Command] = &[
@@ -19,25 +18,22 @@ pub const COMMANDS: &[Command] = &[
     command!("block-stream", block_stream),
     command!("block-commit", block_commit),
     command!("blockdev-backup", blockdev_backup),
-    command!("drive-backup", drive_backup),
+    command!("drive-backup", drive_backup, features: ["deprecated"]),
     command!("drive-mirror", drive_mirror),
 ];
 
-async fn blockdev_mirror(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let args: BlockdevMirrorArgs = arguments(args)?;
+async fn blockdev_mirror(daemon: &Daemon, args: BlockdevMirrorArgs) -> Result<(), QmpError> {
     block::blockjob::mirror::start(&daemon.graph, &daemon.jobs, args).await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn block_stream(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let args: BlockStreamArgs = arguments(args)?;
+async fn block_stream(daemon: &Daemon, args: BlockStreamArgs) -> Result<(), QmpError> {
     block::blockjob::stream::start(&daemon.graph, &daemon.jobs, args).await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
 /// QEMU's `qmp_block_commit` names a missing device with its own class.
-async fn block_commit(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let args: BlockCommitArgs = arguments(args)?;
+async fn block_commit(daemon: &Daemon, args: BlockCommitArgs) -> Result<(), QmpError> {
     let device = daemon.graph.node(&args.device).ok_or_else(|| {
         QmpError::new(
             ErrorClass::DeviceNotFound,
@@ -45,23 +41,20 @@ async fn block_commit(daemon: &Daemon, args: Map<String, Value>) -> CommandResul
         )
     })?;
     block::blockjob::commit::start(&daemon.graph, &daemon.jobs, device, args).await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn blockdev_backup(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let args: BlockdevBackupArgs = arguments(args)?;
+async fn blockdev_backup(daemon: &Daemon, args: BlockdevBackupArgs) -> Result<(), QmpError> {
     block::blockjob::backup::start(&daemon.graph, &daemon.jobs, args).await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn drive_backup(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let args: DriveBackup = arguments(args)?;
+async fn drive_backup(daemon: &Daemon, args: DriveBackup) -> Result<(), QmpError> {
     block::blockjob::drive::start_backup(&daemon.graph, &daemon.jobs, args).await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn drive_mirror(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let args: DriveMirror = arguments(args)?;
+async fn drive_mirror(daemon: &Daemon, args: DriveMirror) -> Result<(), QmpError> {
     block::blockjob::drive::start_mirror(&daemon.graph, &daemon.jobs, args).await?;
-    Ok(Value::Null)
+    Ok(())
 }

@@ -5,18 +5,17 @@
 //! handlers read the arguments and check the objects they name.
 
 use schema::export::{
-    BlockExportDelArgs, BlockExportOptions, NbdServerAddArgs, NbdServerOptions,
+    BlockExportDelArgs, BlockExportInfo, BlockExportOptions, NbdServerAddArgs, NbdServerOptions,
     NbdServerRemoveArgs, NbdServerStartArgs,
 };
 use schema::object::QCryptoTlsCredsEndpoint;
 use schema::sockets::SocketAddressKind;
 use schema::QmpError;
-use serde_json::{Map, Value};
 use std::sync::Arc;
 
 use exports::nbd::tls::{Authorizer, ServerTls};
 
-use super::{arguments, command, returning, Command, CommandResult, NoArguments};
+use super::{command, Command, NoArguments};
 use crate::objects::{Object, Objects};
 use crate::state::Daemon;
 
@@ -26,8 +25,8 @@ pub const COMMANDS: &[Command] = &[
     command!("block-export-add", qmp_block_export_add),
     command!("block-export-del", block_export_del),
     command!("query-block-exports", query_block_exports),
-    command!("nbd-server-add", nbd_server_add),
-    command!("nbd-server-remove", nbd_server_remove),
+    command!("nbd-server-add", nbd_server_add, features: ["deprecated"]),
+    command!("nbd-server-remove", nbd_server_remove, features: ["deprecated"]),
 ];
 
 /// `nbd-server-start` and `--nbd-server`. An `addr.type=fd` is a
@@ -103,8 +102,7 @@ impl Authorizer for AuthzById {
 /// descriptors.
 const MONITOR_FD_UNSUPPORTED: &str = "only QEMU supports file descriptor passing";
 
-async fn qmp_nbd_server_start(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let args: NbdServerStartArgs = arguments(args)?;
+async fn qmp_nbd_server_start(daemon: &Daemon, args: NbdServerStartArgs) -> Result<(), QmpError> {
     let options: NbdServerOptions = args.into();
     // QSD's order: a running server first, then the address.
     daemon.exports.check_nbd_server_stopped()?;
@@ -112,13 +110,12 @@ async fn qmp_nbd_server_start(daemon: &Daemon, args: Map<String, Value>) -> Comm
         return Err(QmpError::generic(MONITOR_FD_UNSUPPORTED));
     }
     nbd_server_start(daemon, &options).await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn nbd_server_stop(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let NoArguments {} = arguments(args)?;
+async fn nbd_server_stop(daemon: &Daemon, _: NoArguments) -> Result<(), QmpError> {
     daemon.exports.nbd_server_stop().await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
 /// `block-export-add` and `--export`. An `iothread` must exist; the
@@ -136,31 +133,35 @@ pub fn block_export_add(daemon: &Daemon, options: &BlockExportOptions) -> Result
     daemon.exports.add(&daemon.graph, options, iothread)
 }
 
-async fn qmp_block_export_add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let options: BlockExportOptions = arguments(args)?;
+async fn qmp_block_export_add(
+    daemon: &Daemon,
+    options: BlockExportOptions,
+) -> Result<(), QmpError> {
     block_export_add(daemon, &options)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn block_export_del(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockExportDelArgs { id, mode } = arguments(args)?;
+async fn block_export_del(
+    daemon: &Daemon,
+    BlockExportDelArgs { id, mode }: BlockExportDelArgs,
+) -> Result<(), QmpError> {
     daemon.exports.del(&id, mode.unwrap_or_default())?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn query_block_exports(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let NoArguments {} = arguments(args)?;
-    returning(daemon.exports.query())
+async fn query_block_exports(
+    daemon: &Daemon,
+    _: NoArguments,
+) -> Result<Vec<BlockExportInfo>, QmpError> {
+    Ok(daemon.exports.query())
 }
 
-async fn nbd_server_add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let args: NbdServerAddArgs = arguments(args)?;
+async fn nbd_server_add(daemon: &Daemon, args: NbdServerAddArgs) -> Result<(), QmpError> {
     daemon.exports.nbd_server_add(&daemon.graph, &args)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn nbd_server_remove(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let args: NbdServerRemoveArgs = arguments(args)?;
+async fn nbd_server_remove(daemon: &Daemon, args: NbdServerRemoveArgs) -> Result<(), QmpError> {
     daemon.exports.nbd_server_remove(&args)?;
-    Ok(Value::Null)
+    Ok(())
 }

@@ -7,16 +7,16 @@
 
 use std::sync::Arc;
 
-use schema::create::{BlockdevCreateArgs, JobIdArgs, JobType};
+use schema::create::{BlockdevCreateArgs, JobIdArgs, JobInfo, JobType, CREATE_UNSUPPORTED};
+use schema::job::BlockJobInfoRow;
 use schema::job::{
     BlockJobCancelArgs, BlockJobChangeOptions, BlockJobDeviceArgs, BlockJobSetSpeedArgs,
 };
 use schema::{ErrorClass, QmpError};
-use serde_json::{Map, Value};
 
 use block::job::{JobSpec, NoHooks};
 
-use super::{arguments, command, returning, Command, CommandResult, NoArguments};
+use super::{command, Command, NoArguments};
 use crate::state::Daemon;
 
 pub const COMMANDS: &[Command] = &[
@@ -42,8 +42,13 @@ pub const COMMANDS: &[Command] = &[
 /// Starts a `create` job; the reply comes once it runs, its outcome
 /// through `JOB_STATUS_CHANGE` events and `query-jobs`. Such jobs are
 /// dismissed by hand (QEMU's `JOB_MANUAL_DISMISS`).
-async fn blockdev_create(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockdevCreateArgs { job_id, options } = arguments(args)?;
+async fn blockdev_create(
+    daemon: &Daemon,
+    BlockdevCreateArgs { job_id, options }: BlockdevCreateArgs,
+) -> Result<(), QmpError> {
+    if !options.driver.creates() {
+        return Err(QmpError::generic(CREATE_UNSUPPORTED));
+    }
     let graph = daemon.graph.clone();
     let mut spec = JobSpec::new(&job_id, JobType::Create);
     spec.auto_dismiss = false;
@@ -57,54 +62,49 @@ async fn blockdev_create(daemon: &Daemon, args: Map<String, Value>) -> CommandRe
             result
         }
     })?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn query_jobs(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let NoArguments {} = arguments(args)?;
-    returning(daemon.jobs.query())
+async fn query_jobs(daemon: &Daemon, _: NoArguments) -> Result<Vec<JobInfo>, QmpError> {
+    Ok(daemon.jobs.query())
 }
 
-async fn job_pause(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let JobIdArgs { id } = arguments(args)?;
+async fn job_pause(daemon: &Daemon, JobIdArgs { id }: JobIdArgs) -> Result<(), QmpError> {
     daemon.jobs.pause(&id)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn job_resume(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let JobIdArgs { id } = arguments(args)?;
+async fn job_resume(daemon: &Daemon, JobIdArgs { id }: JobIdArgs) -> Result<(), QmpError> {
     daemon.jobs.resume(&id)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
 /// QMP's `job-cancel` always forces.
-async fn job_cancel(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let JobIdArgs { id } = arguments(args)?;
+async fn job_cancel(daemon: &Daemon, JobIdArgs { id }: JobIdArgs) -> Result<(), QmpError> {
     daemon.jobs.cancel(&id, true).await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn job_complete(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let JobIdArgs { id } = arguments(args)?;
+async fn job_complete(daemon: &Daemon, JobIdArgs { id }: JobIdArgs) -> Result<(), QmpError> {
     daemon.jobs.complete(&id)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn job_finalize(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let JobIdArgs { id } = arguments(args)?;
+async fn job_finalize(daemon: &Daemon, JobIdArgs { id }: JobIdArgs) -> Result<(), QmpError> {
     daemon.jobs.finalize(&id).await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn job_dismiss(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let JobIdArgs { id } = arguments(args)?;
+async fn job_dismiss(daemon: &Daemon, JobIdArgs { id }: JobIdArgs) -> Result<(), QmpError> {
     daemon.jobs.dismiss(&id)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn query_block_jobs(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let NoArguments {} = arguments(args)?;
-    Ok(Value::Array(daemon.jobs.query_block()))
+async fn query_block_jobs(
+    daemon: &Daemon,
+    _: NoArguments,
+) -> Result<Vec<BlockJobInfoRow>, QmpError> {
+    Ok(daemon.jobs.query_block())
 }
 
 /// QEMU's `find_block_job_locked`: the `device` of a block-job command
@@ -119,58 +119,65 @@ fn block_job(daemon: &Daemon, device: &str) -> Result<(), QmpError> {
     ))
 }
 
-async fn block_job_set_speed(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockJobSetSpeedArgs { device, speed } = arguments(args)?;
+async fn block_job_set_speed(
+    daemon: &Daemon,
+    BlockJobSetSpeedArgs { device, speed }: BlockJobSetSpeedArgs,
+) -> Result<(), QmpError> {
     block_job(daemon, &device)?;
     daemon.jobs.set_speed(&device, speed)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn block_job_pause(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockJobDeviceArgs { device } = arguments(args)?;
+async fn block_job_pause(
+    daemon: &Daemon,
+    BlockJobDeviceArgs { device }: BlockJobDeviceArgs,
+) -> Result<(), QmpError> {
     block_job(daemon, &device)?;
     daemon.jobs.pause(&device)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn block_job_resume(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockJobDeviceArgs { device } = arguments(args)?;
+async fn block_job_resume(
+    daemon: &Daemon,
+    BlockJobDeviceArgs { device }: BlockJobDeviceArgs,
+) -> Result<(), QmpError> {
     block_job(daemon, &device)?;
     daemon.jobs.resume(&device)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn block_job_cancel(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockJobCancelArgs { device, force } = arguments(args)?;
+async fn block_job_cancel(
+    daemon: &Daemon,
+    BlockJobCancelArgs { device, force }: BlockJobCancelArgs,
+) -> Result<(), QmpError> {
     block_job(daemon, &device)?;
     daemon.jobs.cancel(&device, force.unwrap_or(false)).await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn block_job_complete(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockJobDeviceArgs { device } = arguments(args)?;
+async fn block_job_complete(
+    daemon: &Daemon,
+    BlockJobDeviceArgs { device }: BlockJobDeviceArgs,
+) -> Result<(), QmpError> {
     block_job(daemon, &device)?;
     daemon.jobs.complete(&device)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn block_job_finalize(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let JobIdArgs { id } = arguments(args)?;
+async fn block_job_finalize(daemon: &Daemon, JobIdArgs { id }: JobIdArgs) -> Result<(), QmpError> {
     block_job(daemon, &id)?;
     daemon.jobs.finalize(&id).await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn block_job_dismiss(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let JobIdArgs { id } = arguments(args)?;
+async fn block_job_dismiss(daemon: &Daemon, JobIdArgs { id }: JobIdArgs) -> Result<(), QmpError> {
     block_job(daemon, &id)?;
     daemon.jobs.dismiss(&id)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn block_job_change(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let options: BlockJobChangeOptions = arguments(args)?;
+async fn block_job_change(daemon: &Daemon, options: BlockJobChangeOptions) -> Result<(), QmpError> {
     block_job(daemon, &options.id)?;
     daemon.jobs.change(&options.id, &options)?;
-    Ok(Value::Null)
+    Ok(())
 }

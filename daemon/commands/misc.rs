@@ -1,8 +1,9 @@
 //! The daemon's own commands: `query-version` and `quit`.
 
-use serde_json::{Map, Value};
+use schema::info::VersionInfo;
+use schema::QmpError;
 
-use super::{arguments, command, returning, Command, CommandResult, NoArguments};
+use super::{command, Command, NoArguments};
 use crate::state::Daemon;
 use crate::version;
 
@@ -11,15 +12,15 @@ pub const COMMANDS: &[Command] = &[
     command!("quit", quit),
 ];
 
-async fn query_version(_daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let NoArguments {} = arguments(args)?;
-    returning(version::version_info())
+async fn query_version(_daemon: &Daemon, _: NoArguments) -> Result<VersionInfo, QmpError> {
+    Ok(version::version_info())
 }
 
-/// Replies at once; the daemon then stops as on SIGTERM (the monitor
-/// writes this reply before it closes).
-async fn quit(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let NoArguments {} = arguments(args)?;
+/// Closes the exports first, so that their `BLOCK_EXPORT_DELETED` events
+/// (newest export first) precede the reply, as in QSD; the daemon then
+/// stops as on SIGTERM (the monitor writes this reply before it closes).
+async fn quit(daemon: &Daemon, _: NoArguments) -> Result<(), QmpError> {
+    daemon.exports.close_all().await;
     daemon.request_quit();
-    Ok(Value::Null)
+    Ok(())
 }

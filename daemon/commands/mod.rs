@@ -5,9 +5,10 @@
 //! and one line in [`GROUPS`]. `qmp_capabilities` and `query-commands`
 //! belong to the monitor (the `qmp` crate), not to this table.
 //!
-//! A handler takes the arguments as the monitor received them (an object)
-//! and reads them into its schema type with [`arguments`], so unknown or
-//! mistyped members get QEMU's messages. Handlers that the command line
+//! A handler takes its arguments as its schema type and returns its reply
+//! type; [`command!`] reads the request into the one and writes the other,
+//! so unknown or mistyped members get QEMU's messages and
+//! `query-qmp-schema` describes exactly what is read and written. Handlers that the command line
 //! shares (`--blockdev` is `blockdev-add`) keep their work in a typed
 //! function the command line calls directly.
 
@@ -15,6 +16,7 @@ mod bitmap;
 mod block;
 mod blockjob;
 mod export;
+mod introspection;
 mod job;
 mod misc;
 mod object;
@@ -34,24 +36,28 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use schema::introspect::{Empty, Introspect, SchemaBuilder};
 use schema::{ErrorClass, QmpError};
 
 use crate::state::Daemon;
 
-/// What a handler returns: the `return` value (`Value::Null` for none) or
-/// the error.
+/// What the monitor gets back from a command: the `return` value
+/// (`Value::Null` for none) or the error.
 pub type CommandResult = Result<Value, QmpError>;
 
-/// A running handler.
+/// A running command.
 pub type CommandFuture<'a> = Pin<Box<dyn Future<Output = CommandResult> + Send + 'a>>;
 
-/// A handler: the daemon and the request's arguments.
-pub type Handler = for<'a> fn(&'a Daemon, Map<String, Value>) -> CommandFuture<'a>;
-
-/// One QMP command.
+/// One QMP command: its name, how to run it on the arguments as the
+/// monitor received them, and how to describe it in `query-qmp-schema`.
+/// Both come from one typed handler, `async fn(&Daemon, Args) ->
+/// Result<Ret, QmpError>`, through [`command!`]: the arguments are read
+/// into `Args` with QEMU's messages, the return is `Ret` as JSON (`()`
+/// for none), and the schema shows exactly `Args` and `Ret`.
 pub struct Command {
     pub name: &'static str,
-    pub run: Handler,
+    pub run: for<'a> fn(&'a Daemon, Map<String, Value>) -> CommandFuture<'a>,
+    pub describe: fn(&mut SchemaBuilder),
 }
 
 /// Every group, in the order `query-commands` lists them.
@@ -66,37 +72,81 @@ const GROUPS: &[&[Command]] = &[
     bitmap::COMMANDS,
     snapshot::COMMANDS,
     transaction::COMMANDS,
+    introspection::COMMANDS,
     stats::COMMANDS,
 ];
 
-/// Makes a [`Command`] of an `async fn(&Daemon, Map<String, Value>)`.
+/// Makes a [`Command`] of a typed handler; `features` are its QAPI
+/// features (`deprecated`, `unstable`, ...).
 macro_rules! command {
-    ($name:literal, $handler:path) => {
+    ($name:literal, $handler:path $(, features: [$($feature:literal),*])?) => {
         $crate::commands::Command {
             name: $name,
-            run: |daemon, arguments| Box::pin($handler(daemon, arguments)),
+            run: |daemon, arguments| {
+                Box::pin($crate::commands::run_typed(daemon, arguments, $handler))
+            },
+            describe: |schema| {
+                $crate::commands::describe_typed(schema, $name, &[$($($feature),*)?], $handler)
+            },
         }
     };
 }
 pub(crate) use command;
 
+/// Reads the arguments into the handler's type, runs it, and encodes what
+/// it returns.
+pub async fn run_typed<'a, A, R, F, Fut>(
+    daemon: &'a Daemon,
+    arguments: Map<String, Value>,
+    handler: F,
+) -> CommandResult
+where
+    A: DeserializeOwned,
+    R: Serialize,
+    F: FnOnce(&'a Daemon, A) -> Fut,
+    Fut: Future<Output = Result<R, QmpError>>,
+{
+    let arguments = schema::from_json(Value::Object(arguments))?;
+    let value = handler(daemon, arguments).await?;
+    serde_json::to_value(value)
+        .map_err(|error| QmpError::generic(format!("cannot encode the reply: {error}")))
+}
+
+/// Registers a command with the argument and return types of its handler.
+pub fn describe_typed<'a, A, R, F, Fut>(
+    schema: &mut SchemaBuilder,
+    name: &str,
+    features: &[&str],
+    _handler: F,
+) where
+    A: Introspect,
+    R: Introspect,
+    F: FnOnce(&'a Daemon, A) -> Fut,
+    Fut: Future<Output = Result<R, QmpError>>,
+{
+    schema.command::<A, R>(name, features);
+}
+
 /// The names of every command, for `query-commands`.
 pub fn names() -> Vec<String> {
-    GROUPS
-        .iter()
-        .flat_map(|group| group.iter())
-        .map(|command| command.name.to_owned())
-        .collect()
+    all().map(|command| command.name.to_owned()).collect()
+}
+
+/// Describes every command in `schema`.
+pub fn describe(schema: &mut SchemaBuilder) {
+    for command in all() {
+        (command.describe)(schema);
+    }
+}
+
+fn all() -> impl Iterator<Item = &'static Command> {
+    GROUPS.iter().flat_map(|group| group.iter())
 }
 
 /// Runs `name`. The monitor only passes names from [`names`]; anything
 /// else gets QEMU's `CommandNotFound`.
 pub async fn execute(daemon: &Daemon, name: &str, arguments: Map<String, Value>) -> CommandResult {
-    let command = GROUPS
-        .iter()
-        .flat_map(|group| group.iter())
-        .find(|command| command.name == name);
-    match command {
+    match all().find(|command| command.name == name) {
         Some(command) => (command.run)(daemon, arguments).await,
         None => Err(QmpError::new(
             ErrorClass::CommandNotFound,
@@ -105,20 +155,15 @@ pub async fn execute(daemon: &Daemon, name: &str, arguments: Map<String, Value>)
     }
 }
 
-/// Reads a request's arguments into the command's schema type.
-pub fn arguments<T: DeserializeOwned>(arguments: Map<String, Value>) -> Result<T, QmpError> {
-    schema::from_json(Value::Object(arguments))
-}
-
 /// The arguments of a command that takes none: any member is unexpected.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoArguments {}
 
-/// A return value as JSON.
-pub fn returning<T: Serialize>(value: T) -> CommandResult {
-    serde_json::to_value(value)
-        .map_err(|error| QmpError::generic(format!("cannot encode the reply: {error}")))
+impl Introspect for NoArguments {
+    fn introspect(schema: &mut SchemaBuilder) -> String {
+        Empty::introspect(schema)
+    }
 }
 
 #[cfg(test)]

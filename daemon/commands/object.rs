@@ -1,11 +1,11 @@
 //! `object-add`, `object-del` and `query-iothreads`; the checks live in
 //! [`crate::objects`].
 
+use exports::iothread::IoThreadInfo;
 use schema::object::{ObjectDelArgs, ObjectOptions};
 use schema::QmpError;
-use serde_json::{Map, Value};
 
-use super::{arguments, command, returning, Command, CommandResult, NoArguments};
+use super::{command, Command, NoArguments};
 use crate::state::Daemon;
 
 pub const COMMANDS: &[Command] = &[
@@ -19,26 +19,22 @@ pub fn object_add(daemon: &Daemon, options: ObjectOptions) -> Result<(), QmpErro
     daemon.objects.add(options)
 }
 
-async fn qmp_object_add(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    object_add(daemon, arguments(args)?)?;
-    Ok(Value::Null)
+async fn qmp_object_add(daemon: &Daemon, options: ObjectOptions) -> Result<(), QmpError> {
+    object_add(daemon, options)
 }
 
-async fn object_del(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let ObjectDelArgs { id } = arguments(args)?;
+async fn object_del(daemon: &Daemon, ObjectDelArgs { id }: ObjectDelArgs) -> Result<(), QmpError> {
     daemon.objects.delete(&id)?;
-    Ok(Value::Null)
+    Ok(())
 }
 
 /// `query-iothreads`: every iothread with its thread's id and polling
 /// properties.
-async fn query_iothreads(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let NoArguments {} = arguments(args)?;
-    let rows: Vec<_> = daemon
+async fn query_iothreads(daemon: &Daemon, _: NoArguments) -> Result<Vec<IoThreadInfo>, QmpError> {
+    Ok(daemon
         .objects
         .iothreads()
         .iter()
         .map(|t| t.info())
-        .collect();
-    returning(rows)
+        .collect())
 }

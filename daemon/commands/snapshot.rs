@@ -2,24 +2,25 @@
 //! `blockdev-snapshot-sync` ([`block::BlockGraph::snapshot`]).
 
 use schema::job::{BlockdevSnapshot, BlockdevSnapshotSync};
-use serde_json::{Map, Value};
+use schema::QmpError;
 
-use super::{arguments, command, Command, CommandResult};
+use super::{command, Command};
 use crate::state::Daemon;
 
 pub const COMMANDS: &[Command] = &[
-    command!("blockdev-snapshot", blockdev_snapshot),
+    command!("blockdev-snapshot", blockdev_snapshot, features: ["allow-write-only-overlay"]),
     command!("blockdev-snapshot-sync", blockdev_snapshot_sync),
 ];
 
-async fn blockdev_snapshot(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let args: BlockdevSnapshot = arguments(args)?;
+async fn blockdev_snapshot(daemon: &Daemon, args: BlockdevSnapshot) -> Result<(), QmpError> {
     daemon.graph.snapshot(&args).await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-async fn blockdev_snapshot_sync(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let args: BlockdevSnapshotSync = arguments(args)?;
+async fn blockdev_snapshot_sync(
+    daemon: &Daemon,
+    args: BlockdevSnapshotSync,
+) -> Result<(), QmpError> {
     daemon.graph.snapshot_sync(&args).await?;
-    Ok(Value::Null)
+    Ok(())
 }

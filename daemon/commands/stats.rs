@@ -2,11 +2,10 @@
 //! `block-set-write-threshold`. The block layer keeps the counters and
 //! the thresholds; these handlers read the arguments.
 
-use schema::stats::{BlockInfo, BlockSetWriteThresholdArgs, QueryBlockstatsArgs};
+use schema::stats::{BlockInfo, BlockSetWriteThresholdArgs, BlockStats, QueryBlockstatsArgs};
 use schema::QmpError;
-use serde_json::{Map, Value};
 
-use super::{arguments, command, returning, Command, CommandResult, NoArguments};
+use super::{command, Command, NoArguments};
 use crate::state::Daemon;
 
 pub const COMMANDS: &[Command] = &[
@@ -15,27 +14,30 @@ pub const COMMANDS: &[Command] = &[
     command!("block-set-write-threshold", block_set_write_threshold),
 ];
 
-async fn query_blockstats(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let QueryBlockstatsArgs { query_nodes } = arguments(args)?;
-    returning(daemon.graph.query_blockstats(query_nodes.unwrap_or(false)))
+async fn query_blockstats(
+    daemon: &Daemon,
+    QueryBlockstatsArgs { query_nodes }: QueryBlockstatsArgs,
+) -> Result<Vec<BlockStats>, QmpError> {
+    Ok(daemon.graph.query_blockstats(query_nodes.unwrap_or(false)))
 }
 
 /// QEMU lists the named backends (guest drives); QSD has none, and
 /// neither has storaged: exports' backends are anonymous.
-async fn query_block(_daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let NoArguments {} = arguments(args)?;
-    returning(Vec::<BlockInfo>::new())
+async fn query_block(_daemon: &Daemon, _: NoArguments) -> Result<Vec<BlockInfo>, QmpError> {
+    Ok(Vec::new())
 }
 
-async fn block_set_write_threshold(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let BlockSetWriteThresholdArgs {
+async fn block_set_write_threshold(
+    daemon: &Daemon,
+    BlockSetWriteThresholdArgs {
         node_name,
         write_threshold,
-    } = arguments(args)?;
+    }: BlockSetWriteThresholdArgs,
+) -> Result<(), QmpError> {
     let node = daemon
         .graph
         .node(&node_name)
         .ok_or_else(|| QmpError::generic(format!("Device '{node_name}' not found")))?;
     node.set_write_threshold(write_threshold);
-    Ok(Value::Null)
+    Ok(())
 }

@@ -17,9 +17,8 @@ use schema::bitmap::{BlockDirtyBitmap, BlockDirtyBitmapOrStr};
 use schema::job::BlockdevSnapshot;
 use schema::transaction::{ActionCompletionMode, TransactionActionKind, TransactionArgs};
 use schema::QmpError;
-use serde_json::{Map, Value};
 
-use super::{arguments, command, Command, CommandResult};
+use super::{command, Command};
 use crate::state::Daemon;
 
 pub const COMMANDS: &[Command] = &[command!("transaction", transaction)];
@@ -50,11 +49,13 @@ enum Prepared {
     },
 }
 
-async fn transaction(daemon: &Daemon, args: Map<String, Value>) -> CommandResult {
-    let TransactionArgs {
+async fn transaction(
+    daemon: &Daemon,
+    TransactionArgs {
         actions,
         properties,
-    } = arguments(args)?;
+    }: TransactionArgs,
+) -> Result<(), QmpError> {
     let grouped = properties.and_then(|p| p.completion_mode) == Some(ActionCompletionMode::Grouped);
     if grouped {
         for action in &actions {
@@ -88,7 +89,7 @@ async fn transaction(daemon: &Daemon, args: Map<String, Value>) -> CommandResult
     for done in prepared {
         commit(daemon, done);
     }
-    Ok(Value::Null)
+    Ok(())
 }
 
 async fn prepare(

@@ -16,6 +16,7 @@
 
 mod authz;
 pub mod qom;
+pub mod qom_types;
 mod secret;
 mod tls;
 
@@ -145,6 +146,18 @@ impl Objects {
             _ => None,
         };
         Ok(match kind {
+            ObjectKind::MainLoop(_) => {
+                return Err(QmpError::generic(
+                    "Object type 'main-loop' is not supported by storaged: its event loops are \
+                 tokio's, tuned by iothread objects",
+                ))
+            }
+            ObjectKind::ThreadContext(_) => {
+                return Err(QmpError::generic(
+                    "Object type 'thread-context' is not supported by storaged: nothing in it \
+                 creates threads on an object's behalf",
+                ))
+            }
             ObjectKind::Secret(properties) => {
                 Object::Secret(secret::load(&properties, secret_bytes)?)
             }

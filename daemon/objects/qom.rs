@@ -17,6 +17,7 @@ use schema::{ErrorClass, QmpError};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
+use super::qom_types::class_name;
 use super::{Object, Objects};
 
 /// The daemon's objects and chardevs, as a tree.
@@ -56,14 +57,25 @@ impl Container {
     }
 }
 
-/// The properties each type has besides `type` and its children, with
-/// their QOM types, as QSD 10 lists them.
-fn own_properties(qom_type: &str) -> Vec<(String, &'static str)> {
+/// The properties each class has besides `type` and its children, with
+/// their QOM types, as QSD 10 lists them (a class's own after its
+/// parent's).
+pub(super) fn own_properties(qom_type: &str) -> Vec<(String, &'static str)> {
     let named = |list: &[(&str, &'static str)]| {
         list.iter()
             .map(|&(name, kind)| (name.to_owned(), kind))
             .collect::<Vec<_>>()
     };
+    let event_loop: &[(&str, &'static str)] = &[
+        ("thread-pool-min", "int"),
+        ("aio-max-batch", "int"),
+        ("thread-pool-max", "int"),
+    ];
+    let secret: &[(&str, &'static str)] = &[
+        ("iv", "string"),
+        ("keyid", "string"),
+        ("format", "QCryptoSecretFormat"),
+    ];
     let tls: &[(&str, &'static str)] = &[
         ("endpoint", "QCryptoTLSCredsEndpoint"),
         ("dir", "string"),
@@ -78,29 +90,28 @@ fn own_properties(qom_type: &str) -> Vec<(String, &'static str)> {
                     .map(|name| (format!("x-{name}"), "int")),
             )
             .collect(),
-        "secret" => named(&[
-            ("iv", "string"),
-            ("keyid", "string"),
-            ("format", "QCryptoSecretFormat"),
-            ("file", "string"),
-            ("data", "string"),
-        ]),
-        "iothread" => named(&[
-            ("thread-pool-min", "int"),
-            ("aio-max-batch", "int"),
-            ("thread-pool-max", "int"),
-            ("poll-max-ns", "int"),
-            ("poll-grow", "int"),
-            ("poll-shrink", "int"),
-        ]),
-        "tls-creds-anon" => named(tls),
+        "secret_common" => named(secret),
+        "secret" => named(&[secret, &[("file", "string"), ("data", "string")]].concat()),
+        "event-loop-base" => named(event_loop),
+        "iothread" => named(
+            &[
+                event_loop,
+                &[
+                    ("poll-max-ns", "int"),
+                    ("poll-grow", "int"),
+                    ("poll-shrink", "int"),
+                ],
+            ]
+            .concat(),
+        ),
+        "tls-creds" | "tls-creds-anon" => named(tls),
         "tls-creds-psk" => named(&[tls, &[("username", "string")]].concat()),
         "tls-creds-x509" => {
             named(&[tls, &[("sanity-check", "bool"), ("passwordid", "string")]].concat())
         }
         "authz-simple" => named(&[("identity", "string")]),
         "authz-list" => named(&[("policy", "QAuthZListPolicy"), ("rules", "QAuthZListRule")]),
-        "authz-listfile" => named(&[("filename", "string"), ("refresh", "bool")]),
+        "authz-list-file" => named(&[("filename", "string"), ("refresh", "bool")]),
         "chardev-socket" => named(&[("connected", "bool"), ("addr", "SocketAddress")]),
         _ => Vec::new(),
     }
@@ -239,7 +250,7 @@ impl Qom<'_> {
                 .map(|(id, qom_type)| {
                     let leaf = Node::Leaf {
                         id: id.clone(),
-                        qom_type,
+                        qom_type: class_name(qom_type),
                         parent,
                     };
                     (id, leaf)

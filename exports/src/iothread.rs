@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use schema::introspect::Introspect;
 use serde::Serialize;
 
 use crate::event_loop::EventLoop;
@@ -39,7 +40,7 @@ impl Default for IoThreadPoll {
 }
 
 /// One row of `query-iothreads`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct IoThreadInfo {
     pub id: String,

@@ -12,6 +12,7 @@ pub mod iothread;
 pub mod life;
 pub mod nbd;
 pub mod registry;
+pub mod trace;
 pub mod vhost_user_blk;
 
 pub use buffers::tune_allocator;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use block::backend::BackendRoot;
 use block::BlockGraph;
-use schema::event::{Event, EventSink};
+use schema::event::{EventSink, QmpEvent};
 use schema::export::{BlockExportInfo, BlockExportOptions, BlockExportRemoveMode, BlockExportType};
 use schema::QmpError;
 use tokio::sync::Notify;
@@ -316,7 +316,7 @@ impl Inner {
             return;
         };
         let entry = state.exports.remove(index);
-        (self.events)(Event::block_export_deleted(&entry.id));
+        (self.events)(QmpEvent::block_export_deleted(&entry.id).into());
         self.gone.notify_waiters();
     }
 }

@@ -39,6 +39,7 @@ mod monitors;
 mod reply;
 mod request;
 mod session;
+pub mod trace;
 
 pub use dispatcher::Dispatcher;
 pub use events::{EventBus, MAX_QUEUED_MESSAGES};

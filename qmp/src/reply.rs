@@ -119,7 +119,11 @@ mod tests {
     fn events_like_qsd() {
         let at = UNIX_EPOCH + Duration::from_micros(1_795_242_051_729_488);
         assert_eq!(
-            text(event(&Event::block_export_deleted("e"), at, false)),
+            text(event(
+                &schema::event::QmpEvent::block_export_deleted("e").into(),
+                at,
+                false
+            )),
             "{\"timestamp\": {\"seconds\": 1795242051, \"microseconds\": 729488}, \
              \"event\": \"BLOCK_EXPORT_DELETED\", \"data\": {\"id\": \"e\"}}\r\n"
         );

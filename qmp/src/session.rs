@@ -33,6 +33,7 @@ use crate::events::{EventBus, Subscription, MAX_QUEUED_MESSAGES};
 use crate::json::{Message, Splitter};
 use crate::reply::{self, VersionInfo};
 use crate::request;
+use crate::trace::{HANDLE_QMP_COMMAND, MONITOR_QMP_RESPOND};
 
 /// In-band requests that may wait for the executor once the client enabled
 /// `oob` (QEMU's `QMP_REQ_QUEUE_LEN_MAX`).
@@ -217,7 +218,16 @@ impl Session {
             if self.stopping() {
                 continue;
             }
+            if let Ok(request) = &item.message {
+                schema::trace!(HANDLE_QMP_COMMAND, "mon {:p} req: {request}", self);
+            }
             let reply = self.answer(item.message).await;
+            schema::trace!(
+                MONITOR_QMP_RESPOND,
+                "mon {:p} resp: {}",
+                self,
+                String::from_utf8_lossy(&reply).trim_end()
+            );
             self.send(reply).await;
         }
     }

@@ -1,13 +1,14 @@
 //! The dirty bitmap commands (`block-dirty-bitmap-*`), as in QEMU's
 //! `qapi/block-core.json`.
 
+use crate::introspect::Introspect;
 use serde::de::{self, Deserializer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::de::union::{Captured, Shape};
 
 /// `block-dirty-bitmap-add`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockDirtyBitmapAdd {
     pub node: String,
@@ -19,11 +20,17 @@ pub struct BlockDirtyBitmapAdd {
 
 /// `block-dirty-bitmap-remove`, `-clear`, `-enable`, `-disable`, and
 /// `x-debug-block-dirty-bitmap-sha256`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockDirtyBitmap {
     pub node: String,
     pub name: String,
+}
+
+/// What `x-debug-block-dirty-bitmap-sha256` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
+pub struct BlockDirtyBitmapSha256 {
+    pub sha256: String,
 }
 
 /// A source of `block-dirty-bitmap-merge`: a bitmap of the target's node
@@ -46,8 +53,10 @@ impl<'de> Deserialize<'de> for BlockDirtyBitmapOrStr {
     }
 }
 
+crate::introspect::alternate!(BlockDirtyBitmapOrStr: String, BlockDirtyBitmap);
+
 /// `block-dirty-bitmap-merge`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockDirtyBitmapMerge {
     pub node: String,

@@ -4,6 +4,7 @@
 //! Adding a driver is one variant in [`BlockdevOptions`]'s discriminator
 //! list and one options struct here.
 
+use crate::introspect::Introspect;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +13,7 @@ use crate::info::BlockPermission;
 use crate::sockets::SocketAddress;
 
 /// How discard requests are handled (`discard`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum BlockdevDiscardOptions {
     #[default]
@@ -22,7 +23,7 @@ pub enum BlockdevDiscardOptions {
 
 /// Whether writes of zeroes are detected and turned into zero writes
 /// (`detect-zeroes`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum BlockdevDetectZeroesOptions {
     #[default]
@@ -32,7 +33,7 @@ pub enum BlockdevDetectZeroesOptions {
 }
 
 /// Cache options common to all nodes (`cache.direct=on`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevCacheOptions {
     /// Bypass the host page cache (`O_DIRECT`). Default off.
@@ -42,7 +43,7 @@ pub struct BlockdevCacheOptions {
 }
 
 /// `on`, `off` or `auto`, for the file driver's locking.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnOffAuto {
     #[default]
@@ -52,7 +53,7 @@ pub enum OnOffAuto {
 }
 
 /// The AIO backend of the file driver.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 pub enum BlockdevAioOptions {
     #[default]
     #[serde(rename = "threads")]
@@ -64,8 +65,9 @@ pub enum BlockdevAioOptions {
 }
 
 /// Options of the `file` protocol driver.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
+#[introspect(features("dynamic-auto-read-only"))]
 pub struct BlockdevOptionsFile {
     pub filename: String,
     pub pr_manager: Option<String>,
@@ -73,11 +75,12 @@ pub struct BlockdevOptionsFile {
     pub aio: Option<BlockdevAioOptions>,
     pub aio_max_batch: Option<i64>,
     pub drop_cache: Option<bool>,
+    #[introspect(features("unstable"))]
     pub x_check_cache_dropped: Option<bool>,
 }
 
 /// Options of the `raw` format driver: a window of its child.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevOptionsRaw {
     pub file: BlockdevRef,
@@ -86,7 +89,7 @@ pub struct BlockdevOptionsRaw {
 }
 
 /// Options of the `copy-on-read` filter.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevOptionsCor {
     pub file: BlockdevRef,
@@ -95,7 +98,7 @@ pub struct BlockdevOptionsCor {
 }
 
 /// Options of the `preallocate` filter.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevOptionsPreallocate {
     pub file: BlockdevRef,
@@ -106,7 +109,7 @@ pub struct BlockdevOptionsPreallocate {
 }
 
 /// Options of the `null-co` and `null-aio` drivers.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevOptionsNull {
     /// Virtual size in bytes (QAPI `int`: no suffixes). Default 1 GiB.
@@ -116,7 +119,7 @@ pub struct BlockdevOptionsNull {
 }
 
 /// Which metadata overlap checks qcow2 performs before writing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum Qcow2OverlapCheckMode {
     None,
@@ -128,7 +131,7 @@ pub enum Qcow2OverlapCheckMode {
 /// The structures of `overlap-check` in its object form
 /// (`Qcow2OverlapCheckFlags`): a template mode, and structures turned on
 /// or off on top of it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Qcow2OverlapCheckFlags {
     pub template: Option<Qcow2OverlapCheckMode>,
@@ -163,8 +166,10 @@ impl<'de> Deserialize<'de> for Qcow2OverlapChecks {
     }
 }
 
+crate::introspect::alternate!(Qcow2OverlapChecks: Qcow2OverlapCheckFlags, Qcow2OverlapCheckMode);
+
 /// Options of the `qcow2` format driver (`BlockdevOptionsQcow2`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevOptionsQcow2 {
     pub file: BlockdevRef,
@@ -189,7 +194,7 @@ pub struct BlockdevOptionsQcow2 {
 /// the format or the generic block layer above a `blkdebug` node raises
 /// them on it; which of them storaged raises is listed in
 /// `docs/block-drivers.md`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "snake_case")]
 pub enum BlkdebugEvent {
     L1Update,
@@ -244,7 +249,7 @@ pub enum BlkdebugEvent {
 
 /// The kinds of request a `blkdebug` error rule applies to
 /// (`BlkdebugIOType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum BlkdebugIoType {
     Read,
@@ -257,7 +262,7 @@ pub enum BlkdebugIoType {
 
 /// A `blkdebug` rule that makes requests fail
 /// (`BlkdebugInjectErrorOptions`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlkdebugInjectErrorOptions {
     /// The event that arms the rule.
@@ -278,7 +283,7 @@ pub struct BlkdebugInjectErrorOptions {
 
 /// A `blkdebug` rule that changes the state (`BlkdebugSetStateOptions`);
 /// QAPI spells `new_state` with an underscore.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlkdebugSetStateOptions {
     pub event: BlkdebugEvent,
@@ -290,7 +295,7 @@ pub struct BlkdebugSetStateOptions {
 
 /// Options of the `blkdebug` filter: error injection and request limits
 /// over its `image` child (`BlockdevOptionsBlkdebug`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevOptionsBlkdebug {
     pub image: BlockdevRef,
@@ -310,7 +315,7 @@ pub struct BlockdevOptionsBlkdebug {
 
 /// Options of the `throttle` filter: requests to its `file` child pass
 /// the limits of a `throttle-group` object (`BlockdevOptionsThrottle`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevOptionsThrottle {
     /// The id of the `throttle-group` object whose limits apply.
@@ -320,7 +325,7 @@ pub struct BlockdevOptionsThrottle {
 
 /// Options of the `nbd` client driver: an export of an NBD server as a
 /// node (`BlockdevOptionsNbd`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevOptionsNbd {
     pub server: SocketAddress,
@@ -329,6 +334,7 @@ pub struct BlockdevOptionsNbd {
     pub tls_creds: Option<String>,
     pub tls_hostname: Option<String>,
     /// A `qemu:dirty-bitmap:` context to report as block status.
+    #[introspect(features("unstable"))]
     pub x_dirty_bitmap: Option<String>,
     /// Seconds to try reconnecting before requests fail (default 0).
     pub reconnect_delay: Option<u32>,
@@ -378,6 +384,8 @@ impl<'de> Deserialize<'de> for BlockdevRef {
     }
 }
 
+crate::introspect::alternate!(BlockdevRef: BlockdevOptions, String);
+
 /// A child that may also be explicitly absent (`"backing": null`). In
 /// keyval syntax, which has no null, an empty name means null, as in QEMU.
 #[derive(Debug, Clone, PartialEq)]
@@ -401,6 +409,8 @@ impl<'de> Deserialize<'de> for BlockdevRefOrNull {
     }
 }
 
+crate::introspect::alternate!(BlockdevRefOrNull: BlockdevOptions, String, crate::introspect::Null);
+
 /// Reads the object or string branch of a reference alternate.
 fn read_ref<E: de::Error>(captured: Captured, type_name: &str) -> Result<BlockdevRef, E> {
     let result = match captured.shape() {
@@ -414,21 +424,21 @@ fn read_ref<E: de::Error>(captured: Captured, type_name: &str) -> Result<Blockde
 }
 
 /// `blockdev-reopen`: the nodes to reopen, each with all its options.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevReopenArgs {
     pub options: Vec<BlockdevOptions>,
 }
 
 /// `blockdev-del`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevDelArgs {
     pub node_name: String,
 }
 
 /// `block_resize`: one of `device` (a block backend) or `node-name`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockResizeArgs {
     pub device: Option<String>,
@@ -436,8 +446,17 @@ pub struct BlockResizeArgs {
     pub size: i64,
 }
 
+/// `change-backing-file`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChangeBackingFileArgs {
+    pub device: String,
+    pub image_node_name: String,
+    pub backing_file: String,
+}
+
 /// `query-named-block-nodes`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct QueryNamedBlockNodesArgs {
     /// Omit the nested `backing-image` chains. Default false.

@@ -2,6 +2,7 @@
 //! older option syntax, see [`crate::qemuopts`]) and `--monitor` (keyval,
 //! implied key `chardev`).
 
+use crate::introspect::Introspect;
 use serde::{Deserialize, Serialize};
 
 use crate::size::Size;
@@ -16,7 +17,7 @@ pub const MONITOR_IMPLIED_KEY: &str = "chardev";
 /// backends; which ones a backend uses is the daemon's business. `id` and
 /// `backend` are optional here because QEMU reports their absence itself
 /// ("chardev: no id specified").
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct ChardevOptions {
     pub id: Option<String>,
@@ -63,7 +64,7 @@ pub struct ChardevOptions {
 }
 
 /// The protocol a monitor speaks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum MonitorMode {
     /// The human monitor; QSD has none and refuses it.
@@ -73,7 +74,7 @@ pub enum MonitorMode {
 }
 
 /// `--monitor [chardev=]ID[,id=...][,mode=control][,pretty=on|off]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct MonitorOptions {
     pub id: Option<String>,

@@ -1,6 +1,7 @@
 //! `blockdev-create` and the job commands it runs under, as in QEMU's
 //! `qapi/block-core.json` and `qapi/job.json`.
 
+use crate::introspect::Introspect;
 use serde::{Deserialize, Serialize};
 
 use crate::block::BlockdevRef;
@@ -8,7 +9,7 @@ use crate::de::union::qapi_union;
 use crate::size::Size;
 
 /// Preallocation modes of image creation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum PreallocMode {
     #[default]
@@ -19,7 +20,7 @@ pub enum PreallocMode {
 }
 
 /// The qcow2 on-disk version to create.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum BlockdevQcow2Version {
     V2,
@@ -27,7 +28,7 @@ pub enum BlockdevQcow2Version {
 }
 
 /// The compression algorithm recorded in a qcow2 header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum Qcow2CompressionType {
     Zlib,
@@ -35,7 +36,7 @@ pub enum Qcow2CompressionType {
 }
 
 /// `blockdev-create` options of the `file` driver.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevCreateOptionsFile {
     pub filename: String,
@@ -46,7 +47,7 @@ pub struct BlockdevCreateOptionsFile {
 }
 
 /// `blockdev-create` options of the `qcow2` driver.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevCreateOptionsQcow2 {
     pub file: BlockdevRef,
@@ -68,15 +69,39 @@ qapi_union! {
     /// What `blockdev-create` creates, by driver.
     pub struct BlockdevCreateOptions {
     }
-    /// The driver whose image is created.
+    /// The driver whose image is created. Every driver `blockdev-add`
+    /// knows is read, as in QEMU; those that create nothing are refused
+    /// when the command runs.
     discriminator "driver" => pub driver: BlockdevCreateDriver {
+        "blkdebug" => Blkdebug(NoCreateOptions),
+        "copy-on-read" => CopyOnRead(NoCreateOptions),
         "file" => File(BlockdevCreateOptionsFile),
+        "nbd" => Nbd(NoCreateOptions),
+        "null-aio" => NullAio(NoCreateOptions),
+        "null-co" => NullCo(NoCreateOptions),
+        "preallocate" => Preallocate(NoCreateOptions),
         "qcow2" => Qcow2(BlockdevCreateOptionsQcow2),
+        "raw" => Raw(NoCreateOptions),
+        "throttle" => Throttle(NoCreateOptions),
+    }
+}
+
+/// The (no) creation options of a driver that cannot create images.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+pub struct NoCreateOptions {}
+
+/// QEMU's message for a driver that creates nothing.
+pub const CREATE_UNSUPPORTED: &str = "Driver does not support blockdev-create";
+
+impl BlockdevCreateDriver {
+    /// Whether the driver creates images.
+    pub fn creates(&self) -> bool {
+        matches!(self, Self::File(_) | Self::Qcow2(_))
     }
 }
 
 /// `blockdev-create`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevCreateArgs {
     pub job_id: String,
@@ -85,14 +110,14 @@ pub struct BlockdevCreateArgs {
 
 /// The arguments of the job commands that name one job (`job-dismiss`,
 /// `job-cancel`, `job-finalize`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct JobIdArgs {
     pub id: String,
 }
 
 /// A job's state (`JobStatus`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobStatus {
     Undefined,
@@ -109,7 +134,7 @@ pub enum JobStatus {
 }
 
 /// The kind of a job (`JobType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobType {
     Commit,
@@ -124,7 +149,7 @@ pub enum JobType {
 }
 
 /// One element of `query-jobs`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct JobInfo {
     pub id: String,

@@ -4,10 +4,11 @@
 //! for the few cases clients match on. The wire form is
 //! `{"error": {"class": "...", "desc": "..."}}`.
 
+use crate::introspect::Introspect;
 use serde::Serialize;
 
 /// The error classes QEMU's QMP uses (`qapi/error.json`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Introspect)]
 pub enum ErrorClass {
     GenericError,
     CommandNotFound,
@@ -17,7 +18,7 @@ pub enum ErrorClass {
 }
 
 /// An error as a QMP client sees it: a class and a human-readable message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 pub struct QmpError {
     pub class: ErrorClass,
     pub desc: String,

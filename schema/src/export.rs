@@ -2,10 +2,11 @@
 //! `--nbd-server` / `nbd-server-start`, `--export` / `block-export-add`,
 //! and the deprecated `nbd-server-add` / `nbd-server-remove`.
 
-use serde::de::{self, Deserializer};
+use crate::introspect::Introspect;
 use serde::{Deserialize, Serialize};
 
-use crate::de::union::{qapi_union, Captured, Shape};
+pub use crate::bitmap::{BlockDirtyBitmap, BlockDirtyBitmapOrStr};
+use crate::de::union::qapi_union;
 use crate::size::Size;
 use crate::sockets::{SocketAddress, SocketAddressLegacy};
 
@@ -13,7 +14,7 @@ use crate::sockets::{SocketAddress, SocketAddressLegacy};
 pub const EXPORT_IMPLIED_KEY: &str = "type";
 
 /// `--nbd-server`: the NBD server's listening socket and limits.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct NbdServerOptions {
     /// Seconds a client has to finish the handshake (default 10; 0 means
@@ -28,7 +29,7 @@ pub struct NbdServerOptions {
 
 /// `nbd-server-start`: as [`NbdServerOptions`], with the legacy nested
 /// address form.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct NbdServerStartArgs {
     pub handshake_max_seconds: Option<u32>,
@@ -50,35 +51,8 @@ impl From<NbdServerStartArgs> for NbdServerOptions {
     }
 }
 
-/// A dirty bitmap named by its node and name.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct BlockDirtyBitmap {
-    pub node: String,
-    pub name: String,
-}
-
-/// A bitmap to export: by name on the exported node, or on any node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BlockDirtyBitmapOrStr {
-    Local(String),
-    External(BlockDirtyBitmap),
-}
-
-impl<'de> Deserialize<'de> for BlockDirtyBitmapOrStr {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let captured = Captured::deserialize(deserializer)?;
-        let result = match captured.shape() {
-            Shape::String => captured.read().map(Self::Local),
-            Shape::Object => captured.read().map(Self::External),
-            Shape::Null | Shape::Other => Err(captured.no_branch("BlockDirtyBitmapOrStr")),
-        };
-        result.map_err(de::Error::custom)
-    }
-}
-
 /// Options of an NBD export.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockExportOptionsNbd {
     /// Export name (default: the node name).
@@ -90,7 +64,7 @@ pub struct BlockExportOptionsNbd {
 }
 
 /// Options of a vhost-user-blk export.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockExportOptionsVhostUserBlk {
     pub addr: SocketAddress,
@@ -101,7 +75,7 @@ pub struct BlockExportOptionsVhostUserBlk {
 }
 
 /// Who besides the owner may access a FUSE export.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum FuseExportAllowOther {
     Off,
@@ -111,7 +85,7 @@ pub enum FuseExportAllowOther {
 }
 
 /// Options of a FUSE export.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockExportOptionsFuse {
     /// A regular file to mount the export over.
@@ -122,7 +96,7 @@ pub struct BlockExportOptionsFuse {
 }
 
 /// Options of a VDUSE block export.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockExportOptionsVduseBlk {
     pub name: String,
@@ -153,7 +127,7 @@ qapi_union! {
 }
 
 /// How an export is removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum BlockExportRemoveMode {
     /// Refuse while clients are connected.
@@ -164,7 +138,7 @@ pub enum BlockExportRemoveMode {
 }
 
 /// `block-export-del`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockExportDelArgs {
     pub id: String,
@@ -172,7 +146,7 @@ pub struct BlockExportDelArgs {
 }
 
 /// `nbd-server-add` (deprecated): an NBD export of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct NbdServerAddArgs {
     pub name: Option<String>,
@@ -183,7 +157,7 @@ pub struct NbdServerAddArgs {
 }
 
 /// `nbd-server-remove` (deprecated).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct NbdServerRemoveArgs {
     pub name: String,
@@ -191,7 +165,7 @@ pub struct NbdServerRemoveArgs {
 }
 
 /// The export type as `query-block-exports` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum BlockExportType {
     Nbd,
@@ -201,7 +175,7 @@ pub enum BlockExportType {
 }
 
 /// One entry of `query-block-exports`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockExportInfo {
     pub id: String,

@@ -3,12 +3,14 @@
 //! optionality and order follow QSD 10.0's schema (`query-qmp-schema`);
 //! optional members are left out when absent, as QEMU does.
 
+use crate::introspect::{tag_enum, variants, Introspect, Member, SchemaBuilder};
+use crate::sockets::Wrapped;
 use serde::{Deserialize, Serialize};
 
 use crate::block::BlockdevDetectZeroesOptions;
 
 /// A QEMU version number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Introspect)]
 pub struct VersionTriple {
     pub major: i64,
     pub minor: i64,
@@ -16,20 +18,20 @@ pub struct VersionTriple {
 }
 
 /// `query-version`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 pub struct VersionInfo {
     pub qemu: VersionTriple,
     pub package: String,
 }
 
 /// One entry of `query-commands`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 pub struct CommandInfo {
     pub name: String,
 }
 
 /// The cache mode of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevCacheInfo {
     pub writeback: bool,
@@ -38,7 +40,7 @@ pub struct BlockdevCacheInfo {
 }
 
 /// An internal snapshot of an image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct SnapshotInfo {
     pub id: String,
@@ -53,7 +55,7 @@ pub struct SnapshotInfo {
 }
 
 /// Flags of a persistent qcow2 bitmap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum Qcow2BitmapInfoFlags {
     InUse,
@@ -61,7 +63,7 @@ pub enum Qcow2BitmapInfoFlags {
 }
 
 /// A persistent bitmap stored in a qcow2 image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 pub struct Qcow2BitmapInfo {
     pub name: String,
     pub granularity: i64,
@@ -69,7 +71,7 @@ pub struct Qcow2BitmapInfo {
 }
 
 /// The compression algorithm of a qcow2 image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum Qcow2CompressionType {
     Zlib,
@@ -78,7 +80,7 @@ pub enum Qcow2CompressionType {
 
 /// qcow2 details of an image (without `encrypt`: storaged opens no
 /// encrypted qcow2 images).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct ImageInfoSpecificQCow2 {
     /// `0.10` or `1.1`.
@@ -100,7 +102,7 @@ pub struct ImageInfoSpecificQCow2 {
 }
 
 /// File-driver details of an image.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct ImageInfoSpecificFile {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,8 +117,37 @@ pub enum ImageInfoSpecific {
     File(ImageInfoSpecificFile),
 }
 
+/// A legacy union: the tag `type`, and per case an object holding `data`.
+impl Introspect for ImageInfoSpecific {
+    fn introspect(schema: &mut SchemaBuilder) -> String {
+        const CASES: &[&str] = &["qcow2", "file"];
+        schema.flat_union::<Self>(
+            &[],
+            |schema| {
+                /// The type of the union's tag, registered apart from it.
+                struct Tag;
+                let tag = tag_enum::<Tag>(schema, CASES);
+                vec![Member {
+                    name: "type".to_owned(),
+                    ty: tag,
+                    default: None,
+                    features: None,
+                }]
+            },
+            "type",
+            |schema| {
+                let types = [
+                    Wrapped::<ImageInfoSpecificQCow2>::introspect(schema),
+                    Wrapped::<ImageInfoSpecificFile>::introspect(schema),
+                ];
+                variants(CASES, types)
+            },
+        )
+    }
+}
+
 /// What a node's image looks like.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct ImageInfo {
     pub filename: String,
@@ -147,7 +178,7 @@ pub struct ImageInfo {
 }
 
 /// A dirty bitmap of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 pub struct BlockDirtyInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -162,7 +193,7 @@ pub struct BlockDirtyInfo {
 
 /// One entry of `query-named-block-nodes`. QEMU mixes `snake_case` and
 /// `kebab-case` here; the names are exactly QEMU's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 pub struct BlockDeviceInfo {
     pub file: String,
     #[serde(rename = "node-name", skip_serializing_if = "Option::is_none")]
@@ -217,7 +248,7 @@ pub struct BlockDeviceInfo {
 }
 
 /// What a vertex of the block graph is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum XDbgBlockGraphNodeType {
     BlockBackend,
@@ -227,7 +258,7 @@ pub enum XDbgBlockGraphNodeType {
 
 /// A vertex of `x-debug-query-block-graph`; `name` is empty for an
 /// anonymous backend.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 pub struct XDbgBlockGraphNode {
     pub id: u64,
     pub r#type: XDbgBlockGraphNodeType,
@@ -235,7 +266,7 @@ pub struct XDbgBlockGraphNode {
 }
 
 /// A permission a parent takes on, or shares of, a child.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum BlockPermission {
     ConsistentRead,
@@ -245,7 +276,7 @@ pub enum BlockPermission {
 }
 
 /// An edge (parent to child) of `x-debug-query-block-graph`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct XDbgBlockGraphEdge {
     pub parent: u64,
@@ -257,7 +288,7 @@ pub struct XDbgBlockGraphEdge {
 }
 
 /// `x-debug-query-block-graph`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 pub struct XDbgBlockGraph {
     pub nodes: Vec<XDbgBlockGraphNode>,
     pub edges: Vec<XDbgBlockGraphEdge>,

@@ -4,13 +4,14 @@
 //! and `query-block-jobs`. (`query-jobs` and the job status and type live
 //! with `blockdev-create` in [`crate::create`].)
 
+use crate::introspect::{variants, Empty, EnumValues, Introspect, ObjectMembers, SchemaBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::create::{JobStatus, JobType};
 use crate::de::union::qapi_union;
 
 /// What a job does when an I/O request fails (`BlockdevOnError`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum BlockdevOnError {
     #[default]
@@ -22,7 +23,7 @@ pub enum BlockdevOnError {
 }
 
 /// A block job's I/O status (`BlockDeviceIoStatus`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum IoStatus {
     Ok,
@@ -31,7 +32,7 @@ pub enum IoStatus {
 }
 
 /// What a mirror copies (`MirrorSyncMode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum MirrorSyncMode {
     Top,
@@ -42,7 +43,7 @@ pub enum MirrorSyncMode {
 }
 
 /// How a mirror treats guest writes (`MirrorCopyMode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum MirrorCopyMode {
     #[default]
@@ -52,7 +53,7 @@ pub enum MirrorCopyMode {
 
 /// One element of `query-block-jobs` (`BlockJobInfo`), without the
 /// members a job type adds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockJobInfo {
     #[serde(rename = "type")]
@@ -72,15 +73,48 @@ pub struct BlockJobInfo {
     pub error: Option<String>,
 }
 
+/// What a mirror job adds to its `query-block-jobs` row
+/// (`BlockJobInfoMirror`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockJobInfoMirror {
+    pub actively_synced: bool,
+}
+
+/// One element of `query-block-jobs`: the common members and what the
+/// job's type adds (a union on `type`; only mirror adds any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BlockJobInfoRow {
+    #[serde(flatten)]
+    pub info: BlockJobInfo,
+    #[serde(flatten)]
+    pub mirror: Option<BlockJobInfoMirror>,
+}
+
+impl Introspect for BlockJobInfoRow {
+    fn introspect(schema: &mut SchemaBuilder) -> String {
+        schema.flat_union::<Self>(&[], BlockJobInfo::members, "type", |schema| {
+            let types: Vec<String> = JobType::VALUES
+                .iter()
+                .map(|&case| match case {
+                    "mirror" => BlockJobInfoMirror::introspect(schema),
+                    _ => Empty::introspect(schema),
+                })
+                .collect();
+            variants(JobType::VALUES, types)
+        })
+    }
+}
+
 /// `block-job-pause`, `block-job-resume`, `block-job-complete`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockJobDeviceArgs {
     pub device: String,
 }
 
 /// `block-job-cancel`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockJobCancelArgs {
     pub device: String,
@@ -88,7 +122,7 @@ pub struct BlockJobCancelArgs {
 }
 
 /// `block-job-set-speed`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockJobSetSpeedArgs {
     pub device: String,
@@ -96,14 +130,14 @@ pub struct BlockJobSetSpeedArgs {
 }
 
 /// `block-job-change` options of a mirror.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockJobChangeOptionsMirror {
     pub copy_mode: MirrorCopyMode,
 }
 
 /// A job type whose options cannot change: no members.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 pub struct NoJobOptions {}
 
 qapi_union! {
@@ -126,7 +160,7 @@ qapi_union! {
 }
 
 /// `blockdev-mirror`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevMirrorArgs {
     pub job_id: Option<String>,
@@ -146,7 +180,7 @@ pub struct BlockdevMirrorArgs {
 }
 
 /// `block-stream`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockStreamArgs {
     pub job_id: Option<String>,
@@ -164,14 +198,16 @@ pub struct BlockStreamArgs {
 }
 
 /// `block-commit`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockCommitArgs {
     pub job_id: Option<String>,
     pub device: String,
     pub base_node: Option<String>,
+    #[introspect(features("deprecated"))]
     pub base: Option<String>,
     pub top_node: Option<String>,
+    #[introspect(features("deprecated"))]
     pub top: Option<String>,
     pub backing_file: Option<String>,
     pub backing_mask_protocol: Option<bool>,
@@ -184,7 +220,7 @@ pub struct BlockCommitArgs {
 
 /// What a backup with a bitmap does to the bitmap when it ends
 /// (`BitmapSyncMode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum BitmapSyncMode {
     OnSuccess,
@@ -193,16 +229,17 @@ pub enum BitmapSyncMode {
 }
 
 /// `x-perf` of a backup (`BackupPerf`): accepted and bounded.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BackupPerf {
     pub use_copy_range: Option<bool>,
     pub max_workers: Option<i64>,
     pub max_chunk: Option<i64>,
+    pub min_cluster_size: Option<crate::Size>,
 }
 
 /// `blockdev-backup`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevBackupArgs {
     pub job_id: Option<String>,
@@ -219,12 +256,13 @@ pub struct BlockdevBackupArgs {
     pub auto_dismiss: Option<bool>,
     pub filter_node_name: Option<String>,
     pub discard_source: Option<bool>,
+    #[introspect(features("unstable"))]
     pub x_perf: Option<BackupPerf>,
 }
 
 /// `blockdev-snapshot`: `overlay` (a node without a backing image) goes
 /// above `node` for all its users.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevSnapshot {
     pub node: String,
@@ -233,7 +271,7 @@ pub struct BlockdevSnapshot {
 
 /// How `blockdev-snapshot-sync` finds the overlay's image
 /// (`NewImageMode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum NewImageMode {
     Existing,
@@ -242,7 +280,7 @@ pub enum NewImageMode {
 }
 
 /// `blockdev-snapshot-sync`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockdevSnapshotSync {
     pub device: Option<String>,
@@ -255,7 +293,7 @@ pub struct BlockdevSnapshotSync {
 
 /// `drive-mirror`: a mirror to an image it creates (or opens, with
 /// `mode=existing`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct DriveMirror {
     pub job_id: Option<String>,

@@ -14,17 +14,23 @@ pub mod error;
 pub mod event;
 pub mod export;
 pub mod info;
+pub mod introspect;
 pub mod job;
 mod json;
 pub mod keyval;
 pub mod metrics;
+pub mod monitor;
 pub mod object;
 pub mod qemuopts;
 pub mod size;
 pub mod sockets;
 pub mod stats;
+pub mod trace;
 pub mod transaction;
 pub mod value;
+
+// The derive names this crate `::schema`, inside it too.
+extern crate self as schema;
 
 pub use error::{ErrorClass, QmpError};
 pub use size::Size;

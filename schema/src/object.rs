@@ -2,6 +2,7 @@
 //! secrets, iothreads, throttle groups, TLS credentials and authorization
 //! lists; and the arguments of `qom-list`, `qom-get` and `qom-set`.
 
+use crate::introspect::Introspect;
 use serde::{Deserialize, Serialize};
 
 use crate::de::union::qapi_union;
@@ -10,7 +11,7 @@ use crate::de::union::qapi_union;
 pub const OBJECT_IMPLIED_KEY: &str = "qom-type";
 
 /// How secret data is encoded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum QCryptoSecretFormat {
     #[default]
@@ -19,7 +20,7 @@ pub enum QCryptoSecretFormat {
 }
 
 /// A secret, given inline (`data`) or read from a file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct SecretProperties {
     pub format: Option<QCryptoSecretFormat>,
@@ -33,7 +34,7 @@ pub struct SecretProperties {
 
 /// An I/O thread. Polling parameters are accepted; how closely they are
 /// honoured is the daemon's business.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct IothreadProperties {
     pub aio_max_batch: Option<i64>,
@@ -44,13 +45,33 @@ pub struct IothreadProperties {
     pub poll_shrink: Option<i64>,
 }
 
+/// Properties of QEMU's `main-loop` object (`MainLoopProperties`): read,
+/// then refused, since storaged's loops are not QEMU's main loop.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct MainLoopProperties {
+    pub aio_max_batch: Option<i64>,
+    pub thread_pool_min: Option<i64>,
+    pub thread_pool_max: Option<i64>,
+}
+
+/// Properties of QEMU's `thread-context` object
+/// (`ThreadContextProperties`): read, then refused, since storaged
+/// creates no threads on another's behalf.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct ThreadContextProperties {
+    pub cpu_affinity: Option<Vec<u16>>,
+    pub node_affinity: Option<Vec<u16>>,
+}
+
 /// Defines [`ThrottleLimits`] and [`ThrottleGroupProperties`] from one
 /// list of limits, each with its QAPI name and the unstable flat `x-`
 /// member that sets it.
 macro_rules! throttle_limits {
     ($( $limit:ident / $flat:ident = $name:literal, )*) => {
         /// I/O limits of a throttle group (`ThrottleLimits`).
-        #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
         #[serde(rename_all = "kebab-case")]
         pub struct ThrottleLimits {
             $( pub $limit: Option<i64>, )*
@@ -81,11 +102,14 @@ macro_rules! throttle_limits {
 
         /// A throttle group: `limits`, and/or the unstable flat `x-`
         /// members.
-        #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
         #[serde(rename_all = "kebab-case")]
         pub struct ThrottleGroupProperties {
             pub limits: Option<ThrottleLimits>,
-            $( pub $flat: Option<i64>, )*
+            $(
+                #[introspect(features("unstable"))]
+                pub $flat: Option<i64>,
+            )*
         }
 
         impl ThrottleGroupProperties {
@@ -130,7 +154,7 @@ throttle_limits! {
 }
 
 /// Which side of a TLS connection credentials are for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum QCryptoTlsCredsEndpoint {
     Client,
@@ -139,7 +163,7 @@ pub enum QCryptoTlsCredsEndpoint {
 }
 
 /// Anonymous TLS credentials.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct TlsCredsAnonProperties {
     pub verify_peer: Option<bool>,
@@ -149,7 +173,7 @@ pub struct TlsCredsAnonProperties {
 }
 
 /// Pre-shared-key TLS credentials (`dir/keys.psk`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct TlsCredsPskProperties {
     pub verify_peer: Option<bool>,
@@ -160,7 +184,7 @@ pub struct TlsCredsPskProperties {
 }
 
 /// X.509 TLS credentials (`dir/ca-cert.pem`, `server-cert.pem`, ...).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct TlsCredsX509Properties {
     pub verify_peer: Option<bool>,
@@ -173,7 +197,7 @@ pub struct TlsCredsX509Properties {
 }
 
 /// Allow or deny.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum QAuthZListPolicy {
     #[default]
@@ -182,7 +206,7 @@ pub enum QAuthZListPolicy {
 }
 
 /// How a rule's `match` is compared.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum QAuthZListFormat {
     #[default]
@@ -191,7 +215,7 @@ pub enum QAuthZListFormat {
 }
 
 /// One rule of an `authz-list`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct QAuthZListRule {
     pub r#match: String,
@@ -200,14 +224,14 @@ pub struct QAuthZListRule {
 }
 
 /// Authorizes exactly one identity.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct AuthZSimpleProperties {
     pub identity: String,
 }
 
 /// Authorizes by a list of rules; the first match decides.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct AuthZListProperties {
     pub policy: Option<QAuthZListPolicy>,
@@ -215,7 +239,7 @@ pub struct AuthZListProperties {
 }
 
 /// An `authz-list` whose rules are read from a JSON file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct AuthZListFileProperties {
     pub filename: String,
@@ -233,7 +257,9 @@ qapi_union! {
         "authz-listfile" => AuthzListfile(AuthZListFileProperties),
         "authz-simple" => AuthzSimple(AuthZSimpleProperties),
         "iothread" => Iothread(IothreadProperties),
+        "main-loop" => MainLoop(MainLoopProperties),
         "secret" => Secret(SecretProperties),
+        "thread-context" => ThreadContext(ThreadContextProperties),
         "throttle-group" => ThrottleGroup(Box<ThrottleGroupProperties>),
         "tls-creds-anon" => TlsCredsAnon(TlsCredsAnonProperties),
         "tls-creds-psk" => TlsCredsPsk(TlsCredsPskProperties),
@@ -242,14 +268,14 @@ qapi_union! {
 }
 
 /// `object-del`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct ObjectDelArgs {
     pub id: String,
 }
 
 /// `qom-list`: the properties of the object at `path`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct QomListArgs {
     /// An absolute path (`/objects/tg0`) or a partial one that names one
@@ -258,7 +284,7 @@ pub struct QomListArgs {
 }
 
 /// `qom-get`: one property of the object at `path`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct QomGetArgs {
     pub path: String,
@@ -267,7 +293,7 @@ pub struct QomGetArgs {
 
 /// `qom-set`: sets one property of the object at `path`; `value` is
 /// checked against the property's own type.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct QomSetArgs {
     pub path: String,
@@ -275,9 +301,33 @@ pub struct QomSetArgs {
     pub value: serde_json::Value,
 }
 
+/// One element of `qom-list-types` (`ObjectTypeInfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
+pub struct ObjectTypeInfo {
+    pub name: String,
+    #[serde(rename = "abstract", skip_serializing_if = "Option::is_none")]
+    pub is_abstract: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+}
+
+/// `qom-list-types`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+pub struct QomListTypesArgs {
+    pub implements: Option<String>,
+    #[serde(rename = "abstract")]
+    pub include_abstract: Option<bool>,
+}
+
+/// `qom-list-properties`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+pub struct QomListPropertiesArgs {
+    pub typename: String,
+}
+
 /// One entry of `qom-list`'s reply (`ObjectPropertyInfo`; QSD gives
 /// neither `description` nor `default-value` for the objects it lists).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 pub struct ObjectPropertyInfo {
     pub name: String,
     /// `string`, `int`, `child<secret>`, `ThrottleLimits`, ...

@@ -4,12 +4,13 @@
 //! ([`SocketAddressLegacy`], `{"type": "unix", "data": {"path": ...}}`)
 //! that `nbd-server-start` and `chardev-add` take.
 
+use crate::introspect::Introspect;
 use serde::{Deserialize, Serialize};
 
 use crate::de::union::qapi_union;
 
 /// A TCP address.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct InetSocketAddress {
     pub host: String,
@@ -31,7 +32,7 @@ pub struct InetSocketAddress {
 }
 
 /// A Unix domain socket address.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct UnixSocketAddress {
     pub path: String,
@@ -44,7 +45,7 @@ pub struct UnixSocketAddress {
 }
 
 /// A vsock address.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct VsockSocketAddress {
     pub cid: String,
@@ -52,7 +53,7 @@ pub struct VsockSocketAddress {
 }
 
 /// A file descriptor passed in earlier, by number or name.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct FdSocketAddress {
     pub str: String,
@@ -70,7 +71,7 @@ qapi_union! {
 }
 
 /// The `data` wrapper of a legacy address.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 pub struct Wrapped<T> {
     pub data: T,
 }

@@ -6,10 +6,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::block::BlockdevDriver;
 use crate::info::BlockDeviceInfo;
+use crate::introspect::{Empty, EnumValue, Introspect, Member, SchemaBuilder, Variant};
 
 /// `query-blockstats`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct QueryBlockstatsArgs {
     /// List every named node instead of the named backends. Default false.
@@ -18,7 +20,7 @@ pub struct QueryBlockstatsArgs {
 
 /// Counts of the I/O done over one interval (QEMU's `stats-intervals`,
 /// which only guest devices configure; the list is empty here, as in QSD).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Introspect)]
 pub struct BlockDeviceTimedStats {
     pub interval_length: i64,
     pub min_rd_latency_ns: i64,
@@ -40,14 +42,14 @@ pub struct BlockDeviceTimedStats {
 
 /// A latency histogram set with `block-latency-histogram-set` (a guest
 /// device command QSD does not have; never present here).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 pub struct BlockLatencyHistogramInfo {
     pub boundaries: Vec<u64>,
     pub bins: Vec<u64>,
 }
 
 /// The counters of one node or backend.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Introspect)]
 pub struct BlockDeviceStats {
     pub rd_bytes: i64,
     pub wr_bytes: i64,
@@ -97,7 +99,7 @@ pub struct BlockDeviceStats {
 }
 
 /// Discard counters of the `file` driver.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockStatsSpecificFile {
     pub discard_nb_ok: i64,
@@ -115,10 +117,50 @@ pub enum BlockStatsSpecific {
     File(BlockStatsSpecificFile),
 }
 
+/// As QEMU describes it: a union over every driver (the discriminator is
+/// `blockdev-add`'s), `file` with its counters, the others with none.
+impl Introspect for BlockStatsSpecific {
+    fn introspect(schema: &mut SchemaBuilder) -> String {
+        schema.flat_union::<Self>(
+            &[],
+            |schema| {
+                let values: Vec<EnumValue> = BlockdevDriver::NAMES
+                    .iter()
+                    .map(|name| EnumValue {
+                        name,
+                        features: &[],
+                    })
+                    .collect();
+                let tag = schema.enumeration::<BlockdevDriver>(&[], &values);
+                vec![Member {
+                    name: "driver".to_owned(),
+                    ty: tag,
+                    default: None,
+                    features: None,
+                }]
+            },
+            "driver",
+            |schema| {
+                let variant = |schema: &mut SchemaBuilder, case: &str| Variant {
+                    case: case.to_owned(),
+                    ty: match case {
+                        "file" => BlockStatsSpecificFile::introspect(schema),
+                        _ => Empty::introspect(schema),
+                    },
+                };
+                BlockdevDriver::NAMES
+                    .iter()
+                    .map(|case| variant(schema, case))
+                    .collect()
+            },
+        )
+    }
+}
+
 /// One entry of `query-blockstats`: a backend (`device`, `qdev`) or a
 /// node, with the node's primary data child as `parent`, and for a
 /// backend its backing chain as `backing`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Introspect)]
 pub struct BlockStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
@@ -136,7 +178,7 @@ pub struct BlockStats {
 }
 
 /// The I/O status of a backend that stops on errors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum BlockDeviceIoStatus {
     Ok,
@@ -146,7 +188,7 @@ pub enum BlockDeviceIoStatus {
 
 /// One entry of `query-block`: a named backend (a guest drive). QSD has
 /// none, and neither has storaged: exports' backends are anonymous.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 pub struct BlockInfo {
     pub device: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -163,7 +205,7 @@ pub struct BlockInfo {
 }
 
 /// `block-set-write-threshold`: 0 disables the threshold.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BlockSetWriteThresholdArgs {
     pub node_name: String,
@@ -172,9 +214,9 @@ pub struct BlockSetWriteThresholdArgs {
 
 /// `BLOCK_WRITE_THRESHOLD`: a write reached past the node's threshold
 /// (which is then disabled).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
-pub struct BlockWriteThresholdEvent {
+pub struct BlockWriteThresholdData {
     pub node_name: String,
     /// How far the write went past the threshold, in bytes.
     pub amount_exceeded: u64,

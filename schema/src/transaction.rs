@@ -1,6 +1,7 @@
 //! `transaction`: several actions that succeed or fail together, as in
 //! QEMU's `qapi/transaction.json`.
 
+use crate::introspect::Introspect;
 use serde::{Deserialize, Serialize};
 
 use crate::bitmap::{BlockDirtyBitmap, BlockDirtyBitmapAdd, BlockDirtyBitmapMerge};
@@ -8,17 +9,17 @@ use crate::de::union::qapi_union;
 use crate::job::{BlockdevBackupArgs, BlockdevSnapshot, BlockdevSnapshotSync};
 
 /// An action's arguments, under `data` (QAPI's `...Wrapper` types).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 pub struct ActionData<T> {
     pub data: T,
 }
 
 /// `abort`'s arguments: none.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 pub struct Abort {}
 
 /// `drive-backup` (`DriveBackup`): a backup to an image it creates.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct DriveBackup {
     pub job_id: Option<String>,
@@ -37,11 +38,12 @@ pub struct DriveBackup {
     pub auto_dismiss: Option<bool>,
     pub filter_node_name: Option<String>,
     pub discard_source: Option<bool>,
+    #[introspect(features("unstable"))]
     pub x_perf: Option<crate::job::BackupPerf>,
 }
 
 /// `blockdev-snapshot-internal-sync`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 pub struct BlockdevSnapshotInternal {
     pub device: String,
     pub name: String,
@@ -64,12 +66,12 @@ qapi_union! {
         "blockdev-snapshot" => BlockdevSnapshot(ActionData<BlockdevSnapshot>),
         "blockdev-snapshot-internal-sync" => BlockdevSnapshotInternalSync(ActionData<BlockdevSnapshotInternal>),
         "blockdev-snapshot-sync" => BlockdevSnapshotSync(ActionData<BlockdevSnapshotSync>),
-        "drive-backup" => DriveBackup(ActionData<DriveBackup>),
+        "drive-backup" => DriveBackup(ActionData<DriveBackup>) features ["deprecated"],
     }
 }
 
 /// When the jobs a transaction starts complete (`ActionCompletionMode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub enum ActionCompletionMode {
     #[default]
@@ -78,14 +80,14 @@ pub enum ActionCompletionMode {
 }
 
 /// `properties` of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct TransactionProperties {
     pub completion_mode: Option<ActionCompletionMode>,
 }
 
 /// `transaction`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 pub struct TransactionArgs {
     pub actions: Vec<TransactionAction>,
     pub properties: Option<TransactionProperties>,

@@ -3,7 +3,7 @@
 //! `query-block-exports` and `query-version` on a running QSD).
 
 use schema::block::BlockdevDetectZeroesOptions;
-use schema::event::Event;
+use schema::event::{Event, QmpEvent};
 use schema::export::{BlockExportInfo, BlockExportType};
 use schema::info::*;
 use serde_json::json;
@@ -146,7 +146,7 @@ fn exports_version_and_events() {
         json!({"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": "storaged"})
     );
     assert_eq!(
-        serde_json::to_value(Event::block_export_deleted("e")).unwrap(),
+        serde_json::to_value(Event::from(QmpEvent::block_export_deleted("e"))).unwrap(),
         json!({"event": "BLOCK_EXPORT_DELETED", "data": {"id": "e"}})
     );
     assert_eq!(

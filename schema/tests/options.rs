@@ -215,7 +215,7 @@ fn nbd_server_flat_and_legacy_addresses() {
         ),
         (
             "addr.type=tcp",
-            "Parameter 'addr.type' does not accept value 'tcp'",
+            "Parameter 'type' does not accept value 'tcp'",
         ),
     ];
     for (input, expected) in cases {

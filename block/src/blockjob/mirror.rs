@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use schema::create::JobType;
+use schema::job::BlockJobInfoMirror;
 use schema::job::{
     BlockJobChangeOptions, BlockJobChangeType, BlockdevMirrorArgs, BlockdevOnError, MirrorCopyMode,
     MirrorSyncMode,
 };
-use serde_json::{json, Map, Value};
 
 use super::buffers::CopyBuffers;
 use super::mirror_top::{ActiveWrites, MirrorTop};
@@ -539,16 +539,14 @@ impl JobDriver for Mirror {
         }
     }
 
-    fn extra_info(&self) -> Map<String, Value> {
+    fn mirror_info(&self) -> Option<BlockJobInfoMirror> {
         if self.job_type != JobType::Mirror {
-            return Map::new();
+            return None;
         }
-        let synced = self.active.enabled.load(Ordering::Acquire)
+        let actively_synced = self.active.enabled.load(Ordering::Acquire)
             && self.ready.load(Ordering::Acquire)
             && self.bitmap.dirty_bytes() == 0;
-        let mut info = Map::new();
-        info.insert("actively-synced".into(), json!(synced));
-        info
+        Some(BlockJobInfoMirror { actively_synced })
     }
 
     /// The pivot, when the job completed; otherwise the source goes back.

@@ -10,7 +10,9 @@
 mod file;
 
 use schema::block::BlockdevRef;
-use schema::create::{BlockdevCreateDriver, BlockdevCreateOptions, BlockdevCreateOptionsQcow2};
+use schema::create::{
+    BlockdevCreateDriver, BlockdevCreateOptions, BlockdevCreateOptionsQcow2, CREATE_UNSUPPORTED,
+};
 
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::graph::{BackendPerms, BlockGraph};
@@ -22,6 +24,7 @@ pub async fn create_image(graph: &BlockGraph, options: BlockdevCreateOptions) ->
     match options.driver {
         BlockdevCreateDriver::File(file) => file::create(file).await,
         BlockdevCreateDriver::Qcow2(qcow2) => create_qcow2(graph, &qcow2).await,
+        _ => Err(BlockError::new(ErrorKind::NotSupported, CREATE_UNSUPPORTED)),
     }
 }
 

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use schema::create::JobStatus;
+use schema::event::{BlockErrorAction, BlockJobErrorData, IoOperationType, QmpEvent};
 use schema::job::{BlockdevOnError, IoStatus};
-use serde_json::{json, Map};
 use tokio::sync::Notify;
 
 use super::{Job, Shared};
@@ -109,7 +109,9 @@ impl JobContext {
         self.with(|job, shared| {
             if job.status == JobStatus::Running {
                 shared.transition(job, JobStatus::Ready);
-                shared.block_event("BLOCK_JOB_READY", job, Map::new());
+                if let Some(progress) = Shared::block_progress(job) {
+                    shared.emit(QmpEvent::BlockJobReady(progress));
+                }
             }
         });
     }
@@ -194,22 +196,25 @@ impl JobContext {
     ) -> ErrorAction {
         let no_space = error.kind == ErrorKind::NoSpace;
         let (stop, action) = match on_error {
-            BlockdevOnError::Enospc | BlockdevOnError::Auto if no_space => (true, "stop"),
-            BlockdevOnError::Enospc | BlockdevOnError::Auto | BlockdevOnError::Report => {
-                (false, "report")
+            BlockdevOnError::Enospc | BlockdevOnError::Auto if no_space => {
+                (true, BlockErrorAction::Stop)
             }
-            BlockdevOnError::Stop => (true, "stop"),
-            BlockdevOnError::Ignore => (false, "ignore"),
+            BlockdevOnError::Enospc | BlockdevOnError::Auto | BlockdevOnError::Report => {
+                (false, BlockErrorAction::Report)
+            }
+            BlockdevOnError::Stop => (true, BlockErrorAction::Stop),
+            BlockdevOnError::Ignore => (false, BlockErrorAction::Ignore),
         };
         self.with(|job, shared| {
-            (shared.events)(schema::event::Event::new(
-                "BLOCK_JOB_ERROR",
-                json!({
-                    "device": job.id,
-                    "operation": if is_read { "read" } else { "write" },
-                    "action": action,
-                }),
-            ));
+            shared.emit(QmpEvent::BlockJobError(BlockJobErrorData {
+                device: job.id.clone(),
+                operation: if is_read {
+                    IoOperationType::Read
+                } else {
+                    IoOperationType::Write
+                },
+                action,
+            }));
             if stop {
                 if !job.user_paused {
                     job.pause_count += 1;
@@ -223,12 +228,12 @@ impl JobContext {
             }
         });
         match action {
-            "stop" => {
+            BlockErrorAction::Stop => {
                 self.pause_point().await;
                 ErrorAction::Retry
             }
-            "ignore" => ErrorAction::Ignore,
-            _ => ErrorAction::Report,
+            BlockErrorAction::Ignore => ErrorAction::Ignore,
+            BlockErrorAction::Report => ErrorAction::Report,
         }
     }
 

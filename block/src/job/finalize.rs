@@ -12,10 +12,11 @@
 use std::sync::Arc;
 
 use schema::create::JobStatus;
-use serde_json::{json, Map};
+use schema::event::{BlockJobCompletedData, BlockJobPendingData, QmpEvent};
 
 use super::{is_completed, JobDriver, RegistryState, Shared, TxnId, CANCELLED_MESSAGE};
 use crate::error::{os_error_text, BlockResult};
+use crate::trace::JOB_COMPLETED;
 
 /// What follows a body's end.
 enum Next {
@@ -48,6 +49,16 @@ impl Shared {
         };
         job.body_ended = true;
         job.busy = false;
+        schema::trace!(
+            JOB_COMPLETED,
+            "job {} ret {}",
+            job.id,
+            result
+                .as_ref()
+                .err()
+                .and_then(|e| e.errno)
+                .map_or(0, |errno| -errno)
+        );
         if let Err(error) = result {
             // A block job fails with the errno's text, as QEMU's do (their
             // run returns a negative errno); other errors keep their words.
@@ -87,10 +98,10 @@ impl Shared {
                 self.transition(job, JobStatus::Pending);
                 if !job.auto_finalize {
                     manual = true;
-                    (self.events)(schema::event::Event::new(
-                        "BLOCK_JOB_PENDING",
-                        json!({ "type": job.job_type, "id": job.id }),
-                    ));
+                    self.emit(QmpEvent::BlockJobPending(BlockJobPendingData {
+                        job_type: job.job_type,
+                        id: job.id.clone(),
+                    }));
                 }
             }
         }
@@ -209,14 +220,19 @@ impl Shared {
             return;
         };
         let job = &mut state.jobs[index];
-        if job.is_cancelled() {
-            self.block_event("BLOCK_JOB_CANCELLED", job, Map::new());
-        } else {
-            let mut extra = Map::new();
-            if let Some(error) = &job.error {
-                extra.insert("error".into(), json!(error));
-            }
-            self.block_event("BLOCK_JOB_COMPLETED", job, extra);
+        if let Some(progress) = Self::block_progress(job) {
+            self.emit(if job.is_cancelled() {
+                QmpEvent::BlockJobCancelled(progress)
+            } else {
+                QmpEvent::BlockJobCompleted(BlockJobCompletedData {
+                    job_type: progress.job_type,
+                    device: progress.device,
+                    len: progress.len,
+                    offset: progress.offset,
+                    speed: progress.speed,
+                    error: job.error.clone(),
+                })
+            });
         }
         self.transition(job, JobStatus::Concluded);
         if job.auto_dismiss {

@@ -29,18 +29,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use schema::create::{JobInfo, JobStatus, JobType};
-use schema::event::{Event, EventSink};
-use schema::job::{BlockJobChangeOptions, BlockJobInfo, IoStatus};
-use serde_json::{json, Map, Value};
+use schema::event::{BlockJobProgress, EventSink, JobStatusChangeData, QmpEvent};
+use schema::job::{
+    BlockJobChangeOptions, BlockJobInfo, BlockJobInfoMirror, BlockJobInfoRow, IoStatus,
+};
 use tokio::sync::Notify;
 
 use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::info::saturating_i64;
 
 mod context;
 mod finalize;
 mod rate;
 mod status;
 
+use crate::trace::JOB_STATE_TRANSITION;
 pub use context::{ErrorAction, JobContext};
 use rate::RateLimit;
 use status::{generic, is_completed, is_ready, is_well_formed_id, status_name, Verb};
@@ -75,9 +78,10 @@ pub trait JobDriver: Send + Sync + 'static {
         Err(generic("Job type does not support changing options"))
     }
 
-    /// Members the job type adds to its `query-block-jobs` entry.
-    fn extra_info(&self) -> Map<String, Value> {
-        Map::new()
+    /// What a mirror adds to its `query-block-jobs` entry (the only job
+    /// type that adds members).
+    fn mirror_info(&self) -> Option<BlockJobInfoMirror> {
+        None
     }
 
     /// The transaction's jobs all succeeded: make the result visible
@@ -422,7 +426,7 @@ impl JobRegistry {
 
     /// `query-block-jobs`: the block jobs, newest first, each with the
     /// members its type adds.
-    pub fn query_block(&self) -> Vec<Value> {
+    pub fn query_block(&self) -> Vec<BlockJobInfoRow> {
         let jobs: Vec<(BlockJobInfo, Arc<dyn JobDriver>)> = {
             let state = self.shared.state();
             state
@@ -434,12 +438,9 @@ impl JobRegistry {
                 .collect()
         };
         jobs.into_iter()
-            .map(|(info, driver)| {
-                let mut value = serde_json::to_value(info).unwrap_or_default();
-                if let Value::Object(members) = &mut value {
-                    members.extend(driver.extra_info());
-                }
-                value
+            .map(|(info, driver)| BlockJobInfoRow {
+                info,
+                mirror: driver.mirror_info(),
             })
             .collect()
     }
@@ -658,14 +659,27 @@ impl Shared {
             job.id,
             job.status
         );
+        schema::trace!(
+            JOB_STATE_TRANSITION,
+            "job {} (ret: {}) attempting {} transition ({}-->{})",
+            job.id,
+            if job.error.is_some() { -1 } else { 0 },
+            if status::may_transition(job.status, to) {
+                "allowed"
+            } else {
+                "disallowed"
+            },
+            status_name(job.status),
+            status_name(to)
+        );
         if job.status == to {
             return;
         }
         job.status = to;
-        (self.events)(Event::new(
-            "JOB_STATUS_CHANGE",
-            json!({ "id": job.id, "status": status_name(to) }),
-        ));
+        self.emit(QmpEvent::JobStatusChange(JobStatusChangeData {
+            id: job.id.clone(),
+            status: to,
+        }));
     }
 
     /// The job stops at a pause point: `paused`, or `standby` if ready.
@@ -690,20 +704,20 @@ impl Shared {
         }
     }
 
-    /// A `BLOCK_JOB_*` event of a block job with its usual members
-    /// (`type`, `device`, `len`, `offset`, `speed`) and `extra` ones.
-    fn block_event(&self, name: &str, job: &Job, extra: Map<String, Value>) {
-        if !job.block_job {
-            return;
-        }
-        let mut data = Map::new();
-        data.insert("type".into(), json!(job.job_type));
-        data.insert("device".into(), json!(job.id));
-        data.insert("len".into(), json!(saturating_i64(job.total_progress)));
-        data.insert("offset".into(), json!(saturating_i64(job.current_progress)));
-        data.insert("speed".into(), json!(saturating_i64(job.rate.speed())));
-        data.extend(extra);
-        (self.events)(Event::new(name, Value::Object(data)));
+    fn emit(&self, event: QmpEvent) {
+        (self.events)(event.into());
+    }
+
+    /// Where a block job is, for its `BLOCK_JOB_*` events; other jobs
+    /// send none.
+    fn block_progress(job: &Job) -> Option<BlockJobProgress> {
+        job.block_job.then(|| BlockJobProgress {
+            job_type: job.job_type,
+            device: job.id.clone(),
+            len: saturating_i64(job.total_progress),
+            offset: saturating_i64(job.current_progress),
+            speed: saturating_i64(job.rate.speed()),
+        })
     }
 
     /// Waits until `done` holds of the registry; it is checked again each
@@ -765,10 +779,6 @@ pub fn job_type_name_of<T: serde::Serialize>(value: &T) -> String {
         .ok()
         .and_then(|value| value.as_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-fn saturating_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

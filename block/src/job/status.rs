@@ -5,6 +5,7 @@
 use schema::create::JobStatus;
 
 use crate::error::{BlockError, BlockResult, ErrorKind};
+use crate::trace::JOB_APPLY_VERB;
 
 /// A command a user may send to a job (QEMU's `JobVerb`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,17 @@ impl Verb {
     /// QEMU's `job_apply_verb_locked`: the error for a job `id` in
     /// `status` that does not accept this verb.
     pub(crate) fn check(self, id: &str, status: JobStatus) -> BlockResult<()> {
+        schema::trace!(
+            JOB_APPLY_VERB,
+            "job {id} in state {}; applying verb {} ({})",
+            status_name(status),
+            self.name(),
+            if self.allowed_in(status) {
+                "allowed"
+            } else {
+                "prohibited"
+            }
+        );
         if self.allowed_in(status) {
             return Ok(());
         }

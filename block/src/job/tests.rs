@@ -2,7 +2,8 @@
 //! order, verbs and their messages, transactions, error policies.
 
 use super::*;
-use schema::job::BlockdevOnError;
+use schema::event::Event;
+use schema::job::{BlockdevOnError, IoStatus};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -214,7 +215,7 @@ async fn pause_resume_ready_and_complete_follow_qemu() {
         "Can't resume a job that was not paused"
     );
     wait_status(&registry, "m", JobStatus::Ready).await;
-    assert_eq!(registry.query_block()[0]["ready"], true);
+    assert!(registry.query_block()[0].info.ready);
     // Paused when ready: standby.
     registry.pause("m").unwrap();
     wait_status(&registry, "m", JobStatus::Standby).await;
@@ -382,7 +383,7 @@ async fn stop_on_error_pauses_until_resumed() {
         )
         .unwrap();
     wait_status(&registry, "e", JobStatus::Paused).await;
-    assert_eq!(registry.query_block()[0]["io-status"], "failed");
+    assert_eq!(registry.query_block()[0].info.io_status, IoStatus::Failed);
     registry.resume("e").unwrap();
     wait_gone(&registry, "e").await;
     assert_eq!(

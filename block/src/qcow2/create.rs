@@ -250,7 +250,7 @@ pub async fn create(file: Arc<dyn BlockChild>, options: &CreateOptions) -> Block
         ..Qcow2Options::default()
     };
     let qcow2 = Qcow2::open(file, None, options_rw).await?;
-    qcow2.grow(options.size).await?;
+    qcow2.resize_to(options.size).await?;
     if options.preallocation == Preallocation::Metadata {
         qcow2.preallocate_metadata().await?;
     }

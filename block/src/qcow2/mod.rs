@@ -447,7 +447,7 @@ impl BlockDriver for Qcow2 {
     }
 
     async fn resize(&self, new_size: u64) -> BlockResult<()> {
-        let result = self.grow(new_size).await;
+        let result = self.resize_to(new_size).await;
         self.check_corruption(result).await
     }
 

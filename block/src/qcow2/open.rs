@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use schema::block::{BlockdevOptions, BlockdevOptionsQcow2, BlockdevRefOrNull};
-use schema::event::{Event, EventSink};
+use schema::event::{BlockImageCorruptedData, EventSink, QmpEvent};
 use serde_json::json;
 
 use super::{BlockChild, CorruptionEvent, CorruptionHook, Qcow2, Qcow2Options};
@@ -14,6 +14,7 @@ use crate::driver::ChildRole;
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::filename::display_filename;
 use crate::graph::BackendPerms;
+use crate::info::saturating_i64;
 use crate::node::Node;
 use crate::open::OpenContext;
 use crate::permissions::{default_child_perms, ChildRoleFlags, Perm};
@@ -64,19 +65,17 @@ fn corruption_hook(events: &EventSink, name: &str) -> CorruptionHook {
     let events = events.clone();
     let name = name.to_string();
     Arc::new(move |corruption: &CorruptionEvent| {
-        let mut data = json!({
-            "device": "",
-            "node-name": name,
-            "msg": corruption.message,
-            "fatal": corruption.fatal,
-        });
-        if let Some(offset) = corruption.offset {
-            data["offset"] = json!(offset);
-        }
-        if let Some(size) = corruption.size {
-            data["size"] = json!(size);
-        }
-        events(Event::new("BLOCK_IMAGE_CORRUPTED", data));
+        events(
+            QmpEvent::BlockImageCorrupted(BlockImageCorruptedData {
+                device: String::new(),
+                node_name: Some(name.clone()),
+                msg: corruption.message.clone(),
+                offset: corruption.offset.map(saturating_i64),
+                size: corruption.size.map(saturating_i64),
+                fatal: corruption.fatal,
+            })
+            .into(),
+        );
     })
 }
 

@@ -1,6 +1,11 @@
-//! Growing the virtual size: a larger L1 table if the new size needs one
-//! (written complete and counted before the header points to it), then
-//! the new size in the header.
+//! Changing the virtual size. Growing: a larger L1 table if the new size
+//! needs one (written complete and counted before the header points to
+//! it), then the new size in the header. Shrinking (QEMU's
+//! `qcow2_co_truncate`): every cluster wholly past the new end is
+//! discarded for good (its entry emptied, its host cluster freed), then
+//! the header takes the new size; a kill in between leaves the old size
+//! with the tail empty. The L1 table keeps its length (entries past the
+//! end point at emptied L2 tables, which a later growth reuses).
 
 use std::sync::atomic::Ordering;
 
@@ -13,7 +18,7 @@ use crate::error::{BlockError, BlockResult, ErrorKind};
 const SECTOR_SIZE: u64 = 512;
 
 impl Qcow2 {
-    pub(super) async fn grow(&self, new_size: u64) -> BlockResult<()> {
+    pub(super) async fn resize_to(&self, new_size: u64) -> BlockResult<()> {
         self.check_writable()?;
         let old_size = self.virtual_size();
         if new_size == old_size {
@@ -25,17 +30,14 @@ impl Qcow2 {
                 format!("The new size must be a multiple of {SECTOR_SIZE}"),
             ));
         }
-        if new_size < old_size {
-            return Err(BlockError::new(
-                ErrorKind::NotSupported,
-                "qcow2 images cannot be shrunk",
-            ));
-        }
         if self.header.get().await.nb_snapshots > 0 {
             return Err(BlockError::new(
                 ErrorKind::NotSupported,
                 "Can't resize an image which has snapshots",
             ));
+        }
+        if new_size < old_size {
+            return self.shrink(new_size, old_size).await;
         }
         let _serial = self.l2_alloc.lock().await;
         let needed = self.geo().l1_entries_for(new_size);
@@ -45,6 +47,20 @@ impl Qcow2 {
         if needed > self.l1().len() as u64 {
             self.grow_l1(needed).await?;
         }
+        self.header.update(|h| h.size = new_size).await?;
+        self.size.store(new_size, Ordering::Release);
+        Ok(())
+    }
+
+    async fn shrink(&self, new_size: u64, old_size: u64) -> BlockResult<()> {
+        self.mark_dirty().await?;
+        let cs = self.geo().cluster_size();
+        let first = new_size.div_ceil(cs);
+        let end = old_size.div_ceil(cs);
+        if first < end {
+            self.empty_clusters(first, end - first).await?;
+        }
+        self.writeback().await?;
         self.header.update(|h| h.size = new_size).await?;
         self.size.store(new_size, Ordering::Release);
         Ok(())

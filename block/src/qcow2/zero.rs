@@ -152,6 +152,17 @@ impl Qcow2 {
         self.writeback_if_wanted().await
     }
 
+    /// QEMU's full discard: guest clusters `[first, first + count)`
+    /// become unallocated and their host clusters are freed, whatever
+    /// the version or the backing file.
+    pub(super) async fn empty_clusters(&self, first: u64, count: u64) -> BlockResult<()> {
+        self.rewrite_entries(first, count, |kind| match kind {
+            ClusterKind::Unallocated => None,
+            _ => Some(Change::replace(0, true)),
+        })
+        .await
+    }
+
     /// Applies `decide` to the entries of guest clusters
     /// `[first, first + count)` under an exclusive lock. Freed clusters
     /// are discarded in the file with `pass-discard-request`.

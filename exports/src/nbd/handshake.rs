@@ -16,6 +16,7 @@ use super::export::{ClientGuard, ExportTable, NbdExport};
 use super::meta::{ContextSet, MetaContext, QueryUse};
 use super::proto::*;
 use super::request::MAX_PAYLOAD;
+use crate::trace::*;
 
 /// Options one handshake may send before it is considered abuse.
 pub const MAX_OPTIONS: usize = 4096;
@@ -100,6 +101,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    schema::trace!(NBD_NEGOTIATE_BEGIN, "Beginning negotiation");
     let mut greeting = Vec::with_capacity(18);
     greeting.extend_from_slice(&NBD_MAGIC.to_be_bytes());
     greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -107,6 +109,10 @@ where
     writer.write_all(&greeting).await?;
     writer.flush().await?;
     let client_flags = reader.read_u32().await?;
+    schema::trace!(
+        NBD_NEGOTIATE_OPTIONS_FLAGS,
+        "Received client flags {client_flags:#x}"
+    );
     if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
         return Err(protocol(format!(
             "Unknown client flags {client_flags:#x} received"
@@ -124,6 +130,11 @@ pub async fn option_header<R: AsyncRead + Unpin>(
 ) -> Result<(u32, u32), HandshakeError> {
     let mut header = [0; 16];
     reader.read_exact(&mut header).await?;
+    schema::trace!(
+        NBD_NEGOTIATE_OPTIONS_CHECK_MAGIC,
+        "Checking opts magic {:#x}",
+        be64(&header, 0)
+    );
     if be64(&header, 0) != IHAVEOPT {
         return Err(protocol("Bad magic received"));
     }
@@ -168,7 +179,10 @@ where
         match step {
             Step::Continue => {}
             Step::Abort => return Ok(Outcome::Aborted),
-            Step::Go(session) => return Ok(Outcome::Transmission(session)),
+            Step::Go(session) => {
+                schema::trace!(NBD_NEGOTIATE_SUCCESS, "Negotiation succeeded");
+                return Ok(Outcome::Transmission(session));
+            }
         }
     }
     Err(protocol(format!("more than {MAX_OPTIONS} options")))
@@ -206,6 +220,11 @@ impl Haggle<'_> {
         option: u32,
         len: u32,
     ) -> Result<Step, HandshakeError> {
+        schema::trace!(
+            NBD_NEGOTIATE_OPTIONS_CHECK_OPTION,
+            "Checking option {option} ({})",
+            option_name(option)
+        );
         if !self.fixed && option != OPT_EXPORT_NAME {
             return Err(protocol(format!(
                 "Unsupported option {option} ({})",
@@ -312,6 +331,11 @@ impl Haggle<'_> {
         }
         let mut name = vec![0; len as usize];
         reader.read_exact(&mut name).await?;
+        schema::trace!(
+            NBD_NEGOTIATE_HANDLE_EXPORT_NAME_REQUEST,
+            "Client requested export '{}'",
+            String::from_utf8_lossy(&name)
+        );
         if self.mode == ReplyMode::Extended {
             return Err(protocol("Extended headers already negotiated"));
         }
@@ -378,6 +402,10 @@ impl Haggle<'_> {
                 return Step::Continue;
             }
         };
+        schema::trace!(
+            NBD_NEGOTIATE_HANDLE_EXPORT_NAME_REQUEST,
+            "Client requested export '{name}'"
+        );
         if !cursor.is_empty() {
             self.unexpected_length(option);
             return Step::Continue;

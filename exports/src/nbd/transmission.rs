@@ -28,7 +28,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::codec::Request;
+use super::codec::{ReplyMode, Request};
 use super::connection::ConnectionConfig;
 use super::dispatch::{self, CACHE_CHUNK};
 use super::export::ClientGuard;
@@ -43,6 +43,7 @@ use super::splice::{SpliceSink, Transport};
 use super::status;
 use super::writer::{ReplyQueue, Sent};
 use crate::buffers::{Buffer, BufferPool};
+use crate::trace::{NBD_CO_RECEIVE_REQUEST_DECODE_TYPE, NBD_RECEIVE_REQUEST};
 
 /// Requests of one connection being processed or waiting for their reply
 /// to be written.
@@ -357,6 +358,7 @@ impl Requests {
                     }
                     let req = Request::decode(mode, &self.input.buffered()[..header_len])
                         .map_err(|bad| format!("invalid magic (got {:#x})", bad.0))?;
+                    trace_request(&req, mode);
                     if req.command == CMD_DISC {
                         self.input.consume(header_len);
                         self.incoming = Incoming::Finished;
@@ -551,6 +553,30 @@ async fn read_more<R: AsyncRead + Unpin>(
         _ => usize::MAX,
     };
     input.fill(reader, max).await
+}
+
+/// QEMU's traces of a received request.
+fn trace_request(req: &Request, mode: ReplyMode) {
+    schema::trace!(
+        NBD_RECEIVE_REQUEST,
+        "Got request: {{ magic = {:#x}, .flags = {:#x}, .type = {:#x}, from = {}, len = {} }}",
+        if mode == ReplyMode::Extended {
+            EXTENDED_REQUEST_MAGIC
+        } else {
+            REQUEST_MAGIC
+        },
+        req.flags,
+        req.command,
+        req.offset,
+        req.length
+    );
+    schema::trace!(
+        NBD_CO_RECEIVE_REQUEST_DECODE_TYPE,
+        "Decoding type: cookie = {}, type = {} ({})",
+        req.cookie,
+        req.command,
+        command_name(req.command)
+    );
 }
 
 #[cfg(test)]

@@ -186,8 +186,11 @@ impl UnionObject {
     }
 
     /// The error for a discriminator value no variant has.
+    ///
+    /// QEMU names the discriminator alone, wherever the union is
+    /// (`Parameter 'driver'`, not `'file.driver'`).
     pub fn bad_tag(&self, tag: &str, value: &str) -> Error {
-        Error::bad_enum_value(self.path.member(tag), value)
+        Error::bad_enum_value(tag, value)
     }
 
     /// Reads the common members and leaves the others for the variant.
@@ -247,7 +250,9 @@ impl<'de> de::Deserializer<'de> for BaseReader<'_> {
 ///
 /// Common members are named in Rust snake case and read in kebab case;
 /// every variant is one struct (with `deny_unknown_fields` unnecessary: the
-/// deserializer rejects undeclared keys itself).
+/// deserializer rejects undeclared keys itself), optionally followed by the
+/// QAPI features of its discriminator value (`features ["deprecated"]`).
+/// The union also describes itself for `query-qmp-schema`.
 macro_rules! qapi_union {
     (
         $(#[$meta:meta])*
@@ -256,7 +261,10 @@ macro_rules! qapi_union {
         }
         $(#[$tmeta:meta])*
         discriminator $tag:literal => pub $tagfield:ident : $enum:ident {
-            $( $(#[$vmeta:meta])* $vname:literal => $variant:ident ( $vty:ty ), )+
+            $(
+                $(#[$vmeta:meta])*
+                $vname:literal => $variant:ident ( $vty:ty ) $(features [$($vfeature:literal),*])?,
+            )+
         }
     ) => {
         $(#[$meta])*
@@ -285,13 +293,48 @@ macro_rules! qapi_union {
             }
         }
 
+        const _: () = {
+        /// The common members, read and described apart from the tag.
+        #[derive(serde::Deserialize, $crate::introspect::Introspect)]
+        #[serde(rename_all = "kebab-case")]
+        struct Base {
+            $( $field: $fty, )*
+        }
+
+        impl $crate::introspect::Introspect for $name {
+            fn introspect(schema: &mut $crate::introspect::SchemaBuilder) -> String {
+                use $crate::introspect::ObjectMembers;
+                schema.flat_union::<Self>(
+                    &[],
+                    |schema| {
+                        let tag = schema.enumeration::<$enum>(&[], &[$(
+                            $crate::introspect::EnumValue {
+                                name: $vname,
+                                features: &[$($($vfeature),*)?],
+                            },
+                        )+]);
+                        let mut members = vec![$crate::introspect::Member {
+                            name: $tag.to_owned(),
+                            ty: tag,
+                            default: None,
+                            features: None,
+                        }];
+                        members.extend(Base::members(schema));
+                        members
+                    },
+                    $tag,
+                    |schema| vec![$(
+                        $crate::introspect::Variant {
+                            case: $vname.to_owned(),
+                            ty: <$vty as $crate::introspect::Introspect>::introspect(schema),
+                        },
+                    )+],
+                )
+            }
+        }
+
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                #[derive(serde::Deserialize)]
-                #[serde(rename_all = "kebab-case")]
-                struct Base {
-                    $( $field: $fty, )*
-                }
 
                 fn read(
                     captured: $crate::de::union::Captured,
@@ -318,6 +361,7 @@ macro_rules! qapi_union {
                 read(captured).map_err(<D::Error as serde::de::Error>::custom)
             }
         }
+        };
     };
 }
 
