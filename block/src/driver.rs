@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use schema::block::BlkdebugEvent;
-use schema::info::ImageInfoSpecific;
+use schema::info::{ImageInfoSpecific, SnapshotInfo};
 use schema::stats::BlockStatsSpecific;
 use serde_json::{Map, Value as Json};
 
@@ -285,6 +285,34 @@ pub trait BlockDriver: Send + Sync + 'static {
     /// child's, as in QEMU.
     fn driver_info(&self) -> Option<DriverInfo> {
         self.filtered()?.node().driver_info()
+    }
+
+    /// The internal snapshots, for formats that have them (`None`: the
+    /// format cannot take any).
+    fn snapshots(&self) -> Option<Vec<SnapshotInfo>> {
+        None
+    }
+
+    /// Takes internal snapshot `name` (unique, checked by the caller) of a
+    /// drained node; durable when it returns.
+    async fn snapshot_create(&self, _name: &str) -> BlockResult<()> {
+        Err(BlockError::new(
+            ErrorKind::NotSupported,
+            "The image format has no internal snapshots",
+        ))
+    }
+
+    /// Deletes the internal snapshot with `id` and/or `name` (it exists,
+    /// checked by the caller) of a drained node; returns it.
+    async fn snapshot_delete(
+        &self,
+        _id: Option<&str>,
+        _name: Option<&str>,
+    ) -> BlockResult<SnapshotInfo> {
+        Err(BlockError::new(
+            ErrorKind::NotSupported,
+            "The image format has no internal snapshots",
+        ))
     }
 
     /// The `format-specific` member of the image info, for drivers that

@@ -163,7 +163,10 @@ fn image_info(node: &Node) -> ImageInfo {
             .and_then(|b| b.format)
             .or_else(|| backing.map(|b| b.driver().format_name().to_string())),
         full_backing_filename: full_backing,
-        snapshots: None,
+        snapshots: node
+            .driver()
+            .snapshots()
+            .filter(|snapshots| !snapshots.is_empty()),
         format_specific: node.driver().format_specific(),
         backing_image: None,
     }

@@ -27,6 +27,7 @@ pub mod file;
 pub mod filename;
 pub mod graph;
 pub mod info;
+mod internal_snapshot;
 pub mod iobuf;
 pub mod job;
 pub mod limits;

@@ -15,7 +15,9 @@ use block::dirty_bitmap::DirtyBitmap;
 use block::job::TxnId;
 use schema::bitmap::{BlockDirtyBitmap, BlockDirtyBitmapOrStr};
 use schema::job::BlockdevSnapshot;
-use schema::transaction::{ActionCompletionMode, TransactionActionKind, TransactionArgs};
+use schema::transaction::{
+    ActionCompletionMode, BlockdevSnapshotInternal, TransactionActionKind, TransactionArgs,
+};
 use schema::QmpError;
 
 use super::{command, Command};
@@ -47,6 +49,8 @@ enum Prepared {
         snapshot: BlockdevSnapshot,
         opened: bool,
     },
+    /// An internal snapshot was taken: undo deletes it.
+    InternalSnapshot { device: String, name: String },
 }
 
 async fn transaction(
@@ -165,10 +169,10 @@ async fn prepare(
                 opened: true,
             }
         }
-        TransactionActionKind::BlockdevSnapshotInternalSync(_) => {
-            return Err(QmpError::generic(
-                "Internal snapshots are not supported by storaged",
-            ))
+        TransactionActionKind::BlockdevSnapshotInternalSync(internal) => {
+            let BlockdevSnapshotInternal { device, name } = internal.data;
+            graph.snapshot_internal(&device, &name).await?;
+            Prepared::InternalSnapshot { device, name }
         }
         TransactionActionKind::DriveBackup(args) => Prepared::Backup(
             block::blockjob::drive::prepare_backup(graph, &daemon.jobs, args.data, txn).await?,
@@ -208,7 +212,8 @@ fn commit(daemon: &Daemon, done: Prepared) {
         Prepared::BitmapAdded { .. }
         | Prepared::BitmapChanged { .. }
         | Prepared::BitmapRecording { .. }
-        | Prepared::Snapshot { .. } => {}
+        | Prepared::Snapshot { .. }
+        | Prepared::InternalSnapshot { .. } => {}
     }
 }
 
@@ -235,6 +240,10 @@ async fn undo(daemon: &Daemon, done: Prepared) {
             }
             undone
         }
+        Prepared::InternalSnapshot { device, name } => graph
+            .snapshot_delete_internal(&device, None, Some(&name))
+            .await
+            .map(drop),
     };
     if let Err(error) = result {
         tracing::warn!("transaction: undoing an action failed: {error}");

@@ -49,6 +49,16 @@ pub struct BlockdevSnapshotInternal {
     pub name: String,
 }
 
+/// `blockdev-snapshot-delete-internal-sync`: a snapshot by `id`, `name`
+/// or both.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevSnapshotDeleteInternal {
+    pub device: String,
+    pub id: Option<String>,
+    pub name: Option<String>,
+}
+
 qapi_union! {
     /// One action of a transaction.
     pub struct TransactionAction {

@@ -37,6 +37,7 @@ mod read;
 mod refcount;
 mod repair;
 mod resize;
+mod snapshot;
 mod status;
 mod write;
 mod writeback;
@@ -47,7 +48,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use schema::block::BlkdebugEvent;
-use schema::info::ImageInfoSpecific;
+use schema::info::{ImageInfoSpecific, SnapshotInfo};
 use tokio::sync::Mutex as AsyncMutex;
 
 pub use child::{BlockChild, DriverChild};
@@ -92,13 +93,14 @@ struct Facts {
     pass_discard_request: bool,
     pass_discard_other: bool,
     discard_no_unref: bool,
+    /// `pass-discard-snapshot`: clusters a deleted snapshot frees are
+    /// discarded in the file.
+    pass_discard_snapshot: bool,
     /// What the header names (a stream or commit may change it).
     backing: std::sync::Mutex<BackingInfo>,
     on_corruption: Option<CorruptionHook>,
     /// Metadata that guest writes are checked against (`overlap-check`).
     overlap_checks: overlap::OverlapChecks,
-    /// The snapshot table: its offset and (at least) its length.
-    snapshot_table: (u64, u64),
 }
 
 /// An open qcow2 image.
@@ -131,6 +133,8 @@ pub struct Qcow2 {
     corrupt: AtomicBool,
     /// Corruption was already reported.
     corruption_reported: AtomicBool,
+    /// The snapshot table the header names, with its snapshots.
+    snapshot_table: arc_swap::ArcSwap<snapshot::SnapshotTable>,
 }
 
 fn invalid(message: impl Into<String>) -> BlockError {
@@ -249,11 +253,10 @@ impl Qcow2 {
             }),
             on_corruption: options.on_corruption.clone(),
             overlap_checks: options.overlap_checks,
-            snapshot_table: (
-                h.snapshots_offset,
-                u64::from(h.nb_snapshots) * header::SNAPSHOT_HEADER_SIZE,
-            ),
+            pass_discard_snapshot: options.pass_discard_snapshot.unwrap_or(true),
         };
+        let snapshot_table =
+            snapshot::read_table(file.as_ref(), h.snapshots_offset, h.nb_snapshots).await?;
         let image_dirty = h.incompatible_features & incompat::DIRTY != 0;
         let qcow2 = Qcow2 {
             header: HeaderStore::new(file.clone(), image),
@@ -272,6 +275,7 @@ impl Qcow2 {
             dirty: AtomicBool::new(image_dirty),
             corrupt: AtomicBool::new(h.incompatible_features & incompat::CORRUPT != 0),
             corruption_reported: AtomicBool::new(false),
+            snapshot_table: arc_swap::ArcSwap::from_pointee(snapshot_table),
         };
         if options.writable {
             qcow2.prepare_for_writing(image_dirty).await?;
@@ -507,6 +511,24 @@ impl BlockDriver for Qcow2 {
             cluster_size: Some(self.geo().cluster_size()),
             dirty: self.dirty.load(Ordering::Acquire),
         })
+    }
+
+    fn snapshots(&self) -> Option<Vec<SnapshotInfo>> {
+        Some(self.snapshot_list().iter().map(|s| s.info()).collect())
+    }
+
+    async fn snapshot_create(&self, name: &str) -> BlockResult<()> {
+        let result = self.create_snapshot(name).await;
+        self.check_corruption(result).await
+    }
+
+    async fn snapshot_delete(
+        &self,
+        id: Option<&str>,
+        name: Option<&str>,
+    ) -> BlockResult<SnapshotInfo> {
+        let result = self.delete_snapshot(id, name).await;
+        self.check_corruption(result).await.map(|s| s.info())
     }
 
     fn format_specific(&self) -> Option<ImageInfoSpecific> {

@@ -58,6 +58,9 @@ pub struct Qcow2Options {
     /// `pass-discard-other`: clusters freed for other reasons are
     /// discarded in the file too.
     pub pass_discard_other: Option<bool>,
+    /// `pass-discard-snapshot`: clusters freed by deleting a snapshot are
+    /// discarded in the file too (default on).
+    pub pass_discard_snapshot: Option<bool>,
     /// `discard-no-unref`: discarded and zeroed clusters keep their host
     /// clusters (version 3 only).
     pub discard_no_unref: bool,
@@ -124,6 +127,7 @@ impl Qcow2Options {
                     .unwrap_or(settings.discard_unmap),
             ),
             pass_discard_other: options.pass_discard_other,
+            pass_discard_snapshot: options.pass_discard_snapshot,
             discard_no_unref: options.discard_no_unref.unwrap_or(false),
             on_corruption: None,
             overlap_checks: options

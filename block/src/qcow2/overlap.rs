@@ -85,8 +85,8 @@ impl Qcow2 {
             hit = Some("qcow2_header");
         }
         if checks.contains(OverlapChecks::SNAPSHOT_TABLE) {
-            let (start, bytes) = self.facts.snapshot_table;
-            if hits(start, clusters(bytes)) {
+            let table = self.snapshot_table.load();
+            if hits(table.offset, clusters(table.len)) {
                 hit = hit.or(Some("snapshot table"));
             }
         }

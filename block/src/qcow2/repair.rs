@@ -10,10 +10,6 @@ use super::layout::{corrupt, get_entry, CHex, L1E_OFFSET_MASK, REFT_OFFSET_MASK}
 use super::Qcow2;
 use crate::error::{BlockError, BlockResult, ErrorKind};
 
-/// Size of a snapshot table entry before its variable part.
-const SNAPSHOT_FIXED: usize = 40;
-/// QEMU's limit on a snapshot's extra data (`QCOW_MAX_SNAPSHOT_EXTRA_DATA`).
-const MAX_SNAPSHOT_EXTRA: usize = 1024;
 /// The most host clusters a repair counts (bounds its memory: 4 bytes
 /// per cluster).
 const MAX_COUNTED_CLUSTERS: u64 = 1 << 28;
@@ -41,17 +37,10 @@ impl Counts {
     }
 }
 
-/// An internal snapshot's L1 table.
-struct SnapshotL1 {
-    offset: u64,
-    size: u32,
-}
-
 impl Qcow2 {
     pub(super) async fn repair_refcounts(&self) -> BlockResult<()> {
         let geo = *self.geo();
         let cs = geo.cluster_size();
-        let header = self.header.get().await;
         let mut counts = Counts::default();
         counts.add(0, 1)?;
         let (reftable, reftable_clusters, blocks) = {
@@ -71,23 +60,18 @@ impl Qcow2 {
             (l1.offset(), l1.entries().to_vec())
         };
         self.count_l1(l1_offset, &l1, &mut counts).await?;
-        if header.nb_snapshots > 0 {
-            let (table_len, snapshots) = self
-                .read_snapshot_table(header.snapshots_offset, header.nb_snapshots)
-                .await?;
-            counts.add(
-                geo.cluster_index(header.snapshots_offset),
-                table_len.div_ceil(cs),
-            )?;
-            for snapshot in snapshots {
+        let table = self.snapshot_table.load();
+        if !table.snapshots.is_empty() {
+            counts.add(geo.cluster_index(table.offset), table.len.div_ceil(cs))?;
+            for snapshot in &table.snapshots {
                 let bytes = self
                     .file
-                    .read_vec(snapshot.offset, snapshot.size as usize * 8)
+                    .read_vec(snapshot.l1_offset, snapshot.l1_size as usize * 8)
                     .await?;
-                let entries: Vec<u64> = (0..snapshot.size as usize)
+                let entries: Vec<u64> = (0..snapshot.l1_size as usize)
                     .map(|i| get_entry(&bytes, i))
                     .collect();
-                self.count_l1(snapshot.offset, &entries, &mut counts)
+                self.count_l1(snapshot.l1_offset, &entries, &mut counts)
                     .await?;
             }
         }
@@ -130,36 +114,5 @@ impl Qcow2 {
             }
         }
         Ok(())
-    }
-
-    /// The snapshot table: its length in bytes and each snapshot's L1.
-    async fn read_snapshot_table(
-        &self,
-        offset: u64,
-        count: u32,
-    ) -> BlockResult<(u64, Vec<SnapshotL1>)> {
-        let mut at = offset;
-        let mut snapshots = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            let fixed = self.file.read_vec(at, SNAPSHOT_FIXED).await?;
-            let u16_at = |i: usize| u16::from_be_bytes([fixed[i], fixed[i + 1]]) as usize;
-            let u32_at =
-                |i: usize| u32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
-            let l1_offset = get_entry(&fixed, 0);
-            let l1_size = u32_at(8);
-            let id_len = u16_at(12);
-            let name_len = u16_at(14);
-            let extra = u32_at(36) as usize;
-            if extra > MAX_SNAPSHOT_EXTRA {
-                return Err(corrupt("Too much extra metadata in snapshot table entry"));
-            }
-            let entry_len = (SNAPSHOT_FIXED + extra + id_len + name_len).div_ceil(8) * 8;
-            at += entry_len as u64;
-            snapshots.push(SnapshotL1 {
-                offset: l1_offset,
-                size: l1_size,
-            });
-        }
-        Ok((at - offset, snapshots))
     }
 }
