@@ -7,6 +7,7 @@
 
 use block::job::job_type_name_of;
 use block::stats::{IoKind, IoStats, LATENCY_BOUNDS_NS};
+use schema::create::JobInfo;
 
 use super::exposition::{Exposition, Kind};
 use crate::state::Daemon;
@@ -168,31 +169,40 @@ fn exports(out: &mut Exposition, daemon: &Daemon) {
 
 fn jobs(out: &mut Exposition, daemon: &Daemon) {
     let jobs = daemon.jobs.query();
-    let names: Vec<(String, String)> = jobs
-        .iter()
-        .map(|j| (job_type_name_of(&j.job_type), job_type_name_of(&j.status)))
-        .collect();
-    let families = [
-        (
-            "storaged_job_progress_current",
-            "The job's progress so far (query-jobs' current-progress).",
-        ),
-        (
-            "storaged_job_progress_total",
-            "The job's estimated total work (query-jobs' total-progress).",
-        ),
-    ];
-    for (index, (name, help)) in families.into_iter().enumerate() {
-        out.family(name, Kind::Gauge, help);
-        for (job, (kind, status)) in jobs.iter().zip(&names) {
-            let labels = [("job", job.id.as_str()), ("type", kind), ("status", status)];
-            let value = if index == 0 {
-                job.current_progress
-            } else {
-                job.total_progress
-            };
-            out.sample(name, &labels, value);
-        }
+    job_gauge(
+        out,
+        &jobs,
+        "storaged_job_progress_current",
+        "The job's progress so far (query-jobs' current-progress).",
+        |job| job.current_progress,
+    );
+    job_gauge(
+        out,
+        &jobs,
+        "storaged_job_progress_total",
+        "The job's estimated total work (query-jobs' total-progress).",
+        |job| job.total_progress,
+    );
+}
+
+/// A gauge of every job, labelled with its id, type and status.
+fn job_gauge(
+    out: &mut Exposition,
+    jobs: &[JobInfo],
+    name: &str,
+    help: &str,
+    value: fn(&JobInfo) -> i64,
+) {
+    out.family(name, Kind::Gauge, help);
+    for job in jobs {
+        let kind = job_type_name_of(&job.job_type);
+        let status = job_type_name_of(&job.status);
+        let labels = [
+            ("job", job.id.as_str()),
+            ("type", &kind),
+            ("status", &status),
+        ];
+        out.sample(name, &labels, value(job));
     }
 }
 
