@@ -60,6 +60,12 @@ fn io_families(
         "Requests failed by the",
         |s, k| s.totals(k).failed,
     );
+    per_kind(
+        out,
+        "invalid_requests_total",
+        "Requests refused before they started (out of range, read-only) by the",
+        |s, k| s.totals(k).invalid,
+    );
     let name = format!("{prefix}_request_duration_seconds");
     out.family(
         &name,
@@ -131,22 +137,6 @@ fn exports(out: &mut Exposition, daemon: &Daemon) {
         .filter_map(|i| Some((labels(i), exports[i].backend.as_ref()?.stats())))
         .collect();
     io_families(out, "storaged_export", "export", &rows);
-    out.family(
-        "storaged_export_invalid_requests_total",
-        Kind::Counter,
-        "Requests the export refused before they started (out of range, read-only).",
-    );
-    for (labels, stats) in &rows {
-        for kind in IoKind::ALL {
-            let mut labels = labels.clone();
-            labels.push(("op", kind.name()));
-            out.sample(
-                "storaged_export_invalid_requests_total",
-                &labels,
-                stats.totals(kind).invalid,
-            );
-        }
-    }
     out.family(
         "storaged_export_clients",
         Kind::Gauge,
