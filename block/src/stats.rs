@@ -125,7 +125,8 @@ impl IoStats {
     }
 
     /// Runs `request` and counts it as a `kind` of `bytes`: its time if it
-    /// succeeds, a failure if not.
+    /// succeeds, a failure if not. Cancel safe: a request whose caller
+    /// gives up (the future is dropped) is not counted.
     pub async fn account<T>(
         &self,
         kind: IoKind,
