@@ -6,8 +6,9 @@
 # fio, fuse3, busybox-static, kmod, zstd and xz-utils (the guests' kernel
 # and initramfs), libssl-dev and pkg-config (the openssl crate builds
 # against OpenSSL 3 for NBD over TLS), systemd (systemd-socket-activate, for
-# tests/systemd.rs; it runs without systemd as PID 1), and QEMU's Python QMP client
-# (qemu.qmp from PyPI) for the `python3` on PATH.
+# tests/systemd.rs; it runs without systemd as PID 1), and QEMU's Python QMP
+# client (qemu.qmp from PyPI) and the Prometheus text-format parser
+# (prometheus-client from PyPI, tests/metrics.rs) for the `python3` on PATH.
 # The guests' kernel: Debian 12's newest 6.12 kernel from bookworm-security
 # (the 6.1 default kernel lacks VDUSE and ublk), downloaded with
 # `apt-get download` and unpacked, never installed, into $GUEST_CACHE
@@ -156,16 +157,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 
-if ! python3 -c 'import qemu.qmp' 2>/dev/null; then
+# PyPI packages, as module:package.
+PIP_PACKAGES=(qemu.qmp:qemu.qmp prometheus_client:prometheus-client)
+for entry in "${PIP_PACKAGES[@]}"; do
+    module=${entry%%:*} package=${entry#*:}
+    if python3 -c "import $module" 2>/dev/null; then
+        continue
+    fi
     if ! python3 -m pip --version >/dev/null 2>&1; then
         apt_update
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pip
     fi
     # Debian's own python3 refuses pip installs without this flag (PEP 668).
-    python3 -m pip install -q qemu.qmp ||
-        python3 -m pip install -q --break-system-packages qemu.qmp
-fi
+    python3 -m pip install -q "$package" ||
+        python3 -m pip install -q --break-system-packages "$package"
+done
 
 ensure_guest_kernel
 
-echo "test-deps: qemu-storage-daemon $(qemu-storage-daemon --version | head -1 | awk '{print $3}'), ${APT_PACKAGES[*]}, qemu.qmp, guest kernel $(cat "$GUEST_CACHE/kernel/version"): ready"
+echo "test-deps: qemu-storage-daemon $(qemu-storage-daemon --version | head -1 | awk '{print $3}'), ${APT_PACKAGES[*]}, qemu.qmp, prometheus-client, guest kernel $(cat "$GUEST_CACHE/kernel/version"): ready"

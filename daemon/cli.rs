@@ -83,6 +83,8 @@ pub enum StepKind {
     Blockdev,
     Chardev,
     Export,
+    /// storaged's own metrics endpoint (QSD has no such option).
+    Metrics,
     Monitor,
     NbdServer,
     Object,
@@ -111,6 +113,7 @@ const OPTIONS: Options<Meaning> = Options {
         ("daemonize", Takes::Nothing, Meaning::Daemonize),
         ("export", Takes::Value, Meaning::Step(StepKind::Export)),
         ("help", Takes::Nothing, Meaning::Help),
+        ("metrics", Takes::Value, Meaning::Step(StepKind::Metrics)),
         ("monitor", Takes::Value, Meaning::Step(StepKind::Monitor)),
         (
             "nbd-server",
@@ -216,6 +219,11 @@ storaged: a storage daemon compatible with qemu-storage-daemon
            [,logical-block-size=<block-size>][,num-queues=<num-queues>]
                          export the specified block node as a
                          vhost-user-blk device over file descriptor
+
+  --metrics addr.type=inet,addr.host=<host>,addr.port=<port>[,max-connections=<n>]
+  --metrics addr.type=unix,addr.path=<path>[,max-connections=<n>]
+                         serve Prometheus metrics over HTTP at /metrics
+                         (storaged only; see docs/metrics.md)
 
   --monitor [chardev=]name[,mode=control][,pretty[=on|off]]
                          configure a QMP monitor

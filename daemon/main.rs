@@ -15,6 +15,7 @@ mod fd_limit;
 mod getopt;
 mod lifecycle;
 mod logging;
+mod metrics;
 mod nbd_list;
 mod objects;
 mod pidfile;

@@ -11,11 +11,13 @@ use std::sync::Arc;
 use block::error::os_error_text;
 use schema::block::BlockdevOptions;
 use schema::export::{BlockExportOptions, NbdServerOptions, EXPORT_IMPLIED_KEY};
+use schema::metrics::MetricsOptions;
 use schema::object::{ObjectOptions, OBJECT_IMPLIED_KEY};
 
 use crate::chardev::{Backend, Chardevs};
 use crate::cli::{Step, StepKind};
 use crate::commands;
+use crate::metrics;
 use crate::objects::qom_types::object_help;
 use crate::state::Daemon;
 use crate::temp_overlay::{self, TempOverlay};
@@ -31,6 +33,8 @@ pub struct Startup {
     daemonize: bool,
     /// Warnings to print, with the option they concern.
     warnings: Vec<String>,
+    /// The metrics endpoints, serving until this is dropped.
+    metrics: Vec<metrics::Endpoint>,
 }
 
 impl Startup {
@@ -41,6 +45,7 @@ impl Startup {
             chardevs: Chardevs::new(),
             daemonize,
             warnings: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 
@@ -81,6 +86,13 @@ impl Startup {
                         .into_iter()
                         .map(|warning| format!("{}: warning: {warning}", step.arg.location)),
                 );
+                Ok(())
+            }
+            StepKind::Metrics => {
+                let options: MetricsOptions =
+                    schema::parse_option(value, None).map_err(|e| e.desc)?;
+                let endpoint = metrics::start(self.daemon.clone(), &options).await?;
+                self.metrics.push(endpoint);
                 Ok(())
             }
             StepKind::Monitor => self.start_monitor(value).await,

@@ -10,6 +10,9 @@
 //! replaced by the graph (inside a drained section); requests then go to
 //! the new root.
 //!
+//! Every request is counted in the backend's [`IoStats`] (an export's
+//! counters, apart from the nodes'): refused ones as invalid.
+//!
 //! Two properties of an export live here, whatever its type
 //! ([`BackendMode`]): writethrough (every write is durable before it
 //! completes, QEMU's disabled write cache) and growable (a write past the
@@ -25,6 +28,7 @@ use crate::limits::Limits;
 use crate::node::{Node, NodeBusy, ReadSource};
 use crate::perm_update::BackendLink;
 use crate::permissions::Perm;
+use crate::stats::{IoKind, IoStats};
 use crate::trace::{BLK_CO_PREADV, BLK_CO_PWRITEV};
 
 /// Bytes of a node that live in a file, held in flight until dropped (a
@@ -42,15 +46,24 @@ pub struct BlockBackend {
     inner: Arc<Inner>,
 }
 
-/// Which node a backend uses now (the graph may replace it), without
-/// holding the backend's permissions: for listings of exports.
+/// Which node a backend uses now (the graph may replace it) and its
+/// counters, without holding the backend's permissions: for listings of
+/// exports.
 #[derive(Clone)]
-pub struct BackendRoot(Arc<arc_swap::ArcSwap<Node>>);
+pub struct BackendRoot {
+    root: Arc<arc_swap::ArcSwap<Node>>,
+    stats: Arc<IoStats>,
+}
 
 impl BackendRoot {
     /// The name of the node the backend uses now.
     pub fn node_name(&self) -> String {
-        self.0.load().name().to_owned()
+        self.root.load().name().to_owned()
+    }
+
+    /// What the backend's requests have done.
+    pub fn stats(&self) -> &IoStats {
+        &self.stats
     }
 }
 
@@ -77,6 +90,7 @@ struct Inner {
     /// The backend's attach sequence number: its key in the graph.
     seq: u64,
     graph: Arc<GraphShared>,
+    stats: Arc<IoStats>,
 }
 
 impl Drop for Inner {
@@ -101,13 +115,17 @@ impl BlockBackend {
                 grow: tokio::sync::Mutex::new(()),
                 seq,
                 graph,
+                stats: Arc::default(),
             }),
         }
     }
 
     /// A handle on which node the backend uses, for listings.
     pub fn root(&self) -> BackendRoot {
-        BackendRoot(self.inner.link.root.clone())
+        BackendRoot {
+            root: self.inner.link.root.clone(),
+            stats: self.inner.stats.clone(),
+        }
     }
 
     /// The root node.
@@ -128,6 +146,11 @@ impl BlockBackend {
     /// Whether writes are refused (the backend took no write permission).
     pub fn is_read_only(&self) -> bool {
         !self.inner.writable
+    }
+
+    /// What the backend's requests have done.
+    pub fn stats(&self) -> &IoStats {
+        &self.inner.stats
     }
 
     /// Its writethrough and growable settings.
@@ -157,6 +180,7 @@ impl BlockBackend {
         self.check_range(busy.node(), offset, len, ErrorKind::InvalidArgument)
             .ok()?;
         let source = busy.node().read_source(offset, len)?;
+        self.inner.stats.count_deferred_read(len);
         Some(HeldReadSource {
             source,
             _busy: busy,
@@ -165,27 +189,27 @@ impl BlockBackend {
 
     /// Fills `buf` from `offset`. A range past the end is `InvalidArgument`.
     pub async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
+        let len = buf.len() as u64;
         let busy = self.enter().await;
         let root = busy.node();
         schema::trace!(
             BLK_CO_PREADV,
-            "blk {:p} bs {:p} offset {offset} bytes {} flags 0x0",
+            "blk {:p} bs {:p} offset {offset} bytes {len} flags 0x0",
             Arc::as_ptr(&self.inner),
             Arc::as_ptr(root),
-            buf.len()
         );
-        self.check_range(root, offset, buf.len() as u64, ErrorKind::InvalidArgument)?;
-        root.read(offset, buf).await
+        self.check_range(root, offset, len, ErrorKind::InvalidArgument)
+            .inspect_err(|_| self.inner.stats.count_invalid(IoKind::Read))?;
+        let request = root.read(offset, buf);
+        self.inner.stats.account(IoKind::Read, len, request).await
     }
 
     /// Writes `buf` at `offset`. A read-only backend gives
     /// `PermissionDenied`, a range past the end `NoSpace` (unless the
     /// backend is growable).
     pub async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
-        self.check_writable()?;
         let len = buf.len() as u64;
-        self.grow_for(offset, len).await?;
-        let busy = self.enter().await;
+        let busy = self.enter_write(offset, len).await?;
         let root = busy.node();
         let fua = flags.fua || self.inner.mode.writethrough;
         schema::trace!(
@@ -195,35 +219,68 @@ impl BlockBackend {
             Arc::as_ptr(root),
             if fua { 0x10 } else { 0 }
         );
-        self.check_range(root, offset, len, ErrorKind::NoSpace)?;
-        root.write(offset, buf, WriteFlags { fua }).await
+        self.check_write_range(root, offset, len)?;
+        let request = root.write(offset, buf, WriteFlags { fua });
+        self.inner.stats.account(IoKind::Write, len, request).await
+    }
+
+    /// What a write or write-zeroes of `[offset, offset + len)` passes
+    /// first: the backend must be writable (else the request is invalid),
+    /// and a growable one grows (a failure to grow counts as a failed
+    /// write, a range whose end overflows as an invalid one).
+    async fn enter_write(&self, offset: u64, len: u64) -> BlockResult<NodeBusy> {
+        let stats = &self.inner.stats;
+        self.check_writable()
+            .inspect_err(|_| stats.count_invalid(IoKind::Write))?;
+        self.grow_for(offset, len).await.inspect_err(|e| {
+            if e.kind == ErrorKind::InvalidArgument {
+                stats.count_invalid(IoKind::Write)
+            } else {
+                stats.count_failed(IoKind::Write)
+            }
+        })?;
+        Ok(self.enter().await)
+    }
+
+    /// A write's range must fit in `root` (else it is invalid); it then
+    /// counts for `wr_highest_offset`.
+    fn check_write_range(&self, root: &Node, offset: u64, len: u64) -> BlockResult<()> {
+        let stats = &self.inner.stats;
+        self.check_range(root, offset, len, ErrorKind::NoSpace)
+            .inspect_err(|_| stats.count_invalid(IoKind::Write))?;
+        stats.wrote_up_to(offset + len);
+        Ok(())
     }
 
     /// Makes the range read as zeroes; refusals as [`BlockBackend::write`].
     pub async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
-        self.check_writable()?;
-        self.grow_for(offset, len).await?;
-        let busy = self.enter().await;
+        let busy = self.enter_write(offset, len).await?;
         let root = busy.node();
-        self.check_range(root, offset, len, ErrorKind::NoSpace)?;
+        self.check_write_range(root, offset, len)?;
         let fua = flags.fua || self.inner.mode.writethrough;
-        root.write_zeroes(offset, len, ZeroFlags { fua, ..flags })
-            .await
+        let request = root.write_zeroes(offset, len, ZeroFlags { fua, ..flags });
+        self.inner.stats.account(IoKind::Write, len, request).await
     }
 
     /// Discards the range (a no-op unless the node has `discard=unmap`).
     /// A read-only backend gives `PermissionDenied`, a range past the end
     /// `InvalidArgument`.
     pub async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
-        self.check_writable()?;
+        let stats = &self.inner.stats;
+        self.check_writable()
+            .inspect_err(|_| stats.count_invalid(IoKind::Unmap))?;
         let busy = self.enter().await;
         let root = busy.node();
-        self.check_range(root, offset, len, ErrorKind::InvalidArgument)?;
-        root.discard(offset, len).await?;
-        if self.inner.mode.writethrough {
-            root.flush().await?;
-        }
-        Ok(())
+        self.check_range(root, offset, len, ErrorKind::InvalidArgument)
+            .inspect_err(|_| stats.count_invalid(IoKind::Unmap))?;
+        let request = async {
+            root.discard(offset, len).await?;
+            if self.inner.mode.writethrough {
+                root.flush().await?;
+            }
+            Ok(())
+        };
+        stats.account(IoKind::Unmap, len, request).await
     }
 
     /// Changes the node's size (the backend needs the resize permission,
@@ -258,7 +315,8 @@ impl BlockBackend {
     /// Makes every completed write durable.
     pub async fn flush(&self) -> BlockResult<()> {
         let busy = self.enter().await;
-        busy.node().flush().await
+        let request = busy.node().flush();
+        self.inner.stats.account(IoKind::Flush, 0, request).await
     }
 
     /// The status at `offset`, for at most `len` bytes; an empty range or

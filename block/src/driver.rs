@@ -7,6 +7,7 @@
 use async_trait::async_trait;
 use schema::block::BlkdebugEvent;
 use schema::info::{ImageInfoSpecific, SnapshotInfo};
+use schema::stats::BlockStatsSpecific;
 use serde_json::{Map, Value as Json};
 
 use std::any::Any;
@@ -352,6 +353,12 @@ pub trait BlockDriver: Send + Sync + 'static {
     /// The `format-specific` member of the image info, for drivers that
     /// have one.
     fn format_specific(&self) -> Option<ImageInfoSpecific> {
+        None
+    }
+
+    /// The `driver-specific` member of `query-blockstats`, for drivers
+    /// that count something of their own.
+    fn specific_stats(&self) -> Option<BlockStatsSpecific> {
         None
     }
 

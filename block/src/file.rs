@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use schema::block::{BlockdevAioOptions, BlockdevOptionsFile, OnOffAuto};
 use schema::info::{ImageInfoSpecific, ImageInfoSpecificFile};
+use schema::stats::{BlockStatsSpecific, BlockStatsSpecificFile};
 use serde_json::{Map, Value as Json};
 
 use crate::aligned::AlignedBuf;
@@ -80,6 +81,17 @@ pub struct FileDriver {
     /// page cache no longer says what is on disk, so every later flush
     /// fails too (as QEMU's `page_cache_inconsistent`).
     flush_failure: AtomicI32,
+    /// Discards that reached the file (`driver-specific` statistics).
+    discards: DiscardCounts,
+}
+
+/// How the discards that reached the file went (QEMU's
+/// `BlockStatsSpecificFile`).
+#[derive(Default)]
+struct DiscardCounts {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    bytes_ok: AtomicU64,
 }
 
 impl FileDriver {
@@ -156,6 +168,7 @@ impl FileDriver {
                 punch_hole: AtomicBool::new(true),
             }),
             flush_failure: AtomicI32::new(0),
+            discards: DiscardCounts::default(),
         })
     }
 
@@ -313,6 +326,16 @@ impl BlockDriver for FileDriver {
         "file"
     }
 
+    fn specific_stats(&self) -> Option<BlockStatsSpecific> {
+        let counts = &self.discards;
+        let n = |c: &AtomicU64| i64::try_from(c.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        Some(BlockStatsSpecific::File(BlockStatsSpecificFile {
+            discard_nb_ok: n(&counts.ok),
+            discard_nb_failed: n(&counts.failed),
+            discard_bytes_ok: n(&counts.bytes_ok),
+        }))
+    }
+
     fn size(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
     }
@@ -374,10 +397,20 @@ impl BlockDriver for FileDriver {
         }
         self.forget_data_range();
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        match self
+        let result = self
             .blocking(move |fd| posix_io::fallocate(fd, mode, offset, len))
-            .await
-        {
+            .await;
+        let counts = &self.discards;
+        match &result {
+            Ok(()) => {
+                counts.ok.fetch_add(1, Ordering::Relaxed);
+                counts.bytes_ok.fetch_add(len, Ordering::Relaxed);
+            }
+            Err(_) => {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        match result {
             Ok(()) => Ok(()),
             // Discard is a hint: where the file system cannot, nothing happens.
             Err(e)

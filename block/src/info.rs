@@ -1,4 +1,4 @@
-//! The results of `query-named-block-nodes` and
+//! The results of `query-named-block-nodes`, `query-blockstats` and
 //! `x-debug-query-block-graph` (schema types), built from the graph as QSD
 //! 10.0 builds them: which members appear, list order, ids.
 
@@ -9,12 +9,18 @@ use schema::info::{
     XDbgBlockGraphNode, XDbgBlockGraphNodeType,
 };
 
+use schema::stats::BlockStats;
+
 use crate::driver::ChildRole;
 use crate::filename::display_filename;
 use crate::graph::BlockGraph;
 use crate::node::Node;
 use crate::perm_update::{Holder, Use};
 use crate::permissions::{ChildRoleFlags, Perm};
+
+/// How deep `query-blockstats` follows `parent` links (the graph's own
+/// depth limit is far larger; a reply stays small).
+const MAX_STATS_DEPTH: usize = 64;
 
 impl BlockGraph {
     /// `query-named-block-nodes`: every node, newest first. With `flat`,
@@ -26,10 +32,56 @@ impl BlockGraph {
             .collect()
     }
 
+    /// `query-blockstats`. With `query_nodes`, every node, oldest first
+    /// (QEMU's `bdrv_next_node`), each with its primary data child as
+    /// `parent`. Without, QEMU lists the backends that have a name or a
+    /// guest device: QSD has none (exports' backends are anonymous), and
+    /// neither has storaged.
+    pub fn query_blockstats(&self, query_nodes: bool) -> Vec<BlockStats> {
+        if !query_nodes {
+            return Vec::new();
+        }
+        let mut nodes = self.nodes();
+        nodes.reverse();
+        nodes.iter().map(|n| node_stats(n, 0)).collect()
+    }
+
     /// `x-debug-query-block-graph`.
     pub fn debug_block_graph(&self) -> XDbgBlockGraph {
         self.with_state(debug_graph)
     }
+}
+
+/// A node's entry of `query-blockstats` (QEMU's `bdrv_query_bds_stats`
+/// at node level: no `backing`).
+fn node_stats(node: &Node, depth: usize) -> BlockStats {
+    let parent = if depth < MAX_STATS_DEPTH {
+        stats_parent(node).map(|p| Box::new(node_stats(&p, depth + 1)))
+    } else {
+        None
+    };
+    BlockStats {
+        device: None,
+        qdev: None,
+        node_name: Some(node.name().to_string()),
+        stats: node.stats().device_stats(),
+        driver_specific: node.driver().specific_stats(),
+        parent,
+        backing: None,
+    }
+}
+
+/// The child whose statistics `query-blockstats` nests as `parent`: the
+/// primary child if it holds data or is filtered, else the first child
+/// that does.
+fn stats_parent(node: &Node) -> Option<Arc<Node>> {
+    let data = ChildRoleFlags::DATA.union(ChildRoleFlags::FILTERED);
+    let children = node.children();
+    children
+        .iter()
+        .find(|c| c.flags().contains(ChildRoleFlags::PRIMARY) && c.flags().intersects(data))
+        .or_else(|| children.iter().find(|c| c.flags().intersects(data)))
+        .map(|c| c.node())
 }
 
 fn block_device_info(node: &Arc<Node>, flat: bool) -> BlockDeviceInfo {
@@ -83,7 +135,8 @@ fn block_device_info(node: &Arc<Node>, flat: bool) -> BlockDeviceInfo {
             direct: settings.cache_direct,
             no_flush: settings.cache_no_flush,
         },
-        write_threshold: 0,
+        // QEMU reports the unsigned threshold as a signed integer.
+        write_threshold: node.write_threshold() as i64,
         dirty_bitmaps: node.bitmaps().info(),
     }
 }

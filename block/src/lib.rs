@@ -44,9 +44,11 @@ pub mod qcow2;
 mod range_lock;
 pub mod raw;
 mod snapshot;
+pub mod stats;
 pub mod throttle;
 pub mod trace;
 pub mod write_hooks;
+mod write_threshold;
 
 pub use aligned::AlignedBuf;
 pub use backend::{BackendMode, BlockBackend, HeldReadSource};

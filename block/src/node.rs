@@ -6,8 +6,10 @@
 //! (`discard=ignore` drops discards, `detect-zeroes` turns zero writes into
 //! write-zeroes, `cache.no-flush` skips the flush to disk) and then call
 //! the driver. Bounds and permissions are checked by the caller (the
-//! backend); nothing here takes a lock. The graph owns the bookkeeping
-//! (names, references, permissions) and is the only one to build nodes.
+//! backend); nothing here takes a lock. Each request is counted in the
+//! node's [`IoStats`], and write-side ones pass its write threshold. The
+//! graph owns the bookkeeping (names, references, permissions) and is the
+//! only one to build nodes.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use schema::block::{BlockdevDetectZeroesOptions, BlockdevDriver};
+use schema::event::EventSink;
 
 use crate::bitmaps::NodeBitmaps;
 use crate::drain::InFlight;
@@ -25,7 +28,9 @@ use crate::iobuf::IoBuf;
 use crate::limits::{self, Limits};
 use crate::permissions::{ChildRoleFlags, Perm};
 use crate::range_lock::RangeLocks;
+use crate::stats::{IoKind, IoStats};
 use crate::write_hooks::{WriteHooks, WriteKind, WriteObserver, WriteRequest};
+use crate::write_threshold::WriteThreshold;
 
 /// The unit QEMU counts node sizes in (`BDRV_SECTOR_SIZE`).
 pub const SECTOR_SIZE: u64 = 512;
@@ -216,6 +221,9 @@ pub struct Node {
     /// The cumulative permissions of the node's users, as last applied to
     /// the driver.
     pub(crate) applied: PermCell,
+    /// What the node's requests have done.
+    stats: IoStats,
+    write_threshold: WriteThreshold,
 }
 
 impl Node {
@@ -227,6 +235,7 @@ impl Node {
         settings: NodeSettings,
         options: Option<BlockdevDriver>,
         children: Vec<Arc<NodeChild>>,
+        events: Option<EventSink>,
     ) -> Self {
         Node {
             id,
@@ -241,7 +250,24 @@ impl Node {
             partial_blocks: RangeLocks::default(),
             active: AtomicBool::new(!settings.inactive),
             applied: PermCell::unused(),
+            stats: IoStats::default(),
+            write_threshold: WriteThreshold::new(events),
         }
+    }
+
+    /// What the node's requests have done.
+    pub fn stats(&self) -> &IoStats {
+        &self.stats
+    }
+
+    /// The write threshold in bytes (0: none).
+    pub fn write_threshold(&self) -> u64 {
+        self.write_threshold.get()
+    }
+
+    /// Sets the write threshold (`block-set-write-threshold`); 0 disables it.
+    pub fn set_write_threshold(&self, offset: u64) {
+        self.write_threshold.set(offset)
     }
 
     /// A number unique in the graph's lifetime, increasing with creation.
@@ -336,8 +362,11 @@ impl Node {
     }
 
     /// Where a range lives byte for byte in a file whose reads never wait.
+    /// Counted as a read of the node (without a time: the data moves later).
     pub fn read_source(&self, offset: u64, len: u64) -> Option<ReadSource> {
-        self.driver.read_source(offset, len)
+        let source = self.driver.read_source(offset, len)?;
+        self.stats.count_deferred_read(len);
+        Some(source)
     }
 
     /// Whether the node was opened read-only.
@@ -370,31 +399,47 @@ impl Node {
     pub async fn read(&self, offset: u64, buf: &IoBuf) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
         let read = |offset, buf: IoBuf| async move { self.driver.read(offset, &buf).await };
-        limits::read(&self.limits(), offset, buf, read).await
+        let limits = self.limits();
+        let request = limits::read(&limits, offset, buf, read);
+        self.stats
+            .account(IoKind::Read, buf.len() as u64, request)
+            .await
     }
 
     /// Writes `buf` at `offset`; with `detect-zeroes`, a buffer of zeroes
     /// becomes a write-zeroes request (which may unmap with `unmap`).
     pub async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
-        if self.settings.load().detect_zeroes != BlockdevDetectZeroesOptions::Off && buf.is_zero() {
-            let zero_flags = ZeroFlags {
-                may_unmap: self.settings.load().detect_zeroes == BlockdevDetectZeroesOptions::Unmap,
-                no_fallback: false,
-                fua: flags.fua,
+        let len = buf.len() as u64;
+        self.before_write(offset, len);
+        let request = async {
+            let detect_zeroes = self.settings.load().detect_zeroes;
+            if detect_zeroes != BlockdevDetectZeroesOptions::Off && buf.is_zero() {
+                let zero_flags = ZeroFlags {
+                    may_unmap: detect_zeroes == BlockdevDetectZeroesOptions::Unmap,
+                    no_fallback: false,
+                    fua: flags.fua,
+                };
+                return self.zero_request(offset, len, zero_flags).await;
+            }
+            let request = WriteRequest {
+                kind: WriteKind::Write,
+                offset,
+                len,
             };
-            return self
-                .write_zeroes(offset, buf.len() as u64, zero_flags)
-                .await;
-        }
-        let request = WriteRequest {
-            kind: WriteKind::Write,
-            offset,
-            len: buf.len() as u64,
+            let limits = self.limits();
+            let op = self.write_fitted(&limits, offset, buf, flags);
+            self.write_hooks.run(self, request, op).await
         };
-        let limits = self.limits();
-        let op = self.write_fitted(&limits, offset, buf, flags);
-        self.write_hooks.run(self, request, op).await
+        self.stats.account(IoKind::Write, len, request).await
+    }
+
+    /// What every write and write-zeroes passes first: the write
+    /// threshold, and the highest offset written (counted whatever the
+    /// outcome, as QEMU's `wr_highest_offset`).
+    fn before_write(&self, offset: u64, len: u64) {
+        self.write_threshold.check(&self.name, offset, len);
+        self.stats.wrote_up_to(offset.saturating_add(len));
     }
 
     /// Writes `buf` padded (read-modify-write) and split to `limits`.
@@ -413,13 +458,15 @@ impl Node {
 
     /// Makes the range read as zeroes; it is only unmapped if the node
     /// has `discard=unmap`.
-    pub async fn write_zeroes(
-        &self,
-        offset: u64,
-        len: u64,
-        mut flags: ZeroFlags,
-    ) -> BlockResult<()> {
+    pub async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
+        self.before_write(offset, len);
+        let request = self.zero_request(offset, len, flags);
+        self.stats.account(IoKind::Write, len, request).await
+    }
+
+    /// A write-zeroes request, uncounted.
+    async fn zero_request(&self, offset: u64, len: u64, mut flags: ZeroFlags) -> BlockResult<()> {
         if !self.settings.load().discard_unmap {
             flags.may_unmap = false;
         }
@@ -447,34 +494,41 @@ impl Node {
     }
 
     /// Discards the range if the node has `discard=unmap`; otherwise does
-    /// nothing, as QEMU does.
+    /// nothing, as QEMU does (but counts the request).
     pub async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
-        if !self.settings.load().discard_unmap {
-            return Ok(());
-        }
-        let request = WriteRequest {
-            kind: WriteKind::Discard,
-            offset,
-            len,
+        let request = async {
+            if !self.settings.load().discard_unmap {
+                return Ok(());
+            }
+            self.write_threshold.check(&self.name, offset, len);
+            let request = WriteRequest {
+                kind: WriteKind::Discard,
+                offset,
+                len,
+            };
+            let discard = |offset, len| self.driver.discard(offset, len);
+            let limits = self.limits();
+            let op = limits::discard(&limits, &self.partial_blocks, offset, len, discard);
+            self.write_hooks.run(self, request, op).await
         };
-        let discard = |offset, len| self.driver.discard(offset, len);
-        let limits = self.limits();
-        let op = limits::discard(&limits, &self.partial_blocks, offset, len, discard);
-        self.write_hooks.run(self, request, op).await
+        self.stats.account(IoKind::Unmap, len, request).await
     }
 
     /// Makes completed writes durable. With `cache.no-flush` the node's own
     /// layer is skipped, but its children still flush by their own rules.
     pub async fn flush(&self) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
-        if !self.settings.load().cache_no_flush {
-            return self.driver.flush().await;
-        }
-        for child in self.children().iter() {
-            Box::pin(child.flush()).await?;
-        }
-        Ok(())
+        let request = async {
+            if !self.settings.load().cache_no_flush {
+                return self.driver.flush().await;
+            }
+            for child in self.children().iter() {
+                Box::pin(child.flush()).await?;
+            }
+            Ok(())
+        };
+        self.stats.account(IoKind::Flush, 0, request).await
     }
 
     /// The status of the longest prefix of the range that shares one.

@@ -267,6 +267,7 @@ fn open_node<'a>(
             settings,
             options: Some(options.driver.clone()),
             children,
+            events: graph.events().cloned(),
         };
         let node = state.register(position, new, &retire)?;
         drop(state);

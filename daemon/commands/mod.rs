@@ -22,6 +22,7 @@ mod misc;
 mod object;
 mod qom;
 mod snapshot;
+mod stats;
 mod transaction;
 
 pub use block::blockdev_add;
@@ -72,6 +73,7 @@ const GROUPS: &[&[Command]] = &[
     snapshot::COMMANDS,
     transaction::COMMANDS,
     introspection::COMMANDS,
+    stats::COMMANDS,
 ];
 
 /// Makes a [`Command`] of a typed handler; `features` are its QAPI

@@ -23,6 +23,19 @@ use crate::iothread::IoThread;
 use crate::life::{CloseMode, Closing};
 use crate::nbd::service::NbdService;
 
+/// One export as the metrics endpoint shows it.
+pub struct ExportMetrics {
+    pub id: String,
+    pub kind: BlockExportType,
+    /// The node it uses now.
+    pub node_name: String,
+    /// Clients using it now (NBD connections in transmission, FUSE
+    /// requests being served, a vhost-user front-end).
+    pub clients: usize,
+    /// Its backend's counters (`None` for an export type that keeps none).
+    pub backend: Option<BackendRoot>,
+}
+
 /// Every block export, and the services export types share (the NBD
 /// server).
 #[derive(Clone)]
@@ -193,6 +206,22 @@ impl BlockExports {
                 .as_ref()
                 .map_or_else(|| e.node_name.clone(), BackendRoot::node_name),
             shutting_down: e.shutting_down,
+        });
+        rows.collect()
+    }
+
+    /// Every export, oldest first, with its clients and counters.
+    pub fn metrics(&self) -> Vec<ExportMetrics> {
+        let state = self.inner.state();
+        let rows = state.exports.iter().map(|e| ExportMetrics {
+            id: e.id.clone(),
+            kind: e.kind,
+            node_name: e
+                .root
+                .as_ref()
+                .map_or_else(|| e.node_name.clone(), BackendRoot::node_name),
+            clients: e.export.life().client_count(),
+            backend: e.root.clone(),
         });
         rows.collect()
     }

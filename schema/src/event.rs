@@ -86,6 +86,8 @@ qmp_events! {
     /// An export is gone (after `block-export-del`, once its last client
     /// left).
     "BLOCK_EXPORT_DELETED" => BlockExportDeleted(BlockExportDeletedData),
+    /// A write reached past a node's write threshold.
+    "BLOCK_WRITE_THRESHOLD" => BlockWriteThreshold(crate::stats::BlockWriteThresholdData),
 }
 
 impl From<QmpEvent> for Event {

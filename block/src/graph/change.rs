@@ -110,6 +110,7 @@ impl BlockGraph {
             settings,
             options: None,
             children: vec![edge],
+            events: self.shared.events().cloned(),
         };
         let node = state.register(position, new, &[])?;
         state.give_to_monitor(&node);

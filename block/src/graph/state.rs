@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::activation::check_child_active;
 use super::{generic, BackendPerms, MAX_DEPTH, MAX_NODES};
 use schema::block::BlockdevDriver;
+use schema::event::EventSink;
 
 use crate::driver::BlockDriver;
 use crate::error::BlockResult;
@@ -27,6 +28,8 @@ pub(crate) struct NewNode {
     /// The driver's options, for `blockdev-reopen` (`None`: made in code).
     pub options: Option<BlockdevDriver>,
     pub children: Vec<Arc<NodeChild>>,
+    /// Where the node's events go (`BLOCK_WRITE_THRESHOLD`).
+    pub events: Option<EventSink>,
 }
 
 /// The graph's bookkeeping.
@@ -232,6 +235,7 @@ impl GraphState {
             settings,
             options,
             children,
+            events,
         } = new;
         if self.nodes.len() >= MAX_NODES {
             return Err(generic(format!(
@@ -255,7 +259,9 @@ impl GraphState {
             child.set_seq(self.take_seq());
         }
         let id = self.take_id();
-        let node = Arc::new(Node::new(id, name, driver, settings, options, children));
+        let node = Arc::new(Node::new(
+            id, name, driver, settings, options, children, events,
+        ));
         let position = position.min(self.nodes.len());
         self.uses.retain(|u| !retire.contains(&u.seq));
         self.nodes.insert(position, node.clone());

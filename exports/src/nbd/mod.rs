@@ -38,5 +38,6 @@ pub use export::{NbdExport, NbdExportConfig, PollLimit};
 pub use meta::{ExportMeta, ExportedBitmap};
 pub use poll::DEFAULT_POLL_LIMIT;
 pub use server::{
-    InetListen, ListenAddress, NbdServer, NbdServerConfig, DEFAULT_HANDSHAKE_MAX_SECONDS,
+    remove_stale_socket, InetListen, ListenAddress, NbdServer, NbdServerConfig,
+    DEFAULT_HANDSHAKE_MAX_SECONDS,
 };

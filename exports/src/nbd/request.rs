@@ -2,6 +2,8 @@
 //! permissions, bounds and sizes, with the errno the spec names for each
 //! failure. A rejected request has no effect.
 
+use block::stats::IoKind;
+
 use super::codec::{ReplyMode, Request};
 use super::proto::*;
 
@@ -77,6 +79,18 @@ pub fn payload_len(req: &Request, mode: ReplyMode) -> u64 {
         req.length
     } else {
         0
+    }
+}
+
+/// What a request counts as in the backend's statistics (cache and block
+/// status requests count as nothing, as in QEMU).
+pub fn io_kind(command: u16) -> Option<IoKind> {
+    match command {
+        CMD_READ => Some(IoKind::Read),
+        CMD_WRITE | CMD_WRITE_ZEROES => Some(IoKind::Write),
+        CMD_FLUSH => Some(IoKind::Flush),
+        CMD_TRIM => Some(IoKind::Unmap),
+        _ => None,
     }
 }
 

@@ -318,7 +318,7 @@ fn deepen_backlog(listener: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
 
 /// QEMU replaces whatever is at a socket path; only a socket is removed
 /// here, so a mistyped path cannot delete a file.
-pub(crate) fn remove_stale_socket(path: &PathBuf) {
+pub fn remove_stale_socket(path: &PathBuf) {
     use std::os::unix::fs::FileTypeExt;
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(path);

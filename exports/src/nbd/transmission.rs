@@ -425,6 +425,9 @@ impl Requests {
         let command = match request::check(&req, &self.shared.limits) {
             Ok(command) => command,
             Err(rejection) => {
+                if let Some(kind) = request::io_kind(req.command) {
+                    self.shared.cx.backend.stats().count_invalid(kind);
+                }
                 let mut reply = Reply::error(
                     self.shared.limits.mode,
                     &req,
