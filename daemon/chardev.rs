@@ -31,6 +31,13 @@ pub enum Backend {
         address: qmp::ListenAddress,
         wait: bool,
     },
+    /// A socket the daemon connects to (`server=off`, QEMU's default):
+    /// the peer listens. With `reconnect`, a closed or failed connection
+    /// is made again after that delay.
+    Connect {
+        address: qmp::ListenAddress,
+        reconnect: Option<std::time::Duration>,
+    },
     /// Standard input and output.
     Stdio,
 }
@@ -127,7 +134,7 @@ impl Chardevs {
             .iter()
             .map(|(id, chardev)| {
                 let qom_type = match chardev.backend {
-                    Backend::Listen { .. } => "chardev-socket",
+                    Backend::Listen { .. } | Backend::Connect { .. } => "chardev-socket",
                     Backend::Stdio => "chardev-stdio",
                 };
                 (id.clone(), qom_type)
@@ -153,24 +160,25 @@ impl Chardevs {
 
 /// The server forms of QEMU's socket chardev.
 fn socket_backend(options: &ChardevOptions) -> Result<Backend, String> {
-    if options.server != Some(true) {
-        return Err(
-            "storaged's socket chardevs must listen (server=on); connecting out is not supported"
-                .to_owned(),
-        );
-    }
+    let server = options.server == Some(true);
     let unsupported = [
         ("telnet", options.telnet == Some(true)),
         ("tn3270", options.tn3270 == Some(true)),
         ("websocket", options.websocket == Some(true)),
         ("tls-creds", options.tls_creds.is_some()),
-        ("reconnect", options.reconnect.is_some()),
-        ("reconnect-ms", options.reconnect_ms.is_some()),
     ];
     if let Some((name, _)) = unsupported.iter().find(|(_, set)| *set) {
         return Err(format!(
             "socket chardev option '{name}' is not supported by storaged"
         ));
+    }
+    if server && (options.reconnect.is_some() || options.reconnect_ms.is_some()) {
+        return Err(
+            "'reconnect' option is incompatible with socket in server listen mode".to_owned(),
+        );
+    }
+    if !server {
+        return client_backend(options);
     }
     let wait = options.wait.unwrap_or(true);
     if let Some(name) = &options.fd {
@@ -201,6 +209,30 @@ fn socket_backend(options: &ChardevOptions) -> Result<Backend, String> {
         address: qmp::ListenAddress::Tcp { host, port },
         wait,
     })
+}
+
+/// A client-mode socket: where to connect, and how soon to connect again.
+fn client_backend(options: &ChardevOptions) -> Result<Backend, String> {
+    let reconnect = match (options.reconnect, options.reconnect_ms) {
+        (Some(_), Some(_)) => {
+            return Err("'reconnect' and 'reconnect-ms' are mutually exclusive".to_owned())
+        }
+        (Some(seconds), None) => Some(std::time::Duration::from_secs(seconds)),
+        (None, Some(ms)) => Some(std::time::Duration::from_millis(ms)),
+        (None, None) => None,
+    }
+    .filter(|delay| !delay.is_zero());
+    let address = match (&options.path, &options.port) {
+        (Some(path), _) => qmp::ListenAddress::Unix(path.into()),
+        (None, Some(port)) => qmp::ListenAddress::Tcp {
+            host: options.host.clone().unwrap_or_else(|| "localhost".to_owned()),
+            port: port.parse().map_err(|_| {
+                format!("address resolution failed for {}:{port}: Servname not supported for ai_socktype", options.host.as_deref().unwrap_or(""))
+            })?,
+        },
+        (None, None) => return Err("chardev: socket: no port given".to_owned()),
+    };
+    Ok(Backend::Connect { address, reconnect })
 }
 
 #[cfg(test)]

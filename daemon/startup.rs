@@ -138,6 +138,12 @@ impl Startup {
                     .await
                     .map_err(|error| bind_error(&address, &error))?;
             }
+            Backend::Connect { address, reconnect } => {
+                self.monitors
+                    .connect(&address, reconnect, options)
+                    .await
+                    .map_err(|error| connect_error(&address, &error))?;
+            }
             Backend::Stdio => {
                 self.monitors
                     .serve_stream(tokio::io::stdin(), tokio::io::stdout(), options);
@@ -145,6 +151,16 @@ impl Startup {
         }
         Ok(())
     }
+}
+
+/// QEMU's wording of a failed connection.
+fn connect_error(address: &qmp::ListenAddress, error: &std::io::Error) -> String {
+    let target = match address {
+        qmp::ListenAddress::Unix(path) => path.display().to_string(),
+        qmp::ListenAddress::Tcp { host, port } => format!("{host}:{port}"),
+        qmp::ListenAddress::Fd(fd) => fd.to_string(),
+    };
+    format!("Failed to connect to '{target}': {}", os_error_text(error))
 }
 
 /// QEMU's wording of a failed listen.

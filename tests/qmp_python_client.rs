@@ -45,3 +45,29 @@ fn qemu_qmp_python_client_drives_storaged() {
     assert_eq!(String::from_utf8_lossy(&output.stdout), "ok\n");
     assert_eq!(std::fs::metadata(&image).expect("image").len(), 2 << 20);
 }
+
+/// storaged's client-mode monitor (`--chardev socket` without
+/// `server=on`) connects to a `qemu.qmp` server, as QEMU's test tools run
+/// their daemons, and connects again after the harness closes
+/// (tests/python/client_mode_monitor.py).
+#[test]
+fn a_client_mode_monitor_connects_to_qemu_qmp_and_again_after_it_closes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/client_mode_monitor.py"
+    );
+    let storaged = env!("CARGO_BIN_EXE_storaged");
+    let output = Command::new("python3")
+        .args([script, storaged])
+        .arg(dir.path())
+        .output()
+        .expect("run the Python test");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ok 0\n");
+}

@@ -31,6 +31,26 @@ use crate::session::{self, MonitorOptions, Shared};
 /// the remaining connections without flushing.
 pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A connection a client-mode monitor opened.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Connects to `address` (a Unix path or a host and port).
+async fn connect_to(address: &ListenAddress) -> io::Result<Box<dyn Stream>> {
+    Ok(match address {
+        ListenAddress::Unix(path) => Box::new(UnixStream::connect(path).await?),
+        ListenAddress::Tcp { host, port } => {
+            Box::new(TcpStream::connect((host.as_str(), *port)).await?)
+        }
+        ListenAddress::Fd(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a descriptor cannot be connected",
+            ))
+        }
+    })
+}
+
 /// Pause after a failed `accept` (e.g. out of file descriptors) so a
 /// persistent failure does not spin.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -141,6 +161,51 @@ impl Monitors {
         self.tasks
             .spawn(accept_clients(shared, listener, first, options));
         Ok(bound)
+    }
+
+    /// Serves a monitor on a connection the daemon opens itself (QEMU's
+    /// client-mode socket chardev, `server=off`): connects to `address`
+    /// now, and fails if that fails and there is no `reconnect`. When the
+    /// peer closes (or a connection fails) and `reconnect` is set, it
+    /// connects again after that delay, until shutdown; each connection
+    /// gets its own greeting.
+    pub async fn connect(
+        &self,
+        address: &ListenAddress,
+        reconnect: Option<Duration>,
+        options: MonitorOptions,
+    ) -> io::Result<()> {
+        let first = match connect_to(address).await {
+            Ok(stream) => Some(stream),
+            Err(error) if reconnect.is_none() => return Err(error),
+            Err(error) => {
+                tracing::warn!("monitor: cannot connect to {address:?}: {error}");
+                None
+            }
+        };
+        let shared = self.shared.clone();
+        let address = address.clone();
+        self.tasks.spawn(async move {
+            let mut next = first;
+            loop {
+                if let Some(stream) = next.take() {
+                    let (input, output) = tokio::io::split(stream);
+                    session::serve(shared.clone(), input, output, options).await;
+                }
+                let Some(delay) = reconnect else { return };
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                match connect_to(&address).await {
+                    Ok(stream) => next = Some(stream),
+                    Err(error) => {
+                        tracing::debug!("monitor: reconnecting to {address:?}: {error}")
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Serves one client on an already open stream, e.g. stdin and stdout

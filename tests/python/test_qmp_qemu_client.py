@@ -27,7 +27,7 @@ async def async_client(socket_path, image):
     qmp = QMPClient("storaged-python-test")
     await qmp.connect(socket_path)
     version = await qmp.execute("query-version")
-    expect(version["qemu"] == {"major": 10, "minor": 0, "micro": 0}, version)
+    expect(version["qemu"] == {"major": 10, "minor": 0, "micro": 2}, version)
     expect(version["package"].startswith("storaged "), version)
 
     names = {c["name"] for c in await qmp.execute("query-commands")}
