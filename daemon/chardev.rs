@@ -19,6 +19,39 @@ const QEMU_BACKENDS: &[&str] = &[
     "mux", "serial", "hub",
 ];
 
+/// The backends storaged offers (`query-chardev-backends`).
+pub const BACKENDS: &[&str] = &["socket", "stdio"];
+
+/// A chardev as the daemon's state keeps it for `query-chardev` and the
+/// QOM tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChardevRow {
+    pub id: String,
+    /// `chardev-socket` or `chardev-stdio`.
+    pub qom_type: &'static str,
+    /// QEMU's description (`unix:/path,server=on`, `stdio`).
+    pub filename: String,
+    /// A monitor uses it.
+    pub frontend_open: bool,
+}
+
+/// QEMU's `filename` of a chardev; a socket without a monitor (which
+/// storaged does not open) is `disconnected:`, as QEMU shows a socket with
+/// no peer. A monitor's socket shows as connected.
+fn filename(backend: &Backend, in_use: bool) -> String {
+    let address = |address: &qmp::ListenAddress| match address {
+        qmp::ListenAddress::Unix(path) => format!("unix:{}", path.display()),
+        qmp::ListenAddress::Tcp { host, port } => format!("tcp:{host}:{port}"),
+        qmp::ListenAddress::Fd(fd) => format!("fd:{fd}"),
+    };
+    let state = if in_use { "" } else { "disconnected:" };
+    match backend {
+        Backend::Listen { address: a, .. } => format!("{state}{},server=on", address(a)),
+        Backend::Connect { address: a, .. } => format!("{state}{}", address(a)),
+        Backend::Stdio => "stdio".to_owned(),
+    }
+}
+
 /// The most chardevs a command line may define.
 pub const MAX_CHARDEVS: usize = 256;
 
@@ -126,22 +159,23 @@ impl Chardevs {
         ))
     }
 
-    /// Every chardev's id and QOM type (`chardev-socket`,
-    /// `chardev-stdio`), by id.
-    pub fn qom_types(&self) -> Vec<(String, &'static str)> {
-        let mut types: Vec<(String, &'static str)> = self
+    /// Every chardev as `query-chardev` and the QOM tree show it, by id.
+    pub fn rows(&self) -> Vec<ChardevRow> {
+        let mut rows: Vec<ChardevRow> = self
             .by_id
             .iter()
-            .map(|(id, chardev)| {
-                let qom_type = match chardev.backend {
+            .map(|(id, chardev)| ChardevRow {
+                id: id.clone(),
+                qom_type: match chardev.backend {
                     Backend::Listen { .. } | Backend::Connect { .. } => "chardev-socket",
                     Backend::Stdio => "chardev-stdio",
-                };
-                (id.clone(), qom_type)
+                },
+                filename: filename(&chardev.backend, chardev.in_use),
+                frontend_open: chardev.in_use,
             })
             .collect();
-        types.sort_unstable();
-        types
+        rows.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        rows
     }
 
     /// The ids of chardevs no monitor uses (storaged opens nothing for

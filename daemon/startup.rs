@@ -80,7 +80,7 @@ impl Startup {
                     .daemon
                     .chardevs
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = self.chardevs.qom_types();
+                    .unwrap_or_else(|e| e.into_inner()) = self.chardevs.rows();
                 self.warnings.extend(
                     warnings
                         .into_iter()
@@ -131,6 +131,11 @@ impl Startup {
 
     async fn start_monitor(&mut self, value: &str) -> Result<(), String> {
         let (backend, options) = self.chardevs.attach_monitor(value)?;
+        *self
+            .daemon
+            .chardevs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.chardevs.rows();
         match backend {
             Backend::Listen { address, wait } => {
                 self.monitors

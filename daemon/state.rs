@@ -23,8 +23,8 @@ pub struct Daemon {
     pub graph: BlockGraph,
     /// Shared with the graph, whose drivers find throttle groups in it.
     pub objects: Arc<Objects>,
-    /// The chardevs' ids and QOM types (`chardev-socket`, ...), by id.
-    pub chardevs: Mutex<Vec<(String, &'static str)>>,
+    /// The chardevs, by id (for `query-chardev` and the QOM tree).
+    pub chardevs: Mutex<Vec<crate::chardev::ChardevRow>>,
     /// The block exports and the NBD server.
     pub exports: BlockExports,
     /// The background jobs (`blockdev-create`).

@@ -15,6 +15,7 @@
 mod bitmap;
 mod block;
 mod blockjob;
+mod chardev;
 mod export;
 mod introspection;
 mod job;
@@ -72,6 +73,7 @@ const GROUPS: &[&[Command]] = &[
     bitmap::COMMANDS,
     snapshot::COMMANDS,
     transaction::COMMANDS,
+    chardev::COMMANDS,
     introspection::COMMANDS,
     stats::COMMANDS,
 ];

@@ -24,11 +24,13 @@ pub const COMMANDS: &[Command] = &[
 
 /// Runs `f` on the daemon's tree.
 fn with_tree<R>(daemon: &Daemon, f: impl FnOnce(&Qom<'_>) -> R) -> R {
-    let chardevs = daemon
+    let chardevs: Vec<(String, &'static str)> = daemon
         .chardevs
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .clone();
+        .iter()
+        .map(|row| (row.id.clone(), row.qom_type))
+        .collect();
     f(&Qom {
         objects: &daemon.objects,
         chardevs: &chardevs,

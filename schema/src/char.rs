@@ -63,6 +63,21 @@ pub struct ChardevOptions {
     pub input_path: Option<String>,
 }
 
+/// One element of `query-chardev` (`ChardevInfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChardevInfo {
+    pub label: String,
+    pub filename: String,
+    pub frontend_open: bool,
+}
+
+/// One element of `query-chardev-backends` (`ChardevBackendInfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Introspect)]
+pub struct ChardevBackendInfo {
+    pub name: String,
+}
+
 /// The protocol a monitor speaks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
