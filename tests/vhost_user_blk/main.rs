@@ -530,7 +530,7 @@ fn a_socket_activated_export_serves_its_first_frontend() {
     let image = dir.path().join("disk.img");
     common::sparse_file(&image, IMAGE_SIZE);
     let socket = dir.path().join("vhost.sock");
-    let mut activate = std::process::Command::new("systemd-socket-activate")
+    let activate = std::process::Command::new("systemd-socket-activate")
         .arg("-l")
         .arg(&socket)
         .arg("--fdname=vhost")
@@ -546,7 +546,8 @@ fn a_socket_activated_export_serves_its_first_frontend() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("systemd-socket-activate");
-    let mut log = std::io::BufReader::new(activate.stderr.take().expect("stderr"));
+    let mut activate = common::KillOnDrop(activate);
+    let mut log = std::io::BufReader::new(activate.0.stderr.take().expect("stderr"));
     let mut line = String::new();
     log.read_line(&mut line).expect("its first line");
     assert!(line.starts_with("Listening on "), "{line}");
@@ -557,6 +558,4 @@ fn a_socket_activated_export_serves_its_first_frontend() {
     assert_eq!(status, VIRTIO_BLK_S_OK);
     assert_eq!(file_bytes(&image, 8 * 512, data.len()), data);
     vu.disconnect();
-    let _ = activate.kill();
-    let _ = activate.wait();
 }
