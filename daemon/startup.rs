@@ -10,15 +10,17 @@ use std::sync::Arc;
 
 use block::error::os_error_text;
 use schema::block::BlockdevOptions;
-use schema::export::{BlockExportOptions, NbdServerOptions, EXPORT_IMPLIED_KEY};
+use schema::export::{BlockExportKind, BlockExportOptions, NbdServerOptions, EXPORT_IMPLIED_KEY};
 use schema::metrics::MetricsOptions;
 use schema::object::{ObjectOptions, OBJECT_IMPLIED_KEY};
+use schema::sockets::SocketAddressKind;
 
 use crate::chardev::{Backend, Chardevs};
 use crate::cli::{Step, StepKind};
 use crate::commands;
 use crate::metrics;
 use crate::objects::qom_types::object_help;
+use crate::socket_activation;
 use crate::state::Daemon;
 use crate::temp_overlay::{self, TempOverlay};
 
@@ -104,8 +106,14 @@ impl Startup {
                     .map_err(|e| e.desc)
             }
             StepKind::Export => {
-                let options: BlockExportOptions =
+                let mut options: BlockExportOptions =
                     schema::parse_option(value, Some(EXPORT_IMPLIED_KEY)).map_err(|e| e.desc)?;
+                if let BlockExportKind::VhostUserBlk(vhost) = &mut options.kind {
+                    // The command line may name an inherited socket.
+                    if let SocketAddressKind::Fd(fd) = &mut vhost.addr.addr {
+                        fd.str = socket_activation::resolve(&fd.str)?.to_string();
+                    }
+                }
                 commands::block_export_add(&self.daemon, &options)
                     .await
                     .map_err(|e| e.desc)

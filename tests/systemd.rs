@@ -92,7 +92,8 @@ async fn the_example_units_run_under_systemd_socket_activate() {
         .args(exec_start.split_whitespace())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut service = activate.spawn().unwrap();
+    let mut service = common::KillOnDrop(activate.spawn().unwrap());
+    let service = &mut service.0;
     let (nbd, qmp) = (&paths[0], &paths[1]);
     // It says so once each socket listens.
     let mut log = std::io::BufReader::new(service.stderr.take().unwrap());

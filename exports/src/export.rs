@@ -74,9 +74,9 @@ impl ExportContext<'_> {
     }
 
     /// Attaches the export's backend with `perms`: the node named by the
-    /// options (activated first by [`crate::BlockExports::add`] unless
-    /// `allow-inactive`), with writethrough from the options and
-    /// `growable` as the type decides.
+    /// options (which the daemon activated first unless `allow-inactive`:
+    /// [`block::BlockGraph::activate_for_export`]), with writethrough
+    /// from the options and `growable` as the type decides.
     pub fn attach(&self, perms: BackendPerms, growable: bool) -> Result<BlockBackend, QmpError> {
         let options = self.options;
         let backend = self.graph.attach_export_backend(&ExportAttach {

@@ -204,6 +204,19 @@ impl Drop for TestDaemon {
     }
 }
 
+/// A child process (say, one `systemd-socket-activate` became) killed if
+/// the test ends, by failing, before it exited.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Runs `command` and expects a successful reply.
 pub async fn ok(client: &mut Client, command: &str, arguments: Value) -> Value {
     match client

@@ -518,3 +518,44 @@ async fn quit_ends_a_request_that_never_finishes() {
     assert!(exit.success(), "{exit}: {}", daemon.stderr());
     let _ = stopping.join();
 }
+
+/// A socket passed by systemd socket activation, named on the command line
+/// (`addr.type=fd,addr.str=NAME`): the real `systemd-socket-activate`
+/// starts the daemon when the frontend connects, and the export serves
+/// that first frontend.
+#[test]
+fn a_socket_activated_export_serves_its_first_frontend() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("dir");
+    let image = dir.path().join("disk.img");
+    common::sparse_file(&image, IMAGE_SIZE);
+    let socket = dir.path().join("vhost.sock");
+    let activate = std::process::Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg("--fdname=vhost")
+        .arg(env!("CARGO_BIN_EXE_storaged"))
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=file0,filename={}",
+            image.display()
+        ))
+        .arg("--export")
+        .arg("type=vhost-user-blk,id=vu0,node-name=file0,writable=on,addr.type=fd,addr.str=vhost")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate");
+    let mut activate = common::KillOnDrop(activate);
+    let mut log = std::io::BufReader::new(activate.0.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    log.read_line(&mut line).expect("its first line");
+    assert!(line.starts_with("Listening on "), "{line}");
+
+    let mut vu = TestFrontend::connect(&socket, Setup::default());
+    let data = pattern(4096, 3);
+    let (status, _, _) = vu.request(0, VIRTIO_BLK_T_OUT, 8, &[&data], 0);
+    assert_eq!(status, VIRTIO_BLK_S_OK);
+    assert_eq!(file_bytes(&image, 8 * 512, data.len()), data);
+    vu.disconnect();
+}

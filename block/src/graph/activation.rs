@@ -31,6 +31,13 @@ impl BlockGraph {
                 .ok_or_else(|| generic(format!("Failed to find node with node-name='{name}'")))?],
             None => self.state().activation_roots(),
         };
+        let subtrees_active = tops
+            .iter()
+            .all(|t| children_first(t).iter().all(|n| n.is_active()));
+        if active && subtrees_active {
+            // Nothing to take back: no reason to hold the exports' I/O.
+            return Ok(());
+        }
         let _drained = self.drained(&tops).await;
         if active {
             self.activate_nodes(&tops).await
