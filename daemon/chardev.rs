@@ -19,8 +19,9 @@ const QEMU_BACKENDS: &[&str] = &[
     "mux", "serial", "hub",
 ];
 
-/// The backends storaged offers (`query-chardev-backends`).
-pub const BACKENDS: &[&str] = &["socket", "stdio"];
+/// The backends storaged offers (`query-chardev-backends`): those of the
+/// command line and those `chardev-add` creates.
+pub const BACKENDS: &[&str] = &["socket", "stdio", "ringbuf", "memory", "null", "file"];
 
 /// A chardev as the daemon's state keeps it for `query-chardev` and the
 /// QOM tree.

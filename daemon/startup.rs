@@ -78,11 +78,7 @@ impl Startup {
             }
             StepKind::Chardev => {
                 let warnings = self.chardevs.define(value, self.daemonize)?;
-                *self
-                    .daemon
-                    .chardevs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = self.chardevs.rows();
+                self.daemon.chardevs.set_command_line(self.chardevs.rows());
                 self.warnings.extend(
                     warnings
                         .into_iter()
@@ -139,11 +135,7 @@ impl Startup {
 
     async fn start_monitor(&mut self, value: &str) -> Result<(), String> {
         let (backend, options) = self.chardevs.attach_monitor(value)?;
-        *self
-            .daemon
-            .chardevs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = self.chardevs.rows();
+        self.daemon.chardevs.set_command_line(self.chardevs.rows());
         match backend {
             Backend::Listen { address, wait } => {
                 self.monitors

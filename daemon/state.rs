@@ -4,7 +4,7 @@
 //! owns the monitors that call into this state; only the chardevs' ids
 //! and types are, for the QOM tree.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use schema::QmpError;
@@ -23,8 +23,8 @@ pub struct Daemon {
     pub graph: BlockGraph,
     /// Shared with the graph, whose drivers find throttle groups in it.
     pub objects: Arc<Objects>,
-    /// The chardevs, by id (for `query-chardev` and the QOM tree).
-    pub chardevs: Mutex<Vec<crate::chardev::ChardevRow>>,
+    /// The chardevs, of the command line and added at run time.
+    pub chardevs: crate::chardev_table::ChardevTable,
     /// The block exports and the NBD server.
     pub exports: BlockExports,
     /// The background jobs (`blockdev-create`).
@@ -40,7 +40,7 @@ impl Daemon {
         Self {
             graph: BlockGraph::with_events_and_objects(events.clone(), objects.clone()),
             objects,
-            chardevs: Mutex::default(),
+            chardevs: Default::default(),
             jobs: block::job::JobRegistry::new(events.clone()),
             exports: BlockExports::new(events),
             quit: CancellationToken::new(),

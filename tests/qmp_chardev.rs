@@ -1,7 +1,8 @@
-//! `query-chardev` and `query-chardev-backends` against
-//! qemu-storage-daemon: the same chardevs (the test's monitor socket and a
-//! listening socket no monitor uses) are listed alike, paths aside; the
-//! backends storaged lists are among QSD's.
+//! The character device commands against qemu-storage-daemon: the same
+//! chardevs (the test's monitor socket and a listening socket no monitor
+//! uses) are listed alike, paths aside; the backends storaged lists are
+//! among QSD's; chardevs added at run time and the ring buffer commands
+//! answer as QSD's.
 
 mod common;
 
@@ -56,9 +57,99 @@ async fn chardevs_are_listed_as_qemu_storage_daemon_lists_them() {
             .map(|b| b["name"].as_str().expect("name").to_owned())
             .collect()
     };
+    let offered = ["socket", "stdio", "ringbuf", "memory", "null", "file"];
     assert_eq!(
         names(&backends),
-        BTreeSet::from(["socket".into(), "stdio".into()])
+        offered.iter().map(|n| n.to_string()).collect()
     );
     assert!(names(&backends).is_subset(&names(&qsd_backends)));
+}
+
+/// Replies to `session` (`@DIR@` standing for a temporary directory),
+/// with `query-chardev` rows in label order and the directory as `DIR`.
+async fn transcript(program: Command, session: &[Value]) -> Vec<Value> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = TestDaemon::spawn(program, dir, |_| Vec::new());
+    let dir = daemon.dir.path().display().to_string();
+    let mut client = daemon.connect().await;
+    let mut replies = Vec::new();
+    for request in session {
+        let request: Value =
+            serde_json::from_str(&request.to_string().replace("@DIR@", &dir)).expect("JSON");
+        let mut reply = common::reply(
+            &mut client,
+            request["execute"].as_str().expect("command"),
+            request["arguments"].clone(),
+        )
+        .await;
+        if let Some(Value::Array(rows)) = reply.get_mut("return") {
+            rows.sort_by(|a, b| a["label"].as_str().cmp(&b["label"].as_str()));
+        }
+        let text = reply.to_string().replace(&dir, "DIR");
+        replies.push(serde_json::from_str(&text).expect("JSON"));
+    }
+    replies
+}
+
+/// Chardevs added at run time (ringbuf, memory, null, file) and the ring
+/// buffer commands: every reply equal to QSD's.
+#[tokio::test]
+async fn chardevs_added_at_run_time_answer_as_qemu_storage_daemon() {
+    let add = |id: &str, kind: &str, data: Value| json!({"execute": "chardev-add", "arguments": {"id": id, "backend": {"type": kind, "data": data}}});
+    let call =
+        |command: &str, arguments: Value| json!({"execute": command, "arguments": arguments});
+    let session = [
+        add("r0", "ringbuf", json!({"size": 8})),
+        add("r0", "null", json!({})),
+        add("r1", "ringbuf", json!({"size": 6})),
+        add("n0", "null", json!({})),
+        add("f0", "file", json!({"out": "@DIR@/out.txt"})),
+        add("m0", "memory", json!({})),
+        call("query-chardev", json!({})),
+        call(
+            "ringbuf-write",
+            json!({"device": "r0", "data": "hello world"}),
+        ),
+        call("ringbuf-read", json!({"device": "r0", "size": 4})),
+        call("ringbuf-read", json!({"device": "r0", "size": 100})),
+        call(
+            "ringbuf-write",
+            json!({"device": "r0", "data": "aGk=", "format": "base64"}),
+        ),
+        call(
+            "ringbuf-read",
+            json!({"device": "r0", "size": 10, "format": "base64"}),
+        ),
+        call(
+            "ringbuf-write",
+            json!({"device": "r0", "data": "!!!", "format": "base64"}),
+        ),
+        call("ringbuf-read", json!({"device": "r0", "size": -1})),
+        call("ringbuf-write", json!({"device": "n0", "data": "x"})),
+        call("ringbuf-read", json!({"device": "nope", "size": 1})),
+        call("ringbuf-write", json!({"device": "qmp0", "data": "x"})),
+        call("chardev-send-break", json!({"id": "r0"})),
+        call("chardev-send-break", json!({"id": "nope"})),
+        call(
+            "chardev-change",
+            json!({"id": "r0", "backend": {"type": "null", "data": {}}}),
+        ),
+        call(
+            "chardev-change",
+            json!({"id": "qmp0", "backend": {"type": "null", "data": {}}}),
+        ),
+        call(
+            "chardev-change",
+            json!({"id": "nope", "backend": {"type": "null", "data": {}}}),
+        ),
+        call("chardev-remove", json!({"id": "qmp0"})),
+        call("chardev-remove", json!({"id": "r0"})),
+        call("chardev-remove", json!({"id": "r0"})),
+        call("query-chardev", json!({})),
+    ];
+    let qsd = transcript(Command::new("qemu-storage-daemon"), &session).await;
+    let ours = transcript(storaged(), &session).await;
+    for ((request, theirs), mine) in session.iter().zip(&qsd).zip(&ours) {
+        assert_eq!(mine, theirs, "{request}");
+    }
 }

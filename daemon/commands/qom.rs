@@ -24,13 +24,7 @@ pub const COMMANDS: &[Command] = &[
 
 /// Runs `f` on the daemon's tree.
 fn with_tree<R>(daemon: &Daemon, f: impl FnOnce(&Qom<'_>) -> R) -> R {
-    let chardevs: Vec<(String, &'static str)> = daemon
-        .chardevs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|row| (row.id.clone(), row.qom_type))
-        .collect();
+    let chardevs = daemon.chardevs.qom_types();
     f(&Qom {
         objects: &daemon.objects,
         chardevs: &chardevs,

@@ -5,7 +5,9 @@
 use crate::introspect::Introspect;
 use serde::{Deserialize, Serialize};
 
+use crate::de::union::qapi_union;
 use crate::size::Size;
+use crate::sockets::Wrapped;
 
 /// Implied name of `--chardev`'s leading bare value.
 pub const CHARDEV_IMPLIED_KEY: &str = "backend";
@@ -61,6 +63,107 @@ pub struct ChardevOptions {
     pub r#abstract: Option<bool>,
     pub tight: Option<bool>,
     pub input_path: Option<String>,
+}
+
+/// What every chardev backend takes (`ChardevCommon`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChardevCommon {
+    pub logfile: Option<String>,
+    pub logappend: Option<bool>,
+}
+
+/// A ring buffer (`ChardevRingbuf`): `size` bytes, a power of two
+/// (default 65536).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChardevRingbuf {
+    pub logfile: Option<String>,
+    pub logappend: Option<bool>,
+    pub size: Option<i64>,
+}
+
+/// A file (`ChardevFile`): output to `out`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChardevFile {
+    pub logfile: Option<String>,
+    pub logappend: Option<bool>,
+    pub r#in: Option<String>,
+    pub out: String,
+    pub append: Option<bool>,
+}
+
+qapi_union! {
+    /// A chardev backend as `chardev-add` and `chardev-change` take it
+    /// (QAPI's legacy `{"type", "data"}` union, `ChardevBackend`); the
+    /// backends storaged can create at run time.
+    pub struct ChardevBackend {
+    }
+    /// The backend and its options.
+    discriminator "type" => pub kind: ChardevBackendKind {
+        "file" => File(Wrapped<ChardevFile>),
+        "null" => Null(Wrapped<ChardevCommon>),
+        "ringbuf" => Ringbuf(Wrapped<ChardevRingbuf>),
+        "memory" => Memory(Wrapped<ChardevRingbuf>) features ["deprecated"],
+    }
+}
+
+impl ChardevBackendKind {
+    /// The file the backend's output is logged to (`logfile`).
+    pub fn logfile(&self) -> Option<&str> {
+        match self {
+            Self::File(w) => w.data.logfile.as_deref(),
+            Self::Null(w) => w.data.logfile.as_deref(),
+            Self::Ringbuf(w) | Self::Memory(w) => w.data.logfile.as_deref(),
+        }
+    }
+}
+
+/// `chardev-add` and `chardev-change`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
+pub struct ChardevAddArgs {
+    pub id: String,
+    pub backend: ChardevBackend,
+}
+
+/// What `chardev-add` and `chardev-change` return (`ChardevReturn`; `pty`
+/// only for pty backends, which storaged has not).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Introspect)]
+pub struct ChardevReturn {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pty: Option<String>,
+}
+
+/// `chardev-remove` and `chardev-send-break`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+pub struct ChardevIdArgs {
+    pub id: String,
+}
+
+/// How `ringbuf-write` and `ringbuf-read` encode data (`DataFormat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    #[default]
+    Utf8,
+    Base64,
+}
+
+/// `ringbuf-write`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+pub struct RingbufWriteArgs {
+    pub device: String,
+    pub data: String,
+    pub format: Option<DataFormat>,
+}
+
+/// `ringbuf-read`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+pub struct RingbufReadArgs {
+    pub device: String,
+    pub size: i64,
+    pub format: Option<DataFormat>,
 }
 
 /// One element of `query-chardev` (`ChardevInfo`).
