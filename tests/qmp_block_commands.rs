@@ -467,3 +467,60 @@ async fn null_aio_nodes_are_what_qemu_storage_daemon_makes() {
         "Value '-1' is out of range for parameter 'size'"
     );
 }
+
+/// `x-blockdev-amend` (a qcow2 node amends nothing but its encryption's
+/// keys; the job is not a block job) and `x-blockdev-change` (no driver
+/// here takes children that way): every reply equal to QSD's.
+#[tokio::test]
+async fn amend_and_change_answer_as_qemu_storage_daemon() {
+    let images = tempfile::tempdir().expect("temp dir");
+    let image = images.path().join("a.qcow2");
+    let path = image.to_str().expect("UTF-8").to_owned();
+    let call =
+        |command: &str, arguments: Value| json!({"execute": command, "arguments": arguments});
+    let session = [
+        call(
+            "blockdev-add",
+            json!({"driver": "file", "node-name": "qf", "filename": path}),
+        ),
+        call(
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": "q", "file": "qf"}),
+        ),
+        call(
+            "x-blockdev-amend",
+            json!({"job-id": "a", "node-name": "q", "options": {"driver": "qcow2"}}),
+        ),
+        call("query-block-jobs", json!({})),
+        call(
+            "x-blockdev-amend",
+            json!({"job-id": "b", "node-name": "qf", "options": {"driver": "file"}}),
+        ),
+        call(
+            "x-blockdev-amend",
+            json!({"job-id": "b", "node-name": "q", "options": {"driver": "raw"}}),
+        ),
+        call(
+            "x-blockdev-amend",
+            json!({"job-id": "b", "node-name": "nope", "options": {"driver": "qcow2"}}),
+        ),
+        call("x-blockdev-change", json!({"parent": "q", "child": "file"})),
+        call("x-blockdev-change", json!({"parent": "q", "node": "qf"})),
+        call("x-blockdev-change", json!({"parent": "q"})),
+        call(
+            "x-blockdev-change",
+            json!({"parent": "q", "child": "x", "node": "qf"}),
+        ),
+        call("x-blockdev-change", json!({"parent": "q", "child": "nope"})),
+        call("x-blockdev-change", json!({"parent": "q", "node": "nope"})),
+        call("x-blockdev-change", json!({"parent": "nope", "node": "qf"})),
+    ];
+    let mut replies = Vec::new();
+    for program in [Command::new("qemu-storage-daemon"), storaged()] {
+        common::tool("qemu-img", &["create", "-q", "-f", "qcow2", &path, "1M"]);
+        replies.push(common::transcript(program, &session).await);
+    }
+    for ((request, theirs), mine) in session.iter().zip(&replies[0]).zip(&replies[1]) {
+        assert_eq!(mine, theirs, "{request}");
+    }
+}

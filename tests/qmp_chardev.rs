@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use common::{ok, storaged, TestDaemon};
+use common::{ok, storaged, transcript, TestDaemon};
 use serde_json::{json, Value};
 
 /// `query-chardev` of a daemon with a spare chardev, with its directory
@@ -63,32 +63,6 @@ async fn chardevs_are_listed_as_qemu_storage_daemon_lists_them() {
         offered.iter().map(|n| n.to_string()).collect()
     );
     assert!(names(&backends).is_subset(&names(&qsd_backends)));
-}
-
-/// Replies to `session` (`@DIR@` standing for a temporary directory),
-/// with `query-chardev` rows in label order and the directory as `DIR`.
-async fn transcript(program: Command, session: &[Value]) -> Vec<Value> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let daemon = TestDaemon::spawn(program, dir, |_| Vec::new());
-    let dir = daemon.dir.path().display().to_string();
-    let mut client = daemon.connect().await;
-    let mut replies = Vec::new();
-    for request in session {
-        let request: Value =
-            serde_json::from_str(&request.to_string().replace("@DIR@", &dir)).expect("JSON");
-        let mut reply = common::reply(
-            &mut client,
-            request["execute"].as_str().expect("command"),
-            request["arguments"].clone(),
-        )
-        .await;
-        if let Some(Value::Array(rows)) = reply.get_mut("return") {
-            rows.sort_by(|a, b| a["label"].as_str().cmp(&b["label"].as_str()));
-        }
-        let text = reply.to_string().replace(&dir, "DIR");
-        replies.push(serde_json::from_str(&text).expect("JSON"));
-    }
-    replies
 }
 
 /// Chardevs added at run time (ringbuf, memory, null, file) and the ring

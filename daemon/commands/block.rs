@@ -7,7 +7,8 @@
 
 use schema::block::{
     BlockResizeArgs, BlockdevDelArgs, BlockdevOptions, BlockdevReopenArgs, BlockdevSetActiveArgs,
-    ChangeBackingFileArgs, QueryNamedBlockNodesArgs, StrOrNull, XBlockdevSetIothreadArgs,
+    ChangeBackingFileArgs, QueryNamedBlockNodesArgs, StrOrNull, XBlockdevChangeArgs,
+    XBlockdevSetIothreadArgs,
 };
 use schema::info::{BlockDeviceInfo, XDbgBlockGraph};
 use schema::QmpError;
@@ -24,6 +25,7 @@ pub const COMMANDS: &[Command] = &[
     command!("change-backing-file", change_backing_file),
     command!("blockdev-set-active", blockdev_set_active),
     command!("x-blockdev-set-iothread", x_blockdev_set_iothread, features: ["unstable"]),
+    command!("x-blockdev-change", x_blockdev_change, features: ["unstable"]),
     command!("query-named-block-nodes", query_named_block_nodes),
     command!("x-debug-query-block-graph", debug_query_block_graph, features: ["unstable"]),
 ];
@@ -70,6 +72,50 @@ async fn block_resize(
         .resize(device.as_deref(), node_name.as_deref(), size)
         .await?;
     Ok(())
+}
+
+/// QEMU's checks, in its order. Only quorum takes and gives children this
+/// way in QEMU; no driver storaged has does, so a valid request gets
+/// QEMU's refusal for such a driver.
+async fn x_blockdev_change(
+    daemon: &Daemon,
+    XBlockdevChangeArgs {
+        parent,
+        child,
+        node,
+    }: XBlockdevChangeArgs,
+) -> Result<(), QmpError> {
+    let parent_node = daemon.graph.lookup(Some(&parent), Some(&parent))?;
+    match (&child, &node) {
+        (Some(_), Some(_)) => {
+            return Err(QmpError::generic(
+                "The parameters child and node are in conflict",
+            ))
+        }
+        (None, None) => return Err(QmpError::generic("Either child or node must be specified")),
+        _ => {}
+    }
+    if let Some(child) = child {
+        let has_child = parent_node
+            .children()
+            .iter()
+            .any(|edge| edge.role().name() == child);
+        if !has_child {
+            return Err(QmpError::generic(format!(
+                "Node '{parent}' does not have child '{child}'"
+            )));
+        }
+        return Err(QmpError::generic(format!(
+            "The node {parent} does not support removing a child"
+        )));
+    }
+    let node = node.unwrap_or_default();
+    if daemon.graph.node(&node).is_none() {
+        return Err(QmpError::generic(format!("Node '{node}' not found")));
+    }
+    Err(QmpError::generic(format!(
+        "The node {parent} does not support adding a child"
+    )))
 }
 
 /// Hands nodes over to another process or takes them back (migration).

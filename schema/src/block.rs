@@ -483,6 +483,16 @@ pub struct BlockResizeArgs {
     pub size: i64,
 }
 
+/// `x-blockdev-change`: a child to take from `parent`, or a node to
+/// give it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct XBlockdevChangeArgs {
+    pub parent: String,
+    pub child: Option<String>,
+    pub node: Option<String>,
+}
+
 /// `change-backing-file`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]

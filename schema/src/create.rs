@@ -86,9 +86,47 @@ qapi_union! {
     }
 }
 
-/// The (no) creation options of a driver that cannot create images.
+/// The (no) options of a driver that cannot create (or amend) images.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
 pub struct NoCreateOptions {}
+
+/// What `x-blockdev-amend` can change in a qcow2 image
+/// (`BlockdevAmendOptionsQcow2`): only its encryption's keys.
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevAmendOptionsQcow2 {
+    /// `QCryptoBlockAmendOptions` (storaged has no encrypted images).
+    pub encrypt: Option<serde_json::Value>,
+}
+
+qapi_union! {
+    /// What `x-blockdev-amend` changes, by driver.
+    pub struct BlockdevAmendOptions {
+    }
+    /// The node's driver.
+    discriminator "driver" => pub driver: BlockdevAmendDriver {
+        "blkdebug" => Blkdebug(NoCreateOptions),
+        "copy-on-read" => CopyOnRead(NoCreateOptions),
+        "file" => File(NoCreateOptions),
+        "nbd" => Nbd(NoCreateOptions),
+        "null-aio" => NullAio(NoCreateOptions),
+        "null-co" => NullCo(NoCreateOptions),
+        "preallocate" => Preallocate(NoCreateOptions),
+        "qcow2" => Qcow2(BlockdevAmendOptionsQcow2),
+        "raw" => Raw(NoCreateOptions),
+        "throttle" => Throttle(NoCreateOptions),
+    }
+}
+
+/// `x-blockdev-amend`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevAmendArgs {
+    pub job_id: String,
+    pub node_name: String,
+    pub options: BlockdevAmendOptions,
+    pub force: Option<bool>,
+}
 
 /// QEMU's message for a driver that creates nothing.
 pub const CREATE_UNSUPPORTED: &str = "Driver does not support blockdev-create";

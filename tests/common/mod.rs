@@ -260,6 +260,35 @@ pub async fn reply(client: &mut Client, command: &str, arguments: Value) -> Valu
     }
 }
 
+/// The replies of a daemon started by `program` to `session` (requests as
+/// `{"execute", "arguments"}`; `@DIR@` stands for the daemon's
+/// directory), events left aside, lists of rows with a `label` in label
+/// order, and the directory written as `DIR`: for comparing a session's
+/// replies between qemu-storage-daemon and storaged.
+pub async fn transcript(program: Command, session: &[Value]) -> Vec<Value> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = TestDaemon::spawn(program, dir, |_| Vec::new());
+    let dir = daemon.dir.path().display().to_string();
+    let mut client = daemon.connect().await;
+    let mut replies = Vec::new();
+    for request in session {
+        let request: Value =
+            serde_json::from_str(&request.to_string().replace("@DIR@", &dir)).expect("JSON");
+        let mut answer = reply(
+            &mut client,
+            request["execute"].as_str().expect("command"),
+            request["arguments"].clone(),
+        )
+        .await;
+        if let Some(Value::Array(rows)) = answer.get_mut("return") {
+            rows.sort_by(|a, b| a["label"].as_str().cmp(&b["label"].as_str()));
+        }
+        let text = answer.to_string().replace(&dir, "DIR");
+        replies.push(serde_json::from_str(&text).expect("JSON"));
+    }
+    replies
+}
+
 /// Whether a file system is mounted at `path` (as `/proc/self/mountinfo`
 /// lists mountpoints).
 pub fn is_mounted(path: &Path) -> bool {

@@ -131,7 +131,9 @@ impl JobSpec {
         JobSpec {
             id: id.to_owned(),
             job_type,
-            block_job: job_type != JobType::Create,
+            // Image creation and amending are jobs of their own, not
+            // block jobs (QEMU's `job_create`, not `block_job_create`).
+            block_job: !matches!(job_type, JobType::Create | JobType::Amend),
             auto_finalize: true,
             auto_dismiss: true,
             speed: 0,
