@@ -53,6 +53,24 @@ fn filename(backend: &Backend, in_use: bool) -> String {
     }
 }
 
+/// The backends `--chardev` creates (the others only `chardev-add`).
+const COMMAND_LINE_BACKENDS: &[&str] = &["stdio", "socket"];
+
+/// `--chardev help`: the backends `--chardev` creates, as QSD lists its
+/// own. `None` when the option asks for no help. (QSD's `--chardev
+/// TYPE,help`, the list of every option, gets "Help is not available".)
+pub fn chardev_help(option: &str) -> Option<String> {
+    let first = option.split(',').next().unwrap_or_default();
+    if first != "help" && first != "?" {
+        return None;
+    }
+    let list: String = COMMAND_LINE_BACKENDS
+        .iter()
+        .map(|name| format!("  {name}\n"))
+        .collect();
+    Some(format!("Available chardev backend types: \n{list}"))
+}
+
 /// The most chardevs a command line may define.
 pub const MAX_CHARDEVS: usize = 256;
 

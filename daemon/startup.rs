@@ -56,6 +56,7 @@ impl Startup {
     pub fn help(step: &Step) -> Option<String> {
         match step.kind {
             StepKind::Object => object_help(&step.arg.value),
+            StepKind::Chardev => crate::chardev::chardev_help(&step.arg.value),
             _ => None,
         }
     }

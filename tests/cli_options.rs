@@ -381,3 +381,43 @@ async fn trace_points_have_qemu_names_and_lines() {
     // Points not asked for stay off.
     assert!(!text.contains("blk_co_preadv"), "{text}");
 }
+
+/// `--object help`, `--object TYPE,help` and `--chardev help` print what
+/// QSD prints, for the types and backends storaged has, and exit 0.
+#[test]
+fn help_options_list_types_as_qemu_storage_daemon() {
+    let output = |program: &str, args: &[&str]| {
+        let out = Command::new(program).args(args).output().expect(program);
+        assert!(out.status.success(), "{program} {args:?}");
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let storaged = env!("CARGO_BIN_EXE_storaged");
+    let lines = |text: &str| -> Vec<String> { text.lines().map(str::to_owned).collect() };
+    for kind in [
+        "iothread",
+        "secret",
+        "throttle-group",
+        "tls-creds-x509",
+        "authz-list",
+    ] {
+        let option = format!("{kind},help");
+        assert_eq!(
+            output(storaged, &["--object", &option]),
+            output("qemu-storage-daemon", &["--object", &option]),
+            "{option}"
+        );
+    }
+    for (option, header) in [
+        (["--object", "help"], "List of user creatable objects:"),
+        (["--chardev", "help"], "Available chardev backend types: "),
+    ] {
+        let ours = lines(&output(storaged, &option));
+        let theirs = lines(&output("qemu-storage-daemon", &option));
+        assert_eq!(ours[0], header);
+        assert_eq!(theirs[0], header);
+        assert!(ours.len() > 1, "{ours:?}");
+        for entry in &ours[1..] {
+            assert!(theirs.contains(entry), "{entry} is not in QSD's list");
+        }
+    }
+}
