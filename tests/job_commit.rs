@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::jobs::{compare_raw, path, three_deep_chain, wait_event, Writer};
+use common::jobs::{compare_raw, path, qcow2_chain, three_deep_chain, wait_event, Writer};
 use common::{error, ok, tool, TestDaemon};
 use serde_json::{json, Value};
 
@@ -180,29 +180,7 @@ async fn refusals_are_qemus() {
 #[tokio::test]
 async fn commits_write_into_a_read_only_base_for_their_time() {
     let images = tempfile::tempdir().expect("temp dir");
-    let at = |name: &str| images.path().join(name);
-    let (base, mid, top) = (at("base.qcow2"), at("mid.qcow2"), at("top.qcow2"));
-    tool(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", path(&base), "1M"],
-    );
-    for (image, backing) in [(&mid, &base), (&top, &mid)] {
-        tool(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-b",
-                path(backing),
-                "-F",
-                "qcow2",
-                path(image),
-                "1M",
-            ],
-        );
-    }
+    let (base, mid, top) = qcow2_chain(images.path(), "1M");
     tool("qemu-io", &["-c", "write -P 5 0 64k", path(&mid)]);
     tool("qemu-io", &["-c", "write -P 6 64k 64k", path(&top)]);
     let mut daemon = TestDaemon::start(&[]);

@@ -122,11 +122,9 @@ impl Writer {
     }
 }
 
-/// base.qcow2 (16 MiB; 0x11 in 0..4M) <- mid.qcow2 (0x22 in 4M..8M,
-/// zeroes over the base's first MiB) <- top.qcow2 (0x33 in 8M..12M) in
-/// `dir`, and the options that open them as `base`, `mid` and `top` with
-/// `top` exported writable as `disk`.
-pub fn three_deep_chain(dir: &Path) -> impl FnOnce(&Path) -> Vec<String> {
+/// Empty qcow2 images base.qcow2 <- mid.qcow2 <- top.qcow2 of `size`
+/// in `dir`, each naming the one below as its backing file.
+pub fn qcow2_chain(dir: &Path, size: &str) -> (PathBuf, PathBuf, PathBuf) {
     let (base, mid, top) = (
         dir.join("base.qcow2"),
         dir.join("mid.qcow2"),
@@ -134,9 +132,8 @@ pub fn three_deep_chain(dir: &Path) -> impl FnOnce(&Path) -> Vec<String> {
     );
     super::tool(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", path(&base), "16M"],
+        &["create", "-q", "-f", "qcow2", path(&base), size],
     );
-    super::tool("qemu-io", &["-c", "write -P 0x11 0 4M", path(&base)]);
     for (image, backing) in [(&mid, &base), (&top, &mid)] {
         super::tool(
             "qemu-img",
@@ -150,9 +147,20 @@ pub fn three_deep_chain(dir: &Path) -> impl FnOnce(&Path) -> Vec<String> {
                 "-F",
                 "qcow2",
                 path(image),
+                size,
             ],
         );
     }
+    (base, mid, top)
+}
+
+/// base.qcow2 (16 MiB; 0x11 in 0..4M) <- mid.qcow2 (0x22 in 4M..8M,
+/// zeroes over the base's first MiB) <- top.qcow2 (0x33 in 8M..12M) in
+/// `dir`, and the options that open them as `base`, `mid` and `top` with
+/// `top` exported writable as `disk`.
+pub fn three_deep_chain(dir: &Path) -> impl FnOnce(&Path) -> Vec<String> {
+    let (base, mid, top) = qcow2_chain(dir, "16M");
+    super::tool("qemu-io", &["-c", "write -P 0x11 0 4M", path(&base)]);
     super::tool(
         "qemu-io",
         &[

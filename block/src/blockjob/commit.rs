@@ -198,16 +198,14 @@ struct Commit {
 
 impl Commit {
     async fn attach(&self, filter_name: Option<&str>, committed: &[Arc<Node>]) -> BlockResult<()> {
-        let attached = async {
-            self.made_writable.add(&self.graph, &self.base).await?;
-            self.made_writable.add(&self.graph, &self.overlay).await?;
-            self.attach_nodes(filter_name, committed).await
-        }
-        .await;
-        if attached.is_err() {
-            self.made_writable.restore(&self.graph, "commit").await;
-        }
-        attached
+        self.made_writable
+            .around(
+                &self.graph,
+                &[&self.base, &self.overlay],
+                "commit",
+                self.attach_nodes(filter_name, committed),
+            )
+            .await
     }
 
     async fn attach_nodes(

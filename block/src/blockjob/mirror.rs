@@ -283,18 +283,20 @@ impl Mirror {
         filter_name: Option<&str>,
         active: Arc<ActiveWrites>,
     ) -> BlockResult<()> {
-        let attached = async {
-            if self.job_type == JobType::Commit {
-                // An active commit writes into the (read-only) base.
-                self.made_writable.add(&self.graph, &self.target).await?;
-            }
-            self.attach_nodes(filter_name, active).await
-        }
-        .await;
-        if attached.is_err() {
-            self.made_writable.restore(&self.graph, "commit").await;
-        }
-        attached
+        // An active commit writes into the (read-only) base.
+        let writable: &[&Arc<Node>] = if self.job_type == JobType::Commit {
+            &[&self.target]
+        } else {
+            &[]
+        };
+        self.made_writable
+            .around(
+                &self.graph,
+                writable,
+                "mirror",
+                self.attach_nodes(filter_name, active),
+            )
+            .await
     }
 
     async fn attach_nodes(

@@ -91,6 +91,31 @@ impl MadeWritable {
         Ok(())
     }
 
+    /// Makes `nodes` writable, then runs `attach` (a job taking its
+    /// nodes); if either fails, they are made read-only again.
+    pub(crate) async fn around(
+        &self,
+        graph: &BlockGraph,
+        nodes: &[&Arc<Node>],
+        job: &str,
+        attach: impl std::future::Future<Output = BlockResult<()>>,
+    ) -> BlockResult<()> {
+        let mut attached = Ok(());
+        for node in nodes {
+            attached = self.add(graph, node).await;
+            if attached.is_err() {
+                break;
+            }
+        }
+        if attached.is_ok() {
+            attached = attach.await;
+        }
+        if attached.is_err() {
+            self.restore(graph, job).await;
+        }
+        attached
+    }
+
     /// Keeps them writable: they took the place of a writable node (an
     /// active commit's pivot makes the base the active layer).
     pub(crate) fn keep(&self) {

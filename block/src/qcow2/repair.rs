@@ -64,13 +64,7 @@ impl Qcow2 {
         if !table.snapshots.is_empty() {
             counts.add(geo.cluster_index(table.offset), table.len.div_ceil(cs))?;
             for snapshot in &table.snapshots {
-                let bytes = self
-                    .file
-                    .read_vec(snapshot.l1_offset, snapshot.l1_size as usize * 8)
-                    .await?;
-                let entries: Vec<u64> = (0..snapshot.l1_size as usize)
-                    .map(|i| get_entry(&bytes, i))
-                    .collect();
+                let entries = self.snapshot_l1(snapshot).await?;
                 self.count_l1(snapshot.l1_offset, &entries, &mut counts)
                     .await?;
             }

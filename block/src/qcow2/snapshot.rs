@@ -12,10 +12,12 @@
 //! leaves at worst refcounts too high (leaked clusters), never a cluster
 //! in use with a refcount too low. The node is drained by the caller.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use schema::info::SnapshotInfo;
 
+use super::cache::Table;
 use super::flat_table::FlatTable;
 use super::header::{MAX_SNAPSHOTS, SNAPSHOT_HEADER_SIZE};
 use super::layout::{get_entry, set_entry, ClusterKind, L1E_OFFSET_MASK, OFLAG_COPIED};
@@ -187,6 +189,17 @@ impl Qcow2 {
         self.snapshot_table.load().snapshots.clone()
     }
 
+    /// The L1 table of `snapshot`, as on disk.
+    pub(super) async fn snapshot_l1(&self, snapshot: &Snapshot) -> BlockResult<Vec<u64>> {
+        let bytes = self
+            .file
+            .read_vec(snapshot.l1_offset, snapshot.l1_size as usize * 8)
+            .await?;
+        Ok((0..snapshot.l1_size as usize)
+            .map(|i| get_entry(&bytes, i))
+            .collect())
+    }
+
     /// Takes snapshot `name` of the active image.
     pub(super) async fn create_snapshot(&self, name: &str) -> BlockResult<()> {
         self.check_writable()?;
@@ -248,13 +261,7 @@ impl Qcow2 {
         let removed = snapshots.remove(index);
         // The table without it first: then its references may go.
         self.write_snapshot_table(snapshots).await?;
-        let l1_bytes = self
-            .file
-            .read_vec(removed.l1_offset, removed.l1_size as usize * 8)
-            .await?;
-        let entries: Vec<u64> = (0..removed.l1_size as usize)
-            .map(|i| get_entry(&l1_bytes, i))
-            .collect();
+        let entries = self.snapshot_l1(&removed).await?;
         self.release_tables(&entries).await?;
         let cs = self.geo().cluster_size();
         let l1_clusters = (u64::from(removed.l1_size) * 8).div_ceil(cs);
@@ -295,7 +302,7 @@ impl Qcow2 {
                 h.nb_snapshots = snapshots.len() as u32;
             })
             .await?;
-        let old = self.snapshot_table.swap(std::sync::Arc::new(SnapshotTable {
+        let old = self.snapshot_table.swap(Arc::new(SnapshotTable {
             offset: new_offset,
             len: table.len() as u64,
             snapshots,
@@ -356,16 +363,8 @@ impl Qcow2 {
         share: bool,
     ) -> BlockResult<()> {
         let geo = *self.geo();
-        let table = self.load_l2(l2_offset).await?;
-        let entries: Vec<u64> = {
-            let t = table.lock();
-            (0..geo.l2_entries() as usize)
-                .map(|i| get_entry(&t.bytes, i))
-                .collect()
-        };
-        let first_cluster = (index as u64) << geo.l2_bits;
-        for (i, &entry) in entries.iter().enumerate() {
-            let kind = self.decode(entry, first_cluster + i as u64)?;
+        let (table, entries) = self.l2_table_entries(index, l2_offset).await?;
+        for &(_, kind) in &entries {
             let Some((host, count)) = geo.host_clusters(kind) else {
                 continue;
             };
@@ -392,6 +391,30 @@ impl Qcow2 {
             }
         }
         Ok(())
+    }
+
+    /// The L2 table at `l2_offset` (L1 entry `index`) and each of its
+    /// entries with what it says.
+    async fn l2_table_entries(
+        &self,
+        index: usize,
+        l2_offset: u64,
+    ) -> BlockResult<(Arc<Table>, Vec<(u64, ClusterKind)>)> {
+        let geo = *self.geo();
+        let table = self.load_l2(l2_offset).await?;
+        let entries: Vec<u64> = {
+            let t = table.lock();
+            (0..geo.l2_entries() as usize)
+                .map(|i| get_entry(&t.bytes, i))
+                .collect()
+        };
+        let first_cluster = (index as u64) << geo.l2_bits;
+        let kinds = entries
+            .iter()
+            .enumerate()
+            .map(|(i, &entry)| Ok((entry, self.decode(entry, first_cluster + i as u64)?)))
+            .collect::<BlockResult<Vec<_>>>()?;
+        Ok((table, kinds))
     }
 
     /// Sets `COPIED` again on the active image's L2 tables and clusters
@@ -422,16 +445,8 @@ impl Qcow2 {
             if !sole {
                 continue;
             }
-            let table = self.load_l2(l2_offset).await?;
-            let entries: Vec<u64> = {
-                let t = table.lock();
-                (0..geo.l2_entries() as usize)
-                    .map(|i| get_entry(&t.bytes, i))
-                    .collect()
-            };
-            let first_cluster = (index as u64) << geo.l2_bits;
-            for (i, &entry) in entries.iter().enumerate() {
-                let kind = self.decode(entry, first_cluster + i as u64)?;
+            let (table, entries) = self.l2_table_entries(index, l2_offset).await?;
+            for (i, &(entry, kind)) in entries.iter().enumerate() {
                 let copied = match kind {
                     ClusterKind::Normal { host, .. } | ClusterKind::ZeroAlloc { host, .. } => {
                         self.refs.lock().await.get(geo.cluster_index(host)).await? == 1
