@@ -91,6 +91,9 @@ pub enum StepKind {
     /// A temporary overlay over a node (qemu-nbd's `--snapshot`; QSD's
     /// command line has no such option).
     TempOverlay,
+    /// A node read as one of its internal snapshots (qemu-nbd's
+    /// `--load-snapshot`).
+    LoadSnapshot,
     Unexpected,
 }
 

@@ -12,7 +12,7 @@
 //! `--snapshot` exports a temporary overlay ([`crate::temp_overlay`]).
 //! `--list` asks a server for its exports ([`crate::nbd_list`]).
 //! Not done here (each refused with a message that says so): the kernel
-//! client (`--connect`, `--disconnect`), `--load-snapshot`, SELinux
+//! client (`--connect`, `--disconnect`), SELinux
 //! labels.
 
 use std::ops::ControlFlow;
@@ -22,6 +22,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::{Invocation, Report, Step, StepKind};
 use crate::getopt::{self, Item, Located, Options, Takes};
+use crate::startup::LoadSnapshot;
 use nbdwire::client::ServerAddress;
 
 /// What the command line asks for.
@@ -184,7 +185,7 @@ struct Settings {
     description: Option<String>,
     list: bool,
     snapshot: bool,
-    load_snapshot: Option<String>,
+    load_snapshot: Option<LoadSnapshot>,
     cache: Option<Cache>,
     aio: Option<String>,
     discard_unmap: Option<bool>,
@@ -277,7 +278,11 @@ impl Settings {
             }
             Meaning::List => self.list = true,
             Meaning::Snapshot => self.snapshot = true,
-            Meaning::LoadSnapshot => self.load_snapshot = Some(text),
+            // As in qemu-nbd, a loaded snapshot is exported read-only.
+            Meaning::LoadSnapshot => {
+                self.load_snapshot = Some(load_snapshot(&text)?);
+                self.read_only = true;
+            }
             Meaning::Nocache => self.cache = Some(cache_mode("none").expect("a known mode")),
             Meaning::Cache => {
                 self.cache =
@@ -414,9 +419,6 @@ impl Settings {
             }
             return Err("SELinux support not enabled in this binary".into());
         }
-        if self.load_snapshot.is_some() {
-            return Err("--load-snapshot is not supported by storaged yet".into());
-        }
         let mut steps: Vec<Step> = self
             .objects
             .iter()
@@ -432,6 +434,15 @@ impl Settings {
             image,
             format!("Failed to blk_new_open '{file}': "),
         ));
+        if let Some(load) = &self.load_snapshot {
+            let mut load = serde_json::to_value(load).map_err(|e| e.to_string())?;
+            load["node"] = json!(node);
+            steps.push(step(
+                StepKind::LoadSnapshot,
+                load,
+                "Failed to load snapshot: ".to_owned(),
+            ));
+        }
         let mut exported = node;
         if self.snapshot {
             let overlay = json!({"base": exported, "node-name": SNAPSHOT_NODE});
@@ -577,6 +588,29 @@ fn step(kind: StepKind, value: Value, prefix: String) -> Step {
     step_text(kind, value.to_string(), prefix)
 }
 
+/// `--load-snapshot`'s value: `snapshot.id=ID,snapshot.name=NAME` (either
+/// or both), or an id or name alone.
+fn load_snapshot(text: &str) -> Result<LoadSnapshot, String> {
+    let mut load = LoadSnapshot {
+        node: String::new(),
+        id: None,
+        name: None,
+        id_or_name: None,
+    };
+    if !text.starts_with("snapshot.") {
+        load.id_or_name = Some(text.to_owned());
+        return Ok(load);
+    }
+    for item in text.split(',') {
+        match item.split_once('=') {
+            Some(("snapshot.id", id)) => load.id = Some(id.to_owned()),
+            Some(("snapshot.name", name)) => load.name = Some(name.to_owned()),
+            _ => return Err(format!("Failed in parsing snapshot param `{text}'")),
+        }
+    }
+    Ok(load)
+}
+
 /// A step whose option is `value` (keyval or JSON text).
 fn step_text(kind: StepKind, value: String, prefix: String) -> Step {
     Step {
@@ -690,7 +724,9 @@ The image:
   -f, --format=FORMAT       image format (probed when absent)
   -r, --read-only           export read-only
   -s, --snapshot            serve a temporary overlay: the image is not written
-  -l, --load-snapshot=SNAP  not supported yet
+  -l, --load-snapshot=SNAP  serve FILE's internal snapshot SNAP, read-only;
+                            SNAP is snapshot.id=ID,snapshot.name=NAME (either
+                            or both) or an id or a name alone
   -n, --nocache             same as --cache=none
       --cache=MODE          none, writeback (default), writethrough,
                             directsync or unsafe

@@ -24,6 +24,33 @@ use crate::socket_activation;
 use crate::state::Daemon;
 use crate::temp_overlay::{self, TempOverlay};
 
+/// qemu-nbd's `--load-snapshot`: node `node` read as its internal
+/// snapshot `id` and/or `name`, or the one whose id (else name) is
+/// `id_or_name`.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct LoadSnapshot {
+    pub node: String,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub id_or_name: Option<String>,
+}
+
+impl LoadSnapshot {
+    async fn apply(&self, graph: &block::BlockGraph) -> block::BlockResult<()> {
+        match &self.id_or_name {
+            Some(either) => match graph.load_snapshot(&self.node, Some(either), None).await {
+                Ok(()) => Ok(()),
+                Err(_) => graph.load_snapshot(&self.node, None, Some(either)).await,
+            },
+            None => {
+                graph
+                    .load_snapshot(&self.node, self.id.as_deref(), self.name.as_deref())
+                    .await
+            }
+        }
+    }
+}
+
 /// The implied key of `--blockdev`.
 const BLOCKDEV_IMPLIED_KEY: &str = "driver";
 
@@ -119,6 +146,10 @@ impl Startup {
                 let overlay: TempOverlay =
                     serde_json::from_str(value).map_err(|e| e.to_string())?;
                 temp_overlay::create(&self.daemon, &overlay).await
+            }
+            StepKind::LoadSnapshot => {
+                let load: LoadSnapshot = serde_json::from_str(value).map_err(|e| e.to_string())?;
+                load.apply(&self.daemon.graph).await.map_err(|e| e.message)
             }
             StepKind::Unexpected => Err("Unexpected argument".to_owned()),
         }

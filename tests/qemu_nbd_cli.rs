@@ -122,6 +122,8 @@ fn bad_command_lines_fail_as_qemu_nbd_fails() {
         strings(&["-x", &long, "r.img"]),
         strings(&["-D", &long, "r.img"]),
         strings(&["--selinux-label=x", "r.img"]),
+        strings(&["-l", "nope", "-k", &sock, "-f", "qcow2", "d.qcow2"]),
+        strings(&["-l", "snapshot.id=9", "-k", &sock, "-f", "qcow2", "d.qcow2"]),
         strings(&["--object", "bogus,id=x", "-f", "raw", "-k", &sock, "r.img"]),
         strings(&[
             "--object",
@@ -424,6 +426,54 @@ fn snapshot_mode_writes_to_a_throwaway_overlay() {
         std::fs::read(&image).expect("image") == before,
         "the image changed"
     );
+}
+
+#[test]
+fn load_snapshot_serves_the_snapshot_read_only_as_qemu_nbd_does() {
+    let setup = Setup::new();
+    let image = setup.path("d.qcow2");
+    for command in [
+        vec!["qemu-img", "snapshot", "-c", "first", &image],
+        vec![
+            "qemu-io",
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x62 1M 1M",
+            &image,
+        ],
+        vec!["qemu-img", "resize", "-f", "qcow2", &image, "32M"],
+    ] {
+        let out = Command::new(command[0])
+            .args(&command[1..])
+            .output()
+            .expect("qemu tool");
+        assert!(out.status.success(), "{command:?}: {out:?}");
+    }
+    let sock = setup.path("load.sock");
+    let uri = format!("nbd+unix:///?socket={sock}");
+    for snapshot in ["first", "1", "snapshot.id=1", "snapshot.name=first"] {
+        let args = strings(&["-t", "-l", snapshot, "-k", &sock, "-f", "qcow2", "d.qcow2"]);
+        let mut seen = Vec::new();
+        for ours in [false, true] {
+            let (mut child, info) = serve(&setup, ours, &args, &uri);
+            let read = Command::new("qemu-io")
+                .args(["-r", "-f", "raw", "-c", "read -P 0x61 1M 1M", &uri])
+                .output()
+                .expect("qemu-io");
+            let stdout = String::from_utf8_lossy(&read.stdout).into_owned();
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                read.status.success() && !stdout.contains("Pattern"),
+                "-l {snapshot} (ours: {ours}): {stdout}"
+            );
+            seen.push(visible(&info));
+        }
+        assert_eq!(seen[1]["is_read_only"], true, "-l {snapshot}");
+        assert_eq!(seen[1]["export-size"], 32 * MIB, "-l {snapshot}");
+        assert_eq!(seen[1], seen[0], "-l {snapshot}: ours, then qemu-nbd's");
+    }
 }
 
 #[test]

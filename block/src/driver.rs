@@ -337,6 +337,15 @@ pub trait BlockDriver: Send + Sync + 'static {
         ))
     }
 
+    /// Reads the image as its internal snapshot with `id` and/or `name`
+    /// from now on (read-only nodes; QEMU's `bdrv_snapshot_load_tmp`).
+    async fn snapshot_load_tmp(&self, _id: Option<&str>, _name: Option<&str>) -> BlockResult<()> {
+        Err(BlockError::new(
+            ErrorKind::NotSupported,
+            "The image format has no internal snapshots",
+        ))
+    }
+
     /// Deletes the internal snapshot with `id` and/or `name` (it exists,
     /// checked by the caller) of a drained node; returns it.
     async fn snapshot_delete(

@@ -36,6 +36,20 @@ impl BlockGraph {
         node.driver().snapshot_create(name).await
     }
 
+    /// Reads node `node_name` as its internal snapshot `id`/`name` from now
+    /// on (qemu-nbd's `--load-snapshot`): an identifier given alone
+    /// (`id_or_name`) is tried as an id, then as a name, as QEMU does.
+    pub async fn load_snapshot(
+        &self,
+        node_name: &str,
+        id: Option<&str>,
+        name: Option<&str>,
+    ) -> BlockResult<()> {
+        let node = self.lookup(None, Some(node_name))?;
+        let _drained = self.drained(std::slice::from_ref(&node)).await;
+        node.driver().snapshot_load_tmp(id, name).await
+    }
+
     /// Deletes the internal snapshot of root node `device` that has `id`
     /// and/or `name`; returns it.
     pub async fn snapshot_delete_internal(

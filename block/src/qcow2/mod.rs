@@ -566,6 +566,10 @@ impl BlockDriver for Qcow2 {
         self.check_corruption(result).await
     }
 
+    async fn snapshot_load_tmp(&self, id: Option<&str>, name: Option<&str>) -> BlockResult<()> {
+        self.load_snapshot_tmp(id, name).await
+    }
+
     async fn snapshot_delete(
         &self,
         id: Option<&str>,

@@ -200,6 +200,33 @@ impl Qcow2 {
             .collect())
     }
 
+    /// Reads the image as snapshot `id`/`name` was, from now on (QEMU's
+    /// `qcow2_snapshot_load_tmp`, for qemu-nbd's `--load-snapshot`): the
+    /// snapshot's L1 table takes the active one's place; the image must
+    /// be read-only, and its size stays.
+    pub(super) async fn load_snapshot_tmp(
+        &self,
+        id: Option<&str>,
+        name: Option<&str>,
+    ) -> BlockResult<()> {
+        if self.writable() {
+            return Err(BlockError::new(
+                ErrorKind::InvalidArgument,
+                "load snapshot is only supported in read only mode",
+            ));
+        }
+        let snapshot = self
+            .snapshot_list()
+            .into_iter()
+            .find(|s| id.is_none_or(|id| s.id == id) && name.is_none_or(|name| s.name == name))
+            .ok_or_else(|| BlockError::new(ErrorKind::InvalidArgument, "Can't find snapshot"))?;
+        let entries = self.snapshot_l1(&snapshot).await?;
+        let cs = self.geo().cluster_size();
+        *self.l1_mut() = FlatTable::from_entries(snapshot.l1_offset, entries, cs);
+        self.l2_cache.clear();
+        Ok(())
+    }
+
     /// Takes snapshot `name` of the active image.
     pub(super) async fn create_snapshot(&self, name: &str) -> BlockResult<()> {
         self.check_writable()?;
