@@ -1,9 +1,14 @@
 //! Named dirty bitmaps of nodes, as QEMU's `block-dirty-bitmap-*`
-//! commands keep them (in memory): each records, while enabled, every
-//! range written to its node through the node's write chokepoint, and can
-//! be cleared, merged, and used by a job (then it is busy). QEMU's checks
-//! and messages. `persistent` is accepted where QEMU accepts it (qcow2)
-//! and shown, but not yet written into the image.
+//! commands keep them: each records, while enabled, every range written
+//! to its node through the node's write chokepoint, and can be cleared,
+//! merged, and used by a job (then it is busy). QEMU's checks and
+//! messages.
+//!
+//! Persistent bitmaps live in the image as well (qcow2 stores them, see
+//! the driver's `bitmaps` module): loaded when the node opens or becomes
+//! active, stored when it closes, goes read-only or is handed over. A
+//! bitmap loaded from a read-only image is read-only; one the image marks
+//! as saved incompletely is inconsistent and can only be removed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +33,10 @@ pub struct NamedBitmap {
     bitmap: DirtyBitmap,
     recording: AtomicBool,
     persistent: bool,
+    /// Loaded from a read-only image: it cannot change.
+    readonly: AtomicBool,
+    /// Stored incompletely by the last writer: its bits mean nothing.
+    inconsistent: bool,
     busy: AtomicBool,
     /// While a backup uses the bitmap: where new writes go meanwhile
     /// (QEMU's successor), so that the bitmap itself stays as it was when
@@ -55,7 +64,7 @@ impl NamedBitmap {
     /// A backup takes the bitmap (QEMU's `bdrv_dirty_bitmap_create_successor`):
     /// it is busy, and new writes go to a successor until the backup ends.
     pub fn freeze(&self) -> BlockResult<()> {
-        self.check_not_busy()?;
+        self.check_usable()?;
         let mut successor = self.successor();
         *successor = Some(DirtyBitmap::new(
             self.bitmap.size(),
@@ -94,8 +103,7 @@ impl NamedBitmap {
         self.busy.load(Ordering::Acquire)
     }
 
-    /// QEMU's `bdrv_dirty_bitmap_check` for what may change a bitmap.
-    pub fn check_not_busy(&self) -> BlockResult<()> {
+    fn check_busy(&self) -> BlockResult<()> {
         if self.is_busy() {
             return Err(generic(format!(
                 "Bitmap '{}' is currently in use by another operation and cannot be used",
@@ -103,6 +111,41 @@ impl NamedBitmap {
             )));
         }
         Ok(())
+    }
+
+    fn check_writable(&self) -> BlockResult<()> {
+        if self.readonly.load(Ordering::Acquire) {
+            return Err(generic(format!(
+                "Bitmap '{}' is readonly and cannot be modified",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// QEMU's `bdrv_dirty_bitmap_check` for what reads a bitmap or
+    /// changes only whether it records (`BDRV_BITMAP_ALLOW_RO`).
+    pub fn check_usable(&self) -> BlockResult<()> {
+        self.check_busy()?;
+        if self.inconsistent {
+            return Err(generic(format!(
+                "Bitmap '{}' is inconsistent and cannot be used",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The check for what changes the bits (`BDRV_BITMAP_DEFAULT`).
+    pub fn check_modifiable(&self) -> BlockResult<()> {
+        self.check_usable()?;
+        self.check_writable()
+    }
+
+    /// The check for removal: an inconsistent bitmap may go.
+    pub fn check_removable(&self) -> BlockResult<()> {
+        self.check_busy()?;
+        self.check_writable()
     }
 
     fn info(&self) -> BlockDirtyInfo {
@@ -113,7 +156,7 @@ impl NamedBitmap {
             recording: self.recording.load(Ordering::Acquire),
             busy: self.is_busy(),
             persistent: self.persistent,
-            inconsistent: None,
+            inconsistent: self.inconsistent.then_some(true),
         }
     }
 }
@@ -170,6 +213,103 @@ pub fn default_granularity(node: &Node) -> u64 {
     }
 }
 
+/// A bitmap as an image stores it, read when its node opens.
+pub struct StoredBitmap {
+    pub name: String,
+    pub granularity: u64,
+    /// It records writes (the image's `auto` flag).
+    pub enabled: bool,
+    /// The last writer did not store it completely (`in_use`): its bits
+    /// are clean and mean nothing.
+    pub inconsistent: bool,
+    pub bits: DirtyBitmap,
+}
+
+/// A persistent bitmap to write into its node's image.
+pub struct BitmapToStore<'a> {
+    pub name: &'a str,
+    pub enabled: bool,
+    pub bits: &'a DirtyBitmap,
+}
+
+impl Node {
+    /// Takes the bitmaps the image stores (`load_bitmaps` of its driver).
+    pub(crate) fn adopt_stored_bitmaps(self: &Arc<Self>, stored: Vec<StoredBitmap>) {
+        let readonly = self.is_read_only();
+        for stored in stored {
+            let bitmap = Arc::new(NamedBitmap {
+                name: stored.name,
+                bitmap: stored.bits,
+                recording: AtomicBool::new(stored.enabled && !stored.inconsistent),
+                persistent: true,
+                readonly: AtomicBool::new(readonly),
+                inconsistent: stored.inconsistent,
+                busy: AtomicBool::new(false),
+                successor: Mutex::default(),
+            });
+            self.attach_write_observer(bitmap.clone());
+            self.bitmaps().list().insert(0, bitmap);
+        }
+    }
+
+    /// Reads the bitmaps the image stores into the node (it opened or
+    /// became active).
+    pub(crate) async fn load_stored_bitmaps(self: &Arc<Self>) -> BlockResult<()> {
+        let stored = self.driver().load_bitmaps().await?;
+        self.adopt_stored_bitmaps(stored);
+        Ok(())
+    }
+
+    /// Writes the node's persistent bitmaps into its image (QEMU's
+    /// `bdrv_store_persistent_dirty_bitmaps`), before the image closes,
+    /// goes read-only or is handed over. With `release`, they leave the
+    /// node afterwards (the image is no longer this node's to track).
+    pub(crate) async fn store_persistent_bitmaps(&self, release: bool) -> BlockResult<()> {
+        let persistent: Vec<Arc<NamedBitmap>> = self
+            .bitmaps()
+            .list()
+            .iter()
+            .filter(|b| b.persistent)
+            .cloned()
+            .collect();
+        if persistent.is_empty() {
+            return Ok(());
+        }
+        let to_store: Vec<BitmapToStore<'_>> = persistent
+            .iter()
+            .filter(|b| !b.inconsistent && !b.readonly.load(Ordering::Acquire))
+            .map(|b| BitmapToStore {
+                name: &b.name,
+                enabled: b.is_recording(),
+                bits: &b.bitmap,
+            })
+            .collect();
+        if !to_store.is_empty() {
+            self.driver().store_bitmaps(&to_store).await?;
+        }
+        if release {
+            for bitmap in persistent {
+                self.forget_bitmap(&bitmap);
+            }
+        }
+        Ok(())
+    }
+
+    /// The node went read-only (stored first) or read-write: its
+    /// persistent bitmaps follow.
+    pub(crate) fn set_bitmaps_read_only(&self, readonly: bool) {
+        for bitmap in self.bitmaps().list().iter().filter(|b| b.persistent) {
+            bitmap.readonly.store(readonly, Ordering::Release);
+        }
+    }
+
+    fn forget_bitmap(&self, bitmap: &Arc<NamedBitmap>) {
+        self.bitmaps().list().retain(|b| !Arc::ptr_eq(b, bitmap));
+        let observer: Arc<dyn WriteObserver> = bitmap.clone();
+        self.detach_write_observer(&observer);
+    }
+}
+
 impl BlockGraph {
     /// `block-dirty-bitmap-add`.
     pub fn bitmap_add(&self, new: &NewBitmap<'_>) -> BlockResult<()> {
@@ -182,14 +322,27 @@ impl BlockGraph {
             Some(g) if g >= 512 && g.is_power_of_two() => u64::from(g),
             Some(_) => return Err(generic("Granularity must be power of 2 and at least 512")),
         };
-        if new.persistent && node.driver().format_name() != "qcow2" {
-            return Err(generic(format!(
-                "Can't store persistent bitmaps to {}: Operation not supported",
-                node.name()
-            )));
-        }
         let bitmaps = node.bitmaps();
         let mut list = bitmaps.list();
+        if new.persistent {
+            if !node.driver().stores_bitmaps() {
+                return Err(generic(format!(
+                    "Can't store persistent bitmaps to {}: Operation not supported",
+                    node.name()
+                )));
+            }
+            let persistent = list.iter().filter(|b| b.persistent).count();
+            node.driver()
+                .check_new_bitmap(new.name, granularity, persistent)
+                .map_err(|e| {
+                    generic(format!(
+                        "Can't make bitmap '{}' persistent in '{}': {}",
+                        new.name,
+                        node.name(),
+                        e.message
+                    ))
+                })?;
+        }
         if list.iter().any(|b| b.name == new.name) {
             return Err(generic(format!("Bitmap already exists: {}", new.name)));
         }
@@ -207,6 +360,8 @@ impl BlockGraph {
             bitmap: DirtyBitmap::new(node.size(), granularity),
             recording: AtomicBool::new(!new.disabled),
             persistent: new.persistent,
+            readonly: AtomicBool::new(false),
+            inconsistent: false,
             busy: AtomicBool::new(false),
             successor: Mutex::default(),
         });
@@ -231,20 +386,22 @@ impl BlockGraph {
         Ok((node, bitmap))
     }
 
-    /// `block-dirty-bitmap-remove`.
-    pub fn bitmap_remove(&self, node: &str, name: &str) -> BlockResult<()> {
+    /// `block-dirty-bitmap-remove`: a persistent bitmap leaves the image
+    /// too.
+    pub async fn bitmap_remove(&self, node: &str, name: &str) -> BlockResult<()> {
         let (node, bitmap) = self.bitmap_lookup(node, name)?;
-        bitmap.check_not_busy()?;
-        node.bitmaps().list().retain(|b| !Arc::ptr_eq(b, &bitmap));
-        let observer: Arc<dyn WriteObserver> = bitmap;
-        node.detach_write_observer(&observer);
+        bitmap.check_removable()?;
+        if bitmap.persistent {
+            node.driver().remove_stored_bitmap(name).await?;
+        }
+        node.forget_bitmap(&bitmap);
         Ok(())
     }
 
     /// `block-dirty-bitmap-clear`.
     pub fn bitmap_clear(&self, node: &str, name: &str) -> BlockResult<()> {
         let (_, bitmap) = self.bitmap_lookup(node, name)?;
-        bitmap.check_not_busy()?;
+        bitmap.check_modifiable()?;
         let size = bitmap.bitmap.size();
         bitmap.bitmap.reset(0, size);
         Ok(())
@@ -253,7 +410,7 @@ impl BlockGraph {
     /// `block-dirty-bitmap-enable` and `-disable`.
     pub fn bitmap_set_recording(&self, node: &str, name: &str, recording: bool) -> BlockResult<()> {
         let (_, bitmap) = self.bitmap_lookup(node, name)?;
-        bitmap.check_not_busy()?;
+        bitmap.check_usable()?;
         bitmap.recording.store(recording, Ordering::Release);
         Ok(())
     }
@@ -267,11 +424,11 @@ impl BlockGraph {
         sources: &[(Option<String>, String)],
     ) -> BlockResult<()> {
         let (_, target) = self.bitmap_lookup(node, target)?;
-        target.check_not_busy()?;
+        target.check_modifiable()?;
         let mut found = Vec::with_capacity(sources.len());
         for (source_node, name) in sources {
             let (_, source) = self.bitmap_lookup(source_node.as_deref().unwrap_or(node), name)?;
-            source.check_not_busy()?;
+            source.check_usable()?;
             if source.bitmap.size() != target.bitmap.size() {
                 return Err(generic(format!(
                     "Bitmaps are of different sizes (destination size is {}, source size is {}) and can't be merged",

@@ -101,6 +101,43 @@ impl DirtyBitmap {
             .collect()
     }
 
+    /// The bits as bytes, granule `i` in bit `i % 8` of byte `i / 8` (the
+    /// layout of qcow2's bitmap data); bits past the end are zero.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let len = self.size.div_ceil(self.granularity).div_ceil(8) as usize;
+        let mut bytes: Vec<u8> = self
+            .words
+            .iter()
+            .flat_map(|word| word.load(Relaxed).to_le_bytes())
+            .collect();
+        bytes.truncate(len);
+        bytes
+    }
+
+    /// A bitmap over `size` bytes whose bits are `bytes` (as
+    /// [`DirtyBitmap::to_bytes`] writes them; bits past the end are
+    /// ignored, missing bytes are clean).
+    pub fn from_bytes(size: u64, granularity: u64, bytes: &[u8]) -> Self {
+        let bitmap = DirtyBitmap::new(size, granularity);
+        let total_bits = size.div_ceil(granularity);
+        let mut count = 0;
+        for (index, word) in bitmap.words.iter().enumerate() {
+            let mut le = [0u8; 8];
+            let start = (index * 8).min(bytes.len());
+            let end = (index * 8 + 8).min(bytes.len());
+            le[..end - start].copy_from_slice(&bytes[start..end]);
+            let mut value = u64::from_le_bytes(le);
+            let first_bit = index as u64 * WORD_BITS;
+            if first_bit + WORD_BITS > total_bits {
+                value &= (1u64 << (total_bits - first_bit)) - 1;
+            }
+            count += u64::from(value.count_ones());
+            word.store(value, Relaxed);
+        }
+        bitmap.count.store(count, Relaxed);
+        bitmap
+    }
+
     /// Marks every granule that `offset..offset+len` touches.
     pub fn set(&self, offset: u64, len: u64) {
         for (word, mask) in self.masks(self.bits(offset, len)) {
@@ -208,6 +245,23 @@ mod tests {
         assert_eq!(bitmap.next_dirty(0, u64::MAX), Some(4096..8192));
         bitmap.reset(0, 1 << 20);
         assert_eq!(bitmap.dirty_bytes(), 0);
+    }
+
+    #[test]
+    fn bytes_round_trip_in_qcow2_bit_order() {
+        let bitmap = DirtyBitmap::new(100 * 4096 - 1, 4096);
+        bitmap.set(0, 1);
+        bitmap.set(9 * 4096, 4096);
+        bitmap.set(99 * 4096, 4096);
+        let bytes = bitmap.to_bytes();
+        assert_eq!(bytes.len(), 13);
+        assert_eq!((bytes[0], bytes[1], bytes[12]), (0x01, 0x02, 0x08));
+        let back = DirtyBitmap::from_bytes(100 * 4096 - 1, 4096, &bytes);
+        assert_eq!(back.to_bytes(), bytes);
+        assert_eq!(back.dirty_bytes(), 3 * 4096);
+        // Bits past the end are dropped.
+        let noisy = DirtyBitmap::from_bytes(100 * 4096 - 1, 4096, &[0xff; 16]);
+        assert_eq!(noisy.dirty_bytes(), 100 * 4096);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use schema::block::BlockdevDriver;
 
+use crate::bitmaps::{BitmapToStore, StoredBitmap};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
 use crate::limits::Limits;
@@ -335,6 +336,40 @@ pub trait BlockDriver: Send + Sync + 'static {
             ErrorKind::NotSupported,
             "The image format has no internal snapshots",
         ))
+    }
+
+    /// Whether the format stores persistent dirty bitmaps (qcow2 v3).
+    fn stores_bitmaps(&self) -> bool {
+        false
+    }
+
+    /// Room for one more persistent bitmap `name` of `granularity`, besides
+    /// `pending` ones not stored yet (QEMU's
+    /// `bdrv_co_can_store_new_dirty_bitmap`).
+    fn check_new_bitmap(&self, _name: &str, _granularity: u64, _pending: usize) -> BlockResult<()> {
+        Ok(())
+    }
+
+    /// The bitmaps the image stores, read when the node opens or becomes
+    /// active; a writable image marks them in use on disk.
+    async fn load_bitmaps(&self) -> BlockResult<Vec<StoredBitmap>> {
+        Ok(Vec::new())
+    }
+
+    /// Stores these bitmaps' bits into the image, in use no more.
+    async fn store_bitmaps(&self, bitmaps: &[BitmapToStore<'_>]) -> BlockResult<()> {
+        if bitmaps.is_empty() {
+            return Ok(());
+        }
+        Err(BlockError::new(
+            ErrorKind::NotSupported,
+            "The image format stores no bitmaps",
+        ))
+    }
+
+    /// Removes stored bitmap `name` from the image, if it is there.
+    async fn remove_stored_bitmap(&self, _name: &str) -> BlockResult<()> {
+        Ok(())
     }
 
     /// Reads the image as its internal snapshot with `id` and/or `name`

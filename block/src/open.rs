@@ -240,6 +240,7 @@ fn open_node<'a>(
             position: None,
         };
         let driver = factory::open_driver(&mut cx, &options.driver).await?;
+        let stored_bitmaps = driver.load_bitmaps().await?;
         if options
             .cache
             .as_ref()
@@ -271,6 +272,7 @@ fn open_node<'a>(
         };
         let node = state.register(position, new, &retire)?;
         drop(state);
+        node.adopt_stored_bitmaps(stored_bitmaps);
         for claim in claims {
             claim.retire();
         }

@@ -37,7 +37,7 @@ async fn remove(
     daemon: &Daemon,
     BlockDirtyBitmap { node, name }: BlockDirtyBitmap,
 ) -> Result<(), QmpError> {
-    daemon.graph.bitmap_remove(&node, &name)?;
+    daemon.graph.bitmap_remove(&node, &name).await?;
     Ok(())
 }
 

@@ -91,7 +91,7 @@ async fn transaction(
         }
     }
     for done in prepared {
-        commit(daemon, done);
+        commit(daemon, done).await;
     }
     Ok(())
 }
@@ -123,7 +123,7 @@ async fn prepare(
         TransactionActionKind::BitmapRemove(remove) => {
             let remove = remove.data;
             let (_, bitmap) = graph.bitmap_lookup(&remove.node, &remove.name)?;
-            bitmap.check_not_busy()?;
+            bitmap.check_removable()?;
             Prepared::BitmapToRemove {
                 node: remove.node,
                 name: remove.name,
@@ -201,10 +201,10 @@ fn set_recording(
     })
 }
 
-fn commit(daemon: &Daemon, done: Prepared) {
+async fn commit(daemon: &Daemon, done: Prepared) {
     match done {
         Prepared::BitmapToRemove { node, name } => {
-            if let Err(error) = daemon.graph.bitmap_remove(&node, &name) {
+            if let Err(error) = daemon.graph.bitmap_remove(&node, &name).await {
                 tracing::warn!("transaction: removing bitmap '{name}' failed: {error}");
             }
         }
@@ -221,7 +221,7 @@ async fn undo(daemon: &Daemon, done: Prepared) {
     let graph = &daemon.graph;
     let result = match done {
         Prepared::BitmapToRemove { .. } => Ok(()),
-        Prepared::BitmapAdded { node, name } => graph.bitmap_remove(&node, &name),
+        Prepared::BitmapAdded { node, name } => graph.bitmap_remove(&node, &name).await,
         Prepared::BitmapChanged { bitmap, saved } => {
             bitmap.bitmap().restore(&saved);
             Ok(())

@@ -73,7 +73,8 @@ impl BlockGraph {
                 self.state().activate_one(&node)?;
                 let taken_back = async {
                     node.driver().refresh_length().await?;
-                    node.driver().activate().await
+                    node.driver().activate().await?;
+                    node.load_stored_bitmaps().await
                 };
                 if let Err(e) = taken_back.await {
                     self.state().deactivate_one(&node);
@@ -99,7 +100,11 @@ impl BlockGraph {
             })?
         };
         for node in &plan {
-            node.driver().inactivate().await.map_err(|e| {
+            let handed_over = async {
+                node.store_persistent_bitmaps(true).await?;
+                node.driver().inactivate().await
+            };
+            handed_over.await.map_err(|e| {
                 BlockError::new(
                     e.kind,
                     format!("Failed to inactivate {what}: {}", e.message),

@@ -395,6 +395,12 @@ impl GraphShared {
             node.wait_idle().await;
             // QEMU's blockdev-del does not fail when writing out fails.
             let _ = node.flush().await;
+            if let Err(e) = node.store_persistent_bitmaps(true).await {
+                tracing::warn!(
+                    "Lost persistent bitmaps during inactivation of node '{}': {e}",
+                    node.name()
+                );
+            }
             let _ = node.driver().close().await;
         }
         self.state().release_closed(&nodes);

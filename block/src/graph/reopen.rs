@@ -215,10 +215,15 @@ impl BlockGraph {
     }
 }
 
-/// Tells each driver of `nodes`, in order, its node's new read-only state.
+/// Tells each driver of `nodes`, in order, its node's new read-only state
+/// (persistent bitmaps are stored before an image stops being written).
 async fn set_drivers_read_only(nodes: &[Arc<Node>], read_only: bool) -> BlockResult<()> {
     for node in nodes {
+        if read_only {
+            node.store_persistent_bitmaps(false).await?;
+        }
         node.driver().set_read_only(read_only).await?;
+        node.set_bitmaps_read_only(read_only);
     }
     Ok(())
 }

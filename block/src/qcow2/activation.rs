@@ -46,6 +46,13 @@ impl Qcow2 {
             super::snapshot::read_table(self.file.as_ref(), h.snapshots_offset, h.nb_snapshots)
                 .await?;
         self.snapshot_table.store(std::sync::Arc::new(snapshots));
+        let bitmaps = super::bitmaps::read_directory(
+            self.file.as_ref(),
+            image.valid_bitmaps(),
+            geo.cluster_size(),
+        )
+        .await?;
+        self.bitmap_dir.store(std::sync::Arc::new(bitmaps));
         self.adopt(image, l1, refs).await;
         self.active.store(true, Ordering::Release);
         if writable {

@@ -63,9 +63,11 @@ pub mod compat {
 
 /// Auto-clear feature bits (bit 0: bitmaps, bit 1: raw external data).
 pub mod autoclear {
-    /// The bits this driver keeps consistent: none. It does not update
-    /// persistent bitmaps, so it clears their bit before it writes.
-    pub const SUPPORTED: u64 = 0;
+    /// The bitmaps extension is consistent with the image.
+    pub const BITMAPS: u64 = 1 << 0;
+    /// The bits this driver keeps consistent: the bitmaps (see
+    /// `bitmaps` module). Others are cleared before it writes.
+    pub const SUPPORTED: u64 = BITMAPS;
 }
 
 /// Header extension types.
@@ -73,6 +75,41 @@ mod ext {
     pub const END: u32 = 0;
     pub const BACKING_FORMAT: u32 = 0xe279_2aca;
     pub const FEATURE_TABLE: u32 = 0x6803_f857;
+    pub const BITMAPS: u32 = 0x2385_2875;
+}
+
+/// The bitmaps extension's fields (its 24 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BitmapsExtension {
+    pub nb_bitmaps: u32,
+    pub directory_size: u64,
+    pub directory_offset: u64,
+}
+
+impl BitmapsExtension {
+    const LEN: usize = 24;
+
+    fn parse(data: &[u8]) -> BlockResult<Self> {
+        if data.len() != Self::LEN {
+            return Err(invalid("bitmaps_ext: Invalid extension length"));
+        }
+        if be32(data, 4) != 0 {
+            return Err(invalid("bitmaps_ext: Reserved field is not zero"));
+        }
+        Ok(BitmapsExtension {
+            nb_bitmaps: be32(data, 0),
+            directory_size: be64(data, 8),
+            directory_offset: be64(data, 16),
+        })
+    }
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut data = [0u8; Self::LEN];
+        put32(&mut data, 0, self.nb_bitmaps);
+        put64(&mut data, 8, self.directory_size);
+        put64(&mut data, 16, self.directory_offset);
+        data
+    }
 }
 
 /// How compressed clusters are compressed.
@@ -142,6 +179,9 @@ pub struct ImageHeader {
     pub backing_file: Option<String>,
     pub backing_format: Option<String>,
     pub feature_names: Vec<FeatureName>,
+    /// The bitmaps extension, if present (it counts only while the
+    /// header's `autoclear::BITMAPS` bit is set).
+    pub bitmaps: Option<BitmapsExtension>,
     /// The first cluster as read (or as last written).
     raw: Vec<u8>,
 }
@@ -385,6 +425,7 @@ impl ImageHeader {
             backing_file: None,
             backing_format: None,
             feature_names: Vec::new(),
+            bitmaps: None,
             raw,
         };
         image.parse_extensions(ext_end)?;
@@ -431,8 +472,9 @@ impl ImageHeader {
                         })
                         .collect();
                 }
-                // Every other extension (bitmaps, crypto, data file, unknown)
-                // stays in `raw` untouched.
+                ext::BITMAPS => self.bitmaps = Some(BitmapsExtension::parse(data)?),
+                // Every other extension (crypto, data file, unknown) stays
+                // in `raw` untouched.
                 _ => {}
             }
             offset += len.div_ceil(8) * 8;
@@ -455,21 +497,14 @@ impl ImageHeader {
     }
 
     /// The first cluster with another backing file name and format (QEMU's
-    /// `qcow2_change_backing_file`): the fixed fields, the backing format
-    /// extension if there is a format, every other extension as it was,
-    /// the end marker, then the name. `None` removes both.
+    /// `qcow2_change_backing_file`): the backing format extension if there
+    /// is a format, every other extension as it was, then the name. `None`
+    /// removes both.
     pub fn with_backing(
         &self,
         backing_file: Option<&str>,
         backing_format: Option<&str>,
     ) -> BlockResult<Vec<u8>> {
-        let mut header = self.header.clone();
-        let cluster_size = self.raw.len();
-        let ext_end = if header.backing_file_offset != 0 {
-            header.backing_file_offset as usize
-        } else {
-            cluster_size
-        };
         let mut extensions: Vec<(u32, &[u8])> = Vec::new();
         if let Some(format) = backing_format {
             if format.len() > MAX_BACKING_FORMAT_LEN {
@@ -477,48 +512,58 @@ impl ImageHeader {
             }
             extensions.push((ext::BACKING_FORMAT, format.as_bytes()));
         }
-        let mut offset = header.header_length as usize;
+        extensions.extend(self.extensions_except(ext::BACKING_FORMAT));
+        let mut header = self.header.clone();
+        assemble(&mut header, &extensions, backing_file)
+    }
+
+    /// The bitmaps extension, if the header vouches for it (its auto-clear
+    /// bit is set: a program that knows no bitmaps clears it when it
+    /// writes the image).
+    pub fn valid_bitmaps(&self) -> Option<BitmapsExtension> {
+        self.bitmaps
+            .filter(|_| self.header.autoclear_features & autoclear::BITMAPS != 0)
+    }
+
+    /// The first cluster with another bitmaps extension (`None`: none),
+    /// and the header's bitmaps bit set to match; the rest as it was.
+    pub fn with_bitmaps(&self, bitmaps: Option<BitmapsExtension>) -> BlockResult<Vec<u8>> {
+        let encoded = bitmaps.map(|b| b.encode());
+        let mut extensions: Vec<(u32, &[u8])> = self.extensions_except(ext::BITMAPS);
+        if let Some(data) = &encoded {
+            extensions.push((ext::BITMAPS, data));
+        }
+        let mut header = self.header.clone();
+        if bitmaps.is_some() {
+            header.autoclear_features |= autoclear::BITMAPS;
+        } else {
+            header.autoclear_features &= !autoclear::BITMAPS;
+        }
+        let backing_file = self.backing_file.clone();
+        assemble(&mut header, &extensions, backing_file.as_deref())
+    }
+
+    /// The extensions as stored, but those of type `skip`.
+    fn extensions_except(&self, skip: u32) -> Vec<(u32, &[u8])> {
+        let ext_end = if self.header.backing_file_offset != 0 {
+            self.header.backing_file_offset as usize
+        } else {
+            self.raw.len()
+        };
+        let mut extensions = Vec::new();
+        let mut offset = self.header.header_length as usize;
         while offset + 8 <= ext_end {
             let kind = be32(&self.raw, offset);
             let len = be32(&self.raw, offset + 4) as usize;
             if kind == ext::END || offset + 8 + len > ext_end {
                 break;
             }
-            if kind != ext::BACKING_FORMAT {
+            if kind != skip {
                 extensions.push((kind, &self.raw[offset + 8..offset + 8 + len]));
             }
             offset += 8 + len.div_ceil(8) * 8;
         }
-        let mut raw = vec![0u8; cluster_size];
-        let mut at = header.header_length as usize;
-        for (kind, data) in extensions.into_iter().chain([(ext::END, &[][..])]) {
-            let padded = data.len().div_ceil(8) * 8;
-            if at + 8 + padded > cluster_size {
-                return Err(invalid(
-                    "Header extensions do not fit into the first cluster",
-                ));
-            }
-            put32(&mut raw, at, kind);
-            put32(&mut raw, at + 4, data.len() as u32);
-            raw[at + 8..at + 8 + data.len()].copy_from_slice(data);
-            at += 8 + padded;
-        }
-        match backing_file {
-            Some(name) => {
-                if name.len() > MAX_BACKING_FILE_NAME || at + name.len() > cluster_size {
-                    return Err(invalid("Backing file name too long"));
-                }
-                raw[at..at + name.len()].copy_from_slice(name.as_bytes());
-                header.backing_file_offset = at as u64;
-                header.backing_file_size = name.len() as u32;
-            }
-            None => {
-                header.backing_file_offset = 0;
-                header.backing_file_size = 0;
-            }
-        }
-        header.encode_into(&mut raw);
-        Ok(raw)
+        extensions
     }
 
     /// The bytes to write at offset 0 after `header` changed: the fixed
@@ -541,45 +586,56 @@ pub fn build_first_cluster(
     backing_file: Option<&str>,
     backing_format: Option<&str>,
 ) -> BlockResult<Vec<u8>> {
-    let cluster_size = header.cluster_size() as usize;
-    let mut raw = vec![0u8; cluster_size];
-    let mut offset = header.header_length as usize;
-    let push_ext = |raw: &mut Vec<u8>, offset: &mut usize, kind: u32, data: &[u8]| {
-        let padded = data.len().div_ceil(8) * 8;
-        if *offset + 8 + padded > raw.len() {
-            return Err(invalid(
-                "Header extensions do not fit into the first cluster",
-            ));
-        }
-        put32(raw, *offset, kind);
-        put32(raw, *offset + 4, data.len() as u32);
-        raw[*offset + 8..*offset + 8 + data.len()].copy_from_slice(data);
-        *offset += 8 + padded;
-        Ok(())
-    };
+    let mut extensions: Vec<(u32, &[u8])> = Vec::new();
     if let Some(format) = backing_format {
         if format.len() > MAX_BACKING_FORMAT_LEN {
             return Err(invalid(format!("Backing format name too long: {format}")));
         }
-        push_ext(
-            &mut raw,
-            &mut offset,
-            ext::BACKING_FORMAT,
-            format.as_bytes(),
-        )?;
+        extensions.push((ext::BACKING_FORMAT, format.as_bytes()));
     }
+    let table = feature_table();
     if header.version >= 3 {
-        push_ext(&mut raw, &mut offset, ext::FEATURE_TABLE, &feature_table())?;
+        extensions.push((ext::FEATURE_TABLE, &table));
     }
-    // The end marker: type 0, length 0.
-    push_ext(&mut raw, &mut offset, ext::END, &[])?;
-    if let Some(name) = backing_file {
-        if name.len() > MAX_BACKING_FILE_NAME || offset + name.len() > cluster_size {
-            return Err(invalid("Backing file name too long"));
+    assemble(header, &extensions, backing_file)
+}
+
+/// A first cluster: `header`'s fields, `extensions` each padded to 8
+/// bytes, the end marker, then the backing file name (whose place is
+/// written into `header`).
+fn assemble(
+    header: &mut Header,
+    extensions: &[(u32, &[u8])],
+    backing_file: Option<&str>,
+) -> BlockResult<Vec<u8>> {
+    let cluster_size = header.cluster_size() as usize;
+    let mut raw = vec![0u8; cluster_size];
+    let mut at = header.header_length as usize;
+    for &(kind, data) in extensions.iter().chain([&(ext::END, &[][..])]) {
+        let padded = data.len().div_ceil(8) * 8;
+        if at + 8 + padded > cluster_size {
+            return Err(invalid(
+                "Header extensions do not fit into the first cluster",
+            ));
         }
-        raw[offset..offset + name.len()].copy_from_slice(name.as_bytes());
-        header.backing_file_offset = offset as u64;
-        header.backing_file_size = name.len() as u32;
+        put32(&mut raw, at, kind);
+        put32(&mut raw, at + 4, data.len() as u32);
+        raw[at + 8..at + 8 + data.len()].copy_from_slice(data);
+        at += 8 + padded;
+    }
+    match backing_file {
+        Some(name) => {
+            if name.len() > MAX_BACKING_FILE_NAME || at + name.len() > cluster_size {
+                return Err(invalid("Backing file name too long"));
+            }
+            raw[at..at + name.len()].copy_from_slice(name.as_bytes());
+            header.backing_file_offset = at as u64;
+            header.backing_file_size = name.len() as u32;
+        }
+        None => {
+            header.backing_file_offset = 0;
+            header.backing_file_size = 0;
+        }
     }
     header.encode_into(&mut raw);
     Ok(raw)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use super::child::BlockChild;
-use super::header::{Header, ImageHeader};
+use super::header::{BitmapsExtension, Header, ImageHeader};
 use crate::error::BlockResult;
 
 pub struct HeaderStore {
@@ -65,11 +65,28 @@ impl HeaderStore {
         backing_file: Option<&str>,
         backing_format: Option<&str>,
     ) -> BlockResult<()> {
+        self.rewrite(|image| image.with_backing(backing_file, backing_format))
+            .await
+    }
+
+    /// Points the header to another bitmap directory (`None`: none);
+    /// written and flushed before this returns.
+    pub async fn set_bitmaps(&self, bitmaps: Option<BitmapsExtension>) -> BlockResult<()> {
+        self.rewrite(|image| image.with_bitmaps(bitmaps)).await
+    }
+
+    /// Writes the first cluster `build` makes of the current one, flushes,
+    /// and keeps it.
+    async fn rewrite(
+        &self,
+        build: impl FnOnce(&ImageHeader) -> BlockResult<Vec<u8>>,
+    ) -> BlockResult<()> {
         let mut image = self.image.lock().await;
-        let raw = image.with_backing(backing_file, backing_format)?;
+        let raw = build(&image)?;
+        let parsed = ImageHeader::parse(raw.clone())?;
         self.file.write_slice(0, &raw).await?;
         self.file.flush().await?;
-        *image = ImageHeader::parse(raw)?;
+        *image = parsed;
         Ok(())
     }
 }

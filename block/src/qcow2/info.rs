@@ -20,7 +20,7 @@ impl Qcow2 {
             lazy_refcounts: v3.then_some(self.facts.lazy_refcounts),
             corrupt: v3.then(|| self.corrupt.load(Ordering::Acquire)),
             refcount_bits: 1i64 << geo.refcount_order,
-            bitmaps: None,
+            bitmaps: Some(self.bitmap_dir.load().info()).filter(|list| !list.is_empty()),
             compression_type: match self.facts.compression {
                 CompressionType::Zlib => Qcow2CompressionType::Zlib,
                 CompressionType::Zstd => Qcow2CompressionType::Zstd,

@@ -11,7 +11,9 @@
 //! - [`read`], [`write`], [`zero`], [`status`]: the requests;
 //! - [`writeback`]: the ordered path from caches to disk (flush);
 //! - [`resize`], [`create`], [`repair`], [`corrupt`]: the rest of an
-//!   image's life.
+//!   image's life;
+//! - [`snapshot`], [`bitmaps`]: internal snapshots and persistent dirty
+//!   bitmaps.
 //!
 //! Concurrency: requests on different guest clusters run in parallel;
 //! [`crate::range_lock`] orders requests that share one. Metadata sits behind
@@ -19,6 +21,7 @@
 //! (refcounts) and the L2-allocation lock, which serialize allocations.
 
 mod activation;
+mod bitmaps;
 mod cache;
 mod child;
 mod compress;
@@ -68,6 +71,7 @@ use header_store::HeaderStore;
 use layout::Geometry;
 use refcount::Refcounts;
 
+use crate::bitmaps::{BitmapToStore, StoredBitmap};
 use crate::driver::{BackingFileName, BlockDriver, DriverInfo, Extent, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
@@ -135,6 +139,10 @@ pub struct Qcow2 {
     corruption_reported: AtomicBool,
     /// The snapshot table the header names, with its snapshots.
     snapshot_table: arc_swap::ArcSwap<snapshot::SnapshotTable>,
+    /// The bitmap directory the header names (empty without one).
+    bitmap_dir: arc_swap::ArcSwap<bitmaps::BitmapDirectory>,
+    /// Serializes changes of the stored bitmaps.
+    bitmap_lock: AsyncMutex<()>,
     /// The image may be written: read-write and active (an inactive
     /// image belongs to another process, see [`activation`]).
     writable: AtomicBool,
@@ -278,6 +286,7 @@ impl Qcow2 {
         };
         let snapshot_table =
             snapshot::read_table(file.as_ref(), h.snapshots_offset, h.nb_snapshots).await?;
+        let bitmap_dir = bitmaps::read_directory(file.as_ref(), image.valid_bitmaps(), cs).await?;
         let image_dirty = h.incompatible_features & incompat::DIRTY != 0;
         let qcow2 = Qcow2 {
             header: HeaderStore::new(file.clone(), image),
@@ -297,6 +306,8 @@ impl Qcow2 {
             corrupt: AtomicBool::new(h.incompatible_features & incompat::CORRUPT != 0),
             corruption_reported: AtomicBool::new(false),
             snapshot_table: arc_swap::ArcSwap::from_pointee(snapshot_table),
+            bitmap_dir: arc_swap::ArcSwap::from_pointee(bitmap_dir),
+            bitmap_lock: AsyncMutex::new(()),
             writable: AtomicBool::new(writable),
             read_write: AtomicBool::new(options.writable),
             active: AtomicBool::new(!options.inactive),
@@ -546,6 +557,7 @@ impl BlockDriver for Qcow2 {
             let dirty = self.dirty.load(Ordering::Acquire);
             self.prepare_for_writing(dirty).await?;
             self.writable.store(true, Ordering::Release);
+            self.bitmaps_in_use().await?;
         }
         Ok(())
     }
@@ -563,6 +575,28 @@ impl BlockDriver for Qcow2 {
 
     async fn snapshot_create(&self, name: &str) -> BlockResult<()> {
         let result = self.create_snapshot(name).await;
+        self.check_corruption(result).await
+    }
+
+    fn stores_bitmaps(&self) -> bool {
+        Qcow2::stores_bitmaps(self)
+    }
+
+    fn check_new_bitmap(&self, name: &str, granularity: u64, pending: usize) -> BlockResult<()> {
+        Qcow2::check_new_bitmap(self, name, granularity, pending)
+    }
+
+    async fn load_bitmaps(&self) -> BlockResult<Vec<StoredBitmap>> {
+        self.load_stored_bitmaps().await
+    }
+
+    async fn store_bitmaps(&self, bitmaps: &[BitmapToStore<'_>]) -> BlockResult<()> {
+        let result = Qcow2::store_bitmaps(self, bitmaps).await;
+        self.check_corruption(result).await
+    }
+
+    async fn remove_stored_bitmap(&self, name: &str) -> BlockResult<()> {
+        let result = Qcow2::remove_stored_bitmap(self, name).await;
         self.check_corruption(result).await
     }
 
