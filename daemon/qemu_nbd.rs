@@ -178,7 +178,7 @@ struct Settings {
     offset: u64,
     read_only: bool,
     allocation_depth: bool,
-    bitmap: Option<String>,
+    bitmaps: Vec<String>,
     connect: Option<String>,
     disconnect: bool,
     export_name: Option<String>,
@@ -261,7 +261,7 @@ impl Settings {
             }
             Meaning::ReadOnly => self.read_only = true,
             Meaning::AllocationDepth => self.allocation_depth = true,
-            Meaning::Bitmap => self.bitmap = Some(text),
+            Meaning::Bitmap => self.bitmaps.push(text),
             Meaning::Connect => self.connect = Some(text),
             Meaning::Disconnect => self.disconnect = true,
             Meaning::ExportName => {
@@ -379,7 +379,7 @@ impl Settings {
             || self.disconnect
             || self.format.is_some()
             || self.load_snapshot.is_some()
-            || self.bitmap.is_some()
+            || !self.bitmaps.is_empty()
             || self.allocation_depth
             || self.aio.is_some()
             || self.discard_unmap.is_some()
@@ -577,8 +577,8 @@ impl Settings {
         if let Some(description) = &self.description {
             export["description"] = description.as_str().into();
         }
-        if let Some(bitmap) = &self.bitmap {
-            export["bitmaps"] = json!([bitmap]);
+        if !self.bitmaps.is_empty() {
+            export["bitmaps"] = json!(self.bitmaps);
         }
         export
     }
@@ -702,7 +702,7 @@ Where clients connect:
 What is exported:
   -o, --offset=OFFSET       start the export this far into the image
   -A, --allocation-depth    offer the qemu:allocation-depth context
-  -B, --bitmap=NAME         offer a dirty bitmap
+  -B, --bitmap=NAME         offer the image's dirty bitmap NAME (repeatable)
 
 General:
   -L, --list                list a server's exports (-k, or -b and -p)

@@ -9,7 +9,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{ok, tool, TestDaemon};
+use common::{ok, reply, tool, TestDaemon};
 use serde_json::{json, Value};
 
 /// Writes through an NBD export of `disk`, in two rounds.
@@ -158,4 +158,137 @@ async fn bitmaps_record_what_qsds_record() {
     };
     assert!(count("fine") > 0);
     assert_eq!(count("off"), 0);
+}
+
+/// Replies and maps of a daemon that publishes bitmaps over NBD: refused
+/// exports (an enabled bitmap read-only, missing bitmaps and nodes), a
+/// bitmap found by name and one by `{node, name}`, both busy while
+/// published and free again once the export is gone.
+async fn published_bitmaps(program: Command) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.qcow2");
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            image.to_str().unwrap(),
+            "64M",
+        ],
+    );
+    let daemon = TestDaemon::spawn(program, dir, |dir| {
+        vec![
+            "--blockdev".into(),
+            format!(
+                "qcow2,node-name=disk,file.driver=file,file.filename={}",
+                dir.join("disk.qcow2").display()
+            ),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+            "--export".into(),
+            "nbd,id=w,node-name=disk,name=w,writable=on".into(),
+        ]
+    });
+    let socket = daemon.path("nbd.sock").display().to_string();
+    let mut qmp = daemon.connect().await;
+    let mut seen = Vec::new();
+    for (name, granularity) in [("b0", 65536), ("fine", 512)] {
+        ok(
+            &mut qmp,
+            "block-dirty-bitmap-add",
+            json!({"node": "disk", "name": name, "granularity": granularity}),
+        )
+        .await;
+    }
+    tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write 1M 64k",
+            "-c",
+            "write 3000000 1000",
+            &format!("nbd+unix:///w?socket={socket}"),
+        ],
+    );
+    let export = |bitmaps: Value| json!({"type": "nbd", "id": "e", "node-name": "disk", "name": "e", "bitmaps": bitmaps});
+    for bitmaps in [
+        json!(["b0"]),
+        json!(["nope"]),
+        json!([{"node": "x", "name": "b0"}]),
+        json!([{"node": "disk", "name": "zz"}]),
+    ] {
+        seen.push(reply(&mut qmp, "block-export-add", export(bitmaps)).await);
+    }
+    ok(
+        &mut qmp,
+        "block-dirty-bitmap-disable",
+        json!({"node": "disk", "name": "b0"}),
+    )
+    .await;
+    let both = json!(["b0", {"node": "disk", "name": "fine"}]);
+    seen.push(reply(&mut qmp, "block-export-add", export(both)).await);
+    for bitmap in ["b0", "fine"] {
+        let map = tool(
+            "nbdinfo",
+            &[
+                &format!("--map=qemu:dirty-bitmap:{bitmap}"),
+                "--json",
+                &format!("nbd+unix:///e?socket={socket}"),
+            ],
+        );
+        seen.push(serde_json::from_str(&map).unwrap());
+    }
+    seen.push(snapshot(&mut qmp).await);
+    for (command, name) in [
+        ("block-dirty-bitmap-clear", "fine"),
+        ("block-dirty-bitmap-remove", "b0"),
+    ] {
+        seen.push(reply(&mut qmp, command, json!({"node": "disk", "name": name})).await);
+    }
+    ok(&mut qmp, "block-export-del", json!({"id": "e"})).await;
+    // The export is gone once no client holds it (none does): the
+    // bitmaps are free again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ok(&mut qmp, "query-block-exports", json!({}))
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["id"] != "e")
+    {
+        assert!(std::time::Instant::now() < deadline, "export not gone");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    seen.push(snapshot(&mut qmp).await);
+    seen.push(
+        reply(
+            &mut qmp,
+            "block-dirty-bitmap-clear",
+            json!({"node": "disk", "name": "fine"}),
+        )
+        .await,
+    );
+    seen
+}
+
+#[tokio::test]
+async fn nbd_exports_publish_bitmaps_as_qsds_do() {
+    let theirs = published_bitmaps(Command::new("qemu-storage-daemon")).await;
+    let ours = published_bitmaps(common::storaged()).await;
+    for (step, (theirs, ours)) in theirs.iter().zip(&ours).enumerate() {
+        assert_eq!(ours, theirs, "step {step}: ours, then QSD's");
+    }
+    assert_eq!(ours.len(), theirs.len());
+    // The maps show the writes: 64 KiB at 1 MiB in b0.
+    let map = ours[5].as_array().unwrap();
+    assert!(map
+        .iter()
+        .any(|e| e["offset"] == 1 << 20 && e["length"] == 65536 && e["type"] == 1));
 }

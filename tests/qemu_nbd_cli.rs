@@ -477,6 +477,60 @@ fn load_snapshot_serves_the_snapshot_read_only_as_qemu_nbd_does() {
 }
 
 #[test]
+fn bitmap_mode_publishes_the_images_bitmaps_as_qemu_nbd_does() {
+    let setup = Setup::new();
+    let image = setup.path("d.qcow2");
+    for command in [
+        vec!["qemu-img", "bitmap", "--add", &image, "b0"],
+        vec!["qemu-img", "bitmap", "--add", &image, "off"],
+        vec!["qemu-io", "-f", "qcow2", "-c", "write -P 7 64k 64k", &image],
+        vec!["qemu-img", "bitmap", "--disable", &image, "off"],
+        vec!["qemu-io", "-f", "qcow2", "-c", "write -P 7 5M 1k", &image],
+    ] {
+        let out = Command::new(command[0])
+            .args(&command[1..])
+            .output()
+            .expect("qemu tool");
+        assert!(out.status.success(), "{command:?}: {out:?}");
+    }
+    let sock = setup.path("bitmap.sock");
+    let uri = format!("nbd+unix:///?socket={sock}");
+    for (bitmap, read_only) in [("b0", false), ("b0", true), ("off", true)] {
+        let mut args = strings(&["-t", "-B", bitmap, "-k", &sock, "-f", "qcow2", "d.qcow2"]);
+        if read_only {
+            args.push("-r".into());
+        } else {
+            // -B repeats: both contexts are offered.
+            args.extend(strings(&["-B", "off"]));
+        }
+        let mut seen = Vec::new();
+        for ours in [false, true] {
+            let (mut child, info) = serve(&setup, ours, &args, &uri);
+            let map = Command::new("nbdinfo")
+                .args([&format!("--map=qemu:dirty-bitmap:{bitmap}"), "--json", &uri])
+                .output()
+                .expect("nbdinfo");
+            let pid = child.id() as i32;
+            // SAFETY: kill has no memory-safety preconditions.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+            assert_eq!(wait_exit(&mut child), Some(0));
+            let after = Command::new("qemu-img")
+                .args(["info", "--output=json", &image])
+                .output()
+                .expect("qemu-img info");
+            let after: Value = serde_json::from_slice(&after.stdout).expect("info JSON");
+            seen.push((
+                visible(&info),
+                String::from_utf8_lossy(&map.stdout).into_owned(),
+                after["format-specific"]["data"]["bitmaps"].clone(),
+            ));
+        }
+        assert!(seen[1].1.contains("\"dirty\""), "{bitmap}: {}", seen[1].1);
+        assert_eq!(seen[1], seen[0], "-B {bitmap}: ours, then qemu-nbd's");
+    }
+}
+
+#[test]
 fn list_mode_prints_what_qemu_nbd_prints() {
     let setup = Setup::new();
     let sock = setup.path("list.sock");

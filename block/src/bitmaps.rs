@@ -99,6 +99,12 @@ impl NamedBitmap {
         self.busy.store(false, Ordering::Release);
     }
 
+    /// An export publishes the bitmap (QEMU's `bdrv_dirty_bitmap_set_busy`):
+    /// nothing may change it meanwhile.
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Release);
+    }
+
     fn is_busy(&self) -> bool {
         self.busy.load(Ordering::Acquire)
     }
@@ -368,6 +374,19 @@ impl BlockGraph {
         node.attach_write_observer(bitmap.clone());
         list.insert(0, bitmap);
         Ok(())
+    }
+
+    /// Bitmap `name` of `node` or, failing that, of the first node below
+    /// it (through filters and backing images) that has one: the node
+    /// that has it, and the bitmap.
+    pub fn bitmap_in_chain(
+        &self,
+        node: &Arc<Node>,
+        name: &str,
+    ) -> Option<(Arc<Node>, Arc<NamedBitmap>)> {
+        crate::blockjob::stream::backing_chain(node)
+            .into_iter()
+            .find_map(|node| node.bitmaps().find(name).map(|bitmap| (node, bitmap)))
     }
 
     /// QEMU's `block_dirty_bitmap_lookup`: the node and its bitmap `name`.

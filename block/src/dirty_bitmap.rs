@@ -190,6 +190,27 @@ impl DirtyBitmap {
         Some(start..end.min(limit))
     }
 
+    /// Whether the byte at `offset` is dirty, and for how many bytes from
+    /// it (at least 1, at most `len`, cut at the end) that stays so.
+    pub fn extent(&self, offset: u64, len: u64) -> (bool, u64) {
+        let end = offset.saturating_add(len).min(self.size);
+        if offset >= end {
+            return (false, len.max(1));
+        }
+        let granule = offset / self.granularity * self.granularity;
+        if self.is_set(offset / self.granularity) {
+            let run = self
+                .next_dirty(granule, end - granule)
+                .map_or(end, |range| range.end);
+            (true, run.min(end) - offset)
+        } else {
+            let next = self
+                .next_dirty(offset, u64::MAX)
+                .map_or(end, |range| range.start);
+            (false, next.min(end) - offset)
+        }
+    }
+
     fn is_set(&self, bit: u64) -> bool {
         let word = self.words[(bit / WORD_BITS) as usize].load(Relaxed);
         word & (1 << (bit % WORD_BITS)) != 0
@@ -245,6 +266,19 @@ mod tests {
         assert_eq!(bitmap.next_dirty(0, u64::MAX), Some(4096..8192));
         bitmap.reset(0, 1 << 20);
         assert_eq!(bitmap.dirty_bytes(), 0);
+    }
+
+    #[test]
+    fn extents_are_runs_of_one_state() {
+        let bitmap = DirtyBitmap::new(10 * 4096 + 100, 4096);
+        bitmap.set(2 * 4096, 3 * 4096);
+        bitmap.set(10 * 4096, 1);
+        assert_eq!(bitmap.extent(0, 1 << 20), (false, 2 * 4096));
+        assert_eq!(bitmap.extent(100, 4096), (false, 4096));
+        assert_eq!(bitmap.extent(2 * 4096 + 5, 1 << 20), (true, 3 * 4096 - 5));
+        assert_eq!(bitmap.extent(3 * 4096, 100), (true, 100));
+        assert_eq!(bitmap.extent(5 * 4096, 1 << 20), (false, 5 * 4096));
+        assert_eq!(bitmap.extent(10 * 4096, 1 << 20), (true, 100));
     }
 
     #[test]

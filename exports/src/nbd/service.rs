@@ -9,7 +9,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use block::{BackendPerms, BlockGraph};
+use block::bitmaps::NamedBitmap;
+use block::{BackendPerms, BlockGraph, Node};
 use schema::export::{
     BlockDirtyBitmapOrStr, BlockExportKind, BlockExportOptions, BlockExportOptionsNbd,
     BlockExportType, NbdServerAddArgs, NbdServerOptions, NbdServerRemoveArgs,
@@ -138,7 +139,12 @@ pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, Qmp
     // QEMU's NBD exports refuse resize to others while they run.
     let backend = cx.attach(BackendPerms::export(writable), false)?;
     let server = cx.exports.nbd().running()?;
-    let bitmaps = resolve_bitmaps(cx.graph, nbd.bitmaps.as_deref().unwrap_or_default())?;
+    let bitmaps = resolve_bitmaps(
+        cx.graph,
+        &backend.node(),
+        writable,
+        nbd.bitmaps.as_deref().unwrap_or_default(),
+    )?;
     let config = NbdExportConfig {
         name: nbd
             .name
@@ -162,24 +168,67 @@ pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, Qmp
     Ok(export)
 }
 
-/// Finds the dirty bitmaps an export publishes. The block layer keeps no
-/// dirty bitmaps yet, so any named bitmap is missing (with QEMU's words).
+/// Finds the dirty bitmaps an export publishes (QEMU's checks and
+/// messages): a bare name is looked for on the exported node and the
+/// nodes below it, `{node, name}` on that node. A published bitmap is busy
+/// until the export is gone.
 fn resolve_bitmaps(
     graph: &BlockGraph,
+    node: &Arc<Node>,
+    writable: bool,
     bitmaps: &[BlockDirtyBitmapOrStr],
 ) -> Result<Vec<Arc<dyn ExportedBitmap>>, QmpError> {
-    match bitmaps.first() {
-        None => Ok(Vec::new()),
-        Some(BlockDirtyBitmapOrStr::Local(name)) => {
-            Err(QmpError::generic(format!("Bitmap '{name}' is not found")))
-        }
-        Some(BlockDirtyBitmapOrStr::External(bitmap)) => {
-            graph.lookup(None, Some(&bitmap.node))?;
-            Err(QmpError::generic(format!(
-                "Dirty bitmap '{}' not found",
-                bitmap.name
-            )))
-        }
+    let mut found = Vec::with_capacity(bitmaps.len());
+    for bitmap in bitmaps {
+        let (name, bitmap) = match bitmap {
+            BlockDirtyBitmapOrStr::Local(name) => {
+                let (owner, bitmap) = graph
+                    .bitmap_in_chain(node, name)
+                    .ok_or_else(|| QmpError::generic(format!("Bitmap '{name}' is not found")))?;
+                if !writable && owner.is_writable() && bitmap.is_recording() {
+                    return Err(QmpError::generic(format!(
+                        "Enabled bitmap '{name}' incompatible with readonly export"
+                    )));
+                }
+                (name, bitmap)
+            }
+            BlockDirtyBitmapOrStr::External(external) => {
+                let (_, bitmap) = graph.bitmap_lookup(&external.node, &external.name)?;
+                (&external.name, bitmap)
+            }
+        };
+        bitmap.check_usable()?;
+        found.push((name.clone(), bitmap));
+    }
+    Ok(found
+        .into_iter()
+        .map(|(name, bitmap)| -> Arc<dyn ExportedBitmap> {
+            bitmap.set_busy(true);
+            Arc::new(PublishedBitmap { name, bitmap })
+        })
+        .collect())
+}
+
+/// A bitmap an export publishes as `qemu:dirty-bitmap:NAME`; busy while
+/// the export (or a connection of it) holds it.
+struct PublishedBitmap {
+    name: String,
+    bitmap: Arc<NamedBitmap>,
+}
+
+impl ExportedBitmap for PublishedBitmap {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn extent(&self, offset: u64, len: u64) -> (bool, u64) {
+        self.bitmap.bitmap().extent(offset, len)
+    }
+}
+
+impl Drop for PublishedBitmap {
+    fn drop(&mut self) {
+        self.bitmap.set_busy(false);
     }
 }
 
