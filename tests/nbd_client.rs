@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{error, ok, TestDaemon};
-use serde_json::json;
+use serde_json::{json, Value};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -271,4 +271,95 @@ async fn requests_in_flight_survive_a_server_restart_within_reconnect_delay() {
         let chunk = &data[i * 65536..(i + 1) * 65536];
         assert!(chunk.iter().all(|&b| b == i as u8 + 1), "chunk {i}");
     }
+}
+
+/// What block status of an `nbd` node with `x-dirty-bitmap` shows through
+/// an export of the daemon `program` starts (QSD or storaged).
+fn bitmap_map_through(program: Command, server: &Path) -> Value {
+    let blockdev = format!(
+        "driver=nbd,node-name=remote,read-only=on,server.type=unix,server.path={},\
+         x-dirty-bitmap=qemu:dirty-bitmap:b0",
+        server.display()
+    );
+    let daemon = TestDaemon::spawn(program, tempfile::tempdir().expect("dir"), move |dir| {
+        vec![
+            "--blockdev".into(),
+            blockdev,
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("out.sock").display()
+            ),
+            "--export".into(),
+            "type=nbd,id=p,node-name=remote,name=out".into(),
+        ]
+    });
+    let uri = format!(
+        "nbd+unix:///out?socket={}",
+        daemon.path("out.sock").display()
+    );
+    let map = common::tool("nbdinfo", &["--map", "--json", &uri]);
+    serde_json::from_str(&map).expect("map JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_dirty_bitmap_reads_a_servers_bitmap_as_qemu_does() {
+    let dir = tempfile::tempdir().expect("dir");
+    let image = dir.path().join("b.qcow2");
+    let image_str = image.to_str().expect("UTF-8");
+    common::tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", image_str, "8M"],
+    );
+    common::tool("qemu-img", &["bitmap", "--add", image_str, "b0"]);
+    common::tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write 64k 64k",
+            "-c",
+            "write 5M 1k",
+            image_str,
+        ],
+    );
+    let socket = dir.path().join("bitmap.sock");
+    let mut server = Command::new("qemu-nbd")
+        .args(["-t", "-e", "0", "-r", "-B", "b0", "-f", "qcow2", "-k"])
+        .arg(&socket)
+        .arg(&image)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-nbd");
+    wait_for_socket(&socket, &mut server);
+    let theirs = bitmap_map_through(Command::new("qemu-storage-daemon"), &socket);
+    let ours = bitmap_map_through(common::storaged(), &socket);
+    // A missing context is refused.
+    let daemon = TestDaemon::start(&[]);
+    let mut qmp = daemon.connect().await;
+    let (_, message) = error(
+        &mut qmp,
+        "blockdev-add",
+        json!({"driver": "nbd", "node-name": "m", "read-only": true,
+               "server": {"type": "unix", "path": socket},
+               "x-dirty-bitmap": "qemu:dirty-bitmap:nope"}),
+    )
+    .await;
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(ours, theirs, "ours, then QSD's");
+    // Dirty ranges read as holes (QEMU's convention for this option).
+    let holes: Vec<(u64, u64)> = ours
+        .as_array()
+        .expect("extents")
+        .iter()
+        .filter(|e| e["type"].as_u64().expect("type") & 1 != 0)
+        .map(|e| (e["offset"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(holes, [(65536, 65536), (5 << 20, 65536)]);
+    assert_eq!(
+        message,
+        "requested x-dirty-bitmap qemu:dirty-bitmap:nope not found"
+    );
 }

@@ -2,7 +2,9 @@
 //! `driver=nbd`, `doc/proto.md`).
 //!
 //! Opening connects (`server`: a Unix socket or TCP), negotiates extended
-//! headers or else structured replies, selects `base:allocation`, and
+//! headers or else structured replies, selects `base:allocation` (or the
+//! context `x-dirty-bitmap` names, whose flags block status then reports
+//! as QEMU does: a dirty range reads as a hole), and
 //! enters transmission with `NBD_OPT_GO` on `export`; the server's block
 //! sizes become the node's limits, its flags what the node may do (a
 //! read-only export opens a read-only node only, or with `auto-read-only`).
@@ -11,8 +13,7 @@
 //!
 //! With `reconnect-delay`, a broken link is dialed again for that long and
 //! the requests in flight are sent again on the new one.
-//! Not yet: TLS, the `x-dirty-bitmap` context, and `open-timeout` beyond
-//! one attempt.
+//! Not yet: `open-timeout` beyond one attempt.
 
 mod connection;
 
@@ -34,6 +35,8 @@ use crate::limits::Limits;
 use crate::open::OpenContext;
 use connection::{extent_of, Connection, Dialer, Link, Redial, Request};
 
+/// The metadata context block status reads by default.
+const BASE_ALLOCATION: &str = "base:allocation";
 /// The most one request moves when the server says nothing (32 MiB, the
 /// NBD default maximum).
 const DEFAULT_MAX_BLOCK: u32 = 32 << 20;
@@ -50,13 +53,6 @@ pub struct NbdClient {
     filename: String,
 }
 
-fn unsupported(option: &str) -> BlockError {
-    BlockError::new(
-        ErrorKind::NotSupported,
-        format!("Parameter '{option}' is not supported by storaged's nbd driver yet"),
-    )
-}
-
 impl NbdClient {
     /// Connects and enters transmission.
     pub async fn open(cx: &OpenContext<'_>, options: &BlockdevOptionsNbd) -> BlockResult<Self> {
@@ -64,11 +60,18 @@ impl NbdClient {
             Some(id) => Some(ClientTls::find(cx, id, options)?),
             None => None,
         };
-        if options.x_dirty_bitmap.is_some() {
-            return Err(unsupported("x-dirty-bitmap"));
-        }
         let export = options.export.clone().unwrap_or_default();
-        let dialed = dial(&options.server, &export, tls.as_ref()).await?;
+        let context = options
+            .x_dirty_bitmap
+            .clone()
+            .unwrap_or_else(|| BASE_ALLOCATION.to_string());
+        let dialed = dial(&options.server, &export, &context, tls.as_ref()).await?;
+        if let (Some(bitmap), None) = (&options.x_dirty_bitmap, dialed.allocation) {
+            return Err(BlockError::new(
+                ErrorKind::InvalidArgument,
+                format!("requested x-dirty-bitmap {bitmap} not found"),
+            ));
+        }
         let settings = cx.settings();
         let info = dialed.info;
         if info.flags & FLAG_READ_ONLY != 0 && !settings.read_only && !settings.auto_read_only {
@@ -87,7 +90,16 @@ impl NbdClient {
         let redial = options
             .reconnect_delay
             .filter(|&seconds| seconds > 0)
-            .map(|seconds| redial(&options.server, &export, tls, dialed.mode, seconds));
+            .map(|seconds| {
+                redial(
+                    &options.server,
+                    &export,
+                    &context,
+                    tls,
+                    dialed.mode,
+                    seconds,
+                )
+            });
         Ok(NbdClient {
             connection: Connection::start(dialed.link, dialed.mode, dialed.allocation, redial),
             size: info.size,
@@ -160,10 +172,11 @@ impl ClientTls {
 }
 
 /// Connects to `server` and negotiates `export` (TLS if asked, extended
-/// headers or structured replies, `base:allocation`, `GO`).
+/// headers or structured replies, the metadata `context`, `GO`).
 async fn dial(
     server: &SocketAddress,
     export: &str,
+    context: &str,
     tls: Option<&ClientTls>,
 ) -> BlockResult<Dialed> {
     let (filename, stream) = connect(server, export).await?;
@@ -180,12 +193,12 @@ async fn dial(
         None
     } else {
         let contexts = handshake
-            .set_meta_contexts(export, &["base:allocation"])
+            .set_meta_contexts(export, &[context])
             .await
             .map_err(fail)?;
         contexts
             .into_iter()
-            .find(|(_, name)| name == "base:allocation")
+            .find(|(_, name)| name == context)
             .map(|(id, _)| id)
     };
     let (stream, info) = handshake.go(export).await.map_err(fail)?;
@@ -209,18 +222,21 @@ async fn dial(
 fn redial(
     server: &SocketAddress,
     export: &str,
+    context: &str,
     tls: Option<ClientTls>,
     mode: ReplyMode,
     seconds: u32,
 ) -> Redial {
     let server = server.clone();
     let export = export.to_string();
+    let context = context.to_string();
     let dial: Dialer = Arc::new(move || {
         let server = server.clone();
         let export = export.clone();
+        let context = context.clone();
         let tls = tls.clone();
         Box::pin(async move {
-            let dialed = dial(&server, &export, tls.as_ref())
+            let dialed = dial(&server, &export, &context, tls.as_ref())
                 .await
                 .map_err(|e| std::io::Error::other(e.message))?;
             if dialed.mode != mode {
