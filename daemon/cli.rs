@@ -94,6 +94,9 @@ pub enum StepKind {
     /// A node read as one of its internal snapshots (qemu-nbd's
     /// `--load-snapshot`).
     LoadSnapshot,
+    /// The kernel's NBD client attached to the export (qemu-nbd's
+    /// `--connect`).
+    KernelDevice,
     Unexpected,
 }
 

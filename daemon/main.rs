@@ -17,6 +17,7 @@ mod getopt;
 mod lifecycle;
 mod logging;
 mod metrics;
+mod nbd_device;
 mod nbd_list;
 mod objects;
 mod pidfile;
@@ -74,6 +75,9 @@ fn main() -> ExitCode {
             }
             Ok(qemu_nbd::Action::Run(invocation)) => invocation,
             Ok(qemu_nbd::Action::List(request)) => return nbd_list::run(&request, &program),
+            Ok(qemu_nbd::Action::Disconnect(device)) => {
+                return nbd_device::disconnect(&device, &program)
+            }
             Err(error) => {
                 eprintln!("{program}: {error}");
                 return ExitCode::FAILURE;

@@ -11,9 +11,8 @@
 //!
 //! `--snapshot` exports a temporary overlay ([`crate::temp_overlay`]).
 //! `--list` asks a server for its exports ([`crate::nbd_list`]).
-//! Not done here (each refused with a message that says so): the kernel
-//! client (`--connect`, `--disconnect`), SELinux
-//! labels.
+//! `--connect` and `--disconnect` drive the kernel's NBD client
+//! ([`crate::nbd_device`]). SELinux labels are refused.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -33,6 +32,8 @@ pub enum Action {
     Run(Invocation),
     /// `--list`: print a server's exports.
     List(ListRequest),
+    /// `--disconnect DEVICE`: detach a kernel NBD device.
+    Disconnect(String),
 }
 
 /// What `--list` asks: the server, and TLS (`--tls-creds` naming one of
@@ -200,6 +201,8 @@ struct Settings {
     image_opts: bool,
     traces: Vec<Located>,
     fork: bool,
+    /// `--verbose`: with `--connect`, stay in the foreground.
+    verbose: bool,
     pid_file: Option<PathBuf>,
     selinux_label: Option<String>,
     handshake_limit: Option<u32>,
@@ -231,6 +234,14 @@ pub fn parse(args: &[String], program: &str, argv0: &str) -> Result<Action, Stri
     }
     if settings.list {
         return settings.list_request().map(Action::List);
+    }
+    if settings.disconnect {
+        let [device] = settings.operands.as_slice() else {
+            return Err(format!(
+                "Invalid number of arguments\nTry `{argv0} --help' for more information."
+            ));
+        };
+        return Ok(Action::Disconnect(device.clone()));
     }
     settings.into_invocation(argv0).map(Action::Run)
 }
@@ -326,7 +337,7 @@ impl Settings {
             }
             Meaning::Format => self.format = Some(text),
             Meaning::Persistent => self.persistent = true,
-            Meaning::Verbose => {}
+            Meaning::Verbose => self.verbose = true,
             Meaning::Object => self.objects.extend(value),
             Meaning::TlsCreds => self.tls_creds = Some(text),
             Meaning::TlsHostname => self.tls_hostname = Some(text),
@@ -407,12 +418,6 @@ impl Settings {
                 "Invalid number of arguments\nTry `{argv0} --help' for more information."
             ));
         };
-        if self.connect.is_some() || self.disconnect {
-            return Err(
-                "the kernel NBD client (--connect, --disconnect) is not supported by storaged"
-                    .into(),
-            );
-        }
         if self.selinux_label.is_some() {
             if self.socket.is_none() {
                 return Err("--selinux-label is not permitted without --socket".into());
@@ -459,18 +464,34 @@ impl Settings {
             steps.push(step(StepKind::Blockdev, raw, String::new()));
             exported = OFFSET_NODE.to_string();
         }
-        steps.push(step(StepKind::NbdServer, self.server(), String::new()));
+        let mut this = self;
+        if let (Some(device), None) = (&this.connect, &this.socket) {
+            this.socket = Some(device_socket(device));
+        }
+        steps.push(step(StepKind::NbdServer, this.server(), String::new()));
         steps.push(step(
             StepKind::Export,
-            self.export(&exported),
+            this.export(&exported),
             String::new(),
         ));
+        if let (Some(device), Some(socket)) = (&this.connect, &this.socket) {
+            let attach = crate::nbd_device::Attach {
+                device: device.clone(),
+                socket: socket.clone(),
+                export: this.export_name.clone().unwrap_or_default(),
+                verbose: this.verbose,
+            };
+            let attach = serde_json::to_value(attach).map_err(|e| e.to_string())?;
+            steps.push(step(StepKind::KernelDevice, attach, String::new()));
+        }
         Ok(Invocation {
             steps,
-            traces: self.traces,
-            pidfile: self.pid_file,
-            daemonize: self.fork,
-            quit_when_idle: !self.persistent,
+            traces: this.traces,
+            pidfile: this.pid_file,
+            // As qemu-nbd: attaching a device goes to the background
+            // unless `--verbose` keeps it in front.
+            daemonize: this.fork || (this.connect.is_some() && !this.verbose),
+            quit_when_idle: !this.persistent,
         })
     }
 
@@ -586,6 +607,20 @@ impl Settings {
 
 fn step(kind: StepKind, value: Value, prefix: String) -> Step {
     step_text(kind, value.to_string(), prefix)
+}
+
+/// The Unix socket the daemon serves `--connect DEVICE` on when no
+/// `--socket` is given: private to this process (qemu-nbd uses
+/// `/var/lock/qemu-nbd-DEVICE`).
+fn device_socket(device: &str) -> String {
+    let name = std::path::Path::new(device)
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "nbd".into());
+    std::env::temp_dir()
+        .join(format!("storaged-{name}-{}.sock", std::process::id()))
+        .display()
+        .to_string()
 }
 
 /// `--load-snapshot`'s value: `snapshot.id=ID,snapshot.name=NAME` (either
@@ -716,9 +751,10 @@ General:
   --pid-file=PATH           write the process id to PATH
   --selinux-label=LABEL     refused: no SELinux support
 
-Kernel NBD client (not supported by storaged):
-  -c, --connect=DEV
-  -d, --disconnect
+Kernel NBD client:
+  -c, --connect=DEV         attach the image to the kernel's NBD device DEV
+                            (in the background unless -v)
+  -d, --disconnect          detach the device named as the operand
 
 The image:
   -f, --format=FORMAT       image format (probed when absent)

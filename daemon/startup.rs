@@ -151,6 +151,11 @@ impl Startup {
                 let load: LoadSnapshot = serde_json::from_str(value).map_err(|e| e.to_string())?;
                 load.apply(&self.daemon.graph).await.map_err(|e| e.message)
             }
+            StepKind::KernelDevice => {
+                let attach: crate::nbd_device::Attach =
+                    serde_json::from_str(value).map_err(|e| e.to_string())?;
+                crate::nbd_device::attach(&self.daemon, &attach).await
+            }
             StepKind::Unexpected => Err("Unexpected argument".to_owned()),
         }
     }

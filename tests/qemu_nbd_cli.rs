@@ -123,6 +123,12 @@ fn bad_command_lines_fail_as_qemu_nbd_fails() {
         strings(&["-D", &long, "r.img"]),
         strings(&["--selinux-label=x", "r.img"]),
         strings(&["-l", "nope", "-k", &sock, "-f", "qcow2", "d.qcow2"]),
+        // A device that cannot exist (the kernel client itself runs in a
+        // guest: tests/qemu_nbd_kernel_client.rs).
+        strings(&["-c", "/nonexistent/nbd0", "-f", "raw", "r.img"]),
+        strings(&["-c", "/nonexistent/nbd0", "-v", "-f", "raw", "r.img"]),
+        strings(&["-d", "/nonexistent/nbd0"]),
+        strings(&["-d"]),
         strings(&["-l", "snapshot.id=9", "-k", &sock, "-f", "qcow2", "d.qcow2"]),
         strings(&["--object", "bogus,id=x", "-f", "raw", "-k", &sock, "r.img"]),
         strings(&[
