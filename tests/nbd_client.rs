@@ -363,3 +363,36 @@ async fn x_dirty_bitmap_reads_a_servers_bitmap_as_qemu_does() {
         "requested x-dirty-bitmap qemu:dirty-bitmap:nope not found"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_timeout_waits_for_a_server_that_comes_up_late() {
+    let daemon = TestDaemon::start(&[]);
+    let mut client = daemon.connect().await;
+    let socket = daemon.path("late.sock");
+    let add = |name: &str, seconds: u32| {
+        json!({"driver": "nbd", "node-name": name, "export": "disk", "open-timeout": seconds,
+               "server": {"type": "unix", "path": socket}})
+    };
+    // Nobody comes: the last attempt's error, once the time is up.
+    let (_, desc) = error(&mut client, "blockdev-add", add("gone", 1)).await;
+    assert!(desc.starts_with("Failed to connect to"), "{desc}");
+    // The server starts while the node opens.
+    let late = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            Command::new("nbdkit")
+                .args(["--foreground", "--unix", socket.to_str().expect("UTF-8")])
+                .args(["--exportname", "disk", "memory", "2M"])
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nbdkit")
+        })
+    };
+    ok(&mut client, "blockdev-add", add("n", 60)).await;
+    let mut nbdkit = late.join().expect("starter");
+    let nodes = ok(&mut client, "query-named-block-nodes", json!({})).await;
+    assert_eq!(nodes[0]["image"]["virtual-size"], 2 << 20);
+    let _ = nbdkit.kill();
+    let _ = nbdkit.wait();
+}

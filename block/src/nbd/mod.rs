@@ -13,7 +13,8 @@
 //!
 //! With `reconnect-delay`, a broken link is dialed again for that long and
 //! the requests in flight are sent again on the new one.
-//! Not yet: `open-timeout` beyond one attempt.
+//! With `open-timeout`, opening dials again until the server answers or
+//! that many seconds have passed.
 
 mod connection;
 
@@ -65,7 +66,11 @@ impl NbdClient {
             .x_dirty_bitmap
             .clone()
             .unwrap_or_else(|| BASE_ALLOCATION.to_string());
-        let dialed = dial(&options.server, &export, &context, tls.as_ref()).await?;
+        let open_timeout = Duration::from_secs(u64::from(options.open_timeout.unwrap_or(0)));
+        let dialed = dial_within(open_timeout, || {
+            dial(&options.server, &export, &context, tls.as_ref())
+        })
+        .await?;
         if let (Some(bitmap), None) = (&options.x_dirty_bitmap, dialed.allocation) {
             return Err(BlockError::new(
                 ErrorKind::InvalidArgument,
@@ -215,6 +220,35 @@ async fn dial(
         info,
         filename,
     })
+}
+
+/// The first pause between attempts of `open-timeout`, doubled after each
+/// up to [`MAX_OPEN_RETRY_PAUSE`].
+const FIRST_OPEN_RETRY_PAUSE: Duration = Duration::from_millis(50);
+const MAX_OPEN_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// `open-timeout`: runs `attempt` until it succeeds or `timeout` has
+/// passed (once for zero, as QEMU); the last failure is the error.
+async fn dial_within<F, Fut>(timeout: Duration, attempt: F) -> BlockResult<Dialed>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = BlockResult<Dialed>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = FIRST_OPEN_RETRY_PAUSE;
+    loop {
+        match attempt().await {
+            Ok(dialed) => return Ok(dialed),
+            Err(error) => {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(error);
+                }
+                tokio::time::sleep(pause.min(deadline - now)).await;
+                pause = (pause * 2).min(MAX_OPEN_RETRY_PAUSE);
+            }
+        }
+    }
 }
 
 /// Dials `export` again after a break, for up to `seconds`; the new link
