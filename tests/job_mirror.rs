@@ -2,7 +2,8 @@
 //! is mirrored to a new qcow2 while a libnbd client writes and verifies
 //! continuously; `job-complete` moves the export to the target, the
 //! client never sees an error, and the target holds exactly what the
-//! client wrote (`qemu-img compare`). Also: the job's life cycle over QMP
+//! client wrote (`qemu-img compare`); the same to a remote export of
+//! qemu-nbd through an `nbd` node. Also: the job's life cycle over QMP
 //! (pause, resume, speed, cancel before and after ready), the source back
 //! in place after a cancel, and QEMU's refusals.
 
@@ -309,4 +310,62 @@ async fn speed_holds_the_copy_back() {
     assert_eq!(message, "Parameter 'speed' expects a non-negative value");
     ok(&mut qmp, "job-cancel", json!({"id": "s"})).await;
     wait_event(&mut qmp, "BLOCK_JOB_CANCELLED").await;
+}
+
+#[tokio::test]
+async fn a_mirror_to_a_remote_nbd_export_holds_what_the_client_wrote() {
+    let mut daemon = mirror_daemon();
+    let remote_image = daemon.path("remote.raw");
+    std::fs::File::create(&remote_image)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let socket = daemon.path("remote.sock");
+    let mut server = common::KillOnDrop(
+        Command::new("qemu-nbd")
+            .args(["-t", "-e", "0", "-f", "raw", "-x", "disk", "-k"])
+            .arg(&socket)
+            .arg(&remote_image)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut qmp = daemon.connect().await;
+    // The server may take a moment to listen.
+    ok(
+        &mut qmp,
+        "blockdev-add",
+        json!({"driver": "nbd", "node-name": "remote", "export": "disk", "open-timeout": 20,
+               "server": {"type": "unix", "path": socket}}),
+    )
+    .await;
+    let writer = Writer::start(&daemon).await;
+    ok(
+        &mut qmp,
+        "blockdev-mirror",
+        json!({"job-id": "m0", "device": "src", "target": "remote", "sync": "full"}),
+    )
+    .await;
+    wait_event(&mut qmp, "BLOCK_JOB_READY").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ok(&mut qmp, "job-complete", json!({"id": "m0"})).await;
+    let completed = wait_event(&mut qmp, "BLOCK_JOB_COMPLETED").await;
+    assert!(completed["data"].get("error").is_none(), "{completed}");
+    assert_eq!(export_node(&mut qmp).await, "remote");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(writer.stop(&daemon) > 0);
+    ok(&mut qmp, "quit", json!({})).await;
+    assert!(daemon.wait_exit().success());
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let compare = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .args([daemon.path("model.raw"), remote_image])
+        .output()
+        .unwrap();
+    assert!(
+        compare.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compare.stdout)
+    );
 }
