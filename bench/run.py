@@ -38,6 +38,7 @@ from nbdbench.servers import (
     make_endpoint,
     storaged,
     storaged_one_command,
+    storaged_proxy,
 )
 from nbdbench.workloads import WORKLOADS, MeasureError, Settings, Workload
 
@@ -88,7 +89,7 @@ def main() -> int:
                             continue
                         progress(f"round {round_index + 1}/{args.rounds}: {server.name}, "
                                  f"{workload.name}, {kind.description}, {transport}")
-                        if server.key == "storaged" and storaged_problem:
+                        if server.key.startswith("storaged") and storaged_problem:
                             fail_group(results, [workload], transport, server,
                                        storaged_problem)
                             continue
@@ -199,7 +200,7 @@ def comma_list(text: str) -> list[str]:
 def selected_servers(args: argparse.Namespace) -> list[Server]:
     binary = storaged_binary(args)
     known = {"storaged": storaged(binary), "storaged-nbd": storaged_one_command(binary),
-             **{p.key: p for p in PEERS}}
+             "storaged-proxy": storaged_proxy(binary), **{p.key: p for p in PEERS}}
     unknown = [key for key in args.servers if key not in known]
     if unknown:
         sys.exit(f"unknown server(s): {', '.join(unknown)}; known: {', '.join(known)}")
@@ -225,7 +226,7 @@ def print_list(servers: list[Server]) -> None:
 
 
 def any_storaged(servers: list[Server]) -> bool:
-    return any(s.key == "storaged" for s in servers)
+    return any(s.key.startswith("storaged") for s in servers)
 
 
 def storaged_binary(args: argparse.Namespace) -> Path:

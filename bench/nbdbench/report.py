@@ -161,14 +161,23 @@ def _client_table(results: Results, workloads: list[Workload], transports: list[
 def _servers_section(results: Results, servers: list[Server], suites: set[str]) -> list[str]:
     lines = ["### Servers", "", "Command lines (Unix socket; TCP listens on 127.0.0.1 instead):", ""]
     placeholder = Endpoint("unix", path=Path("SOCKET"))
+    backend_socket = Endpoint("unix", path=Path("BACKEND_SOCKET"))
+
+    def shown(server: Server, image: Path, fmt: str, endpoint: Endpoint) -> str:
+        program, *arguments = server.command(image, fmt, endpoint)
+        return " ".join([Path(program).name, *arguments])
+
     for server in servers:
         for fmt in sorted(server.formats & suites):
-            program, *arguments = server.command(Path(f"IMAGE.{fmt}"), fmt, placeholder)
-            argv = [Path(program).name, *arguments]
+            image = Path(f"IMAGE.{fmt}")
             advertised = results.multi_conn.get((server.key, fmt))
             multi_conn = {True: "yes", False: "no", None: "not seen"}[advertised]
-            lines += [f"- {server.name}, {fmt} (multi-conn advertised: {multi_conn}):",
-                      f"  `{' '.join(argv)}`"]
+            lines.append(f"- {server.name}, {fmt} (multi-conn advertised: {multi_conn}):")
+            if server.backend is None:
+                lines.append(f"  `{shown(server, image, fmt, placeholder)}`")
+                continue
+            lines += [f"  `{shown(server, backend_socket.path, fmt, placeholder)}`, over",
+                      f"  `{shown(server.backend, image, fmt, backend_socket)}`"]
     return lines + [""]
 
 

@@ -96,6 +96,9 @@ class Server:
     name: str
     formats: frozenset[str]
     command: CommandLine
+    # A server this one serves from (a proxy's): started first on a Unix socket, with
+    # the image; `command` then gets that socket's path in place of the image.
+    backend: "Server | None" = None
 
 
 def qsd_syntax(program: str) -> CommandLine:
@@ -107,24 +110,30 @@ def qsd_syntax(program: str) -> CommandLine:
         if fmt != "raw":
             blockdevs.append(f"driver={fmt},node-name=fmt0,file=file0")
             node = "fmt0"
-        if endpoint.transport == "unix":
-            addr = f"addr.type=unix,addr.path={endpoint.path}"
-        else:
-            addr = f"addr.type=inet,addr.host={TCP_HOST},addr.port={endpoint.port}"
         argv = [program]
-        if endpoint.pki is not None:
-            argv += ["--object", endpoint.qemu_tls_object()]
-            addr += ",tls-creds=tls0"
         for blockdev in blockdevs:
             argv += ["--blockdev", blockdev]
-        return argv + [
-            "--nbd-server",
-            addr,
-            "--export",
-            f"type=nbd,id=export0,node-name={node},name={EXPORT_NAME},writable=on",
-        ]
+        return argv + nbd_server_and_export(endpoint, node)
 
     return command
+
+
+def nbd_server_and_export(endpoint: Endpoint, node: str) -> list[str]:
+    """QSD's options that serve `node` writable at `endpoint`."""
+    if endpoint.transport == "unix":
+        addr = f"addr.type=unix,addr.path={endpoint.path}"
+    else:
+        addr = f"addr.type=inet,addr.host={TCP_HOST},addr.port={endpoint.port}"
+    tls = []
+    if endpoint.pki is not None:
+        tls = ["--object", endpoint.qemu_tls_object()]
+        addr += ",tls-creds=tls0"
+    return tls + [
+        "--nbd-server",
+        addr,
+        "--export",
+        f"type=nbd,id=export0,node-name={node},name={EXPORT_NAME},writable=on",
+    ]
 
 
 def qemu_nbd_syntax(*program: str) -> CommandLine:
@@ -175,6 +184,19 @@ def storaged(binary: Path) -> Server:
     return Server("storaged", "storaged", RAW_AND_QCOW2, qsd_syntax(str(binary)))
 
 
+def storaged_proxy(binary: Path) -> Server:
+    """storaged exporting an `nbd` node of another storaged: an NBD proxy. Its CPU per
+    request is the proxy's own (the backend's is not counted)."""
+
+    def command(backend_socket: Path, fmt: str, endpoint: Endpoint) -> list[str]:
+        remote = (f"driver=nbd,node-name=remote,server.type=unix,server.path={backend_socket},"
+                  f"export={EXPORT_NAME}")
+        return [str(binary), "--blockdev", remote, *nbd_server_and_export(endpoint, "remote")]
+
+    return Server("storaged-proxy", "storaged proxy", RAW_AND_QCOW2, command,
+                  backend=storaged(binary))
+
+
 def storaged_one_command(binary: Path) -> Server:
     """storaged with qemu-nbd's command line: the same engine, not a peer."""
     return Server("storaged-nbd", "storaged nbd", RAW_AND_QCOW2,
@@ -197,6 +219,14 @@ class RunningServer:
 
     def __init__(self, server: Server, image: Path, fmt: str, endpoint: Endpoint, log: Path):
         self.server = server
+        self.backend: RunningServer | None = None
+        if server.backend is not None:
+            socket_path = log.with_suffix(".backend.sock")
+            socket_path.unlink(missing_ok=True)
+            self.backend = RunningServer(server.backend, image, fmt,
+                                         Endpoint("unix", path=socket_path),
+                                         log.with_suffix(".backend.log"))
+            image = socket_path
         self.argv = server.command(image, fmt, endpoint)
         self.uri = endpoint.uri()
         self.log = log
@@ -205,6 +235,8 @@ class RunningServer:
         self.export_size = 0
 
     def __enter__(self) -> "RunningServer":
+        if self.backend is not None:
+            self.backend.__enter__()
         try:
             with open(self.log, "wb") as log:
                 self.process = subprocess.Popen(
@@ -229,14 +261,15 @@ class RunningServer:
         return process_cpu_s(self.process.pid)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.backend is not None:
+            self.backend.stop()
 
     def _wait_until_serving(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S

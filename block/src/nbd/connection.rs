@@ -95,6 +95,9 @@ struct Shared {
     /// Requests the server refuses because it is shutting down wait for
     /// the next link (only when the node reconnects).
     retry_shutdown: bool,
+    /// Message buffers for reuse (a fresh large buffer per write would be
+    /// a new mapping and a page fault per page).
+    spare_messages: Mutex<Vec<Vec<u8>>>,
     /// Cancelled when the current link breaks, so that a write stuck on it
     /// lets go of the writer.
     link_alive: Mutex<CancellationToken>,
@@ -130,6 +133,7 @@ impl Connection {
             broken: Mutex::default(),
             writer: tokio::sync::Mutex::new(Some(link.write)),
             retry_shutdown: redial.is_some(),
+            spare_messages: Mutex::default(),
             link_alive: Mutex::new(CancellationToken::new()),
         });
         let link_task = tokio::spawn(run_link(link.read, Arc::clone(&shared), mode, redial));
@@ -149,7 +153,8 @@ impl Connection {
     /// Sends `request` and waits for its reply (through reconnections).
     pub async fn call(&self, request: Request) -> BlockResult<Completion> {
         let cookie = self.next_cookie.fetch_add(1, Ordering::Relaxed);
-        let message = encode(self.mode, cookie, &request)?;
+        let mut message = lock(&self.shared.spare_messages).pop().unwrap_or_default();
+        encode(self.mode, cookie, &request, &mut message)?;
         let (done, completed) = oneshot::channel();
         {
             let mut pending = lock(&self.shared.pending);
@@ -194,16 +199,40 @@ impl Connection {
                 }
             }
         }
+        self.shared.keep_spare(message);
         completed
             .await
             .unwrap_or_else(|_| Err(broken("the connection closed")))
     }
 }
 
-/// A request's bytes on the wire: its header, then a write's payload.
-fn encode(mode: ReplyMode, cookie: u64, request: &Request) -> BlockResult<Vec<u8>> {
+/// Spare message buffers kept, and the largest kept.
+const SPARE_MESSAGES: usize = 16;
+const SPARE_MESSAGE_CAPACITY: usize = 4 << 20;
+
+impl Shared {
+    fn keep_spare(&self, mut message: Vec<u8>) {
+        if message.capacity() > SPARE_MESSAGE_CAPACITY {
+            return;
+        }
+        message.clear();
+        let mut spare = lock(&self.spare_messages);
+        if spare.len() < SPARE_MESSAGES {
+            spare.push(message);
+        }
+    }
+}
+
+/// A request's bytes on the wire into `message` (empty): its header, then
+/// a write's payload.
+fn encode(
+    mode: ReplyMode,
+    cookie: u64,
+    request: &Request,
+    message: &mut Vec<u8>,
+) -> BlockResult<()> {
     let payload_len = request.payload.as_ref().map_or(0, IoBuf::len);
-    let mut message = Vec::with_capacity(EXTENDED_REQUEST_LEN + payload_len);
+    message.reserve(EXTENDED_REQUEST_LEN + payload_len);
     if mode == ReplyMode::Extended {
         message.extend_from_slice(&EXTENDED_REQUEST_MAGIC.to_be_bytes());
         message.extend_from_slice(&request.flags.to_be_bytes());
@@ -227,7 +256,7 @@ fn encode(mode: ReplyMode, cookie: u64, request: &Request) -> BlockResult<Vec<u8
         message.resize(start + payload_len, 0);
         payload.copy_to_slice(0, &mut message[start..]);
     }
-    Ok(message)
+    Ok(())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -270,9 +299,11 @@ async fn run_link(
     mode: ReplyMode,
     redial: Option<Redial>,
 ) {
+    // Read data passes through here on its way to the request's buffer.
+    let mut scratch = Vec::new();
     loop {
         let reason = loop {
-            if let Err(e) = read_reply(&mut read, &shared, mode).await {
+            if let Err(e) = read_reply(&mut read, &shared, mode, &mut scratch).await {
                 break e.to_string();
             }
         };
@@ -345,8 +376,9 @@ async fn resend(
             p.sent = true;
             p.completion = Completion::default();
             p.error = None;
-            match encode(mode, cookie, &p.request) {
-                Ok(message) => messages.push(message),
+            let mut message = Vec::new();
+            match encode(mode, cookie, &p.request, &mut message) {
+                Ok(()) => messages.push(message),
                 Err(e) => {
                     if let Some(p) = pending.remove(&cookie) {
                         let _ = p.done.send(Err(e));
@@ -383,6 +415,7 @@ async fn read_reply(
     read: &mut Box<dyn AsyncRead + Send + Unpin>,
     shared: &Shared,
     mode: ReplyMode,
+    scratch: &mut Vec<u8>,
 ) -> io::Result<()> {
     let magic = read.read_u32().await?;
     match magic {
@@ -394,9 +427,7 @@ async fn read_reply(
                 return finish(shared, cookie, pending, Err(nbd_error(error, "")));
             }
             if let Some((buf, _)) = pending.read_target() {
-                let mut data = vec![0; buf.len()];
-                read.read_exact(&mut data).await?;
-                buf.copy_from_slice(0, &data);
+                read_payload(read, buf, 0, buf.len(), scratch).await?;
             }
             let _ = pending
                 .done
@@ -418,7 +449,7 @@ async fn read_reply(
                 u64::from(read.read_u32().await?)
             };
             let mut pending = take(shared, cookie)?;
-            apply_chunk(read, &mut pending, kind, length, extended).await?;
+            apply_chunk(read, &mut pending, kind, length, extended, scratch).await?;
             if flags & REPLY_FLAG_DONE != 0 {
                 let result = match pending.error.take() {
                     Some(error) => Err(error),
@@ -467,6 +498,7 @@ async fn apply_chunk<R: AsyncRead + Unpin>(
     kind: u16,
     length: u64,
     extended: bool,
+    scratch: &mut Vec<u8>,
 ) -> io::Result<()> {
     match kind {
         REPLY_TYPE_NONE if length == 0 => Ok(()),
@@ -482,10 +514,7 @@ async fn apply_chunk<R: AsyncRead + Unpin>(
                 .checked_sub(start)
                 .filter(|at| at + data_len <= buf.len() as u64)
                 .ok_or_else(|| invalid("data chunk outside the request"))?;
-            let mut data = vec![0; data_len as usize];
-            read.read_exact(&mut data).await?;
-            buf.copy_from_slice(at as usize, &data);
-            Ok(())
+            read_payload(read, buf, at as usize, data_len as usize, scratch).await
         }
         REPLY_TYPE_OFFSET_HOLE if length == 12 => {
             let offset = read.read_u64().await?;
@@ -527,6 +556,33 @@ async fn apply_chunk<R: AsyncRead + Unpin>(
         }
         _ => Err(invalid("unknown reply chunk")),
     }
+}
+
+/// The most read data that passes through the link task's scratch buffer
+/// at once.
+const SCRATCH_LEN: usize = 1 << 20;
+
+/// Reads `len` bytes of data into `buf` at `at`, through `scratch` (kept
+/// by the link task: a fresh buffer per reply would be a new mapping and a
+/// page fault per page for every large read).
+async fn read_payload<R: AsyncRead + Unpin>(
+    read: &mut R,
+    buf: &IoBuf,
+    at: usize,
+    len: usize,
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        let step = (len - done).min(SCRATCH_LEN);
+        if scratch.len() < step {
+            scratch.resize(step, 0);
+        }
+        read.read_exact(&mut scratch[..step]).await?;
+        buf.copy_from_slice(at + done, &scratch[..step]);
+        done += step;
+    }
+    Ok(())
 }
 
 async fn read_bounded<R: AsyncRead + Unpin>(read: &mut R, length: u64) -> io::Result<Vec<u8>> {
