@@ -292,3 +292,101 @@ async fn nbd_exports_publish_bitmaps_as_qsds_do() {
         .iter()
         .any(|e| e["offset"] == 1 << 20 && e["length"] == 65536 && e["type"] == 1));
 }
+
+/// The bitmaps of a daemon whose node grows (then takes a write past the
+/// old end) and shrinks.
+async fn bitmaps_across_resizes(program: Command) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.qcow2");
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            image.to_str().unwrap(),
+            "64M",
+        ],
+    );
+    let daemon = TestDaemon::spawn(program, dir, |dir| {
+        vec![
+            "--blockdev".into(),
+            format!(
+                "qcow2,node-name=disk,file.driver=file,file.filename={}",
+                dir.join("disk.qcow2").display()
+            ),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+        ]
+    });
+    let uri = format!(
+        "nbd+unix:///disk?socket={}",
+        daemon.path("nbd.sock").display()
+    );
+    let mut qmp = daemon.connect().await;
+    for (name, granularity) in [("coarse", 65536), ("fine", 4096)] {
+        ok(
+            &mut qmp,
+            "block-dirty-bitmap-add",
+            json!({"node": "disk", "name": name, "granularity": granularity}),
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    // NBD exports hold the size: each round exports, writes, unexports.
+    for (writes, new_size) in [
+        (&["write 1M 64k", "write 60M 64k"][..], 128u64 << 20),
+        (&["write 100M 64k"][..], 32 << 20),
+    ] {
+        ok(
+            &mut qmp,
+            "block-export-add",
+            json!({"type": "nbd", "id": "e", "node-name": "disk", "writable": true}),
+        )
+        .await;
+        let mut args = vec!["-f", "raw"];
+        for command in writes {
+            args.extend(["-c", command]);
+        }
+        args.push(&uri);
+        tool("qemu-io", &args);
+        ok(&mut qmp, "block-export-del", json!({"id": "e"})).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ok(&mut qmp, "query-block-exports", json!({}))
+            .await
+            .as_array()
+            .is_some_and(|exports| !exports.is_empty())
+        {
+            assert!(std::time::Instant::now() < deadline, "export not gone");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        seen.push(snapshot(&mut qmp).await);
+        ok(
+            &mut qmp,
+            "block_resize",
+            json!({"node-name": "disk", "size": new_size}),
+        )
+        .await;
+    }
+    seen.push(snapshot(&mut qmp).await);
+    seen
+}
+
+#[tokio::test]
+async fn bitmaps_follow_resizes_as_qsds_do() {
+    let theirs = bitmaps_across_resizes(Command::new("qemu-storage-daemon")).await;
+    let ours = bitmaps_across_resizes(common::storaged()).await;
+    assert_eq!(ours, theirs, "ours, then QSD's");
+    // The write past the old end counted: three 64 KiB writes.
+    let fine = &ours[1]["bitmaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "fine")
+        .unwrap()["count"];
+    assert_eq!(fine, 3 * 65536);
+}

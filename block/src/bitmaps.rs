@@ -11,7 +11,7 @@
 //! as saved incompletely is inconsistent and can only be removed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use schema::info::BlockDirtyInfo;
 
@@ -30,7 +30,9 @@ pub const MAX_BITMAPS_PER_NODE: usize = 256;
 /// One named bitmap.
 pub struct NamedBitmap {
     name: String,
-    bitmap: DirtyBitmap,
+    /// The bits; replaced by a copy of another size when the node is
+    /// resized (writes set bits under the read lock, so none is lost).
+    bitmap: RwLock<Arc<DirtyBitmap>>,
     recording: AtomicBool,
     persistent: bool,
     /// Loaded from a read-only image: it cannot change.
@@ -49,8 +51,27 @@ impl NamedBitmap {
         &self.name
     }
 
-    pub fn bitmap(&self) -> &DirtyBitmap {
-        &self.bitmap
+    /// The bits as they are now.
+    pub fn bitmap(&self) -> Arc<DirtyBitmap> {
+        self.bits().clone()
+    }
+
+    fn bits(&self) -> std::sync::RwLockReadGuard<'_, Arc<DirtyBitmap>> {
+        self.bitmap.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The node now has `size` bytes: the bitmap covers them, as QEMU's
+    /// `bdrv_dirty_bitmap_truncate` (a grown part is clean, bits past a
+    /// shrunk end are gone).
+    fn resize(&self, size: u64) {
+        let mut bits = self.bitmap.write().unwrap_or_else(|e| e.into_inner());
+        if bits.size() == size {
+            return;
+        }
+        *bits = Arc::new(resized(&bits, size));
+        if let Some(successor) = self.successor().as_mut() {
+            *successor = resized(successor, size);
+        }
     }
 
     pub fn is_recording(&self) -> bool {
@@ -65,11 +86,9 @@ impl NamedBitmap {
     /// it is busy, and new writes go to a successor until the backup ends.
     pub fn freeze(&self) -> BlockResult<()> {
         self.check_usable()?;
+        let bits = self.bits();
         let mut successor = self.successor();
-        *successor = Some(DirtyBitmap::new(
-            self.bitmap.size(),
-            self.bitmap.granularity(),
-        ));
+        *successor = Some(DirtyBitmap::new(bits.size(), bits.granularity()));
         self.busy.store(true, Ordering::Release);
         Ok(())
     }
@@ -77,10 +96,11 @@ impl NamedBitmap {
     /// The backup succeeded (QEMU's `abdicate`): the bitmap now holds only
     /// what was written while it ran.
     pub fn abdicate(&self) {
+        let bits = self.bits();
         let mut successor = self.successor();
         if let Some(newer) = successor.take() {
-            self.bitmap.reset(0, self.bitmap.size());
-            self.bitmap.merge_from(&newer);
+            bits.reset(0, bits.size());
+            bits.merge_from(&newer);
         }
         self.busy.store(false, Ordering::Release);
     }
@@ -89,12 +109,13 @@ impl NamedBitmap {
     /// meanwhile is added back. With `remaining`, the bitmap first keeps
     /// only what the backup had not copied (`bitmap-mode=always`).
     pub fn reclaim(&self, remaining: Option<&DirtyBitmap>) {
+        let bits = self.bits();
         let mut successor = self.successor();
         if let Some(remaining) = remaining {
-            self.bitmap.retain_overlapping(remaining);
+            bits.retain_overlapping(remaining);
         }
         if let Some(newer) = successor.take() {
-            self.bitmap.merge_from(&newer);
+            bits.merge_from(&newer);
         }
         self.busy.store(false, Ordering::Release);
     }
@@ -155,10 +176,11 @@ impl NamedBitmap {
     }
 
     fn info(&self) -> BlockDirtyInfo {
+        let bits = self.bitmap();
         BlockDirtyInfo {
             name: Some(self.name.clone()),
-            count: i64::try_from(self.bitmap.dirty_bytes()).unwrap_or(i64::MAX),
-            granularity: u32::try_from(self.bitmap.granularity()).unwrap_or(u32::MAX),
+            count: i64::try_from(bits.dirty_bytes()).unwrap_or(i64::MAX),
+            granularity: u32::try_from(bits.granularity()).unwrap_or(u32::MAX),
             recording: self.recording.load(Ordering::Acquire),
             busy: self.is_busy(),
             persistent: self.persistent,
@@ -167,14 +189,26 @@ impl NamedBitmap {
     }
 }
 
+/// A copy of `bits` over `size` bytes.
+fn resized(bits: &DirtyBitmap, size: u64) -> DirtyBitmap {
+    DirtyBitmap::from_bytes(size, bits.granularity(), &bits.to_bytes())
+}
+
 impl WriteObserver for NamedBitmap {
-    fn after_write(&self, _node: &Node, request: &WriteRequest, _result: &BlockResult<()>) {
-        if request.kind == WriteKind::Resize || !self.recording.load(Ordering::Acquire) {
+    fn after_write(&self, _node: &Node, request: &WriteRequest, result: &BlockResult<()>) {
+        if request.kind == WriteKind::Resize {
+            if result.is_ok() {
+                self.resize(request.offset);
+            }
             return;
         }
+        if !self.recording.load(Ordering::Acquire) {
+            return;
+        }
+        let bits = self.bits();
         match &*self.successor() {
             Some(successor) => successor.set(request.offset, request.len),
-            None => self.bitmap.set(request.offset, request.len),
+            None => bits.set(request.offset, request.len),
         }
     }
 }
@@ -245,7 +279,7 @@ impl Node {
         for stored in stored {
             let bitmap = Arc::new(NamedBitmap {
                 name: stored.name,
-                bitmap: stored.bits,
+                bitmap: RwLock::new(Arc::new(stored.bits)),
                 recording: AtomicBool::new(stored.enabled && !stored.inconsistent),
                 persistent: true,
                 readonly: AtomicBool::new(readonly),
@@ -281,13 +315,17 @@ impl Node {
         if persistent.is_empty() {
             return Ok(());
         }
-        let to_store: Vec<BitmapToStore<'_>> = persistent
+        let writable: Vec<(&NamedBitmap, Arc<DirtyBitmap>)> = persistent
             .iter()
             .filter(|b| !b.inconsistent && !b.readonly.load(Ordering::Acquire))
-            .map(|b| BitmapToStore {
+            .map(|b| (b.as_ref(), b.bitmap()))
+            .collect();
+        let to_store: Vec<BitmapToStore<'_>> = writable
+            .iter()
+            .map(|(b, bits)| BitmapToStore {
                 name: &b.name,
                 enabled: b.is_recording(),
-                bits: &b.bitmap,
+                bits,
             })
             .collect();
         if !to_store.is_empty() {
@@ -363,7 +401,7 @@ impl BlockGraph {
         }
         let bitmap = Arc::new(NamedBitmap {
             name: new.name.to_owned(),
-            bitmap: DirtyBitmap::new(node.size(), granularity),
+            bitmap: RwLock::new(Arc::new(DirtyBitmap::new(node.size(), granularity))),
             recording: AtomicBool::new(!new.disabled),
             persistent: new.persistent,
             readonly: AtomicBool::new(false),
@@ -421,8 +459,8 @@ impl BlockGraph {
     pub fn bitmap_clear(&self, node: &str, name: &str) -> BlockResult<()> {
         let (_, bitmap) = self.bitmap_lookup(node, name)?;
         bitmap.check_modifiable()?;
-        let size = bitmap.bitmap.size();
-        bitmap.bitmap.reset(0, size);
+        let bits = bitmap.bitmap();
+        bits.reset(0, bits.size());
         Ok(())
     }
 
@@ -444,21 +482,23 @@ impl BlockGraph {
     ) -> BlockResult<()> {
         let (_, target) = self.bitmap_lookup(node, target)?;
         target.check_modifiable()?;
+        let target = target.bitmap();
         let mut found = Vec::with_capacity(sources.len());
         for (source_node, name) in sources {
             let (_, source) = self.bitmap_lookup(source_node.as_deref().unwrap_or(node), name)?;
             source.check_usable()?;
-            if source.bitmap.size() != target.bitmap.size() {
+            let source = source.bitmap();
+            if source.size() != target.size() {
                 return Err(generic(format!(
                     "Bitmaps are of different sizes (destination size is {}, source size is {}) and can't be merged",
-                    target.bitmap.size(),
-                    source.bitmap.size()
+                    target.size(),
+                    source.size()
                 )));
             }
             found.push(source);
         }
         for source in found {
-            target.bitmap.merge_from(&source.bitmap);
+            target.merge_from(&source);
         }
         Ok(())
     }
@@ -466,6 +506,6 @@ impl BlockGraph {
     /// `x-debug-block-dirty-bitmap-sha256`.
     pub fn bitmap_sha256(&self, node: &str, name: &str) -> BlockResult<String> {
         let (_, bitmap) = self.bitmap_lookup(node, name)?;
-        Ok(bitmap.bitmap.sha256_hex())
+        Ok(bitmap.bitmap().sha256_hex())
     }
 }

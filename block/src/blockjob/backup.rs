@@ -419,7 +419,7 @@ impl Backup {
             }
             MirrorSyncMode::Bitmap | MirrorSyncMode::Incremental => {
                 if let Some(bitmap) = &self.bitmap {
-                    to_copy.merge_from(bitmap.bitmap());
+                    to_copy.merge_from(&bitmap.bitmap());
                 }
             }
         }
