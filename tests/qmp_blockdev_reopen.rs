@@ -2,8 +2,8 @@
 //! while a writable export uses the node, accepted otherwise and undone;
 //! a `file` child moved; options that cannot change; bad node names;
 //! a throttle node moved to another group; a qcow2 node given a backing
-//! node it did not have, then none) compared with
-//! qemu-storage-daemon's answers; and a throttle filter inserted below an
+//! node it did not have, then none; a raw node's window moved and
+//! resized) compared with qemu-storage-daemon's answers; and a throttle filter inserted below an
 //! exported format and removed again, then deleted, while an NBD client
 //! writes and verifies without pause.
 
@@ -351,4 +351,89 @@ async fn a_node_is_inserted_below_an_export_and_removed_under_a_writing_client()
     assert!(edges
         .iter()
         .any(|e| e["parent"] == fmt_id && e["child"] == f0_id && e["name"] == "file"));
+}
+
+/// A raw node's window moved and resized by reopens: the replies and
+/// sizes, and what an NBD export of the node then reads.
+async fn raw_window_session(program: Command) -> Vec<Value> {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("window.img");
+    sparse_file(&file, 16 * MIB);
+    let file_str = file.to_str().expect("UTF-8");
+    for (pattern, at) in [(0x11, "1M"), (0x22, "2M")] {
+        common::tool(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                "-c",
+                &format!("write -P {pattern} {at} 64k"),
+                file_str,
+            ],
+        );
+    }
+    let daemon = TestDaemon::spawn(program, dir, |dir| {
+        vec![
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+        ]
+    });
+    let mut client = daemon.connect().await;
+    let raw = |window: Value| {
+        let mut options = json!({"driver": "raw", "node-name": "r", "file": "f"});
+        options
+            .as_object_mut()
+            .expect("object")
+            .extend(window.as_object().expect("object").clone());
+        json!({"options": [options]})
+    };
+    let mut seen = vec![
+        reply(
+            &mut client,
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "r", "offset": MIB, "size": 4 * MIB,
+                   "file": {"driver": "file", "node-name": "f", "filename": file_str}}),
+        )
+        .await,
+    ];
+    for window in [
+        json!({"offset": 2 * MIB, "size": 8 * MIB}),
+        json!({"offset": 12 * MIB, "size": 8 * MIB}),
+        json!({"offset": 20 * MIB}),
+        json!({"offset": 2 * MIB, "size": 1000}),
+        json!({"offset": 2 * MIB}),
+    ] {
+        seen.push(reply(&mut client, "blockdev-reopen", raw(window)).await);
+        let nodes = ok(
+            &mut client,
+            "query-named-block-nodes",
+            json!({"flat": true}),
+        )
+        .await;
+        seen.push(nodes[0]["image"]["virtual-size"].clone());
+    }
+    ok(
+        &mut client,
+        "block-export-add",
+        json!({"type": "nbd", "id": "e", "node-name": "r"}),
+    )
+    .await;
+    let uri = format!("nbd+unix:///r?socket={}", daemon.path("nbd.sock").display());
+    // The window starts at 2 MiB of the file now.
+    common::tool(
+        "qemu-io",
+        &["-r", "-f", "raw", "-c", "read -P 0x22 0 64k", &uri],
+    );
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_window_moves_on_reopen_as_in_qemu_storage_daemon() {
+    let theirs = raw_window_session(Command::new("qemu-storage-daemon")).await;
+    let ours = raw_window_session(storaged()).await;
+    assert_eq!(ours, theirs, "ours, then QSD's");
+    assert_eq!(ours[2], 8 * MIB);
 }

@@ -3,11 +3,15 @@
 //!
 //! Without a window it behaves like a filter (permissions pass through);
 //! with one, the child is a data child, whose size nobody else may change.
+//! `blockdev-reopen` may move or resize the window (checked as at open).
 
+use std::any::Any;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use async_trait::async_trait;
-use schema::block::{BlkdebugEvent, BlockdevOptionsRaw};
+use schema::block::{BlkdebugEvent, BlockdevDriver, BlockdevOptionsRaw};
 use serde_json::{Map, Value as Json};
 
 use crate::driver::{
@@ -17,12 +21,19 @@ use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::iobuf::IoBuf;
 use crate::limits::Limits;
 use crate::node::{NodeChild, ReadSource, SECTOR_SIZE};
-use crate::open::OpenContext;
+use crate::open::{ObjectLookup, OpenContext};
 use crate::permissions::{ChildRoleFlags, Perm};
 
 /// A `raw` node over its `file` child.
 pub struct RawDriver {
     file: Arc<NodeChild>,
+    /// The window; a reopen replaces it while the node is drained.
+    window: ArcSwap<Window>,
+}
+
+/// Where the node's bytes are in the child.
+#[derive(Debug, PartialEq, Eq)]
+struct Window {
     offset: u64,
     /// `Some` when the window has a fixed size.
     size: Option<u64>,
@@ -31,14 +42,12 @@ pub struct RawDriver {
     given_size: Option<i64>,
 }
 
-impl RawDriver {
-    /// A raw view of its `file` child, checked against the child's size.
-    pub async fn open(cx: &mut OpenContext<'_>, options: &BlockdevOptionsRaw) -> BlockResult<Self> {
-        let role = Self::file_role(options);
-        let file = cx.child(&options.file, ChildRole::File, role).await?;
+impl Window {
+    /// The window `options` ask for, checked against a child of
+    /// `real_size` bytes (QEMU's `raw_apply_options`).
+    fn checked(options: &BlockdevOptionsRaw, real_size: u64) -> BlockResult<Window> {
         let offset = non_negative("offset", options.offset)?.unwrap_or(0);
         let size = non_negative("size", options.size)?;
-        let real_size = file.size();
         if offset > real_size {
             return Err(invalid(format!(
                 "Offset ({offset}) cannot be greater than size of the containing file ({real_size})"
@@ -57,12 +66,24 @@ impl RawDriver {
                 )));
             }
         }
-        Ok(RawDriver {
-            file,
+        Ok(Window {
             offset,
             size,
             given_offset: options.offset,
             given_size: options.size,
+        })
+    }
+}
+
+impl RawDriver {
+    /// A raw view of its `file` child, checked against the child's size.
+    pub async fn open(cx: &mut OpenContext<'_>, options: &BlockdevOptionsRaw) -> BlockResult<Self> {
+        let role = Self::file_role(options);
+        let file = cx.child(&options.file, ChildRole::File, role).await?;
+        let window = Window::checked(options, file.size())?;
+        Ok(RawDriver {
+            file,
+            window: ArcSwap::from_pointee(window),
         })
     }
 
@@ -82,7 +103,8 @@ impl RawDriver {
     /// refused (`NoSpace` for writes, `InvalidArgument` otherwise), as
     /// QEMU's `raw_adjust_offset`.
     fn map(&self, offset: u64, len: u64, is_write: bool) -> BlockResult<u64> {
-        if let Some(size) = self.size {
+        let window = self.window.load();
+        if let Some(size) = window.size {
             if offset > size || len > size - offset {
                 let kind = if is_write {
                     ErrorKind::NoSpace
@@ -96,7 +118,7 @@ impl RawDriver {
             }
         }
         offset
-            .checked_add(self.offset)
+            .checked_add(window.offset)
             .ok_or_else(|| invalid("Request offset overflows"))
     }
 }
@@ -108,8 +130,9 @@ impl BlockDriver for RawDriver {
     }
 
     fn size(&self) -> u64 {
-        let available = self.file.size().saturating_sub(self.offset);
-        self.size.map_or(available, |size| size.min(available))
+        let window = self.window.load();
+        let available = self.file.size().saturating_sub(window.offset);
+        window.size.map_or(available, |size| size.min(available))
     }
 
     /// Raises `read_aio` on the file (for a `blkdebug` there), as QEMU.
@@ -149,14 +172,15 @@ impl BlockDriver for RawDriver {
     }
 
     async fn resize(&self, new_size: u64) -> BlockResult<()> {
-        if self.size.is_some() {
+        let window = self.window.load_full();
+        if window.size.is_some() {
             return Err(BlockError::new(
                 ErrorKind::NotSupported,
                 "Cannot resize fixed-size raw disks",
             ));
         }
         let file_size = new_size
-            .checked_add(self.offset)
+            .checked_add(window.offset)
             .ok_or_else(|| invalid("Disk size too large for the chosen offset"))?;
         self.file.resize(file_size).await
     }
@@ -179,12 +203,33 @@ impl BlockDriver for RawDriver {
         String::new()
     }
 
+    /// A reopen may move or resize the window (QEMU's
+    /// `raw_reopen_prepare`), checked against the child as it is.
+    fn prepare_reopen(
+        &self,
+        options: &BlockdevDriver,
+        _objects: Option<&dyn ObjectLookup>,
+    ) -> BlockResult<Option<Arc<dyn Any + Send + Sync>>> {
+        let BlockdevDriver::Raw(options) = options else {
+            return Ok(None);
+        };
+        let window = Window::checked(options, self.file.size())?;
+        Ok(Some(Arc::new(window)))
+    }
+
+    fn commit_reopen(&self, prepared: Arc<dyn Any + Send + Sync>) {
+        if let Ok(window) = prepared.downcast::<Window>() {
+            self.window.store(window);
+        }
+    }
+
     fn strong_options(&self) -> Map<String, Json> {
+        let window = self.window.load();
         let mut options = Map::new();
-        if let Some(offset) = self.given_offset {
+        if let Some(offset) = window.given_offset {
             options.insert("offset".to_string(), Json::from(offset));
         }
-        if let Some(size) = self.given_size {
+        if let Some(size) = window.given_size {
             options.insert("size".to_string(), Json::from(size));
         }
         options
