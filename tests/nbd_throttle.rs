@@ -432,3 +432,45 @@ async fn qom_set_changes_the_rate_while_a_client_reads() {
     // above are what load cannot break).
     assert!(measured[1] >= 2.0 * MIB, "raised: {} B/s", measured[1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_lets_throttled_requests_through_at_once() {
+    // 64 KiB/s: the 4 MiB the client queues would take about a minute.
+    let daemon = start("limits.bps-total=65536", &["t0"]);
+    let mut qmp = daemon.connect().await;
+    let uri = format!(
+        "nbd+unix:///t0?socket={}",
+        daemon.path("nbd.sock").display()
+    );
+    let mut client = tokio::process::Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .args(["-c", "aio_write -P 7 0 1M", "-c", "aio_write -P 7 1M 1M"])
+        .args(["-c", "aio_write -P 7 2M 1M", "-c", "aio_write -P 7 3M 1M"])
+        .args(["-c", "aio_flush", &uri])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("qemu-io");
+    // The writes are queued at the filter once the first is through.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A reopen drains the node; as in QEMU, queued requests then go
+    // without waiting for the limits, and the drain ends at once.
+    let started = std::time::Instant::now();
+    ok(
+        &mut qmp,
+        "blockdev-reopen",
+        json!({"options": [{"driver": "throttle", "node-name": "t0",
+                            "throttle-group": "tg", "file": "file0"}]}),
+    )
+    .await;
+    let waited = started.elapsed();
+    let status = tokio::time::timeout(Duration::from_secs(60), client.wait())
+        .await
+        .expect("the client finished")
+        .expect("qemu-io");
+    assert!(status.success());
+    // Far below the 60 s the limits alone would take, whatever the load.
+    assert!(
+        waited < Duration::from_secs(30),
+        "the drain took {waited:?}"
+    );
+}

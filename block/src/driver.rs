@@ -338,6 +338,14 @@ pub trait BlockDriver: Send + Sync + 'static {
         ))
     }
 
+    /// A drained section over the node begins: nothing the driver holds
+    /// back (a throttle's queue) may keep it waiting (QEMU's
+    /// `bdrv_drain_begin`).
+    fn drain_begin(&self) {}
+
+    /// The drained section ends.
+    fn drain_end(&self) {}
+
     /// Whether the format stores persistent dirty bitmaps (qcow2 v3).
     fn stores_bitmaps(&self) -> bool {
         false

@@ -25,6 +25,9 @@ use crate::permissions::ChildRoleFlags;
 /// above its nodes, and none was in flight in them when it began.
 pub struct Drained {
     gates: Vec<Arc<Gate>>,
+    /// The nodes drained (those given and every node above them), told
+    /// when the section begins and ends.
+    nodes: Vec<Arc<Node>>,
     began: Instant,
 }
 
@@ -37,6 +40,9 @@ impl Drained {
 
 impl Drop for Drained {
     fn drop(&mut self) {
+        for node in &self.nodes {
+            node.driver().drain_end();
+        }
         for gate in &self.gates {
             gate.open();
         }
@@ -73,8 +79,15 @@ impl BlockGraph {
         for gate in &gates {
             gate.close();
         }
-        let drained = Drained { gates, began };
         for node in &above {
+            node.driver().drain_begin();
+        }
+        let drained = Drained {
+            gates,
+            nodes: above,
+            began,
+        };
+        for node in &drained.nodes {
             node.wait_idle().await;
         }
         drained

@@ -21,6 +21,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -139,6 +140,7 @@ impl ThrottleGroup {
         Some(Member {
             group: self.clone(),
             id,
+            unlimited: AtomicUsize::new(0),
         })
     }
 }
@@ -236,6 +238,10 @@ impl GroupState {
 pub struct Member {
     group: Arc<ThrottleGroup>,
     id: u64,
+    /// Drained sections over the node: while any is open, requests pass
+    /// without waiting (still counted), as QEMU's `io_limits_disabled`,
+    /// so that a drain never waits for the limits.
+    unlimited: AtomicUsize,
 }
 
 impl Member {
@@ -247,6 +253,31 @@ impl Member {
     /// Waits until the group's limits let a request of `bytes` in
     /// `direction` through, and counts it. Cancel-safe: a dropped future
     /// leaves the queue and is not counted.
+    /// A drained section begins: waiting requests go now, new ones do
+    /// not wait.
+    pub fn suspend_limits(&self) {
+        self.unlimited.fetch_add(1, Ordering::AcqRel);
+        let state = self.group.lock();
+        let at = state.position(self.id);
+        for queue in &state.members[at].waiting {
+            for waiter in queue {
+                waiter.waker.wake_by_ref();
+            }
+        }
+    }
+
+    /// A drained section ends.
+    pub fn resume_limits(&self) {
+        self.unlimited.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The drained sections `other` is in now count for this member too
+    /// (a reopen moves a drained node to another group).
+    pub fn take_suspensions_of(&self, other: &Member) {
+        self.unlimited
+            .store(other.unlimited.load(Ordering::Acquire), Ordering::Release);
+    }
+
     pub fn admit(&self, direction: Direction, bytes: u64) -> Admission<'_> {
         Admission {
             member: self,
@@ -297,6 +328,13 @@ impl Future for Admission<'_> {
         let direction = this.direction.index();
         loop {
             let mut state = this.member.group.lock();
+            if this.member.unlimited.load(Ordering::Acquire) > 0 {
+                if let Some(waiter) = this.waiter.take() {
+                    state.remove(member, direction, waiter);
+                }
+                state.buckets.account(this.direction, this.bytes);
+                return Poll::Ready(());
+            }
             let now = Instant::now();
             let waiter = match this.waiter {
                 Some(waiter) => waiter,

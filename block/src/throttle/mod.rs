@@ -6,7 +6,8 @@
 //! discard through to its `file` child only when the group's limits allow
 //! it: reads count as reads, the others as writes, each with its length in
 //! bytes, as in QEMU. Flushes and block status pass unthrottled. Reads are
-//! never served around the filter (no zero-copy read source). The node
+//! never served around the filter (no zero-copy read source). While the
+//! node is drained its requests pass without waiting, as in QEMU. The node
 //! leaves the group when it closes; a group that nodes use cannot be
 //! deleted.
 //!
@@ -128,8 +129,19 @@ impl BlockDriver for ThrottleDriver {
         };
         let member = prepared.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(member) = member {
+            member.take_suspensions_of(&self.member.load());
             self.member.store(Arc::new(member));
         }
+    }
+
+    /// While the node is drained its requests do not wait for the limits
+    /// (QEMU's `throttle_co_drain_begin`): a drain never waits on them.
+    fn drain_begin(&self) {
+        self.member.load().suspend_limits();
+    }
+
+    fn drain_end(&self) {
+        self.member.load().resume_limits();
     }
 
     /// Reads must pass the limits: never served around them.
