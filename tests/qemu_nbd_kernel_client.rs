@@ -19,7 +19,11 @@ fn the_kernel_client_writes_a_file_system_into_a_qcow2_image() {
         &["create", "-q", "-f", "qcow2", image_str, "64M"],
     );
     let pid_file = scratch.path().join("server.pid");
-    let storaged = env!("CARGO_BIN_EXE_storaged");
+    // The host's /tmp (where a build may live) is hidden in the guest;
+    // the scratch folder is shared at its host path.
+    let binary = scratch.path().join("storaged");
+    std::fs::copy(env!("CARGO_BIN_EXE_storaged"), &binary).expect("copy storaged");
+    let storaged = binary.display();
     // The server forks once the device is attached and stops when it is
     // detached; its pid file goes away when it has closed the image.
     let attach = |extra: &str| {
