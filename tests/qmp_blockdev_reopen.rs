@@ -3,7 +3,9 @@
 //! a `file` child moved; options that cannot change; bad node names;
 //! a throttle node moved to another group; a qcow2 node given a backing
 //! node it did not have, then none; a raw node's window moved and
-//! resized) compared with qemu-storage-daemon's answers; and a throttle filter inserted below an
+//! resized; a qcow2 node's lazy refcounts and discard options changed,
+//! seen in its dirty flag and in the file's allocation) compared with
+//! qemu-storage-daemon's answers; and a throttle filter inserted below an
 //! exported format and removed again, then deleted, while an NBD client
 //! writes and verifies without pause.
 
@@ -436,4 +438,131 @@ async fn a_raw_window_moves_on_reopen_as_in_qemu_storage_daemon() {
     let ours = raw_window_session(storaged()).await;
     assert_eq!(ours, theirs, "ours, then QSD's");
     assert_eq!(ours[2], 8 * MIB);
+}
+
+/// Allocated bytes of `path` on the host.
+fn allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("metadata").blocks() * 512
+}
+
+/// A qcow2 node's own options changed by reopens under an export: lazy
+/// refcounts on (the image is marked dirty once a write allocates), guest
+/// discards kept from the file, then passed to it; a `data-file` change
+/// refused.
+async fn qcow2_options_session(program: Command) -> Vec<Value> {
+    let dir = tempfile::tempdir().expect("dir");
+    let image = dir.path().join("options.qcow2");
+    let image_str = image.to_str().expect("UTF-8").to_owned();
+    common::tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", &image_str, "16M"],
+    );
+    common::tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write 0 1M",
+            "-c",
+            "write 2M 1M",
+            &image_str,
+        ],
+    );
+    let daemon = TestDaemon::spawn(program, dir, |dir| {
+        vec![
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+        ]
+    });
+    let mut client = daemon.connect().await;
+    let qcow2 = |extra: Value| {
+        let mut options = json!({"driver": "qcow2", "node-name": "q", "file": "f"});
+        options
+            .as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        json!({"options": [options]})
+    };
+    ok(
+        &mut client,
+        "blockdev-add",
+        json!({"driver": "file", "node-name": "f", "filename": image_str, "discard": "unmap"}),
+    )
+    .await;
+    ok(
+        &mut client,
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "q", "file": "f"}),
+    )
+    .await;
+    ok(
+        &mut client,
+        "block-export-add",
+        json!({"type": "nbd", "id": "e", "node-name": "q", "writable": true}),
+    )
+    .await;
+    let uri = format!("nbd+unix:///q?socket={}", daemon.path("nbd.sock").display());
+    let dirty = |nodes: Value| {
+        let q = nodes
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["node-name"] == "q");
+        q.expect("node q")["image"]["dirty-flag"].clone()
+    };
+    let mut seen = vec![
+        reply(
+            &mut client,
+            "blockdev-reopen",
+            qcow2(json!({"lazy-refcounts": true, "discard": "unmap",
+                         "pass-discard-request": false})),
+        )
+        .await,
+    ];
+    common::tool("qemu-io", &["-f", "raw", "-c", "write 8M 64k", &uri]);
+    let nodes = ok(
+        &mut client,
+        "query-named-block-nodes",
+        json!({"flat": true}),
+    )
+    .await;
+    seen.push(dirty(nodes));
+    let before = allocated(&image);
+    common::tool("qemu-io", &["-f", "raw", "-c", "discard 0 1M", &uri]);
+    seen.push(json!({"discard reached the file": allocated(&image) < before}));
+    seen.push(
+        reply(
+            &mut client,
+            "blockdev-reopen",
+            qcow2(json!({"data-file": "f"})),
+        )
+        .await,
+    );
+    seen.push(
+        reply(
+            &mut client,
+            "blockdev-reopen",
+            qcow2(json!({"discard": "unmap"})),
+        )
+        .await,
+    );
+    let before = allocated(&image);
+    common::tool("qemu-io", &["-f", "raw", "-c", "discard 2M 1M", &uri]);
+    seen.push(json!({"discard reached the file": allocated(&image) < before}));
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qcow2_options_change_on_reopen_as_in_qemu_storage_daemon() {
+    let theirs = qcow2_options_session(Command::new("qemu-storage-daemon")).await;
+    let ours = qcow2_options_session(storaged()).await;
+    assert_eq!(ours, theirs, "ours, then QSD's");
+    assert_eq!(ours[1], true, "lazy refcounts mark the image dirty");
+    assert_eq!(ours[2]["discard reached the file"], false);
+    assert_eq!(ours[5]["discard reached the file"], true);
 }

@@ -448,6 +448,7 @@ pub trait BlockDriver: Send + Sync + 'static {
     fn prepare_reopen(
         &self,
         _options: &BlockdevDriver,
+        _settings: &NodeSettings,
         _objects: Option<&dyn ObjectLookup>,
     ) -> BlockResult<Option<Arc<dyn Any + Send + Sync>>> {
         Ok(None)

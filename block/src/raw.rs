@@ -208,6 +208,7 @@ impl BlockDriver for RawDriver {
     fn prepare_reopen(
         &self,
         options: &BlockdevDriver,
+        _settings: &crate::node::NodeSettings,
         _objects: Option<&dyn ObjectLookup>,
     ) -> BlockResult<Option<Arc<dyn Any + Send + Sync>>> {
         let BlockdevDriver::Raw(options) = options else {

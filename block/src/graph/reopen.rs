@@ -201,9 +201,9 @@ impl BlockGraph {
                 }
             }
         }
-        let prepared = node
-            .driver()
-            .prepare_reopen(&options.driver, self.shared.objects())?;
+        let prepared =
+            node.driver()
+                .prepare_reopen(&options.driver, &settings, self.shared.objects())?;
         Ok(Reopen {
             node,
             settings,
@@ -366,15 +366,9 @@ fn child_changes<'a>(
         (BlockdevDriver::Raw(_), BlockdevDriver::Raw(new)) => {
             Ok(vec![(ChildRole::File, by_name("file", &new.file)?)])
         }
+        // The other options are the driver's to check and apply.
         (BlockdevDriver::Qcow2(old), BlockdevDriver::Qcow2(new)) => {
-            let mut unchanged = old.clone();
-            unchanged.file = new.file.clone();
-            unchanged.backing = new.backing.clone();
-            if &unchanged != new {
-                return Err(generic(
-                    "Only the 'file' and 'backing' children of a qcow2 node can change on reopen",
-                ));
-            }
+            same("data-file", &old.data_file, &new.data_file)?;
             let backing = match &new.backing {
                 None => ChildChange::Keep,
                 Some(BlockdevRefOrNull::Reference(name)) => ChildChange::To(name),

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::OnceCell;
@@ -100,7 +101,8 @@ impl CacheState {
 
 /// A bounded cache of tables.
 pub struct TableCache {
-    capacity: usize,
+    /// A reopen may change it (`l2-cache-size`, `refcount-cache-size`).
+    capacity: AtomicUsize,
     state: Mutex<CacheState>,
 }
 
@@ -108,7 +110,7 @@ impl TableCache {
     /// A cache of at most `capacity` tables (at least 2).
     pub fn new(capacity: usize) -> Self {
         TableCache {
-            capacity: capacity.max(2),
+            capacity: AtomicUsize::new(capacity.max(2)),
             state: Mutex::new(CacheState::default()),
         }
     }
@@ -200,7 +202,7 @@ impl TableCache {
     /// Whether more tables are cached than the capacity allows (all the
     /// others were pinned or dirty).
     pub fn over_capacity(&self) -> bool {
-        self.state().slots.len() > self.capacity
+        self.state().slots.len() > self.capacity()
     }
 
     /// Evicts clean, unused tables, oldest first, down to the capacity.
@@ -210,10 +212,10 @@ impl TableCache {
     }
 
     fn evict(&self, state: &mut CacheState) {
-        if state.slots.len() <= self.capacity {
+        if state.slots.len() <= self.capacity() {
             return;
         }
-        let mut excess = state.slots.len() - self.capacity;
+        let mut excess = state.slots.len() - self.capacity();
         let mut victims = Vec::new();
         for &offset in state.lru.values() {
             if excess == 0 {
@@ -247,7 +249,13 @@ impl TableCache {
 
     /// The most tables the cache keeps.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Keeps at most `capacity` tables (at least 2) from now on; a cache
+    /// over it shrinks at the next writeback.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity.max(2), Ordering::Relaxed);
     }
 
     /// Number of cached tables.

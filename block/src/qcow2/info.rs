@@ -17,7 +17,7 @@ impl Qcow2 {
             data_file: None,
             data_file_raw: None,
             extended_l2: v3.then_some(false),
-            lazy_refcounts: v3.then_some(self.facts.lazy_refcounts),
+            lazy_refcounts: v3.then_some(self.facts.lazy_in_header),
             corrupt: v3.then(|| self.corrupt.load(Ordering::Acquire)),
             refcount_bits: 1i64 << geo.refcount_order,
             bitmaps: Some(self.bitmap_dir.load().info()).filter(|list| !list.is_empty()),

@@ -145,7 +145,7 @@ impl Qcow2 {
             self.refs
                 .lock()
                 .await
-                .schedule_free(cluster, 1, self.facts.pass_discard_other);
+                .schedule_free(cluster, 1, self.tunables().pass_discard_other);
         }
         Ok(table)
     }

@@ -93,6 +93,25 @@ pub(crate) struct Backing(Arc<dyn BlockChild>);
 struct Facts {
     geo: Geometry,
     compression: CompressionType,
+    /// The header's lazy refcounts bit: `lazy-refcounts` when not given.
+    lazy_in_header: bool,
+    /// What the header names (a stream or commit may change it).
+    backing: std::sync::Mutex<BackingInfo>,
+    on_corruption: Option<CorruptionHook>,
+}
+
+/// A checked `blockdev-reopen` of the node, to apply if the whole reopen
+/// succeeds.
+struct Reopened {
+    tunables: Tunables,
+    l2_tables: u64,
+    refcount_tables: u64,
+}
+
+/// The options a `blockdev-reopen` may change (QEMU's
+/// `qcow2_update_options`), besides the cache sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tunables {
     lazy_refcounts: bool,
     pass_discard_request: bool,
     pass_discard_other: bool,
@@ -100,11 +119,38 @@ struct Facts {
     /// `pass-discard-snapshot`: clusters a deleted snapshot frees are
     /// discarded in the file.
     pass_discard_snapshot: bool,
-    /// What the header names (a stream or commit may change it).
-    backing: std::sync::Mutex<BackingInfo>,
-    on_corruption: Option<CorruptionHook>,
     /// Metadata that guest writes are checked against (`overlap-check`).
     overlap_checks: overlap::OverlapChecks,
+}
+
+impl Tunables {
+    /// What `options` ask of an image of this `version` whose header says
+    /// `lazy_in_header`, with QEMU's checks.
+    fn from_options(
+        options: &Qcow2Options,
+        version: u32,
+        lazy_in_header: bool,
+    ) -> BlockResult<Self> {
+        let lazy_refcounts = options.lazy_refcounts.unwrap_or(lazy_in_header);
+        if options.discard_no_unref && version < 3 {
+            return Err(invalid(
+                "discard-no-unref is only supported since qcow2 version 3",
+            ));
+        }
+        if lazy_refcounts && version < 3 {
+            return Err(invalid(
+                "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level",
+            ));
+        }
+        Ok(Tunables {
+            lazy_refcounts,
+            pass_discard_request: options.pass_discard_request.unwrap_or(true),
+            pass_discard_other: options.pass_discard_other.unwrap_or(false),
+            discard_no_unref: options.discard_no_unref,
+            pass_discard_snapshot: options.pass_discard_snapshot.unwrap_or(true),
+            overlap_checks: options.overlap_checks,
+        })
+    }
 }
 
 /// An open qcow2 image.
@@ -113,6 +159,8 @@ pub struct Qcow2 {
     /// The backing image; a snapshot or a stream may set or clear it.
     backing: arc_swap::ArcSwapOption<Backing>,
     facts: Facts,
+    /// What a reopen may change.
+    tunables: arc_swap::ArcSwap<Tunables>,
     header: HeaderStore,
     size: AtomicU64,
     /// The active L1 table.
@@ -254,35 +302,19 @@ impl Qcow2 {
         h.check_features(writable, &image.feature_names)?;
         let geo = Geometry::new(h.cluster_bits, h.refcount_order, h.version);
         let cs = geo.cluster_size();
-        let lazy_refcounts = options
-            .lazy_refcounts
-            .unwrap_or(h.compatible_features & compat::LAZY_REFCOUNTS != 0);
-        if options.discard_no_unref && h.version < 3 {
-            return Err(invalid(
-                "discard-no-unref is only supported since qcow2 version 3",
-            ));
-        }
-        if lazy_refcounts && h.version < 3 {
-            return Err(invalid(
-                "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level",
-            ));
-        }
+        let lazy_in_header = h.compatible_features & compat::LAZY_REFCOUNTS != 0;
+        let tunables = Tunables::from_options(&options, h.version, lazy_in_header)?;
         let (l2_tables, refcount_tables) = options.cache_tables(h.size, cs)?;
         let (l1, refs) = load_tables(&file, &h, geo, refcount_tables).await?;
         let facts = Facts {
             geo,
             compression: h.compression_type,
-            lazy_refcounts,
-            pass_discard_request: options.pass_discard_request.unwrap_or(true),
-            pass_discard_other: options.pass_discard_other.unwrap_or(false),
-            discard_no_unref: options.discard_no_unref,
+            lazy_in_header,
             backing: std::sync::Mutex::new(BackingInfo {
                 file: image.backing_file.clone(),
                 format: image.backing_format.clone(),
             }),
             on_corruption: options.on_corruption.clone(),
-            overlap_checks: options.overlap_checks,
-            pass_discard_snapshot: options.pass_discard_snapshot.unwrap_or(true),
         };
         let snapshot_table =
             snapshot::read_table(file.as_ref(), h.snapshots_offset, h.nb_snapshots).await?;
@@ -293,6 +325,7 @@ impl Qcow2 {
             file,
             backing: arc_swap::ArcSwapOption::from(backing.map(|child| Arc::new(Backing(child)))),
             facts,
+            tunables: arc_swap::ArcSwap::from_pointee(tunables),
             size: AtomicU64::new(h.size),
             l1: RwLock::new(l1),
             l2_cache: TableCache::new(l2_tables as usize),
@@ -362,7 +395,7 @@ impl Qcow2 {
 
     /// With lazy refcounts, sets the dirty bit before the first change.
     async fn mark_dirty(&self) -> BlockResult<()> {
-        if !self.facts.lazy_refcounts || self.dirty.load(Ordering::Acquire) {
+        if !self.tunables().lazy_refcounts || self.dirty.load(Ordering::Acquire) {
             return Ok(());
         }
         self.file.flush().await?;
@@ -403,6 +436,38 @@ impl Qcow2 {
 
     fn geo(&self) -> &Geometry {
         &self.facts.geo
+    }
+
+    fn tunables(&self) -> arc_swap::Guard<Arc<Tunables>> {
+        self.tunables.load()
+    }
+
+    /// What a reopen with `options` would change, checked.
+    fn reopened(
+        &self,
+        options: &schema::block::BlockdevOptionsQcow2,
+        settings: &crate::node::NodeSettings,
+    ) -> BlockResult<Reopened> {
+        let options = Qcow2Options::from_schema(options, settings)?;
+        let geo = self.geo();
+        let (l2_tables, refcount_tables) =
+            options.cache_tables(self.virtual_size(), geo.cluster_size())?;
+        Ok(Reopened {
+            tunables: Tunables::from_options(&options, geo.version, self.facts.lazy_in_header)?,
+            l2_tables,
+            refcount_tables,
+        })
+    }
+
+    /// Applies a reopen (nothing is in flight: the node is drained). An
+    /// image left dirty by lazy refcounts just turned off stays so until
+    /// it closes (its refcounts are repaired if it never does).
+    fn apply_reopened(&self, reopened: &Reopened) {
+        self.tunables.store(Arc::new(reopened.tunables.clone()));
+        self.l2_cache.set_capacity(reopened.l2_tables as usize);
+        if let Ok(refs) = self.refs.try_lock() {
+            refs.set_cache_tables(reopened.refcount_tables);
+        }
     }
 
     fn l1(&self) -> RwLockReadGuard<'_, FlatTable> {
@@ -598,6 +663,25 @@ impl BlockDriver for Qcow2 {
     async fn remove_stored_bitmap(&self, name: &str) -> BlockResult<()> {
         let result = Qcow2::remove_stored_bitmap(self, name).await;
         self.check_corruption(result).await
+    }
+
+    /// QEMU's `qcow2_reopen_prepare`: the options checked as at open.
+    fn prepare_reopen(
+        &self,
+        options: &schema::block::BlockdevDriver,
+        settings: &crate::node::NodeSettings,
+        _objects: Option<&dyn crate::open::ObjectLookup>,
+    ) -> BlockResult<Option<Arc<dyn std::any::Any + Send + Sync>>> {
+        let schema::block::BlockdevDriver::Qcow2(options) = options else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(self.reopened(options, settings)?)))
+    }
+
+    fn commit_reopen(&self, prepared: Arc<dyn std::any::Any + Send + Sync>) {
+        if let Ok(reopened) = prepared.downcast::<Reopened>() {
+            self.apply_reopened(&reopened);
+        }
     }
 
     async fn snapshot_load_tmp(&self, id: Option<&str>, name: Option<&str>) -> BlockResult<()> {

@@ -72,7 +72,7 @@ impl Qcow2 {
     /// Refuses (as corruption) a write of guest data to the host range
     /// `[offset, offset + len)` if it overlaps checked metadata.
     pub(super) async fn check_overlap(&self, offset: u64, len: u64) -> BlockResult<()> {
-        let checks = self.facts.overlap_checks;
+        let checks = self.tunables().overlap_checks;
         if checks == OverlapChecks::NONE || len == 0 {
             return Ok(());
         }

@@ -95,6 +95,11 @@ impl Refcounts {
         self.blocks.capacity() as u64
     }
 
+    /// Keeps at most `tables` refcount blocks from now on.
+    pub fn set_cache_tables(&self, tables: u64) {
+        self.blocks.set_capacity(tables as usize);
+    }
+
     /// Host offset and clusters of the refcount table.
     pub fn table_location(&self) -> (u64, u64) {
         let cs = self.geo.cluster_size();

@@ -105,7 +105,7 @@ impl Qcow2 {
             self.refs.lock().await.schedule_free(
                 first,
                 old_clusters,
-                self.facts.pass_discard_other,
+                self.tunables().pass_discard_other,
             );
         }
         Ok(())

@@ -296,7 +296,7 @@ impl Qcow2 {
             self.refs.lock().await.schedule_free(
                 self.geo().cluster_index(removed.l1_offset),
                 l1_clusters,
-                self.facts.pass_discard_snapshot,
+                self.tunables().pass_discard_snapshot,
             );
         }
         self.writeback().await?;
@@ -338,7 +338,7 @@ impl Qcow2 {
             self.refs.lock().await.schedule_free(
                 self.geo().cluster_index(old.offset),
                 old.len.div_ceil(cs),
-                self.facts.pass_discard_snapshot,
+                self.tunables().pass_discard_snapshot,
             );
         }
         Ok(())
@@ -372,10 +372,11 @@ impl Qcow2 {
             }
             self.change_l2_entries(index, l2_offset, false).await?;
             let l2_cluster = self.geo().cluster_index(l2_offset);
-            self.refs
-                .lock()
-                .await
-                .schedule_free(l2_cluster, 1, self.facts.pass_discard_snapshot);
+            self.refs.lock().await.schedule_free(
+                l2_cluster,
+                1,
+                self.tunables().pass_discard_snapshot,
+            );
         }
         Ok(())
     }
@@ -401,10 +402,11 @@ impl Qcow2 {
                     refs.update(cluster, true).await?;
                 }
             } else {
-                self.refs
-                    .lock()
-                    .await
-                    .schedule_free(host, count, self.facts.pass_discard_snapshot);
+                self.refs.lock().await.schedule_free(
+                    host,
+                    count,
+                    self.tunables().pass_discard_snapshot,
+                );
             }
         }
         if share {

@@ -133,7 +133,7 @@ impl Qcow2 {
         if !freed.is_empty() {
             let mut refs = self.refs.lock().await;
             for (cluster, n) in freed {
-                refs.schedule_free(cluster, n, self.facts.pass_discard_other);
+                refs.schedule_free(cluster, n, self.tunables().pass_discard_other);
             }
         }
         Ok(())

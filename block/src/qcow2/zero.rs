@@ -90,7 +90,7 @@ impl Qcow2 {
         self.mark_dirty().await?;
         if let Some((first, count)) = body {
             let unmap = flags.may_unmap;
-            let keep = self.facts.discard_no_unref;
+            let keep = self.tunables().discard_no_unref;
             self.rewrite_entries(first, count, |kind| zero_change(kind, unmap, keep))
                 .await?;
         }
@@ -144,7 +144,7 @@ impl Qcow2 {
         self.mark_dirty().await?;
         let v3 = self.geo().version >= 3;
         let has_backing = self.backing.load().is_some();
-        let keep = self.facts.discard_no_unref;
+        let keep = self.tunables().discard_no_unref;
         self.rewrite_entries(first, count, |kind| {
             discard_change(kind, v3, has_backing, keep)
         })
@@ -172,7 +172,7 @@ impl Qcow2 {
         count: u64,
         decide: impl Fn(ClusterKind) -> Option<Change>,
     ) -> BlockResult<()> {
-        let discard = self.facts.pass_discard_request;
+        let discard = self.tunables().pass_discard_request;
         let cs = self.geo().cluster_size();
         let geo = *self.geo();
         let _lock = self.clusters.lock(first, first + count, true).await;

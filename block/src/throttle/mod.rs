@@ -113,6 +113,7 @@ impl BlockDriver for ThrottleDriver {
     fn prepare_reopen(
         &self,
         options: &BlockdevDriver,
+        _settings: &crate::node::NodeSettings,
         objects: Option<&dyn ObjectLookup>,
     ) -> BlockResult<Option<Arc<dyn Any + Send + Sync>>> {
         let BlockdevDriver::Throttle(options) = options else {
