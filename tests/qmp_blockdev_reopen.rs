@@ -566,3 +566,36 @@ async fn qcow2_options_change_on_reopen_as_in_qemu_storage_daemon() {
     assert_eq!(ours[2]["discard reached the file"], false);
     assert_eq!(ours[5]["discard reached the file"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_reopen_as_in_qemu_storage_daemon() {
+    let prealloc = |extra: Value| {
+        let mut options = json!({"driver": "preallocate", "node-name": "p", "file": "n"});
+        options
+            .as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        json!({"execute": "blockdev-reopen", "arguments": {"options": [options]}})
+    };
+    let cor = json!({"execute": "blockdev-reopen", "arguments": {"options": [
+        {"driver": "copy-on-read", "node-name": "c", "file": "n"}]}});
+    let session = vec![
+        json!({"execute": "blockdev-add", "arguments":
+            {"driver": "null-co", "node-name": "n", "size": 16 << 20}}),
+        json!({"execute": "blockdev-add", "arguments":
+            {"driver": "copy-on-read", "node-name": "c", "file": "n"}}),
+        cor,
+        json!({"execute": "blockdev-del", "arguments": {"node-name": "c"}}),
+        json!({"execute": "blockdev-add", "arguments":
+            {"driver": "preallocate", "node-name": "p", "file": "n"}}),
+        prealloc(json!({"prealloc-size": 1 << 20, "prealloc-align": 65536})),
+        prealloc(json!({"prealloc-align": 1000})),
+        prealloc(json!({"read-only": true})),
+        prealloc(json!({"prealloc-size": 1 << 20, "prealloc-align": 1000})),
+        prealloc(json!({"prealloc-size": 2 << 20, "prealloc-align": 4096})),
+    ];
+    let theirs = common::transcript(Command::new("qemu-storage-daemon"), &session).await;
+    let ours = common::transcript(storaged(), &session).await;
+    assert_eq!(ours, theirs, "ours, then QSD's");
+    assert!(ours[5].get("return").is_some(), "{}", ours[5]);
+}

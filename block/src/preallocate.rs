@@ -19,10 +19,11 @@
 //! graph's permissions applied again. Growing, cutting and resizing the
 //! file are serialised; writes inside the grown file go straight through.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use schema::block::BlockdevOptionsPreallocate;
+use schema::block::{BlockdevDriver, BlockdevOptionsPreallocate};
 
 use crate::driver::{BlockDriver, ChildRole, WriteFlags, ZeroFlags};
 use crate::error::{BlockError, BlockResult, ErrorKind};
@@ -49,10 +50,10 @@ pub struct Preallocate {
 /// What the node and its preallocation-dropping task share.
 struct Inner {
     file: Arc<NodeChild>,
-    /// `prealloc-align`.
-    align: u64,
-    /// `prealloc-size`.
-    size: u64,
+    /// `prealloc-align` (a reopen may change it).
+    align: AtomicU64,
+    /// `prealloc-size` (a reopen may change it).
+    size: AtomicU64,
     ends: Mutex<Ends>,
     /// Held while the file grows, is cut back or resized.
     resizing: tokio::sync::Mutex<()>,
@@ -123,30 +124,40 @@ impl Preallocate {
     ) -> BlockResult<Self> {
         let flags = ChildRoleFlags::FILTERED.union(ChildRoleFlags::PRIMARY);
         let file = cx.child(&options.file, ChildRole::File, flags).await?;
-        let align = size_option("prealloc-align", options.prealloc_align, DEFAULT_ALIGN)?;
-        let size = size_option("prealloc-size", options.prealloc_size, DEFAULT_SIZE)?;
-        if !align.is_multiple_of(SECTOR_SIZE) {
-            return Err(invalid(format!(
-                "prealloc-align parameter of preallocate filter is not aligned to {SECTOR_SIZE}"
-            )));
-        }
-        let file_align = u64::from(file.node().limits().request_alignment.max(1));
-        if !align.is_multiple_of(file_align) {
-            return Err(invalid(format!(
-                "prealloc-align parameter of preallocate filter is not aligned to underlying node request alignment ({file_align})"
-            )));
-        }
+        let (align, size) = checked_sizes(options, &file)?;
         Ok(Preallocate {
             inner: Arc::new(Inner {
                 file,
-                align,
-                size,
+                align: AtomicU64::new(align),
+                size: AtomicU64::new(size),
                 ends: Mutex::default(),
                 resizing: tokio::sync::Mutex::new(()),
                 refresh: cx.perm_refresh(),
             }),
         })
     }
+}
+
+/// `prealloc-align` and `prealloc-size` of `options` over `file`, with
+/// QEMU's checks (`preallocate_absorb_opts`).
+fn checked_sizes(
+    options: &BlockdevOptionsPreallocate,
+    file: &NodeChild,
+) -> BlockResult<(u64, u64)> {
+    let align = size_option("prealloc-align", options.prealloc_align, DEFAULT_ALIGN)?;
+    let size = size_option("prealloc-size", options.prealloc_size, DEFAULT_SIZE)?;
+    if !align.is_multiple_of(SECTOR_SIZE) {
+        return Err(invalid(format!(
+            "prealloc-align parameter of preallocate filter is not aligned to {SECTOR_SIZE}"
+        )));
+    }
+    let file_align = u64::from(file.node().limits().request_alignment.max(1));
+    if !align.is_multiple_of(file_align) {
+        return Err(invalid(format!(
+            "prealloc-align parameter of preallocate filter is not aligned to underlying node request alignment ({file_align})"
+        )));
+    }
+    Ok((align, size))
 }
 
 impl Inner {
@@ -218,7 +229,7 @@ impl Inner {
             }
             let file_end = ends.file_end.unwrap_or(0);
             let file_align = self.file_align();
-            let align = self.align.max(file_align);
+            let align = self.align.load(Ordering::Relaxed).max(file_align);
             let from = if merge_zero {
                 offset.min(file_end)
             } else {
@@ -229,7 +240,7 @@ impl Inner {
             };
             let Some(grown_end) = start
                 .max(end)
-                .checked_add(self.size)
+                .checked_add(self.size.load(Ordering::Relaxed))
                 .and_then(|e| e.checked_next_multiple_of(align))
             else {
                 return false;
@@ -311,6 +322,26 @@ impl Inner {
 impl BlockDriver for Preallocate {
     fn format_name(&self) -> &'static str {
         "preallocate"
+    }
+
+    /// A reopen may change the sizes (QEMU's `preallocate_reopen_prepare`).
+    fn prepare_reopen(
+        &self,
+        options: &BlockdevDriver,
+        _settings: &crate::node::NodeSettings,
+        _objects: Option<&dyn crate::open::ObjectLookup>,
+    ) -> BlockResult<Option<Arc<dyn std::any::Any + Send + Sync>>> {
+        let BlockdevDriver::Preallocate(options) = options else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(checked_sizes(options, &self.inner.file)?)))
+    }
+
+    fn commit_reopen(&self, prepared: Arc<dyn std::any::Any + Send + Sync>) {
+        if let Ok(sizes) = prepared.downcast::<(u64, u64)>() {
+            self.inner.align.store(sizes.0, Ordering::Relaxed);
+            self.inner.size.store(sizes.1, Ordering::Relaxed);
+        }
     }
 
     fn filtered(&self) -> Option<&NodeChild> {

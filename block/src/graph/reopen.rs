@@ -176,7 +176,7 @@ impl BlockGraph {
         settings.inactive = node.settings().inactive;
         let mut edges = Vec::new();
         let mut backing = BackingChange::Keep;
-        for (role, change) in child_changes(&old, &options.driver)? {
+        for (role, change) in child_changes(name, &old, &options.driver)? {
             let edge = node.children().iter().find(|c| c.role() == role).cloned();
             match (change, edge) {
                 (ChildChange::Keep, _) | (ChildChange::Null, None) => {}
@@ -344,6 +344,7 @@ impl GraphState {
 /// The child options of `new` against `old`, checking that every other
 /// driver option is unchanged (QEMU's "Cannot change the option").
 fn child_changes<'a>(
+    node: &str,
     old: &BlockdevDriver,
     new: &'a BlockdevDriver,
 ) -> BlockResult<Vec<(ChildRole, ChildChange<'a>)>> {
@@ -383,6 +384,13 @@ fn child_changes<'a>(
         (BlockdevDriver::Throttle(_), BlockdevDriver::Throttle(new)) => {
             Ok(vec![(ChildRole::File, by_name("file", &new.file)?)])
         }
+        // The sizes are the driver's to check; a size given before must be
+        // given again (QEMU's words).
+        (BlockdevDriver::Preallocate(old), BlockdevDriver::Preallocate(new)) => {
+            not_reset("prealloc-align", &old.prealloc_align, &new.prealloc_align)?;
+            not_reset("prealloc-size", &old.prealloc_size, &new.prealloc_size)?;
+            Ok(vec![(ChildRole::File, by_name("file", &new.file)?)])
+        }
         (BlockdevDriver::Blkdebug(old), BlockdevDriver::Blkdebug(new)) => {
             same("config", &old.config, &new.config)?;
             same("align", &old.align, &new.align)?;
@@ -406,7 +414,7 @@ fn child_changes<'a>(
             Ok(vec![(ChildRole::Image, by_name("image", &new.image)?)])
         }
         _ => Err(generic(format!(
-            "Block format '{}' does not support reopening files",
+            "Block format '{}' used by node '{node}' does not support reopening files",
             new.name()
         ))),
     }
@@ -427,6 +435,16 @@ fn same<T: PartialEq>(option: &str, old: &T, new: &T) -> BlockResult<()> {
     } else {
         Err(cannot_change(option))
     }
+}
+
+/// An option given before may change but not go.
+fn not_reset<T>(option: &str, old: &Option<T>, new: &Option<T>) -> BlockResult<()> {
+    if old.is_some() && new.is_none() {
+        return Err(generic(format!(
+            "Option '{option}' cannot be reset to its default value"
+        )));
+    }
+    Ok(())
 }
 
 fn cannot_change(option: &str) -> crate::error::BlockError {
