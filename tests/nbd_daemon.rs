@@ -729,7 +729,7 @@ async fn acknowledged_data_survives_kill_9() {
         .status()
         .unwrap();
     assert!(created.success());
-    let daemon = TestDaemon::start_in(dir, |dir| {
+    let mut daemon = TestDaemon::start_in(dir, |dir| {
         vec![
             "--blockdev".into(),
             format!(
@@ -762,7 +762,8 @@ sys.stdin.read()
     let mut client = ScriptClient::start(script, &uri);
     assert_eq!(client.line(), "acknowledged");
     daemon.signal(libc::SIGKILL);
-    drop(daemon.dir.path().to_path_buf());
+    // Gone before the image is checked: its lock goes with it.
+    daemon.wait_exit();
     client.kill();
     let image = image.to_str().unwrap().to_string();
     let check = Command::new("qemu-img")
