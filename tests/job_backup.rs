@@ -248,3 +248,36 @@ async fn refusals_are_qemus() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_compressed_backup_under_writes_is_its_point_in_time() {
+    let mut daemon = backup_daemon();
+    let mut qmp = daemon.connect().await;
+    let mut writer = Writer::start(&daemon).await;
+    writer.pause(&daemon.path("at-start.raw")).await;
+    ok(
+        &mut qmp,
+        "blockdev-backup",
+        json!({"job-id": "c", "device": "src", "target": "full", "sync": "full",
+               "compress": true, "speed": 32 << 20}),
+    )
+    .await;
+    writer.resume().await;
+    let done = wait_event(&mut qmp, "BLOCK_JOB_COMPLETED").await;
+    assert!(done["data"].get("error").is_none(), "{done}");
+    writer.stop(&daemon);
+    ok(&mut qmp, "quit", json!({})).await;
+    assert!(daemon.wait_exit().success());
+    let target = daemon.path("full.qcow2");
+    compare_raw(&daemon.path("at-start.raw"), &target);
+    tool("qemu-img", &["check", "-q", path(&target)]);
+    let map: serde_json::Value =
+        serde_json::from_str(&tool("qemu-img", &["map", "--output=json", path(&target)])).unwrap();
+    let compressed = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|extent| extent["compressed"] == true)
+        .count();
+    assert!(compressed > 0, "{map}");
+}

@@ -220,7 +220,14 @@ impl BlockBackend {
             if fua { 0x10 } else { 0 }
         );
         self.check_write_range(root, offset, len)?;
-        let request = root.write(offset, buf, WriteFlags { fua });
+        let request = root.write(
+            offset,
+            buf,
+            WriteFlags {
+                fua,
+                ..WriteFlags::default()
+            },
+        );
         self.inner.stats.account(IoKind::Write, len, request).await
     }
 

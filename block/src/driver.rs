@@ -48,6 +48,10 @@ pub struct BackingFileName {
 pub struct WriteFlags {
     /// Force unit access: the data is durable when the request completes.
     pub fua: bool,
+    /// Store the data compressed (QEMU's `BDRV_REQ_WRITE_COMPRESSED`):
+    /// whole clusters, for drivers that
+    /// [`BlockDriver::supports_compressed_writes`].
+    pub compressed: bool,
 }
 
 /// Flags of a write-zeroes request.
@@ -336,6 +340,12 @@ pub trait BlockDriver: Send + Sync + 'static {
             ErrorKind::NotSupported,
             "The image format has no internal snapshots",
         ))
+    }
+
+    /// Whether writes with [`WriteFlags::compressed`] are stored
+    /// compressed (QEMU's `bdrv_supports_compressed_writes`).
+    fn supports_compressed_writes(&self) -> bool {
+        false
     }
 
     /// A drained section over the node begins: nothing the driver holds

@@ -172,7 +172,10 @@ where
     let end = offset + len;
     let inner_start = offset.div_ceil(align) * align;
     let inner_end = end / align * align;
-    let write_flags = WriteFlags { fua: flags.fua };
+    let write_flags = WriteFlags {
+        fua: flags.fua,
+        ..WriteFlags::default()
+    };
     if inner_start >= inner_end {
         // Within one or two partial blocks: all explicit zeroes.
         return write_partial(offset, IoBuf::zeroed(len as usize), write_flags).await;

@@ -60,7 +60,14 @@ async fn writes_land_in_the_file_and_read_back() {
         .await
         .unwrap();
     backend
-        .write_from(MIB as u64 - 3, b"end", WriteFlags { fua: true })
+        .write_from(
+            MIB as u64 - 3,
+            b"end",
+            WriteFlags {
+                fua: true,
+                ..WriteFlags::default()
+            },
+        )
         .await
         .unwrap();
     backend.flush().await.unwrap();

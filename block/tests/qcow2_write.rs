@@ -107,6 +107,7 @@ async fn differential(config: Config, rng: &mut Rng) {
                         buf,
                         WriteFlags {
                             fua: rng.below(20) == 0,
+                            ..WriteFlags::default()
                         },
                     )
                     .await

@@ -141,8 +141,15 @@ impl BlkdebugDriver {
                     ),
                 ));
             } else {
-                self.write_zero_buffer(at, n, WriteFlags { fua: flags.fua })
-                    .await?;
+                self.write_zero_buffer(
+                    at,
+                    n,
+                    WriteFlags {
+                        fua: flags.fua,
+                        ..WriteFlags::default()
+                    },
+                )
+                .await?;
             }
         }
         Ok(())

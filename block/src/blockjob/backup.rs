@@ -112,8 +112,10 @@ pub async fn prepare(
         return Err(generic("Source and target cannot be the same"));
     }
     let (sync, bitmap, bitmap_mode) = check_bitmap_options(graph, &source, &args)?;
-    if args.compress == Some(true) {
-        return Err(generic("Compressed backups are not supported"));
+    let compress = args.compress == Some(true);
+    if compress && !target.driver().supports_compressed_writes() {
+        // QEMU names the target's device, which a node has not.
+        return Err(generic("Compression is not supported for this drive "));
     }
     if source.size() != target.size() {
         return Err(generic("Source and target image have different sizes"));
@@ -134,6 +136,7 @@ pub async fn prepare(
         source: source.clone(),
         target: target.clone(),
         cluster,
+        compress,
         to_copy: DirtyBitmap::new(source.size(), cluster),
         locks: RangeLocks::default(),
         buffers: CopyBuffers::default(),
@@ -219,6 +222,8 @@ pub(super) struct BlockCopy {
     source: Arc<Node>,
     target: Arc<Node>,
     cluster: u64,
+    /// `compress`: whole clusters go to the target compressed.
+    compress: bool,
     to_copy: DirtyBitmap,
     locks: RangeLocks,
     buffers: CopyBuffers,
@@ -251,6 +256,9 @@ impl BlockCopy {
     /// Reads the source's current data of `range` and writes it to the
     /// target (zeroes as write-zeroes).
     async fn copy_now(&self, range: Range<u64>) -> Result<(), (bool, BlockError)> {
+        if self.compress {
+            return self.copy_compressed(range).await;
+        }
         let mut offset = range.start;
         while offset < range.end {
             let extent = self
@@ -290,6 +298,42 @@ impl BlockCopy {
             offset += len;
         }
         Ok(())
+    }
+}
+
+impl BlockCopy {
+    /// Copies `range` (whole target clusters) as it is, each cluster
+    /// compressed; all-zero ranges as write-zeroes.
+    async fn copy_compressed(&self, range: Range<u64>) -> Result<(), (bool, BlockError)> {
+        let buf = self
+            .buffers
+            .take((range.end - range.start) as usize)
+            .map_err(|e| (true, e))?;
+        let copied = async {
+            self.source
+                .read(range.start, &buf)
+                .await
+                .map_err(|e| (true, e))?;
+            let written = if buf.is_zero() {
+                let zeroes = ZeroFlags {
+                    may_unmap: true,
+                    ..ZeroFlags::default()
+                };
+                self.target
+                    .write_zeroes(range.start, buf.len() as u64, zeroes)
+                    .await
+            } else {
+                let flags = WriteFlags {
+                    compressed: true,
+                    ..WriteFlags::default()
+                };
+                self.target.write(range.start, &buf, flags).await
+            };
+            written.map_err(|e| (false, e))
+        }
+        .await;
+        self.buffers.give(buf);
+        copied
     }
 }
 

@@ -384,7 +384,14 @@ impl BlockDriver for NbdClient {
             }
             let zeroes = IoBuf::zeroed(len as usize);
             return self
-                .write(offset, &zeroes, WriteFlags { fua: flags.fua })
+                .write(
+                    offset,
+                    &zeroes,
+                    WriteFlags {
+                        fua: flags.fua,
+                        ..WriteFlags::default()
+                    },
+                )
                 .await;
         }
         let mut command_flags = 0;

@@ -68,7 +68,10 @@ impl Qcow2 {
     /// Replaces the cached metadata with what was just read.
     async fn adopt(&self, image: ImageHeader, l1: super::FlatTable, refs: super::Refcounts) {
         let h = image.header.clone();
-        *self.refs.lock().await = refs;
+        let mut held = self.refs.lock().await;
+        *held = refs;
+        *self.compressed_cursor() = None;
+        drop(held);
         *self.l1_mut() = l1;
         self.l2_cache.clear();
         self.size.store(h.size, Ordering::Release);

@@ -98,7 +98,7 @@ impl Geometry {
     }
 
     /// Bit position where the sector count of a compressed descriptor starts.
-    fn csize_shift(&self) -> u32 {
+    pub fn csize_shift(&self) -> u32 {
         62 - (self.cluster_bits - 8)
     }
 

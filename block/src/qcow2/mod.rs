@@ -25,6 +25,7 @@ mod bitmaps;
 mod cache;
 mod child;
 mod compress;
+mod compressed_write;
 mod corrupt;
 mod create;
 mod flat_table;
@@ -191,6 +192,8 @@ pub struct Qcow2 {
     bitmap_dir: arc_swap::ArcSwap<bitmaps::BitmapDirectory>,
     /// Serializes changes of the stored bitmaps.
     bitmap_lock: AsyncMutex<()>,
+    /// Where compressed clusters go next (see [`compressed_write`]).
+    compressed_cursor: std::sync::Mutex<Option<compressed_write::CompressedCursor>>,
     /// The image may be written: read-write and active (an inactive
     /// image belongs to another process, see [`activation`]).
     writable: AtomicBool,
@@ -341,6 +344,7 @@ impl Qcow2 {
             snapshot_table: arc_swap::ArcSwap::from_pointee(snapshot_table),
             bitmap_dir: arc_swap::ArcSwap::from_pointee(bitmap_dir),
             bitmap_lock: AsyncMutex::new(()),
+            compressed_cursor: std::sync::Mutex::new(None),
             writable: AtomicBool::new(writable),
             read_write: AtomicBool::new(options.writable),
             active: AtomicBool::new(!options.inactive),
@@ -526,7 +530,11 @@ impl BlockDriver for Qcow2 {
     }
 
     async fn write(&self, offset: u64, buf: &IoBuf, flags: WriteFlags) -> BlockResult<()> {
-        let result = self.write_at(offset, buf, flags).await;
+        let result = if flags.compressed {
+            self.write_compressed_at(offset, buf).await
+        } else {
+            self.write_at(offset, buf, flags).await
+        };
         self.check_corruption(result).await
     }
 
@@ -562,6 +570,10 @@ impl BlockDriver for Qcow2 {
 
     fn can_fast_zero(&self) -> bool {
         self.facts.geo.version >= 3
+    }
+
+    fn supports_compressed_writes(&self) -> bool {
+        true
     }
 
     fn filename(&self) -> String {

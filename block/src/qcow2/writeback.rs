@@ -180,6 +180,9 @@ impl Qcow2 {
         let mut blocks = {
             let mut refs = self.refs.lock().await;
             let discards = refs.apply_frees(frees).await?;
+            // A freed cluster may be reused: compressed clusters start a
+            // new one.
+            *self.compressed_cursor() = None;
             // Discard while the refcount lock is held: once it is released an
             // allocation may reuse these clusters, and a later discard would
             // punch a hole in its data (QEMU discards under its lock too).

@@ -63,7 +63,14 @@ pub async fn execute(
         Command::Write { fua } => {
             let data = payload.map_or_else(IoBuf::empty, IoBuf::from_owner);
             cx.backend
-                .write(req.offset, &data, WriteFlags { fua })
+                .write(
+                    req.offset,
+                    &data,
+                    WriteFlags {
+                        fua,
+                        ..WriteFlags::default()
+                    },
+                )
                 .await
         }
         Command::Flush => cx.backend.flush().await,

@@ -132,6 +132,7 @@ async fn execute(
             }
             let flags = WriteFlags {
                 fua: !disk.writeback,
+                ..WriteFlags::default()
             };
             status_of(disk.backend.write(offset, &data_out, flags).await)
         }
