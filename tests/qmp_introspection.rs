@@ -26,6 +26,7 @@ const IMPLEMENTED: &[&str] = &[
     "blkdebug",
     "throttle",
     "copy-on-read",
+    "compress",
     "preallocate",
     "nbd",
     "throttle-group",

@@ -5,6 +5,7 @@
 use schema::block::BlockdevDriver;
 
 use crate::blkdebug::BlkdebugDriver;
+use crate::compress::CompressFilter;
 use crate::copy_on_read::CopyOnRead;
 use crate::driver::BlockDriver;
 use crate::error::BlockResult;
@@ -24,6 +25,7 @@ pub(crate) async fn open_driver(
 ) -> BlockResult<Box<dyn BlockDriver>> {
     Ok(match options {
         BlockdevDriver::Blkdebug(options) => Box::new(BlkdebugDriver::open(cx, options).await?),
+        BlockdevDriver::Compress(options) => Box::new(CompressFilter::open(cx, options).await?),
         BlockdevDriver::CopyOnRead(options) => Box::new(CopyOnRead::open(cx, options).await?),
         BlockdevDriver::File(options) => Box::new(FileDriver::open(cx, options)?),
         BlockdevDriver::Nbd(options) => Box::new(NbdClient::open(cx, options).await?),

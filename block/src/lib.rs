@@ -15,6 +15,7 @@ pub mod bitmaps;
 pub mod blkdebug;
 pub mod blocking;
 pub mod blockjob;
+pub mod compress;
 pub mod copy_on_read;
 pub mod create;
 mod direct_io;

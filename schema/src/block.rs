@@ -97,6 +97,13 @@ pub struct BlockdevOptionsCor {
     pub bottom: Option<String>,
 }
 
+/// Options of a driver with only a `file` child (`compress`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevOptionsGenericFormat {
+    pub file: BlockdevRef,
+}
+
 /// Options of the `preallocate` filter.
 #[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
@@ -357,6 +364,7 @@ qapi_union! {
     /// The driver and its own options.
     discriminator "driver" => pub driver: BlockdevDriver {
         "blkdebug" => Blkdebug(BlockdevOptionsBlkdebug),
+        "compress" => Compress(BlockdevOptionsGenericFormat),
         "file" => File(BlockdevOptionsFile),
         "copy-on-read" => CopyOnRead(BlockdevOptionsCor),
         "null-aio" => NullAio(BlockdevOptionsNull),

@@ -74,6 +74,7 @@ qapi_union! {
     /// when the command runs.
     discriminator "driver" => pub driver: BlockdevCreateDriver {
         "blkdebug" => Blkdebug(NoCreateOptions),
+        "compress" => Compress(NoCreateOptions),
         "copy-on-read" => CopyOnRead(NoCreateOptions),
         "file" => File(BlockdevCreateOptionsFile),
         "nbd" => Nbd(NoCreateOptions),
@@ -106,6 +107,7 @@ qapi_union! {
     /// The node's driver.
     discriminator "driver" => pub driver: BlockdevAmendDriver {
         "blkdebug" => Blkdebug(NoCreateOptions),
+        "compress" => Compress(NoCreateOptions),
         "copy-on-read" => CopyOnRead(NoCreateOptions),
         "file" => File(NoCreateOptions),
         "nbd" => Nbd(NoCreateOptions),
