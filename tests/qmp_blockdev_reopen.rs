@@ -355,6 +355,29 @@ async fn a_node_is_inserted_below_an_export_and_removed_under_a_writing_client()
         .any(|e| e["parent"] == fmt_id && e["child"] == f0_id && e["name"] == "file"));
 }
 
+/// `blockdev-reopen`'s arguments: `base` options with `extra` on top.
+fn reopen_args(base: Value, extra: Value) -> Value {
+    let mut options = base;
+    options
+        .as_object_mut()
+        .expect("object")
+        .extend(extra.as_object().expect("object").clone());
+    json!({"options": [options]})
+}
+
+/// A daemon with only an NBD server, on `nbd.sock` in its directory.
+fn nbd_only(program: Command, dir: tempfile::TempDir) -> TestDaemon {
+    TestDaemon::spawn(program, dir, |dir| {
+        vec![
+            "--nbd-server".into(),
+            format!(
+                "addr.type=unix,addr.path={}",
+                dir.join("nbd.sock").display()
+            ),
+        ]
+    })
+}
+
 /// A raw node's window moved and resized by reopens: the replies and
 /// sizes, and what an NBD export of the node then reads.
 async fn raw_window_session(program: Command) -> Vec<Value> {
@@ -374,23 +397,13 @@ async fn raw_window_session(program: Command) -> Vec<Value> {
             ],
         );
     }
-    let daemon = TestDaemon::spawn(program, dir, |dir| {
-        vec![
-            "--nbd-server".into(),
-            format!(
-                "addr.type=unix,addr.path={}",
-                dir.join("nbd.sock").display()
-            ),
-        ]
-    });
+    let daemon = nbd_only(program, dir);
     let mut client = daemon.connect().await;
     let raw = |window: Value| {
-        let mut options = json!({"driver": "raw", "node-name": "r", "file": "f"});
-        options
-            .as_object_mut()
-            .expect("object")
-            .extend(window.as_object().expect("object").clone());
-        json!({"options": [options]})
+        reopen_args(
+            json!({"driver": "raw", "node-name": "r", "file": "f"}),
+            window,
+        )
     };
     let mut seen = vec![
         reply(
@@ -470,23 +483,13 @@ async fn qcow2_options_session(program: Command) -> Vec<Value> {
             &image_str,
         ],
     );
-    let daemon = TestDaemon::spawn(program, dir, |dir| {
-        vec![
-            "--nbd-server".into(),
-            format!(
-                "addr.type=unix,addr.path={}",
-                dir.join("nbd.sock").display()
-            ),
-        ]
-    });
+    let daemon = nbd_only(program, dir);
     let mut client = daemon.connect().await;
     let qcow2 = |extra: Value| {
-        let mut options = json!({"driver": "qcow2", "node-name": "q", "file": "f"});
-        options
-            .as_object_mut()
-            .expect("object")
-            .extend(extra.as_object().expect("object").clone());
-        json!({"options": [options]})
+        reopen_args(
+            json!({"driver": "qcow2", "node-name": "q", "file": "f"}),
+            extra,
+        )
     };
     ok(
         &mut client,
@@ -570,12 +573,8 @@ async fn qcow2_options_change_on_reopen_as_in_qemu_storage_daemon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_reopen_as_in_qemu_storage_daemon() {
     let prealloc = |extra: Value| {
-        let mut options = json!({"driver": "preallocate", "node-name": "p", "file": "n"});
-        options
-            .as_object_mut()
-            .expect("object")
-            .extend(extra.as_object().expect("object").clone());
-        json!({"execute": "blockdev-reopen", "arguments": {"options": [options]}})
+        let base = json!({"driver": "preallocate", "node-name": "p", "file": "n"});
+        json!({"execute": "blockdev-reopen", "arguments": reopen_args(base, extra)})
     };
     let cor = json!({"execute": "blockdev-reopen", "arguments": {"options": [
         {"driver": "copy-on-read", "node-name": "c", "file": "n"}]}});

@@ -505,13 +505,7 @@ impl ImageHeader {
         backing_file: Option<&str>,
         backing_format: Option<&str>,
     ) -> BlockResult<Vec<u8>> {
-        let mut extensions: Vec<(u32, &[u8])> = Vec::new();
-        if let Some(format) = backing_format {
-            if format.len() > MAX_BACKING_FORMAT_LEN {
-                return Err(invalid(format!("Backing format name too long: {format}")));
-            }
-            extensions.push((ext::BACKING_FORMAT, format.as_bytes()));
-        }
+        let mut extensions = backing_format_extension(backing_format)?;
         extensions.extend(self.extensions_except(ext::BACKING_FORMAT));
         let mut header = self.header.clone();
         assemble(&mut header, &extensions, backing_file)
@@ -586,18 +580,24 @@ pub fn build_first_cluster(
     backing_file: Option<&str>,
     backing_format: Option<&str>,
 ) -> BlockResult<Vec<u8>> {
-    let mut extensions: Vec<(u32, &[u8])> = Vec::new();
-    if let Some(format) = backing_format {
-        if format.len() > MAX_BACKING_FORMAT_LEN {
-            return Err(invalid(format!("Backing format name too long: {format}")));
-        }
-        extensions.push((ext::BACKING_FORMAT, format.as_bytes()));
-    }
+    let mut extensions = backing_format_extension(backing_format)?;
     let table = feature_table();
     if header.version >= 3 {
         extensions.push((ext::FEATURE_TABLE, &table));
     }
     assemble(header, &extensions, backing_file)
+}
+
+/// The backing format extension for `format`, if any (as the start of an
+/// extension list).
+fn backing_format_extension(format: Option<&str>) -> BlockResult<Vec<(u32, &[u8])>> {
+    let Some(format) = format else {
+        return Ok(Vec::new());
+    };
+    if format.len() > MAX_BACKING_FORMAT_LEN {
+        return Err(invalid(format!("Backing format name too long: {format}")));
+    }
+    Ok(vec![(ext::BACKING_FORMAT, format.as_bytes())])
 }
 
 /// A first cluster: `header`'s fields, `extensions` each padded to 8
