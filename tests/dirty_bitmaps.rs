@@ -252,7 +252,7 @@ async fn published_bitmaps(program: Command) -> Vec<Value> {
     ] {
         seen.push(reply(&mut qmp, command, json!({"node": "disk", "name": name})).await);
     }
-    ok(&mut qmp, "block-export-del", json!({"id": "e"})).await;
+    common::delete_export(&mut qmp, "e").await;
     // The export is gone once no client holds it (none does): the
     // bitmaps are free again.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -354,7 +354,7 @@ async fn bitmaps_across_resizes(program: Command) -> Vec<Value> {
         }
         args.push(&uri);
         tool("qemu-io", &args);
-        ok(&mut qmp, "block-export-del", json!({"id": "e"})).await;
+        common::delete_export(&mut qmp, "e").await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while ok(&mut qmp, "query-block-exports", json!({}))
             .await

@@ -80,27 +80,6 @@ fn qcow2_image(dir: &Path, size: u64) -> PathBuf {
     image
 }
 
-/// A safe `block-export-del` of FUSE export `id`. The kernel may still
-/// have a request of its own in flight (read-ahead, the flush of a close),
-/// during which the export is in use, as QSD's: retried until it is not.
-async fn safe_delete(client: &mut Client, id: &str) {
-    let deadline = std::time::Instant::now() + EVENT_WAIT;
-    loop {
-        let result = client
-            .execute("block-export-del", json!({"id": id}))
-            .await
-            .expect("monitor");
-        match result {
-            Ok(_) => return,
-            Err(e) if e.desc == format!("export '{id}' still in use") => {
-                assert!(std::time::Instant::now() < deadline, "{id} stays in use");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("block-export-del {id}: {e:?}"),
-        }
-    }
-}
-
 async fn expect_deleted(client: &mut Client, id: &str) {
     let event = client
         .next_event(EVENT_WAIT)
@@ -418,7 +397,7 @@ async fn writes_holes_and_growth_through_the_mount_reach_the_image() {
     drop((writer, file));
 
     // A safe delete unmounts; the image is consistent and holds it all.
-    safe_delete(&mut client, "f").await;
+    common::delete_export(&mut client, "f").await;
     expect_deleted(&mut client, "f").await;
     assert!(!is_mounted(&mnt.0));
     assert_eq!(std::fs::read(&mnt.0).expect("file"), b"not an image");
@@ -499,7 +478,7 @@ async fn deleting_an_export_unmounts_it_while_a_reader_has_it_open() {
     reader.read_at(&mut byte, MIB).expect("read");
     assert_eq!(byte, [0x5a]);
 
-    safe_delete(&mut client, "f").await;
+    common::delete_export(&mut client, "f").await;
     expect_deleted(&mut client, "f").await;
     assert!(!is_mounted(&mnt.0));
     assert_eq!(std::fs::read(&mnt.0).expect("file"), b"not an image");

@@ -101,7 +101,7 @@ async fn lengths_under(program: Command) -> (Vec<u64>, Value) {
     lengths.push(file_len(&image));
 
     let mut qmp = daemon.connect().await;
-    ok(&mut qmp, "block-export-del", json!({"id": "e"})).await;
+    common::delete_export(&mut qmp, "e").await;
     ok(&mut qmp, "blockdev-del", json!({"node-name": "q"})).await;
     lengths.push(len_below(&image, 64 * MIB).await);
     // Once dropped, the filter takes nothing on its file (its wait for the

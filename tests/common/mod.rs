@@ -247,6 +247,28 @@ pub fn sparse_file(path: &Path, size: u64) {
     file.set_len(size).expect("size image");
 }
 
+/// A safe `block-export-del` of export `id`. A client that just left may
+/// not have been seen leaving yet (its socket's close, or for FUSE the
+/// kernel's own last request), and the export is in use until it has, as
+/// QSD's: retried until it is not.
+pub async fn delete_export(client: &mut Client, id: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let result = client
+            .execute("block-export-del", serde_json::json!({"id": id}))
+            .await
+            .expect("monitor");
+        match result {
+            Ok(_) => return,
+            Err(e) if e.desc == format!("export '{id}' still in use") => {
+                assert!(Instant::now() < deadline, "{id} stays in use");
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+            Err(e) => panic!("block-export-del {id}: {e:?}"),
+        }
+    }
+}
+
 /// A reply as `{"return": ...}` or `{"error": {"class", "desc"}}`, for
 /// sessions compared with qemu-storage-daemon's.
 pub async fn reply(client: &mut Client, command: &str, arguments: Value) -> Value {
