@@ -501,6 +501,9 @@ impl Settings {
         let mut generic = Map::new();
         self.node_options(&mut generic);
         if self.image_opts {
+            if self.format.is_some() {
+                return Err("--image-opts and -f are mutually exclusive".into());
+            }
             // FILE is keyval text: the generic options are appended to it.
             let named = file
                 .split(',')

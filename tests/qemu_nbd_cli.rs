@@ -129,6 +129,10 @@ fn bad_command_lines_fail_as_qemu_nbd_fails() {
         strings(&["-c", "/nonexistent/nbd0", "-v", "-f", "raw", "r.img"]),
         strings(&["-d", "/nonexistent/nbd0"]),
         strings(&["-d"]),
+        strings(&["--aio=native", "-f", "raw", "-k", &sock, "r.img"]),
+        strings(&["--image-opts", "-f", "raw", "r.img"]),
+        strings(&["--pid-file"]),
+        strings(&["-L", "r.img"]),
         strings(&["-l", "snapshot.id=9", "-k", &sock, "-f", "qcow2", "d.qcow2"]),
         strings(&["--object", "bogus,id=x", "-f", "raw", "-k", &sock, "r.img"]),
         strings(&[
@@ -280,6 +284,58 @@ fn good_command_lines_serve_what_qemu_nbd_serves() {
             "",
         ),
     ];
+    // Shorter ones: every option of the image and the export, alone or
+    // with a neighbour, on the same socket (the export's name is empty).
+    let raw_image_opts = format!(
+        "driver=raw,file.driver=file,file.filename={}",
+        setup.path("r.img")
+    );
+    let short: Vec<Vec<&str>> = vec![
+        vec!["-f", "raw", "r.img"],
+        vec!["d.qcow2"],
+        vec!["-n", "-f", "raw", "r.img"],
+        vec!["--nocache", "--read-only", "-f", "qcow2", "d.qcow2"],
+        vec!["--cache=writethrough", "-f", "raw", "r.img"],
+        vec!["--cache=directsync", "-f", "qcow2", "d.qcow2"],
+        vec!["--cache=unsafe", "-f", "qcow2", "d.qcow2"],
+        vec!["--cache=writeback", "-f", "raw", "r.img"],
+        vec!["--cache=none", "--aio=native", "-f", "raw", "r.img"],
+        vec!["--discard=ignore", "-f", "raw", "r.img"],
+        vec!["--discard=unmap", "-f", "qcow2", "d.qcow2"],
+        vec!["--detect-zeroes=on", "-f", "qcow2", "d.qcow2"],
+        vec!["--detect-zeroes=off", "-f", "raw", "r.img"],
+        vec!["-e", "2", "-f", "raw", "r.img"],
+        vec!["-e", "0", "-f", "qcow2", "d.qcow2"],
+        vec!["--shared=1", "-f", "raw", "r.img"],
+        vec!["-A", "-f", "qcow2", "d.qcow2"],
+        vec![
+            "--allocation-depth",
+            "--read-only",
+            "-f",
+            "qcow2",
+            "d.qcow2",
+        ],
+        vec!["-r", "-f", "qcow2", "d.qcow2"],
+        vec!["-s", "-f", "qcow2", "d.qcow2"],
+        vec!["-s", "-r", "-f", "raw", "r.img"],
+        vec!["-o", "512", "-f", "raw", "r.img"],
+        vec!["--offset=1048576", "-r", "-f", "raw", "r.img"],
+        vec!["-D", "", "-f", "raw", "r.img"],
+        vec!["--description=a longer description", "-f", "raw", "r.img"],
+        vec!["--handshake-limit=5", "-f", "raw", "r.img"],
+        vec!["--object", "secret,id=s0,data=x", "-f", "raw", "r.img"],
+        vec!["--image-opts", &raw_image_opts],
+        vec!["--image-opts", "-r", &image_opts],
+    ];
+    let cases: Vec<(Vec<String>, &str)> = cases
+        .into_iter()
+        .chain(short.into_iter().map(|args| {
+            let mut full = strings(&["-k", &sock]);
+            full.extend(strings(&args));
+            (full, "")
+        }))
+        .collect();
+    assert!(cases.len() >= 36);
     for (args, name) in &cases {
         let uri = format!("nbd+unix:///{name}?socket={sock}");
         let mut seen = Vec::new();
