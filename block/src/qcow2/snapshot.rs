@@ -191,6 +191,16 @@ impl Qcow2 {
 
     /// The L1 table of `snapshot`, as on disk.
     pub(super) async fn snapshot_l1(&self, snapshot: &Snapshot) -> BlockResult<Vec<u64>> {
+        // What the table says is checked before anything is read: a
+        // damaged entry must not size a buffer.
+        super::header::validate_table(
+            snapshot.l1_offset,
+            u64::from(snapshot.l1_size),
+            8,
+            super::header::MAX_L1_BYTES,
+            self.geo().cluster_size(),
+            "Snapshot L1 table",
+        )?;
         let bytes = self
             .file
             .read_vec(snapshot.l1_offset, snapshot.l1_size as usize * 8)
