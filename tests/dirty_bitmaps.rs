@@ -24,23 +24,17 @@ const ROUNDS: [&[&str]; 2] = [
     &["write -P 4 12M 512", "write -P 5 15M 70000"],
 ];
 
-/// What a daemon's bitmaps say after the same story.
-async fn bitmaps_after_writes(program: Command) -> Vec<Value> {
+/// A daemon with `disk` (a new qcow2 image of `size`) and an NBD server on
+/// `nbd.sock`, plus the `--export` given.
+fn qcow2_daemon(program: Command, size: &str, export: Option<&str>) -> TestDaemon {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.qcow2");
     tool(
         "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            image.to_str().unwrap(),
-            "16M",
-        ],
+        &["create", "-q", "-f", "qcow2", image.to_str().unwrap(), size],
     );
-    let daemon = TestDaemon::spawn(program, dir, |dir| {
-        vec![
+    TestDaemon::spawn(program, dir, |dir| {
+        let mut args = vec![
             "--blockdev".into(),
             format!(
                 "qcow2,node-name=disk,file.driver=file,file.filename={}",
@@ -51,10 +45,45 @@ async fn bitmaps_after_writes(program: Command) -> Vec<Value> {
                 "addr.type=unix,addr.path={}",
                 dir.join("nbd.sock").display()
             ),
-            "--export".into(),
-            "nbd,id=e0,node-name=disk,name=disk,writable=on".into(),
-        ]
-    });
+        ];
+        if let Some(export) = export {
+            args.extend(["--export".into(), export.into()]);
+        }
+        args
+    })
+}
+
+/// `qemu-io` running `commands` on the raw export at `uri`.
+fn qemu_io(uri: &str, commands: &[&str]) {
+    let mut args = vec!["-f", "raw"];
+    for command in commands {
+        args.extend(["-c", command]);
+    }
+    args.push(uri);
+    tool("qemu-io", &args);
+}
+
+/// Waits until the daemon no longer lists export `id` (a deleted one is
+/// gone once no client holds it).
+async fn until_export_gone(qmp: &mut qmp::client::Client, id: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ok(qmp, "query-block-exports", json!({}))
+        .await
+        .as_array()
+        .is_some_and(|exports| exports.iter().any(|e| e["id"] == id))
+    {
+        assert!(std::time::Instant::now() < deadline, "export not gone");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// What a daemon's bitmaps say after the same story.
+async fn bitmaps_after_writes(program: Command) -> Vec<Value> {
+    let daemon = qcow2_daemon(
+        program,
+        "16M",
+        Some("nbd,id=e0,node-name=disk,name=disk,writable=on"),
+    );
     let mut qmp = daemon.connect().await;
     for (name, extra) in [
         ("fine", json!({"granularity": 512})),
@@ -84,12 +113,7 @@ async fn bitmaps_after_writes(program: Command) -> Vec<Value> {
             )
             .await;
         }
-        let mut args = vec!["-f", "raw"];
-        for command in *commands {
-            args.extend(["-c", command]);
-        }
-        args.push(&uri);
-        tool("qemu-io", &args);
+        qemu_io(&uri, commands);
         seen.push(snapshot(&mut qmp).await);
     }
     ok(
@@ -165,35 +189,11 @@ async fn bitmaps_record_what_qsds_record() {
 /// bitmap found by name and one by `{node, name}`, both busy while
 /// published and free again once the export is gone.
 async fn published_bitmaps(program: Command) -> Vec<Value> {
-    let dir = tempfile::tempdir().unwrap();
-    let image = dir.path().join("disk.qcow2");
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            image.to_str().unwrap(),
-            "64M",
-        ],
+    let daemon = qcow2_daemon(
+        program,
+        "64M",
+        Some("nbd,id=w,node-name=disk,name=w,writable=on"),
     );
-    let daemon = TestDaemon::spawn(program, dir, |dir| {
-        vec![
-            "--blockdev".into(),
-            format!(
-                "qcow2,node-name=disk,file.driver=file,file.filename={}",
-                dir.join("disk.qcow2").display()
-            ),
-            "--nbd-server".into(),
-            format!(
-                "addr.type=unix,addr.path={}",
-                dir.join("nbd.sock").display()
-            ),
-            "--export".into(),
-            "nbd,id=w,node-name=disk,name=w,writable=on".into(),
-        ]
-    });
     let socket = daemon.path("nbd.sock").display().to_string();
     let mut qmp = daemon.connect().await;
     let mut seen = Vec::new();
@@ -205,17 +205,9 @@ async fn published_bitmaps(program: Command) -> Vec<Value> {
         )
         .await;
     }
-    tool(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "write 1M 64k",
-            "-c",
-            "write 3000000 1000",
-            &format!("nbd+unix:///w?socket={socket}"),
-        ],
+    qemu_io(
+        &format!("nbd+unix:///w?socket={socket}"),
+        &["write 1M 64k", "write 3000000 1000"],
     );
     let export = |bitmaps: Value| json!({"type": "nbd", "id": "e", "node-name": "disk", "name": "e", "bitmaps": bitmaps});
     for bitmaps in [
@@ -255,17 +247,7 @@ async fn published_bitmaps(program: Command) -> Vec<Value> {
     common::delete_export(&mut qmp, "e").await;
     // The export is gone once no client holds it (none does): the
     // bitmaps are free again.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !ok(&mut qmp, "query-block-exports", json!({}))
-        .await
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|e| e["id"] != "e")
-    {
-        assert!(std::time::Instant::now() < deadline, "export not gone");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_export_gone(&mut qmp, "e").await;
     seen.push(snapshot(&mut qmp).await);
     seen.push(
         reply(
@@ -296,33 +278,7 @@ async fn nbd_exports_publish_bitmaps_as_qsds_do() {
 /// The bitmaps of a daemon whose node grows (then takes a write past the
 /// old end) and shrinks.
 async fn bitmaps_across_resizes(program: Command) -> Vec<Value> {
-    let dir = tempfile::tempdir().unwrap();
-    let image = dir.path().join("disk.qcow2");
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            image.to_str().unwrap(),
-            "64M",
-        ],
-    );
-    let daemon = TestDaemon::spawn(program, dir, |dir| {
-        vec![
-            "--blockdev".into(),
-            format!(
-                "qcow2,node-name=disk,file.driver=file,file.filename={}",
-                dir.join("disk.qcow2").display()
-            ),
-            "--nbd-server".into(),
-            format!(
-                "addr.type=unix,addr.path={}",
-                dir.join("nbd.sock").display()
-            ),
-        ]
-    });
+    let daemon = qcow2_daemon(program, "64M", None);
     let uri = format!(
         "nbd+unix:///disk?socket={}",
         daemon.path("nbd.sock").display()
@@ -348,22 +304,9 @@ async fn bitmaps_across_resizes(program: Command) -> Vec<Value> {
             json!({"type": "nbd", "id": "e", "node-name": "disk", "writable": true}),
         )
         .await;
-        let mut args = vec!["-f", "raw"];
-        for command in writes {
-            args.extend(["-c", command]);
-        }
-        args.push(&uri);
-        tool("qemu-io", &args);
+        qemu_io(&uri, writes);
         common::delete_export(&mut qmp, "e").await;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while ok(&mut qmp, "query-block-exports", json!({}))
-            .await
-            .as_array()
-            .is_some_and(|exports| !exports.is_empty())
-        {
-            assert!(std::time::Instant::now() < deadline, "export not gone");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        until_export_gone(&mut qmp, "e").await;
         seen.push(snapshot(&mut qmp).await);
         ok(
             &mut qmp,
