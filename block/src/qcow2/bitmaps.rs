@@ -288,8 +288,22 @@ impl Qcow2 {
         let _serial = self.bitmap_lock.lock().await;
         let directory = self.bitmap_directory();
         let mut loaded = Vec::new();
-        for entry in directory.entries.iter().filter(|e| e.usable()) {
+        let usable = directory.entries.iter().filter(|e| e.usable());
+        if usable.clone().count() > crate::bitmaps::MAX_BITMAPS_PER_NODE {
+            return Err(corrupt(format!(
+                "The image stores more than {} bitmaps",
+                crate::bitmaps::MAX_BITMAPS_PER_NODE
+            )));
+        }
+        for entry in usable {
             let granularity = 1u64 << entry.granularity_bits;
+            // Memory is what the bits take: QEMU's limit per bitmap.
+            if data_bytes(self.virtual_size(), granularity) > MAX_DATA_BYTES {
+                return Err(corrupt(format!(
+                    "Bitmap '{}' is too large to load",
+                    entry.name
+                )));
+            }
             let inconsistent = entry.flags & FLAG_IN_USE != 0;
             let bits = if inconsistent {
                 DirtyBitmap::new(self.virtual_size(), granularity)
