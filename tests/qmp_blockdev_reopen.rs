@@ -7,14 +7,16 @@
 //! seen in its dirty flag and in the file's allocation) compared with
 //! qemu-storage-daemon's answers; and a throttle filter inserted below an
 //! exported format and removed again, then deleted, while an NBD client
-//! writes and verifies without pause.
+//! writes and verifies without pause. Reopens while commit and stream
+//! jobs run: the links they rely on refuse to move, compared with QSD.
 
 mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ok, reply, sparse_file, storaged, TestDaemon};
+use common::jobs::{compare_raw, path, three_deep_chain, wait_event};
+use common::{error, ok, reply, sparse_file, storaged, TestDaemon};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1024 * 1024;
@@ -597,4 +599,191 @@ async fn filters_reopen_as_in_qemu_storage_daemon() {
     let ours = common::transcript(storaged(), &session).await;
     assert_eq!(ours, theirs, "ours, then QSD's");
     assert!(ours[5].get("return").is_some(), "{}", ours[5]);
+}
+
+/// The images of [`three_deep_chain`] and an unrelated `oth.qcow2` in a
+/// new directory, for `program`.
+fn chain_daemon(program: Command) -> TestDaemon {
+    let dir = tempfile::tempdir().expect("dir");
+    let _ = three_deep_chain(dir.path());
+    let other = dir.path().join("oth.qcow2");
+    common::tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", path(&other), "16M"],
+    );
+    TestDaemon::spawn(program, dir, |_| Vec::new())
+}
+
+/// Opens the chain as `base` <- `mid` <- `top` with their files named
+/// `mid-file` and `top-file` (so a reopen can give them), and `oth`.
+async fn open_chain(client: &mut qmp::client::Client, daemon: &TestDaemon) {
+    for (node, backing) in [("base", None), ("mid", Some("base")), ("top", Some("mid"))] {
+        let file = json!({"driver": "file", "node-name": format!("{node}-file"),
+                          "filename": path(&daemon.path(&format!("{node}.qcow2")))});
+        let mut options = json!({"driver": "qcow2", "node-name": node, "file": file});
+        if let Some(backing) = backing {
+            options["backing"] = json!(backing);
+        }
+        ok(client, "blockdev-add", options).await;
+    }
+    let oth = json!({"driver": "qcow2", "node-name": "oth",
+                     "file": {"driver": "file", "filename": path(&daemon.path("oth.qcow2"))}});
+    ok(client, "blockdev-add", oth).await;
+}
+
+/// A reopen of `node` of the chain with its named file and `backing`
+/// (`Value::Null` for none; left out if absent).
+fn chain_reopen(node: &str, backing: Option<Value>) -> Value {
+    let mut options = json!({"driver": "qcow2", "node-name": node, "file": format!("{node}-file")});
+    if let Some(backing) = backing {
+        options["backing"] = backing;
+    }
+    json!({"options": [options]})
+}
+
+/// Reopens while jobs work along the chain: an intermediate commit (its
+/// filter unnamed: seen through when the node below it is named, not
+/// replaced, a backing option left out), an active commit and a stream
+/// (the links they froze), each job cancelled before the next.
+async fn job_links_session(program: Command) -> Vec<Value> {
+    let daemon = chain_daemon(program);
+    let mut client = daemon.connect().await;
+    open_chain(&mut client, &daemon).await;
+    let mut seen = Vec::new();
+    let jobs = [
+        json!({"job-id": "c", "device": "top", "top-node": "mid", "base-node": "base", "speed": 1}),
+        json!({"job-id": "a", "device": "top", "speed": 1}),
+    ];
+    let steps: [&[(&str, Option<Value>)]; 3] = [
+        &[
+            ("top", Some(json!("mid"))),
+            ("top", Some(json!("oth"))),
+            ("top", Some(Value::Null)),
+            ("top", None),
+            ("mid", Some(json!("base"))),
+            ("mid", Some(json!("oth"))),
+            ("mid", Some(Value::Null)),
+        ],
+        &[("top", Some(json!("mid"))), ("mid", Some(json!("oth")))],
+        &[
+            ("top", Some(json!("mid"))),
+            ("top", Some(json!("oth"))),
+            ("mid", Some(json!("oth"))),
+            ("mid", Some(json!("base"))),
+        ],
+    ];
+    for (index, reopens) in steps.iter().enumerate() {
+        let (command, arguments) = match jobs.get(index) {
+            Some(commit) => ("block-commit", commit.clone()),
+            None => (
+                "block-stream",
+                json!({"job-id": "s", "device": "top", "base-node": "base", "speed": 1}),
+            ),
+        };
+        seen.push(reply(&mut client, command, arguments.clone()).await);
+        for (node, backing) in reopens.iter() {
+            let arguments = chain_reopen(node, backing.clone());
+            seen.push(reply(&mut client, "blockdev-reopen", arguments).await);
+        }
+        let job = arguments["job-id"].clone();
+        ok(
+            &mut client,
+            "block-job-cancel",
+            json!({"device": job, "force": true}),
+        )
+        .await;
+        wait_event(&mut client, "BLOCK_JOB_CANCELLED").await;
+    }
+    // Free again.
+    seen.push(
+        reply(
+            &mut client,
+            "blockdev-reopen",
+            chain_reopen("mid", Some(json!("oth"))),
+        )
+        .await,
+    );
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_a_job_relies_on_refuse_a_reopen_as_in_qemu_storage_daemon() {
+    let theirs = job_links_session(Command::new("qemu-storage-daemon")).await;
+    let ours = job_links_session(storaged()).await;
+    assert_eq!(ours, theirs, "ours, then QSD's");
+    let refused = |at: usize| {
+        ours[at]["error"]["desc"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(refused(2), "Cannot replace implicit backing child of top");
+    assert_eq!(refused(4), "backing is missing for 'top'");
+    assert_eq!(
+        refused(6),
+        "Cannot change frozen 'backing' link from 'mid' to 'base'"
+    );
+    assert!(ours.last().unwrap().get("return").is_some());
+}
+
+/// The edge into a commit filter the user named is frozen as well (QSD
+/// 10 aborts on its assertion when it is moved); the commit then
+/// completes with the data it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_into_a_named_commit_filter_stays_while_the_commit_runs() {
+    let mut daemon = chain_daemon(storaged());
+    let expected = daemon.path("expected.raw");
+    common::tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-U",
+            "-O",
+            "raw",
+            path(&daemon.path("top.qcow2")),
+            path(&expected),
+        ],
+    );
+    let mut client = daemon.connect().await;
+    open_chain(&mut client, &daemon).await;
+    ok(
+        &mut client,
+        "block-commit",
+        json!({"job-id": "c", "device": "top", "top-node": "mid", "base-node": "base",
+               "speed": 1, "filter-node-name": "ct"}),
+    )
+    .await;
+    for backing in ["mid", "base", "oth"] {
+        let (_, desc) = error(
+            &mut client,
+            "blockdev-reopen",
+            chain_reopen("top", Some(json!(backing))),
+        )
+        .await;
+        assert_eq!(
+            desc,
+            "Cannot change frozen 'backing' link from 'top' to 'ct'"
+        );
+    }
+    ok(
+        &mut client,
+        "blockdev-reopen",
+        chain_reopen("top", Some(json!("ct"))),
+    )
+    .await;
+    ok(
+        &mut client,
+        "block-job-set-speed",
+        json!({"device": "c", "speed": 0}),
+    )
+    .await;
+    let completed = wait_event(&mut client, "BLOCK_JOB_COMPLETED").await;
+    assert!(completed["data"].get("error").is_none(), "{completed}");
+    assert_eq!(
+        backing_of(&mut client, "top").await,
+        json!(["top", "base.qcow2"])
+    );
+    ok(&mut client, "quit", json!({})).await;
+    assert!(daemon.wait_exit().success());
+    compare_raw(&expected, &daemon.path("top.qcow2"));
 }

@@ -199,6 +199,8 @@ pub struct Node {
     id: u64,
     name: String,
     driver: Box<dyn BlockDriver>,
+    /// Inserted by a job without a user-given name.
+    implicit: bool,
     /// Changed only by `blockdev-reopen`, in a drained section.
     settings: ArcSwap<NodeSettings>,
     /// The driver's options as opened or last reopened (`None` for nodes
@@ -226,21 +228,38 @@ pub struct Node {
     write_threshold: WriteThreshold,
 }
 
+/// What a new node is made of, for the graph to register.
+pub(crate) struct NewNode {
+    pub name: String,
+    pub driver: Box<dyn BlockDriver>,
+    pub settings: NodeSettings,
+    /// The driver's options, for `blockdev-reopen` (`None`: made in code).
+    pub options: Option<BlockdevDriver>,
+    pub children: Vec<Arc<NodeChild>>,
+    /// Where the node's events go (`BLOCK_WRITE_THRESHOLD`).
+    pub events: Option<EventSink>,
+    /// A filter a job inserted without a name from the user (QEMU's
+    /// implicit nodes: edges to it are seen through).
+    pub implicit: bool,
+}
+
 impl Node {
     /// Builds a node. Only the graph calls this, with a fresh `id`.
-    pub(crate) fn new(
-        id: u64,
-        name: String,
-        driver: Box<dyn BlockDriver>,
-        settings: NodeSettings,
-        options: Option<BlockdevDriver>,
-        children: Vec<Arc<NodeChild>>,
-        events: Option<EventSink>,
-    ) -> Self {
+    pub(crate) fn new(id: u64, new: NewNode) -> Self {
+        let NewNode {
+            name,
+            driver,
+            settings,
+            options,
+            children,
+            events,
+            implicit,
+        } = new;
         Node {
             id,
             name,
             driver,
+            implicit,
             settings: ArcSwap::from_pointee(settings),
             options: Mutex::new(options),
             children: ArcSwap::from_pointee(children),
@@ -278,6 +297,13 @@ impl Node {
     /// The node name (`node-name`, or an automatic `#blockNNN`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether a job inserted this filter without a user-given name
+    /// (QEMU's `implicit`): a reopen naming the node below it means the
+    /// edge as it is.
+    pub fn is_implicit(&self) -> bool {
+        self.implicit
     }
 
     /// The driver instance.

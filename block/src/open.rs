@@ -269,6 +269,7 @@ fn open_node<'a>(
             options: Some(options.driver.clone()),
             children,
             events: graph.events().cloned(),
+            implicit: false,
         };
         let node = state.register(position, new, &retire)?;
         drop(state);

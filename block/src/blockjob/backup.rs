@@ -437,6 +437,7 @@ impl Backup {
         };
         let held = [source.clone(), filter.clone(), self.copy.target.clone()];
         let blocker = self.graph.block_nodes(&held, &busy_reason("backup"))?;
+        blocker.freeze_links_into(&filter);
         *lock(&self.filter) = Some(filter);
         *lock(&self.target_backend) = Some(target_backend);
         *lock(&self.blocker) = Some(blocker);

@@ -229,6 +229,8 @@ impl Commit {
         let mut held = committed.to_vec();
         held.push(filter.clone());
         let blocker = self.graph.block_nodes(&held, &busy_reason("commit"))?;
+        blocker.freeze_chain(&filter, &self.base);
+        blocker.freeze_links_into(&filter);
         *lock(&self.filter) = Some(filter);
         *lock(&self.base_backend) = Some(base_backend);
         *lock(&self.blocker) = Some(blocker);

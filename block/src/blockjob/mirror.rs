@@ -29,6 +29,7 @@ use schema::job::{
 
 use super::buffers::CopyBuffers;
 use super::mirror_top::{ActiveWrites, MirrorTop};
+use super::stream::backing_chain;
 use super::{busy_reason, check_root, create_block_job, lock, CommonOptions, MadeWritable};
 use crate::backend::BlockBackend;
 use crate::dirty_bitmap::DirtyBitmap;
@@ -322,6 +323,14 @@ impl Mirror {
             &[self.source.clone(), filter.clone(), self.target.clone()],
             &reason,
         )?;
+        // An active commit works along the chain down to its target.
+        if backing_chain(&self.source)[1..]
+            .iter()
+            .any(|n| Arc::ptr_eq(n, &self.target))
+        {
+            blocker.freeze_chain(&filter, &self.target);
+        }
+        blocker.freeze_links_into(&filter);
         *lock(&self.filter) = Some(filter.name().to_owned());
         *lock(&self.target_backend) = Some(target_backend);
         *lock(&self.blocker) = Some(blocker);

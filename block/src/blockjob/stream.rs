@@ -178,6 +178,10 @@ impl Stream {
         let mut held = streamed.to_vec();
         held.push(filter.clone());
         let blocker = self.graph.block_nodes(&held, &busy_reason("stream"))?;
+        if let Some(bottom) = &self.bottom {
+            blocker.freeze_chain(&self.top, bottom);
+        }
+        blocker.freeze_links_into(&filter);
         *lock(&self.filter) = Some(filter);
         *lock(&self.blocker) = Some(blocker);
         Ok(())

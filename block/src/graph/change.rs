@@ -108,6 +108,7 @@ impl BlockGraph {
         let child = self.lookup(None, Some(child))?;
         let mut state = self.state();
         let name = state.new_name(node_name)?;
+        let implicit = node_name.is_none();
         let flags = ChildRoleFlags::FILTERED.union(ChildRoleFlags::PRIMARY);
         let edge = NodeChild::new(ChildRole::File, flags, child.clone());
         let driver = make(edge.clone())?;
@@ -124,6 +125,7 @@ impl BlockGraph {
             options: None,
             children: vec![edge],
             events: self.shared.events().cloned(),
+            implicit,
         };
         let node = state.register(position, new, &[])?;
         state.give_to_monitor(&node);

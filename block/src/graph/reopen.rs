@@ -46,12 +46,13 @@ enum BackingChange {
     Drop(Arc<NodeChild>),
 }
 
-/// A child option as a reopen names it: a node, none (`null`), or "keep
-/// what it has".
+/// A child option as a reopen names it: a node, none (`null`), or a
+/// backing option left out (which QEMU allows only for a node without a
+/// backing node or backing file name).
 enum ChildChange<'a> {
-    Keep,
     To(&'a str),
     Null,
+    Missing,
 }
 
 impl BlockGraph {
@@ -179,12 +180,23 @@ impl BlockGraph {
         for (role, change) in child_changes(name, &old, &options.driver)? {
             let edge = node.children().iter().find(|c| c.role() == role).cloned();
             match (change, edge) {
-                (ChildChange::Keep, _) | (ChildChange::Null, None) => {}
-                (ChildChange::Null, Some(edge)) => backing = BackingChange::Drop(edge),
+                (ChildChange::Null, None) => {}
+                (ChildChange::Missing, edge) => {
+                    if edge.is_some() || node.driver().backing_file_name().is_some() {
+                        return Err(generic(format!("backing is missing for '{name}'")));
+                    }
+                }
+                (ChildChange::Null, Some(edge)) => {
+                    self.check_edge_change(&node, &edge)?;
+                    backing = BackingChange::Drop(edge);
+                }
                 (ChildChange::To(target), edge) => {
                     let target = self.lookup(None, Some(target))?;
                     match edge {
-                        Some(edge) if !edge.points_to(&target) => edges.push((edge, target)),
+                        Some(edge) if !sees(&edge.node(), &target) => {
+                            self.check_edge_change(&node, &edge)?;
+                            edges.push((edge, target));
+                        }
                         Some(_) => {}
                         None if role == ChildRole::Backing => {
                             if GraphState::subtree_ids(&target).contains(&node.id()) {
@@ -212,6 +224,53 @@ impl BlockGraph {
             edges,
             backing,
         })
+    }
+}
+
+impl BlockGraph {
+    /// Refuses to move or drop `edge` of `node` when a job relies on it,
+    /// with QEMU's checks (`bdrv_reopen_parse_file_or_backing`): a filter
+    /// a job inserted unnamed is not replaced, and a link the job froze is
+    /// not moved (the links of its chain, as QEMU, and the edges into its
+    /// filter, where QEMU 10 aborts when a named job filter's parent is
+    /// reopened to another child).
+    fn check_edge_change(&self, node: &Node, edge: &NodeChild) -> BlockResult<()> {
+        let child = edge.node();
+        if child.is_implicit() {
+            return Err(generic(format!(
+                "Cannot replace implicit {} child of {}",
+                edge.role().name(),
+                node.name()
+            )));
+        }
+        if self.state().is_frozen(node, edge.role()) {
+            return Err(generic(format!(
+                "Cannot change frozen '{}' link from '{}' to '{}'",
+                edge.role().name(),
+                node.name(),
+                child.name()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `child`, seen through the filters jobs inserted unnamed, is
+/// `target` (QEMU's `bdrv_skip_implicit_filters`): a reopen naming the
+/// node below such a filter leaves the edge as it is.
+fn sees(child: &Arc<Node>, target: &Arc<Node>) -> bool {
+    let mut current = child.clone();
+    loop {
+        if Arc::ptr_eq(&current, target) {
+            return true;
+        }
+        if !current.is_implicit() {
+            return false;
+        }
+        match current.driver().filtered() {
+            Some(edge) => current = edge.node(),
+            None => return false,
+        }
     }
 }
 
@@ -371,7 +430,7 @@ fn child_changes<'a>(
         (BlockdevDriver::Qcow2(old), BlockdevDriver::Qcow2(new)) => {
             same("data-file", &old.data_file, &new.data_file)?;
             let backing = match &new.backing {
-                None => ChildChange::Keep,
+                None => ChildChange::Missing,
                 Some(BlockdevRefOrNull::Reference(name)) => ChildChange::To(name),
                 Some(BlockdevRefOrNull::Null) => ChildChange::Null,
                 Some(BlockdevRefOrNull::Definition(_)) => return Err(cannot_change("backing")),

@@ -9,28 +9,13 @@ use std::sync::Arc;
 
 use super::activation::check_child_active;
 use super::{generic, BackendPerms, MAX_DEPTH, MAX_NODES};
-use schema::block::BlockdevDriver;
-use schema::event::EventSink;
-
-use crate::driver::BlockDriver;
 use crate::error::BlockResult;
-use crate::node::{Node, NodeChild, NodeSettings};
+pub(crate) use crate::node::NewNode;
+use crate::node::Node;
 use crate::perm_update::{self, Holder, Use};
 
 /// The longest node name QEMU accepts (its `node_name` array is 32 bytes).
 const MAX_NODE_NAME_LEN: usize = 31;
-
-/// What a new node is made of, for [`GraphState::register`].
-pub(crate) struct NewNode {
-    pub name: String,
-    pub driver: Box<dyn BlockDriver>,
-    pub settings: NodeSettings,
-    /// The driver's options, for `blockdev-reopen` (`None`: made in code).
-    pub options: Option<BlockdevDriver>,
-    pub children: Vec<Arc<NodeChild>>,
-    /// Where the node's events go (`BLOCK_WRITE_THRESHOLD`).
-    pub events: Option<EventSink>,
-}
 
 /// The graph's bookkeeping.
 #[derive(Default)]
@@ -49,6 +34,8 @@ pub(crate) struct GraphState {
     auto_names: u64,
     /// Nodes held by jobs.
     pub(super) blocked: Vec<super::blockers::Blocked>,
+    /// Links jobs rely on (their keys are the blockers').
+    pub(super) frozen: Vec<super::blockers::FrozenLink>,
     pub(super) next_blocker: u64,
 }
 
@@ -231,12 +218,10 @@ impl GraphState {
     ) -> BlockResult<Arc<Node>> {
         let NewNode {
             name,
-            driver,
             settings,
-            options,
             children,
-            events,
-        } = new;
+            ..
+        } = &new;
         if self.nodes.len() >= MAX_NODES {
             return Err(generic(format!(
                 "Too many block nodes (at most {MAX_NODES})"
@@ -248,20 +233,18 @@ impl GraphState {
                 "Block graph too deep (at most {MAX_DEPTH} levels)"
             )));
         }
-        if self.find(&name).is_some() {
+        if self.find(name).is_some() {
             // An inline child took the name meanwhile.
             return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
         }
-        for child in &children {
-            check_child_active(&name, settings.inactive, &child.node(), child.role().name())?;
+        for child in children {
+            check_child_active(name, settings.inactive, &child.node(), child.role().name())?;
         }
-        for child in &children {
+        for child in children {
             child.set_seq(self.take_seq());
         }
         let id = self.take_id();
-        let node = Arc::new(Node::new(
-            id, name, driver, settings, options, children, events,
-        ));
+        let node = Arc::new(Node::new(id, new));
         let position = position.min(self.nodes.len());
         self.uses.retain(|u| !retire.contains(&u.seq));
         self.nodes.insert(position, node.clone());
