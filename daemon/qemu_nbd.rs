@@ -54,8 +54,6 @@ const IMAGE_NODE: &str = "qemu-nbd-image";
 const SNAPSHOT_NODE: &str = "qemu-nbd-snapshot";
 /// The `raw` node over it with `--offset`.
 const OFFSET_NODE: &str = "qemu-nbd-offset";
-/// qcow2's magic, for probing.
-const QCOW2_MAGIC: &[u8] = b"QFI\xfb";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Meaning {
@@ -698,13 +696,11 @@ fn cache_mode(mode: &str) -> Option<Cache> {
 /// The image's format from its first bytes: qcow2, else raw (with
 /// qemu-nbd's warning that probing raw is risky when it will be written).
 fn probe(file: &str, writable: bool) -> String {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let read = std::fs::File::open(file).and_then(|mut f| f.read_exact(&mut magic));
-    if read.is_ok() && magic == QCOW2_MAGIC {
+    let probed = block::probe::probe_format(file);
+    if let Ok("qcow2") = probed {
         return "qcow2".to_string();
     }
-    if read.is_ok() && writable {
+    if probed.is_ok() && writable {
         eprintln!(
             "WARNING: Image format was not specified for '{file}' and probing guessed raw.\n         \
              Automatically detecting the format is dangerous for raw images, write operations \

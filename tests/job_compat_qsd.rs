@@ -2,7 +2,8 @@
 //! same scenario (mirror to ready, pause to standby, complete; a stream
 //! finalized by hand; commits of a lower layer and of the active one; a
 //! backup; a cancel before ready; verbs refused in the wrong state; a
-//! target whose write fails, with `on-target-error` `stop` and `report`) runs
+//! target whose write fails, with `on-target-error` `stop` and `report`; a
+//! mirror that replaces the node below a throttle filter) runs
 //! against QSD 10 and storaged on the same images. Every reply must be
 //! equal, and for each job the whole sequence of its events
 //! (`JOB_STATUS_CHANGE` statuses, `BLOCK_JOB_*` with their data) must be
@@ -21,7 +22,8 @@ use qmp::client::Client;
 use serde_json::{json, Value};
 
 enum Step {
-    /// Run a command, keep its reply.
+    /// Run a command (`@DIR@` in its arguments: the daemon's directory),
+    /// keep its reply.
     Run(&'static str, Value),
     /// Wait until job `.0` announced `.1` (an event name or a status).
     Wait(&'static str, &'static str),
@@ -103,6 +105,35 @@ fn scenario() -> Vec<Step> {
             json!({"job-id": "e2", "device": "src", "target": "faulty2", "sync": "full"}),
         ),
         Wait("e2", "null"),
+        // `replaces`: the node below a throttle filter, refused for a
+        // node the source does not show through filters only.
+        Run(
+            "blockdev-mirror",
+            json!({"job-id": "r", "device": "thr", "target": "dst2", "sync": "full", "replaces": "src"}),
+        ),
+        Run(
+            "drive-mirror",
+            json!({"job-id": "r", "device": "thr", "target": "@DIR@/new.qcow2", "sync": "full", "replaces": "lo"}),
+        ),
+        Run(
+            "drive-mirror",
+            json!({"job-id": "r", "device": "thr", "target": "@DIR@/new.qcow2", "sync": "full",
+                   "node-name": "dst2", "mode": "existing"}),
+        ),
+        Run(
+            "drive-mirror",
+            json!({"job-id": "r", "device": "thr", "target": "@DIR@/new.qcow2", "sync": "full",
+                   "node-name": "new", "replaces": "lo", "mode": "existing"}),
+        ),
+        Wait("r", "BLOCK_JOB_READY"),
+        Run("job-complete", json!({"id": "r"})),
+        Wait("r", "null"),
+        // The throttle node reads from the target now: the node it
+        // replaced is free.
+        Run("blockdev-del", json!({"node-name": "lo"})),
+        Run("blockdev-del", json!({"node-name": "new"})),
+        Run("blockdev-del", json!({"node-name": "thr"})),
+        Run("blockdev-del", json!({"node-name": "new"})),
     ]
 }
 
@@ -110,7 +141,9 @@ fn scenario() -> Vec<Step> {
 /// base <- mid <- top and base2 <- mid2 <- top2.
 fn make_images(dir: &Path) {
     let p = |name: &str| dir.join(name).display().to_string();
-    for image in ["src", "dst", "bak", "base", "base2", "faulty", "faulty2"] {
+    for image in [
+        "src", "dst", "bak", "base", "base2", "faulty", "faulty2", "lo", "dst2", "new",
+    ] {
         tool(
             "qemu-img",
             &[
@@ -147,6 +180,7 @@ fn make_images(dir: &Path) {
     }
     for (image, command) in [
         ("src", "write -P 1 0 4M"),
+        ("lo", "write -P 8 0 4M"),
         ("base", "write -P 2 0 4M"),
         ("mid", "write -P 3 4M 4M"),
         ("top", "write -P 4 8M 1M"),
@@ -180,6 +214,14 @@ fn options(dir: &Path) -> Vec<String> {
         node("top2", ",backing=mid2"),
         faulty(dir, "faulty"),
         faulty(dir, "faulty2"),
+        node("lo", ""),
+        node("dst2", ""),
+        vec![
+            "--object".to_owned(),
+            "throttle-group,id=tg".to_owned(),
+            "--blockdev".to_owned(),
+            "throttle,node-name=thr,throttle-group=tg,file=lo".to_owned(),
+        ],
     ]
     .concat()
 }
@@ -255,6 +297,9 @@ async fn run(program: Command) -> Transcript {
     for step in scenario() {
         match step {
             Run(command, arguments) => {
+                let dir = daemon.dir.path().display().to_string();
+                let arguments = serde_json::from_str(&arguments.to_string().replace("@DIR@", &dir))
+                    .expect("JSON");
                 let reply = match qmp.execute(command, arguments).await.unwrap() {
                     Ok(value) => json!({"return": value}),
                     Err(error) => json!({"error": {"class": error.class, "desc": error.desc}}),

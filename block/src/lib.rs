@@ -41,6 +41,7 @@ mod perm_update;
 pub mod permissions;
 mod posix_io;
 pub mod preallocate;
+pub mod probe;
 pub mod qcow2;
 mod range_lock;
 pub mod raw;

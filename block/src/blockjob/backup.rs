@@ -93,7 +93,10 @@ impl PreparedBackup {
             .owns_target
             .load(std::sync::atomic::Ordering::Acquire)
         {
-            super::close_owned_target(&self.backup.graph, &self.backup.copy.target).await;
+            self.backup
+                .graph
+                .release_job_node(&self.backup.copy.target)
+                .await;
         }
     }
 }
@@ -568,7 +571,7 @@ impl JobDriver for Backup {
     async fn clean(&self) {
         self.detach().await;
         if self.owns_target.load(std::sync::atomic::Ordering::Acquire) {
-            super::close_owned_target(&self.graph, &self.copy.target).await;
+            self.graph.release_job_node(&self.copy.target).await;
         }
     }
 }

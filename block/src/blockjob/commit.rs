@@ -121,6 +121,7 @@ pub async fn start(
             copy_mode: MirrorCopyMode::Background,
             filter_node_name: args.filter_node_name,
             owns_target: false,
+            replaces: None,
         };
         return mirror::start_with(graph, jobs, setup).await;
     }

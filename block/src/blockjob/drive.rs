@@ -14,7 +14,7 @@ use serde_json::json;
 use super::backup::{self, PreparedBackup};
 use super::mirror::{self, InitialDirt, MirrorSetup};
 use super::{check_root, CommonOptions};
-use crate::error::BlockResult;
+use crate::error::{BlockError, BlockResult};
 use crate::filename::display_filename;
 use crate::graph::{generic, BlockGraph};
 use crate::job::{JobRegistry, TxnId};
@@ -23,9 +23,9 @@ use crate::node::Node;
 /// The formats a target can be created in.
 const FORMATS: [&str; 2] = ["qcow2", "raw"];
 
-/// Creates (unless `existing`) and opens the target image `filename`.
-/// A qcow2 target of a `top`/`none` copy names what stays below as its
-/// backing file, as QEMU's.
+/// Creates (unless `existing`) and opens the target image `filename`,
+/// as node `node_name` if given. A qcow2 target of a `top`/`none` copy
+/// names what stays below as its backing file, as QEMU's.
 async fn open_target(
     graph: &BlockGraph,
     source: &Arc<Node>,
@@ -33,8 +33,15 @@ async fn open_target(
     format: Option<&str>,
     mode: NewImageMode,
     sync: MirrorSyncMode,
+    node_name: Option<&str>,
 ) -> BlockResult<Arc<Node>> {
-    let format = format.unwrap_or(source.driver().format_name());
+    // An existing image of no given format is probed, as QEMU's.
+    let format = match (format, mode) {
+        (Some(format), _) => format,
+        (None, NewImageMode::Existing) => crate::probe::probe_format(filename)
+            .map_err(|e| BlockError::from_io(format!("Could not open '{filename}'"), e))?,
+        (None, _) => source.driver().format_name(),
+    };
     if !FORMATS.contains(&format) {
         return Err(generic(format!("Unknown file format '{format}'")));
     }
@@ -53,6 +60,9 @@ async fn open_target(
     let mut options = json!({"driver": format, "file": {"driver": "file", "filename": filename}});
     if format == "qcow2" {
         options["backing"] = json!(null);
+    }
+    if let Some(name) = node_name {
+        options["node-name"] = json!(name);
     }
     let options: BlockdevOptions =
         schema::from_json(options).map_err(|error| generic(error.desc))?;
@@ -75,6 +85,7 @@ pub async fn prepare_backup(
         args.format.as_deref(),
         mode,
         args.sync,
+        None,
     )
     .await?;
     let backup_args = BlockdevBackupArgs {
@@ -100,7 +111,7 @@ pub async fn prepare_backup(
             Ok(prepared)
         }
         Err(error) => {
-            super::close_owned_target(graph, &target).await;
+            graph.release_job_node(&target).await;
             Err(error)
         }
     }
@@ -134,9 +145,9 @@ pub async fn start_mirror(
             crate::job::job_type_name_of(&args.sync)
         )));
     }
-    if args.replaces.is_some() || args.node_name.is_some() {
+    if args.replaces.is_some() && args.node_name.is_none() {
         return Err(generic(
-            "drive-mirror with 'replaces' or 'node-name' is not supported; use blockdev-mirror",
+            "a node-name must be provided when replacing a named node of the graph",
         ));
     }
     let mode = args.mode.unwrap_or_default();
@@ -147,8 +158,21 @@ pub async fn start_mirror(
         args.format.as_deref(),
         mode,
         args.sync,
+        args.node_name.as_deref(),
     )
     .await?;
+    let replaces = args
+        .replaces
+        .as_deref()
+        .map(|name| mirror::check_replaces(graph, &source, name))
+        .transpose();
+    let replaces = match replaces {
+        Ok(replaces) => replaces,
+        Err(error) => {
+            graph.release_job_node(&target).await;
+            return Err(error);
+        }
+    };
     let setup = MirrorSetup {
         job_type: schema::create::JobType::Mirror,
         common: CommonOptions {
@@ -173,9 +197,10 @@ pub async fn start_mirror(
         copy_mode: args.copy_mode.unwrap_or(MirrorCopyMode::Background),
         filter_node_name: None,
         owns_target: true,
+        replaces,
     };
     if let Err(error) = mirror::start_with(graph, jobs, setup).await {
-        super::close_owned_target(graph, &target).await;
+        graph.release_job_node(&target).await;
         return Err(error);
     }
     Ok(())

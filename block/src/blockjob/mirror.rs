@@ -72,16 +72,11 @@ pub async fn start(
             crate::job::job_type_name_of(&args.sync)
         )));
     }
-    if let Some(replaces) = &args.replaces {
-        let node = graph
-            .node(replaces)
-            .ok_or_else(|| generic(format!("Failed to find node with node-name='{replaces}'")))?;
-        if !Arc::ptr_eq(&node, &source) {
-            return Err(generic(
-                "Replacing a node other than the mirror's source is not supported",
-            ));
-        }
-    }
+    let replaces = args
+        .replaces
+        .as_deref()
+        .map(|name| check_replaces(graph, &source, name))
+        .transpose()?;
     let granularity = check_granularity(args.granularity, &target)?;
     let buf_size = buf_size(args.buf_size)?;
     if Arc::ptr_eq(&source, &target) {
@@ -115,8 +110,52 @@ pub async fn start(
         copy_mode: args.copy_mode.unwrap_or_default(),
         filter_node_name: args.filter_node_name,
         owns_target: false,
+        replaces,
     };
     start_with(graph, jobs, setup).await
+}
+
+/// The node `replaces` names, checked as QEMU's `check_to_replace_node`:
+/// it must exist, not be held by a job, and show what `source` shows (be
+/// the source or below it through filters only), with the same size.
+pub(crate) fn check_replaces(
+    graph: &BlockGraph,
+    source: &Arc<Node>,
+    name: &str,
+) -> BlockResult<Arc<Node>> {
+    let node = graph
+        .node(name)
+        .ok_or_else(|| generic(format!("Failed to find node with node-name='{name}'")))?;
+    graph.check_not_blocked(&node)?;
+    if !can_replace(source, &node) {
+        return Err(generic(format!(
+            "Cannot replace '{name}' by a node mirrored from '{}', because it cannot be \
+             guaranteed that doing so would not lead to an abrupt change of visible data",
+            source.name()
+        )));
+    }
+    if node.size() != source.size() {
+        return Err(generic(
+            "cannot replace image with a mirror image of different size",
+        ));
+    }
+    Ok(node)
+}
+
+/// Whether `node` is `source` or below it through filters only (QEMU's
+/// `bdrv_recurse_can_replace`): replacing it changes nothing `source`'s
+/// users see.
+fn can_replace(source: &Arc<Node>, node: &Arc<Node>) -> bool {
+    let mut current = source.clone();
+    loop {
+        if Arc::ptr_eq(&current, node) {
+            return true;
+        }
+        match current.driver().filtered() {
+            Some(edge) => current = edge.node(),
+            None => return false,
+        }
+    }
 }
 
 /// `buf-size`, checked as QEMU does (0 or absent: the default).
@@ -157,6 +196,9 @@ pub(crate) struct MirrorSetup {
     /// The target was opened for the job (`drive-mirror`): it closes with
     /// the job unless the pivot gave it users.
     pub owns_target: bool,
+    /// The node the target takes the place of at the pivot, if not the
+    /// source (`replaces`: a node below the source through filters).
+    pub replaces: Option<Arc<Node>>,
 }
 
 /// Creates the job, inserts the filter and starts copying.
@@ -178,6 +220,7 @@ pub(crate) async fn start_with(
         copy_mode,
         filter_node_name,
         owns_target,
+        replaces,
     } = setup;
     let active = Arc::new(ActiveWrites {
         target: target.clone(),
@@ -203,6 +246,7 @@ pub(crate) async fn start_with(
         pivot: Mutex::default(),
         ready: AtomicBool::new(false),
         owns_target,
+        replaces: replaces.filter(|node| !Arc::ptr_eq(node, &source)),
         made_writable: MadeWritable::default(),
     });
     let created = create_block_job(jobs, job_type, &common, mirror.clone())?;
@@ -253,6 +297,8 @@ struct Mirror {
     pivot: Mutex<Option<Drained>>,
     ready: AtomicBool,
     owns_target: bool,
+    /// What the target replaces at the pivot instead of the source.
+    replaces: Option<Arc<Node>>,
     /// An active commit's base, if it was read-only.
     made_writable: MadeWritable,
 }
@@ -530,17 +576,38 @@ impl Mirror {
         };
         // The job's own hold on the filter goes first, so it can close.
         lock(&self.blocker).take();
-        let result = match &pivot {
-            Some(_) => self.pivot_to_target(&filter).await,
-            None => Ok(()),
+        if pivot.is_none() {
+            return self.graph.remove_filter(&filter).await;
+        }
+        let result = match &self.replaces {
+            None => {
+                let pivoted = self.graph.replace_node(&filter, self.target.name()).await;
+                pivoted.and(self.graph.remove_filter(&filter).await)
+            }
+            Some(node) => {
+                let removed = self.graph.remove_filter(&filter).await;
+                removed.and(self.replace(node).await)
+            }
         };
-        let removed = self.graph.remove_filter(&filter).await;
         drop(pivot);
-        result.and(removed)
+        result
     }
 
-    async fn pivot_to_target(&self, filter: &str) -> BlockResult<()> {
-        self.graph.replace_node(filter, self.target.name()).await
+    /// The pivot of a mirror with `replaces`: `node` is replaced by the
+    /// target if it still shows what the source shows (QEMU's check at
+    /// completion).
+    async fn replace(&self, node: &Arc<Node>) -> BlockResult<()> {
+        if !can_replace(&self.source, node) {
+            return Err(generic(format!(
+                "Can no longer replace '{}' by '{}', because it can no longer be guaranteed \
+                 that doing so would not lead to an abrupt change of visible data",
+                node.name(),
+                self.target.name()
+            )));
+        }
+        self.graph
+            .replace_node(node.name(), self.target.name())
+            .await
     }
 }
 
@@ -606,7 +673,7 @@ impl JobDriver for Mirror {
         lock(&self.target_backend).take();
         self.made_writable.restore(&self.graph, "commit").await;
         if self.owns_target {
-            super::close_owned_target(&self.graph, &self.target).await;
+            self.graph.release_job_node(&self.target).await;
         }
     }
 }

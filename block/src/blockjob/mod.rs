@@ -150,18 +150,3 @@ pub(crate) async fn remove_job_filter(graph: &BlockGraph, filter: Option<Arc<Nod
         }
     }
 }
-
-/// Closes a target the job opened itself (`drive-backup`, `drive-mirror`),
-/// unless something uses it now (a mirror's pivot gave it the source's
-/// users).
-pub(crate) async fn close_owned_target(graph: &BlockGraph, target: &Node) {
-    if graph.has_users(target) || graph.node(target.name()).is_none() {
-        return;
-    }
-    if let Err(error) = graph.blockdev_del(target.name()).await {
-        tracing::warn!(
-            "closing the job's target '{}' failed: {error}",
-            target.name()
-        );
-    }
-}

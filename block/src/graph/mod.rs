@@ -148,6 +148,16 @@ impl BlockGraph {
         Ok(node)
     }
 
+    /// Lets go of a node a job opened for itself (`drive-mirror`'s and
+    /// `drive-backup`'s targets): it stays as long as a parent or a user
+    /// holds it (a mirror's pivot gave it the source's), not owned by the
+    /// monitor (as QEMU's), and closes now if nobody does.
+    pub async fn release_job_node(&self, node: &Node) {
+        let _control = self.shared.control.lock().await;
+        let closed = self.state().release_from_monitor(node);
+        self.shared.close_nodes(closed).await;
+    }
+
     /// Whether a backend (an export, a job) uses `node`.
     pub fn has_users(&self, node: &Node) -> bool {
         self.state().uses().iter().any(|u| u.node_id == node.id())

@@ -92,6 +92,13 @@ impl GraphState {
         Ok(self.remove_unreferenced())
     }
 
+    /// The monitor's reference to `node` goes, whoever else holds it;
+    /// returns the nodes that leave the graph (`node`, if nobody does).
+    pub(super) fn release_from_monitor(&mut self, node: &Node) -> Vec<Arc<Node>> {
+        self.monitor_owned.remove(&node.id());
+        self.remove_unreferenced()
+    }
+
     /// The monitor drops all its references (shutdown); returns the nodes
     /// that leave the graph, parents first.
     pub(super) fn clear_monitor(&mut self) -> Vec<Arc<Node>> {

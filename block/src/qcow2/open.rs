@@ -19,9 +19,6 @@ use crate::node::Node;
 use crate::open::OpenContext;
 use crate::permissions::{default_child_perms, ChildRoleFlags, Perm};
 
-/// The first bytes of a qcow2 image, for probing a backing file's format.
-const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
-
 impl Qcow2 {
     /// Opens a qcow2 node: the image over its `file` child, with the
     /// backing chain its options or its header name.
@@ -122,19 +119,14 @@ async fn open_backing_from_header(
         .map_err(|e| BlockError::new(e.kind, format!("Could not open backing file: {e}")))
 }
 
-/// `qcow2` if the file starts with the qcow2 magic, else `raw`.
+/// The backing file's format, probed.
 fn probe_format(path: &str) -> BlockResult<String> {
-    let mut magic = [0u8; QCOW2_MAGIC.len()];
-    let read = std::fs::File::open(path)
-        .and_then(|file| std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0));
-    match read {
-        Ok(()) if magic == QCOW2_MAGIC => Ok("qcow2".to_string()),
-        Ok(()) => Ok("raw".to_string()),
-        // Too short for any header: raw.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok("raw".to_string()),
-        Err(e) => Err(BlockError::from_io(
-            format!("Could not open backing file: Could not open '{path}'"),
-            e,
-        )),
-    }
+    crate::probe::probe_format(path)
+        .map(str::to_owned)
+        .map_err(|e| {
+            BlockError::from_io(
+                format!("Could not open backing file: Could not open '{path}'"),
+                e,
+            )
+        })
 }
