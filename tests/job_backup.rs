@@ -117,7 +117,7 @@ async fn full_then_incremental_backups_are_points_in_time() {
         &mut qmp,
         "blockdev-backup",
         json!({"job-id": "inc", "device": "src", "target": "inc", "sync": "incremental",
-               "bitmap": "b0"}),
+               "bitmap": "b0", "x-perf": {"max-workers": 1, "max-chunk": 65536}}),
     )
     .await;
     let nodes = ok(&mut qmp, "query-named-block-nodes", json!({"flat": true})).await;
@@ -236,6 +236,32 @@ async fn refusals_are_qemus() {
         (
             json!({"job-id": "b", "device": "src", "target": "full", "sync": "full", "speed": -1}),
             "Parameter 'speed' expects a non-negative value",
+        ),
+        (
+            json!({"job-id": "b", "device": "src", "target": "full", "sync": "full",
+                   "x-perf": {"max-workers": 0}}),
+            "max-workers must be between 1 and 2147483647",
+        ),
+        (
+            json!({"job-id": "b", "device": "src", "target": "full", "sync": "full",
+                   "x-perf": {"max-chunk": -1}}),
+            "max-chunk must be zero (which means no limit) or positive",
+        ),
+        (
+            json!({"job-id": "b", "device": "src", "target": "full", "sync": "full",
+                   "x-perf": {"max-chunk": 4096}}),
+            "Required max-chunk (4096) is less than backup cluster size (65536)",
+        ),
+        (
+            json!({"job-id": "b", "device": "src", "target": "full", "sync": "full",
+                   "x-perf": {"min-cluster-size": 1000}}),
+            "Could not create node: Cannot create block-copy-state: \
+             min-cluster-size needs to be a power of 2",
+        ),
+        (
+            json!({"job-id": "b", "device": "src", "target": "full", "sync": "full",
+                   "x-perf": {"min-cluster-size": 1 << 20, "max-chunk": 65536}}),
+            "Required max-chunk (65536) is less than backup cluster size (1048576)",
         ),
     ];
     for (arguments, message) in cases {

@@ -228,8 +228,9 @@ pub enum BitmapSyncMode {
     Always,
 }
 
-/// `x-perf` of a backup (`BackupPerf`): accepted and bounded.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+/// `x-perf` of a backup (`BackupPerf`): `max-workers`, `max-chunk` and
+/// `min-cluster-size` shape the copy; `use-copy-range` is a hint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct BackupPerf {
     pub use_copy_range: Option<bool>,

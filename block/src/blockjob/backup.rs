@@ -38,8 +38,13 @@ const MIN_CLUSTER: u64 = 64 << 10;
 /// The largest single copy by the job.
 const MAX_CHUNK: u64 = 1 << 20;
 
-/// The most copies the job has in flight.
+/// The most copies the job has in flight (`x-perf`'s `max-workers` may
+/// ask for fewer).
 const MAX_IN_FLIGHT: usize = 16;
+
+/// The largest `min-cluster-size` taken (a copy buffer is at least a
+/// cluster).
+const MAX_MIN_CLUSTER: u64 = 64 << 20;
 
 /// Starts a backup job (`blockdev-backup`).
 pub async fn start(
@@ -120,11 +125,19 @@ pub async fn prepare(
         // QEMU names the target's device, which a node has not.
         return Err(generic("Compression is not supported for this drive "));
     }
+    graph.check_not_blocked(&source)?;
+    graph.check_not_blocked(&target)?;
+    let perf = args.x_perf.clone().unwrap_or_default();
+    let workers = check_workers(perf.max_workers)?;
+    let max_chunk = perf.max_chunk.unwrap_or(0);
+    if max_chunk < 0 {
+        return Err(generic(
+            "max-chunk must be zero (which means no limit) or positive",
+        ));
+    }
     if source.size() != target.size() {
         return Err(generic("Source and target image have different sizes"));
     }
-    graph.check_not_blocked(&source)?;
-    graph.check_not_blocked(&target)?;
     if let Some(name) = &args.filter_node_name {
         if graph.node(name).is_some() {
             return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
@@ -134,7 +147,19 @@ pub async fn prepare(
         .driver_info()
         .and_then(|info| info.cluster_size)
         .unwrap_or(0)
-        .max(MIN_CLUSTER);
+        .max(check_min_cluster(perf.min_cluster_size)?);
+    let max_chunk = max_chunk as u64;
+    if max_chunk != 0 && max_chunk < cluster {
+        return Err(generic(format!(
+            "Required max-chunk ({max_chunk}) is less than backup cluster size ({cluster})"
+        )));
+    }
+    // Copies are whole clusters, at most `MAX_CHUNK` unless a cluster is
+    // larger, and at most `max-chunk`.
+    let chunk = match max_chunk {
+        0 => MAX_CHUNK.max(cluster),
+        limit => limit.min(MAX_CHUNK.max(cluster)) / cluster * cluster,
+    };
     let copy = Arc::new(BlockCopy {
         source: source.clone(),
         target: target.clone(),
@@ -150,6 +175,8 @@ pub async fn prepare(
         sync,
         bitmap,
         bitmap_mode,
+        chunk,
+        workers,
         on_source_error: args.on_source_error.unwrap_or_default(),
         on_target_error: args.on_target_error.unwrap_or_default(),
         filter: Mutex::default(),
@@ -170,6 +197,38 @@ pub async fn prepare(
         backup,
         drained,
     })
+}
+
+/// `x-perf`'s `max-workers`, checked as QEMU (default 64), then bounded
+/// by the most copies storaged keeps in flight.
+fn check_workers(max_workers: Option<i64>) -> BlockResult<usize> {
+    let workers = max_workers.unwrap_or(64);
+    if !(1..=i64::from(i32::MAX)).contains(&workers) {
+        return Err(generic(format!(
+            "max-workers must be between 1 and {}",
+            i32::MAX
+        )));
+    }
+    Ok((workers as usize).min(MAX_IN_FLIGHT))
+}
+
+/// `x-perf`'s `min-cluster-size`: a power of two (QEMU's check), at most
+/// [`MAX_MIN_CLUSTER`] (storaged's: a copy is at least one cluster); the
+/// cluster is never below [`MIN_CLUSTER`].
+fn check_min_cluster(min_cluster: Option<schema::Size>) -> BlockResult<u64> {
+    let min_cluster = min_cluster.map_or(0, |size| size.bytes());
+    if min_cluster != 0 && !min_cluster.is_power_of_two() {
+        return Err(generic(
+            "Could not create node: Cannot create block-copy-state: \
+             min-cluster-size needs to be a power of 2",
+        ));
+    }
+    if min_cluster > MAX_MIN_CLUSTER {
+        return Err(generic(format!(
+            "min-cluster-size must be at most {MAX_MIN_CLUSTER}"
+        )));
+    }
+    Ok(min_cluster.max(MIN_CLUSTER))
 }
 
 /// QEMU's checks of `sync`, `bitmap` and `bitmap-mode`: the sync mode
@@ -395,6 +454,10 @@ pub struct Backup {
     sync: MirrorSyncMode,
     bitmap: Option<Arc<NamedBitmap>>,
     bitmap_mode: BitmapSyncMode,
+    /// The largest copy, whole clusters.
+    chunk: u64,
+    /// The most copies in flight.
+    workers: usize,
     on_source_error: BlockdevOnError,
     on_target_error: BlockdevOnError,
     filter: Mutex<Option<Arc<Node>>>,
@@ -484,7 +547,7 @@ impl Backup {
             return Ok(());
         }
         context.set_remaining(to_copy.dirty_bytes());
-        let chunk = MAX_CHUNK.max(self.copy.cluster);
+        let chunk = self.chunk;
         let mut in_flight = FuturesUnordered::new();
         let mut cursor = 0;
         loop {
@@ -494,7 +557,7 @@ impl Backup {
                     return Ok(());
                 }
             }
-            while in_flight.len() < MAX_IN_FLIGHT {
+            while in_flight.len() < self.workers {
                 let Some(range) = to_copy.next_dirty(cursor, chunk) else {
                     break;
                 };
