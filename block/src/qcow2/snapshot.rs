@@ -107,11 +107,12 @@ pub(super) async fn read_table(
     count: u32,
 ) -> BlockResult<SnapshotTable> {
     let mut bytes = Vec::new();
+    let mut window = ReadWindow::default();
     for _ in 0..count {
         let at = offset + bytes.len() as u64;
-        let fixed = file.read_vec(at, FIXED_LEN).await?;
-        let len = entry_len(&fixed)?;
-        bytes.extend_from_slice(&file.read_vec(at, len).await?);
+        let fixed = window.get(file, at, FIXED_LEN).await?;
+        let len = entry_len(fixed)?;
+        bytes.extend_from_slice(window.get(file, at, len).await?);
     }
     let (snapshots, len) = parse_table(&bytes, count)?;
     Ok(SnapshotTable {
@@ -119,6 +120,33 @@ pub(super) async fn read_table(
         len: len as u64,
         snapshots,
     })
+}
+
+/// Reads a table of unknown length from the file in pieces of
+/// [`ReadWindow::CHUNK`], not an entry at a time (a table may hold tens of
+/// thousands of entries).
+#[derive(Default)]
+struct ReadWindow {
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+impl ReadWindow {
+    const CHUNK: usize = 64 << 10;
+
+    /// The `len` bytes at `at`; read anew (a chunk, or exactly what is
+    /// asked near the end of the file) unless the window holds them.
+    async fn get(&mut self, file: &dyn BlockChild, at: u64, len: usize) -> BlockResult<&[u8]> {
+        let end = at + len as u64;
+        let held = at >= self.at && end <= self.at + self.bytes.len() as u64;
+        if !held {
+            let chunk = (len.max(Self::CHUNK) as u64).min(file.size().saturating_sub(at));
+            self.bytes = file.read_vec(at, chunk.max(len as u64) as usize).await?;
+            self.at = at;
+        }
+        let start = (at - self.at) as usize;
+        Ok(&self.bytes[start..start + len])
+    }
 }
 
 /// Parses `count` entries from `table`; returns them and the bytes they
