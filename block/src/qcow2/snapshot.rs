@@ -134,14 +134,14 @@ struct ReadWindow {
 impl ReadWindow {
     const CHUNK: usize = 64 << 10;
 
-    /// The `len` bytes at `at`; read anew (a chunk, or exactly what is
-    /// asked near the end of the file) unless the window holds them.
+    /// The `len` bytes at `at`; a chunk from `at` is read unless the
+    /// window holds them (the file reads as zeroes past its end, as for
+    /// an exact read).
     async fn get(&mut self, file: &dyn BlockChild, at: u64, len: usize) -> BlockResult<&[u8]> {
         let end = at + len as u64;
         let held = at >= self.at && end <= self.at + self.bytes.len() as u64;
         if !held {
-            let chunk = (len.max(Self::CHUNK) as u64).min(file.size().saturating_sub(at));
-            self.bytes = file.read_vec(at, chunk.max(len as u64) as usize).await?;
+            self.bytes = file.read_vec(at, len.max(Self::CHUNK)).await?;
             self.at = at;
         }
         let start = (at - self.at) as usize;
