@@ -10,7 +10,10 @@
 use std::collections::HashMap;
 
 use schema::char::{ChardevOptions, MonitorMode, MonitorOptions, CHARDEV_IMPLIED_KEY};
-use schema::qemuopts;
+use schema::qemuopts::{self, Request};
+use schema::qemuopts_help;
+
+use crate::startup::Help;
 
 /// QEMU's character device backends, for telling a backend storaged does
 /// not offer from one that does not exist.
@@ -56,19 +59,33 @@ fn filename(backend: &Backend, in_use: bool) -> String {
 /// The backends `--chardev` creates (the others only `chardev-add`).
 const COMMAND_LINE_BACKENDS: &[&str] = &["stdio", "socket"];
 
-/// `--chardev help`: the backends `--chardev` creates, as QSD lists its
-/// own. `None` when the option asks for no help. (QSD's `--chardev
-/// TYPE,help`, the list of every option, gets "Help is not available".)
-pub fn chardev_help(option: &str) -> Option<String> {
-    let first = option.split(',').next().unwrap_or_default();
-    if first != "help" && first != "?" {
-        return None;
+/// The help `--chardev` asks for, as QSD gives it: `--chardev help` (the
+/// backend `help`) lists the backends `--chardev` creates and succeeds;
+/// a bare `help` item (`--chardev socket,help`, whatever the backend)
+/// lists every option of `--chardev` and fails. `None` when the option
+/// asks for no help, or is wrong before it asks (reported when applied).
+pub fn chardev_help(option: &str) -> Option<Help> {
+    match qemuopts::parse_or_help::<ChardevOptions>(option, Some(CHARDEV_IMPLIED_KEY)).ok()? {
+        Request::Help { warnings } => Some(Help {
+            text: qemuopts_help::print_help::<ChardevOptions>("chardev"),
+            warnings,
+            success: false,
+        }),
+        Request::Options(parsed)
+            if matches!(parsed.options.backend.as_deref(), Some("help" | "?")) =>
+        {
+            let list: String = COMMAND_LINE_BACKENDS
+                .iter()
+                .map(|name| format!("  {name}\n"))
+                .collect();
+            Some(Help {
+                text: format!("Available chardev backend types: \n{list}"),
+                warnings: parsed.warnings,
+                success: true,
+            })
+        }
+        Request::Options(_) => None,
     }
-    let list: String = COMMAND_LINE_BACKENDS
-        .iter()
-        .map(|name| format!("  {name}\n"))
-        .collect();
-    Some(format!("Available chardev backend types: \n{list}"))
 }
 
 /// The most chardevs a command line may define.

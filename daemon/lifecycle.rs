@@ -51,8 +51,11 @@ impl StopSignals {
 enum StartupEnd {
     Failed(String),
     Stopped(&'static str),
-    /// An option asked for help, which was printed.
-    Helped,
+    /// An option asked for help, which was printed; whether the exit
+    /// is a success.
+    Helped {
+        success: bool,
+    },
 }
 
 /// Runs the daemon to its end; the exit status is the process's.
@@ -84,9 +87,13 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
             tracing::info!("{name} during startup; stopping");
             return stop_or_force(&daemon, &monitors, &mut signals, program).await;
         }
-        Err(StartupEnd::Helped) => {
+        Err(StartupEnd::Helped { success }) => {
             let _ = stop(&daemon, &monitors).await;
-            return ExitCode::SUCCESS;
+            return if success {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
         }
     };
     let pidfile = match announced {
@@ -183,8 +190,13 @@ async fn start(
 ) -> Result<(), StartupEnd> {
     for step in &invocation.steps {
         if let Some(help) = Startup::help(step) {
-            print!("{help}");
-            return Err(StartupEnd::Helped);
+            for warning in &help.warnings {
+                eprintln!("{program}: {}: warning: {warning}", step.arg.location);
+            }
+            print!("{}", help.text);
+            return Err(StartupEnd::Helped {
+                success: help.success,
+            });
         }
         let applied = startup.apply(step).await;
         for warning in startup.take_warnings() {

@@ -51,6 +51,16 @@ impl LoadSnapshot {
     }
 }
 
+/// Help an option asked for: printed on standard output, then the daemon
+/// exits, successfully or not as QSD does for that option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Help {
+    pub text: String,
+    /// Warnings about the option's syntax before it asked, for stderr.
+    pub warnings: Vec<String>,
+    pub success: bool,
+}
+
 /// The implied key of `--blockdev`.
 const BLOCKDEV_IMPLIED_KEY: &str = "driver";
 
@@ -79,10 +89,15 @@ impl Startup {
     }
 
     /// The help an option asks for instead of applying (`--object help`,
-    /// `--object TYPE,help`), as QSD prints it when it reaches the option.
-    pub fn help(step: &Step) -> Option<String> {
+    /// `--object TYPE,help`, `--chardev socket,help`), as QSD prints it
+    /// when it reaches the option.
+    pub fn help(step: &Step) -> Option<Help> {
         match step.kind {
-            StepKind::Object => object_help(&step.arg.value),
+            StepKind::Object => object_help(&step.arg.value).map(|text| Help {
+                text,
+                warnings: Vec::new(),
+                success: true,
+            }),
             StepKind::Chardev => crate::chardev::chardev_help(&step.arg.value),
             _ => None,
         }

@@ -421,3 +421,55 @@ fn help_options_list_types_as_qemu_storage_daemon() {
         }
     }
 }
+
+/// `--chardev TYPE,help` for every backend QEMU names (those storaged
+/// creates, those it does not, and an unknown one) and where `help` stands
+/// among other items: standard output, standard error (warnings and
+/// errors, after the program's name) and exit status as QSD's.
+#[test]
+fn chardev_option_help_is_qemu_storage_daemons() {
+    let outcome = |program: &str, option: &str| {
+        let out = Command::new(program)
+            .args(["--chardev", option])
+            .output()
+            .expect(program);
+        let name = program.rsplit('/').next().unwrap_or(program);
+        let stderr = String::from_utf8_lossy(&out.stderr).replace(name, "PROGRAM");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+        )
+    };
+    let storaged = env!("CARGO_BIN_EXE_storaged");
+    let backends = [
+        "socket", "stdio", "ringbuf", "memory", "null", "file", "pipe", "pty", "udp", "parallel",
+        "serial", "mux", "hub", "bogus",
+    ];
+    let mut options: Vec<String> = backends.iter().map(|b| format!("{b},help")).collect();
+    options.extend(
+        [
+            "socket,?",
+            "id=x,help",
+            "socket,id=x,help,path=/x",
+            "socket,help,server=maybe",
+            "socket,server=maybe,help",
+            "socket,bogus=1,help",
+            "socket,server,help",
+            "socket,help,help",
+            ",help",
+            "socket,help,",
+            "socket,path=a,,b,help",
+            "socket,chardevs.0=x,help",
+        ]
+        .map(str::to_owned),
+    );
+    for option in &options {
+        let theirs = outcome("qemu-storage-daemon", option);
+        assert_eq!(outcome(storaged, option), theirs, "--chardev {option}");
+    }
+    let (status, list, _) = outcome(storaged, "socket,help");
+    assert_eq!(status, Some(1));
+    assert_eq!(list.lines().next(), Some("chardev options:"));
+    assert!(list.contains("\n  reconnect-ms=<num>\n  reconnect=<num>\n"));
+}

@@ -63,6 +63,16 @@ pub struct ChardevOptions {
     pub r#abstract: Option<bool>,
     pub tight: Option<bool>,
     pub input_path: Option<String>,
+    /// The chardevs a `hub` backend joins; storaged has no `hub`, but
+    /// accepts them with other backends (which ignore them), as QEMU.
+    #[serde(rename = "chardevs.0")]
+    pub chardevs_0: Option<String>,
+    #[serde(rename = "chardevs.1")]
+    pub chardevs_1: Option<String>,
+    #[serde(rename = "chardevs.2")]
+    pub chardevs_2: Option<String>,
+    #[serde(rename = "chardevs.3")]
+    pub chardevs_3: Option<String>,
 }
 
 /// What every chardev backend takes (`ChardevCommon`).
