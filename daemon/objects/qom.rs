@@ -468,8 +468,8 @@ mod tests {
                 "Property 'throttle-group.nosuch' not found",
             ),
             (
-                qom.set("m", "data", json!("x")),
-                "Property 'secret.data' cannot be set in storaged",
+                qom.set("m", "data", json!(1)),
+                "Invalid parameter type for 'data', expected: string",
             ),
         ];
         for (result, message) in refused {
