@@ -1,17 +1,26 @@
 //! `--chardev` and `--monitor`: character devices as far as a QMP monitor
-//! needs them, and the monitors attached to them.
+//! needs them, and the monitors attached to them; and the socket options
+//! of `--chardev` and of `chardev-add` read into one [`SocketSpec`], which
+//! [`qmp::socket`] opens for both.
 //!
-//! storaged has character devices only to carry monitors: a listening
-//! socket (`socket,path=...` or `socket,host=...,port=...` with
+//! The command line has character devices only to carry monitors: a
+//! socket (`socket,path=...` or `socket,host=...,port=...`, listening with
 //! `server=on`) or the daemon's standard streams (`stdio`). A chardev is
 //! checked when `--chardev` is read and opened when a `--monitor` attaches
 //! to it; each chardev carries at most one monitor, as in QEMU.
 
 use std::collections::HashMap;
 
-use schema::char::{ChardevOptions, MonitorMode, MonitorOptions, CHARDEV_IMPLIED_KEY};
+use std::time::Duration;
+
+use block::error::os_error_text;
+use qmp::{ListenAddress, SocketSpec};
+use schema::char::{
+    ChardevOptions, ChardevSocket, MonitorMode, MonitorOptions, CHARDEV_IMPLIED_KEY,
+};
 use schema::qemuopts::{self, Request};
 use schema::qemuopts_help;
+use schema::sockets::SocketAddressLegacyKind;
 
 use crate::startup::Help;
 
@@ -24,7 +33,9 @@ const QEMU_BACKENDS: &[&str] = &[
 
 /// The backends storaged offers (`query-chardev-backends`): those of the
 /// command line and those `chardev-add` creates.
-pub const BACKENDS: &[&str] = &["socket", "stdio", "ringbuf", "memory", "null", "file"];
+pub const BACKENDS: &[&str] = &[
+    "socket", "stdio", "ringbuf", "memory", "null", "file", "pipe",
+];
 
 /// A chardev as the daemon's state keeps it for `query-chardev` and the
 /// QOM tree.
@@ -43,16 +54,53 @@ pub struct ChardevRow {
 /// storaged does not open) is `disconnected:`, as QEMU shows a socket with
 /// no peer. A monitor's socket shows as connected.
 fn filename(backend: &Backend, in_use: bool) -> String {
-    let address = |address: &qmp::ListenAddress| match address {
-        qmp::ListenAddress::Unix(path) => format!("unix:{}", path.display()),
-        qmp::ListenAddress::Tcp { host, port } => format!("tcp:{host}:{port}"),
-        qmp::ListenAddress::Fd(fd) => format!("fd:{fd}"),
-    };
     let state = if in_use { "" } else { "disconnected:" };
     match backend {
-        Backend::Listen { address: a, .. } => format!("{state}{},server=on", address(a)),
-        Backend::Connect { address: a, .. } => format!("{state}{}", address(a)),
+        Backend::Socket(spec) => format!("{state}{}", socket_description(spec, None)),
         Backend::Stdio => "stdio".to_owned(),
+    }
+}
+
+/// QEMU's description of a socket chardev (`unix:/path,server=on`,
+/// `tcp:host:port`), with the port a listener bound to if known.
+pub fn socket_description(spec: &SocketSpec, bound: Option<&qmp::BoundAddress>) -> String {
+    let (address, server) = match spec {
+        SocketSpec::Listen { address, .. } => (address, ",server=on"),
+        SocketSpec::Connect { address, .. } => (address, ""),
+    };
+    let address = match (address, bound) {
+        (_, Some(qmp::BoundAddress::Tcp(bound))) => format!("tcp:{}:{}", bound.ip(), bound.port()),
+        (ListenAddress::Unix(path), _) => format!("unix:{}", path.display()),
+        (ListenAddress::Tcp { host, port }, _) => format!("tcp:{host}:{port}"),
+        (ListenAddress::Fd(fd), _) => format!("fd:{fd}"),
+    };
+    format!("{address}{server}")
+}
+
+/// QEMU's wording of a socket chardev that could not be opened.
+pub fn open_error(spec: &SocketSpec, error: &std::io::Error) -> String {
+    match spec {
+        SocketSpec::Connect { address, .. } => {
+            let target = match address {
+                ListenAddress::Unix(path) => path.display().to_string(),
+                ListenAddress::Tcp { host, port } => format!("{host}:{port}"),
+                ListenAddress::Fd(fd) => fd.to_string(),
+            };
+            format!("Failed to connect to '{target}': {}", os_error_text(error))
+        }
+        SocketSpec::Listen { address, .. } => match address {
+            ListenAddress::Unix(path) => format!(
+                "Failed to bind socket to {}: {}",
+                path.display(),
+                os_error_text(error)
+            ),
+            ListenAddress::Tcp { host, port } => format!(
+                "Failed to bind socket to {host}:{port}: {}",
+                os_error_text(error)
+            ),
+            // QEMU's words when the descriptor is no socket.
+            ListenAddress::Fd(fd) => format!("File descriptor '{fd}' is not a socket"),
+        },
     }
 }
 
@@ -94,19 +142,8 @@ pub const MAX_CHARDEVS: usize = 256;
 /// Where a chardev's bytes come from and go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
-    /// A listening socket; `wait` (QEMU's `wait=on`, the default) holds
-    /// startup until a first client connects.
-    Listen {
-        address: qmp::ListenAddress,
-        wait: bool,
-    },
-    /// A socket the daemon connects to (`server=off`, QEMU's default):
-    /// the peer listens. With `reconnect`, a closed or failed connection
-    /// is made again after that delay.
-    Connect {
-        address: qmp::ListenAddress,
-        reconnect: Option<std::time::Duration>,
-    },
+    /// A socket, listening or connecting.
+    Socket(SocketSpec),
     /// Standard input and output.
     Stdio,
 }
@@ -141,7 +178,7 @@ impl Chardevs {
             .ok_or_else(|| "chardev: no id specified".to_owned())?;
         let backend_name = options.backend.clone().unwrap_or_default();
         let backend = match backend_name.as_str() {
-            "socket" => socket_backend(&options)?,
+            "socket" => Backend::Socket(socket_backend(&options)?),
             "stdio" if daemonize => return Err("cannot use stdio with -daemonize".to_owned()),
             "stdio" => Backend::Stdio,
             name if QEMU_BACKENDS.contains(&name) => {
@@ -203,7 +240,7 @@ impl Chardevs {
             .map(|(id, chardev)| ChardevRow {
                 id: id.clone(),
                 qom_type: match chardev.backend {
-                    Backend::Listen { .. } | Backend::Connect { .. } => "chardev-socket",
+                    Backend::Socket(_) => "chardev-socket",
                     Backend::Stdio => "chardev-stdio",
                 },
                 filename: filename(&chardev.backend, chardev.in_use),
@@ -228,24 +265,60 @@ impl Chardevs {
     }
 }
 
-/// The server forms of QEMU's socket chardev.
-fn socket_backend(options: &ChardevOptions) -> Result<Backend, String> {
-    let server = options.server == Some(true);
-    let unsupported = [
-        ("telnet", options.telnet == Some(true)),
-        ("tn3270", options.tn3270 == Some(true)),
-        ("websocket", options.websocket == Some(true)),
-        ("tls-creds", options.tls_creds.is_some()),
-    ];
-    if let Some((name, _)) = unsupported.iter().find(|(_, set)| *set) {
-        return Err(format!(
+/// Refuses the socket options storaged does not offer.
+fn refuse_unsupported(options: [(&str, Option<bool>); 3], tls_creds: bool) -> Result<(), String> {
+    let set = options
+        .iter()
+        .map(|&(name, value)| (name, value == Some(true)))
+        .chain([("tls-creds", tls_creds)]);
+    match set.into_iter().find(|(_, set)| *set) {
+        Some((name, _)) => Err(format!(
             "socket chardev option '{name}' is not supported by storaged"
-        ));
+        )),
+        None => Ok(()),
     }
+}
+
+/// A client's delay before connecting again (`reconnect` seconds or
+/// `reconnect-ms`); none for zero.
+fn reconnect_delay(seconds: Option<u64>, ms: Option<u64>) -> Result<Option<Duration>, String> {
+    Ok(match (seconds, ms) {
+        (Some(_), Some(_)) => {
+            return Err("'reconnect' and 'reconnect-ms' are mutually exclusive".to_owned())
+        }
+        (Some(seconds), None) => Some(Duration::from_secs(seconds)),
+        (None, Some(ms)) => Some(Duration::from_millis(ms)),
+        (None, None) => None,
+    }
+    .filter(|delay| !delay.is_zero()))
+}
+
+/// A TCP port as QEMU's address resolution reads it.
+fn parse_port(host: &str, port: &str) -> Result<u16, String> {
+    port.parse().map_err(|_| {
+        format!(
+            "address resolution failed for {host}:{port}: Servname not supported for ai_socktype"
+        )
+    })
+}
+
+const RECONNECT_WITH_SERVER: &str =
+    "'reconnect' option is incompatible with socket in server listen mode";
+
+/// `--chardev socket,...`: listening with `server=on` (`wait` on by
+/// default), else connecting.
+fn socket_backend(options: &ChardevOptions) -> Result<SocketSpec, String> {
+    refuse_unsupported(
+        [
+            ("telnet", options.telnet),
+            ("tn3270", options.tn3270),
+            ("websocket", options.websocket),
+        ],
+        options.tls_creds.is_some(),
+    )?;
+    let server = options.server == Some(true);
     if server && (options.reconnect.is_some() || options.reconnect_ms.is_some()) {
-        return Err(
-            "'reconnect' option is incompatible with socket in server listen mode".to_owned(),
-        );
+        return Err(RECONNECT_WITH_SERVER.to_owned());
     }
     if !server {
         return client_backend(options);
@@ -254,14 +327,14 @@ fn socket_backend(options: &ChardevOptions) -> Result<Backend, String> {
     if let Some(name) = &options.fd {
         // A listening socket inherited by name (systemd) or number.
         let fd = crate::socket_activation::resolve(name)?;
-        return Ok(Backend::Listen {
-            address: qmp::ListenAddress::Fd(fd),
+        return Ok(SocketSpec::Listen {
+            address: ListenAddress::Fd(fd),
             wait,
         });
     }
     if let Some(path) = &options.path {
-        return Ok(Backend::Listen {
-            address: qmp::ListenAddress::Unix(path.into()),
+        return Ok(SocketSpec::Listen {
+            address: ListenAddress::Unix(path.into()),
             wait,
         });
     }
@@ -270,39 +343,80 @@ fn socket_backend(options: &ChardevOptions) -> Result<Backend, String> {
         .port
         .as_deref()
         .ok_or_else(|| "chardev: socket: no port given".to_owned())?;
-    let port = port.parse::<u16>().map_err(|_| {
-        format!(
-            "address resolution failed for {host}:{port}: Servname not supported for ai_socktype"
-        )
-    })?;
-    Ok(Backend::Listen {
-        address: qmp::ListenAddress::Tcp { host, port },
+    let port = parse_port(&host, port)?;
+    Ok(SocketSpec::Listen {
+        address: ListenAddress::Tcp { host, port },
         wait,
     })
 }
 
 /// A client-mode socket: where to connect, and how soon to connect again.
-fn client_backend(options: &ChardevOptions) -> Result<Backend, String> {
-    let reconnect = match (options.reconnect, options.reconnect_ms) {
-        (Some(_), Some(_)) => {
-            return Err("'reconnect' and 'reconnect-ms' are mutually exclusive".to_owned())
-        }
-        (Some(seconds), None) => Some(std::time::Duration::from_secs(seconds)),
-        (None, Some(ms)) => Some(std::time::Duration::from_millis(ms)),
-        (None, None) => None,
-    }
-    .filter(|delay| !delay.is_zero());
+fn client_backend(options: &ChardevOptions) -> Result<SocketSpec, String> {
+    let reconnect = reconnect_delay(options.reconnect, options.reconnect_ms)?;
     let address = match (&options.path, &options.port) {
-        (Some(path), _) => qmp::ListenAddress::Unix(path.into()),
-        (None, Some(port)) => qmp::ListenAddress::Tcp {
-            host: options.host.clone().unwrap_or_else(|| "localhost".to_owned()),
-            port: port.parse().map_err(|_| {
-                format!("address resolution failed for {}:{port}: Servname not supported for ai_socktype", options.host.as_deref().unwrap_or(""))
-            })?,
+        (Some(path), _) => ListenAddress::Unix(path.into()),
+        (None, Some(port)) => ListenAddress::Tcp {
+            host: options
+                .host
+                .clone()
+                .unwrap_or_else(|| "localhost".to_owned()),
+            port: parse_port(options.host.as_deref().unwrap_or(""), port)?,
         },
         (None, None) => return Err("chardev: socket: no port given".to_owned()),
     };
-    Ok(Backend::Connect { address, reconnect })
+    Ok(SocketSpec::Connect { address, reconnect })
+}
+
+/// `chardev-add`'s socket, with QMP's defaults (`server` on, `wait` off;
+/// a listener ignores `reconnect-ms`, as QEMU 10).
+pub fn qmp_socket_spec(socket: &ChardevSocket) -> Result<SocketSpec, String> {
+    refuse_unsupported(
+        [
+            ("telnet", socket.telnet),
+            ("tn3270", socket.tn3270),
+            ("websocket", socket.websocket),
+        ],
+        socket.tls_creds.is_some(),
+    )?;
+    let server = socket.server.unwrap_or(true);
+    if server && socket.reconnect.is_some() {
+        return Err(RECONNECT_WITH_SERVER.to_owned());
+    }
+    let address = match &socket.addr.addr {
+        SocketAddressLegacyKind::Unix(unix) if unix.data.r#abstract == Some(true) => {
+            return Err("abstract Unix socket addresses are not supported by storaged".to_owned())
+        }
+        SocketAddressLegacyKind::Unix(unix) => ListenAddress::Unix(unix.data.path.clone().into()),
+        SocketAddressLegacyKind::Inet(inet) => ListenAddress::Tcp {
+            host: inet.data.host.clone(),
+            port: parse_port(&inet.data.host, &inet.data.port)?,
+        },
+        SocketAddressLegacyKind::Fd(fd)
+            if !fd.data.str.starts_with(|c: char| c.is_ascii_digit()) =>
+        {
+            return Err("only QEMU supports file descriptor passing".to_owned())
+        }
+        SocketAddressLegacyKind::Fd(_) => {
+            return Err(
+                "descriptor addresses are not supported by storaged in chardev-add".to_owned(),
+            )
+        }
+        SocketAddressLegacyKind::Vsock(_) => {
+            return Err("vsock addresses are not supported by storaged".to_owned())
+        }
+    };
+    if server {
+        return Ok(SocketSpec::Listen {
+            address,
+            wait: socket.wait.unwrap_or(false),
+        });
+    }
+    let non_negative = |value: Option<i64>| value.map(|v| u64::try_from(v).unwrap_or(0));
+    let reconnect = reconnect_delay(
+        non_negative(socket.reconnect),
+        non_negative(socket.reconnect_ms),
+    )?;
+    Ok(SocketSpec::Connect { address, reconnect })
 }
 
 #[cfg(test)]
@@ -321,22 +435,22 @@ mod tests {
         let (backend, options) = chardevs.attach_monitor("a,pretty=on").expect("monitor");
         assert_eq!(
             backend,
-            Backend::Listen {
-                address: qmp::ListenAddress::Unix("/tmp/a.sock".into()),
+            Backend::Socket(SocketSpec::Listen {
+                address: ListenAddress::Unix("/tmp/a.sock".into()),
                 wait: false
-            }
+            })
         );
         assert!(options.pretty);
         let (backend, _) = chardevs.attach_monitor("chardev=b").expect("monitor");
         assert_eq!(
             backend,
-            Backend::Listen {
-                address: qmp::ListenAddress::Tcp {
+            Backend::Socket(SocketSpec::Listen {
+                address: ListenAddress::Tcp {
                     host: "127.0.0.1".into(),
                     port: 4444
                 },
                 wait: true
-            }
+            })
         );
     }
 

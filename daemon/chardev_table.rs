@@ -1,40 +1,27 @@
 //! Every character device of the daemon as QMP sees it: those of the
 //! command line (sockets and stdio carrying monitors, [`crate::chardev`])
-//! and those `chardev-add` creates while the daemon runs: `ringbuf` (and
-//! its alias `memory`), `null` and `file` (output only). storaged has no
-//! device frontends, so a chardev added at run time is only written and
-//! read through QMP (`ringbuf-write`, `ringbuf-read`), as in QSD.
+//! and those `chardev-add` creates while the daemon runs
+//! ([`crate::chardev_open`]): `ringbuf` (and its alias `memory`), `null`,
+//! `file` (output only), `pipe`, `stdio` and `socket`. storaged has no
+//! device frontends, so a ring buffer added at run time is only written
+//! and read through QMP (`ringbuf-write`, `ringbuf-read`), as in QSD.
+//!
+//! Standard input and output serve one chardev at most; once a chardev
+//! added on them is removed, they count as closed (QEMU closes them) and
+//! no other chardev can use them.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use schema::char::{ChardevBackend, ChardevBackendKind, ChardevInfo, DataFormat};
 use schema::QmpError;
 
 use crate::chardev::ChardevRow;
+use crate::chardev_open::Added;
 
-/// QEMU's default and largest ring buffer.
-const DEFAULT_RINGBUF_SIZE: i64 = 65536;
-const MAX_RINGBUF_SIZE: i64 = 1 << 24;
 /// The most chardevs `chardev-add` may create.
 pub const MAX_ADDED_CHARDEVS: usize = 256;
-
-/// A chardev created at run time.
-enum Added {
-    /// The newest `size` bytes written (`ringbuf`, or `memory`).
-    Ringbuf {
-        bytes: VecDeque<u8>,
-        size: usize,
-        memory: bool,
-    },
-    Null,
-    /// The file it was opened on (created, or appended to); nothing in
-    /// storaged writes to it.
-    File {
-        _open: File,
-    },
-}
 
 enum Entry {
     /// Of the command line: fixed, maybe carrying a monitor.
@@ -42,10 +29,21 @@ enum Entry {
     Added(Added),
 }
 
+impl Entry {
+    fn uses_stdio(&self) -> bool {
+        match self {
+            Entry::CommandLine(row) => row.qom_type == "chardev-stdio",
+            Entry::Added(added) => matches!(added, Added::Stdio),
+        }
+    }
+}
+
 /// The chardevs, by id.
 #[derive(Default)]
 pub struct ChardevTable {
     by_id: Mutex<BTreeMap<String, Entry>>,
+    /// A chardev on standard input and output was removed.
+    stdio_closed: AtomicBool,
 }
 
 impl ChardevTable {
@@ -70,7 +68,7 @@ impl ChardevTable {
             .map(|(id, entry)| {
                 let (filename, frontend_open) = match entry {
                     Entry::CommandLine(row) => (row.filename.clone(), row.frontend_open),
-                    Entry::Added(added) => (added.filename().to_owned(), false),
+                    Entry::Added(added) => (added.filename(), false),
                 };
                 ChardevInfo {
                     label: id.clone(),
@@ -96,14 +94,13 @@ impl ChardevTable {
     }
 
     /// `chardev-add`.
-    pub fn add(&self, id: &str, backend: &ChardevBackend) -> Result<(), QmpError> {
+    pub async fn add(&self, id: &str, backend: &ChardevBackend) -> Result<(), QmpError> {
         if self.lock().contains_key(id) {
             return Err(QmpError::generic(format!(
                 "Chardev with id '{id}' already exists"
             )));
         }
-        let added = Added::open(backend)
-            .map_err(|why| QmpError::generic(format!("Failed to add chardev '{id}': {why}")))?;
+        let added = self.open(id, backend).await?;
         let mut table = self.lock();
         let count = table
             .values()
@@ -123,9 +120,11 @@ impl ChardevTable {
         Ok(())
     }
 
-    /// `chardev-change`: a chardev added at run time takes another backend
-    /// (a monitor's cannot: its user does not support the swap).
-    pub fn change(&self, id: &str, backend: &ChardevBackend) -> Result<(), QmpError> {
+    /// `chardev-change`: a chardev without a monitor takes another
+    /// backend (a monitor's cannot: its user does not support the swap).
+    /// The old backend closes once the new one is open. (QEMU also drops
+    /// the chardev when the new backend fails to open; storaged keeps it.)
+    pub async fn change(&self, id: &str, backend: &ChardevBackend) -> Result<(), QmpError> {
         match self.lock().get(id) {
             None => return Err(QmpError::generic(format!("Chardev '{id}' does not exist"))),
             Some(Entry::CommandLine(row)) if row.frontend_open => {
@@ -135,9 +134,36 @@ impl ChardevTable {
             }
             Some(_) => {}
         }
-        let added = Added::open(backend).map_err(QmpError::generic)?;
-        self.lock().insert(id.to_owned(), Entry::Added(added));
+        let added = self.open(id, backend).await?;
+        let old = self.lock().insert(id.to_owned(), Entry::Added(added));
+        self.closing(old);
         Ok(())
+    }
+
+    /// Opens a backend for chardev `id`, with QEMU's message.
+    async fn open(&self, id: &str, backend: &ChardevBackend) -> Result<Added, QmpError> {
+        let failed =
+            |why: String| QmpError::generic(format!("Failed to add chardev '{id}': {why}"));
+        if matches!(backend.kind, ChardevBackendKind::Stdio(_)) {
+            if self.stdio_closed.load(Ordering::Relaxed) {
+                return Err(failed(
+                    "Failed to set FD nonblocking: Bad file descriptor".to_owned(),
+                ));
+            }
+            if self.lock().values().any(Entry::uses_stdio) {
+                return Err(failed(
+                    "cannot use stdio by multiple character devices".to_owned(),
+                ));
+            }
+        }
+        Added::open(backend).await.map_err(failed)
+    }
+
+    /// Notes what closing `entry` closes.
+    fn closing(&self, entry: Option<Entry>) {
+        if entry.as_ref().is_some_and(Entry::uses_stdio) {
+            self.stdio_closed.store(true, Ordering::Relaxed);
+        }
     }
 
     /// `chardev-remove`: refused while a monitor uses it.
@@ -149,7 +175,9 @@ impl ChardevTable {
                 Err(QmpError::generic(format!("Chardev '{id}' is busy")))
             }
             Some(_) => {
-                table.remove(id);
+                let removed = table.remove(id);
+                drop(table);
+                self.closing(removed);
                 Ok(())
             }
         }
@@ -220,68 +248,5 @@ fn decode(data: &str, format: DataFormat) -> Result<Vec<u8>, QmpError> {
         DataFormat::Utf8 => Ok(data.as_bytes().to_vec()),
         DataFormat::Base64 => openssl::base64::decode_block(data)
             .map_err(|_| QmpError::generic("Base64 data contains invalid characters")),
-    }
-}
-
-impl Added {
-    /// Opens `backend`; the error is QEMU's reason, without the id.
-    fn open(backend: &ChardevBackend) -> Result<Added, String> {
-        if backend.kind.logfile().is_some() {
-            return Err("'logfile' is not supported by storaged".to_owned());
-        }
-        Ok(match &backend.kind {
-            ChardevBackendKind::Ringbuf(ring) | ChardevBackendKind::Memory(ring) => {
-                let size = ring.data.size.unwrap_or(DEFAULT_RINGBUF_SIZE);
-                if size <= 0 || size & (size - 1) != 0 {
-                    return Err("size of ringbuf chardev must be power of two".to_owned());
-                }
-                if size > MAX_RINGBUF_SIZE {
-                    return Err(format!(
-                        "size of ringbuf chardev must be at most {MAX_RINGBUF_SIZE}"
-                    ));
-                }
-                Added::Ringbuf {
-                    bytes: VecDeque::new(),
-                    size: size as usize,
-                    memory: matches!(backend.kind, ChardevBackendKind::Memory(_)),
-                }
-            }
-            ChardevBackendKind::Null(_) => Added::Null,
-            ChardevBackendKind::File(file) => {
-                let file = &file.data;
-                let out = File::options()
-                    .create(true)
-                    .write(true)
-                    .append(file.append.unwrap_or(false))
-                    .truncate(!file.append.unwrap_or(false))
-                    .open(&file.out)
-                    .map_err(|e| {
-                        format!(
-                            "Could not open '{}': {}",
-                            file.out,
-                            block::error::os_error_text(&e)
-                        )
-                    })?;
-                Added::File { _open: out }
-            }
-        })
-    }
-
-    fn filename(&self) -> &'static str {
-        match self {
-            Added::Ringbuf { memory: true, .. } => "memory",
-            Added::Ringbuf { .. } => "ringbuf",
-            Added::Null => "null",
-            Added::File { .. } => "file",
-        }
-    }
-
-    fn qom_type(&self) -> &'static str {
-        match self {
-            Added::Ringbuf { memory: true, .. } => "chardev-memory",
-            Added::Ringbuf { .. } => "chardev-ringbuf",
-            Added::Null => "chardev-null",
-            Added::File { .. } => "chardev-file",
-        }
     }
 }

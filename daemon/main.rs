@@ -8,6 +8,7 @@
 //! over to [`lifecycle::run`].
 
 mod chardev;
+mod chardev_open;
 mod chardev_table;
 mod cli;
 mod commands;

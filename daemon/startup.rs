@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use block::error::os_error_text;
 use schema::block::BlockdevOptions;
 use schema::export::{BlockExportKind, BlockExportOptions, NbdServerOptions, EXPORT_IMPLIED_KEY};
 use schema::metrics::MetricsOptions;
@@ -23,6 +22,7 @@ use crate::objects::qom_types::object_help;
 use crate::socket_activation;
 use crate::state::Daemon;
 use crate::temp_overlay::{self, TempOverlay};
+use qmp::SocketSpec;
 
 /// qemu-nbd's `--load-snapshot`: node `node` read as its internal
 /// snapshot `id` and/or `name`, or the one whose id (else name) is
@@ -189,17 +189,18 @@ impl Startup {
         let (backend, options) = self.chardevs.attach_monitor(value)?;
         self.daemon.chardevs.set_command_line(self.chardevs.rows());
         match backend {
-            Backend::Listen { address, wait } => {
-                self.monitors
-                    .listen(&address, wait, options)
-                    .await
-                    .map_err(|error| bind_error(&address, &error))?;
-            }
-            Backend::Connect { address, reconnect } => {
-                self.monitors
-                    .connect(&address, reconnect, options)
-                    .await
-                    .map_err(|error| connect_error(&address, &error))?;
+            Backend::Socket(spec) => {
+                let opened = match &spec {
+                    SocketSpec::Listen { address, wait } => self
+                        .monitors
+                        .listen(address, *wait, options)
+                        .await
+                        .map(drop),
+                    SocketSpec::Connect { address, reconnect } => {
+                        self.monitors.connect(address, *reconnect, options).await
+                    }
+                };
+                opened.map_err(|error| crate::chardev::open_error(&spec, &error))?;
             }
             Backend::Stdio => {
                 self.monitors
@@ -207,32 +208,5 @@ impl Startup {
             }
         }
         Ok(())
-    }
-}
-
-/// QEMU's wording of a failed connection.
-fn connect_error(address: &qmp::ListenAddress, error: &std::io::Error) -> String {
-    let target = match address {
-        qmp::ListenAddress::Unix(path) => path.display().to_string(),
-        qmp::ListenAddress::Tcp { host, port } => format!("{host}:{port}"),
-        qmp::ListenAddress::Fd(fd) => fd.to_string(),
-    };
-    format!("Failed to connect to '{target}': {}", os_error_text(error))
-}
-
-/// QEMU's wording of a failed listen.
-fn bind_error(address: &qmp::ListenAddress, error: &std::io::Error) -> String {
-    match address {
-        qmp::ListenAddress::Unix(path) => format!(
-            "Failed to bind socket to {}: {}",
-            path.display(),
-            os_error_text(error)
-        ),
-        qmp::ListenAddress::Tcp { host, port } => format!(
-            "Failed to bind socket to {host}:{port}: {}",
-            os_error_text(error)
-        ),
-        // QEMU's words when the descriptor is no socket.
-        qmp::ListenAddress::Fd(fd) => format!("File descriptor '{fd}' is not a socket"),
     }
 }

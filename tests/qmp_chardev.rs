@@ -57,7 +57,7 @@ async fn chardevs_are_listed_as_qemu_storage_daemon_lists_them() {
             .map(|b| b["name"].as_str().expect("name").to_owned())
             .collect()
     };
-    let offered = ["socket", "stdio", "ringbuf", "memory", "null", "file"];
+    let offered = ["socket", "stdio", "ringbuf", "memory", "null", "file", "pipe"];
     assert_eq!(
         names(&backends),
         offered.iter().map(|n| n.to_string()).collect()

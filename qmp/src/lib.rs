@@ -39,10 +39,12 @@ mod monitors;
 mod reply;
 mod request;
 mod session;
+pub mod socket;
 pub mod trace;
 
 pub use dispatcher::Dispatcher;
 pub use events::{EventBus, MAX_QUEUED_MESSAGES};
-pub use monitors::{BoundAddress, ListenAddress, Monitors, SHUTDOWN_FLUSH_TIMEOUT};
+pub use monitors::{Monitors, SHUTDOWN_FLUSH_TIMEOUT};
 pub use reply::{VersionInfo, VersionTriple};
 pub use session::{MonitorOptions, MAX_QUEUED_REQUESTS};
+pub use socket::{BoundAddress, ListenAddress, SocketSpec};
