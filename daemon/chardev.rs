@@ -3,17 +3,21 @@
 //! of `--chardev` and of `chardev-add` read into one [`SocketSpec`], which
 //! [`qmp::socket`] opens for both.
 //!
-//! The command line has character devices only to carry monitors: a
-//! socket (`socket,path=...` or `socket,host=...,port=...`, listening with
-//! `server=on`) or the daemon's standard streams (`stdio`). A chardev is
-//! checked when `--chardev` is read and opened when a `--monitor` attaches
-//! to it; each chardev carries at most one monitor, as in QEMU.
+//! The command line has character devices to carry monitors: a socket
+//! (`socket,path=...` or `socket,host=...,port=...`, listening with
+//! `server=on`) or the daemon's standard streams (`stdio`). A socket is
+//! opened when `--chardev` is read, as QSD does (`wait=on` waits there for
+//! a first client), and served by the monitor a `--monitor` attaches; each
+//! chardev carries at most one monitor, as in QEMU. Sockets no monitor
+//! took are served without one once startup is done
+//! ([`crate::chardev_table`]).
 
 use std::collections::HashMap;
 
 use std::time::Duration;
 
 use block::error::os_error_text;
+use qmp::socket::Opened;
 use qmp::{ListenAddress, SocketSpec};
 use schema::char::{
     ChardevOptions, ChardevSocket, MonitorMode, MonitorOptions, CHARDEV_IMPLIED_KEY,
@@ -50,9 +54,9 @@ pub struct ChardevRow {
     pub frontend_open: bool,
 }
 
-/// QEMU's `filename` of a chardev; a socket without a monitor (which
-/// storaged does not open) is `disconnected:`, as QEMU shows a socket with
-/// no peer. A monitor's socket shows as connected.
+/// QEMU's `filename` of a chardev during startup; a socket without a
+/// monitor is `disconnected:`, as QEMU shows a socket with no peer. A
+/// monitor's socket shows as connected.
 fn filename(backend: &Backend, in_use: bool) -> String {
     let state = if in_use { "" } else { "disconnected:" };
     match backend {
@@ -153,6 +157,15 @@ pub enum Backend {
 struct Chardev {
     backend: Backend,
     in_use: bool,
+    /// A socket's, until a monitor (or the end of startup) takes it.
+    opened: Option<Opened>,
+}
+
+/// What a monitor is served on.
+#[derive(Debug)]
+pub enum MonitorSource {
+    Socket(Opened),
+    Stdio,
 }
 
 /// The chardevs of the command line.
@@ -166,9 +179,10 @@ impl Chardevs {
         Self::default()
     }
 
-    /// `--chardev`: checks the options and remembers the chardev. Returns
-    /// warnings about deprecated syntax, to print.
-    pub fn define(&mut self, text: &str, daemonize: bool) -> Result<Vec<String>, String> {
+    /// `--chardev`: checks the options and remembers the chardev (see
+    /// [`Chardevs::open`]). Returns its id and warnings about deprecated
+    /// syntax, to print.
+    pub fn define(&mut self, text: &str, daemonize: bool) -> Result<(String, Vec<String>), String> {
         let parsed = qemuopts::parse::<ChardevOptions>(text, Some(CHARDEV_IMPLIED_KEY))
             .map_err(|error| error.desc)?;
         let options = parsed.options;
@@ -197,18 +211,42 @@ impl Chardevs {
             return Err(format!("too many chardevs (at most {MAX_CHARDEVS})"));
         }
         self.by_id.insert(
-            id,
+            id.clone(),
             Chardev {
                 backend,
                 in_use: false,
+                opened: None,
             },
         );
-        Ok(parsed.warnings)
+        Ok((id, parsed.warnings))
     }
 
-    /// `--monitor`: the chardev to serve a monitor on, and its options.
-    /// Marks the chardev used.
-    pub fn attach_monitor(&mut self, text: &str) -> Result<(Backend, qmp::MonitorOptions), String> {
+    /// Opens chardev `id`'s socket, if it is one, with QEMU's message; the
+    /// chardev is forgotten if it cannot be opened.
+    pub async fn open(&mut self, id: &str) -> Result<(), String> {
+        let Some(Backend::Socket(spec)) = self.by_id.get(id).map(|c| c.backend.clone()) else {
+            return Ok(());
+        };
+        match qmp::socket::open(&spec, &tokio_util::sync::CancellationToken::new()).await {
+            Ok(opened) => {
+                if let Some(chardev) = self.by_id.get_mut(id) {
+                    chardev.opened = Some(opened);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.by_id.remove(id);
+                Err(open_error(&spec, &error))
+            }
+        }
+    }
+
+    /// `--monitor`: what to serve a monitor on, and its options. Marks the
+    /// chardev used.
+    pub fn attach_monitor(
+        &mut self,
+        text: &str,
+    ) -> Result<(MonitorSource, qmp::MonitorOptions), String> {
         let options: MonitorOptions =
             schema::parse_option(text, Some(schema::char::MONITOR_IMPLIED_KEY))
                 .map_err(|error| error.desc)?;
@@ -223,9 +261,14 @@ impl Chardevs {
         if chardev.in_use {
             return Err(format!("chardev '{name}' is already in use"));
         }
+        let source = match chardev.opened.take() {
+            Some(opened) => MonitorSource::Socket(opened),
+            None if chardev.backend == Backend::Stdio => MonitorSource::Stdio,
+            None => return Err(format!("chardev '{name}' is not open")),
+        };
         chardev.in_use = true;
         Ok((
-            chardev.backend.clone(),
+            source,
             qmp::MonitorOptions {
                 pretty: options.pretty.unwrap_or(false),
             },
@@ -251,17 +294,22 @@ impl Chardevs {
         rows
     }
 
-    /// The ids of chardevs no monitor uses (storaged opens nothing for
-    /// them).
-    pub fn unused(&self) -> Vec<&str> {
-        let mut ids: Vec<&str> = self
+    /// The sockets no monitor took, to serve without one, by id.
+    pub fn take_unused(&mut self) -> Vec<(String, SocketSpec, Opened)> {
+        let mut unused: Vec<(String, SocketSpec, Opened)> = self
             .by_id
-            .iter()
-            .filter(|(_, chardev)| !chardev.in_use)
-            .map(|(id, _)| id.as_str())
+            .iter_mut()
+            .filter_map(
+                |(id, chardev)| match (&chardev.backend, chardev.opened.take()) {
+                    (Backend::Socket(spec), Some(opened)) => {
+                        Some((id.clone(), spec.clone(), opened))
+                    }
+                    _ => None,
+                },
+            )
             .collect();
-        ids.sort_unstable();
-        ids
+        unused.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        unused
     }
 }
 
@@ -432,24 +480,32 @@ mod tests {
         chardevs
             .define("socket,id=b,host=127.0.0.1,port=4444,server=on", false)
             .expect("tcp socket");
-        let (backend, options) = chardevs.attach_monitor("a,pretty=on").expect("monitor");
+        chardevs
+            .define("socket,id=c,path=/tmp/c.sock,reconnect-ms=500", false)
+            .expect("client socket");
+        let backend = |id: &str| chardevs.by_id[id].backend.clone();
         assert_eq!(
-            backend,
+            backend("a"),
             Backend::Socket(SocketSpec::Listen {
                 address: ListenAddress::Unix("/tmp/a.sock".into()),
                 wait: false
             })
         );
-        assert!(options.pretty);
-        let (backend, _) = chardevs.attach_monitor("chardev=b").expect("monitor");
         assert_eq!(
-            backend,
+            backend("b"),
             Backend::Socket(SocketSpec::Listen {
                 address: ListenAddress::Tcp {
                     host: "127.0.0.1".into(),
                     port: 4444
                 },
                 wait: true
+            })
+        );
+        assert_eq!(
+            backend("c"),
+            Backend::Socket(SocketSpec::Connect {
+                address: ListenAddress::Unix("/tmp/c.sock".into()),
+                reconnect: Some(Duration::from_millis(500))
             })
         );
     }
@@ -470,7 +526,7 @@ mod tests {
             define("socket,id=x,host=127.0.0.1,server=on"),
             Err("chardev: socket: no port given".into())
         );
-        define("socket,id=m,path=/tmp/x,server=on,wait=off").expect("valid");
+        define("stdio,id=m").expect("valid");
         assert_eq!(
             chardevs.attach_monitor("nope").map(drop),
             Err("chardev \"nope\" not found".into())
@@ -479,7 +535,11 @@ mod tests {
             chardevs.attach_monitor("m,mode=readline").map(drop),
             Err("Only QMP is supported".into())
         );
-        chardevs.attach_monitor("m").expect("first monitor");
+        let (source, options) = chardevs
+            .attach_monitor("m,pretty=on")
+            .expect("first monitor");
+        assert!(matches!(source, MonitorSource::Stdio));
+        assert!(options.pretty);
         assert_eq!(
             chardevs.attach_monitor("m").map(drop),
             Err("chardev 'm' is already in use".into())

@@ -12,10 +12,9 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use qmp::socket::{self, Connection};
+use qmp::socket::{self, Connection, Opened, SocketFile};
 use qmp::SocketSpec;
 use schema::char::{ChardevBackend, ChardevBackendKind};
 use tokio::io::AsyncReadExt;
@@ -160,25 +159,27 @@ pub struct SocketChardev {
     connection: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
     /// The socket file this chardev bound, removed when it goes.
-    socket_file: Option<PathBuf>,
+    _socket_file: Option<SocketFile>,
 }
 
 impl SocketChardev {
     /// Opens the socket as `--chardev` does, and serves its connections.
     async fn open(spec: SocketSpec) -> Result<SocketChardev, String> {
-        let stop = CancellationToken::new();
-        let opened = socket::open(&spec, &stop)
+        let opened = socket::open(&spec, &CancellationToken::new())
             .await
             .map_err(|error| open_error(&spec, &error))?;
-        let address = socket_description(&spec, opened.bound.as_ref());
-        let socket_file = match &opened.bound {
-            Some(qmp::BoundAddress::Unix(path)) => Some(path.clone()),
-            _ => None,
-        };
+        Ok(SocketChardev::serve(&spec, opened))
+    }
+
+    /// Serves the connections of `opened`, the socket `spec` describes,
+    /// until dropped.
+    pub fn serve(spec: &SocketSpec, opened: Opened) -> SocketChardev {
+        let address = socket_description(spec, opened.bound.as_ref());
         let listening = matches!(spec, SocketSpec::Listen { .. });
         let connection = Arc::new(Mutex::new(None));
         let state = connection.clone();
         let description = address.clone();
+        let stop = CancellationToken::new();
         let cancel = stop.clone();
         tokio::spawn(
             opened
@@ -190,12 +191,12 @@ impl SocketChardev {
                     hold(connection, shown, state.clone(), cancel.clone())
                 }),
         );
-        Ok(SocketChardev {
+        SocketChardev {
             address,
             connection,
             stop,
-            socket_file,
-        })
+            _socket_file: opened.socket_file,
+        }
     }
 
     fn filename(&self) -> String {
@@ -241,12 +242,5 @@ async fn drain(mut stream: impl tokio::io::AsyncRead + Unpin) {
 impl Drop for SocketChardev {
     fn drop(&mut self) {
         self.stop.cancel();
-        if let Some(path) = &self.socket_file {
-            if let Err(error) = std::fs::remove_file(path) {
-                if error.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!("cannot remove {}: {error}", path.display());
-                }
-            }
-        }
     }
 }

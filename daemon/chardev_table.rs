@@ -93,6 +93,14 @@ impl ChardevTable {
             .collect()
     }
 
+    /// A command-line socket no monitor took, served without one from now
+    /// on (it can be changed and removed as one added at run time).
+    pub fn serve_unused(&self, id: &str, spec: &qmp::SocketSpec, opened: qmp::socket::Opened) {
+        let socket = crate::chardev_open::SocketChardev::serve(spec, opened);
+        self.lock()
+            .insert(id.to_owned(), Entry::Added(Added::Socket(socket)));
+    }
+
     /// `chardev-add`.
     pub async fn add(&self, id: &str, backend: &ChardevBackend) -> Result<(), QmpError> {
         if self.lock().contains_key(id) {

@@ -204,9 +204,7 @@ async fn start(
         }
         applied.map_err(|message| StartupEnd::Failed(step.error(&message)))?;
     }
-    for id in startup.unused_chardevs() {
-        tracing::warn!("chardev '{id}' has no monitor; nothing listens on it");
-    }
+    startup.finish();
     Ok(())
 }
 

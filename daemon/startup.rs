@@ -14,7 +14,7 @@ use schema::metrics::MetricsOptions;
 use schema::object::{ObjectOptions, OBJECT_IMPLIED_KEY};
 use schema::sockets::SocketAddressKind;
 
-use crate::chardev::{Backend, Chardevs};
+use crate::chardev::{Chardevs, MonitorSource};
 use crate::cli::{Step, StepKind};
 use crate::commands;
 use crate::metrics;
@@ -22,7 +22,6 @@ use crate::objects::qom_types::object_help;
 use crate::socket_activation;
 use crate::state::Daemon;
 use crate::temp_overlay::{self, TempOverlay};
-use qmp::SocketSpec;
 
 /// qemu-nbd's `--load-snapshot`: node `node` read as its internal
 /// snapshot `id` and/or `name`, or the one whose id (else name) is
@@ -120,7 +119,8 @@ impl Startup {
                 commands::object_add(&self.daemon, options).map_err(|e| e.desc)
             }
             StepKind::Chardev => {
-                let warnings = self.chardevs.define(value, self.daemonize)?;
+                let (id, warnings) = self.chardevs.define(value, self.daemonize)?;
+                self.chardevs.open(&id).await?;
                 self.daemon.chardevs.set_command_line(self.chardevs.rows());
                 self.warnings.extend(
                     warnings
@@ -180,29 +180,19 @@ impl Startup {
         std::mem::take(&mut self.warnings)
     }
 
-    /// The ids of chardevs that no monitor uses.
-    pub fn unused_chardevs(&self) -> Vec<&str> {
-        self.chardevs.unused()
+    /// Ends startup: sockets that no monitor took are served without one.
+    pub fn finish(&mut self) {
+        for (id, spec, opened) in self.chardevs.take_unused() {
+            self.daemon.chardevs.serve_unused(&id, &spec, opened);
+        }
     }
 
     async fn start_monitor(&mut self, value: &str) -> Result<(), String> {
-        let (backend, options) = self.chardevs.attach_monitor(value)?;
+        let (source, options) = self.chardevs.attach_monitor(value)?;
         self.daemon.chardevs.set_command_line(self.chardevs.rows());
-        match backend {
-            Backend::Socket(spec) => {
-                let opened = match &spec {
-                    SocketSpec::Listen { address, wait } => self
-                        .monitors
-                        .listen(address, *wait, options)
-                        .await
-                        .map(drop),
-                    SocketSpec::Connect { address, reconnect } => {
-                        self.monitors.connect(address, *reconnect, options).await
-                    }
-                };
-                opened.map_err(|error| crate::chardev::open_error(&spec, &error))?;
-            }
-            Backend::Stdio => {
+        match source {
+            MonitorSource::Socket(opened) => self.monitors.serve(opened, options),
+            MonitorSource::Stdio => {
                 self.monitors
                     .serve_stream(tokio::io::stdin(), tokio::io::stdout(), options);
             }

@@ -129,6 +129,14 @@ const BAD_COMMAND_LINES: &[(&[&str], &str)] = &[
         "--chardev socket,id=m,host=127.0.0.1,server=on,wait=off: chardev: socket: no port given",
     ),
     (
+        &["--chardev", "socket,id=m,path=/nonexistent/m.sock,server=on,wait=off"],
+        "--chardev socket,id=m,path=/nonexistent/m.sock,server=on,wait=off: Failed to bind socket to /nonexistent/m.sock: No such file or directory",
+    ),
+    (
+        &["--chardev", "socket,id=m,path=/nonexistent/m.sock"],
+        "--chardev socket,id=m,path=/nonexistent/m.sock: Failed to connect to '/nonexistent/m.sock': No such file or directory",
+    ),
+    (
         &["--chardev", "stdio,id=m", "--daemonize"],
         "--chardev stdio,id=m: cannot use stdio with -daemonize",
     ),

@@ -131,6 +131,56 @@ async fn chardevs_added_at_run_time_answer_as_qemu_storage_daemon() {
     }
 }
 
+/// A `--chardev` socket no monitor uses listens as QSD's: a client is
+/// shown connected, then gone; removing the chardev removes its file.
+#[tokio::test]
+async fn a_command_line_socket_without_monitor_listens_as_qemu_storage_daemons() {
+    let session = |program: Command| async move {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let daemon = TestDaemon::spawn(program, dir, |dir| {
+            vec![
+                "--chardev".into(),
+                format!(
+                    "socket,id=spare,path={},server=on,wait=off",
+                    dir.join("spare.sock").display()
+                ),
+            ]
+        });
+        let mut client = daemon.connect().await;
+        let dir = daemon.dir.path().display().to_string();
+        let settle = || tokio::time::sleep(std::time::Duration::from_millis(100));
+        let mut outcomes = Vec::new();
+        let peer = tokio::net::UnixStream::connect(daemon.path("spare.sock")).await;
+        outcomes.push(json!({"connected": peer.is_ok()}));
+        settle().await;
+        outcomes.push(common::reply(&mut client, "query-chardev", json!({})).await);
+        drop(peer);
+        settle().await;
+        outcomes.push(common::reply(&mut client, "query-chardev", json!({})).await);
+        outcomes.push(common::reply(&mut client, "chardev-remove", json!({"id": "spare"})).await);
+        outcomes.push(json!({"exists": daemon.path("spare.sock").exists()}));
+        for outcome in &mut outcomes {
+            if let Some(Value::Array(rows)) = outcome.get_mut("return") {
+                rows.sort_by(|a, b| a["label"].as_str().cmp(&b["label"].as_str()));
+            }
+            *outcome =
+                serde_json::from_str(&outcome.to_string().replace(&dir, "DIR")).expect("JSON");
+        }
+        outcomes
+    };
+    let qsd = session(Command::new("qemu-storage-daemon")).await;
+    let ours = session(storaged()).await;
+    assert_eq!(ours, qsd);
+    assert_eq!(
+        ours[1]["return"][1]["filename"],
+        "unix:DIR/spare.sock,server=on"
+    );
+    assert_eq!(
+        ours[2]["return"][1]["filename"],
+        "disconnected:unix:DIR/spare.sock,server=on"
+    );
+}
+
 /// A step of a session with socket, pipe and stdio chardevs: a request,
 /// or something done beside the monitor whose outcome joins the replies.
 enum Step {

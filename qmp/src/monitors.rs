@@ -11,7 +11,6 @@
 //! as for a chardev without a monitor.
 
 use std::io;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +23,9 @@ use crate::dispatcher::Dispatcher;
 use crate::events::EventBus;
 use crate::reply::VersionInfo;
 use crate::session::{self, MonitorOptions, Shared};
-use crate::socket::{self, BoundAddress, Connection, ListenAddress, Opened, SocketSpec};
+use crate::socket::{
+    self, BoundAddress, Connection, ListenAddress, Opened, SocketFile, SocketSpec,
+};
 
 /// How long [`Monitors::shutdown`] waits for running commands to finish and
 /// for replies and events already queued to be written, before it closes
@@ -35,7 +36,7 @@ pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Monitors {
     shared: Arc<Shared>,
     tasks: TaskTracker,
-    socket_files: Mutex<Vec<PathBuf>>,
+    socket_files: Mutex<Vec<SocketFile>>,
 }
 
 impl Monitors {
@@ -82,10 +83,7 @@ impl Monitors {
             .bound
             .clone()
             .ok_or_else(|| io::Error::other("a listening socket has an address"))?;
-        if let (ListenAddress::Unix(path), BoundAddress::Unix(_)) = (address, &bound) {
-            self.lock_socket_files().push(path.clone());
-        }
-        self.serve_socket(opened, options);
+        self.serve(opened, options);
         Ok(bound)
     }
 
@@ -106,21 +104,27 @@ impl Monitors {
             reconnect,
         };
         let opened = socket::open(&spec, &self.shared.shutdown).await?;
-        self.serve_socket(opened, options);
+        self.serve(opened, options);
         Ok(())
     }
 
-    /// Serves a session on each connection of `opened`, until shutdown.
-    fn serve_socket(&self, opened: Opened, options: MonitorOptions) {
+    /// Serves a session on each connection of an opened socket chardev
+    /// (`--chardev` opens it, `--monitor` serves it), until shutdown; its
+    /// socket file goes when the monitors shut down.
+    pub fn serve(&self, opened: Opened, options: MonitorOptions) {
+        let Opened {
+            endpoint,
+            first,
+            socket_file,
+            ..
+        } = opened;
+        self.lock_socket_files().extend(socket_file);
         let shared = self.shared.clone();
         let cancel = shared.shutdown.clone();
-        self.tasks.spawn(
-            opened
-                .endpoint
-                .serve(opened.first, cancel, move |connection| {
-                    serve_connection(shared.clone(), connection, options)
-                }),
-        );
+        self.tasks
+            .spawn(endpoint.serve(first, cancel, move |connection| {
+                serve_connection(shared.clone(), connection, options)
+            }));
     }
 
     /// Serves one client on an already open stream, e.g. stdin and stdout
@@ -156,20 +160,15 @@ impl Monitors {
         }
     }
 
-    fn lock_socket_files(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+    fn lock_socket_files(&self) -> std::sync::MutexGuard<'_, Vec<SocketFile>> {
         self.socket_files
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn remove_socket_files(&self) {
-        for path in self.lock_socket_files().drain(..) {
-            if let Err(error) = std::fs::remove_file(&path) {
-                if error.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!("cannot remove {}: {error}", path.display());
-                }
-            }
-        }
+        // Dropping a socket file removes it.
+        self.lock_socket_files().clear();
     }
 }
 

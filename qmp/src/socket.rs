@@ -7,7 +7,8 @@
 //! once the previous one is gone, a client-mode socket connects again
 //! after its `reconnect` delay.
 //!
-//! It owns no socket file: whoever opens a Unix listener removes its path.
+//! A Unix socket file it binds belongs to the [`Opened`] socket as a
+//! [`SocketFile`], removed when its holder drops it.
 
 use std::future::Future;
 use std::io;
@@ -130,6 +131,20 @@ enum Source {
     },
 }
 
+/// A socket file [`open`] bound: removed when dropped.
+#[derive(Debug)]
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_file(&self.0) {
+            if error.kind() != io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {error}", self.0.display());
+            }
+        }
+    }
+}
+
 /// An opened socket chardev.
 #[derive(Debug)]
 pub struct Opened {
@@ -140,6 +155,8 @@ pub struct Opened {
     pub first: Option<Connection>,
     /// Where a listener listens.
     pub bound: Option<BoundAddress>,
+    /// The socket file bound (not one of an inherited listener).
+    pub socket_file: Option<SocketFile>,
 }
 
 /// Opens a socket chardev as QEMU does: binds a listener (removing
@@ -150,6 +167,10 @@ pub async fn open(spec: &SocketSpec, cancel: &CancellationToken) -> io::Result<O
     match spec {
         SocketSpec::Listen { address, wait } => {
             let (listener, bound) = bind(address).await?;
+            let socket_file = match address {
+                ListenAddress::Unix(path) => Some(SocketFile(path.clone())),
+                _ => None,
+            };
             let first = if *wait {
                 tokio::select! {
                     _ = cancel.cancelled() => None,
@@ -162,6 +183,7 @@ pub async fn open(spec: &SocketSpec, cancel: &CancellationToken) -> io::Result<O
                 endpoint: Endpoint(Source::Listen(listener)),
                 first,
                 bound: Some(bound),
+                socket_file,
             })
         }
         SocketSpec::Connect { address, reconnect } => {
@@ -180,6 +202,7 @@ pub async fn open(spec: &SocketSpec, cancel: &CancellationToken) -> io::Result<O
                 }),
                 first,
                 bound: None,
+                socket_file: None,
             })
         }
     }
