@@ -81,6 +81,14 @@ pub fn socket_description(spec: &SocketSpec, bound: Option<&qmp::BoundAddress>) 
     format!("{address}{server}")
 }
 
+/// What QEMU prints while `wait=on` waits for a first client.
+pub fn waiting_message(spec: &SocketSpec, bound: &qmp::BoundAddress) -> String {
+    format!(
+        "QEMU waiting for connection on: disconnected:{}",
+        socket_description(spec, Some(bound))
+    )
+}
+
 /// QEMU's wording of a socket chardev that could not be opened.
 pub fn open_error(spec: &SocketSpec, error: &std::io::Error) -> String {
     match spec {
@@ -222,12 +230,15 @@ impl Chardevs {
     }
 
     /// Opens chardev `id`'s socket, if it is one, with QEMU's message; the
-    /// chardev is forgotten if it cannot be opened.
-    pub async fn open(&mut self, id: &str) -> Result<(), String> {
+    /// chardev is forgotten if it cannot be opened. `info` gets what to
+    /// print before `wait=on` waits.
+    pub async fn open(&mut self, id: &str, info: impl FnOnce(String)) -> Result<(), String> {
         let Some(Backend::Socket(spec)) = self.by_id.get(id).map(|c| c.backend.clone()) else {
             return Ok(());
         };
-        match qmp::socket::open(&spec, &tokio_util::sync::CancellationToken::new()).await {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let waiting = |bound: &qmp::BoundAddress| info(waiting_message(&spec, bound));
+        match qmp::socket::open(&spec, &cancel, waiting).await {
             Ok(opened) => {
                 if let Some(chardev) = self.by_id.get_mut(id) {
                     chardev.opened = Some(opened);

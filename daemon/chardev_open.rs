@@ -20,7 +20,7 @@ use schema::char::{ChardevBackend, ChardevBackendKind};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::chardev::{open_error, qmp_socket_spec, socket_description};
+use crate::chardev::{open_error, qmp_socket_spec, socket_description, waiting_message};
 
 /// QEMU's default and largest ring buffer.
 const DEFAULT_RINGBUF_SIZE: i64 = 65536;
@@ -165,7 +165,10 @@ pub struct SocketChardev {
 impl SocketChardev {
     /// Opens the socket as `--chardev` does, and serves its connections.
     async fn open(spec: SocketSpec) -> Result<SocketChardev, String> {
-        let opened = socket::open(&spec, &CancellationToken::new())
+        let waiting = |bound: &qmp::BoundAddress| {
+            eprintln!("info: {}", waiting_message(&spec, bound));
+        };
+        let opened = socket::open(&spec, &CancellationToken::new(), waiting)
             .await
             .map_err(|error| open_error(&spec, &error))?;
         Ok(SocketChardev::serve(&spec, opened))

@@ -74,7 +74,12 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
         version::version_info(),
         events,
     ));
-    let mut startup = Startup::new(daemon.clone(), monitors.clone(), invocation.daemonize);
+    let mut startup = Startup::new(
+        daemon.clone(),
+        monitors.clone(),
+        invocation.daemonize,
+        program,
+    );
 
     let started = tokio::select! {
         result = start(&mut startup, &invocation, program) => result,

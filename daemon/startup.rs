@@ -69,6 +69,8 @@ pub struct Startup {
     monitors: Arc<qmp::Monitors>,
     chardevs: Chardevs,
     daemonize: bool,
+    /// The name messages start with.
+    program: String,
     /// Warnings to print, with the option they concern.
     warnings: Vec<String>,
     /// The metrics endpoints, serving until this is dropped.
@@ -76,12 +78,18 @@ pub struct Startup {
 }
 
 impl Startup {
-    pub fn new(daemon: Arc<Daemon>, monitors: Arc<qmp::Monitors>, daemonize: bool) -> Self {
+    pub fn new(
+        daemon: Arc<Daemon>,
+        monitors: Arc<qmp::Monitors>,
+        daemonize: bool,
+        program: &str,
+    ) -> Self {
         Self {
             daemon,
             monitors,
             chardevs: Chardevs::new(),
             daemonize,
+            program: program.to_owned(),
             warnings: Vec::new(),
             metrics: Vec::new(),
         }
@@ -120,7 +128,10 @@ impl Startup {
             }
             StepKind::Chardev => {
                 let (id, warnings) = self.chardevs.define(value, self.daemonize)?;
-                self.chardevs.open(&id).await?;
+                let info = |message: String| {
+                    eprintln!("{}: {}: info: {message}", self.program, step.arg.location)
+                };
+                self.chardevs.open(&id, info).await?;
                 self.daemon.chardevs.set_command_line(self.chardevs.rows());
                 self.warnings.extend(
                     warnings

@@ -481,3 +481,51 @@ fn chardev_option_help_is_qemu_storage_daemons() {
     assert_eq!(list.lines().next(), Some("chardev options:"));
     assert!(list.contains("\n  reconnect-ms=<num>\n  reconnect=<num>\n"));
 }
+
+/// `--chardev ...,server=on` (`wait=on`) says on stderr, as QSD, where it
+/// waits for its first client.
+#[test]
+fn waiting_for_a_first_client_is_announced_as_qemu_storage_daemon() {
+    let announce = |program: &str| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("w.sock");
+        let child = Command::new(program)
+            .args([
+                "--chardev",
+                &format!("socket,id=w,path={},server=on", socket.display()),
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect(program);
+        let deadline = std::time::Instant::now() + common::PATIENCE;
+        let client = loop {
+            if let Ok(client) = std::os::unix::net::UnixStream::connect(&socket) {
+                break client;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{program} never listened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // SAFETY: signals the child this test started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        drop(client);
+        let output = child.wait_with_output().expect("exit");
+        let name = program.rsplit('/').next().unwrap_or(program);
+        String::from_utf8_lossy(&output.stderr)
+            .replace(name, "PROGRAM")
+            .replace(&dir.path().display().to_string(), "DIR")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let ours = announce(env!("CARGO_BIN_EXE_storaged"));
+    assert_eq!(ours, announce("qemu-storage-daemon"));
+    assert_eq!(
+        ours,
+        "PROGRAM: --chardev socket,id=w,path=DIR/w.sock,server=on: info: QEMU waiting for connection on: disconnected:unix:DIR/w.sock,server=on"
+    );
+}

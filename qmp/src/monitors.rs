@@ -78,7 +78,7 @@ impl Monitors {
             address: address.clone(),
             wait: wait_for_client,
         };
-        let opened = socket::open(&spec, &self.shared.shutdown).await?;
+        let opened = socket::open(&spec, &self.shared.shutdown, |_| {}).await?;
         let bound = opened
             .bound
             .clone()
@@ -103,7 +103,7 @@ impl Monitors {
             address: address.clone(),
             reconnect,
         };
-        let opened = socket::open(&spec, &self.shared.shutdown).await?;
+        let opened = socket::open(&spec, &self.shared.shutdown, |_| {}).await?;
         self.serve(opened, options);
         Ok(())
     }

@@ -160,10 +160,15 @@ pub struct Opened {
 }
 
 /// Opens a socket chardev as QEMU does: binds a listener (removing
-/// whatever is at a Unix path first) and with `wait` accepts its first
-/// client, unless `cancel` fires first; or connects, failing if that
-/// fails and there is no `reconnect`.
-pub async fn open(spec: &SocketSpec, cancel: &CancellationToken) -> io::Result<Opened> {
+/// whatever is at a Unix path first) and with `wait` tells `waiting`
+/// where it listens, then accepts its first client, unless `cancel`
+/// fires first; or connects, failing if that fails and there is no
+/// `reconnect`.
+pub async fn open(
+    spec: &SocketSpec,
+    cancel: &CancellationToken,
+    waiting: impl FnOnce(&BoundAddress),
+) -> io::Result<Opened> {
     match spec {
         SocketSpec::Listen { address, wait } => {
             let (listener, bound) = bind(address).await?;
@@ -172,6 +177,7 @@ pub async fn open(spec: &SocketSpec, cancel: &CancellationToken) -> io::Result<O
                 _ => None,
             };
             let first = if *wait {
+                waiting(&bound);
                 tokio::select! {
                     _ = cancel.cancelled() => None,
                     accepted = listener.accept() => Some(accepted?),
