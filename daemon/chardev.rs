@@ -10,7 +10,10 @@
 //! a first client), and served by the monitor a `--monitor` attaches; each
 //! chardev carries at most one monitor, as in QEMU. Sockets no monitor
 //! took are served without one once startup is done
-//! ([`crate::chardev_table`]).
+//! ([`crate::chardev_table`]). The other backends `chardev-add` creates
+//! (`ringbuf`, `memory`, `null`, `file`, `pipe`) are read into the same
+//! `ChardevBackend` it takes and created by the same code; they carry no
+//! monitor.
 
 use std::collections::HashMap;
 
@@ -20,11 +23,12 @@ use block::error::os_error_text;
 use qmp::socket::Opened;
 use qmp::{ListenAddress, SocketSpec};
 use schema::char::{
-    ChardevOptions, ChardevSocket, MonitorMode, MonitorOptions, CHARDEV_IMPLIED_KEY,
+    ChardevBackend, ChardevBackendKind, ChardevCommon, ChardevFile, ChardevHostdev, ChardevOptions,
+    ChardevRingbuf, ChardevSocket, MonitorMode, MonitorOptions, CHARDEV_IMPLIED_KEY,
 };
 use schema::qemuopts::{self, Request};
 use schema::qemuopts_help;
-use schema::sockets::SocketAddressLegacyKind;
+use schema::sockets::{SocketAddressLegacyKind, Wrapped};
 
 use crate::startup::Help;
 
@@ -61,7 +65,7 @@ fn filename(backend: &Backend, in_use: bool) -> String {
     let state = if in_use { "" } else { "disconnected:" };
     match backend {
         Backend::Socket(spec) => format!("{state}{}", socket_description(spec, None)),
-        Backend::Stdio => "stdio".to_owned(),
+        Backend::Stdio | Backend::Table(_) => "stdio".to_owned(),
     }
 }
 
@@ -116,11 +120,9 @@ pub fn open_error(spec: &SocketSpec, error: &std::io::Error) -> String {
     }
 }
 
-/// The backends `--chardev` creates (the others only `chardev-add`).
-const COMMAND_LINE_BACKENDS: &[&str] = &["stdio", "socket"];
-
 /// The help `--chardev` asks for, as QSD gives it: `--chardev help` (the
-/// backend `help`) lists the backends `--chardev` creates and succeeds;
+/// backend `help`) lists the backends storaged creates, in QSD's order,
+/// and succeeds;
 /// a bare `help` item (`--chardev socket,help`, whatever the backend)
 /// lists every option of `--chardev` and fails. `None` when the option
 /// asks for no help, or is wrong before it asks (reported when applied).
@@ -134,8 +136,9 @@ pub fn chardev_help(option: &str) -> Option<Help> {
         Request::Options(parsed)
             if matches!(parsed.options.backend.as_deref(), Some("help" | "?")) =>
         {
-            let list: String = COMMAND_LINE_BACKENDS
+            let list: String = QEMU_BACKENDS
                 .iter()
+                .filter(|name| BACKENDS.contains(name))
                 .map(|name| format!("  {name}\n"))
                 .collect();
             Some(Help {
@@ -152,12 +155,14 @@ pub fn chardev_help(option: &str) -> Option<Help> {
 pub const MAX_CHARDEVS: usize = 256;
 
 /// Where a chardev's bytes come from and go to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Backend {
     /// A socket, listening or connecting.
     Socket(SocketSpec),
     /// Standard input and output.
     Stdio,
+    /// A backend as `chardev-add` creates it, in the chardev table.
+    Table(ChardevBackend),
 }
 
 /// A chardev and whether a monitor uses it.
@@ -203,12 +208,15 @@ impl Chardevs {
             "socket" => Backend::Socket(socket_backend(&options)?),
             "stdio" if daemonize => return Err("cannot use stdio with -daemonize".to_owned()),
             "stdio" => Backend::Stdio,
-            name if QEMU_BACKENDS.contains(&name) => {
-                return Err(format!(
-                    "chardev backend '{name}' is not supported by storaged (use socket or stdio)"
-                ))
-            }
-            name => return Err(format!("'{name}' is not a valid char driver name")),
+            name => match table_backend(name, &options)? {
+                Some(kind) => Backend::Table(ChardevBackend { kind }),
+                None if QEMU_BACKENDS.contains(&name) => {
+                    return Err(format!(
+                        "chardev backend '{name}' is not supported by storaged"
+                    ))
+                }
+                None => return Err(format!("'{name}' is not a valid char driver name")),
+            },
         };
         if self.by_id.contains_key(&id) {
             return Err(format!(
@@ -272,10 +280,15 @@ impl Chardevs {
         if chardev.in_use {
             return Err(format!("chardev '{name}' is already in use"));
         }
-        let source = match chardev.opened.take() {
-            Some(opened) => MonitorSource::Socket(opened),
-            None if chardev.backend == Backend::Stdio => MonitorSource::Stdio,
-            None => return Err(format!("chardev '{name}' is not open")),
+        let source = match (&chardev.backend, chardev.opened.take()) {
+            (_, Some(opened)) => MonitorSource::Socket(opened),
+            (Backend::Stdio, None) => MonitorSource::Stdio,
+            (Backend::Table(_), None) => {
+                return Err(format!(
+                    "chardev '{name}' cannot carry a monitor in storaged (use socket or stdio)"
+                ))
+            }
+            (Backend::Socket(_), None) => return Err(format!("chardev '{name}' is not open")),
         };
         chardev.in_use = true;
         Ok((
@@ -286,17 +299,32 @@ impl Chardevs {
         ))
     }
 
-    /// Every chardev as `query-chardev` and the QOM tree show it, by id.
+    /// The backend chardev `id` takes from the chardev table, if it does.
+    pub fn table_backend(&self, id: &str) -> Option<&ChardevBackend> {
+        match &self.by_id.get(id)?.backend {
+            Backend::Table(backend) => Some(backend),
+            _ => None,
+        }
+    }
+
+    /// Every chardev that carries or may carry a monitor as
+    /// `query-chardev` and the QOM tree show it, by id (the others are
+    /// the chardev table's).
     pub fn rows(&self) -> Vec<ChardevRow> {
         let mut rows: Vec<ChardevRow> = self
             .by_id
             .iter()
-            .map(|(id, chardev)| ChardevRow {
-                id: id.clone(),
-                qom_type: match chardev.backend {
+            .filter_map(|(id, chardev)| {
+                let qom_type = match chardev.backend {
                     Backend::Socket(_) => "chardev-socket",
                     Backend::Stdio => "chardev-stdio",
-                },
+                    Backend::Table(_) => return None,
+                };
+                Some((id, chardev, qom_type))
+            })
+            .map(|(id, chardev, qom_type)| ChardevRow {
+                id: id.clone(),
+                qom_type,
                 filename: filename(&chardev.backend, chardev.in_use),
                 frontend_open: chardev.in_use,
             })
@@ -322,6 +350,55 @@ impl Chardevs {
         unused.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         unused
     }
+}
+
+/// QEMU's `qemu_chr_parse_*` of the backends `chardev-add` also creates:
+/// the `ChardevBackend` `--chardev NAME,...` stands for, if it is one.
+fn table_backend(
+    name: &str,
+    options: &ChardevOptions,
+) -> Result<Option<ChardevBackendKind>, String> {
+    let logfile = options.logfile.clone();
+    let logappend = options.logappend;
+    let ring = || Wrapped {
+        data: ChardevRingbuf {
+            logfile: logfile.clone(),
+            logappend,
+            size: options
+                .size
+                .map(|size| i64::try_from(size.bytes()).unwrap_or(i64::MAX)),
+        },
+    };
+    Ok(Some(match name {
+        "ringbuf" => ChardevBackendKind::Ringbuf(ring()),
+        "memory" => ChardevBackendKind::Memory(ring()),
+        "null" => ChardevBackendKind::Null(Wrapped {
+            data: ChardevCommon { logfile, logappend },
+        }),
+        "file" => ChardevBackendKind::File(Wrapped {
+            data: ChardevFile {
+                logfile,
+                logappend,
+                r#in: options.input_path.clone(),
+                out: options
+                    .path
+                    .clone()
+                    .ok_or_else(|| "chardev: file: no filename given".to_owned())?,
+                append: options.append,
+            },
+        }),
+        "pipe" => ChardevBackendKind::Pipe(Wrapped {
+            data: ChardevHostdev {
+                logfile,
+                logappend,
+                device: options
+                    .path
+                    .clone()
+                    .ok_or_else(|| "chardev: pipe: no device path given".to_owned())?,
+            },
+        }),
+        _ => return Ok(None),
+    }))
 }
 
 /// Refuses the socket options storaged does not offer.

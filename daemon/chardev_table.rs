@@ -101,6 +101,14 @@ impl ChardevTable {
             .insert(id.to_owned(), Entry::Added(Added::Socket(socket)));
     }
 
+    /// `--chardev` of a backend `chardev-add` also creates; the error is
+    /// QEMU's bare reason, as the command line shows it.
+    pub async fn add_command_line(&self, id: &str, backend: &ChardevBackend) -> Result<(), String> {
+        let added = Added::open(backend).await?;
+        self.lock().insert(id.to_owned(), Entry::Added(added));
+        Ok(())
+    }
+
     /// `chardev-add`.
     pub async fn add(&self, id: &str, backend: &ChardevBackend) -> Result<(), QmpError> {
         if self.lock().contains_key(id) {

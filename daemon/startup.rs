@@ -132,6 +132,9 @@ impl Startup {
                     eprintln!("{}: {}: info: {message}", self.program, step.arg.location)
                 };
                 self.chardevs.open(&id, info).await?;
+                if let Some(backend) = self.chardevs.table_backend(&id) {
+                    self.daemon.chardevs.add_command_line(&id, backend).await?;
+                }
                 self.daemon.chardevs.set_command_line(self.chardevs.rows());
                 self.warnings.extend(
                     warnings

@@ -137,6 +137,18 @@ const BAD_COMMAND_LINES: &[(&[&str], &str)] = &[
         "--chardev socket,id=m,path=/nonexistent/m.sock: Failed to connect to '/nonexistent/m.sock': No such file or directory",
     ),
     (
+        &["--chardev", "ringbuf,id=r,size=3"],
+        "--chardev ringbuf,id=r,size=3: size of ringbuf chardev must be power of two",
+    ),
+    (
+        &["--chardev", "file,id=f"],
+        "--chardev file,id=f: chardev: file: no filename given",
+    ),
+    (
+        &["--chardev", "pipe,id=p,path=/nonexistent/p"],
+        "--chardev pipe,id=p,path=/nonexistent/p: Could not open '/nonexistent/p': No such file or directory",
+    ),
+    (
         &["--chardev", "stdio,id=m", "--daemonize"],
         "--chardev stdio,id=m: cannot use stdio with -daemonize",
     ),

@@ -181,6 +181,63 @@ async fn a_command_line_socket_without_monitor_listens_as_qemu_storage_daemons()
     );
 }
 
+/// `--chardev` of the backends `chardev-add` creates (ring buffers, null,
+/// a file, a pipe) gives the chardevs QSD gives: listed, written and
+/// read, removed alike.
+#[tokio::test]
+async fn command_line_ring_buffers_files_and_pipes_answer_as_qemu_storage_daemon() {
+    let session = |program: Command| async move {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fifo = std::ffi::CString::new(dir.path().join("fifo").display().to_string()).unwrap();
+        // SAFETY: a valid C string; mkfifo only creates a file.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let daemon = TestDaemon::spawn(program, dir, |dir| {
+            let path = |name: &str| dir.join(name).display().to_string();
+            [
+                "ringbuf,id=r0,size=16".to_owned(),
+                "memory,id=m0".to_owned(),
+                "null,id=n0".to_owned(),
+                format!("file,id=f0,path={}", path("out.txt")),
+                format!("pipe,id=p0,path={}", path("fifo")),
+            ]
+            .into_iter()
+            .flat_map(|chardev| ["--chardev".to_owned(), chardev])
+            .collect()
+        });
+        let mut client = daemon.connect().await;
+        let dir = daemon.dir.path().display().to_string();
+        let requests = [
+            ("query-chardev", json!({})),
+            (
+                "ringbuf-write",
+                json!({"device": "r0", "data": "hello, world, again"}),
+            ),
+            ("ringbuf-read", json!({"device": "r0", "size": 100})),
+            ("ringbuf-write", json!({"device": "p0", "data": "x"})),
+            ("chardev-remove", json!({"id": "f0"})),
+            (
+                "chardev-change",
+                json!({"id": "n0", "backend": {"type": "ringbuf", "data": {}}}),
+            ),
+            ("query-chardev", json!({})),
+        ];
+        let mut outcomes = vec![json!({"exists": daemon.path("out.txt").exists()})];
+        for (command, arguments) in requests {
+            let mut reply = common::reply(&mut client, command, arguments).await;
+            if let Some(Value::Array(rows)) = reply.get_mut("return") {
+                rows.sort_by(|a, b| a["label"].as_str().cmp(&b["label"].as_str()));
+            }
+            outcomes
+                .push(serde_json::from_str(&reply.to_string().replace(&dir, "DIR")).expect("JSON"));
+        }
+        outcomes
+    };
+    let qsd = session(Command::new("qemu-storage-daemon")).await;
+    let ours = session(storaged()).await;
+    assert_eq!(ours, qsd);
+    assert_eq!(ours[3], json!({"return": "lo, world, again"}));
+}
+
 /// A step of a session with socket, pipe and stdio chardevs: a request,
 /// or something done beside the monitor whose outcome joins the replies.
 enum Step {
