@@ -44,12 +44,19 @@ pub struct ChardevTable {
     by_id: Mutex<BTreeMap<String, Entry>>,
     /// A chardev on standard input and output was removed.
     stdio_closed: AtomicBool,
+    /// The daemon runs detached (`--daemonize`): no standard streams.
+    daemonized: AtomicBool,
 }
 
 impl ChardevTable {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         // Every change is one insert, remove or write: never half done.
         self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The daemon runs detached: `stdio` chardevs are refused.
+    pub fn set_daemonized(&self) {
+        self.daemonized.store(true, Ordering::Relaxed);
     }
 
     /// The command line's chardevs, as startup knows them now.
@@ -161,6 +168,9 @@ impl ChardevTable {
         let failed =
             |why: String| QmpError::generic(format!("Failed to add chardev '{id}': {why}"));
         if matches!(backend.kind, ChardevBackendKind::Stdio(_)) {
+            if self.daemonized.load(Ordering::Relaxed) {
+                return Err(failed("cannot use stdio with -daemonize".to_owned()));
+            }
             if self.stdio_closed.load(Ordering::Relaxed) {
                 return Err(failed(
                     "Failed to set FD nonblocking: Bad file descriptor".to_owned(),
@@ -264,5 +274,42 @@ fn decode(data: &str, format: DataFormat) -> Result<Vec<u8>, QmpError> {
         DataFormat::Utf8 => Ok(data.as_bytes().to_vec()),
         DataFormat::Base64 => openssl::base64::decode_block(data)
             .map_err(|_| QmpError::generic("Base64 data contains invalid characters")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stdio() -> ChardevBackend {
+        schema::from_json(serde_json::json!({"type": "stdio", "data": {}})).expect("backend")
+    }
+
+    async fn add_stdio(table: &ChardevTable, id: &str) -> Result<(), String> {
+        table.add(id, &stdio()).await.map_err(|e| e.desc)
+    }
+
+    #[tokio::test]
+    async fn stdio_serves_one_chardev_and_closes_with_it() {
+        let table = ChardevTable::default();
+        add_stdio(&table, "a").await.expect("first");
+        assert_eq!(
+            add_stdio(&table, "b").await,
+            Err("Failed to add chardev 'b': cannot use stdio by multiple character devices".into())
+        );
+        table.remove("a").expect("removed");
+        assert_eq!(
+            add_stdio(&table, "c").await,
+            Err(
+                "Failed to add chardev 'c': Failed to set FD nonblocking: Bad file descriptor"
+                    .into()
+            )
+        );
+        let detached = ChardevTable::default();
+        detached.set_daemonized();
+        assert_eq!(
+            add_stdio(&detached, "d").await,
+            Err("Failed to add chardev 'd': cannot use stdio with -daemonize".into())
+        );
     }
 }

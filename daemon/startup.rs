@@ -84,6 +84,9 @@ impl Startup {
         daemonize: bool,
         program: &str,
     ) -> Self {
+        if daemonize {
+            daemon.chardevs.set_daemonized();
+        }
         Self {
             daemon,
             monitors,
