@@ -16,6 +16,8 @@
 //! monitor.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use std::time::Duration;
 
@@ -29,6 +31,7 @@ use schema::char::{
 use schema::qemuopts::{self, Request};
 use schema::qemuopts_help;
 use schema::sockets::{SocketAddressLegacyKind, Wrapped};
+use serde_json::{json, Value as Json};
 
 use crate::startup::Help;
 
@@ -47,7 +50,7 @@ pub const BACKENDS: &[&str] = &[
 
 /// A chardev as the daemon's state keeps it for `query-chardev` and the
 /// QOM tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ChardevRow {
     pub id: String,
     /// `chardev-socket` or `chardev-stdio`.
@@ -56,6 +59,19 @@ pub struct ChardevRow {
     pub filename: String,
     /// A monitor uses it.
     pub frontend_open: bool,
+    /// A socket's `addr`, and whether its monitor has a client.
+    pub socket: Option<(Json, Option<Arc<AtomicBool>>)>,
+}
+
+impl ChardevRow {
+    /// A socket's `connected` and `addr` properties.
+    pub fn socket(&self) -> Option<(bool, Json)> {
+        let (addr, connected) = self.socket.as_ref()?;
+        let connected = connected
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Relaxed));
+        Some((connected, addr.clone()))
+    }
 }
 
 /// QEMU's `filename` of a chardev during startup; a socket without a
@@ -83,6 +99,26 @@ pub fn socket_description(spec: &SocketSpec, bound: Option<&qmp::BoundAddress>) 
         (ListenAddress::Fd(fd), _) => format!("fd:{fd}"),
     };
     format!("{address}{server}")
+}
+
+/// QEMU's `addr` property of a socket chardev (a flat `SocketAddress`):
+/// where it listens, else where it connects.
+pub fn socket_address(spec: &SocketSpec, bound: Option<&qmp::BoundAddress>) -> Json {
+    let (SocketSpec::Listen { address, .. } | SocketSpec::Connect { address, .. }) = spec;
+    match (bound, address) {
+        (Some(qmp::BoundAddress::Unix(path)), _) | (None, ListenAddress::Unix(path)) => {
+            json!({"type": "unix", "path": path.display().to_string()})
+        }
+        (Some(qmp::BoundAddress::Tcp(bound)), _) => {
+            let family = if bound.is_ipv4() { "ipv4" } else { "ipv6" };
+            json!({"type": "inet", "host": bound.ip().to_string(),
+                   "port": bound.port().to_string(), family: true})
+        }
+        (None, ListenAddress::Tcp { host, port }) => {
+            json!({"type": "inet", "host": host, "port": port.to_string()})
+        }
+        (None, ListenAddress::Fd(fd)) => json!({"type": "fd", "str": fd.to_string()}),
+    }
 }
 
 /// What QEMU prints while `wait=on` waits for a first client.
@@ -172,6 +208,10 @@ struct Chardev {
     in_use: bool,
     /// A socket's, until a monitor (or the end of startup) takes it.
     opened: Option<Opened>,
+    /// A socket's `addr`, once open.
+    addr: Option<Json>,
+    /// Whether its monitor has a client.
+    connected: Option<Arc<AtomicBool>>,
 }
 
 /// What a monitor is served on.
@@ -232,6 +272,8 @@ impl Chardevs {
                 backend,
                 in_use: false,
                 opened: None,
+                addr: None,
+                connected: None,
             },
         );
         Ok((id, parsed.warnings))
@@ -249,6 +291,7 @@ impl Chardevs {
         match qmp::socket::open(&spec, &cancel, waiting).await {
             Ok(opened) => {
                 if let Some(chardev) = self.by_id.get_mut(id) {
+                    chardev.addr = Some(socket_address(&spec, opened.bound.as_ref()));
                     chardev.opened = Some(opened);
                 }
                 Ok(())
@@ -265,7 +308,7 @@ impl Chardevs {
     pub fn attach_monitor(
         &mut self,
         text: &str,
-    ) -> Result<(MonitorSource, qmp::MonitorOptions), String> {
+    ) -> Result<(String, MonitorSource, qmp::MonitorOptions), String> {
         let options: MonitorOptions =
             schema::parse_option(text, Some(schema::char::MONITOR_IMPLIED_KEY))
                 .map_err(|error| error.desc)?;
@@ -292,6 +335,7 @@ impl Chardevs {
         };
         chardev.in_use = true;
         Ok((
+            name.clone(),
             source,
             qmp::MonitorOptions {
                 pretty: options.pretty.unwrap_or(false),
@@ -327,10 +371,21 @@ impl Chardevs {
                 qom_type,
                 filename: filename(&chardev.backend, chardev.in_use),
                 frontend_open: chardev.in_use,
+                socket: chardev
+                    .addr
+                    .clone()
+                    .map(|addr| (addr, chardev.connected.clone())),
             })
             .collect();
         rows.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         rows
+    }
+
+    /// Chardev `id`'s monitor tells whether it has a client.
+    pub fn monitor_serves(&mut self, id: &str, connected: Arc<AtomicBool>) {
+        if let Some(chardev) = self.by_id.get_mut(id) {
+            chardev.connected = Some(connected);
+        }
     }
 
     /// The sockets no monitor took, to serve without one, by id.
@@ -623,7 +678,7 @@ mod tests {
             chardevs.attach_monitor("m,mode=readline").map(drop),
             Err("Only QMP is supported".into())
         );
-        let (source, options) = chardevs
+        let (_, source, options) = chardevs
             .attach_monitor("m,pretty=on")
             .expect("first monitor");
         assert!(matches!(source, MonitorSource::Stdio));

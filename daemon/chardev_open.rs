@@ -20,7 +20,9 @@ use schema::char::{ChardevBackend, ChardevBackendKind};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::chardev::{open_error, qmp_socket_spec, socket_description, waiting_message};
+use crate::chardev::{
+    open_error, qmp_socket_spec, socket_address, socket_description, waiting_message,
+};
 
 /// QEMU's default and largest ring buffer.
 const DEFAULT_RINGBUF_SIZE: i64 = 65536;
@@ -101,6 +103,16 @@ impl Added {
         })
     }
 
+    /// A socket's `connected` and `addr` properties.
+    pub fn socket(&self) -> Option<(bool, serde_json::Value)> {
+        match self {
+            Added::Socket(socket) => {
+                Some((lock(&socket.connection).is_some(), socket.addr.clone()))
+            }
+            _ => None,
+        }
+    }
+
     /// QEMU's `filename` in `query-chardev`.
     pub fn filename(&self) -> String {
         match self {
@@ -155,6 +167,8 @@ fn open_pipe(device: &str) -> Result<(File, File), String> {
 pub struct SocketChardev {
     /// QEMU's description with no connection (after `disconnected:`).
     address: String,
+    /// QEMU's `addr` property: where it listens or connects.
+    addr: serde_json::Value,
     /// The description of the open connection, if one is.
     connection: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
@@ -178,6 +192,7 @@ impl SocketChardev {
     /// until dropped.
     pub fn serve(spec: &SocketSpec, opened: Opened) -> SocketChardev {
         let address = socket_description(spec, opened.bound.as_ref());
+        let addr = socket_address(spec, opened.bound.as_ref());
         let listening = matches!(spec, SocketSpec::Listen { .. });
         let connection = Arc::new(Mutex::new(None));
         let state = connection.clone();
@@ -196,6 +211,7 @@ impl SocketChardev {
         );
         SocketChardev {
             address,
+            addr,
             connection,
             stop,
             _socket_file: opened.socket_file,

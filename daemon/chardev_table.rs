@@ -19,6 +19,7 @@ use schema::QmpError;
 
 use crate::chardev::ChardevRow;
 use crate::chardev_open::Added;
+use crate::objects::qom::QomChardev;
 
 /// The most chardevs `chardev-add` may create.
 pub const MAX_ADDED_CHARDEVS: usize = 256;
@@ -86,16 +87,20 @@ impl ChardevTable {
             .collect()
     }
 
-    /// Every chardev's id and QOM type, for the QOM tree.
-    pub fn qom_types(&self) -> Vec<(String, &'static str)> {
+    /// Every chardev as the QOM tree shows it.
+    pub fn qom_chardevs(&self) -> Vec<QomChardev> {
         self.lock()
             .iter()
             .map(|(id, entry)| {
-                let qom_type = match entry {
-                    Entry::CommandLine(row) => row.qom_type,
-                    Entry::Added(added) => added.qom_type(),
+                let (qom_type, socket) = match entry {
+                    Entry::CommandLine(row) => (row.qom_type, row.socket()),
+                    Entry::Added(added) => (added.qom_type(), added.socket()),
                 };
-                (id.clone(), qom_type)
+                QomChardev {
+                    id: id.clone(),
+                    qom_type,
+                    socket,
+                }
             })
             .collect()
     }

@@ -205,15 +205,18 @@ impl Startup {
     }
 
     async fn start_monitor(&mut self, value: &str) -> Result<(), String> {
-        let (source, options) = self.chardevs.attach_monitor(value)?;
-        self.daemon.chardevs.set_command_line(self.chardevs.rows());
+        let (id, source, options) = self.chardevs.attach_monitor(value)?;
         match source {
-            MonitorSource::Socket(opened) => self.monitors.serve(opened, options),
+            MonitorSource::Socket(opened) => {
+                let connected = self.monitors.serve(opened, options);
+                self.chardevs.monitor_serves(&id, connected);
+            }
             MonitorSource::Stdio => {
                 self.monitors
                     .serve_stream(tokio::io::stdin(), tokio::io::stdout(), options);
             }
         }
+        self.daemon.chardevs.set_command_line(self.chardevs.rows());
         Ok(())
     }
 }

@@ -341,6 +341,12 @@ async fn socket_pipe_and_stdio_chardevs_answer_as_qemu_storage_daemon() {
         Step::Request(json!({"execute": command, "arguments": arguments}))
     };
     let query = || call("query-chardev", json!({}));
+    let qom_get = |id: &str, property: &str| {
+        call(
+            "qom-get",
+            json!({"path": format!("/chardevs/{id}"), "property": property}),
+        )
+    };
     let steps = [
         add(
             "s1",
@@ -396,6 +402,21 @@ async fn socket_pipe_and_stdio_chardevs_answer_as_qemu_storage_daemon() {
         add("st2", "stdio", json!({"signal": false})),
         add("s1", "null", json!({})),
         query(),
+        qom_get("s1", "connected"),
+        qom_get("c1", "connected"),
+        qom_get("s2", "connected"),
+        qom_get("qmp0", "connected"),
+        qom_get("s1", "addr"),
+        qom_get("c1", "addr"),
+        qom_get("qmp0", "addr"),
+        call(
+            "qom-set",
+            json!({"path": "/chardevs/s1", "property": "connected", "value": false}),
+        ),
+        call(
+            "qom-get",
+            json!({"path": "/chardevs/p1", "property": "connected"}),
+        ),
         Step::Connect("s2.sock"),
         query(),
         Step::Hangup,
@@ -430,6 +451,8 @@ async fn socket_pipe_and_stdio_chardevs_answer_as_qemu_storage_daemon() {
         ),
         query(),
         call("qom-list", json!({"path": "/chardevs/t0"})),
+        qom_get("t0", "addr"),
+        qom_get("t0", "connected"),
         call(
             "qom-get",
             json!({"path": "/chardevs/p2", "property": "type"}),

@@ -11,6 +11,7 @@
 //! as for a chardev without a monitor.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -110,8 +111,9 @@ impl Monitors {
 
     /// Serves a session on each connection of an opened socket chardev
     /// (`--chardev` opens it, `--monitor` serves it), until shutdown; its
-    /// socket file goes when the monitors shut down.
-    pub fn serve(&self, opened: Opened, options: MonitorOptions) {
+    /// socket file goes when the monitors shut down. The flag returned
+    /// says whether a client is connected (QEMU's `connected` property).
+    pub fn serve(&self, opened: Opened, options: MonitorOptions) -> Arc<AtomicBool> {
         let Opened {
             endpoint,
             first,
@@ -121,10 +123,19 @@ impl Monitors {
         self.lock_socket_files().extend(socket_file);
         let shared = self.shared.clone();
         let cancel = shared.shutdown.clone();
+        let connected = Arc::new(AtomicBool::new(false));
+        let flag = connected.clone();
         self.tasks
             .spawn(endpoint.serve(first, cancel, move |connection| {
-                serve_connection(shared.clone(), connection, options)
+                let shared = shared.clone();
+                let flag = flag.clone();
+                async move {
+                    flag.store(true, Ordering::Relaxed);
+                    serve_connection(shared, connection, options).await;
+                    flag.store(false, Ordering::Relaxed);
+                }
             }));
+        connected
     }
 
     /// Serves one client on an already open stream, e.g. stdin and stdout
