@@ -56,32 +56,34 @@ pub struct ChardevRow {
     /// `chardev-socket` or `chardev-stdio`.
     pub qom_type: &'static str,
     /// QEMU's description (`unix:/path,server=on`, `stdio`).
-    pub filename: String,
+    description: String,
     /// A monitor uses it.
     pub frontend_open: bool,
     /// A socket's `addr`, and whether its monitor has a client.
-    pub socket: Option<(Json, Option<Arc<AtomicBool>>)>,
+    socket: Option<(Json, Option<Arc<AtomicBool>>)>,
 }
 
 impl ChardevRow {
+    /// Whether a socket's monitor has a client now.
+    fn connected(&self) -> bool {
+        self.socket
+            .as_ref()
+            .and_then(|(_, connected)| connected.as_ref())
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
+    }
+
+    /// QEMU's `filename`: a socket with no client is `disconnected:`.
+    pub fn filename(&self) -> String {
+        match &self.socket {
+            Some(_) if !self.connected() => format!("disconnected:{}", self.description),
+            _ => self.description.clone(),
+        }
+    }
+
     /// A socket's `connected` and `addr` properties.
     pub fn socket(&self) -> Option<(bool, Json)> {
-        let (addr, connected) = self.socket.as_ref()?;
-        let connected = connected
-            .as_ref()
-            .is_some_and(|flag| flag.load(Ordering::Relaxed));
-        Some((connected, addr.clone()))
-    }
-}
-
-/// QEMU's `filename` of a chardev during startup; a socket without a
-/// monitor is `disconnected:`, as QEMU shows a socket with no peer. A
-/// monitor's socket shows as connected.
-fn filename(backend: &Backend, in_use: bool) -> String {
-    let state = if in_use { "" } else { "disconnected:" };
-    match backend {
-        Backend::Socket(spec) => format!("{state}{}", socket_description(spec, None)),
-        Backend::Stdio | Backend::Table(_) => "stdio".to_owned(),
+        let (addr, _) = self.socket.as_ref()?;
+        Some((self.connected(), addr.clone()))
     }
 }
 
@@ -359,22 +361,21 @@ impl Chardevs {
             .by_id
             .iter()
             .filter_map(|(id, chardev)| {
-                let qom_type = match chardev.backend {
-                    Backend::Socket(_) => "chardev-socket",
-                    Backend::Stdio => "chardev-stdio",
+                let (qom_type, description) = match &chardev.backend {
+                    Backend::Socket(spec) => ("chardev-socket", socket_description(spec, None)),
+                    Backend::Stdio => ("chardev-stdio", "stdio".to_owned()),
                     Backend::Table(_) => return None,
                 };
-                Some((id, chardev, qom_type))
-            })
-            .map(|(id, chardev, qom_type)| ChardevRow {
-                id: id.clone(),
-                qom_type,
-                filename: filename(&chardev.backend, chardev.in_use),
-                frontend_open: chardev.in_use,
-                socket: chardev
-                    .addr
-                    .clone()
-                    .map(|addr| (addr, chardev.connected.clone())),
+                Some(ChardevRow {
+                    id: id.clone(),
+                    qom_type,
+                    description,
+                    frontend_open: chardev.in_use,
+                    socket: chardev
+                        .addr
+                        .clone()
+                        .map(|addr| (addr, chardev.connected.clone())),
+                })
             })
             .collect();
         rows.sort_unstable_by(|a, b| a.id.cmp(&b.id));

@@ -75,7 +75,7 @@ impl ChardevTable {
             .iter()
             .map(|(id, entry)| {
                 let (filename, frontend_open) = match entry {
-                    Entry::CommandLine(row) => (row.filename.clone(), row.frontend_open),
+                    Entry::CommandLine(row) => (row.filename(), row.frontend_open),
                     Entry::Added(added) => (added.filename(), false),
                 };
                 ChardevInfo {

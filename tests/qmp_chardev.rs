@@ -132,7 +132,8 @@ async fn chardevs_added_at_run_time_answer_as_qemu_storage_daemon() {
 }
 
 /// A `--chardev` socket no monitor uses listens as QSD's: a client is
-/// shown connected, then gone; removing the chardev removes its file.
+/// shown connected, then gone; removing the chardev removes its file. A
+/// monitor's socket with no client is shown disconnected.
 #[tokio::test]
 async fn a_command_line_socket_without_monitor_listens_as_qemu_storage_daemons() {
     let session = |program: Command| async move {
@@ -144,6 +145,14 @@ async fn a_command_line_socket_without_monitor_listens_as_qemu_storage_daemons()
                     "socket,id=spare,path={},server=on,wait=off",
                     dir.join("spare.sock").display()
                 ),
+                // A monitor no client uses yet.
+                "--chardev".into(),
+                format!(
+                    "socket,id=idle,path={},server=on,wait=off",
+                    dir.join("idle.sock").display()
+                ),
+                "--monitor".into(),
+                "idle".into(),
             ]
         });
         let mut client = daemon.connect().await;
@@ -172,11 +181,15 @@ async fn a_command_line_socket_without_monitor_listens_as_qemu_storage_daemons()
     let ours = session(storaged()).await;
     assert_eq!(ours, qsd);
     assert_eq!(
-        ours[1]["return"][1]["filename"],
+        ours[1]["return"][0]["filename"],
+        "disconnected:unix:DIR/idle.sock,server=on"
+    );
+    assert_eq!(
+        ours[1]["return"][2]["filename"],
         "unix:DIR/spare.sock,server=on"
     );
     assert_eq!(
-        ours[2]["return"][1]["filename"],
+        ours[2]["return"][2]["filename"],
         "disconnected:unix:DIR/spare.sock,server=on"
     );
 }
