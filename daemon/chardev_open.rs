@@ -20,7 +20,7 @@ use schema::char::{ChardevBackend, ChardevBackendKind};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::chardev::{
+use crate::chardev_socket::{
     open_error, qmp_socket_spec, socket_address, socket_description, waiting_message,
 };
 

@@ -9,6 +9,7 @@
 
 mod chardev;
 mod chardev_open;
+mod chardev_socket;
 mod chardev_table;
 mod cli;
 mod commands;
