@@ -8,7 +8,9 @@
 //! and events to every negotiated client. Output is byte-for-byte what
 //! qemu-storage-daemon sends: QEMU's member order, escapes and CRLF line
 //! ends. It knows nothing about block devices: the daemon implements
-//! [`Dispatcher`] and emits events on an [`EventBus`].
+//! [`Dispatcher`] and emits events on an [`EventBus`]. Its [`socket`]
+//! module opens socket chardevs for monitors and for the daemon's
+//! chardevs without one alike.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
