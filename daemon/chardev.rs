@@ -1,16 +1,38 @@
-//! `--chardev` and `--monitor`: character devices as far as a QMP monitor
-//! needs them, and the monitors attached to them.
+//! `--chardev` and `--monitor`: the command line's character devices and
+//! the monitors attached to them, and `--chardev help`. Socket options
+//! are read by [`crate::chardev_socket`], as `chardev-add`'s are.
 //!
-//! storaged has character devices only to carry monitors: a listening
-//! socket (`socket,path=...` or `socket,host=...,port=...` with
-//! `server=on`) or the daemon's standard streams (`stdio`). A chardev is
-//! checked when `--chardev` is read and opened when a `--monitor` attaches
-//! to it; each chardev carries at most one monitor, as in QEMU.
+//! The command line has character devices to carry monitors: a socket
+//! (`socket,path=...` or `socket,host=...,port=...`, listening with
+//! `server=on`) or the daemon's standard streams (`stdio`). A socket is
+//! opened when `--chardev` is read, as QSD does (`wait=on` waits there for
+//! a first client), and served by the monitor a `--monitor` attaches; each
+//! chardev carries at most one monitor, as in QEMU. Sockets no monitor
+//! took are served without one once startup is done
+//! ([`crate::chardev_table`]). The other backends `chardev-add` creates
+//! (`ringbuf`, `memory`, `null`, `file`, `pipe`) are read into the same
+//! `ChardevBackend` it takes and created by the same code; they carry no
+//! monitor.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use schema::char::{ChardevOptions, MonitorMode, MonitorOptions, CHARDEV_IMPLIED_KEY};
-use schema::qemuopts;
+use qmp::socket::Opened;
+use qmp::SocketSpec;
+use schema::char::{
+    ChardevBackend, ChardevBackendKind, ChardevCommon, ChardevFile, ChardevHostdev, ChardevOptions,
+    ChardevRingbuf, MonitorMode, MonitorOptions, CHARDEV_IMPLIED_KEY,
+};
+use schema::qemuopts::{self, Request};
+use schema::qemuopts_help;
+use schema::sockets::Wrapped;
+use serde_json::Value as Json;
+
+use crate::chardev_socket::{
+    open_error, socket_address, socket_backend, socket_description, waiting_message,
+};
+use crate::startup::Help;
 
 /// QEMU's character device backends, for telling a backend storaged does
 /// not offer from one that does not exist.
@@ -21,77 +43,92 @@ const QEMU_BACKENDS: &[&str] = &[
 
 /// The backends storaged offers (`query-chardev-backends`): those of the
 /// command line and those `chardev-add` creates.
-pub const BACKENDS: &[&str] = &["socket", "stdio", "ringbuf", "memory", "null", "file"];
+pub const BACKENDS: &[&str] = &[
+    "socket", "stdio", "ringbuf", "memory", "null", "file", "pipe",
+];
 
 /// A chardev as the daemon's state keeps it for `query-chardev` and the
 /// QOM tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ChardevRow {
     pub id: String,
     /// `chardev-socket` or `chardev-stdio`.
     pub qom_type: &'static str,
     /// QEMU's description (`unix:/path,server=on`, `stdio`).
-    pub filename: String,
+    description: String,
     /// A monitor uses it.
     pub frontend_open: bool,
+    /// A socket's `addr`, and whether its monitor has a client.
+    socket: Option<(Json, Option<Arc<AtomicBool>>)>,
 }
 
-/// QEMU's `filename` of a chardev; a socket without a monitor (which
-/// storaged does not open) is `disconnected:`, as QEMU shows a socket with
-/// no peer. A monitor's socket shows as connected.
-fn filename(backend: &Backend, in_use: bool) -> String {
-    let address = |address: &qmp::ListenAddress| match address {
-        qmp::ListenAddress::Unix(path) => format!("unix:{}", path.display()),
-        qmp::ListenAddress::Tcp { host, port } => format!("tcp:{host}:{port}"),
-        qmp::ListenAddress::Fd(fd) => format!("fd:{fd}"),
-    };
-    let state = if in_use { "" } else { "disconnected:" };
-    match backend {
-        Backend::Listen { address: a, .. } => format!("{state}{},server=on", address(a)),
-        Backend::Connect { address: a, .. } => format!("{state}{}", address(a)),
-        Backend::Stdio => "stdio".to_owned(),
+impl ChardevRow {
+    /// Whether a socket's monitor has a client now.
+    fn connected(&self) -> bool {
+        self.socket
+            .as_ref()
+            .and_then(|(_, connected)| connected.as_ref())
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
+    }
+
+    /// QEMU's `filename`: a socket with no client is `disconnected:`.
+    pub fn filename(&self) -> String {
+        match &self.socket {
+            Some(_) if !self.connected() => format!("disconnected:{}", self.description),
+            _ => self.description.clone(),
+        }
+    }
+
+    /// A socket's `connected` and `addr` properties.
+    pub fn socket(&self) -> Option<(bool, Json)> {
+        let (addr, _) = self.socket.as_ref()?;
+        Some((self.connected(), addr.clone()))
     }
 }
 
-/// The backends `--chardev` creates (the others only `chardev-add`).
-const COMMAND_LINE_BACKENDS: &[&str] = &["stdio", "socket"];
-
-/// `--chardev help`: the backends `--chardev` creates, as QSD lists its
-/// own. `None` when the option asks for no help. (QSD's `--chardev
-/// TYPE,help`, the list of every option, gets "Help is not available".)
-pub fn chardev_help(option: &str) -> Option<String> {
-    let first = option.split(',').next().unwrap_or_default();
-    if first != "help" && first != "?" {
-        return None;
+/// The help `--chardev` asks for, as QSD gives it: `--chardev help` (the
+/// backend `help`) lists the backends storaged creates, in QSD's order,
+/// and succeeds;
+/// a bare `help` item (`--chardev socket,help`, whatever the backend)
+/// lists every option of `--chardev` and fails. `None` when the option
+/// asks for no help, or is wrong before it asks (reported when applied).
+pub fn chardev_help(option: &str) -> Option<Help> {
+    match qemuopts::parse_or_help::<ChardevOptions>(option, Some(CHARDEV_IMPLIED_KEY)).ok()? {
+        Request::Help { warnings } => Some(Help {
+            text: qemuopts_help::print_help::<ChardevOptions>("chardev"),
+            warnings,
+            success: false,
+        }),
+        Request::Options(parsed)
+            if matches!(parsed.options.backend.as_deref(), Some("help" | "?")) =>
+        {
+            let list: String = QEMU_BACKENDS
+                .iter()
+                .filter(|name| BACKENDS.contains(name))
+                .map(|name| format!("  {name}\n"))
+                .collect();
+            Some(Help {
+                text: format!("Available chardev backend types: \n{list}"),
+                warnings: parsed.warnings,
+                success: true,
+            })
+        }
+        Request::Options(_) => None,
     }
-    let list: String = COMMAND_LINE_BACKENDS
-        .iter()
-        .map(|name| format!("  {name}\n"))
-        .collect();
-    Some(format!("Available chardev backend types: \n{list}"))
 }
 
 /// The most chardevs a command line may define.
 pub const MAX_CHARDEVS: usize = 256;
 
 /// Where a chardev's bytes come from and go to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Backend {
-    /// A listening socket; `wait` (QEMU's `wait=on`, the default) holds
-    /// startup until a first client connects.
-    Listen {
-        address: qmp::ListenAddress,
-        wait: bool,
-    },
-    /// A socket the daemon connects to (`server=off`, QEMU's default):
-    /// the peer listens. With `reconnect`, a closed or failed connection
-    /// is made again after that delay.
-    Connect {
-        address: qmp::ListenAddress,
-        reconnect: Option<std::time::Duration>,
-    },
+    /// A socket, listening or connecting.
+    Socket(SocketSpec),
     /// Standard input and output.
     Stdio,
+    /// A backend as `chardev-add` creates it, in the chardev table.
+    Table(ChardevBackend),
 }
 
 /// A chardev and whether a monitor uses it.
@@ -99,6 +136,19 @@ pub enum Backend {
 struct Chardev {
     backend: Backend,
     in_use: bool,
+    /// A socket's, until a monitor (or the end of startup) takes it.
+    opened: Option<Opened>,
+    /// A socket's `addr`, once open.
+    addr: Option<Json>,
+    /// Whether its monitor has a client.
+    connected: Option<Arc<AtomicBool>>,
+}
+
+/// What a monitor is served on.
+#[derive(Debug)]
+pub enum MonitorSource {
+    Socket(Opened),
+    Stdio,
 }
 
 /// The chardevs of the command line.
@@ -112,9 +162,10 @@ impl Chardevs {
         Self::default()
     }
 
-    /// `--chardev`: checks the options and remembers the chardev. Returns
-    /// warnings about deprecated syntax, to print.
-    pub fn define(&mut self, text: &str, daemonize: bool) -> Result<Vec<String>, String> {
+    /// `--chardev`: checks the options and remembers the chardev (see
+    /// [`Chardevs::open`]). Returns its id and warnings about deprecated
+    /// syntax, to print.
+    pub fn define(&mut self, text: &str, daemonize: bool) -> Result<(String, Vec<String>), String> {
         let parsed = qemuopts::parse::<ChardevOptions>(text, Some(CHARDEV_IMPLIED_KEY))
             .map_err(|error| error.desc)?;
         let options = parsed.options;
@@ -124,15 +175,18 @@ impl Chardevs {
             .ok_or_else(|| "chardev: no id specified".to_owned())?;
         let backend_name = options.backend.clone().unwrap_or_default();
         let backend = match backend_name.as_str() {
-            "socket" => socket_backend(&options)?,
+            "socket" => Backend::Socket(socket_backend(&options)?),
             "stdio" if daemonize => return Err("cannot use stdio with -daemonize".to_owned()),
             "stdio" => Backend::Stdio,
-            name if QEMU_BACKENDS.contains(&name) => {
-                return Err(format!(
-                    "chardev backend '{name}' is not supported by storaged (use socket or stdio)"
-                ))
-            }
-            name => return Err(format!("'{name}' is not a valid char driver name")),
+            name => match table_backend(name, &options)? {
+                Some(kind) => Backend::Table(ChardevBackend { kind }),
+                None if QEMU_BACKENDS.contains(&name) => {
+                    return Err(format!(
+                        "chardev backend '{name}' is not supported by storaged"
+                    ))
+                }
+                None => return Err(format!("'{name}' is not a valid char driver name")),
+            },
         };
         if self.by_id.contains_key(&id) {
             return Err(format!(
@@ -143,18 +197,48 @@ impl Chardevs {
             return Err(format!("too many chardevs (at most {MAX_CHARDEVS})"));
         }
         self.by_id.insert(
-            id,
+            id.clone(),
             Chardev {
                 backend,
                 in_use: false,
+                opened: None,
+                addr: None,
+                connected: None,
             },
         );
-        Ok(parsed.warnings)
+        Ok((id, parsed.warnings))
     }
 
-    /// `--monitor`: the chardev to serve a monitor on, and its options.
-    /// Marks the chardev used.
-    pub fn attach_monitor(&mut self, text: &str) -> Result<(Backend, qmp::MonitorOptions), String> {
+    /// Opens chardev `id`'s socket, if it is one, with QEMU's message; the
+    /// chardev is forgotten if it cannot be opened. `info` gets what to
+    /// print before `wait=on` waits.
+    pub async fn open(&mut self, id: &str, info: impl FnOnce(String)) -> Result<(), String> {
+        let Some(Backend::Socket(spec)) = self.by_id.get(id).map(|c| c.backend.clone()) else {
+            return Ok(());
+        };
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let waiting = |bound: &qmp::BoundAddress| info(waiting_message(&spec, bound));
+        match qmp::socket::open(&spec, &cancel, waiting).await {
+            Ok(opened) => {
+                if let Some(chardev) = self.by_id.get_mut(id) {
+                    chardev.addr = Some(socket_address(&spec, opened.bound.as_ref()));
+                    chardev.opened = Some(opened);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.by_id.remove(id);
+                Err(open_error(&spec, &error))
+            }
+        }
+    }
+
+    /// `--monitor`: what to serve a monitor on, and its options. Marks the
+    /// chardev used.
+    pub fn attach_monitor(
+        &mut self,
+        text: &str,
+    ) -> Result<(String, MonitorSource, qmp::MonitorOptions), String> {
         let options: MonitorOptions =
             schema::parse_option(text, Some(schema::char::MONITOR_IMPLIED_KEY))
                 .map_err(|error| error.desc)?;
@@ -169,128 +253,143 @@ impl Chardevs {
         if chardev.in_use {
             return Err(format!("chardev '{name}' is already in use"));
         }
+        let source = match (&chardev.backend, chardev.opened.take()) {
+            (_, Some(opened)) => MonitorSource::Socket(opened),
+            (Backend::Stdio, None) => MonitorSource::Stdio,
+            (Backend::Table(_), None) => {
+                return Err(format!(
+                    "chardev '{name}' cannot carry a monitor in storaged (use socket or stdio)"
+                ))
+            }
+            (Backend::Socket(_), None) => return Err(format!("chardev '{name}' is not open")),
+        };
         chardev.in_use = true;
         Ok((
-            chardev.backend.clone(),
+            name.clone(),
+            source,
             qmp::MonitorOptions {
                 pretty: options.pretty.unwrap_or(false),
             },
         ))
     }
 
-    /// Every chardev as `query-chardev` and the QOM tree show it, by id.
+    /// The backend chardev `id` takes from the chardev table, if it does.
+    pub fn table_backend(&self, id: &str) -> Option<&ChardevBackend> {
+        match &self.by_id.get(id)?.backend {
+            Backend::Table(backend) => Some(backend),
+            _ => None,
+        }
+    }
+
+    /// Every chardev that carries or may carry a monitor as
+    /// `query-chardev` and the QOM tree show it, by id (the others are
+    /// the chardev table's).
     pub fn rows(&self) -> Vec<ChardevRow> {
         let mut rows: Vec<ChardevRow> = self
             .by_id
             .iter()
-            .map(|(id, chardev)| ChardevRow {
-                id: id.clone(),
-                qom_type: match chardev.backend {
-                    Backend::Listen { .. } | Backend::Connect { .. } => "chardev-socket",
-                    Backend::Stdio => "chardev-stdio",
-                },
-                filename: filename(&chardev.backend, chardev.in_use),
-                frontend_open: chardev.in_use,
+            .filter_map(|(id, chardev)| {
+                let (qom_type, description) = match &chardev.backend {
+                    Backend::Socket(spec) => ("chardev-socket", socket_description(spec, None)),
+                    Backend::Stdio => ("chardev-stdio", "stdio".to_owned()),
+                    Backend::Table(_) => return None,
+                };
+                Some(ChardevRow {
+                    id: id.clone(),
+                    qom_type,
+                    description,
+                    frontend_open: chardev.in_use,
+                    socket: chardev
+                        .addr
+                        .clone()
+                        .map(|addr| (addr, chardev.connected.clone())),
+                })
             })
             .collect();
         rows.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         rows
     }
 
-    /// The ids of chardevs no monitor uses (storaged opens nothing for
-    /// them).
-    pub fn unused(&self) -> Vec<&str> {
-        let mut ids: Vec<&str> = self
-            .by_id
-            .iter()
-            .filter(|(_, chardev)| !chardev.in_use)
-            .map(|(id, _)| id.as_str())
-            .collect();
-        ids.sort_unstable();
-        ids
-    }
-}
-
-/// The server forms of QEMU's socket chardev.
-fn socket_backend(options: &ChardevOptions) -> Result<Backend, String> {
-    let server = options.server == Some(true);
-    let unsupported = [
-        ("telnet", options.telnet == Some(true)),
-        ("tn3270", options.tn3270 == Some(true)),
-        ("websocket", options.websocket == Some(true)),
-        ("tls-creds", options.tls_creds.is_some()),
-    ];
-    if let Some((name, _)) = unsupported.iter().find(|(_, set)| *set) {
-        return Err(format!(
-            "socket chardev option '{name}' is not supported by storaged"
-        ));
-    }
-    if server && (options.reconnect.is_some() || options.reconnect_ms.is_some()) {
-        return Err(
-            "'reconnect' option is incompatible with socket in server listen mode".to_owned(),
-        );
-    }
-    if !server {
-        return client_backend(options);
-    }
-    let wait = options.wait.unwrap_or(true);
-    if let Some(name) = &options.fd {
-        // A listening socket inherited by name (systemd) or number.
-        let fd = crate::socket_activation::resolve(name)?;
-        return Ok(Backend::Listen {
-            address: qmp::ListenAddress::Fd(fd),
-            wait,
-        });
-    }
-    if let Some(path) = &options.path {
-        return Ok(Backend::Listen {
-            address: qmp::ListenAddress::Unix(path.into()),
-            wait,
-        });
-    }
-    let host = options.host.clone().unwrap_or_default();
-    let port = options
-        .port
-        .as_deref()
-        .ok_or_else(|| "chardev: socket: no port given".to_owned())?;
-    let port = port.parse::<u16>().map_err(|_| {
-        format!(
-            "address resolution failed for {host}:{port}: Servname not supported for ai_socktype"
-        )
-    })?;
-    Ok(Backend::Listen {
-        address: qmp::ListenAddress::Tcp { host, port },
-        wait,
-    })
-}
-
-/// A client-mode socket: where to connect, and how soon to connect again.
-fn client_backend(options: &ChardevOptions) -> Result<Backend, String> {
-    let reconnect = match (options.reconnect, options.reconnect_ms) {
-        (Some(_), Some(_)) => {
-            return Err("'reconnect' and 'reconnect-ms' are mutually exclusive".to_owned())
+    /// Chardev `id`'s monitor tells whether it has a client.
+    pub fn monitor_serves(&mut self, id: &str, connected: Arc<AtomicBool>) {
+        if let Some(chardev) = self.by_id.get_mut(id) {
+            chardev.connected = Some(connected);
         }
-        (Some(seconds), None) => Some(std::time::Duration::from_secs(seconds)),
-        (None, Some(ms)) => Some(std::time::Duration::from_millis(ms)),
-        (None, None) => None,
     }
-    .filter(|delay| !delay.is_zero());
-    let address = match (&options.path, &options.port) {
-        (Some(path), _) => qmp::ListenAddress::Unix(path.into()),
-        (None, Some(port)) => qmp::ListenAddress::Tcp {
-            host: options.host.clone().unwrap_or_else(|| "localhost".to_owned()),
-            port: port.parse().map_err(|_| {
-                format!("address resolution failed for {}:{port}: Servname not supported for ai_socktype", options.host.as_deref().unwrap_or(""))
-            })?,
+
+    /// The sockets no monitor took, to serve without one, by id.
+    pub fn take_unused(&mut self) -> Vec<(String, SocketSpec, Opened)> {
+        let mut unused: Vec<(String, SocketSpec, Opened)> = self
+            .by_id
+            .iter_mut()
+            .filter_map(
+                |(id, chardev)| match (&chardev.backend, chardev.opened.take()) {
+                    (Backend::Socket(spec), Some(opened)) => {
+                        Some((id.clone(), spec.clone(), opened))
+                    }
+                    _ => None,
+                },
+            )
+            .collect();
+        unused.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        unused
+    }
+}
+
+/// QEMU's `qemu_chr_parse_*` of the backends `chardev-add` also creates:
+/// the `ChardevBackend` `--chardev NAME,...` stands for, if it is one.
+fn table_backend(
+    name: &str,
+    options: &ChardevOptions,
+) -> Result<Option<ChardevBackendKind>, String> {
+    let logfile = options.logfile.clone();
+    let logappend = options.logappend;
+    let ring = || Wrapped {
+        data: ChardevRingbuf {
+            logfile: logfile.clone(),
+            logappend,
+            size: options
+                .size
+                .map(|size| i64::try_from(size.bytes()).unwrap_or(i64::MAX)),
         },
-        (None, None) => return Err("chardev: socket: no port given".to_owned()),
     };
-    Ok(Backend::Connect { address, reconnect })
+    Ok(Some(match name {
+        "ringbuf" => ChardevBackendKind::Ringbuf(ring()),
+        "memory" => ChardevBackendKind::Memory(ring()),
+        "null" => ChardevBackendKind::Null(Wrapped {
+            data: ChardevCommon { logfile, logappend },
+        }),
+        "file" => ChardevBackendKind::File(Wrapped {
+            data: ChardevFile {
+                logfile,
+                logappend,
+                r#in: options.input_path.clone(),
+                out: options
+                    .path
+                    .clone()
+                    .ok_or_else(|| "chardev: file: no filename given".to_owned())?,
+                append: options.append,
+            },
+        }),
+        "pipe" => ChardevBackendKind::Pipe(Wrapped {
+            data: ChardevHostdev {
+                logfile,
+                logappend,
+                device: options
+                    .path
+                    .clone()
+                    .ok_or_else(|| "chardev: pipe: no device path given".to_owned())?,
+            },
+        }),
+        _ => return Ok(None),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qmp::ListenAddress;
+    use std::time::Duration;
 
     #[test]
     fn unix_and_tcp_server_sockets() {
@@ -301,25 +400,33 @@ mod tests {
         chardevs
             .define("socket,id=b,host=127.0.0.1,port=4444,server=on", false)
             .expect("tcp socket");
-        let (backend, options) = chardevs.attach_monitor("a,pretty=on").expect("monitor");
+        chardevs
+            .define("socket,id=c,path=/tmp/c.sock,reconnect-ms=500", false)
+            .expect("client socket");
+        let backend = |id: &str| chardevs.by_id[id].backend.clone();
         assert_eq!(
-            backend,
-            Backend::Listen {
-                address: qmp::ListenAddress::Unix("/tmp/a.sock".into()),
+            backend("a"),
+            Backend::Socket(SocketSpec::Listen {
+                address: ListenAddress::Unix("/tmp/a.sock".into()),
                 wait: false
-            }
+            })
         );
-        assert!(options.pretty);
-        let (backend, _) = chardevs.attach_monitor("chardev=b").expect("monitor");
         assert_eq!(
-            backend,
-            Backend::Listen {
-                address: qmp::ListenAddress::Tcp {
+            backend("b"),
+            Backend::Socket(SocketSpec::Listen {
+                address: ListenAddress::Tcp {
                     host: "127.0.0.1".into(),
                     port: 4444
                 },
                 wait: true
-            }
+            })
+        );
+        assert_eq!(
+            backend("c"),
+            Backend::Socket(SocketSpec::Connect {
+                address: ListenAddress::Unix("/tmp/c.sock".into()),
+                reconnect: Some(Duration::from_millis(500))
+            })
         );
     }
 
@@ -339,7 +446,7 @@ mod tests {
             define("socket,id=x,host=127.0.0.1,server=on"),
             Err("chardev: socket: no port given".into())
         );
-        define("socket,id=m,path=/tmp/x,server=on,wait=off").expect("valid");
+        define("stdio,id=m").expect("valid");
         assert_eq!(
             chardevs.attach_monitor("nope").map(drop),
             Err("chardev \"nope\" not found".into())
@@ -348,7 +455,11 @@ mod tests {
             chardevs.attach_monitor("m,mode=readline").map(drop),
             Err("Only QMP is supported".into())
         );
-        chardevs.attach_monitor("m").expect("first monitor");
+        let (_, source, options) = chardevs
+            .attach_monitor("m,pretty=on")
+            .expect("first monitor");
+        assert!(matches!(source, MonitorSource::Stdio));
+        assert!(options.pretty);
         assert_eq!(
             chardevs.attach_monitor("m").map(drop),
             Err("chardev 'm' is already in use".into())

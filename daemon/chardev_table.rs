@@ -1,40 +1,28 @@
 //! Every character device of the daemon as QMP sees it: those of the
 //! command line (sockets and stdio carrying monitors, [`crate::chardev`])
-//! and those `chardev-add` creates while the daemon runs: `ringbuf` (and
-//! its alias `memory`), `null` and `file` (output only). storaged has no
-//! device frontends, so a chardev added at run time is only written and
-//! read through QMP (`ringbuf-write`, `ringbuf-read`), as in QSD.
+//! and those `chardev-add` creates while the daemon runs
+//! ([`crate::chardev_open`]): `ringbuf` (and its alias `memory`), `null`,
+//! `file` (output only), `pipe`, `stdio` and `socket`. storaged has no
+//! device frontends, so a ring buffer added at run time is only written
+//! and read through QMP (`ringbuf-write`, `ringbuf-read`), as in QSD.
+//!
+//! Standard input and output serve one chardev at most; once a chardev
+//! added on them is removed, they count as closed (QEMU closes them) and
+//! no other chardev can use them.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use schema::char::{ChardevBackend, ChardevBackendKind, ChardevInfo, DataFormat};
 use schema::QmpError;
 
 use crate::chardev::ChardevRow;
+use crate::chardev_open::Added;
+use crate::objects::qom::QomChardev;
 
-/// QEMU's default and largest ring buffer.
-const DEFAULT_RINGBUF_SIZE: i64 = 65536;
-const MAX_RINGBUF_SIZE: i64 = 1 << 24;
 /// The most chardevs `chardev-add` may create.
 pub const MAX_ADDED_CHARDEVS: usize = 256;
-
-/// A chardev created at run time.
-enum Added {
-    /// The newest `size` bytes written (`ringbuf`, or `memory`).
-    Ringbuf {
-        bytes: VecDeque<u8>,
-        size: usize,
-        memory: bool,
-    },
-    Null,
-    /// The file it was opened on (created, or appended to); nothing in
-    /// storaged writes to it.
-    File {
-        _open: File,
-    },
-}
 
 enum Entry {
     /// Of the command line: fixed, maybe carrying a monitor.
@@ -42,16 +30,34 @@ enum Entry {
     Added(Added),
 }
 
+impl Entry {
+    fn uses_stdio(&self) -> bool {
+        match self {
+            Entry::CommandLine(row) => row.qom_type == "chardev-stdio",
+            Entry::Added(added) => matches!(added, Added::Stdio),
+        }
+    }
+}
+
 /// The chardevs, by id.
 #[derive(Default)]
 pub struct ChardevTable {
     by_id: Mutex<BTreeMap<String, Entry>>,
+    /// A chardev on standard input and output was removed.
+    stdio_closed: AtomicBool,
+    /// The daemon runs detached (`--daemonize`): no standard streams.
+    daemonized: AtomicBool,
 }
 
 impl ChardevTable {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         // Every change is one insert, remove or write: never half done.
         self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The daemon runs detached: `stdio` chardevs are refused.
+    pub fn set_daemonized(&self) {
+        self.daemonized.store(true, Ordering::Relaxed);
     }
 
     /// The command line's chardevs, as startup knows them now.
@@ -69,8 +75,8 @@ impl ChardevTable {
             .iter()
             .map(|(id, entry)| {
                 let (filename, frontend_open) = match entry {
-                    Entry::CommandLine(row) => (row.filename.clone(), row.frontend_open),
-                    Entry::Added(added) => (added.filename().to_owned(), false),
+                    Entry::CommandLine(row) => (row.filename(), row.frontend_open),
+                    Entry::Added(added) => (added.filename(), false),
                 };
                 ChardevInfo {
                     label: id.clone(),
@@ -81,29 +87,48 @@ impl ChardevTable {
             .collect()
     }
 
-    /// Every chardev's id and QOM type, for the QOM tree.
-    pub fn qom_types(&self) -> Vec<(String, &'static str)> {
+    /// Every chardev as the QOM tree shows it.
+    pub fn qom_chardevs(&self) -> Vec<QomChardev> {
         self.lock()
             .iter()
             .map(|(id, entry)| {
-                let qom_type = match entry {
-                    Entry::CommandLine(row) => row.qom_type,
-                    Entry::Added(added) => added.qom_type(),
+                let (qom_type, socket) = match entry {
+                    Entry::CommandLine(row) => (row.qom_type, row.socket()),
+                    Entry::Added(added) => (added.qom_type(), added.socket()),
                 };
-                (id.clone(), qom_type)
+                QomChardev {
+                    id: id.clone(),
+                    qom_type,
+                    socket,
+                }
             })
             .collect()
     }
 
+    /// A command-line socket no monitor took, served without one from now
+    /// on (it can be changed and removed as one added at run time).
+    pub fn serve_unused(&self, id: &str, spec: &qmp::SocketSpec, opened: qmp::socket::Opened) {
+        let socket = crate::chardev_open::SocketChardev::serve(spec, opened);
+        self.lock()
+            .insert(id.to_owned(), Entry::Added(Added::Socket(socket)));
+    }
+
+    /// `--chardev` of a backend `chardev-add` also creates; the error is
+    /// QEMU's bare reason, as the command line shows it.
+    pub async fn add_command_line(&self, id: &str, backend: &ChardevBackend) -> Result<(), String> {
+        let added = Added::open(backend).await?;
+        self.lock().insert(id.to_owned(), Entry::Added(added));
+        Ok(())
+    }
+
     /// `chardev-add`.
-    pub fn add(&self, id: &str, backend: &ChardevBackend) -> Result<(), QmpError> {
+    pub async fn add(&self, id: &str, backend: &ChardevBackend) -> Result<(), QmpError> {
         if self.lock().contains_key(id) {
             return Err(QmpError::generic(format!(
                 "Chardev with id '{id}' already exists"
             )));
         }
-        let added = Added::open(backend)
-            .map_err(|why| QmpError::generic(format!("Failed to add chardev '{id}': {why}")))?;
+        let added = self.open(id, backend).await?;
         let mut table = self.lock();
         let count = table
             .values()
@@ -123,9 +148,11 @@ impl ChardevTable {
         Ok(())
     }
 
-    /// `chardev-change`: a chardev added at run time takes another backend
-    /// (a monitor's cannot: its user does not support the swap).
-    pub fn change(&self, id: &str, backend: &ChardevBackend) -> Result<(), QmpError> {
+    /// `chardev-change`: a chardev without a monitor takes another
+    /// backend (a monitor's cannot: its user does not support the swap).
+    /// The old backend closes once the new one is open. (QEMU also drops
+    /// the chardev when the new backend fails to open; storaged keeps it.)
+    pub async fn change(&self, id: &str, backend: &ChardevBackend) -> Result<(), QmpError> {
         match self.lock().get(id) {
             None => return Err(QmpError::generic(format!("Chardev '{id}' does not exist"))),
             Some(Entry::CommandLine(row)) if row.frontend_open => {
@@ -135,9 +162,39 @@ impl ChardevTable {
             }
             Some(_) => {}
         }
-        let added = Added::open(backend).map_err(QmpError::generic)?;
-        self.lock().insert(id.to_owned(), Entry::Added(added));
+        let added = self.open(id, backend).await?;
+        let old = self.lock().insert(id.to_owned(), Entry::Added(added));
+        self.closing(old);
         Ok(())
+    }
+
+    /// Opens a backend for chardev `id`, with QEMU's message.
+    async fn open(&self, id: &str, backend: &ChardevBackend) -> Result<Added, QmpError> {
+        let failed =
+            |why: String| QmpError::generic(format!("Failed to add chardev '{id}': {why}"));
+        if matches!(backend.kind, ChardevBackendKind::Stdio(_)) {
+            if self.daemonized.load(Ordering::Relaxed) {
+                return Err(failed("cannot use stdio with -daemonize".to_owned()));
+            }
+            if self.stdio_closed.load(Ordering::Relaxed) {
+                return Err(failed(
+                    "Failed to set FD nonblocking: Bad file descriptor".to_owned(),
+                ));
+            }
+            if self.lock().values().any(Entry::uses_stdio) {
+                return Err(failed(
+                    "cannot use stdio by multiple character devices".to_owned(),
+                ));
+            }
+        }
+        Added::open(backend).await.map_err(failed)
+    }
+
+    /// Notes what closing `entry` closes.
+    fn closing(&self, entry: Option<Entry>) {
+        if entry.as_ref().is_some_and(Entry::uses_stdio) {
+            self.stdio_closed.store(true, Ordering::Relaxed);
+        }
     }
 
     /// `chardev-remove`: refused while a monitor uses it.
@@ -149,7 +206,9 @@ impl ChardevTable {
                 Err(QmpError::generic(format!("Chardev '{id}' is busy")))
             }
             Some(_) => {
-                table.remove(id);
+                let removed = table.remove(id);
+                drop(table);
+                self.closing(removed);
                 Ok(())
             }
         }
@@ -223,65 +282,39 @@ fn decode(data: &str, format: DataFormat) -> Result<Vec<u8>, QmpError> {
     }
 }
 
-impl Added {
-    /// Opens `backend`; the error is QEMU's reason, without the id.
-    fn open(backend: &ChardevBackend) -> Result<Added, String> {
-        if backend.kind.logfile().is_some() {
-            return Err("'logfile' is not supported by storaged".to_owned());
-        }
-        Ok(match &backend.kind {
-            ChardevBackendKind::Ringbuf(ring) | ChardevBackendKind::Memory(ring) => {
-                let size = ring.data.size.unwrap_or(DEFAULT_RINGBUF_SIZE);
-                if size <= 0 || size & (size - 1) != 0 {
-                    return Err("size of ringbuf chardev must be power of two".to_owned());
-                }
-                if size > MAX_RINGBUF_SIZE {
-                    return Err(format!(
-                        "size of ringbuf chardev must be at most {MAX_RINGBUF_SIZE}"
-                    ));
-                }
-                Added::Ringbuf {
-                    bytes: VecDeque::new(),
-                    size: size as usize,
-                    memory: matches!(backend.kind, ChardevBackendKind::Memory(_)),
-                }
-            }
-            ChardevBackendKind::Null(_) => Added::Null,
-            ChardevBackendKind::File(file) => {
-                let file = &file.data;
-                let out = File::options()
-                    .create(true)
-                    .write(true)
-                    .append(file.append.unwrap_or(false))
-                    .truncate(!file.append.unwrap_or(false))
-                    .open(&file.out)
-                    .map_err(|e| {
-                        format!(
-                            "Could not open '{}': {}",
-                            file.out,
-                            block::error::os_error_text(&e)
-                        )
-                    })?;
-                Added::File { _open: out }
-            }
-        })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stdio() -> ChardevBackend {
+        schema::from_json(serde_json::json!({"type": "stdio", "data": {}})).expect("backend")
     }
 
-    fn filename(&self) -> &'static str {
-        match self {
-            Added::Ringbuf { memory: true, .. } => "memory",
-            Added::Ringbuf { .. } => "ringbuf",
-            Added::Null => "null",
-            Added::File { .. } => "file",
-        }
+    async fn add_stdio(table: &ChardevTable, id: &str) -> Result<(), String> {
+        table.add(id, &stdio()).await.map_err(|e| e.desc)
     }
 
-    fn qom_type(&self) -> &'static str {
-        match self {
-            Added::Ringbuf { memory: true, .. } => "chardev-memory",
-            Added::Ringbuf { .. } => "chardev-ringbuf",
-            Added::Null => "chardev-null",
-            Added::File { .. } => "chardev-file",
-        }
+    #[tokio::test]
+    async fn stdio_serves_one_chardev_and_closes_with_it() {
+        let table = ChardevTable::default();
+        add_stdio(&table, "a").await.expect("first");
+        assert_eq!(
+            add_stdio(&table, "b").await,
+            Err("Failed to add chardev 'b': cannot use stdio by multiple character devices".into())
+        );
+        table.remove("a").expect("removed");
+        assert_eq!(
+            add_stdio(&table, "c").await,
+            Err(
+                "Failed to add chardev 'c': Failed to set FD nonblocking: Bad file descriptor"
+                    .into()
+            )
+        );
+        let detached = ChardevTable::default();
+        detached.set_daemonized();
+        assert_eq!(
+            add_stdio(&detached, "d").await,
+            Err("Failed to add chardev 'd': cannot use stdio with -daemonize".into())
+        );
     }
 }

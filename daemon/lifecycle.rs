@@ -51,8 +51,11 @@ impl StopSignals {
 enum StartupEnd {
     Failed(String),
     Stopped(&'static str),
-    /// An option asked for help, which was printed.
-    Helped,
+    /// An option asked for help, which was printed; whether the exit
+    /// is a success.
+    Helped {
+        success: bool,
+    },
 }
 
 /// Runs the daemon to its end; the exit status is the process's.
@@ -71,7 +74,12 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
         version::version_info(),
         events,
     ));
-    let mut startup = Startup::new(daemon.clone(), monitors.clone(), invocation.daemonize);
+    let mut startup = Startup::new(
+        daemon.clone(),
+        monitors.clone(),
+        invocation.daemonize,
+        program,
+    );
 
     let started = tokio::select! {
         result = start(&mut startup, &invocation, program) => result,
@@ -84,9 +92,13 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
             tracing::info!("{name} during startup; stopping");
             return stop_or_force(&daemon, &monitors, &mut signals, program).await;
         }
-        Err(StartupEnd::Helped) => {
+        Err(StartupEnd::Helped { success }) => {
             let _ = stop(&daemon, &monitors).await;
-            return ExitCode::SUCCESS;
+            return if success {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
         }
     };
     let pidfile = match announced {
@@ -183,8 +195,13 @@ async fn start(
 ) -> Result<(), StartupEnd> {
     for step in &invocation.steps {
         if let Some(help) = Startup::help(step) {
-            print!("{help}");
-            return Err(StartupEnd::Helped);
+            for warning in &help.warnings {
+                eprintln!("{program}: {}: warning: {warning}", step.arg.location);
+            }
+            print!("{}", help.text);
+            return Err(StartupEnd::Helped {
+                success: help.success,
+            });
         }
         let applied = startup.apply(step).await;
         for warning in startup.take_warnings() {
@@ -192,9 +209,7 @@ async fn start(
         }
         applied.map_err(|message| StartupEnd::Failed(step.error(&message)))?;
     }
-    for id in startup.unused_chardevs() {
-        tracing::warn!("chardev '{id}' has no monitor; nothing listens on it");
-    }
+    startup.finish();
     Ok(())
 }
 

@@ -8,6 +8,8 @@
 //! over to [`lifecycle::run`].
 
 mod chardev;
+mod chardev_open;
+mod chardev_socket;
 mod chardev_table;
 mod cli;
 mod commands;

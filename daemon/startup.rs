@@ -8,14 +8,13 @@
 
 use std::sync::Arc;
 
-use block::error::os_error_text;
 use schema::block::BlockdevOptions;
 use schema::export::{BlockExportKind, BlockExportOptions, NbdServerOptions, EXPORT_IMPLIED_KEY};
 use schema::metrics::MetricsOptions;
 use schema::object::{ObjectOptions, OBJECT_IMPLIED_KEY};
 use schema::sockets::SocketAddressKind;
 
-use crate::chardev::{Backend, Chardevs};
+use crate::chardev::{Chardevs, MonitorSource};
 use crate::cli::{Step, StepKind};
 use crate::commands;
 use crate::metrics;
@@ -51,6 +50,16 @@ impl LoadSnapshot {
     }
 }
 
+/// Help an option asked for: printed on standard output, then the daemon
+/// exits, successfully or not as QSD does for that option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Help {
+    pub text: String,
+    /// Warnings about the option's syntax before it asked, for stderr.
+    pub warnings: Vec<String>,
+    pub success: bool,
+}
+
 /// The implied key of `--blockdev`.
 const BLOCKDEV_IMPLIED_KEY: &str = "driver";
 
@@ -60,6 +69,8 @@ pub struct Startup {
     monitors: Arc<qmp::Monitors>,
     chardevs: Chardevs,
     daemonize: bool,
+    /// The name messages start with.
+    program: String,
     /// Warnings to print, with the option they concern.
     warnings: Vec<String>,
     /// The metrics endpoints, serving until this is dropped.
@@ -67,22 +78,36 @@ pub struct Startup {
 }
 
 impl Startup {
-    pub fn new(daemon: Arc<Daemon>, monitors: Arc<qmp::Monitors>, daemonize: bool) -> Self {
+    pub fn new(
+        daemon: Arc<Daemon>,
+        monitors: Arc<qmp::Monitors>,
+        daemonize: bool,
+        program: &str,
+    ) -> Self {
+        if daemonize {
+            daemon.chardevs.set_daemonized();
+        }
         Self {
             daemon,
             monitors,
             chardevs: Chardevs::new(),
             daemonize,
+            program: program.to_owned(),
             warnings: Vec::new(),
             metrics: Vec::new(),
         }
     }
 
     /// The help an option asks for instead of applying (`--object help`,
-    /// `--object TYPE,help`), as QSD prints it when it reaches the option.
-    pub fn help(step: &Step) -> Option<String> {
+    /// `--object TYPE,help`, `--chardev socket,help`), as QSD prints it
+    /// when it reaches the option.
+    pub fn help(step: &Step) -> Option<Help> {
         match step.kind {
-            StepKind::Object => object_help(&step.arg.value),
+            StepKind::Object => object_help(&step.arg.value).map(|text| Help {
+                text,
+                warnings: Vec::new(),
+                success: true,
+            }),
             StepKind::Chardev => crate::chardev::chardev_help(&step.arg.value),
             _ => None,
         }
@@ -105,7 +130,14 @@ impl Startup {
                 commands::object_add(&self.daemon, options).map_err(|e| e.desc)
             }
             StepKind::Chardev => {
-                let warnings = self.chardevs.define(value, self.daemonize)?;
+                let (id, warnings) = self.chardevs.define(value, self.daemonize)?;
+                let info = |message: String| {
+                    eprintln!("{}: {}: info: {message}", self.program, step.arg.location)
+                };
+                self.chardevs.open(&id, info).await?;
+                if let Some(backend) = self.chardevs.table_backend(&id) {
+                    self.daemon.chardevs.add_command_line(&id, backend).await?;
+                }
                 self.daemon.chardevs.set_command_line(self.chardevs.rows());
                 self.warnings.extend(
                     warnings
@@ -165,59 +197,26 @@ impl Startup {
         std::mem::take(&mut self.warnings)
     }
 
-    /// The ids of chardevs that no monitor uses.
-    pub fn unused_chardevs(&self) -> Vec<&str> {
-        self.chardevs.unused()
+    /// Ends startup: sockets that no monitor took are served without one.
+    pub fn finish(&mut self) {
+        for (id, spec, opened) in self.chardevs.take_unused() {
+            self.daemon.chardevs.serve_unused(&id, &spec, opened);
+        }
     }
 
     async fn start_monitor(&mut self, value: &str) -> Result<(), String> {
-        let (backend, options) = self.chardevs.attach_monitor(value)?;
-        self.daemon.chardevs.set_command_line(self.chardevs.rows());
-        match backend {
-            Backend::Listen { address, wait } => {
-                self.monitors
-                    .listen(&address, wait, options)
-                    .await
-                    .map_err(|error| bind_error(&address, &error))?;
+        let (id, source, options) = self.chardevs.attach_monitor(value)?;
+        match source {
+            MonitorSource::Socket(opened) => {
+                let connected = self.monitors.serve(opened, options);
+                self.chardevs.monitor_serves(&id, connected);
             }
-            Backend::Connect { address, reconnect } => {
-                self.monitors
-                    .connect(&address, reconnect, options)
-                    .await
-                    .map_err(|error| connect_error(&address, &error))?;
-            }
-            Backend::Stdio => {
+            MonitorSource::Stdio => {
                 self.monitors
                     .serve_stream(tokio::io::stdin(), tokio::io::stdout(), options);
             }
         }
+        self.daemon.chardevs.set_command_line(self.chardevs.rows());
         Ok(())
-    }
-}
-
-/// QEMU's wording of a failed connection.
-fn connect_error(address: &qmp::ListenAddress, error: &std::io::Error) -> String {
-    let target = match address {
-        qmp::ListenAddress::Unix(path) => path.display().to_string(),
-        qmp::ListenAddress::Tcp { host, port } => format!("{host}:{port}"),
-        qmp::ListenAddress::Fd(fd) => fd.to_string(),
-    };
-    format!("Failed to connect to '{target}': {}", os_error_text(error))
-}
-
-/// QEMU's wording of a failed listen.
-fn bind_error(address: &qmp::ListenAddress, error: &std::io::Error) -> String {
-    match address {
-        qmp::ListenAddress::Unix(path) => format!(
-            "Failed to bind socket to {}: {}",
-            path.display(),
-            os_error_text(error)
-        ),
-        qmp::ListenAddress::Tcp { host, port } => format!(
-            "Failed to bind socket to {host}:{port}: {}",
-            os_error_text(error)
-        ),
-        // QEMU's words when the descriptor is no socket.
-        qmp::ListenAddress::Fd(fd) => format!("File descriptor '{fd}' is not a socket"),
     }
 }

@@ -129,6 +129,26 @@ const BAD_COMMAND_LINES: &[(&[&str], &str)] = &[
         "--chardev socket,id=m,host=127.0.0.1,server=on,wait=off: chardev: socket: no port given",
     ),
     (
+        &["--chardev", "socket,id=m,path=/nonexistent/m.sock,server=on,wait=off"],
+        "--chardev socket,id=m,path=/nonexistent/m.sock,server=on,wait=off: Failed to bind socket to /nonexistent/m.sock: No such file or directory",
+    ),
+    (
+        &["--chardev", "socket,id=m,path=/nonexistent/m.sock"],
+        "--chardev socket,id=m,path=/nonexistent/m.sock: Failed to connect to '/nonexistent/m.sock': No such file or directory",
+    ),
+    (
+        &["--chardev", "ringbuf,id=r,size=3"],
+        "--chardev ringbuf,id=r,size=3: size of ringbuf chardev must be power of two",
+    ),
+    (
+        &["--chardev", "file,id=f"],
+        "--chardev file,id=f: chardev: file: no filename given",
+    ),
+    (
+        &["--chardev", "pipe,id=p,path=/nonexistent/p"],
+        "--chardev pipe,id=p,path=/nonexistent/p: Could not open '/nonexistent/p': No such file or directory",
+    ),
+    (
         &["--chardev", "stdio,id=m", "--daemonize"],
         "--chardev stdio,id=m: cannot use stdio with -daemonize",
     ),
@@ -420,4 +440,104 @@ fn help_options_list_types_as_qemu_storage_daemon() {
             assert!(theirs.contains(entry), "{entry} is not in QSD's list");
         }
     }
+}
+
+/// `--chardev TYPE,help` for every backend QEMU names (those storaged
+/// creates, those it does not, and an unknown one) and where `help` stands
+/// among other items: standard output, standard error (warnings and
+/// errors, after the program's name) and exit status as QSD's.
+#[test]
+fn chardev_option_help_is_qemu_storage_daemons() {
+    let outcome = |program: &str, option: &str| {
+        let out = Command::new(program)
+            .args(["--chardev", option])
+            .output()
+            .expect(program);
+        let name = program.rsplit('/').next().unwrap_or(program);
+        let stderr = String::from_utf8_lossy(&out.stderr).replace(name, "PROGRAM");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+        )
+    };
+    let storaged = env!("CARGO_BIN_EXE_storaged");
+    let backends = [
+        "socket", "stdio", "ringbuf", "memory", "null", "file", "pipe", "pty", "udp", "parallel",
+        "serial", "mux", "hub", "bogus",
+    ];
+    let mut options: Vec<String> = backends.iter().map(|b| format!("{b},help")).collect();
+    options.extend(
+        [
+            "socket,?",
+            "id=x,help",
+            "socket,id=x,help,path=/x",
+            "socket,help,server=maybe",
+            "socket,server=maybe,help",
+            "socket,bogus=1,help",
+            "socket,server,help",
+            "socket,help,help",
+            ",help",
+            "socket,help,",
+            "socket,path=a,,b,help",
+            "socket,chardevs.0=x,help",
+        ]
+        .map(str::to_owned),
+    );
+    for option in &options {
+        let theirs = outcome("qemu-storage-daemon", option);
+        assert_eq!(outcome(storaged, option), theirs, "--chardev {option}");
+    }
+    let (status, list, _) = outcome(storaged, "socket,help");
+    assert_eq!(status, Some(1));
+    assert_eq!(list.lines().next(), Some("chardev options:"));
+    assert!(list.contains("\n  reconnect-ms=<num>\n  reconnect=<num>\n"));
+}
+
+/// `--chardev ...,server=on` (`wait=on`) says on stderr, as QSD, where it
+/// waits for its first client.
+#[test]
+fn waiting_for_a_first_client_is_announced_as_qemu_storage_daemon() {
+    let announce = |program: &str| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("w.sock");
+        let child = Command::new(program)
+            .args([
+                "--chardev",
+                &format!("socket,id=w,path={},server=on", socket.display()),
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect(program);
+        let deadline = std::time::Instant::now() + common::PATIENCE;
+        let client = loop {
+            if let Ok(client) = std::os::unix::net::UnixStream::connect(&socket) {
+                break client;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{program} never listened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // SAFETY: signals the child this test started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        drop(client);
+        let output = child.wait_with_output().expect("exit");
+        let name = program.rsplit('/').next().unwrap_or(program);
+        String::from_utf8_lossy(&output.stderr)
+            .replace(name, "PROGRAM")
+            .replace(&dir.path().display().to_string(), "DIR")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let ours = announce(env!("CARGO_BIN_EXE_storaged"));
+    assert_eq!(ours, announce("qemu-storage-daemon"));
+    assert_eq!(
+        ours,
+        "PROGRAM: --chardev socket,id=w,path=DIR/w.sock,server=on: info: QEMU waiting for connection on: disconnected:unix:DIR/w.sock,server=on"
+    );
 }

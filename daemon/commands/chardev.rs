@@ -25,12 +25,12 @@ pub const COMMANDS: &[Command] = &[
 ];
 
 async fn chardev_add(daemon: &Daemon, args: ChardevAddArgs) -> Result<ChardevReturn, QmpError> {
-    daemon.chardevs.add(&args.id, &args.backend)?;
+    daemon.chardevs.add(&args.id, &args.backend).await?;
     Ok(ChardevReturn::default())
 }
 
 async fn chardev_change(daemon: &Daemon, args: ChardevAddArgs) -> Result<ChardevReturn, QmpError> {
-    daemon.chardevs.change(&args.id, &args.backend)?;
+    daemon.chardevs.change(&args.id, &args.backend).await?;
     Ok(ChardevReturn::default())
 }
 

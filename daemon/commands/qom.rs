@@ -24,7 +24,7 @@ pub const COMMANDS: &[Command] = &[
 
 /// Runs `f` on the daemon's tree.
 fn with_tree<R>(daemon: &Daemon, f: impl FnOnce(&Qom<'_>) -> R) -> R {
-    let chardevs = daemon.chardevs.qom_types();
+    let chardevs = daemon.chardevs.qom_chardevs();
     f(&Qom {
         objects: &daemon.objects,
         chardevs: &chardevs,

@@ -8,9 +8,11 @@
 //! `objects/tg0`: the one place in the tree they lead to; several places
 //! make the path ambiguous). Every property is listed. `type` and the
 //! children of containers read everywhere; a throttle group's `limits`
-//! and `x-` members read, and its `limits` are set while its nodes run.
-//! Reading or setting any other property is refused with a message that
-//! says so, rather than answered wrongly.
+//! and `x-` members read, and its `limits` are set while its nodes run;
+//! other objects' properties are [`super::qom_properties`]'; a socket
+//! chardev's `connected` and `addr` read (chardevs' properties are read
+//! only, as in QEMU). Reading or setting any other property is refused
+//! with a message that says so, rather than answered wrongly.
 
 use schema::object::{ObjectPropertyInfo, ThrottleLimits};
 use schema::{ErrorClass, QmpError};
@@ -23,8 +25,16 @@ use super::{Object, Objects};
 /// The daemon's objects and chardevs, as a tree.
 pub struct Qom<'a> {
     pub objects: &'a Objects,
-    /// The chardevs' ids and types.
-    pub chardevs: &'a [(String, &'static str)],
+    pub chardevs: &'a [QomChardev],
+}
+
+/// A chardev as the tree shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QomChardev {
+    pub id: String,
+    pub qom_type: &'static str,
+    /// A socket's `connected` and `addr` (QEMU's `SocketAddress`).
+    pub socket: Option<(bool, Json)>,
 }
 
 /// A place in the tree.
@@ -173,6 +183,13 @@ impl Qom<'_> {
         {
             return Ok(value);
         }
+        if let Some((connected, addr)) = self.chardev(&node).and_then(|c| c.socket.as_ref()) {
+            match property {
+                "connected" => return Ok(Json::from(*connected)),
+                "addr" => return Ok(addr.clone()),
+                _ => {}
+            }
+        }
         let Some(group) = self.throttle_group(&node) else {
             return Err(QmpError::generic(format!(
                 "Property '{qom_type}.{property}' cannot be read in storaged"
@@ -197,7 +214,10 @@ impl Qom<'_> {
         let node = self.resolve(path).map_err(|_| not_found(path))?;
         let qom_type = type_name(&node);
         let is_child = self.children(&node).iter().any(|(n, _)| n == property);
-        if property == "type" || is_child {
+        // A chardev's properties are all read only.
+        let of_chardev =
+            self.chardev(&node).is_some() && self.check_property(qom_type, property).is_ok();
+        if property == "type" || is_child || of_chardev {
             return Err(QmpError::generic(format!(
                 "Property '{qom_type}.{property}' is not writable"
             )));
@@ -235,6 +255,18 @@ impl Qom<'_> {
             Err(QmpError::generic(format!(
                 "Property '{qom_type}.{property}' not found"
             )))
+        }
+    }
+
+    /// The chardev at `node`, if it is one.
+    fn chardev(&self, node: &Node) -> Option<&QomChardev> {
+        match node {
+            Node::Leaf {
+                id,
+                parent: Container::Chardevs,
+                ..
+            } => self.chardevs.iter().find(|chardev| &chardev.id == id),
+            _ => None,
         }
     }
 
@@ -288,9 +320,13 @@ impl Qom<'_> {
                 .collect(),
             Node::Container(Container::Backend) | Node::Leaf { .. } => Vec::new(),
             Node::Container(Container::Objects) => leaves(Container::Objects, self.objects.types()),
-            Node::Container(Container::Chardevs) => {
-                leaves(Container::Chardevs, self.chardevs.to_vec())
-            }
+            Node::Container(Container::Chardevs) => leaves(
+                Container::Chardevs,
+                self.chardevs
+                    .iter()
+                    .map(|chardev| (chardev.id.clone(), chardev.qom_type))
+                    .collect(),
+            ),
         }
     }
 
@@ -393,7 +429,11 @@ mod tests {
     #[test]
     fn paths_resolve_as_in_qemu() {
         let objects = objects();
-        let chardevs = [("m".to_owned(), "chardev-socket")];
+        let chardevs = [QomChardev {
+            id: "m".to_owned(),
+            qom_type: "chardev-socket",
+            socket: Some((true, json!({"type": "unix", "path": "/m.sock"}))),
+        }];
         let qom = Qom {
             objects: &objects,
             chardevs: &chardevs,
@@ -424,6 +464,12 @@ mod tests {
             )
         );
         assert_eq!(qom.get("/objects", "tg").unwrap(), json!("/objects/tg"));
+        assert_eq!(qom.get("/chardevs/m", "connected").unwrap(), json!(true));
+        assert_eq!(
+            qom.set("/chardevs/m", "addr", json!({}))
+                .map_err(|e| e.desc),
+            Err("Property 'chardev-socket.addr' is not writable".to_owned())
+        );
     }
 
     #[test]
@@ -468,8 +514,8 @@ mod tests {
                 "Property 'throttle-group.nosuch' not found",
             ),
             (
-                qom.set("m", "data", json!("x")),
-                "Property 'secret.data' cannot be set in storaged",
+                qom.set("m", "data", json!(1)),
+                "Invalid parameter type for 'data', expected: string",
             ),
         ];
         for (result, message) in refused {

@@ -4,10 +4,16 @@
 //! properties in force. An iothread's polling (`poll-max-ns`,
 //! `poll-grow`, `poll-shrink`, `aio-max-batch`) and thread pool bounds,
 //! an `authz-simple`'s identity and an `authz-list`'s policy and rules can
-//! be set while they are in use; other properties are read only here.
+//! be set while they are in use. A secret's and TLS credentials'
+//! properties are set as QEMU 10 sets them once the object is complete:
+//! the value is checked and kept (`qom-get` reads it back), but what the
+//! object loaded when it was created (the secret's bytes, the
+//! credentials' files and settings) stays as it was.
 
 use schema::object::{IothreadProperties, ObjectKind, QCryptoSecretFormat};
 use schema::QmpError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value as Json};
 
 use super::{iothread_poll, Object, DEFAULT_THREAD_POOL_MAX};
@@ -80,7 +86,7 @@ pub fn read(object: &Object, kind: &ObjectKind, property: &str) -> Option<Json> 
     })
 }
 
-/// Sets `property` of an iothread to `value`, with `object-add`'s checks
+/// Sets `property` of an object to `value`, with `object-add`'s checks
 /// and messages; `None` when storaged cannot set it.
 pub fn write(
     object: &Object,
@@ -88,6 +94,13 @@ pub fn write(
     property: &str,
     value: Json,
 ) -> Option<Result<(), QmpError>> {
+    match kind {
+        ObjectKind::Secret(properties) => return Some(record(properties, property, value)),
+        ObjectKind::TlsCredsAnon(properties) => return Some(record(properties, property, value)),
+        ObjectKind::TlsCredsPsk(properties) => return Some(record(properties, property, value)),
+        ObjectKind::TlsCredsX509(properties) => return Some(record(properties, property, value)),
+        _ => {}
+    }
     if let Object::Authz(authz) = object {
         return match authz.set(property, &value) {
             Ok(true) => Some(Ok(())),
@@ -115,6 +128,25 @@ pub fn write(
     };
     *member = Some(number);
     Some(apply(thread, properties, changed))
+}
+
+/// Replaces the member `property` of an object's recorded properties
+/// with `value`, read as `object-add` reads it.
+fn record<P: Serialize + DeserializeOwned>(
+    properties: &mut P,
+    property: &str,
+    value: Json,
+) -> Result<(), QmpError> {
+    let members =
+        serde_json::to_value(&*properties).map_err(|e| QmpError::generic(e.to_string()))?;
+    let Json::Object(mut members) = members else {
+        return Err(QmpError::generic("object properties are not an object"));
+    };
+    // Members left out serialize as null, which QMP refuses.
+    members.retain(|_, member| !member.is_null());
+    members.insert(property.to_owned(), value);
+    *properties = schema::from_json(Json::Object(members))?;
+    Ok(())
 }
 
 fn apply(

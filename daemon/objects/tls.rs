@@ -125,6 +125,11 @@ pub fn psk(psk: TlsCredsPskProperties) -> Result<TlsCreds, QmpError> {
     refuse_priority(psk.priority.as_deref())?;
     let dir = psk.dir.ok_or_else(missing_dir)?;
     let endpoint = psk.endpoint.unwrap_or(QCryptoTlsCredsEndpoint::Client);
+    if endpoint == QCryptoTlsCredsEndpoint::Server && psk.username.is_some() {
+        return Err(QmpError::generic(
+            "username should not be set when endpoint=server",
+        ));
+    }
     let keys = require_file(&dir, "keys.psk")?;
     let sessions = match endpoint {
         QCryptoTlsCredsEndpoint::Server => tls::psk::server(&keys.content, &keys.path),

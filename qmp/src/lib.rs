@@ -8,7 +8,9 @@
 //! and events to every negotiated client. Output is byte-for-byte what
 //! qemu-storage-daemon sends: QEMU's member order, escapes and CRLF line
 //! ends. It knows nothing about block devices: the daemon implements
-//! [`Dispatcher`] and emits events on an [`EventBus`].
+//! [`Dispatcher`] and emits events on an [`EventBus`]. Its [`socket`]
+//! module opens socket chardevs for monitors and for the daemon's
+//! chardevs without one alike.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -39,10 +41,12 @@ mod monitors;
 mod reply;
 mod request;
 mod session;
+pub mod socket;
 pub mod trace;
 
 pub use dispatcher::Dispatcher;
 pub use events::{EventBus, MAX_QUEUED_MESSAGES};
-pub use monitors::{BoundAddress, ListenAddress, Monitors, SHUTDOWN_FLUSH_TIMEOUT};
+pub use monitors::{Monitors, SHUTDOWN_FLUSH_TIMEOUT};
 pub use reply::{VersionInfo, VersionTriple};
 pub use session::{MonitorOptions, MAX_QUEUED_REQUESTS};
+pub use socket::{BoundAddress, ListenAddress, SocketSpec};

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::de::union::qapi_union;
 use crate::size::Size;
-use crate::sockets::Wrapped;
+use crate::sockets::{SocketAddressLegacy, Wrapped};
 
 /// Implied name of `--chardev`'s leading bare value.
 pub const CHARDEV_IMPLIED_KEY: &str = "backend";
@@ -63,6 +63,16 @@ pub struct ChardevOptions {
     pub r#abstract: Option<bool>,
     pub tight: Option<bool>,
     pub input_path: Option<String>,
+    /// The chardevs a `hub` backend joins; storaged has no `hub`, but
+    /// accepts them with other backends (which ignore them), as QEMU.
+    #[serde(rename = "chardevs.0")]
+    pub chardevs_0: Option<String>,
+    #[serde(rename = "chardevs.1")]
+    pub chardevs_1: Option<String>,
+    #[serde(rename = "chardevs.2")]
+    pub chardevs_2: Option<String>,
+    #[serde(rename = "chardevs.3")]
+    pub chardevs_3: Option<String>,
 }
 
 /// What every chardev backend takes (`ChardevCommon`).
@@ -94,6 +104,46 @@ pub struct ChardevFile {
     pub append: Option<bool>,
 }
 
+/// A socket (`ChardevSocket`): listening (`server`, QMP's default) or
+/// connecting to `addr`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChardevSocket {
+    pub logfile: Option<String>,
+    pub logappend: Option<bool>,
+    pub addr: SocketAddressLegacy,
+    pub tls_creds: Option<String>,
+    pub tls_authz: Option<String>,
+    pub server: Option<bool>,
+    pub wait: Option<bool>,
+    pub nodelay: Option<bool>,
+    pub telnet: Option<bool>,
+    pub tn3270: Option<bool>,
+    pub websocket: Option<bool>,
+    #[introspect(features("deprecated"))]
+    pub reconnect: Option<i64>,
+    pub reconnect_ms: Option<i64>,
+}
+
+/// A host device (`ChardevHostdev`): for `pipe`, the FIFO `device` (or
+/// `device.in` and `device.out`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChardevHostdev {
+    pub logfile: Option<String>,
+    pub logappend: Option<bool>,
+    pub device: String,
+}
+
+/// Standard input and output (`ChardevStdio`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChardevStdio {
+    pub logfile: Option<String>,
+    pub logappend: Option<bool>,
+    pub signal: Option<bool>,
+}
+
 qapi_union! {
     /// A chardev backend as `chardev-add` and `chardev-change` take it
     /// (QAPI's legacy `{"type", "data"}` union, `ChardevBackend`); the
@@ -103,7 +153,10 @@ qapi_union! {
     /// The backend and its options.
     discriminator "type" => pub kind: ChardevBackendKind {
         "file" => File(Wrapped<ChardevFile>),
+        "pipe" => Pipe(Wrapped<ChardevHostdev>),
+        "socket" => Socket(Wrapped<ChardevSocket>),
         "null" => Null(Wrapped<ChardevCommon>),
+        "stdio" => Stdio(Wrapped<ChardevStdio>),
         "ringbuf" => Ringbuf(Wrapped<ChardevRingbuf>),
         "memory" => Memory(Wrapped<ChardevRingbuf>) features ["deprecated"],
     }
@@ -114,7 +167,10 @@ impl ChardevBackendKind {
     pub fn logfile(&self) -> Option<&str> {
         match self {
             Self::File(w) => w.data.logfile.as_deref(),
+            Self::Pipe(w) => w.data.logfile.as_deref(),
+            Self::Socket(w) => w.data.logfile.as_deref(),
             Self::Null(w) => w.data.logfile.as_deref(),
+            Self::Stdio(w) => w.data.logfile.as_deref(),
             Self::Ringbuf(w) | Self::Memory(w) => w.data.logfile.as_deref(),
         }
     }

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod object;
 pub mod qemuopts;
+pub mod qemuopts_help;
 pub mod size;
 pub mod sockets;
 pub mod stats;

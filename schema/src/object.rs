@@ -20,7 +20,7 @@ pub enum QCryptoSecretFormat {
 }
 
 /// A secret, given inline (`data`) or read from a file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct SecretProperties {
     pub format: Option<QCryptoSecretFormat>,
@@ -163,7 +163,7 @@ pub enum QCryptoTlsCredsEndpoint {
 }
 
 /// Anonymous TLS credentials.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct TlsCredsAnonProperties {
     pub verify_peer: Option<bool>,
@@ -173,7 +173,7 @@ pub struct TlsCredsAnonProperties {
 }
 
 /// Pre-shared-key TLS credentials (`dir/keys.psk`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct TlsCredsPskProperties {
     pub verify_peer: Option<bool>,
@@ -184,7 +184,7 @@ pub struct TlsCredsPskProperties {
 }
 
 /// X.509 TLS credentials (`dir/ca-cert.pem`, `server-cert.pem`, ...).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Introspect)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, Introspect)]
 #[serde(rename_all = "kebab-case")]
 pub struct TlsCredsX509Properties {
     pub verify_peer: Option<bool>,
