@@ -285,16 +285,7 @@ async fn socket_session(program: Command, steps: &[Step], port: u16) -> Vec<Valu
                         .expect("JSON");
                 // Let connections made or closed settle first.
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                let mut answer = common::reply(
-                    &mut client,
-                    request["execute"].as_str().expect("command"),
-                    request["arguments"].clone(),
-                )
-                .await;
-                if let Some(Value::Array(rows)) = answer.get_mut("return") {
-                    rows.sort_by(|a, b| a["label"].as_str().cmp(&b["label"].as_str()));
-                }
-                answer
+                common::labelled_reply(&mut client, &request).await
             }
             Step::Connect(name) => {
                 let stream = tokio::net::UnixStream::connect(daemon.path(name)).await;

@@ -296,19 +296,26 @@ pub async fn transcript(program: Command, session: &[Value]) -> Vec<Value> {
     for request in session {
         let request: Value =
             serde_json::from_str(&request.to_string().replace("@DIR@", &dir)).expect("JSON");
-        let mut answer = reply(
-            &mut client,
-            request["execute"].as_str().expect("command"),
-            request["arguments"].clone(),
-        )
-        .await;
-        if let Some(Value::Array(rows)) = answer.get_mut("return") {
-            rows.sort_by(|a, b| a["label"].as_str().cmp(&b["label"].as_str()));
-        }
+        let answer = labelled_reply(&mut client, &request).await;
         let text = answer.to_string().replace(&dir, "DIR");
         replies.push(serde_json::from_str(&text).expect("JSON"));
     }
     replies
+}
+
+/// The reply to `request` (`{"execute", "arguments"}`), a list of rows
+/// with a `label` put in label order (QSD lists some in hash order).
+pub async fn labelled_reply(client: &mut Client, request: &Value) -> Value {
+    let mut answer = reply(
+        client,
+        request["execute"].as_str().expect("command"),
+        request["arguments"].clone(),
+    )
+    .await;
+    if let Some(Value::Array(rows)) = answer.get_mut("return") {
+        rows.sort_by(|a, b| a["label"].as_str().cmp(&b["label"].as_str()));
+    }
+    answer
 }
 
 /// Whether a file system is mounted at `path` (as `/proc/self/mountinfo`
