@@ -7,7 +7,9 @@
 //! been written.
 //!
 //! What pools keep idle is bounded three ways: per size class, per pool
-//! ([`MAX_IDLE_BYTES_PER_POOL`]) and for the whole daemon
+//! ([`MAX_IDLE_BYTES_PER_POOL`] unless its owner needs more to keep a deep
+//! queue of large requests from allocating, [`BufferPool::with_idle_limit`])
+//! and for the whole daemon
 //! ([`MAX_IDLE_BYTES_TOTAL`]), whatever the number of connections. A
 //! pool that served nothing for a second gives its idle buffers back (a
 //! sweeper thread looks once a second), as does a pool that is dropped;
@@ -53,9 +55,10 @@ pub fn tune_allocator() {
 }
 
 /// A pool of zero-initialised byte buffers, one stack per power-of-two class.
-#[derive(Default)]
 pub struct BufferPool {
     idle: Mutex<Idle>,
+    /// Bytes this pool may keep idle, all classes together.
+    max_idle_bytes: usize,
     /// Set by every loan; the sweeper clears it, and releases the idle
     /// buffers of a pool it finds cleared.
     used: AtomicBool,
@@ -69,7 +72,17 @@ struct Idle {
 
 impl BufferPool {
     pub fn new() -> Arc<BufferPool> {
-        let pool = Arc::new(BufferPool::default());
+        BufferPool::with_idle_limit(MAX_IDLE_BYTES_PER_POOL)
+    }
+
+    /// A pool that may keep `max_idle_bytes` idle (still within the
+    /// daemon's [`MAX_IDLE_BYTES_TOTAL`]).
+    pub fn with_idle_limit(max_idle_bytes: usize) -> Arc<BufferPool> {
+        let pool = Arc::new(BufferPool {
+            idle: Mutex::default(),
+            max_idle_bytes,
+            used: AtomicBool::new(false),
+        });
         lock(&POOLS).push(Arc::downgrade(&pool));
         start_sweeper();
         pool
@@ -107,7 +120,7 @@ impl BufferPool {
         let len = vec.len();
         let mut idle = lock(&self.idle);
         if idle.classes[class].len() >= MAX_IDLE_BUFFERS_PER_CLASS
-            || idle.bytes + len > MAX_IDLE_BYTES_PER_POOL
+            || idle.bytes + len > self.max_idle_bytes
         {
             return;
         }
