@@ -228,6 +228,9 @@ impl Reader {
                 .buffer
                 .get_or_insert_with(|| pool.get(MAX_WRITE as usize));
             match self.channel.receive(&mut self.head, buffer.as_mut()) {
+                // The kernel's device never reads as empty: a socket in
+                // tests does once its other end is closed.
+                Ok(0) => return Ok(None),
                 Ok(n) => return Ok(Some(n)),
                 // ENOENT: the request was interrupted before it was read.
                 Err(e)
@@ -388,5 +391,196 @@ impl Reader {
         copy.as_mut().copy_from_slice(&buffer.as_ref()[..size]);
         self.buffer = Some(buffer);
         Some(IoBuf::from_owner(copy))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+
+    use super::*;
+    use crate::fuse::abi::{opcode, Encoder, IN_HEADER_LEN, OUT_HEADER_LEN};
+    use crate::fuse::image_file::ImageShared;
+    use crate::test_support::tmpfs_backend;
+
+    /// A request as the kernel writes it.
+    fn message(opcode: u32, unique: u64, nodeid: u64, args: &[u8]) -> Vec<u8> {
+        let len = (IN_HEADER_LEN + args.len()) as u32;
+        let mut bytes = Encoder::default()
+            .u32(len)
+            .u32(opcode)
+            .u64(unique)
+            .u64(nodeid)
+            .zeroes(16)
+            .finish();
+        bytes.extend_from_slice(args);
+        bytes
+    }
+
+    /// `message` followed by a payload, its length counted.
+    fn with_payload(mut message: Vec<u8>, payload: &[u8]) -> Vec<u8> {
+        message.extend_from_slice(payload);
+        let len = message.len() as u32;
+        message[..4].copy_from_slice(&len.to_ne_bytes());
+        message
+    }
+
+    fn rw_args(offset: u64, size: u32) -> Vec<u8> {
+        Encoder::default()
+            .u64(0)
+            .u64(offset)
+            .u32(size)
+            .zeroes(20)
+            .finish()
+    }
+
+    /// The next reply: its unique, error and payload.
+    fn reply(kernel: &mut File) -> (u64, i32, Vec<u8>) {
+        let mut bytes = vec![0; 2 << 20];
+        let n = kernel.read(&mut bytes).unwrap();
+        assert!(n >= OUT_HEADER_LEN, "{n}");
+        let len = u32::from_ne_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, n);
+        let error = i32::from_ne_bytes(bytes[4..8].try_into().unwrap());
+        let unique = u64::from_ne_bytes(bytes[8..16].try_into().unwrap());
+        (unique, error, bytes[OUT_HEADER_LEN..n].to_vec())
+    }
+
+    /// Sends `request` and checks that the reply to it comes next, with
+    /// `errno` (0: success); returns its payload.
+    fn expect(kernel: &mut File, request: Vec<u8>, unique: u64, errno: i32) -> Vec<u8> {
+        kernel.write_all(&request).unwrap();
+        let (got, error, out) = reply(kernel);
+        assert_eq!((got, error), (unique, -errno), "request {unique}");
+        out
+    }
+
+    /// A session over a socket pair that keeps message boundaries, as
+    /// `/dev/fuse` does; returns the kernel's end.
+    fn session(image: ImageFile) -> (File, std::thread::JoinHandle<()>) {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two descriptors into the array.
+        let rc =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        // SAFETY: both descriptors are new and owned here alone.
+        let (ours, kernel) = unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let mut reader = Reader::new(Arc::new(Channel(ours)), image);
+        let thread = std::thread::spawn(move || {
+            reader.handshake().expect("INIT");
+            reader.serve();
+        });
+        (kernel, thread)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_are_served_and_malformed_ones_answered_with_errors() {
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let (_dir, backend) = tmpfs_backend(&data, true).await;
+        let shared = ImageShared::new(
+            backend,
+            true,
+            false,
+            false,
+            tokio::runtime::Handle::current(),
+            1,
+        );
+        let (mut kernel, thread) = session(ImageFile(Arc::new(shared)));
+        let kernel = tokio::task::spawn_blocking(move || {
+            let init = Encoder::default()
+                .u32(7)
+                .u32(45)
+                .u32(128 << 10)
+                .u32(u32::MAX)
+                .zeroes(48)
+                .finish();
+            kernel
+                .write_all(&message(opcode::INIT, 1, 0, &init))
+                .unwrap();
+            let (unique, error, out) = reply(&mut kernel);
+            assert_eq!((unique, error, out.len()), (1, 0, 64));
+            let field = |at: usize| u32::from_ne_bytes(out[at..at + 4].try_into().unwrap());
+            assert_eq!((field(0), field(4)), (7, abi::MINOR));
+            let wanted = init_flags::ASYNC_READ
+                | init_flags::BIG_WRITES
+                | init_flags::ASYNC_DIO
+                | init_flags::MAX_PAGES;
+            assert_eq!((field(12), field(20)), (wanted, MAX_WRITE));
+            assert_eq!(u16::from_ne_bytes([out[28], out[29]]), 256);
+
+            // Not even a header: nothing to answer (the next reply is 3's).
+            kernel.write_all(&[0; 20]).unwrap();
+            // A length that is not what was read.
+            let mut lying = message(opcode::GETATTR, 3, 1, &[0; 16]);
+            lying[0] = 100;
+            expect(&mut kernel, lying, 3, libc::EIO);
+            expect(
+                &mut kernel,
+                message(opcode::GETATTR, 4, 1, &[0; 8]),
+                4,
+                libc::EINVAL,
+            );
+            expect(&mut kernel, message(999, 5, 1, &[]), 5, libc::ENOSYS);
+            expect(
+                &mut kernel,
+                message(opcode::GETATTR, 6, 2, &[0; 16]),
+                6,
+                libc::ENOENT,
+            );
+            // A second INIT is refused; FORGET is not answered.
+            expect(
+                &mut kernel,
+                message(opcode::INIT, 7, 0, &init),
+                7,
+                libc::EIO,
+            );
+            kernel
+                .write_all(&message(opcode::FORGET, 8, 1, &[0; 8]))
+                .unwrap();
+            let short_write =
+                with_payload(message(opcode::WRITE, 9, 1, &rw_args(0, 4096)), &[0; 100]);
+            expect(&mut kernel, short_write, 9, libc::EINVAL);
+
+            // A large write takes the read buffer; a small one is copied.
+            for (unique, offset, size) in [(10, 4096, 128 << 10), (11, 512, 100)] {
+                let payload: Vec<u8> = (0..size).map(|i| (i % 13) as u8 + 1).collect();
+                let write = with_payload(
+                    message(opcode::WRITE, unique, 1, &rw_args(offset, size)),
+                    &payload,
+                );
+                let out = expect(&mut kernel, write, unique, 0);
+                assert_eq!(out, abi::write_out(size));
+                let read = message(opcode::READ, unique + 10, 1, &rw_args(offset, size));
+                assert_eq!(expect(&mut kernel, read, unique + 10, 0), payload);
+            }
+            // Past the end a write is cut short; a read is cut at the end.
+            let tail = with_payload(
+                message(opcode::WRITE, 30, 1, &rw_args((1 << 20) - 10, 20)),
+                &[7; 20],
+            );
+            assert_eq!(expect(&mut kernel, tail, 30, 0), abi::write_out(10));
+            let read = message(opcode::READ, 31, 1, &rw_args((1 << 20) - 10, 4096));
+            assert_eq!(expect(&mut kernel, read, 31, 0), vec![7; 10]);
+            let attr = expect(
+                &mut kernel,
+                message(opcode::GETATTR, 32, 1, &[0; 16]),
+                32,
+                0,
+            );
+            assert_eq!(attr.len(), 104);
+            assert_eq!(
+                u64::from_ne_bytes(attr[24..32].try_into().unwrap()),
+                1 << 20
+            );
+            kernel
+        })
+        .await
+        .unwrap();
+        drop(kernel);
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
     }
 }
