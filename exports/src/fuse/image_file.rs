@@ -61,6 +61,8 @@ pub struct ImageShared {
     /// (fewer than the threads: one always reads).
     inline: AtomicUsize,
     inline_limit: usize,
+    /// Large writes being served now (see [`LARGE_WRITES`]).
+    large_writes: AtomicUsize,
 }
 
 impl ImageShared {
@@ -90,6 +92,7 @@ impl ImageShared {
             buffers: BufferPool::with_idle_limit(super::session::IDLE_BUFFER_BYTES),
             inline: AtomicUsize::new(0),
             inline_limit,
+            large_writes: AtomicUsize::new(0),
         }
     }
 
@@ -127,6 +130,35 @@ impl ImageShared {
     }
 }
 
+/// Large writes (of [`super::session::HAND_OVER_MIN`] bytes or more) that
+/// may be served at once before the session threads stop reading
+/// requests to serve one themselves (so at most this many plus one per
+/// session thread are in flight; small requests are not limited). Each
+/// holds a read buffer of up to 1 MiB: a few keep the node and the CPUs
+/// busy, and more only spread the kernel's copies over more memory than
+/// the caches hold and queue them behind the file's lock. Measured with
+/// 1 MiB writes at depth 32 on tmpfs: 4 in flight rather than 32 gave
+/// 20-40% more throughput and 15-25% less server CPU per write.
+const LARGE_WRITES: usize = 4;
+
+/// A large write being served: counted in `ImageShared::large_writes`
+/// while it lives.
+struct LargeWrite(Arc<ImageShared>);
+
+impl LargeWrite {
+    /// Counts a write; true if [`LARGE_WRITES`] were being served already.
+    fn enter(shared: &Arc<ImageShared>) -> (LargeWrite, bool) {
+        let before = shared.large_writes.fetch_add(1, Ordering::AcqRel);
+        (LargeWrite(Arc::clone(shared)), before >= LARGE_WRITES)
+    }
+}
+
+impl Drop for LargeWrite {
+    fn drop(&mut self) {
+        self.0.large_writes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The file the session serves.
 #[derive(Clone)]
 pub struct ImageFile(pub Arc<ImageShared>);
@@ -161,24 +193,39 @@ impl ImageFile {
         F: FnOnce(Arc<ImageShared>, BlockBackend, Reply) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.serve_sized(reply, false, work);
+    }
+
+    /// [`ImageFile::serve`] for a request that is a `large` write or not.
+    /// Once [`LARGE_WRITES`] large writes are being served, another one
+    /// runs inline whatever else does: the session thread then reads no
+    /// more requests until it is done (not with an iothread, where every
+    /// request runs).
+    fn serve_sized<F, Fut>(&self, reply: Reply, large: bool, work: F)
+    where
+        F: FnOnce(Arc<ImageShared>, BlockBackend, Reply) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let Some((guard, backend)) = self.0.enter() else {
             return reply.error(libc::ENOTCONN);
         };
         let request = work(Arc::clone(&self.0), backend, reply);
         let shared = &self.0;
+        let large = large.then(|| LargeWrite::enter(shared));
+        let over_limit = shared.inline_limit > 0 && large.as_ref().is_some_and(|(_, over)| *over);
         let inline = shared.inline.fetch_add(1, Ordering::AcqRel) < shared.inline_limit;
-        if inline {
+        if inline || over_limit {
             // Session threads are not the runtime's: blocking here is
             // what they are for.
             shared.runtime.block_on(request);
             shared.inline.fetch_sub(1, Ordering::AcqRel);
-            drop(guard);
+            drop((guard, large));
             return;
         }
         shared.inline.fetch_sub(1, Ordering::AcqRel);
         shared.runtime.spawn(async move {
             request.await;
-            drop(guard);
+            drop((guard, large));
         });
     }
 
@@ -262,7 +309,8 @@ impl ImageFile {
         if !self.0.writable {
             return reply.error(libc::EACCES);
         }
-        self.serve(reply, move |shared, backend, reply| async move {
+        let large = payload.len() >= super::session::HAND_OVER_MIN;
+        self.serve_sized(reply, large, move |shared, backend, reply| async move {
             let mut len = payload.len();
             if !shared.growable {
                 // Past the end, a write is cut short.

@@ -43,7 +43,7 @@ const MAX_BACKGROUND: u16 = 128;
 /// Writes shorter than this are copied out of the read buffer (the copy
 /// costs less than a buffer of `MAX_WRITE` held by each small write in
 /// flight); longer ones take the buffer.
-const HAND_OVER_MIN: usize = 64 << 10;
+pub const HAND_OVER_MIN: usize = 64 << 10;
 /// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)`.
 const FUSE_DEV_IOC_CLONE: libc::c_ulong = (2 << 30) | (4 << 16) | (229 << 8);
 
