@@ -13,14 +13,16 @@
 //! ([`MAX_IDLE_BYTES_TOTAL`]), whatever the number of connections. A
 //! pool that served nothing for a second gives its idle buffers back (a
 //! sweeper thread looks once a second), as does a pool that is dropped;
-//! large buffers are their own memory mappings (see [`tune_allocator`]),
-//! so what is given back leaves the process.
+//! large buffers are their own memory mappings (see [`tune_allocator`];
+//! from 2 MiB up, mappings on a huge-page boundary that the kernel may
+//! back with transparent huge pages: `AlignedBuf::huge`), so what is
+//! given back leaves the process.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
 use std::time::Duration;
 
-use block::{AlignedBuf, IoMemory};
+use block::{AlignedBuf, IoMemory, HUGE_PAGE};
 
 /// The smallest buffer handed out; smaller requests round up to it.
 const MIN_CLASS_SHIFT: u32 = 12;
@@ -214,7 +216,12 @@ fn class_size(class: usize) -> usize {
 /// 16 bytes off a page, where glibc puts large allocations, halved the
 /// speed of such copies in a job's measurements).
 fn page_aligned(len: usize) -> AlignedBuf {
-    AlignedBuf::zeroed(len, PAGE).unwrap_or_else(|_| {
+    let buf = if len >= HUGE_PAGE {
+        AlignedBuf::huge(len)
+    } else {
+        AlignedBuf::zeroed(len, PAGE)
+    };
+    buf.unwrap_or_else(|_| {
         // As a `Vec` does when memory runs out.
         std::alloc::handle_alloc_error(
             std::alloc::Layout::from_size_align(len.max(1), PAGE)
