@@ -2,6 +2,12 @@
 //! bounce buffers and for payloads that the kernel copies into and out of
 //! the page cache (as the memory of an [`crate::IoBuf`]): a copy between
 //! a page and a buffer that starts off a page boundary is slower.
+//!
+//! Large buffers may instead be mappings of their own on a huge-page
+//! boundary ([`AlignedBuf::huge`]), which the kernel may back with
+//! transparent huge pages: where it copies into such a buffer page by page
+//! (a FUSE request read from `/dev/fuse` pins each page of the reader's
+//! buffer in turn), each page then costs it less.
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
@@ -13,8 +19,20 @@ use crate::iobuf::IoMemory;
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
-    layout: Layout,
+    backing: Backing,
 }
+
+/// Where an [`AlignedBuf`]'s memory comes from.
+enum Backing {
+    /// The global allocator, with this layout.
+    Heap(Layout),
+    /// A mapping of this many bytes at `ptr`.
+    Map(usize),
+}
+
+/// The size of a transparent huge page on x86-64 and arm64 (4 KiB base
+/// pages), the alignment of [`AlignedBuf::huge`] buffers.
+pub const HUGE_PAGE: usize = 2 << 20;
 
 // SAFETY: the buffer is plain owned memory, like a `Vec<u8>`.
 unsafe impl Send for AlignedBuf {}
@@ -43,7 +61,69 @@ impl AlignedBuf {
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(ptr).ok_or_else(too_large)?;
-        Ok(AlignedBuf { ptr, len, layout })
+        Ok(AlignedBuf {
+            ptr,
+            len,
+            backing: Backing::Heap(layout),
+        })
+    }
+
+    /// `len` zero bytes in an anonymous mapping of their own that starts
+    /// on a [`HUGE_PAGE`] boundary and spans whole huge pages, offered to
+    /// the kernel for transparent huge pages (`MADV_HUGEPAGE`; where it
+    /// does not use them, only the pages touched take memory). Fails
+    /// with `TooLarge` if the memory cannot be had.
+    pub fn huge(len: usize) -> BlockResult<Self> {
+        let too_large = |e: std::io::Error| {
+            BlockError::new(
+                ErrorKind::TooLarge,
+                format!("Cannot map a {len} byte buffer: {e}"),
+            )
+        };
+        let map_len = len
+            .max(1)
+            .checked_next_multiple_of(HUGE_PAGE)
+            .ok_or_else(|| too_large(std::io::ErrorKind::OutOfMemory.into()))?;
+        // Room to move the start to a huge-page boundary.
+        let reserve = map_len + HUGE_PAGE;
+        // SAFETY: a new private anonymous mapping; no existing memory is
+        // touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                reserve,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(too_large(std::io::Error::last_os_error()));
+        }
+        let head = (HUGE_PAGE - base as usize % HUGE_PAGE) % HUGE_PAGE;
+        let tail = reserve - head - map_len;
+        // SAFETY: `base` starts a fresh mapping of `reserve` bytes;
+        // `[head, head + map_len)` stays mapped, and only the parts
+        // before and after it (page multiples, since `base` is
+        // page-aligned) are unmapped. madvise only advises.
+        let start = unsafe {
+            let start = base.cast::<u8>().add(head);
+            if head > 0 {
+                libc::munmap(base, head);
+            }
+            if tail > 0 {
+                libc::munmap(start.add(map_len).cast(), tail);
+            }
+            libc::madvise(start.cast(), map_len, libc::MADV_HUGEPAGE);
+            start
+        };
+        let ptr = NonNull::new(start).ok_or_else(|| too_large(std::io::ErrorKind::Other.into()))?;
+        Ok(AlignedBuf {
+            ptr,
+            len,
+            backing: Backing::Map(map_len),
+        })
     }
 }
 
@@ -64,8 +144,15 @@ impl std::ops::DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with this very layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+        match self.backing {
+            // SAFETY: allocated in `zeroed` with this very layout.
+            Backing::Heap(layout) => unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) },
+            // SAFETY: mapped in `huge` with this length, and no view of
+            // it outlives the value.
+            Backing::Map(map_len) => unsafe {
+                libc::munmap(self.ptr.as_ptr().cast(), map_len);
+            },
+        }
     }
 }
 
@@ -81,6 +168,18 @@ mod tests {
             assert!(buf.iter().all(|&b| b == 0));
             buf[5] = 7;
             assert_eq!(buf[5], 7);
+        }
+    }
+
+    #[test]
+    fn huge_buffers_start_on_a_huge_page_and_are_zeroed() {
+        for len in [1, HUGE_PAGE, HUGE_PAGE + 1] {
+            let mut buf = AlignedBuf::huge(len).expect("map");
+            assert_eq!(buf.as_ptr() as usize % HUGE_PAGE, 0);
+            assert_eq!(buf.len(), len);
+            assert!(buf.iter().all(|&b| b == 0));
+            buf[len - 1] = 7;
+            assert_eq!(buf[len - 1], 7);
         }
     }
 }

@@ -7,18 +7,22 @@
 //! been written.
 //!
 //! What pools keep idle is bounded three ways: per size class, per pool
-//! ([`MAX_IDLE_BYTES_PER_POOL`]) and for the whole daemon
+//! ([`MAX_IDLE_BYTES_PER_POOL`] unless its owner needs more to keep a deep
+//! queue of large requests from allocating, [`BufferPool::with_idle_limit`])
+//! and for the whole daemon
 //! ([`MAX_IDLE_BYTES_TOTAL`]), whatever the number of connections. A
 //! pool that served nothing for a second gives its idle buffers back (a
 //! sweeper thread looks once a second), as does a pool that is dropped;
-//! large buffers are their own memory mappings (see [`tune_allocator`]),
-//! so what is given back leaves the process.
+//! large buffers are their own memory mappings (see [`tune_allocator`];
+//! from 2 MiB up, mappings on a huge-page boundary that the kernel may
+//! back with transparent huge pages: `AlignedBuf::huge`), so what is
+//! given back leaves the process.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
 use std::time::Duration;
 
-use block::{AlignedBuf, IoMemory};
+use block::{AlignedBuf, IoMemory, HUGE_PAGE};
 
 /// The smallest buffer handed out; smaller requests round up to it.
 const MIN_CLASS_SHIFT: u32 = 12;
@@ -53,9 +57,10 @@ pub fn tune_allocator() {
 }
 
 /// A pool of zero-initialised byte buffers, one stack per power-of-two class.
-#[derive(Default)]
 pub struct BufferPool {
     idle: Mutex<Idle>,
+    /// Bytes this pool may keep idle, all classes together.
+    max_idle_bytes: usize,
     /// Set by every loan; the sweeper clears it, and releases the idle
     /// buffers of a pool it finds cleared.
     used: AtomicBool,
@@ -69,7 +74,17 @@ struct Idle {
 
 impl BufferPool {
     pub fn new() -> Arc<BufferPool> {
-        let pool = Arc::new(BufferPool::default());
+        BufferPool::with_idle_limit(MAX_IDLE_BYTES_PER_POOL)
+    }
+
+    /// A pool that may keep `max_idle_bytes` idle (still within the
+    /// daemon's [`MAX_IDLE_BYTES_TOTAL`]).
+    pub fn with_idle_limit(max_idle_bytes: usize) -> Arc<BufferPool> {
+        let pool = Arc::new(BufferPool {
+            idle: Mutex::default(),
+            max_idle_bytes,
+            used: AtomicBool::new(false),
+        });
         lock(&POOLS).push(Arc::downgrade(&pool));
         start_sweeper();
         pool
@@ -107,7 +122,7 @@ impl BufferPool {
         let len = vec.len();
         let mut idle = lock(&self.idle);
         if idle.classes[class].len() >= MAX_IDLE_BUFFERS_PER_CLASS
-            || idle.bytes + len > MAX_IDLE_BYTES_PER_POOL
+            || idle.bytes + len > self.max_idle_bytes
         {
             return;
         }
@@ -201,7 +216,12 @@ fn class_size(class: usize) -> usize {
 /// 16 bytes off a page, where glibc puts large allocations, halved the
 /// speed of such copies in a job's measurements).
 fn page_aligned(len: usize) -> AlignedBuf {
-    AlignedBuf::zeroed(len, PAGE).unwrap_or_else(|_| {
+    let buf = if len >= HUGE_PAGE {
+        AlignedBuf::huge(len)
+    } else {
+        AlignedBuf::zeroed(len, PAGE)
+    };
+    buf.unwrap_or_else(|_| {
         // As a `Vec` does when memory runs out.
         std::alloc::handle_alloc_error(
             std::alloc::Layout::from_size_align(len.max(1), PAGE)

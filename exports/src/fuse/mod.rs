@@ -2,23 +2,24 @@
 //! any tool then reads and writes as a raw image (QSD's `--export
 //! type=fuse`).
 //!
-//! `mount` claims the mountpoint and mounts the connection; `image_file`
-//! answers the kernel's requests. The FUSE protocol comes from the
-//! `fuser` crate, which reads `/dev/fuse` on a few threads, each with its
-//! own cloned descriptor; the block I/O runs on the export's event loop.
+//! `mount` claims the mountpoint and mounts the connection; `session`
+//! reads the kernel's requests from `/dev/fuse` on a few threads, each
+//! with its own cloned descriptor, in the protocol `abi` decodes;
+//! `image_file` answers them, its block I/O on the export's event loop.
 //!
 //! The file uses the page cache as QSD's export does (no `direct_io` on
 //! open, cached pages dropped on each open): buffered readers get the
 //! kernel's read-ahead, and `O_DIRECT` users reach the node directly,
 //! with asynchronous direct I/O so their queue depth reaches the node.
 
+mod abi;
 mod image_file;
 mod mount;
+mod session;
 
 use std::sync::{Arc, Mutex};
 
 use block::{BackendPerms, Perm};
-use fuser::{BackgroundSession, Config, SessionACL};
 use schema::export::{BlockExportKind, FuseExportAllowOther};
 use schema::QmpError;
 
@@ -34,8 +35,6 @@ pub struct FuseExport {
     /// Until shutdown: the mountpoint's claim and the hold that keeps the
     /// export from being gone while it is mounted.
     claim: Mutex<Option<(MountpointClaim, LifeGuard)>>,
-    /// The session's threads, which end when the connection does.
-    _session: BackgroundSession,
 }
 
 impl BlockExport for FuseExport {
@@ -114,27 +113,18 @@ pub fn create_export(cx: &ExportContext<'_>) -> Result<Arc<dyn BlockExport>, Qmp
         runtime,
         inline_limit,
     ));
-    let acl = if allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    let mut config = Config::default();
-    config.n_threads = Some(threads);
-    config.clone_fd = true;
+    // Without allow_other the kernel lets only the daemon's user reach the
+    // file; with it, the mode decides (default_permissions).
     let image = ImageFile(Arc::clone(&shared));
-    let session = fuser::Session::from_fd(image, device, acl, config)
-        .and_then(fuser::Session::spawn)
-        .map_err(|e| {
-            mounted.unmount();
-            mount_failed(e)
-        })?;
+    session::start(device, image, threads).map_err(|e| {
+        mounted.unmount();
+        mount_failed(e)
+    })?;
     mounted.learn_device();
     let hold = shared.life.hold();
     Ok(Arc::new(FuseExport {
         shared,
         mounted,
         claim: Mutex::new(Some((claim, hold))),
-        _session: session,
     }))
 }

@@ -164,6 +164,7 @@ mod tests {
     use super::super::proto::*;
     use super::super::splice::FileRange;
     use super::*;
+    use crate::test_support::tmpfs_backend;
     use tokio::io::AsyncReadExt;
 
     fn req(cookie: u64, offset: u64, length: u64) -> Request {
@@ -176,24 +177,10 @@ mod tests {
         }
     }
 
-    /// A file node on tmpfs (whose reads never wait, so it can be spliced).
-    async fn backend(data: &[u8]) -> (tempfile::TempDir, block::BlockBackend) {
-        let dir = tempfile::tempdir_in("/dev/shm").expect("tmpfs directory");
-        let path = dir.path().join("data");
-        std::fs::write(&path, data).unwrap();
-        let graph = block::BlockGraph::new();
-        let options = schema::from_json(serde_json::json!({
-            "driver": "file", "node-name": "f", "filename": path,
-        }))
-        .unwrap();
-        graph.blockdev_add(&options).await.unwrap();
-        (dir, graph.attach_backend("f", false).unwrap())
-    }
-
     #[tokio::test]
     async fn slices_and_spliced_files_arrive_whole_and_in_order() {
         let data: Vec<u8> = (0..1 << 21).map(|i| (i * 7 % 251) as u8).collect();
-        let (_dir, backend) = backend(&data).await;
+        let (_dir, backend) = tmpfs_backend(&data, false).await;
         let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
         let (_, mut writer) = ours.into_split();
         let reader = tokio::spawn(async move {
