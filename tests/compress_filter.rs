@@ -31,17 +31,7 @@ async fn story(program: Command) -> Vec<Value> {
     let dir = tempfile::tempdir().expect("dir");
     let image = dir.path().join("z.qcow2");
     let raw = dir.path().join("z.raw");
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            image.to_str().unwrap(),
-            "16M",
-        ],
-    );
+    common::create_qcow2(image.to_str().unwrap(), "16M");
     common::sparse_file(&raw, 16 << 20);
     let mut daemon = TestDaemon::spawn(program, dir, |dir| {
         vec![

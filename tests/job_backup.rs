@@ -27,10 +27,7 @@ fn backup_daemon() -> TestDaemon {
         d.join("inc.qcow2"),
     );
     for image in [&src, &full] {
-        tool(
-            "qemu-img",
-            &["create", "-q", "-f", "qcow2", path(image), "64M"],
-        );
+        common::create_qcow2(path(image), "64M");
     }
     tool(
         "qemu-img",

@@ -144,17 +144,7 @@ fn make_images(dir: &Path) {
     for image in [
         "src", "dst", "bak", "base", "base2", "faulty", "faulty2", "lo", "dst2", "new",
     ] {
-        tool(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                &p(&format!("{image}.qcow2")),
-                "32M",
-            ],
-        );
+        common::create_qcow2(&p(&format!("{image}.qcow2")), "32M");
     }
     for (image, backing) in [
         ("mid", "base"),

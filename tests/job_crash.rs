@@ -19,17 +19,7 @@ fn path(p: &Path) -> &str {
 /// same size; a raw copy of what `top` reads is `before.raw`.
 fn images(dir: &Path) {
     let img = |name: &str| dir.join(name);
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            path(&img("base.qcow2")),
-            "32M",
-        ],
-    );
+    common::create_qcow2(path(&img("base.qcow2")), "32M");
     tool(
         "qemu-io",
         &["-c", "write -P 0x11 0 24M", path(&img("base.qcow2"))],
@@ -58,17 +48,7 @@ fn images(dir: &Path) {
         "qemu-io",
         &["-c", "write -P 0x33 20M 4M", path(&img("top.qcow2"))],
     );
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            path(&img("target.qcow2")),
-            "32M",
-        ],
-    );
+    common::create_qcow2(path(&img("target.qcow2")), "32M");
     tool(
         "qemu-img",
         &[

@@ -42,10 +42,7 @@ async fn node_names(qmp: &mut Client) -> Vec<String> {
 async fn drive_jobs_create_their_targets() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.qcow2");
-    tool(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", path(&src), "32M"],
-    );
+    common::create_qcow2(path(&src), "32M");
     tool("qemu-io", &["-c", "write -P 0x44 1M 3M", path(&src)]);
     let mut daemon = TestDaemon::start_in(dir, |d| {
         vec![

@@ -135,17 +135,7 @@ async fn handoff(program: fn() -> Command) -> Vec<Value> {
     let shared = tempfile::tempdir().unwrap();
     let dir = shared.path();
     let image = dir.join("disk.qcow2");
-    common::tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            image.to_str().unwrap(),
-            "16M",
-        ],
-    );
+    common::create_qcow2(image.to_str().unwrap(), "16M");
     let mut log = Vec::new();
 
     // The source serves the image and writes it.
@@ -337,17 +327,7 @@ async fn two_storaged_processes_hand_an_image_over_as_qemu_storage_daemons_do() 
 async fn inactivation_gives_a_preallocation_back() {
     let daemon = TestDaemon::start_in(tempfile::tempdir().unwrap(), |dir| {
         let image = dir.join("disk.qcow2");
-        common::tool(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                image.to_str().unwrap(),
-                "16M",
-            ],
-        );
+        common::create_qcow2(image.to_str().unwrap(), "16M");
         [
             "--blockdev".to_string(),
             format!("file,node-name=file,filename={}", image.display()),
@@ -491,10 +471,7 @@ async fn graph_session(daemon: &TestDaemon) -> Vec<Value> {
 fn graph_nodes(dir: &Path) -> Vec<String> {
     let image = dir.join("disk.qcow2");
     for path in [&image, &dir.join("snap.qcow2")] {
-        common::tool(
-            "qemu-img",
-            &["create", "-q", "-f", "qcow2", path.to_str().unwrap(), "16M"],
-        );
+        common::create_qcow2(path.to_str().unwrap(), "16M");
     }
     let mut args = nodes(&image, "off", "nbd,id=x,node-name=disk,allow-inactive=on");
     args[5] = format!(
@@ -549,17 +526,7 @@ async fn refused_export(program: fn() -> Command) -> (Vec<Value>, Vec<Value>) {
     let shared = tempfile::tempdir().unwrap();
     let dir = shared.path();
     let image = dir.join("disk.qcow2");
-    common::tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            image.to_str().unwrap(),
-            "16M",
-        ],
-    );
+    common::create_qcow2(image.to_str().unwrap(), "16M");
     let writable = "nbd,id=src,name=src,node-name=disk,writable=on,allow-inactive=on";
     let source = start(program, &image, "on", writable);
     let mut src = source.connect().await;

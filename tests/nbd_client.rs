@@ -307,10 +307,7 @@ async fn x_dirty_bitmap_reads_a_servers_bitmap_as_qemu_does() {
     let dir = tempfile::tempdir().expect("dir");
     let image = dir.path().join("b.qcow2");
     let image_str = image.to_str().expect("UTF-8");
-    common::tool(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", image_str, "8M"],
-    );
+    common::create_qcow2(image_str, "8M");
     common::tool("qemu-img", &["bitmap", "--add", image_str, "b0"]);
     common::tool(
         "qemu-io",

@@ -51,17 +51,7 @@ async fn len_below(path: &Path, limit: u64) -> u64 {
 
 fn options(dir: &Path) -> Vec<String> {
     let image = dir.join("disk.qcow2");
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            image.to_str().expect("path"),
-            "64M",
-        ],
-    );
+    common::create_qcow2(image.to_str().expect("path"), "64M");
     [
         "--blockdev".to_string(),
         format!("file,node-name=f,filename={}", image.display()),

@@ -67,10 +67,7 @@ async fn snapshots_keep_the_disk_of_their_instant_while_a_client_writes() {
     let images = tempfile::tempdir().expect("temp dir");
     let image = images.path().join("disk.qcow2");
     let image_arg = image.to_str().expect("UTF-8").to_owned();
-    tool(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", &image_arg, "4M"],
-    );
+    common::create_qcow2(&image_arg, "4M");
     let mut daemon = TestDaemon::start_in(tempfile::tempdir().expect("temp dir"), |dir| {
         vec![
             "--blockdev".into(),
@@ -174,10 +171,7 @@ async fn a_snapshot_qemu_img_took_is_deleted_by_storaged() {
     let images = tempfile::tempdir().expect("temp dir");
     let image = images.path().join("disk.qcow2");
     let image_arg = image.to_str().expect("UTF-8").to_owned();
-    tool(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", &image_arg, "4M"],
-    );
+    common::create_qcow2(&image_arg, "4M");
     tool(
         "qemu-io",
         &[

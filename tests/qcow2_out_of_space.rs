@@ -58,17 +58,7 @@ async fn writes_that_find_no_room_leak_no_clusters() {
     std::fs::create_dir(&small).expect("mountpoint");
     let _fs = SmallFs::mount(&small, "2M");
     let image = small.join("disk.qcow2");
-    common::tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            image.to_str().unwrap(),
-            "64M",
-        ],
-    );
+    common::create_qcow2(image.to_str().unwrap(), "64M");
     let path = image.clone();
     let mut daemon = TestDaemon::start_in(tempfile::tempdir().expect("dir"), move |dir| {
         vec![

@@ -26,10 +26,7 @@ fn be64(file: &std::fs::File, at: u64) -> u64 {
 /// A 64 MiB qcow2 image with data in guest cluster 0 whose L2 entry
 /// then points at the refcount table; returns the table's offset.
 fn damaged_image(path: &Path) -> u64 {
-    common::tool(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", path.to_str().unwrap(), "64M"],
-    );
+    common::create_qcow2(path.to_str().unwrap(), "64M");
     common::tool(
         "qemu-io",
         &[

@@ -195,17 +195,7 @@ fn image_state(image: &Path) -> Value {
 async fn story(program: fn() -> Command) -> Vec<Value> {
     let images = tempfile::tempdir().unwrap();
     let image = images.path().join("disk.qcow2");
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            image.to_str().unwrap(),
-            "64M",
-        ],
-    );
+    common::create_qcow2(image.to_str().unwrap(), "64M");
     let mut seen = Vec::new();
     for (number, life) in lives().into_iter().enumerate() {
         let image_arg = image.display().to_string();

@@ -14,10 +14,7 @@ fn the_kernel_client_writes_a_file_system_into_a_qcow2_image() {
     let scratch = tempfile::tempdir().expect("scratch dir");
     let image = scratch.path().join("disk.qcow2");
     let image_str = image.to_str().expect("UTF-8");
-    tool(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", image_str, "64M"],
-    );
+    common::create_qcow2(image_str, "64M");
     let pid_file = scratch.path().join("server.pid");
     // The host's /tmp (where a build may live) is hidden in the guest;
     // the scratch folder is shared at its host path.

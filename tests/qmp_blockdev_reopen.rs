@@ -469,10 +469,7 @@ async fn qcow2_options_session(program: Command) -> Vec<Value> {
     let dir = tempfile::tempdir().expect("dir");
     let image = dir.path().join("options.qcow2");
     let image_str = image.to_str().expect("UTF-8").to_owned();
-    common::tool(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", &image_str, "16M"],
-    );
+    common::create_qcow2(&image_str, "16M");
     common::tool(
         "qemu-io",
         &[
@@ -607,10 +604,7 @@ fn chain_daemon(program: Command) -> TestDaemon {
     let dir = tempfile::tempdir().expect("dir");
     let _ = three_deep_chain(dir.path());
     let other = dir.path().join("oth.qcow2");
-    common::tool(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", path(&other), "16M"],
-    );
+    common::create_qcow2(path(&other), "16M");
     TestDaemon::spawn(program, dir, |_| Vec::new())
 }
 

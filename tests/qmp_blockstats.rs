@@ -23,17 +23,7 @@ use serde_json::{json, Value};
 fn serve_qcow2(program: Command) -> TestDaemon {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.qcow2");
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            image.to_str().unwrap(),
-            "64M",
-        ],
-    );
+    common::create_qcow2(image.to_str().unwrap(), "64M");
     TestDaemon::spawn(program, dir, |dir: &Path| {
         [
             format!(

@@ -342,6 +342,11 @@ pub fn tool(program: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// Creates an empty qcow2 image of `size` (`qemu-img create`).
+pub fn create_qcow2(image: &str, size: &str) {
+    tool("qemu-img", &["create", "-q", "-f", "qcow2", image, size]);
+}
+
 /// Deterministic bytes that differ at every 8-byte word (xorshift64).
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed;
