@@ -563,10 +563,11 @@ impl Backup {
                 };
                 cursor = range.end;
                 let copy = self.copy.clone();
-                in_flight.push(async move {
-                    let result = copy.copy(range.clone()).await;
-                    (range, result)
+                let copying = range.clone();
+                let copied = super::spawn_copy(async move { copy.copy(copying).await }, |error| {
+                    Err((false, error))
                 });
+                in_flight.push(async move { (range, copied.await) });
             }
             let Some((range, result)) = in_flight.next().await else {
                 if to_copy.dirty_bytes() == 0 {

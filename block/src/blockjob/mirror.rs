@@ -7,7 +7,8 @@
 //! graph change moves every user), records what is written to the source
 //! in a [`DirtyBitmap`] through the source's write chokepoint, and copies
 //! dirty ranges in chunks of up to 1 MiB, up to `buf-size` bytes in
-//! flight, ranges that read as zeroes as write-zeroes. With nothing left
+//! flight (each copy a task of its own, so that they use every thread of
+//! the runtime), ranges that read as zeroes as write-zeroes. With nothing left
 //! to copy it is `ready`; on `job-complete` (or a soft cancel) it holds
 //! the filter's users in a drained section, copies what is still dirty,
 //! flushes the target, and the pivot (in `prepare`) replaces the filter
@@ -454,7 +455,7 @@ impl Mirror {
 
     /// Copies dirty ranges, many at once, until nothing is dirty, the job
     /// is ready, and a completion or cancel was asked for.
-    async fn copy_until_ready_and_done(&self, context: &JobContext) -> BlockResult<()> {
+    async fn copy_until_ready_and_done(self: &Arc<Self>, context: &JobContext) -> BlockResult<()> {
         let chunk = self.chunk();
         let max_in_flight = ((self.buf_size / chunk) as usize).clamp(1, MAX_IN_FLIGHT);
         let mut in_flight = FuturesUnordered::new();
@@ -474,7 +475,11 @@ impl Mirror {
                 let Some(range) = next else { break };
                 self.bitmap.reset(range.start, range.end - range.start);
                 cursor = range.end;
-                in_flight.push(self.copy(range));
+                let range_of_failed = range.clone();
+                let mirror = Arc::clone(self);
+                let copy = async move { mirror.copy(range).await };
+                let failed = move |error| (range_of_failed, Err((false, error)));
+                in_flight.push(super::spawn_copy(copy, failed));
             }
             let Some((range, result)) = in_flight.next().await else {
                 // Nothing dirty, nothing in flight.

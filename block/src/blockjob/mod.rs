@@ -10,12 +10,15 @@ pub mod mirror;
 mod mirror_top;
 pub mod stream;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use schema::create::JobType;
 
-use crate::error::BlockResult;
-use crate::graph::BlockGraph;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::error::{BlockError, BlockResult};
+use crate::graph::{generic, BlockGraph};
 use crate::job::{CreatedJob, JobDriver, JobRegistry, JobSpec, TxnId};
 use crate::node::Node;
 
@@ -134,6 +137,22 @@ impl MadeWritable {
                 );
             }
         }
+    }
+}
+
+/// Runs one copy of a job as a task of its own, aborted when the returned
+/// future is dropped; a task that panicked gives `failed` of an error.
+/// Reads and writes of files in memory run on the thread that polls them:
+/// copies polled together in the job's task would share one thread,
+/// while tasks of their own spread over the runtime's threads.
+pub(crate) fn spawn_copy<T: Send + 'static>(
+    copy: impl Future<Output = T> + Send + 'static,
+    failed: impl FnOnce(BlockError) -> T,
+) -> impl Future<Output = T> {
+    let task = AbortOnDropHandle::new(tokio::spawn(copy));
+    async move {
+        task.await
+            .unwrap_or_else(|e| failed(generic(format!("copy failed: {e}"))))
     }
 }
 
