@@ -12,7 +12,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::jobs::{path, wait_event, Writer};
+use common::jobs::{path, pause_holds_the_copy, slow_copy_daemon, wait_event, wait_status, Writer};
 use common::{error, ok, tool, TestDaemon};
 use qmp::client::Client;
 use serde_json::json;
@@ -54,25 +54,6 @@ fn mirror_daemon() -> TestDaemon {
             "nbd,id=e0,node-name=src,name=disk,writable=on".into(),
         ]
     })
-}
-
-async fn job_status(client: &mut Client, id: &str) -> Option<String> {
-    let jobs = ok(client, "query-jobs", json!({})).await;
-    jobs.as_array()
-        .unwrap()
-        .iter()
-        .find(|job| job["id"] == id)
-        .map(|job| job["status"].as_str().unwrap().to_owned())
-}
-
-async fn wait_status(client: &mut Client, id: &str, status: &str) {
-    for _ in 0..3000 {
-        if job_status(client, id).await.as_deref() == Some(status) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("job {id} never {status}");
 }
 
 async fn export_node(client: &mut Client) -> String {
@@ -274,6 +255,19 @@ async fn refusals_are_qemus() {
         (class.as_str(), desc.as_str()),
         ("DeviceNotActive", "Block job 'j' not found")
     );
+}
+
+#[tokio::test]
+async fn job_pause_stops_a_mirror_that_copies_at_full_speed() {
+    let daemon = slow_copy_daemon();
+    let mut qmp = daemon.connect().await;
+    ok(
+        &mut qmp,
+        "blockdev-mirror",
+        json!({"job-id": "p", "device": "slow", "target": "sink", "sync": "full"}),
+    )
+    .await;
+    pause_holds_the_copy(&mut qmp, "p").await;
 }
 
 #[tokio::test]

@@ -1,16 +1,20 @@
-//! What the job tests share: waiting for an event, a path as text, the
-//! libnbd client of tests/python/nbd_pattern_writer.py that writes and
-//! verifies while a job runs (and pauses at the instants a test chooses),
-//! and comparing an image with a raw copy.
+//! What the job tests share: waiting for an event or a job status, a path
+//! as text, the libnbd client of tests/python/nbd_pattern_writer.py that
+//! writes and verifies while a job runs (and pauses at the instants a
+//! test chooses), comparing an image with a raw copy, and a copy slow
+//! enough to be paused in the middle.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use qmp::client::Client;
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::TestDaemon;
+use super::{ok, TestDaemon};
+
+/// Bytes of [`slow_copy_daemon`]'s source.
+const SLOW_SOURCE_LEN: u64 = 64 << 20;
 
 /// Waits for the event `name`; other events are skipped.
 pub async fn wait_event(client: &mut Client, name: &str) -> Value {
@@ -22,6 +26,77 @@ pub async fn wait_event(client: &mut Client, name: &str) -> Value {
         }
     }
     panic!("no {name} event");
+}
+
+async fn job_status(client: &mut Client, id: &str) -> Option<String> {
+    let jobs = ok(client, "query-jobs", json!({})).await;
+    jobs.as_array()
+        .unwrap()
+        .iter()
+        .find(|job| job["id"] == id)
+        .map(|job| job["status"].as_str().unwrap().to_owned())
+}
+
+/// Waits until job `id` has `status` (for up to 30 s).
+pub async fn wait_status(client: &mut Client, id: &str, status: &str) {
+    for _ in 0..3000 {
+        if job_status(client, id).await.as_deref() == Some(status) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} never {status}");
+}
+
+/// A daemon with `slow`, 64 MiB of data behind a throttle filter that
+/// reads 8 MiB/s, and `sink`, a `null-co` node of the same size: a job
+/// copying one to the other without a speed limit never sleeps, and
+/// takes seconds.
+pub fn slow_copy_daemon() -> TestDaemon {
+    let dir = tempfile::tempdir().unwrap();
+    let data = vec![0x5a; SLOW_SOURCE_LEN as usize];
+    std::fs::write(dir.path().join("data.raw"), data).unwrap();
+    TestDaemon::start_in(dir, |dir| {
+        vec![
+            "--object".into(),
+            "throttle-group,id=tg,x-bps-read=8388608".into(),
+            "--blockdev".into(),
+            format!(
+                "file,node-name=lo,filename={}",
+                dir.join("data.raw").display()
+            ),
+            "--blockdev".into(),
+            "throttle,node-name=slow,throttle-group=tg,file=lo".into(),
+            "--blockdev".into(),
+            format!("null-co,node-name=sink,size={SLOW_SOURCE_LEN}"),
+        ]
+    })
+}
+
+/// Pauses job `id`, which copies [`slow_copy_daemon`]'s source at full
+/// speed: it must pause once the copies in flight end, long before the
+/// whole source is copied (QEMU pauses at its next iteration too), and
+/// copy nothing while paused; then it resumes and is cancelled.
+pub async fn pause_holds_the_copy(client: &mut Client, id: &str) {
+    ok(client, "job-pause", json!({"id": id})).await;
+    wait_status(client, id, "paused").await;
+    let progress = |jobs: &Value| jobs[0]["current-progress"].as_u64().unwrap();
+    let paused = ok(client, "query-jobs", json!({})).await;
+    assert!(
+        progress(&paused) < SLOW_SOURCE_LEN,
+        "paused only when done: {paused}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let later = ok(client, "query-jobs", json!({})).await;
+    assert_eq!(
+        progress(&later),
+        progress(&paused),
+        "a paused job copied: {later}"
+    );
+    ok(client, "job-resume", json!({"id": id})).await;
+    wait_status(client, id, "running").await;
+    ok(client, "job-cancel", json!({"id": id})).await;
+    wait_event(client, "BLOCK_JOB_CANCELLED").await;
 }
 
 pub fn path(p: &Path) -> &str {

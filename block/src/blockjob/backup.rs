@@ -557,7 +557,7 @@ impl Backup {
                     return Ok(());
                 }
             }
-            while in_flight.len() < self.workers {
+            while in_flight.len() < self.workers && !context.pause_requested() {
                 let Some(range) = to_copy.next_dirty(cursor, chunk) else {
                     break;
                 };

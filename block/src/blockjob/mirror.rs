@@ -467,7 +467,10 @@ impl Mirror {
                     return Ok(());
                 }
             }
-            while in_flight.len() < max_in_flight && !context.is_cancelled() {
+            while in_flight.len() < max_in_flight
+                && !context.is_cancelled()
+                && !context.pause_requested()
+            {
                 let next = self
                     .bitmap
                     .next_dirty(cursor, chunk)
@@ -482,6 +485,10 @@ impl Mirror {
                 in_flight.push(super::spawn_copy(copy, failed));
             }
             let Some((range, result)) = in_flight.next().await else {
+                if self.bitmap.dirty_bytes() > 0 {
+                    // Nothing was started: a pause is pending.
+                    continue;
+                }
                 // Nothing dirty, nothing in flight.
                 if !self.ready.swap(true, Ordering::AcqRel) {
                     context.set_ready();

@@ -72,6 +72,13 @@ impl JobContext {
         self.with(|job, _| job.is_cancelled()).unwrap_or(true)
     }
 
+    /// Whether a pause is pending: a job that keeps many copies in flight
+    /// starts no more, so that it reaches its next pause point once they
+    /// end.
+    pub fn pause_requested(&self) -> bool {
+        self.with(|job, _| job.pause_count > 0).unwrap_or(false)
+    }
+
     /// Any cancel, forced or not (QEMU's `job_cancel_requested`): a ready
     /// mirror told to cancel softly ends without pivoting.
     pub fn cancel_requested(&self) -> bool {
