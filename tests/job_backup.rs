@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::jobs::{compare_raw, path, pause_holds_the_copy, slow_copy_daemon, wait_event, Writer};
+use common::jobs::{compare_raw, path, pause_holds_the_copy, wait_event, Writer};
 use common::{error, ok, tool, TestDaemon};
 use qmp::client::Client;
 use serde_json::json;
@@ -307,13 +307,5 @@ async fn a_compressed_backup_under_writes_is_its_point_in_time() {
 
 #[tokio::test]
 async fn job_pause_stops_a_backup_that_copies_at_full_speed() {
-    let daemon = slow_copy_daemon();
-    let mut qmp = daemon.connect().await;
-    ok(
-        &mut qmp,
-        "blockdev-backup",
-        json!({"job-id": "p", "device": "slow", "target": "sink", "sync": "full"}),
-    )
-    .await;
-    pause_holds_the_copy(&mut qmp, "p").await;
+    pause_holds_the_copy("blockdev-backup").await;
 }

@@ -12,7 +12,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::jobs::{path, pause_holds_the_copy, slow_copy_daemon, wait_event, wait_status, Writer};
+use common::jobs::{path, pause_holds_the_copy, wait_event, wait_status, Writer};
 use common::{error, ok, tool, TestDaemon};
 use qmp::client::Client;
 use serde_json::json;
@@ -259,15 +259,7 @@ async fn refusals_are_qemus() {
 
 #[tokio::test]
 async fn job_pause_stops_a_mirror_that_copies_at_full_speed() {
-    let daemon = slow_copy_daemon();
-    let mut qmp = daemon.connect().await;
-    ok(
-        &mut qmp,
-        "blockdev-mirror",
-        json!({"job-id": "p", "device": "slow", "target": "sink", "sync": "full"}),
-    )
-    .await;
-    pause_holds_the_copy(&mut qmp, "p").await;
+    pause_holds_the_copy("blockdev-mirror").await;
 }
 
 #[tokio::test]

@@ -52,7 +52,7 @@ pub async fn wait_status(client: &mut Client, id: &str, status: &str) {
 /// reads 8 MiB/s, and `sink`, a `null-co` node of the same size: a job
 /// copying one to the other without a speed limit never sleeps, and
 /// takes seconds.
-pub fn slow_copy_daemon() -> TestDaemon {
+fn slow_copy_daemon() -> TestDaemon {
     let dir = tempfile::tempdir().unwrap();
     let data = vec![0x5a; SLOW_SOURCE_LEN as usize];
     std::fs::write(dir.path().join("data.raw"), data).unwrap();
@@ -73,11 +73,17 @@ pub fn slow_copy_daemon() -> TestDaemon {
     })
 }
 
-/// Pauses job `id`, which copies [`slow_copy_daemon`]'s source at full
-/// speed: it must pause once the copies in flight end, long before the
-/// whole source is copied (QEMU pauses at its next iteration too), and
-/// copy nothing while paused; then it resumes and is cancelled.
-pub async fn pause_holds_the_copy(client: &mut Client, id: &str) {
+/// Starts `command` (`blockdev-mirror` or `blockdev-backup`, `sync=full`)
+/// copying [`slow_copy_daemon`]'s source at full speed, and pauses it: it
+/// must pause once the copies in flight end, long before the whole source
+/// is copied (QEMU pauses at its next iteration too), and copy nothing
+/// while paused; then it resumes and is cancelled.
+pub async fn pause_holds_the_copy(command: &str) {
+    let daemon = slow_copy_daemon();
+    let client = &mut daemon.connect().await;
+    let id = "p";
+    let args = json!({"job-id": id, "device": "slow", "target": "sink", "sync": "full"});
+    ok(client, command, args).await;
     ok(client, "job-pause", json!({"id": id})).await;
     wait_status(client, id, "paused").await;
     let progress = |jobs: &Value| jobs[0]["current-progress"].as_u64().unwrap();
