@@ -6,34 +6,60 @@
 //! left alone, so structures this driver does not walk (persistent
 //! bitmaps) never lose their clusters.
 
+use std::collections::BTreeMap;
+
 use super::layout::{corrupt, get_entry, CHex, L1E_OFFSET_MASK, REFT_OFFSET_MASK};
 use super::Qcow2;
 use crate::error::{BlockError, BlockResult, ErrorKind};
 
-/// The most host clusters a repair counts (bounds its memory: 4 bytes
-/// per cluster).
+/// The most host clusters a repair counts.
 const MAX_COUNTED_CLUSTERS: u64 = 1 << 28;
 
-/// Expected references per host cluster.
+/// Clusters whose counts are kept together (2 KiB of counts).
+const CHUNK_CLUSTERS: u64 = 512;
+
+/// Expected references per host cluster, in chunks of
+/// [`CHUNK_CLUSTERS`] that exist only where a reference was counted:
+/// memory follows the references the image holds, not how far into the
+/// address space a damaged entry points.
 #[derive(Default)]
-struct Counts(Vec<u32>);
+struct Counts(BTreeMap<u64, Box<[u32]>>);
 
 impl Counts {
     fn add(&mut self, first: u64, count: u64) -> BlockResult<()> {
-        let end = first + count;
-        if end > MAX_COUNTED_CLUSTERS {
-            return Err(BlockError::new(
-                ErrorKind::TooLarge,
-                "Image too large to repair its refcounts",
-            ));
-        }
-        if self.0.len() < end as usize {
-            self.0.resize(end as usize, 0);
-        }
-        for c in &mut self.0[first as usize..end as usize] {
-            *c = c.saturating_add(1);
+        let end = first
+            .checked_add(count)
+            .filter(|&end| end <= MAX_COUNTED_CLUSTERS)
+            .ok_or_else(|| {
+                BlockError::new(
+                    ErrorKind::TooLarge,
+                    "Image too large to repair its refcounts",
+                )
+            })?;
+        let mut cluster = first;
+        while cluster < end {
+            let chunk = cluster / CHUNK_CLUSTERS;
+            let base = chunk * CHUNK_CLUSTERS;
+            let counts = self
+                .0
+                .entry(chunk)
+                .or_insert_with(|| vec![0; CHUNK_CLUSTERS as usize].into_boxed_slice());
+            let to = (end - base).min(CHUNK_CLUSTERS);
+            for c in &mut counts[(cluster - base) as usize..to as usize] {
+                *c = c.saturating_add(1);
+            }
+            cluster = base + to;
         }
         Ok(())
+    }
+
+    /// Every referenced cluster and its expected references, in order.
+    fn referenced(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.0.iter().flat_map(|(&chunk, counts)| {
+            (chunk * CHUNK_CLUSTERS..)
+                .zip(counts.iter().copied())
+                .filter(|&(_, want)| want > 0)
+        })
     }
 }
 
@@ -71,9 +97,9 @@ impl Qcow2 {
         }
         {
             let mut refs = self.refs.lock().await;
-            for (cluster, &want) in counts.0.iter().enumerate() {
-                if want > 0 && refs.get(cluster as u64).await? < u64::from(want) {
-                    refs.raise(cluster as u64, u64::from(want)).await?;
+            for (cluster, want) in counts.referenced() {
+                if refs.get(cluster).await? < u64::from(want) {
+                    refs.raise(cluster, u64::from(want)).await?;
                 }
             }
         }
@@ -108,5 +134,37 @@ impl Qcow2 {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_keep_only_the_chunks_referenced() {
+        let mut counts = Counts::default();
+        counts.add(0, 1).unwrap();
+        counts.add(CHUNK_CLUSTERS - 1, 2).unwrap();
+        counts.add(CHUNK_CLUSTERS, 1).unwrap();
+        counts.add(MAX_COUNTED_CLUSTERS - 1, 1).unwrap();
+        assert_eq!(
+            counts.referenced().collect::<Vec<_>>(),
+            [
+                (0, 1),
+                (CHUNK_CLUSTERS - 1, 1),
+                (CHUNK_CLUSTERS, 2),
+                (MAX_COUNTED_CLUSTERS - 1, 1)
+            ]
+        );
+        assert_eq!(counts.0.len(), 3);
+    }
+
+    #[test]
+    fn counts_refuse_clusters_past_the_limit() {
+        let mut counts = Counts::default();
+        assert!(counts.add(MAX_COUNTED_CLUSTERS, 1).is_err());
+        assert!(counts.add(u64::MAX, 2).is_err());
+        assert_eq!(counts.referenced().count(), 0);
     }
 }
