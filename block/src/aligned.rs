@@ -3,8 +3,9 @@
 //! the page cache (as the memory of an [`crate::IoBuf`]): a copy between
 //! a page and a buffer that starts off a page boundary is slower.
 //!
-//! Large buffers may instead be mappings of their own on a huge-page
-//! boundary ([`AlignedBuf::huge`]), which the kernel may back with
+//! Large buffers are mappings of their own, which the kernel zeroes as
+//! they are first touched; they may be asked for on a huge-page boundary
+//! ([`AlignedBuf::huge`]), which the kernel may then back with
 //! transparent huge pages: where it copies into such a buffer page by page
 //! (a FUSE request read from `/dev/fuse` pins each page of the reader's
 //! buffer in turn), each page then costs it less.
@@ -34,6 +35,13 @@ enum Backing {
 /// pages), the alignment of [`AlignedBuf::huge`] buffers.
 pub const HUGE_PAGE: usize = 2 << 20;
 
+/// The base page size on x86-64 and arm64 (Linux's default there).
+const PAGE: usize = 4096;
+
+/// Page-aligned buffers of at least this size are mappings of their own
+/// (see [`AlignedBuf::zeroed`]).
+const MAP_FROM: usize = 256 << 10;
+
 // SAFETY: the buffer is plain owned memory, like a `Vec<u8>`.
 unsafe impl Send for AlignedBuf {}
 // SAFETY: shared references only read the memory.
@@ -50,7 +58,16 @@ unsafe impl IoMemory for AlignedBuf {
 impl AlignedBuf {
     /// `len` zero bytes aligned to `align` (a power of two). Fails with
     /// `TooLarge` if the memory cannot be had.
+    ///
+    /// From [`MAP_FROM`] bytes up, page-aligned buffers are mappings of
+    /// their own: the kernel hands their pages out zeroed as they are
+    /// first touched, where the allocator's memory would be written with
+    /// zeroes first (at the size of payload buffers, a pass over memory
+    /// that the first request into the buffer overwrites anyway).
     pub fn zeroed(len: usize, align: usize) -> BlockResult<Self> {
+        if len >= MAP_FROM && align <= PAGE {
+            return Self::mapped(len, PAGE);
+        }
         let too_large = || {
             BlockError::new(
                 ErrorKind::TooLarge,
@@ -74,6 +91,14 @@ impl AlignedBuf {
     /// does not use them, only the pages touched take memory). Fails
     /// with `TooLarge` if the memory cannot be had.
     pub fn huge(len: usize) -> BlockResult<Self> {
+        Self::mapped(len, HUGE_PAGE)
+    }
+
+    /// `len` zero bytes in an anonymous mapping of their own that starts
+    /// on a `boundary` (a power-of-two multiple of the page size) and
+    /// spans whole multiples of it; huge-page boundaries are offered to
+    /// the kernel for transparent huge pages.
+    fn mapped(len: usize, boundary: usize) -> BlockResult<Self> {
         let too_large = |e: std::io::Error| {
             BlockError::new(
                 ErrorKind::TooLarge,
@@ -82,10 +107,10 @@ impl AlignedBuf {
         };
         let map_len = len
             .max(1)
-            .checked_next_multiple_of(HUGE_PAGE)
+            .checked_next_multiple_of(boundary)
             .ok_or_else(|| too_large(std::io::ErrorKind::OutOfMemory.into()))?;
-        // Room to move the start to a huge-page boundary.
-        let reserve = map_len + HUGE_PAGE;
+        // Room to move the start to the boundary (mappings start on a page).
+        let reserve = map_len + (boundary - PAGE);
         // SAFETY: a new private anonymous mapping; no existing memory is
         // touched.
         let base = unsafe {
@@ -101,12 +126,12 @@ impl AlignedBuf {
         if base == libc::MAP_FAILED {
             return Err(too_large(std::io::Error::last_os_error()));
         }
-        let head = (HUGE_PAGE - base as usize % HUGE_PAGE) % HUGE_PAGE;
+        let head = (boundary - base as usize % boundary) % boundary;
         let tail = reserve - head - map_len;
         // SAFETY: `base` starts a fresh mapping of `reserve` bytes;
         // `[head, head + map_len)` stays mapped, and only the parts
-        // before and after it (page multiples, since `base` is
-        // page-aligned) are unmapped. madvise only advises.
+        // before and after it (page multiples, since `base` and
+        // `boundary` are) are unmapped. madvise only advises.
         let start = unsafe {
             let start = base.cast::<u8>().add(head);
             if head > 0 {
@@ -115,7 +140,9 @@ impl AlignedBuf {
             if tail > 0 {
                 libc::munmap(start.add(map_len).cast(), tail);
             }
-            libc::madvise(start.cast(), map_len, libc::MADV_HUGEPAGE);
+            if boundary >= HUGE_PAGE {
+                libc::madvise(start.cast(), map_len, libc::MADV_HUGEPAGE);
+            }
             start
         };
         let ptr = NonNull::new(start).ok_or_else(|| too_large(std::io::ErrorKind::Other.into()))?;
@@ -147,7 +174,7 @@ impl Drop for AlignedBuf {
         match self.backing {
             // SAFETY: allocated in `zeroed` with this very layout.
             Backing::Heap(layout) => unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) },
-            // SAFETY: mapped in `huge` with this length, and no view of
+            // SAFETY: mapped in `mapped` with this length, and no view of
             // it outlives the value.
             Backing::Map(map_len) => unsafe {
                 libc::munmap(self.ptr.as_ptr().cast(), map_len);
@@ -168,6 +195,18 @@ mod tests {
             assert!(buf.iter().all(|&b| b == 0));
             buf[5] = 7;
             assert_eq!(buf[5], 7);
+        }
+    }
+
+    #[test]
+    fn large_buffers_are_mappings_on_a_page_and_zeroed() {
+        for len in [MAP_FROM, MAP_FROM + 1, 3 * MAP_FROM] {
+            let mut buf = AlignedBuf::zeroed(len, 4096).expect("map");
+            assert!(matches!(buf.backing, Backing::Map(n) if n >= len && n % PAGE == 0));
+            assert_eq!(buf.as_ptr() as usize % PAGE, 0);
+            assert!(buf.iter().all(|&b| b == 0));
+            buf[len - 1] = 7;
+            assert_eq!(buf[len - 1], 7);
         }
     }
 

@@ -12,8 +12,11 @@
 //! and for the whole daemon
 //! ([`MAX_IDLE_BYTES_TOTAL`]), whatever the number of connections. A
 //! pool that served nothing for a second gives its idle buffers back (a
-//! sweeper thread looks once a second), as does a pool that is dropped;
-//! large buffers are their own memory mappings (see [`tune_allocator`];
+//! sweeper thread looks once a second). A pool that is dropped leaves its
+//! idle buffers to the next pools (a client that connects again, or
+//! opens its connections one after another, finds memory that is already
+//! mapped), and what no pool took by the next sweep is given back; large
+//! buffers are their own memory mappings (see [`tune_allocator`];
 //! from 2 MiB up, mappings on a huge-page boundary that the kernel may
 //! back with transparent huge pages: `AlignedBuf::huge`), so what is
 //! given back leaves the process.
@@ -47,6 +50,13 @@ static IDLE_BYTES_TOTAL: AtomicUsize = AtomicUsize::new(0);
 /// Every live pool, for the sweeper.
 static POOLS: Mutex<Vec<Weak<BufferPool>>> = Mutex::new(Vec::new());
 
+/// The idle buffers of dropped pools, for any pool to take; counted in
+/// [`IDLE_BYTES_TOTAL`].
+static ORPHANS: Mutex<Idle> = Mutex::new(Idle::EMPTY);
+/// Set when a buffer goes into or out of [`ORPHANS`]; the sweeper clears
+/// it, and releases the orphans it finds cleared.
+static ORPHANS_USED: AtomicBool = AtomicBool::new(false);
+
 /// Makes glibc serve large allocations (payload buffers) with memory
 /// mappings of their own, always: its default raises that threshold
 /// after the first large buffer is freed, and the memory of later ones
@@ -70,6 +80,27 @@ pub struct BufferPool {
 struct Idle {
     classes: [Vec<AlignedBuf>; CLASS_COUNT],
     bytes: usize,
+}
+
+impl Idle {
+    const EMPTY: Idle = Idle {
+        classes: [const { Vec::new() }; CLASS_COUNT],
+        bytes: 0,
+    };
+
+    fn pop(&mut self, class: usize) -> Option<AlignedBuf> {
+        let vec = self.classes[class].pop()?;
+        self.bytes -= vec.len();
+        Some(vec)
+    }
+
+    /// Moves every buffer of `other` here.
+    fn absorb(&mut self, other: Idle) {
+        for (mine, theirs) in self.classes.iter_mut().zip(other.classes) {
+            mine.extend(theirs);
+        }
+        self.bytes += other.bytes;
+    }
 }
 
 impl BufferPool {
@@ -107,10 +138,17 @@ impl BufferPool {
         }
     }
 
+    /// An idle buffer of `class`: this pool's own, else a dropped pool's.
     fn take(&self, class: usize) -> Option<AlignedBuf> {
-        let mut idle = lock(&self.idle);
-        let vec = idle.classes[class].pop()?;
-        idle.bytes -= vec.len();
+        let own = lock(&self.idle).pop(class);
+        let vec = match own {
+            Some(vec) => vec,
+            None => {
+                let vec = lock(&ORPHANS).pop(class)?;
+                ORPHANS_USED.store(true, Ordering::Relaxed);
+                vec
+            }
+        };
         IDLE_BYTES_TOTAL.fetch_sub(vec.len(), Ordering::Relaxed);
         Some(vec)
     }
@@ -126,11 +164,9 @@ impl BufferPool {
         {
             return;
         }
-        let reserved =
-            IDLE_BYTES_TOTAL.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
-                (total + len <= MAX_IDLE_BYTES_TOTAL).then_some(total + len)
-            });
-        if reserved.is_ok() {
+        // A live pool's buffers come before those nobody holds: if the
+        // daemon's share is used up, the orphans make room.
+        if reserve_idle(len) || (release_orphans() > 0 && reserve_idle(len)) {
             idle.bytes += len;
             idle.classes[class].push(vec);
         }
@@ -151,8 +187,14 @@ impl BufferPool {
 }
 
 impl Drop for BufferPool {
+    /// Leaves the idle buffers to other pools until the next sweep (they
+    /// stay within [`IDLE_BYTES_TOTAL`], where they were already counted).
     fn drop(&mut self) {
-        self.release_idle();
+        let idle = std::mem::take(&mut *lock(&self.idle));
+        if idle.bytes > 0 {
+            lock(&ORPHANS).absorb(idle);
+            ORPHANS_USED.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -173,7 +215,8 @@ fn start_sweeper() {
 }
 
 /// Releases the idle buffers of every pool unused since the last sweep,
-/// and forgets dropped pools.
+/// and the orphans if no pool took or left any since then; forgets
+/// dropped pools.
 fn sweep() {
     let pools: Vec<Arc<BufferPool>> = {
         let mut pools = lock(&POOLS);
@@ -186,11 +229,30 @@ fn sweep() {
             released += pool.release_idle();
         }
     }
+    if !ORPHANS_USED.swap(false, Ordering::Relaxed) {
+        released += release_orphans();
+    }
     if released > 0 {
         // Small buffers live in the heap: give its free top back too.
         // SAFETY: malloc_trim only returns free heap memory to the system.
         unsafe { libc::malloc_trim(0) };
     }
+}
+
+/// Counts `len` more idle bytes if the daemon's share has room for them.
+fn reserve_idle(len: usize) -> bool {
+    IDLE_BYTES_TOTAL
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+            (total + len <= MAX_IDLE_BYTES_TOTAL).then_some(total + len)
+        })
+        .is_ok()
+}
+
+/// Frees the orphans; returns how many bytes.
+fn release_orphans() -> usize {
+    let orphans = std::mem::take(&mut *lock(&ORPHANS));
+    IDLE_BYTES_TOTAL.fetch_sub(orphans.bytes, Ordering::Relaxed);
+    orphans.bytes
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -292,8 +354,16 @@ impl Drop for Buffer {
 mod tests {
     use super::*;
 
+    /// The tests share the daemon-wide share and the orphans: one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn orphan_bytes() -> usize {
+        lock(&ORPHANS).bytes
+    }
+
     #[test]
     fn buffers_are_reused_by_class() {
+        let _serial = lock(&SERIAL);
         let pool = BufferPool::new();
         let mut first = pool.get(1000);
         assert_eq!(first.len(), 1000);
@@ -310,6 +380,7 @@ mod tests {
 
     #[test]
     fn oversized_buffers_are_not_pooled() {
+        let _serial = lock(&SERIAL);
         let pool = BufferPool::new();
         let big = pool.get((32 << 20) + 1);
         assert_eq!(big.len(), (32 << 20) + 1);
@@ -319,18 +390,19 @@ mod tests {
 
     #[test]
     fn a_pool_keeps_a_bounded_amount_idle_and_gives_it_back() {
+        let _serial = lock(&SERIAL);
         let pool = BufferPool::new();
         let loans: Vec<Buffer> = (0..40).map(|_| pool.get(1 << 20)).collect();
         drop(loans);
-        // Other tests' pools may hold some of the daemon-wide share.
         let kept = pool.idle_bytes();
-        assert!(kept <= MAX_IDLE_BYTES_PER_POOL, "{kept}");
+        assert_eq!(kept, MAX_IDLE_BYTES_PER_POOL);
         assert_eq!(pool.release_idle(), kept);
         assert_eq!(pool.idle_bytes(), 0);
     }
 
     #[test]
     fn all_pools_together_keep_a_bounded_amount_idle() {
+        let _serial = lock(&SERIAL);
         let pools: Vec<_> = (0..8).map(|_| BufferPool::new()).collect();
         for pool in &pools {
             let loans: Vec<Buffer> = (0..16).map(|_| pool.get(1 << 20)).collect();
@@ -339,5 +411,46 @@ mod tests {
         let kept: usize = pools.iter().map(|p| p.idle_bytes()).sum();
         assert!(kept <= MAX_IDLE_BYTES_TOTAL, "{kept}");
         drop(pools);
+    }
+
+    #[test]
+    fn a_dropped_pools_buffers_serve_the_next_pool_until_two_sweeps_pass() {
+        let _serial = lock(&SERIAL);
+        let first = BufferPool::new();
+        let buffer = first.get(512 << 10);
+        let ptr = buffer.as_ref().as_ptr();
+        drop(buffer);
+        assert_eq!(first.idle_bytes(), 512 << 10);
+        drop(first);
+        assert!(orphan_bytes() >= 512 << 10);
+        let second = BufferPool::new();
+        let buffer = second.get(300 << 10);
+        assert_eq!(buffer.as_ref().as_ptr(), ptr);
+        drop(buffer);
+        drop(second);
+        // The first sweep finds the orphans used since the last one, the
+        // second gives them back.
+        sweep();
+        sweep();
+        assert_eq!(orphan_bytes(), 0);
+    }
+
+    #[test]
+    fn orphans_make_room_for_a_live_pools_buffers() {
+        let _serial = lock(&SERIAL);
+        let pools: Vec<_> = (0..MAX_IDLE_BYTES_TOTAL / MAX_IDLE_BYTES_PER_POOL)
+            .map(|_| BufferPool::new())
+            .collect();
+        for pool in &pools {
+            let loans: Vec<Buffer> = (0..16).map(|_| pool.get(1 << 20)).collect();
+            drop(loans);
+        }
+        drop(pools);
+        assert_eq!(orphan_bytes(), MAX_IDLE_BYTES_TOTAL);
+        let live = BufferPool::new();
+        drop(live.get(8 << 20));
+        assert_eq!(live.idle_bytes(), 8 << 20);
+        assert_eq!(orphan_bytes(), 0);
+        assert!(IDLE_BYTES_TOTAL.load(Ordering::Relaxed) <= MAX_IDLE_BYTES_TOTAL);
     }
 }
