@@ -15,15 +15,40 @@ use serde_json::json;
 
 /// The largest image kept: what the fuzzer writes at the file's start.
 const MAX_IMAGE: usize = 1 << 20;
-/// Inputs whose header claims more snapshots than this, but no more than
-/// QEMU's limit, are skipped: every snapshot past the first few takes the
-/// same path again (its table entry parsed, its L1 table read and counted
-/// by the repair of a dirty image), and thousands of them made each such
-/// input cost as much as a hundred others. Counts above QEMU's limit still
-/// reach the driver, which must refuse them.
-const MAX_SNAPSHOTS: u32 = 64;
-/// QEMU's `QCOW_MAX_SNAPSHOTS`.
-const QEMU_MAX_SNAPSHOTS: u32 = 65_536;
+/// Inputs whose header claims more than this, but no more than the
+/// driver accepts, are skipped: past the first few snapshots, or the
+/// first megabyte of a table, the driver takes the same path again (an
+/// entry parsed, an L1 table read and counted by the repair of a dirty
+/// image; a table read past the file's end as zeroes and converted), and
+/// such inputs cost as much as a hundred others each. Claims above the
+/// driver's limits still reach it, which must refuse them.
+const MAX_SNAPSHOTS: u64 = 64;
+const MAX_TABLE_BYTES: u64 = 1 << 20;
+/// The driver's limits: QEMU's `QCOW_MAX_SNAPSHOTS`, `QCOW_MAX_L1_SIZE`,
+/// `QCOW_MAX_REFTABLE_SIZE`, and the largest cluster (2 MiB).
+const QEMU_MAX_SNAPSHOTS: u64 = 65_536;
+const QEMU_MAX_L1_BYTES: u64 = 32 << 20;
+const QEMU_MAX_REFTABLE_BYTES: u64 = 8 << 20;
+const QEMU_MAX_CLUSTER_BITS: u32 = 21;
+
+/// Whether the header claims many of something the driver would accept,
+/// each of which takes the same path (see [`MAX_SNAPSHOTS`]).
+fn repeats_one_path(header: &[u8]) -> bool {
+    let be32 = |at: usize| {
+        header
+            .get(at..at + 4)
+            .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+    };
+    let many = |claim: u64, limit: u64, accepted: u64| claim > limit && claim <= accepted;
+    let cluster_bits = be32(20).min(QEMU_MAX_CLUSTER_BITS);
+    many(u64::from(be32(60)), MAX_SNAPSHOTS, QEMU_MAX_SNAPSHOTS)
+        || many(u64::from(be32(36)) * 8, MAX_TABLE_BYTES, QEMU_MAX_L1_BYTES)
+        || many(
+            u64::from(be32(56)) << cluster_bits,
+            MAX_TABLE_BYTES,
+            QEMU_MAX_REFTABLE_BYTES,
+        )
+}
 
 struct Context {
     runtime: tokio::runtime::Runtime,
@@ -36,10 +61,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 8 || data.len() > MAX_IMAGE {
         return;
     }
-    let snapshots = data
-        .get(60..64)
-        .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
-    if snapshots > MAX_SNAPSHOTS && snapshots <= QEMU_MAX_SNAPSHOTS {
+    if repeats_one_path(data) {
         return;
     }
     let context = CONTEXT.get_or_init(|| Context {
