@@ -373,21 +373,23 @@ async fn open_timeout_waits_for_a_server_that_comes_up_late() {
     // Nobody comes: the last attempt's error, once the time is up.
     let (_, desc) = error(&mut client, "blockdev-add", add("gone", 1)).await;
     assert!(desc.starts_with("Failed to connect to"), "{desc}");
-    // The server starts while the node opens.
-    let late = {
-        let socket = socket.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(700));
-            Command::new("nbdkit")
-                .args(["--foreground", "--unix", socket.to_str().expect("UTF-8")])
-                .args(["--exportname", "disk", "memory", "2M"])
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nbdkit")
-        })
-    };
-    ok(&mut client, "blockdev-add", add("n", 60)).await;
-    let mut nbdkit = late.join().expect("starter");
+    // The server starts while the node opens. It is started from the
+    // test's own thread: an nbdkit started by a helper thread that then
+    // ended exited at once (status 0, as on SIGTERM) in about half the
+    // runs on one machine, and the node waited out its 60 s.
+    let late_node = add("n", 60);
+    let opening = tokio::spawn(async move {
+        ok(&mut client, "blockdev-add", late_node).await;
+        client
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut nbdkit = Command::new("nbdkit")
+        .args(["--foreground", "--unix", socket.to_str().expect("UTF-8")])
+        .args(["--exportname", "disk", "memory", "2M"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nbdkit");
+    let mut client = opening.await.expect("blockdev-add");
     let nodes = ok(&mut client, "query-named-block-nodes", json!({})).await;
     assert_eq!(nodes[0]["image"]["virtual-size"], 2 << 20);
     let _ = nbdkit.kill();
