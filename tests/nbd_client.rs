@@ -40,6 +40,17 @@ fn wait_for_socket(path: &Path, child: &mut Child) {
     }
 }
 
+/// nbdkit serving export `disk` from memory (`size`, nbdkit's syntax) on
+/// `socket`; the caller waits for the socket.
+fn memory_nbdkit(socket: &Path, size: &str) -> Child {
+    Command::new("nbdkit")
+        .args(["--foreground", "--unix", socket.to_str().expect("UTF-8")])
+        .args(["--exportname", "disk", "memory", size])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nbdkit")
+}
+
 /// A server of export `disk` (64 MiB) on `socket`, by kind.
 enum Backend {
     Process(Child),
@@ -62,12 +73,7 @@ impl Backend {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("qemu-nbd"),
-            "nbdkit" => Command::new("nbdkit")
-                .args(["--foreground", "--unix", socket_str, "--exportname", "disk"])
-                .args(["memory", "64M"])
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nbdkit"),
+            "nbdkit" => memory_nbdkit(socket, "64M"),
             _ => {
                 let daemon = TestDaemon::start(&[
                     "--blockdev",
@@ -193,12 +199,7 @@ async fn a_missing_server_or_export_is_refused_clearly() {
     );
     // An export the server does not have.
     let socket = daemon.path("backend.sock");
-    let mut nbdkit = Command::new("nbdkit")
-        .args(["--foreground", "--unix", socket.to_str().expect("UTF-8")])
-        .args(["--exportname", "disk", "memory", "1M"])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nbdkit");
+    let mut nbdkit = memory_nbdkit(&socket, "1M");
     wait_for_socket(&socket, &mut nbdkit);
     ok(&mut client, "blockdev-add", add(&socket, "disk")).await;
     let nodes = ok(&mut client, "query-named-block-nodes", json!({})).await;
@@ -383,12 +384,7 @@ async fn open_timeout_waits_for_a_server_that_comes_up_late() {
         client
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let mut nbdkit = Command::new("nbdkit")
-        .args(["--foreground", "--unix", socket.to_str().expect("UTF-8")])
-        .args(["--exportname", "disk", "memory", "2M"])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nbdkit");
+    let mut nbdkit = memory_nbdkit(&socket, "2M");
     let mut client = opening.await.expect("blockdev-add");
     let nodes = ok(&mut client, "query-named-block-nodes", json!({})).await;
     assert_eq!(nodes[0]["image"]["virtual-size"], 2 << 20);

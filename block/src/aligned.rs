@@ -36,7 +36,7 @@ enum Backing {
 pub const HUGE_PAGE: usize = 2 << 20;
 
 /// The base page size on x86-64 and arm64 (Linux's default there).
-const PAGE: usize = 4096;
+pub const PAGE: usize = 4096;
 
 /// Page-aligned buffers of at least this size are mappings of their own
 /// (see [`AlignedBuf::zeroed`]).

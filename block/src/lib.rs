@@ -52,7 +52,7 @@ pub mod trace;
 pub mod write_hooks;
 mod write_threshold;
 
-pub use aligned::{AlignedBuf, HUGE_PAGE};
+pub use aligned::{AlignedBuf, HUGE_PAGE, PAGE};
 pub use backend::{BackendMode, BlockBackend, HeldReadSource};
 pub use driver::{
     BackingFileName, BlockDriver, ChildRole, DriverInfo, Extent, WriteFlags, ZeroFlags,

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
 use std::time::Duration;
 
-use block::{AlignedBuf, IoMemory, HUGE_PAGE};
+use block::{AlignedBuf, IoMemory, HUGE_PAGE, PAGE};
 
 /// The smallest buffer handed out; smaller requests round up to it.
 const MIN_CLASS_SHIFT: u32 = 12;
@@ -291,8 +291,6 @@ fn page_aligned(len: usize) -> AlignedBuf {
         )
     })
 }
-
-const PAGE: usize = 4096;
 
 /// A buffer on loan from a [`BufferPool`]; it goes back when dropped.
 pub struct Buffer {

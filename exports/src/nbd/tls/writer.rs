@@ -101,7 +101,7 @@ impl AsyncWrite for TlsWriter {
     }
 }
 
-/// Gathers the first of `bufs` into `into`, up to [`TLS_WRITE_GATHER`]
+/// Gathers `bufs`, in order, into `into`, up to [`TLS_WRITE_GATHER`]
 /// bytes; of a slice of [`TLS_WRITE_DIRECT`] bytes or more after others,
 /// only what fills the record they started (the rest goes to TLS as it
 /// is, by the next write).
