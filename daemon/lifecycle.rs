@@ -74,6 +74,9 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
         version::version_info(),
         events,
     ));
+    // As QSD, answer no command before the whole command line is applied:
+    // a client-mode monitor connects, and is greeted, at its `--chardev`.
+    monitors.hold_commands();
     let mut startup = Startup::new(
         daemon.clone(),
         monitors.clone(),
@@ -112,6 +115,7 @@ pub async fn run(invocation: Invocation, ready: Option<ReadyNotifier>, program: 
         }
     };
     tracing::info!("ready");
+    monitors.release_commands();
     sd_notify::ready(&serving(&daemon));
 
     tokio::select! {

@@ -481,3 +481,65 @@ async fn socket_pipe_and_stdio_chardevs_answer_as_qemu_storage_daemon() {
         assert_eq!(mine, theirs, "{what}");
     }
 }
+
+/// The nodes a client-mode monitor lists when its requests reach the
+/// daemon while startup still waits: `program` connects to the test's
+/// listener at the first `--chardev`, then a `wait=on` socket holds its
+/// startup until the test connects there, after sending its requests; the
+/// `--blockdev` comes last.
+async fn nodes_seen_during_startup(mut program: Command) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let harness_path = dir.path().join("harness.sock");
+    let gate_path = dir.path().join("gate.sock");
+    let harness = tokio::net::UnixListener::bind(&harness_path).expect("listen");
+    program
+        .arg("--chardev")
+        .arg(format!("socket,id=harness,path={}", harness_path.display()))
+        .args(["--monitor", "chardev=harness", "--chardev"])
+        .arg(format!(
+            "socket,id=gate,path={},server=on,wait=on",
+            gate_path.display()
+        ))
+        .args(["--monitor", "chardev=gate"])
+        .args(["--blockdev", "null-co,node-name=n0"]);
+    let _daemon = common::KillOnDrop(program.spawn().expect("start the daemon"));
+    let (stream, _) = harness.accept().await.expect("the daemon connects");
+    let mut client = qmp::client::Client::on_unix_stream(stream)
+        .await
+        .expect("greeting");
+    let answers = tokio::spawn(async move {
+        client.negotiate().await.expect("negotiate");
+        ok(
+            &mut client,
+            "query-named-block-nodes",
+            json!({"flat": true}),
+        )
+        .await
+    });
+    // The requests are on their way; now let startup go on.
+    let gate = loop {
+        match tokio::net::UnixStream::connect(&gate_path).await {
+            Ok(gate) => break gate,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    let nodes = answers.await.expect("the requests are answered");
+    drop(gate);
+    Value::Array(
+        nodes
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|node| node["node-name"].clone())
+            .collect(),
+    )
+}
+
+/// QSD answers nothing before its whole command line is applied, so a
+/// monitor that connected early sees every node the command line adds.
+#[tokio::test]
+async fn a_client_mode_monitor_is_answered_once_startup_is_done() {
+    let qsd = nodes_seen_during_startup(Command::new("qemu-storage-daemon")).await;
+    assert_eq!(qsd, json!(["n0"]));
+    assert_eq!(nodes_seen_during_startup(storaged()).await, qsd);
+}

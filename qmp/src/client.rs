@@ -66,7 +66,13 @@ impl Client {
 
     /// Connects to a Unix socket monitor and reads the greeting.
     pub async fn connect_unix(path: impl AsRef<Path>) -> io::Result<Self> {
-        let (input, output) = UnixStream::connect(path).await?.into_split();
+        Self::on_unix_stream(UnixStream::connect(path).await?).await
+    }
+
+    /// Speaks QMP on a connection made otherwise (say, accepted from a
+    /// client-mode monitor) and reads the greeting.
+    pub async fn on_unix_stream(stream: UnixStream) -> io::Result<Self> {
+        let (input, output) = stream.into_split();
         Self::start(Box::new(input), Box::new(output)).await
     }
 

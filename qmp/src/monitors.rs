@@ -55,6 +55,7 @@ impl Monitors {
                 command_lock: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
                 abort: CancellationToken::new(),
+                commands_released: tokio::sync::watch::Sender::new(true),
             }),
             tasks: TaskTracker::new(),
             socket_files: Mutex::new(Vec::new()),
@@ -64,6 +65,20 @@ impl Monitors {
     /// The bus whose events reach this set's negotiated clients.
     pub fn events(&self) -> &EventBus {
         &self.shared.events
+    }
+
+    /// Holds every in-band request, of every session, until
+    /// [`Monitors::release_commands`]: as QSD, which answers nothing
+    /// before it has applied its whole command line, the daemon calls it
+    /// before its first monitor starts. Clients get their greeting and
+    /// their requests are read, but not answered, meanwhile.
+    pub fn hold_commands(&self) {
+        self.shared.commands_released.send_replace(false);
+    }
+
+    /// Lets the requests held since [`Monitors::hold_commands`] run.
+    pub fn release_commands(&self) {
+        self.shared.commands_released.send_replace(true);
     }
 
     /// Starts a monitor listening on `address`. With `wait_for_client`

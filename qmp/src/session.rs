@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Close every connection now, without flushing.
     pub(crate) abort: CancellationToken,
+    /// Whether in-band requests may run: false while the daemon is still
+    /// applying its command line (see [`crate::Monitors::hold_commands`]).
+    pub(crate) commands_released: tokio::sync::watch::Sender<bool>,
 }
 
 /// Options of one monitor (`--monitor chardev=...,pretty=on|off`).
@@ -214,6 +217,11 @@ impl Session {
     }
 
     async fn execute(self: Arc<Self>, mut pending: mpsc::Receiver<InBand>) {
+        let mut released = self.shared.commands_released.subscribe();
+        tokio::select! {
+            _ = self.stopped() => {}
+            _ = released.wait_for(|released| *released) => {}
+        }
         while let Some(item) = pending.recv().await {
             if self.stopping() {
                 continue;
