@@ -1,9 +1,10 @@
 //! qcow2's metadata overlap checks (issue 15 item 5): an image whose L2
-//! entry for guest cluster 0 was damaged to point at the refcount table.
-//! A guest write there must not become a write of the refcount table:
-//! it fails, the image is marked corrupt and `BLOCK_IMAGE_CORRUPTED`
-//! says why, as QSD does; with `overlap-check=none` the write lands on
-//! the table, which is what the checks prevent.
+//! entry for guest cluster 0 was damaged to point at metadata (the
+//! refcount table, the L2 table itself, a refcount block). A guest write
+//! there must not become a write of the metadata: it fails, the image is
+//! marked corrupt and `BLOCK_IMAGE_CORRUPTED` says why, as QSD does; with
+//! `overlap-check=none` the write lands on the refcount table, which is
+//! what the checks prevent.
 
 mod common;
 
@@ -23,9 +24,32 @@ fn be64(file: &std::fs::File, at: u64) -> u64 {
     u64::from_be_bytes(bytes)
 }
 
+/// The metadata cluster a damaged L2 entry points at.
+#[derive(Clone, Copy)]
+enum Target {
+    RefcountTable,
+    /// The L2 table that holds the damaged entry.
+    ActiveL2,
+    /// The first refcount block.
+    RefcountBlock,
+}
+
+impl Target {
+    /// Its offset in the image `file`.
+    fn locate(self, file: &std::fs::File) -> u64 {
+        let mask = 0x00ff_ffff_ffff_fe00;
+        let reftable = be64(file, 48);
+        match self {
+            Target::RefcountTable => reftable,
+            Target::ActiveL2 => be64(file, be64(file, 40)) & mask,
+            Target::RefcountBlock => be64(file, reftable) & mask,
+        }
+    }
+}
+
 /// A 64 MiB qcow2 image with data in guest cluster 0 whose L2 entry
-/// then points at the refcount table; returns the table's offset.
-fn damaged_image(path: &Path) -> u64 {
+/// then points at `target`.
+fn damaged_image(path: &Path, target: Target) {
     common::create_qcow2(path.to_str().unwrap(), "64M");
     common::tool(
         "qemu-io",
@@ -42,26 +66,25 @@ fn damaged_image(path: &Path) -> u64 {
         .write(true)
         .open(path)
         .expect("image");
-    let l1 = be64(&file, 40);
-    let reftable = be64(&file, 48);
-    let l2 = be64(&file, l1) & 0x00ff_ffff_ffff_fe00;
+    let l2 = Target::ActiveL2.locate(&file);
     let copied = 1u64 << 63;
-    file.write_all_at(&(reftable | copied).to_be_bytes(), l2)
+    file.write_all_at(&(target.locate(&file) | copied).to_be_bytes(), l2)
         .expect("damage the L2 entry");
-    reftable
 }
 
-/// Runs `program` on a damaged image with `overlap_check` (if any), writes
-/// 4 KiB at guest offset 0 through NBD, and returns whether the write
-/// succeeded, the corruption event (if any), whether the refcount table
-/// kept its bytes and whether the header's corrupt bit is set.
+/// Runs `program` on an image damaged to point at `target` with
+/// `overlap_check` (if any), writes 4 KiB at guest offset 0 through NBD,
+/// and returns whether the write succeeded, the corruption event (if
+/// any), whether the target kept its bytes and whether the header's
+/// corrupt bit is set.
 async fn write_over_metadata(
     program: Command,
+    target: Target,
     overlap_check: &str,
 ) -> (bool, Option<Value>, bool, bool) {
     let option = overlap_check.to_string();
     let mut daemon = TestDaemon::spawn(program, tempfile::tempdir().unwrap(), move |dir| {
-        damaged_image(&dir.join("disk.qcow2"));
+        damaged_image(&dir.join("disk.qcow2"), target);
         vec![
             "--blockdev".into(),
             format!(
@@ -81,9 +104,9 @@ async fn write_over_metadata(
     });
     let image = daemon.path("disk.qcow2");
     let file = std::fs::File::open(&image).unwrap();
-    let reftable = be64(&file, 48);
-    let mut table_before = vec![0; CLUSTER as usize];
-    file.read_exact_at(&mut table_before, reftable).unwrap();
+    let metadata = target.locate(&file);
+    let mut before = vec![0; CLUSTER as usize];
+    file.read_exact_at(&mut before, metadata).unwrap();
     let mut qmp = daemon.connect().await;
     let uri = format!(
         "nbd+unix:///disk?socket={}",
@@ -102,22 +125,22 @@ async fn write_over_metadata(
         .expect("monitor");
     ok(&mut qmp, "quit", json!({})).await;
     daemon.wait_exit();
-    let mut table_after = vec![0; CLUSTER as usize];
-    file.read_exact_at(&mut table_after, reftable).unwrap();
+    let mut after = vec![0; CLUSTER as usize];
+    file.read_exact_at(&mut after, metadata).unwrap();
     let corrupt_bit = be64(&file, 72) & 2 != 0;
-    (written, event, table_before == table_after, corrupt_bit)
+    (written, event, before == after, corrupt_bit)
 }
 
-#[tokio::test]
-async fn a_write_that_would_land_on_metadata_is_refused_as_qsd_refuses_it() {
-    let (written, event, table_kept, corrupt) = write_over_metadata(common::storaged(), "").await;
+/// A write to `target` is refused, and reported, as QSD refuses it.
+async fn refused_as_qsd_refuses(target: Target) {
+    let (written, event, kept, corrupt) = write_over_metadata(common::storaged(), target, "").await;
     assert!(!written, "the write must fail");
-    assert!(table_kept, "the refcount table must keep its bytes");
+    assert!(kept, "the metadata must keep its bytes");
     assert!(corrupt, "the image is marked corrupt");
     let event = event.expect("BLOCK_IMAGE_CORRUPTED");
-    let (_, qsd_event, qsd_table_kept, qsd_corrupt) =
-        write_over_metadata(Command::new("qemu-storage-daemon"), "").await;
-    assert!(qsd_table_kept && qsd_corrupt);
+    let (_, qsd_event, qsd_kept, qsd_corrupt) =
+        write_over_metadata(Command::new("qemu-storage-daemon"), target, "").await;
+    assert!(qsd_kept && qsd_corrupt);
     let qsd_event = qsd_event.expect("QSD's BLOCK_IMAGE_CORRUPTED");
     assert_eq!(event["event"], qsd_event["event"]);
     assert_eq!(
@@ -127,9 +150,28 @@ async fn a_write_that_would_land_on_metadata_is_refused_as_qsd_refuses_it() {
 }
 
 #[tokio::test]
+async fn a_write_that_would_land_on_the_refcount_table_is_refused_as_qsd_refuses_it() {
+    refused_as_qsd_refuses(Target::RefcountTable).await;
+}
+
+#[tokio::test]
+async fn a_write_that_would_land_on_an_l2_table_is_refused_as_qsd_refuses_it() {
+    refused_as_qsd_refuses(Target::ActiveL2).await;
+}
+
+#[tokio::test]
+async fn a_write_that_would_land_on_a_refcount_block_is_refused_as_qsd_refuses_it() {
+    refused_as_qsd_refuses(Target::RefcountBlock).await;
+}
+
+#[tokio::test]
 async fn without_overlap_checks_the_write_lands_on_the_refcount_table() {
-    let (written, event, table_kept, _) =
-        write_over_metadata(common::storaged(), ",overlap-check=none").await;
+    let (written, event, table_kept, _) = write_over_metadata(
+        common::storaged(),
+        Target::RefcountTable,
+        ",overlap-check=none",
+    )
+    .await;
     assert!(written, "nothing refuses the write");
     assert!(!table_kept, "the refcount table was overwritten");
     assert!(event.is_none(), "{event:?}");

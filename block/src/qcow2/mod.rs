@@ -269,7 +269,13 @@ async fn load_tables(
         .read_vec(h.l1_table_offset, h.l1_size as usize * 8)
         .await
         .map_err(|e| BlockError::new(e.kind, format!("Could not read L1 table: {e}")))?;
-    let l1 = FlatTable::from_bytes(h.l1_table_offset, &l1_bytes, h.l1_size as usize, cs);
+    let l1 = FlatTable::from_bytes(
+        h.l1_table_offset,
+        &l1_bytes,
+        h.l1_size as usize,
+        cs,
+        layout::L1E_OFFSET_MASK,
+    );
     let refs = Refcounts::open(
         geo,
         file.clone(),

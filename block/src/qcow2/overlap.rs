@@ -15,7 +15,7 @@
 
 use schema::block::{Qcow2OverlapCheckFlags, Qcow2OverlapCheckMode, Qcow2OverlapChecks};
 
-use super::layout::{corrupt, L1E_OFFSET_MASK, REFT_OFFSET_MASK};
+use super::layout::corrupt;
 use super::Qcow2;
 use crate::error::BlockResult;
 
@@ -97,13 +97,7 @@ impl Qcow2 {
             {
                 hit = hit.or(Some("active L1 table"));
             }
-            if checks.contains(OverlapChecks::ACTIVE_L2)
-                && l1
-                    .entries()
-                    .iter()
-                    .map(|entry| entry & L1E_OFFSET_MASK)
-                    .any(|table| table != 0 && hits(table, cs))
-            {
+            if checks.contains(OverlapChecks::ACTIVE_L2) && l1.points_into(offset, end, cs) {
                 hit = hit.or(Some("active L2 table"));
             }
         }
@@ -115,13 +109,7 @@ impl Qcow2 {
             if checks.contains(OverlapChecks::REFCOUNT_TABLE) && hits(table, table_clusters * cs) {
                 hit = hit.or(Some("refcount table"));
             }
-            if checks.contains(OverlapChecks::REFCOUNT_BLOCK)
-                && refs
-                    .table_entries()
-                    .iter()
-                    .map(|entry| entry & REFT_OFFSET_MASK)
-                    .any(|block| block != 0 && hits(block, cs))
-            {
+            if checks.contains(OverlapChecks::REFCOUNT_BLOCK) && refs.block_overlaps(offset, end) {
                 hit = hit.or(Some("refcount block"));
             }
         }

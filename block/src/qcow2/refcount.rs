@@ -77,7 +77,13 @@ impl Refcounts {
             .read_vec(table_offset, table_bytes as usize)
             .await
             .map_err(|e| BlockError::new(e.kind, format!("Could not read refcount table: {e}")))?;
-        let table = FlatTable::from_bytes(table_offset, &bytes, (table_bytes / 8) as usize, cs);
+        let table = FlatTable::from_bytes(
+            table_offset,
+            &bytes,
+            (table_bytes / 8) as usize,
+            cs,
+            REFT_OFFSET_MASK,
+        );
         let high_water = file.size().div_ceil(cs);
         Ok(Refcounts {
             geo,
@@ -110,6 +116,11 @@ impl Refcounts {
     /// Refcount table entries (for walks over every block).
     pub fn table_entries(&self) -> &[u64] {
         self.table.entries()
+    }
+
+    /// Whether a refcount block overlaps `[start, end)`.
+    pub fn block_overlaps(&self, start: u64, end: u64) -> bool {
+        self.table.points_into(start, end, self.geo.cluster_size())
     }
 
     /// The refcount block `index` of the table, if allocated.
@@ -373,7 +384,7 @@ impl Refcounts {
             })
             .await?;
         let (old_offset, old_clusters) = self.table_location();
-        self.table = FlatTable::from_entries(table_offset, entries, cs);
+        self.table = FlatTable::from_entries(table_offset, entries, cs, REFT_OFFSET_MASK);
         for j in 0..blocks as usize {
             let block_bytes = bytes[j * block_len..(j + 1) * block_len].to_vec();
             self.blocks

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use super::flat_table::FlatTable;
 use super::header::MAX_L1_BYTES;
+use super::layout::L1E_OFFSET_MASK;
 use super::Qcow2;
 use crate::error::{BlockError, BlockResult, ErrorKind};
 
@@ -98,7 +99,7 @@ impl Qcow2 {
                 h.l1_size = new_len as u32;
             })
             .await?;
-        *self.l1_mut() = FlatTable::from_entries(allocation.offset, entries, cs);
+        *self.l1_mut() = FlatTable::from_entries(allocation.offset, entries, cs, L1E_OFFSET_MASK);
         let old_clusters = (old_len * 8).div_ceil(cs);
         if old_offset != 0 && old_clusters > 0 {
             let first = self.geo().cluster_index(old_offset);

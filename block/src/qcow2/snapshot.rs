@@ -260,7 +260,7 @@ impl Qcow2 {
             .ok_or_else(|| BlockError::new(ErrorKind::InvalidArgument, "Can't find snapshot"))?;
         let entries = self.snapshot_l1(&snapshot).await?;
         let cs = self.geo().cluster_size();
-        *self.l1_mut() = FlatTable::from_entries(snapshot.l1_offset, entries, cs);
+        *self.l1_mut() = FlatTable::from_entries(snapshot.l1_offset, entries, cs, L1E_OFFSET_MASK);
         self.l2_cache.clear();
         Ok(())
     }
