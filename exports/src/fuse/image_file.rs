@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Waker};
 use std::time::SystemTime;
 
 use block::{BlockBackend, IoBuf, WriteFlags, ZeroFlags};
@@ -223,10 +224,19 @@ impl ImageFile {
             return;
         }
         shared.inline.fetch_sub(1, Ordering::AcqRel);
-        shared.runtime.spawn(async move {
+        let mut task = Box::pin(async move {
             request.await;
             drop((guard, large));
         });
+        // Polled once here first: a request that needs no waiting (a file
+        // in memory, cached metadata) is done without a hand-over to
+        // another thread. One that waits goes to the event loop, whose
+        // first poll registers its own waker.
+        let _runtime = shared.runtime.enter();
+        let mut first = Context::from_waker(Waker::noop());
+        if task.as_mut().poll(&mut first).is_pending() {
+            shared.runtime.spawn(task);
+        }
     }
 
     /// Serves every request but `WRITE` (see [`ImageFile::write`]) and
