@@ -187,8 +187,9 @@ impl ImageFile {
     /// is closed it is refused with `ENOTCONN` (as if the server were
     /// gone). While few requests run inline, this one runs inline too, on
     /// the session thread that read it (no hand-over to another thread:
-    /// the latency of a lone request); past that it becomes a task of the
-    /// export's event loop, and the thread goes back to reading requests.
+    /// the latency of a lone request); past that it is polled once there
+    /// (done if it needs no waiting), then becomes a task of the export's
+    /// event loop, and the thread goes back to reading requests.
     fn serve<F, Fut>(&self, reply: Reply, work: F)
     where
         F: FnOnce(Arc<ImageShared>, BlockBackend, Reply) -> Fut,
