@@ -189,7 +189,8 @@ impl ImageFile {
     /// the session thread that read it (no hand-over to another thread:
     /// the latency of a lone request); past that it is polled once there
     /// (done if it needs no waiting), then becomes a task of the export's
-    /// event loop, and the thread goes back to reading requests.
+    /// event loop, and the thread goes back to reading requests. With an
+    /// iothread, every request is a task of the iothread.
     fn serve<F, Fut>(&self, reply: Reply, work: F)
     where
         F: FnOnce(Arc<ImageShared>, BlockBackend, Reply) -> Fut,
@@ -229,15 +230,19 @@ impl ImageFile {
             request.await;
             drop((guard, large));
         });
-        // Polled once here first: a request that needs no waiting (a file
-        // in memory, cached metadata) is done without a hand-over to
-        // another thread. One that waits goes to the event loop, whose
-        // first poll registers its own waker.
-        let _runtime = shared.runtime.enter();
-        let mut first = Context::from_waker(Waker::noop());
-        if task.as_mut().poll(&mut first).is_pending() {
-            shared.runtime.spawn(task);
+        // Without an iothread, polled once here first: a request that
+        // needs no waiting (a file in memory, cached metadata) is done
+        // without a hand-over to another thread. One that waits goes to
+        // the event loop, whose first poll registers its own waker. With
+        // one, the request runs on the iothread only.
+        if shared.inline_limit > 0 {
+            let _runtime = shared.runtime.enter();
+            let mut first = Context::from_waker(Waker::noop());
+            if task.as_mut().poll(&mut first).is_ready() {
+                return;
+            }
         }
+        shared.runtime.spawn(task);
     }
 
     /// Serves every request but `WRITE` (see [`ImageFile::write`]) and
