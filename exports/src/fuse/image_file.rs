@@ -232,13 +232,16 @@ impl ImageFile {
         });
         // Without an iothread, polled once here first: a request that
         // needs no waiting (a file in memory, cached metadata) is done
-        // without a hand-over to another thread. One that waits goes to
-        // the event loop, whose first poll registers its own waker. With
-        // one, the request runs on the iothread only.
+        // without a hand-over to another thread. One that waits (a call
+        // that may block goes to the blocking pool rather than holding
+        // this thread) goes to the event loop, whose first poll registers
+        // its own waker. With one, the request runs on the iothread only.
         if shared.inline_limit > 0 {
             let _runtime = shared.runtime.enter();
             let mut first = Context::from_waker(Waker::noop());
-            if task.as_mut().poll(&mut first).is_ready() {
+            let polled =
+                block::blocking::polling_without_blocking(|| task.as_mut().poll(&mut first));
+            if polled.is_ready() {
                 return;
             }
         }
