@@ -15,8 +15,11 @@
 //! 32 cost 55 µs of server CPU per request through the pool, 35 in
 //! place). Outside a runtime (tools, some tests) the call runs inline.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
@@ -33,11 +36,23 @@ thread_local! {
 /// runtime's workers, such as a virtqueue's thread) so that a call that
 /// would block goes to the blocking pool instead of running in place:
 /// the future then waits, and its caller hands it to the runtime.
-pub fn polling_without_blocking<R>(poll: impl FnOnce() -> R) -> R {
+fn polling_without_blocking<R>(poll: impl FnOnce() -> R) -> R {
     let before = MUST_NOT_BLOCK.with(|flag| flag.replace(true));
     let result = poll();
     MUST_NOT_BLOCK.with(|flag| flag.set(before));
     result
+}
+
+/// Polls `future` once, here, within `runtime`'s context and without
+/// blocking (see [`polling_without_blocking`]): a request that needs no
+/// waiting (a page-cache hit, cached metadata) is done on the thread that
+/// received it, with no hand-over. On `Pending` the caller hands the
+/// future to `runtime`, whose first poll registers the waker that counts
+/// (this one wakes nothing).
+pub fn poll_here<F: Future + ?Sized>(runtime: &Handle, future: Pin<&mut F>) -> Poll<F::Output> {
+    let _runtime = runtime.enter();
+    let mut cx = Context::from_waker(Waker::noop());
+    polling_without_blocking(|| future.poll(&mut cx))
 }
 
 /// How many blocking calls this thread has handed to the pool so far: a

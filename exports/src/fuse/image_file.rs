@@ -19,7 +19,6 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Waker};
 use std::time::SystemTime;
 
 use block::{BlockBackend, IoBuf, WriteFlags, ZeroFlags};
@@ -236,14 +235,10 @@ impl ImageFile {
         // that may block goes to the blocking pool rather than holding
         // this thread) goes to the event loop, whose first poll registers
         // its own waker. With one, the request runs on the iothread only.
-        if shared.inline_limit > 0 {
-            let _runtime = shared.runtime.enter();
-            let mut first = Context::from_waker(Waker::noop());
-            let polled =
-                block::blocking::polling_without_blocking(|| task.as_mut().poll(&mut first));
-            if polled.is_ready() {
-                return;
-            }
+        if shared.inline_limit > 0
+            && block::blocking::poll_here(&shared.runtime, task.as_mut()).is_ready()
+        {
+            return;
         }
         shared.runtime.spawn(task);
     }

@@ -15,7 +15,6 @@
 //! done, so the frontend never sees a completion after it took the ring
 //! back. A new device is made for each frontend connection.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::task::Poll;
@@ -233,10 +232,7 @@ impl BlkDevice {
             served
         };
         let mut served = Box::pin(served);
-        let _runtime = self.disk.runtime.enter();
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let polled = block::blocking::polling_without_blocking(|| served.as_mut().poll(&mut cx));
-        match polled {
+        match block::blocking::poll_here(&self.disk.runtime, served.as_mut()) {
             Poll::Ready(Some(completion)) => {
                 put_used(vring, head, completion);
                 true
