@@ -27,7 +27,7 @@ use super::export::{ExportTable, NbdExport, NbdExportConfig};
 use super::handshake::HandshakeConfig;
 use super::placement::{spawn_connection, spawn_on, Placement, Pool};
 use super::splice::Transport;
-use super::tls::{self, ServerTls, Socket, Tls, TlsWriter};
+use super::tls::{self, ServerTls, Socket, Tls, TlsReader, TlsWriter};
 
 /// QEMU's default for `handshake-max-seconds`.
 pub const DEFAULT_HANDSHAKE_MAX_SECONDS: u32 = 10;
@@ -541,7 +541,7 @@ impl Stream {
             Stream::Tls(mut session) => {
                 session.get_mut().attach()?;
                 let (reader, writer) = tokio::io::split(*session);
-                let writer = TlsWriter::new(writer);
+                let (reader, writer) = (TlsReader::new(reader), TlsWriter::new(writer));
                 transmit(client.with_halves(reader, writer), &config, placement, peer).await;
             }
         }
@@ -565,8 +565,8 @@ impl Stream {
         let Some(client) = within_limits(&config, &peer, negotiation).await else {
             return Ok(false);
         };
-        let reunite = |reader: tls::TlsReader, writer: TlsWriter| -> std::io::Result<Stream> {
-            let mut session = reader.unsplit(writer.into_inner());
+        let reunite = |reader: TlsReader, writer: TlsWriter| -> std::io::Result<Stream> {
+            let mut session = reader.into_inner().unsplit(writer.into_inner());
             session.get_mut().park()?;
             Ok(Stream::Tls(Box::new(session)))
         };

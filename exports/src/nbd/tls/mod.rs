@@ -12,18 +12,21 @@
 //! has no raw socket (`Transport::raw` is `None`): no splicing, no
 //! polling beneath the TLS layer. The socket beneath (`socket`) gathers
 //! TLS records into few system calls and can move to an export's
-//! iothread; `writer` gathers replies into few TLS writes.
+//! iothread; `reader` takes every record received at once, and `writer`
+//! gathers replies into few TLS writes.
 
+mod reader;
 mod socket;
 mod writer;
 
+pub use reader::TlsReader;
 pub use socket::Socket;
 pub use writer::TlsWriter;
 
 use std::sync::Arc;
 
 use nbdwire::tls::{TlsCreds, TlsStream};
-use tokio::io::{AsyncWriteExt, BufReader, ReadHalf};
+use tokio::io::{AsyncWriteExt, BufReader};
 
 use super::codec::push_option_reply;
 use super::connection::{Negotiated, HANDSHAKE_BUFFER_LEN};
@@ -62,8 +65,6 @@ impl Eq for ServerTls {}
 
 /// A TLS session on a connection's socket.
 pub type Tls = TlsStream<Socket>;
-/// The receiving half of a TLS session.
-pub type TlsReader = ReadHalf<Tls>;
 
 /// How the options before TLS ended.
 enum BeforeTls {
@@ -155,7 +156,7 @@ pub async fn negotiate(
         Outcome::Aborted => Ok(None),
         Outcome::Transmission(session) => Ok(Some(Negotiated {
             leftover: reader.buffer().to_vec(),
-            reader: reader.into_inner(),
+            reader: TlsReader::new(reader.into_inner()),
             writer,
             session,
         })),
