@@ -200,7 +200,7 @@ impl BlockBackend {
         );
         self.check_range(root, offset, len, ErrorKind::InvalidArgument)
             .inspect_err(|_| self.inner.stats.count_invalid(IoKind::Read))?;
-        let request = root.read(offset, buf);
+        let request = || root.read(offset, buf);
         self.inner.stats.account(IoKind::Read, len, request).await
     }
 
@@ -220,14 +220,11 @@ impl BlockBackend {
             if fua { 0x10 } else { 0 }
         );
         self.check_write_range(root, offset, len)?;
-        let request = root.write(
-            offset,
-            buf,
-            WriteFlags {
-                fua,
-                ..WriteFlags::default()
-            },
-        );
+        let flags = WriteFlags {
+            fua,
+            ..WriteFlags::default()
+        };
+        let request = || root.write(offset, buf, flags);
         self.inner.stats.account(IoKind::Write, len, request).await
     }
 
@@ -265,7 +262,7 @@ impl BlockBackend {
         let root = busy.node();
         self.check_write_range(root, offset, len)?;
         let fua = flags.fua || self.inner.mode.writethrough;
-        let request = root.write_zeroes(offset, len, ZeroFlags { fua, ..flags });
+        let request = || root.write_zeroes(offset, len, ZeroFlags { fua, ..flags });
         self.inner.stats.account(IoKind::Write, len, request).await
     }
 
@@ -280,7 +277,7 @@ impl BlockBackend {
         let root = busy.node();
         self.check_range(root, offset, len, ErrorKind::InvalidArgument)
             .inspect_err(|_| stats.count_invalid(IoKind::Unmap))?;
-        let request = async {
+        let request = || async move {
             root.discard(offset, len).await?;
             if self.inner.mode.writethrough {
                 root.flush().await?;
@@ -322,7 +319,7 @@ impl BlockBackend {
     /// Makes every completed write durable.
     pub async fn flush(&self) -> BlockResult<()> {
         let busy = self.enter().await;
-        let request = busy.node().flush();
+        let request = || busy.node().flush();
         self.inner.stats.account(IoKind::Flush, 0, request).await
     }
 

@@ -426,7 +426,7 @@ impl Node {
         let _busy = self.in_flight.enter();
         let read = |offset, buf: IoBuf| async move { self.driver.read(offset, &buf).await };
         let limits = self.limits();
-        let request = limits::read(&limits, offset, buf, read);
+        let request = || limits::read(&limits, offset, buf, read);
         self.stats
             .account(IoKind::Read, buf.len() as u64, request)
             .await
@@ -438,7 +438,7 @@ impl Node {
         let _busy = self.in_flight.enter();
         let len = buf.len() as u64;
         self.before_write(offset, len);
-        let request = async {
+        let request = || async move {
             let detect_zeroes = self.settings.load().detect_zeroes;
             if detect_zeroes != BlockdevDetectZeroesOptions::Off && buf.is_zero() {
                 let zero_flags = ZeroFlags {
@@ -454,7 +454,7 @@ impl Node {
                 len,
             };
             let limits = self.limits();
-            let op = self.write_fitted(&limits, offset, buf, flags);
+            let op = || self.write_fitted(&limits, offset, buf, flags);
             self.write_hooks.run(self, request, op).await
         };
         self.stats.account(IoKind::Write, len, request).await
@@ -487,7 +487,7 @@ impl Node {
     pub async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
         self.before_write(offset, len);
-        let request = self.zero_request(offset, len, flags);
+        let request = || self.zero_request(offset, len, flags);
         self.stats.account(IoKind::Write, len, request).await
     }
 
@@ -507,15 +507,17 @@ impl Node {
             let limits = &limits;
             async move { self.write_fitted(limits, offset, &buf, flags).await }
         };
-        let op = limits::write_zeroes(
-            &limits,
-            &self.partial_blocks,
-            offset,
-            len,
-            flags,
-            zero,
-            partial,
-        );
+        let op = || {
+            limits::write_zeroes(
+                &limits,
+                &self.partial_blocks,
+                offset,
+                len,
+                flags,
+                zero,
+                partial,
+            )
+        };
         self.write_hooks.run(self, request, op).await
     }
 
@@ -523,7 +525,7 @@ impl Node {
     /// nothing, as QEMU does (but counts the request).
     pub async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
-        let request = async {
+        let request = || async move {
             if !self.settings.load().discard_unmap {
                 return Ok(());
             }
@@ -535,7 +537,7 @@ impl Node {
             };
             let discard = |offset, len| self.driver.discard(offset, len);
             let limits = self.limits();
-            let op = limits::discard(&limits, &self.partial_blocks, offset, len, discard);
+            let op = || limits::discard(&limits, &self.partial_blocks, offset, len, discard);
             self.write_hooks.run(self, request, op).await
         };
         self.stats.account(IoKind::Unmap, len, request).await
@@ -545,7 +547,7 @@ impl Node {
     /// layer is skipped, but its children still flush by their own rules.
     pub async fn flush(&self) -> BlockResult<()> {
         let _busy = self.in_flight.enter();
-        let request = async {
+        let request = || async move {
             if !self.settings.load().cache_no_flush {
                 return self.driver.flush().await;
             }
@@ -571,7 +573,7 @@ impl Node {
             offset: new_size,
             len: 0,
         };
-        let op = self.driver.resize(new_size);
+        let op = || self.driver.resize(new_size);
         self.write_hooks.run(self, request, op).await
     }
 

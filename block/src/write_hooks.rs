@@ -78,13 +78,18 @@ impl WriteHooks {
         });
     }
 
-    /// Runs `request` (the driver's side of it, `op`) past the observers.
-    pub(crate) async fn run(
+    /// Runs `request` (the driver's side of it, made by `op`) past the
+    /// observers. `op` makes it here for the reason
+    /// [`crate::stats::IoStats::account`] does.
+    pub(crate) async fn run<F>(
         &self,
         node: &Node,
         request: WriteRequest,
-        op: impl std::future::Future<Output = BlockResult<()>>,
-    ) -> BlockResult<()> {
+        op: impl FnOnce() -> F,
+    ) -> BlockResult<()>
+    where
+        F: std::future::Future<Output = BlockResult<()>>,
+    {
         if !node.is_active() {
             // The image belongs to another process now; a request that
             // waited out the hand-off must not reach it.
@@ -95,12 +100,12 @@ impl WriteHooks {
         }
         let observers = self.observers.load();
         if observers.is_empty() {
-            return op.await;
+            return op().await;
         }
         for observer in observers.iter() {
             observer.before_write(node, &request).await?;
         }
-        let result = op.await;
+        let result = op().await;
         for observer in observers.iter() {
             observer.after_write(node, &request, &result);
         }
