@@ -57,8 +57,7 @@ pub const MAX_IN_FLIGHT_BYTES_TOTAL: u64 = 512 << 20;
 
 /// Payload bytes in flight on all connections.
 static IN_FLIGHT_BYTES_TOTAL: AtomicU64 = AtomicU64::new(0);
-/// Reads at most this long are tried inline (longer ones are sent
-/// from the file by a task of their own, or in pieces under TLS).
+/// Reads at most this long are tried inline.
 const INLINE_READ_MAX_LEN: u64 = 64 << 10;
 /// Writes at most this long are tried inline: the payload was just
 /// received into this thread's cache, and copying it to the file here
