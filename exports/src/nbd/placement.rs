@@ -1,17 +1,18 @@
 //! The event loops NBD connections run on.
 //!
 //! Connections are spread over a pool of event loops
-//! ([`crate::event_loop`]); a new connection joins the loop with the
-//! fewest for its handshake. TLS connections have a pool of their own,
-//! a loop per CPU: their loop encrypts and decrypts every byte, and with
-//! the plain pool's one loop per two CPUs all of them took turns on one
-//! CPU while the others idled. A connection to an export with an `iothread`
-//! then moves to that iothread's loop for its transmission. A connection
-//! alone on its loop may poll its socket between requests (`poll`):
-//! nobody else waits on that loop, and no other thread is woken for its
-//! packets, which is what makes polling cheap; so at most one connection
-//! per loop polls. Connections share the daemon's runtime only if no loop
-//! could be started.
+//! ([`crate::event_loop`]), a loop per CPU; a new connection joins the
+//! loop with the fewest for its handshake. A loop copies its connections'
+//! payloads between socket and file (and, with TLS, encrypts them): with
+//! fewer loops than CPUs, a client's connections took turns on one CPU
+//! while another idled, and each received payload was read from the
+//! cache of the CPU the client had written it on. A connection to an
+//! export with an `iothread` then moves to that iothread's loop for its
+//! transmission. A connection alone on its loop may poll its socket
+//! between requests (`poll`): nobody else waits on that loop, and no
+//! other thread is woken for its packets, which is what makes polling
+//! cheap; so at most one connection per loop polls. Connections share the
+//! daemon's runtime only if no loop could be started.
 //!
 //! Request handlers that may wait (large or blocking I/O) run on the
 //! daemon's runtime either way (`ConnectionConfig::runtime`), whose
@@ -60,23 +61,16 @@ impl Placement {
     }
 }
 
-/// Which pool a connection runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pool {
-    Plain,
-    Tls,
-}
-
-/// Starts `connection` on the least busy event loop of its pool (or on
+/// Starts `connection` on the least busy event loop of the pool (or on
 /// `runtime` if there is none). `connection` makes its future on the loop
 /// it will run on, since sockets register with the event loop current
 /// when they are made. `tasks` tracks it.
-pub fn spawn_connection<F, Fut>(runtime: &Handle, tasks: &TaskTracker, pool: Pool, connection: F)
+pub fn spawn_connection<F, Fut>(runtime: &Handle, tasks: &TaskTracker, connection: F)
 where
     F: FnOnce(Placement) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    match event_loops(pool).iter().min_by_key(|l| l.connections()) {
+    match event_loops().iter().min_by_key(|l| l.connections()) {
         Some(event_loop) => spawn_on(event_loop, tasks, connection),
         None => {
             tasks.spawn_on(connection(Placement::Shared), runtime);
@@ -98,34 +92,19 @@ where
     );
 }
 
-/// The pool, started on first use: for plain connections a loop per two
-/// CPUs (at least one), which leaves CPUs to the request handlers and to
-/// local clients (and, with few loops, their replies coincide less with
-/// clients reading theirs: loopback TCP costs the client more when they
-/// do); for TLS connections a loop per CPU. Loops run until the process
-/// ends.
-fn event_loops(pool: Pool) -> &'static [Arc<EventLoop>] {
-    static PLAIN: OnceLock<Vec<Arc<EventLoop>>> = OnceLock::new();
-    static TLS: OnceLock<Vec<Arc<EventLoop>>> = OnceLock::new();
-    let cpus = || std::thread::available_parallelism().map_or(1, |n| n.get());
-    match pool {
-        Pool::Plain => PLAIN.get_or_init(|| start_loops("nbd-loop", (cpus() / 2).max(1))),
-        Pool::Tls => TLS.get_or_init(|| start_loops("nbd-tls-loop", cpus())),
-    }
-}
-
-/// `count` event loops named `prefix-INDEX`, less those that cannot
-/// start.
-fn start_loops(prefix: &str, count: usize) -> Vec<Arc<EventLoop>> {
-    (0..count)
-        .filter_map(
-            |index| match EventLoop::start(&format!("{prefix}-{index}")) {
-                Ok(event_loop) => Some(event_loop),
-                Err(e) => {
-                    tracing::warn!("cannot start NBD event loop {prefix}-{index}: {e}");
-                    None
-                }
-            },
-        )
-        .collect()
+/// The pool, started on first use: a loop per CPU, named `nbd-loop-N`,
+/// less those that cannot start. Loops run until the process ends.
+fn event_loops() -> &'static [Arc<EventLoop>] {
+    static LOOPS: OnceLock<Vec<Arc<EventLoop>>> = OnceLock::new();
+    LOOPS.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (0..cpus)
+            .filter_map(|index| {
+                let name = format!("nbd-loop-{index}");
+                EventLoop::start(&name)
+                    .inspect_err(|e| tracing::warn!("cannot start NBD event loop {name}: {e}"))
+                    .ok()
+            })
+            .collect()
+    })
 }

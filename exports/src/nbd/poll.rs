@@ -8,7 +8,12 @@
 //! the work of waking us. The polling window grows while waits are short
 //! and shrinks to nothing after long ones, so a quiet connection costs
 //! nothing. Only a connection alone on its event loop polls
-//! (`placement`), so at most one per loop does.
+//! (`placement`), so at most one per loop does; and only while its thread
+//! has its CPU to itself. A thread preempted since it last polled shares
+//! the CPU with threads that want it (on a small machine, often the
+//! client it waits for), and spinning would take the CPU from them: the
+//! window closes, and opens again from its smallest after a wait with no
+//! preemption.
 
 use std::future::Future;
 use std::io;
@@ -36,6 +41,8 @@ pub struct AdaptivePoll {
     window: Duration,
     /// When the current wait for the client began, if polling gave up.
     waiting_since: Option<Instant>,
+    /// The thread's involuntary context switches when it last polled.
+    preemptions: i64,
 }
 
 impl AdaptivePoll {
@@ -45,6 +52,7 @@ impl AdaptivePoll {
             limit,
             window: Duration::ZERO,
             waiting_since: None,
+            preemptions: involuntary_context_switches(),
         }
     }
 
@@ -60,6 +68,10 @@ impl AdaptivePoll {
         let start = Instant::now();
         self.waiting_since = Some(start);
         if self.window.is_zero() {
+            return None;
+        }
+        if self.preempted_since_last_poll(involuntary_context_switches()) {
+            self.window = Duration::ZERO;
             return None;
         }
         let found = spin(start + self.window, read);
@@ -79,6 +91,12 @@ impl AdaptivePoll {
         }
     }
 
+    /// Whether the thread was preempted since it last polled, given its
+    /// count of involuntary context switches now.
+    fn preempted_since_last_poll(&mut self, preemptions: i64) -> bool {
+        preemptions != std::mem::replace(&mut self.preemptions, preemptions)
+    }
+
     fn adapt(&mut self, waited: Duration) {
         let first = FIRST_POLL_WINDOW.min(self.limit);
         self.window = if waited <= self.limit {
@@ -89,6 +107,19 @@ impl AdaptivePoll {
             Duration::ZERO
         };
     }
+}
+
+/// How often this thread was preempted (made to give up its CPU while it
+/// could run).
+fn involuntary_context_switches() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; on failure it stays
+    // zeroed, which reads as no preemption.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    usage.ru_nivcsw
 }
 
 /// Runs `read` until it is not `WouldBlock` or `deadline` passes.
@@ -166,6 +197,19 @@ mod tests {
             poll.adapt(long);
             assert_eq!(poll.window, Duration::from_micros(expected));
         }
+    }
+
+    #[tokio::test]
+    async fn a_preempted_thread_closes_the_window_and_does_not_spin() {
+        let mut poll = AdaptivePoll::new(Placement::alone(), DEFAULT_POLL_LIMIT);
+        poll.window = DEFAULT_POLL_LIMIT;
+        poll.preemptions -= 1;
+        assert!(poll.poll(|| panic!("spun after a preemption")).is_none());
+        assert_eq!(poll.window, Duration::ZERO);
+        // The count it saw is now the reference: with no preemption since,
+        // the next poll spins.
+        assert!(!poll.preempted_since_last_poll(poll.preemptions));
+        assert!(poll.preempted_since_last_poll(poll.preemptions + 1));
     }
 
     #[tokio::test]

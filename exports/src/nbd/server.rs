@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use super::connection::{handshake, transmit, within_limits, ConnectionConfig, Negotiated};
 use super::export::{ExportTable, NbdExport, NbdExportConfig};
 use super::handshake::HandshakeConfig;
-use super::placement::{spawn_connection, spawn_on, Placement, Pool};
+use super::placement::{spawn_connection, spawn_on, Placement};
 use super::splice::Transport;
 use super::tls::{self, ServerTls, Socket, Tls, TlsReader, TlsWriter};
 
@@ -454,12 +454,7 @@ impl Acceptor {
             occupancy.connections.fetch_add(1, Ordering::Relaxed);
             let config = Arc::clone(&self.connection);
             let runtime = config.runtime.clone();
-            let pool = if config.tls.is_some() {
-                Pool::Tls
-            } else {
-                Pool::Plain
-            };
-            spawn_connection(&runtime, &self.tasks, pool, move |placement| async move {
+            spawn_connection(&runtime, &self.tasks, move |placement| async move {
                 let negotiated = match stream.serve(config, placement).await {
                     Ok(negotiated) => negotiated,
                     Err(e) => {

@@ -6,9 +6,9 @@
 //! is involved. Larger requests, and those whose first poll has to wait,
 //! run in tasks of their own on the daemon's runtime and send their reply
 //! back, so requests proceed concurrently and complete in any order. If an
-//! inline request had to wait or put its thread to sleep (a backend that
-//! waits for a disk, such as `O_DIRECT` files or page-cache misses),
-//! requests are spawned for a while, so that they wait in parallel.
+//! inline request's I/O went to the blocking pool (a backend that waits
+//! for a disk, such as `O_DIRECT` files or page-cache misses), requests
+//! are spawned for a while, so that they wait in parallel.
 //!
 //! Requests in flight and the payload bytes they hold are bounded; at the
 //! bound the loop stops reading, which pushes back on the client. When
@@ -69,9 +69,8 @@ const INLINE_WRITE_MAX_LEN: u64 = 4 << 20;
 /// Writes at least this long are read without buffering what follows
 /// their header (the next one is probably as long).
 const STREAMED_WRITE_LEN: u64 = 64 << 10;
-/// One in this many inline requests checks whether its thread slept.
-const BLOCKING_SAMPLE: u32 = 8;
-/// Requests spawned after an inline one slept before inline is tried again.
+/// Requests spawned after an inline one waited for a disk before inline
+/// is tried again.
 const SPAWNED_AFTER_BLOCKING: u32 = 256;
 
 const _: () = assert!(MAX_PAYLOAD <= MAX_IN_FLIGHT_BYTES);
@@ -134,7 +133,6 @@ pub async fn run<R, W>(
         large_write_last: false,
         over_budget: false,
         spawn_streak: 0,
-        inline_count: 0,
         gone: CancellationToken::new(),
     };
     let _cancel_when_gone = requests.gone.clone().drop_guard();
@@ -294,8 +292,6 @@ struct Requests {
     over_budget: bool,
     /// Requests still to spawn without trying inline first.
     spawn_streak: u32,
-    /// Inline requests so far (for sampling).
-    inline_count: u32,
     /// Cancelled when the client closes its end or the connection ends:
     /// reads, block status and cache requests still running stop (nobody
     /// will receive their replies); writes finish.
@@ -316,11 +312,14 @@ impl Requests {
         }
     }
 
-    /// Whether nothing is in flight but, perhaps, the request whose
-    /// payload is arriving: the connection waits for its client alone.
+    /// Whether the connection waits for its client alone, between
+    /// requests: nothing in flight, no reply to send. (Not while a payload
+    /// arrives: its client sends the rest when it next runs, and a loop
+    /// spinning meanwhile may hold the very CPU it needs.)
     fn waits_for_client(&self) -> bool {
-        let receiving = u32::from(matches!(self.incoming, Incoming::Payload { .. }));
-        self.out.is_empty() && self.budget.requests == receiving
+        matches!(self.incoming, Incoming::Header)
+            && self.out.is_empty()
+            && self.budget.requests == 0
     }
 
     /// Takes the outcome of reading the socket; `Break` drops the client.
@@ -453,17 +452,15 @@ impl Requests {
             reply
         });
         if self.spawn_streak == 0 && runs_inline(&req, command) {
-            self.inline_count = self.inline_count.wrapping_add(1);
-            let sample = self.inline_count.is_multiple_of(BLOCKING_SAMPLE);
-            let switches = sample.then(voluntary_context_switches);
             let handed_over = block::blocking::handed_over();
             let polled = poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await;
-            // A request that slept, or whose I/O went to the blocking pool,
-            // says the data is not in memory: the next ones go straight
-            // to the runtime for a while. (One that waits for a lock does
-            // not: it is spawned alone.)
-            let slept = switches.is_some_and(|before| voluntary_context_switches() > before);
-            if slept || block::blocking::handed_over() > handed_over {
+            // A request whose I/O went to the blocking pool says the data
+            // is not in memory: the next ones go straight to the runtime
+            // for a while. One whose thread slept on a lock does not (two
+            // loops writing one file meet on its inode's lock; on a worker
+            // the write would wait for it all the same, and copy the
+            // payload from another CPU's cache).
+            if block::blocking::handed_over() > handed_over {
                 self.spawn_streak = SPAWNED_AFTER_BLOCKING;
             }
             if let Poll::Ready(reply) = polled {
@@ -504,19 +501,6 @@ fn runs_inline(req: &Request, command: Command) -> bool {
         Command::Write { fua: false } => req.length <= INLINE_WRITE_MAX_LEN,
         _ => false,
     }
-}
-
-/// How often this thread has given up the CPU to wait: it grows when an
-/// inline request slept (on a disk, a lock) rather than ran.
-fn voluntary_context_switches() -> i64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given; on failure it stays
-    // zeroed, which reads as no switch.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    usage.ru_nvcsw
 }
 
 /// Bytes a request holds while in flight: its payload, its reply's data,
