@@ -1,20 +1,20 @@
 //! The `file` protocol driver: a regular file on the host, as QEMU's
 //! `file-posix`.
 //!
-//! Requests are positioned system calls on one descriptor; nothing on the
-//! request path takes a lock (except the read side of a lock that
-//! serializes `O_DIRECT` read-modify-write cycles, in `cache.direct` mode
-//! only). A read first tries `preadv2(RWF_NOWAIT)` inline, which serves
-//! page-cache hits without leaving the task; only a miss goes to the
-//! blocking pool (`blocking`), with its own view of the request's buffer,
-//! so the thread that polls never waits for a disk. Writes do the same
-//! with `pwritev2` where the file system supports non-blocking buffered
-//! writes. On tmpfs and ramfs, whose data is the page cache (no disk to
-//! wait for), buffered I/O simply runs inline. Block status keeps QEMU's
-//! one-entry cache of the last data range found, so sequential queries
-//! inside it skip the `lseek` calls. With `cache.direct=on` the file is
-//! opened `O_DIRECT` and requests go through `direct_io`. Image locks
-//! follow QEMU's scheme (`locking`).
+//! Requests are positioned system calls on one descriptor. A read first
+//! tries `preadv2(RWF_NOWAIT)` inline, which serves page-cache hits
+//! without leaving the task; only a miss goes to the blocking pool
+//! (`blocking`), with its own view of the request's buffer, so the thread
+//! that polls never waits for a disk. Writes do the same with `pwritev2`
+//! where the file system supports non-blocking buffered writes. On tmpfs
+//! and ramfs, whose data is the page cache (no disk to wait for),
+//! buffered I/O simply runs inline, and long writes take turns on a lock
+//! of their own rather than spin on the inode's. The read side of a lock
+//! serializes `O_DIRECT` read-modify-write cycles (`cache.direct` mode
+//! only). Block status keeps QEMU's one-entry cache of the last data
+//! range found, so sequential queries inside it skip the `lseek` calls.
+//! With `cache.direct=on` the file is opened `O_DIRECT` and requests go
+//! through `direct_io`. Image locks follow QEMU's scheme (`locking`).
 
 use std::ffi::CString;
 use std::io;
@@ -45,6 +45,10 @@ use crate::posix_io::{self, RwFlags};
 /// range by itself.
 const ZERO_CHUNK: usize = 1 << 20;
 
+/// Buffered writes to a file in memory at least this long take their turn
+/// (`FileDriver::write_turn`); shorter ones hold the inode's lock too
+/// briefly for spinning on it to cost much.
+const WRITE_TURN_MIN_LEN: usize = 64 << 10;
 /// `statfs` magic numbers of file systems that live in memory.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
@@ -61,6 +65,14 @@ pub struct FileDriver {
     /// The file lives in memory (tmpfs, ramfs): buffered I/O never waits
     /// for a disk and runs inline.
     in_memory: bool,
+    /// Held by each long buffered write to a file in memory while it runs.
+    /// The kernel runs such writes one at a time anyway, on the inode's
+    /// lock, and a thread that finds that lock taken spins on it for the
+    /// whole of the other's copy (two event loops writing one file: a
+    /// tenth of the daemon's CPU). This lock puts the waiting thread to
+    /// sleep after a short spin, giving its CPU to others (often the
+    /// client), and it then copies a payload still in its cache.
+    write_turn: Mutex<()>,
     /// The last data range block status found, `[start, end)` (QEMU's
     /// `BdrvBlockStatusCache`); cleared by anything that may dig holes.
     data_cache: Mutex<Option<(u64, u64)>>,
@@ -155,6 +167,7 @@ impl FileDriver {
             filename,
             size: AtomicU64::new(u64::try_from(st.st_size).unwrap_or(0)),
             in_memory,
+            write_turn: Mutex::new(()),
             data_cache: Mutex::new(None),
             direct,
             locks,
@@ -248,8 +261,16 @@ impl FileDriver {
         Ok(())
     }
 
-    /// Buffered write: non-blocking first where supported.
+    /// Buffered write: inline for a file in memory, else non-blocking
+    /// first where supported.
     async fn write_buffered(&self, offset: u64, buf: &IoBuf, flags: RwFlags) -> BlockResult<()> {
+        if self.in_memory {
+            let _turn = (buf.len() >= WRITE_TURN_MIN_LEN)
+                .then(|| self.write_turn.lock().unwrap_or_else(|e| e.into_inner()));
+            return posix_io::write_from(self.raw_fd(), buf, offset, flags)
+                .map(drop)
+                .map_err(|e| self.io_error("Write", offset, e));
+        }
         let mut done = 0;
         if flags == RwFlags::NONE && self.nowait_writes.load(Ordering::Relaxed) {
             match posix_io::write_from(self.raw_fd(), buf, offset, RwFlags::NOWAIT) {

@@ -501,6 +501,39 @@ async fn files_in_memory_work_the_same() {
     assert_eq!(contents(&path)[..4096], buf[..4096]);
 }
 
+/// Long writes to a file in memory take turns on a lock of their own:
+/// writers on several threads at once all land, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_concurrent_writes_to_a_file_in_memory_all_land() {
+    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+        return; // no tmpfs here
+    };
+    const LEN: usize = 256 << 10;
+    let path = image(dir.path(), "disk.img", 16 * LEN, pattern);
+    let (_graph, backend) = file_backend(&path, json!({}), true).await;
+    let writers: Vec<_> = (0..16u8)
+        .map(|i| {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                for _ in 0..8 {
+                    let offset = u64::from(i) * LEN as u64;
+                    backend
+                        .write_from(offset, &vec![i + 1; LEN], WriteFlags::default())
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let on_file = contents(&path);
+    for (i, slot) in on_file.chunks(LEN).enumerate() {
+        assert!(slot.iter().all(|&b| b == i as u8 + 1), "slot {i}");
+    }
+}
+
 #[tokio::test]
 async fn block_status_cache_forgets_discarded_data() {
     let dir = tempfile::tempdir().unwrap();
