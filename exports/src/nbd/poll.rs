@@ -41,7 +41,7 @@ pub struct AdaptivePoll {
     window: Duration,
     /// When the current wait for the client began, if polling gave up.
     waiting_since: Option<Instant>,
-    /// The thread's involuntary context switches when it last polled.
+    /// The thread's involuntary context switches when it last spun.
     preemptions: i64,
 }
 
@@ -61,16 +61,26 @@ impl AdaptivePoll {
     /// for now. Call it only when the connection waits for nothing but
     /// its client, and call [`AdaptivePoll::slept`] when the wait that
     /// follows a `None` is over.
-    pub fn poll(&mut self, read: impl FnMut() -> io::Result<usize>) -> Option<io::Result<usize>> {
+    pub fn poll(
+        &mut self,
+        mut read: impl FnMut() -> io::Result<usize>,
+    ) -> Option<io::Result<usize>> {
         if self.limit.is_zero() || !self.placement.may_poll() {
             return None;
         }
-        let start = Instant::now();
-        self.waiting_since = Some(start);
         if self.window.is_zero() {
+            self.waiting_since = Some(Instant::now());
             return None;
         }
-        if self.preempted_since_last_poll(involuntary_context_switches()) {
+        // Input already there needs no spinning, nor the question whether
+        // spinning is fair.
+        match read() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return Some(done),
+        }
+        let start = Instant::now();
+        self.waiting_since = Some(start);
+        if self.preempted_since_last_spin(involuntary_context_switches()) {
             self.window = Duration::ZERO;
             return None;
         }
@@ -91,9 +101,9 @@ impl AdaptivePoll {
         }
     }
 
-    /// Whether the thread was preempted since it last polled, given its
+    /// Whether the thread was preempted since it last spun, given its
     /// count of involuntary context switches now.
-    fn preempted_since_last_poll(&mut self, preemptions: i64) -> bool {
+    fn preempted_since_last_spin(&mut self, preemptions: i64) -> bool {
         preemptions != std::mem::replace(&mut self.preemptions, preemptions)
     }
 
@@ -149,30 +159,54 @@ pub fn poll_now<T>(future: impl Future<Output = io::Result<T>>) -> io::Result<T>
 
 /// A socket read without waiting and behind the event loop's back (its
 /// readiness flags are only a hint: a later awaited read that finds
-/// nothing simply waits for the next event).
-pub struct NonBlocking<'a>(pub BorrowedFd<'a>);
+/// nothing simply waits for the next event). It notes whether the read
+/// found the socket empty (nothing, or less than it asked for), which
+/// the event loop is told so that its next read does not try in vain.
+pub struct NonBlocking<'a> {
+    socket: BorrowedFd<'a>,
+    drained: bool,
+}
+
+impl<'a> NonBlocking<'a> {
+    pub fn new(socket: BorrowedFd<'a>) -> NonBlocking<'a> {
+        NonBlocking {
+            socket,
+            drained: false,
+        }
+    }
+
+    /// Whether the last read emptied the socket's receive queue.
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+}
 
 impl AsyncRead for NonBlocking<'_> {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         // SAFETY: recv writes at most the length given into the unfilled,
         // writable part of the buffer; only what it reports is marked
         // filled.
+        let wanted = buf.remaining();
         let n = unsafe {
             let unfilled = buf.unfilled_mut();
             libc::recv(
-                self.0.as_raw_fd(),
+                self.socket.as_raw_fd(),
                 unfilled.as_mut_ptr().cast(),
                 unfilled.len(),
                 libc::MSG_DONTWAIT,
             )
         };
         if n < 0 {
-            return Poll::Ready(Err(io::Error::last_os_error()));
+            let e = io::Error::last_os_error();
+            self.drained = e.kind() == io::ErrorKind::WouldBlock;
+            return Poll::Ready(Err(e));
         }
+        // End of file (0) is not an empty queue: no event follows it.
+        self.drained = n > 0 && (n as usize) < wanted;
         // SAFETY: recv initialised these `n` bytes.
         unsafe { buf.assume_init(n as usize) };
         buf.advance(n as usize);
@@ -204,12 +238,18 @@ mod tests {
         let mut poll = AdaptivePoll::new(Placement::alone(), DEFAULT_POLL_LIMIT);
         poll.window = DEFAULT_POLL_LIMIT;
         poll.preemptions -= 1;
-        assert!(poll.poll(|| panic!("spun after a preemption")).is_none());
+        let mut tries = 0;
+        let found = poll.poll(|| {
+            tries += 1;
+            assert_eq!(tries, 1, "spun after a preemption");
+            Err(io::ErrorKind::WouldBlock.into())
+        });
+        assert!(found.is_none());
         assert_eq!(poll.window, Duration::ZERO);
         // The count it saw is now the reference: with no preemption since,
         // the next poll spins.
-        assert!(!poll.preempted_since_last_poll(poll.preemptions));
-        assert!(poll.preempted_since_last_poll(poll.preemptions + 1));
+        assert!(!poll.preempted_since_last_spin(poll.preemptions));
+        assert!(poll.preempted_since_last_spin(poll.preemptions + 1));
     }
 
     #[tokio::test]
@@ -250,24 +290,33 @@ mod tests {
     }
 
     #[test]
-    fn non_blocking_reads_see_data_and_would_block() {
+    fn non_blocking_reads_see_data_and_would_block_and_note_an_emptied_socket() {
         use std::io::Write;
         use std::os::fd::AsFd;
         let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let mut buf = [0u8; 8];
-        let read = |buf: &mut [u8]| {
+        let read = |len: usize| {
             use tokio::io::AsyncReadExt;
-            poll_now(async { NonBlocking(theirs.as_fd()).read(buf).await })
+            let mut buf = vec![0u8; len];
+            let mut source = NonBlocking::new(theirs.as_fd());
+            let read = poll_now(async { source.read(&mut buf).await });
+            (read.map(|n| buf[..n].to_vec()), source.drained())
         };
-        assert_eq!(
-            read(&mut buf).unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
-        );
-        ours.write_all(b"abc").unwrap();
-        assert_eq!(read(&mut buf).unwrap(), 3);
-        assert_eq!(&buf[..3], b"abc");
+        let (read_nothing, drained) = read(8);
+        assert_eq!(read_nothing.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert!(drained);
+        ours.write_all(b"abcdef").unwrap();
+        // All it asked for: more may be waiting.
+        let (exact, drained) = read(2);
+        assert_eq!(exact.unwrap(), b"ab");
+        assert!(!drained);
+        // Less than it asked for: the socket is empty now.
+        let (short, drained) = read(8);
+        assert_eq!(short.unwrap(), b"cdef");
+        assert!(drained);
         drop(ours);
-        assert_eq!(read(&mut buf).unwrap(), 0);
+        let (end, drained) = read(8);
+        assert!(end.unwrap().is_empty());
+        assert!(!drained, "end of file is not an empty queue");
     }
 
     #[tokio::test]

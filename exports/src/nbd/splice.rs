@@ -60,6 +60,11 @@ pub trait SpliceSink: Send + Sync {
 
     /// Waits until the socket may be writable.
     fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+
+    /// Tells the event loop that a read behind its back found the socket
+    /// empty, so that its next read waits for the next event instead of
+    /// trying the socket first.
+    fn drained(&self);
 }
 
 macro_rules! splice_sink {
@@ -75,6 +80,14 @@ macro_rules! splice_sink {
 
             fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
                 self.as_ref().writable()
+            }
+
+            fn drained(&self) {
+                // `WouldBlock` from the operation clears the readiness the
+                // event loop holds (unless an event came in meanwhile).
+                let _ = self.as_ref().try_io(Interest::READABLE, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
             }
         }
     };
@@ -113,6 +126,10 @@ impl SpliceSink for NoSocket {
     #[allow(clippy::manual_async_fn)]
     fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
         async { match *self {} }
+    }
+
+    fn drained(&self) {
+        match *self {}
     }
 }
 
@@ -195,5 +212,36 @@ impl Pipe {
         }
         self.held -= n as usize;
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_drained_socket_still_wakes_its_reader_when_data_comes() {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (mut reader, writer) = ours.into_split();
+        let (_, mut client) = theirs.into_split();
+        let mut byte = [0u8; 1];
+        client.write_all(b"a").await.unwrap();
+        // All it asked for: the event loop still holds the socket readable.
+        reader.read_exact(&mut byte).await.unwrap();
+        writer.drained();
+        // Data that comes after (here before the loop looked again) is
+        // still seen: the loop's next event brings it.
+        client.write_all(b"b").await.unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(30), reader.read(&mut byte)).await;
+        assert_eq!(read.expect("the reader was never woken").unwrap(), 1);
+        assert_eq!(&byte, b"b");
+        // And with nothing there, the next read waits instead of failing.
+        writer.drained();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), reader.read(&mut byte)).await;
+        assert!(waiting.is_err(), "{waiting:?}");
     }
 }

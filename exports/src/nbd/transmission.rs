@@ -17,7 +17,7 @@
 
 use std::future::{poll_fn, Future};
 use std::ops::ControlFlow;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -137,6 +137,9 @@ pub async fn run<R, W>(
     };
     let _cancel_when_gone = requests.gone.clone().drop_guard();
     let mut poll = AdaptivePoll::new(placement, export.poll_limit());
+    // Waited on in every pass; made once (each new one would join and
+    // leave the token's list of waiters).
+    let mut stopped = pin!(stop.cancelled());
     loop {
         if let Err(reason) = requests.take().await {
             tracing::info!("NBD client disconnected: {reason}");
@@ -155,15 +158,21 @@ pub async fn run<R, W>(
             .filter(|_| can_read && requests.waits_for_client());
         if let Some(raw) = raw {
             let socket = raw.socket_fd();
+            let mut drained = false;
             let polled = poll.poll(|| {
-                let mut source = NonBlocking(socket);
-                poll_now(read_more(
+                let mut source = NonBlocking::new(socket);
+                let read = poll_now(read_more(
                     &mut source,
                     &mut requests.input,
                     &mut requests.incoming,
                     streaming,
-                ))
+                ));
+                drained = source.drained();
+                read
             });
+            if drained {
+                raw.drained();
+            }
             if let Some(read) = polled {
                 if requests.received(read).is_break() {
                     return;
@@ -180,7 +189,7 @@ pub async fn run<R, W>(
         } = &mut requests;
         tokio::select! {
             biased;
-            _ = stop.cancelled() => return,
+            _ = &mut stopped => return,
             Some(reply) = finished.recv() => out.push(reply),
             sent = out.write_some(&mut writer), if !out.is_empty() => match sent {
                 Ok(sent) => budget.release(sent),
