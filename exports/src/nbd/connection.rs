@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, BufReader};
+use tokio::io::BufReader;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,6 +15,7 @@ use super::placement::Placement;
 use super::splice::Transport;
 use super::tls::ServerTls;
 use super::transmission;
+use super::vectored::ReadVectored;
 
 /// Read buffering during the handshake (options are small); whatever it
 /// holds when transmission starts moves to the transmission's buffer.
@@ -53,7 +54,7 @@ pub async fn handshake<R, W>(
     peer: &str,
 ) -> Option<Negotiated<R, W>>
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: ReadVectored + Send + 'static,
     W: Transport + 'static,
 {
     let negotiation = async {
@@ -107,7 +108,7 @@ pub async fn transmit<R, W>(
     placement: Placement,
     peer: &str,
 ) where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: ReadVectored + Send + 'static,
     W: Transport + 'static,
 {
     let export = client.session.client.export().name().to_string();

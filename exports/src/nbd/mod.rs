@@ -8,7 +8,8 @@
 //! `transmission` (its request loop), `poll` (socket polling between
 //! requests), `input` (receive buffering), `request` (checks), `dispatch` (running a
 //! request), `status` (block status), `reply` and `writer` (batched
-//! vectored writes), `splice` (file data sent without copies); `tls` (STARTTLS and the
+//! vectored writes), `vectored` (reads that fill a payload and the input
+//! buffer behind it at once), `splice` (file data sent without copies); `tls` (STARTTLS and the
 //! session beneath the rest);
 //! `export` (exports and their clients), `server` (listeners and
 //! limits) and `service` (the server and the export type as the registry
@@ -32,6 +33,7 @@ mod splice;
 mod status;
 pub mod tls;
 mod transmission;
+mod vectored;
 mod writer;
 
 pub use export::{NbdExport, NbdExportConfig, PollLimit};

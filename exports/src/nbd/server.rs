@@ -16,7 +16,6 @@ use block::BlockBackend;
 use schema::export::NbdServerOptions;
 use schema::sockets::{SocketAddress, SocketAddressKind};
 use schema::QmpError;
-use tokio::io::AsyncRead;
 use tokio::net::{tcp, unix, TcpListener, UnixListener};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +27,7 @@ use super::handshake::HandshakeConfig;
 use super::placement::{spawn_connection, spawn_on, Placement};
 use super::splice::Transport;
 use super::tls::{self, ServerTls, Socket, Tls, TlsReader, TlsWriter};
+use super::vectored::ReadVectored;
 
 /// QEMU's default for `handshake-max-seconds`.
 pub const DEFAULT_HANDSHAKE_MAX_SECONDS: u32 = 10;
@@ -592,7 +592,7 @@ async fn serve_halves<R, W>(
     reunite: impl FnOnce(R, W) -> std::io::Result<Stream>,
 ) -> std::io::Result<bool>
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: ReadVectored + Send + 'static,
     W: Transport + 'static,
 {
     let Some(client) = handshake(read, write, &config, &peer).await else {
@@ -612,7 +612,7 @@ async fn place<R, W>(
     reunite: impl FnOnce(R, W) -> std::io::Result<Stream>,
 ) -> std::io::Result<bool>
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: ReadVectored + Send + 'static,
     W: Transport + 'static,
 {
     let target = client.session.client.export().event_loop().cloned();

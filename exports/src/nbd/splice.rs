@@ -13,6 +13,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use block::{BlockBackend, HeldReadSource};
 use tokio::io::{AsyncWrite, Interest};
 
+use super::vectored::SocketReadiness;
+
 /// Pipe capacity asked for: fewer system calls per large read (the
 /// kernel's `pipe-max-size` default allows it).
 const PIPE_SIZE: usize = 1 << 20;
@@ -83,11 +85,7 @@ macro_rules! splice_sink {
             }
 
             fn drained(&self) {
-                // `WouldBlock` from the operation clears the readiness the
-                // event loop holds (unless an event came in meanwhile).
-                let _ = self.as_ref().try_io(Interest::READABLE, || {
-                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                });
+                self.as_ref().forget_readable();
             }
         }
     };

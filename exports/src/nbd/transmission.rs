@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::io::AsyncRead;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +40,7 @@ use super::reply::Reply;
 use super::request::{self, Command, Limits, MAX_PAYLOAD};
 use super::splice::{SpliceSink, Transport};
 use super::status;
+use super::vectored::ReadVectored;
 use super::writer::{ReplyQueue, Sent};
 use crate::buffers::{Buffer, BufferPool};
 use crate::trace::{NBD_CO_RECEIVE_REQUEST_DECODE_TYPE, NBD_RECEIVE_REQUEST};
@@ -95,7 +95,7 @@ pub async fn run<R, W>(
     config: &ConnectionConfig,
     placement: Placement,
 ) where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: ReadVectored + Send + 'static,
     W: Transport + 'static,
 {
     let export = Arc::clone(session.client.export());
@@ -133,6 +133,7 @@ pub async fn run<R, W>(
         large_write_last: false,
         over_budget: false,
         spawn_streak: 0,
+        spawned: 0,
         gone: CancellationToken::new(),
     };
     let _cancel_when_gone = requests.gone.clone().drop_guard();
@@ -185,12 +186,16 @@ pub async fn run<R, W>(
             incoming,
             out,
             budget,
+            spawned,
             ..
         } = &mut requests;
         tokio::select! {
             biased;
             _ = &mut stopped => return,
-            Some(reply) = finished.recv() => out.push(reply),
+            Some(reply) = finished.recv(), if *spawned > 0 => {
+                *spawned -= 1;
+                out.push(reply);
+            }
             sent = out.write_some(&mut writer), if !out.is_empty() => match sent {
                 Ok(sent) => budget.release(sent),
                 Err(e) => {
@@ -301,6 +306,9 @@ struct Requests {
     over_budget: bool,
     /// Requests still to spawn without trying inline first.
     spawn_streak: u32,
+    /// Requests running in tasks of their own, whose replies are still to
+    /// come back through `done`.
+    spawned: u32,
     /// Cancelled when the client closes its end or the connection ends:
     /// reads, block status and cache requests still running stop (nobody
     /// will receive their replies); writes finish.
@@ -499,6 +507,7 @@ impl Requests {
             let _ = done.send(reply);
         };
         self.tasks.spawn_on(handler, &self.runtime);
+        self.spawned += 1;
     }
 }
 
@@ -525,34 +534,35 @@ fn cost(req: &Request, payload_len: u64, contexts: usize) -> u64 {
 }
 
 /// Reads more of the request stream: straight into a write's buffer when
-/// nothing else is buffered, else into the input buffer (only a header's
-/// worth when `streaming`, so that the payload behind it goes straight to
-/// its buffer too). Cancel-safe.
-async fn read_more<R: AsyncRead + Unpin>(
+/// nothing else is buffered (and what follows its payload into the input
+/// buffer, in the same read), else into the input buffer. When
+/// `streaming`, the input buffer takes only up to a header's worth, so
+/// that the payload behind it goes straight to its buffer too.
+/// Cancel-safe.
+async fn read_more<R: ReadVectored>(
     reader: &mut R,
     input: &mut Input,
     incoming: &mut Incoming,
     streaming: Option<usize>,
 ) -> std::io::Result<usize> {
-    use tokio::io::AsyncReadExt;
+    let buffered = input.buffered().len();
+    let max = match streaming {
+        Some(header_len) if buffered < header_len => header_len - buffered,
+        _ => usize::MAX,
+    };
     if let Incoming::Payload {
         buffer: Some(buffer),
         filled,
         ..
     } = incoming
     {
-        if input.is_empty() {
-            let n = reader
-                .read(&mut buffer.as_mut()[*filled as usize..])
-                .await?;
-            *filled += n as u64;
-            return Ok(n);
+        if buffered == 0 {
+            let payload = &mut buffer.as_mut()[*filled as usize..];
+            let (into_payload, behind) = input.fill_behind(reader, payload, max).await?;
+            *filled += into_payload as u64;
+            return Ok(into_payload + behind);
         }
     }
-    let max = match streaming {
-        Some(header_len) if input.is_empty() => header_len,
-        _ => usize::MAX,
-    };
     input.fill(reader, max).await
 }
 
