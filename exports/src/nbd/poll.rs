@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::placement::Placement;
+use super::vectored::emptied;
 
 /// The longest a connection polls before it sleeps, unless its export
 /// says otherwise (`NbdExportConfig::poll_limit`).
@@ -205,8 +206,7 @@ impl AsyncRead for NonBlocking<'_> {
             self.drained = e.kind() == io::ErrorKind::WouldBlock;
             return Poll::Ready(Err(e));
         }
-        // End of file (0) is not an empty queue: no event follows it.
-        self.drained = n > 0 && (n as usize) < wanted;
+        self.drained = emptied(n as usize, wanted);
         // SAFETY: recv initialised these `n` bytes.
         unsafe { buf.assume_init(n as usize) };
         buf.advance(n as usize);

@@ -64,9 +64,9 @@ pub trait SpliceSink: Send + Sync {
     fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
 
     /// Tells the event loop that a read behind its back found the socket
-    /// empty, so that its next read waits for the next event instead of
-    /// trying the socket first.
-    fn drained(&self);
+    /// empty (`SocketReadiness::forget_readable`), so that its next read
+    /// waits for the next event instead of trying the socket first.
+    fn forget_readable(&self);
 }
 
 macro_rules! splice_sink {
@@ -84,8 +84,8 @@ macro_rules! splice_sink {
                 self.as_ref().writable()
             }
 
-            fn drained(&self) {
-                self.as_ref().forget_readable();
+            fn forget_readable(&self) {
+                SocketReadiness::forget_readable(self.as_ref());
             }
         }
     };
@@ -126,7 +126,7 @@ impl SpliceSink for NoSocket {
         async { match *self {} }
     }
 
-    fn drained(&self) {
+    fn forget_readable(&self) {
         match *self {}
     }
 }
@@ -222,7 +222,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_drained_socket_still_wakes_its_reader_when_data_comes() {
+    async fn a_socket_forgotten_readable_still_wakes_its_reader_when_data_comes() {
         let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
         let (mut reader, writer) = ours.into_split();
         let (_, mut client) = theirs.into_split();
@@ -230,7 +230,7 @@ mod tests {
         client.write_all(b"a").await.unwrap();
         // All it asked for: the event loop still holds the socket readable.
         reader.read_exact(&mut byte).await.unwrap();
-        writer.drained();
+        SpliceSink::forget_readable(&writer);
         // Data that comes after (here before the loop looked again) is
         // still seen: the loop's next event brings it.
         client.write_all(b"b").await.unwrap();
@@ -238,7 +238,7 @@ mod tests {
         assert_eq!(read.expect("the reader was never woken").unwrap(), 1);
         assert_eq!(&byte, b"b");
         // And with nothing there, the next read waits instead of failing.
-        writer.drained();
+        SpliceSink::forget_readable(&writer);
         let waiting = tokio::time::timeout(Duration::from_millis(50), reader.read(&mut byte)).await;
         assert!(waiting.is_err(), "{waiting:?}");
     }

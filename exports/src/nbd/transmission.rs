@@ -172,7 +172,7 @@ pub async fn run<R, W>(
                 read
             });
             if drained {
-                raw.drained();
+                raw.forget_readable();
             }
             if let Some(read) = polled {
                 if requests.received(read).is_break() {

@@ -37,6 +37,13 @@ pub trait ReadVectored: AsyncRead + Unpin {
 impl ReadVectored for TlsReader {}
 impl ReadVectored for NonBlocking<'_> {}
 
+/// Whether a read of `wanted` bytes that returned `n` emptied the
+/// socket: it got some, but less than it asked for. (End of file is not
+/// an empty socket: no event follows it.)
+pub fn emptied(n: usize, wanted: usize) -> bool {
+    n > 0 && n < wanted
+}
+
 /// The event loop's view of whether a socket has input.
 pub trait SocketReadiness {
     /// Forgets that the socket is readable (a read just found it empty);
@@ -68,7 +75,7 @@ macro_rules! socket_reads {
                     // A `WouldBlock` clears the readiness: wait again.
                     match socket.try_read_vectored(bufs) {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Ok(n) if n > 0 && n < wanted => {
+                        Ok(n) if emptied(n, wanted) => {
                             socket.forget_readable();
                             return Poll::Ready(Ok(n));
                         }
